@@ -1,0 +1,169 @@
+"""Voxel grid geometry: the link between numpy arrays and patient (RAS) space.
+
+Every algorithm in this package works on numpy arrays in Slicer's (k, j, i)
+order together with a :class:`VolumeGeometry` that carries the full
+IJK-to-RAS matrix (spacing, origin and direction). Nothing assumes an
+axis-aligned volume: distances are computed with the per-axis spacing, which is
+exact because the direction matrix is required to be orthonormal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+#: Tolerance on the orthonormality of the direction matrix (dot products and norms).
+DIRECTION_ORTHOGONALITY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Shape and IJK-to-RAS matrix of a voxel grid.
+
+    ``shape_kji`` is the numpy shape (slices, rows, columns); ``ijk_to_ras`` maps
+    homogeneous (i, j, k, 1) voxel indices to RAS millimetres.
+    """
+
+    ijk_to_ras: np.ndarray
+    shape_kji: tuple[int, int, int]
+
+    def __post_init__(self):
+        matrix = np.asarray(self.ijk_to_ras, dtype=float).reshape(4, 4)
+        object.__setattr__(self, "ijk_to_ras", matrix)
+        object.__setattr__(self, "shape_kji", tuple(int(n) for n in self.shape_kji))
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_spacing_origin_directions(cls, shape_kji, spacing_ijk, origin_ras, directions_ras=None):
+        """Build a geometry from spacing (i, j, k), origin and a 3x3 matrix whose
+        columns are the RAS unit vectors of the i, j and k axes."""
+        directions = np.eye(3) if directions_ras is None else np.asarray(directions_ras, dtype=float)
+        matrix = np.eye(4)
+        matrix[:3, :3] = directions * np.asarray(spacing_ijk, dtype=float)[np.newaxis, :]
+        matrix[:3, 3] = origin_ras
+        return cls(matrix, tuple(shape_kji))
+
+    # -- derived properties -----------------------------------------------------------
+    @property
+    def spacing_ijk(self) -> np.ndarray:
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def spacing_kji(self) -> tuple[float, float, float]:
+        """Spacing in array-axis order, for ndimage / edt ``sampling`` arguments."""
+        return tuple(float(s) for s in self.spacing_ijk[::-1])
+
+    @property
+    def directions(self) -> np.ndarray:
+        """3x3 matrix whose columns are the RAS unit vectors of the i, j, k axes."""
+        return self.ijk_to_ras[:3, :3] / self.spacing_ijk[np.newaxis, :]
+
+    @property
+    def origin_ras(self) -> np.ndarray:
+        return self.ijk_to_ras[:3, 3].copy()
+
+    @property
+    def ras_to_ijk(self) -> np.ndarray:
+        return np.linalg.inv(self.ijk_to_ras)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing_ijk))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return self.voxel_volume_mm3 / 1000.0
+
+    @property
+    def voxel_count(self) -> int:
+        return int(np.prod(self.shape_kji))
+
+    # -- point mapping ----------------------------------------------------------------
+    def ijk_to_ras_points(self, ijk) -> np.ndarray:
+        """Map (N, 3) continuous (i, j, k) indices to (N, 3) RAS points."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+    def ras_to_ijk_points(self, ras) -> np.ndarray:
+        """Map (N, 3) RAS points to continuous (N, 3) (i, j, k) indices."""
+        ras = np.atleast_2d(np.asarray(ras, dtype=float))
+        inverse = self.ras_to_ijk
+        return ras @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def kji_to_ras_points(self, kji) -> np.ndarray:
+        """Map (N, 3) array indices (k, j, i) to RAS points."""
+        return self.ijk_to_ras_points(np.atleast_2d(np.asarray(kji, dtype=float))[:, ::-1])
+
+    def ras_to_kji_points(self, ras) -> np.ndarray:
+        """Map RAS points to continuous array indices (k, j, i)."""
+        return self.ras_to_ijk_points(ras)[:, ::-1]
+
+    def contains_ras(self, ras, margin_voxels: float = 0.0) -> np.ndarray:
+        """True for each RAS point that lies inside the grid (voxel centres +- 0.5)."""
+        ijk = self.ras_to_ijk_points(ras)
+        upper = np.asarray(self.shape_kji[::-1], dtype=float) - 0.5 - margin_voxels
+        return np.all((ijk >= -0.5 + margin_voxels) & (ijk <= upper), axis=1)
+
+    def voxel_ras_grid(self, kji_slices=None) -> np.ndarray:
+        """RAS coordinates of every voxel centre as an array of shape (..., 3).
+
+        ``kji_slices`` restricts the grid to a block, as a tuple of three slices.
+        """
+        if kji_slices is None:
+            kji_slices = tuple(slice(0, n) for n in self.shape_kji)
+        k, j, i = (np.arange(s.start or 0, s.stop, dtype=np.float32) for s in kji_slices)
+        matrix = self.ijk_to_ras.astype(np.float32)
+        grid = (
+            i[np.newaxis, np.newaxis, :, np.newaxis] * matrix[:3, 0]
+            + j[np.newaxis, :, np.newaxis, np.newaxis] * matrix[:3, 1]
+            + k[:, np.newaxis, np.newaxis, np.newaxis] * matrix[:3, 2]
+            + matrix[:3, 3]
+        )
+        return grid
+
+    # -- sub-grids --------------------------------------------------------------------
+    def cropped(self, kji_slices) -> "VolumeGeometry":
+        """Geometry of the block ``array[kji_slices]`` (slices with step 1)."""
+        offsets_ijk = np.array([kji_slices[2].start or 0, kji_slices[1].start or 0, kji_slices[0].start or 0], float)
+        matrix = self.ijk_to_ras.copy()
+        matrix[:3, 3] = self.ijk_to_ras_points(offsets_ijk)[0]
+        shape = tuple(
+            len(range(*s.indices(n))) for s, n in zip(kji_slices, self.shape_kji)
+        )
+        return VolumeGeometry(matrix, shape)
+
+    def bounding_slices_of_ras_box(self, ras_points, margin_mm: float) -> tuple[slice, slice, slice]:
+        """Array slices (k, j, i) of the smallest block that holds the given RAS points
+        plus a margin, clipped to the grid."""
+        ras_points = np.atleast_2d(np.asarray(ras_points, dtype=float))
+        kji = self.ras_to_kji_points(ras_points)
+        margin_voxels = margin_mm / np.asarray(self.spacing_kji)
+        low = np.floor(kji.min(axis=0) - margin_voxels).astype(int)
+        high = np.ceil(kji.max(axis=0) + margin_voxels).astype(int) + 1
+        low = np.clip(low, 0, self.shape_kji)
+        high = np.clip(high, 0, self.shape_kji)
+        return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+    # -- validation -------------------------------------------------------------------
+    def validate(self, what: str = "the volume") -> None:
+        """Raise :class:`InputError` for geometry the algorithms cannot honour."""
+        if len(self.shape_kji) != 3 or min(self.shape_kji) < 1:
+            raise InputError(f"{what} has shape {self.shape_kji}; a 3D volume is required.")
+        if not np.all(np.isfinite(self.ijk_to_ras)):
+            raise InputError(f"{what} has a non-finite IJK-to-RAS matrix; fix the image header (spacing, origin, direction).")
+        spacing = self.spacing_ijk
+        if np.any(spacing <= 1e-6):
+            raise InputError(
+                f"{what} has zero or negative voxel spacing {tuple(np.round(spacing, 4))} mm; "
+                "fix the spacing in the image header."
+            )
+        gram = self.directions.T @ self.directions
+        if np.max(np.abs(gram - np.eye(3))) > DIRECTION_ORTHOGONALITY_TOLERANCE:
+            raise InputError(
+                f"{what} has a non-orthogonal (sheared) direction matrix; distances and angles would be wrong. "
+                "Resample it onto an orthogonal grid first (for example with Slicer's Resample Scalar Volume "
+                "or by harden-transforming a sheared acquisition)."
+            )

@@ -1,0 +1,416 @@
+"""Deterministic synthetic hip-region CT and T2 fat-saturated MR with ground truth.
+
+The anatomy is described analytically in RAS millimetres (signed distances of
+tubes, ellipsoids and shells), so any voxel grid -- anisotropic, rotated or
+flipped -- samples the same patient. Intensities are painted tissue by tissue,
+blurred with a Gaussian point-spread function (partial volume) and given
+Gaussian noise. Truth (HO labels, nerve mask, centreline, cross-section and the
+analytic island figures) comes from the same description.
+
+Layout of the default case (a right hip, RAS, centred on ``center_ras``): the
+sciatic nerve runs roughly superior-inferior; the femur lies lateral and
+anterior, the ischium medial; three HO islands -- one wrapped part-way around
+the nerve, one free in the gluteal muscles, one fused to the femur -- and small
+vascular calcifications along an artery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.interpolate import CubicSpline
+from scipy.spatial import cKDTree
+
+from .geometry import VolumeGeometry
+
+# Typical attenuation (HU) and T2 fat-sat signal (arbitrary units) of each tissue.
+CT_VALUES = {
+    "air": -1000.0, "fat": -100.0, "muscle": 50.0, "nerve": 30.0, "vessel": 40.0,
+    "cortical_bone": 1300.0, "cancellous_bone": 280.0, "fatty_marrow": 20.0,
+    "ho_cortex": 950.0, "ho_marrow": 60.0, "ho_immature": 380.0, "calcification": 650.0,
+}
+MR_T2FS_VALUES = {
+    "air": 5.0, "fat": 45.0, "muscle": 160.0, "nerve": 520.0, "vessel": 60.0,
+    "cortical_bone": 15.0, "cancellous_bone": 70.0, "fatty_marrow": 55.0,
+    "ho_cortex": 15.0, "ho_marrow": 60.0, "ho_immature": 120.0, "calcification": 15.0,
+}
+
+
+@dataclass
+class IslandSpec:
+    """One HO island. ``kind`` is 'ellipsoid' (centre, semi_axes) or 'shell'
+    (a sector of a sleeve around the nerve: start/stop arc length, angle)."""
+
+    name: str
+    kind: str
+    mature: bool = True
+    center_offset: tuple = (0.0, 0.0, 0.0)   # ellipsoid centre relative to center_ras
+    semi_axes: tuple = (8.0, 6.0, 7.0)
+    s_start_mm: float = 0.0                   # shell: arc-length span along the nerve
+    s_stop_mm: float = 20.0
+    sector_deg: float = 270.0                 # shell: angular coverage
+    sector_center_deg: float = 0.0            # shell: direction of the sector's middle
+    gap_mm: float = 0.0                       # shell: clearance from the nerve surface
+    thickness_mm: float = 6.0
+    cortex_mm: float = 2.0
+
+
+@dataclass
+class PhantomSpec:
+    """Analytic description of the case; every length is in millimetres."""
+
+    center_ras: tuple = (80.0, -20.0, -120.0)
+    nerve_control_points: tuple = (
+        (-4.0, 2.0, -75.0), (2.0, -2.0, -40.0), (6.0, -4.0, -5.0), (3.0, -1.0, 30.0), (-3.0, 3.0, 75.0),
+    )
+    nerve_semi_axes: tuple = (6.0, 3.5)       # flattened: 12 x 7 mm
+    nerve_sheath_mm: float = 3.0
+    thickening_center_s_mm: float | None = 62.0
+    thickening_half_length_mm: float = 12.0
+    thickening_scale: float = 1.3
+    include_native_bone: bool = True
+    femur_axis: tuple = ((34.0, 14.0, -90.0), (40.0, 16.0, 90.0))
+    femur_radius_mm: float = 13.0
+    femur_cortex_mm: float = 4.0
+    ischium_axis: tuple = ((-30.0, 6.0, -20.0), (-27.0, 4.0, 90.0))
+    ischium_radius_mm: float = 10.0
+    ischium_cortex_mm: float = 2.0
+    artery_axis: tuple = ((-14.0, 24.0, -90.0), (-10.0, 22.0, 90.0))
+    artery_radius_mm: float = 3.0
+    calcification_z: tuple = (-50.0, -10.0, 35.0)
+    calcification_radius_mm: float = 1.6
+    body_center_offset: tuple = (-45.0, 5.0)
+    body_semi_axes: tuple = (105.0, 80.0)
+    subcutaneous_fat_mm: float = 12.0
+    islands: tuple = field(default_factory=lambda: (
+        IslandSpec("wrap", "shell", True, s_start_mm=70.0, s_stop_mm=95.0, sector_deg=270.0,
+                   sector_center_deg=0.0, gap_mm=0.0, thickness_mm=6.0),
+        IslandSpec("free", "ellipsoid", True, center_offset=(16.0, -26.0, -35.0), semi_axes=(10.0, 7.0, 9.0)),
+        IslandSpec("fused", "ellipsoid", False, center_offset=(42.0, -2.0, 45.0), semi_axes=(8.0, 8.0, 11.0)),
+    ))
+    psf_sigma_mm: float = 0.6
+    noise_sigma: float = 12.0
+
+
+@dataclass
+class Phantom:
+    """A generated case: image, grid geometry and ground truth."""
+
+    image: np.ndarray               # (k, j, i) float32: HU for CT, signal for MR
+    geometry: VolumeGeometry
+    modality: str
+    ho_labels: np.ndarray           # uint8, island index + 1 (spec order), 0 elsewhere
+    nerve_mask: np.ndarray          # bool
+    native_bone_mask: np.ndarray    # bool
+    calcification_mask: np.ndarray  # bool
+    centreline_ras: np.ndarray      # (N, 3) true centreline sampled every 0.25 mm
+    centreline_s_mm: np.ndarray     # (N,) arc length
+    semi_axes_mm: np.ndarray        # (N, 2) true cross-section semi-axes
+    spec: PhantomSpec
+    islands: list                   # dicts with analytic truth per island
+
+    @property
+    def true_equivalent_diameter_mm(self) -> np.ndarray:
+        return 2.0 * np.sqrt(self.semi_axes_mm[:, 0] * self.semi_axes_mm[:, 1])
+
+    def seeds_ras(self, s_values_mm) -> np.ndarray:
+        """Points on the true centreline at the given arc lengths."""
+        return np.array([self.centreline_ras[np.argmin(np.abs(self.centreline_s_mm - s))] for s in s_values_mm])
+
+
+# ---------------------------------------------------------------------------------------
+# Analytic shapes
+# ---------------------------------------------------------------------------------------
+def _dense_nerve_curve(spec: PhantomSpec, step_mm: float = 0.25):
+    control = np.asarray(spec.nerve_control_points, float) + np.asarray(spec.center_ras, float)
+    chord = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(control, axis=0), axis=1))]
+    spline = CubicSpline(chord, control, bc_type="natural")
+    fine_t = np.linspace(0.0, chord[-1], int(chord[-1] / 0.05) + 1)
+    fine = spline(fine_t)
+    fine_s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(fine, axis=0), axis=1))]
+    s = np.arange(0.0, fine_s[-1], step_mm)
+    points = np.stack([np.interp(s, fine_s, fine[:, a]) for a in range(3)], axis=1)
+    tangents = np.gradient(points, axis=0)
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    # Major axis of the flattened nerve points laterally (R-L), made orthogonal to the tangent.
+    lateral = np.array([1.0, 0.0, 0.0])
+    normals = lateral - tangents * (tangents @ lateral)[:, None]
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    binormals = np.cross(tangents, normals)
+    return s, points, tangents, normals, binormals
+
+
+def _semi_axes_along(spec: PhantomSpec, s: np.ndarray) -> np.ndarray:
+    scale = np.ones_like(s)
+    if spec.thickening_center_s_mm is not None:
+        x = (s - spec.thickening_center_s_mm) / spec.thickening_half_length_mm
+        scale += (spec.thickening_scale - 1.0) * np.where(np.abs(x) < 1.0, 0.5 * (1 + np.cos(np.pi * x)), 0.0)
+    return np.stack([spec.nerve_semi_axes[0] * scale, spec.nerve_semi_axes[1] * scale], axis=1)
+
+
+def _ellipse_signed_distance(u, v, a, b):
+    """Approximate signed distance (mm) to an ellipse boundary (negative inside)."""
+    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    gradient = np.sqrt((u / a ** 2) ** 2 + (v / b ** 2) ** 2)
+    safe = np.where(gradient > 1e-9, gradient, 1.0)
+    return np.where(gradient > 1e-9, (rho - 1.0) * rho / safe, -np.minimum(a, b))
+
+
+def _segment_signed_distance(points, start, stop, radius):
+    """Signed distance to a capsule (cylinder with rounded ends) of given radius."""
+    start = np.asarray(start, float)
+    axis = np.asarray(stop, float) - start
+    t = np.clip(((points - start) @ axis) / (axis @ axis), 0.0, 1.0)
+    return np.linalg.norm(points - (start + t[..., None] * axis), axis=-1) - radius
+
+
+def _ellipsoid_signed_distance(points, center, semi_axes):
+    q = (points - center) / np.asarray(semi_axes, float)
+    rho = np.linalg.norm(q, axis=-1)
+    return (rho - 1.0) * np.min(semi_axes)
+
+
+class _NerveFrame:
+    """Nearest-point coordinates of voxels relative to the nerve centreline."""
+
+    def __init__(self, spec: PhantomSpec):
+        self.s, self.points, self.tangents, self.normals, self.binormals = _dense_nerve_curve(spec)
+        self.semi_axes = _semi_axes_along(spec, self.s)
+        self.tree = cKDTree(self.points)
+
+    def coordinates(self, points: np.ndarray):
+        flat = points.reshape(-1, 3)
+        _, index = self.tree.query(flat, workers=-1)
+        offset = flat - self.points[index]
+        u = np.einsum("ij,ij->i", offset, self.normals[index])
+        v = np.einsum("ij,ij->i", offset, self.binormals[index])
+        w = np.einsum("ij,ij->i", offset, self.tangents[index])
+        a, b = self.semi_axes[index, 0], self.semi_axes[index, 1]
+        distance = _ellipse_signed_distance(u, v, a, b)
+        # Beyond the ends of the curve the tube is capped flat.
+        beyond = ((index == 0) & (w < 0)) | ((index == len(self.s) - 1) & (w > 0))
+        distance = np.where(beyond, np.maximum(distance, np.abs(w)), distance)
+        shape = points.shape[:-1]
+        return (self.s[index].reshape(shape), np.degrees(np.arctan2(v, u)).reshape(shape), distance.reshape(shape))
+
+
+def _shell_signed_distance(island: IslandSpec, s, angle_deg, nerve_distance, mean_radius):
+    radial = np.maximum(island.gap_mm - nerve_distance, nerve_distance - island.gap_mm - island.thickness_mm)
+    along = np.maximum(island.s_start_mm - s, s - island.s_stop_mm)
+    delta = (angle_deg - island.sector_center_deg + 180.0) % 360.0 - 180.0
+    arc = (np.abs(delta) - island.sector_deg / 2.0) * np.pi / 180.0 * (mean_radius + island.gap_mm + island.thickness_mm / 2)
+    if island.sector_deg >= 360.0:
+        arc = np.full_like(arc, -np.inf)
+    return np.maximum(np.maximum(radial, along), arc)
+
+
+# ---------------------------------------------------------------------------------------
+# Painting
+# ---------------------------------------------------------------------------------------
+def _paint_block(spec: PhantomSpec, frame: _NerveFrame, points: np.ndarray, values: dict):
+    """Tissue intensities and truth labels for a block of RAS points (..., 3)."""
+    center = np.asarray(spec.center_ras, float)
+    shape = points.shape[:-1]
+    image = np.full(shape, values["air"], np.float32)
+    offset = points - center
+    body = ((offset[..., 0] - spec.body_center_offset[0]) / spec.body_semi_axes[0]) ** 2 + (
+        (offset[..., 1] - spec.body_center_offset[1]) / spec.body_semi_axes[1]) ** 2
+    image[body <= 1.0] = values["fat"]
+    inner = ((offset[..., 0] - spec.body_center_offset[0]) / (spec.body_semi_axes[0] - spec.subcutaneous_fat_mm)) ** 2 + (
+        (offset[..., 1] - spec.body_center_offset[1]) / (spec.body_semi_axes[1] - spec.subcutaneous_fat_mm)) ** 2
+    image[inner <= 1.0] = values["muscle"]
+
+    s, angle, nerve_distance = frame.coordinates(points)
+    image[(nerve_distance <= spec.nerve_sheath_mm) & (inner <= 1.0)] = values["fat"]
+
+    artery = _segment_signed_distance(points, center + spec.artery_axis[0], center + spec.artery_axis[1], spec.artery_radius_mm)
+    image[artery <= 0] = values["vessel"]
+    calcification = np.zeros(shape, bool)
+    for z in spec.calcification_z:
+        a0, a1 = center + np.asarray(spec.artery_axis[0]), center + np.asarray(spec.artery_axis[1])
+        t = (z - spec.artery_axis[0][2]) / (spec.artery_axis[1][2] - spec.artery_axis[0][2])
+        wall = a0 + t * (a1 - a0) + np.array([spec.artery_radius_mm * 0.7, 0.0, 0.0])
+        calcification |= np.linalg.norm(points - wall, axis=-1) <= spec.calcification_radius_mm
+    image[calcification] = values["calcification"]
+
+    native = np.zeros(shape, bool)
+    if spec.include_native_bone:
+        femur = _segment_signed_distance(points, center + spec.femur_axis[0], center + spec.femur_axis[1], spec.femur_radius_mm)
+        image[femur <= 0] = values["cortical_bone"]
+        image[femur <= -spec.femur_cortex_mm] = values["fatty_marrow"]
+        ischium = _segment_signed_distance(points, center + spec.ischium_axis[0], center + spec.ischium_axis[1], spec.ischium_radius_mm)
+        image[ischium <= 0] = values["cortical_bone"]
+        image[ischium <= -spec.ischium_cortex_mm] = values["cancellous_bone"]
+        native = (femur <= 0) | (ischium <= 0)
+
+    labels = np.zeros(shape, np.uint8)
+    mean_radius = float(np.sqrt(np.prod(spec.nerve_semi_axes)))
+    for index, island in enumerate(spec.islands, start=1):
+        if island.kind == "shell":
+            distance = _shell_signed_distance(island, s, angle, nerve_distance, mean_radius)
+        else:
+            distance = _ellipsoid_signed_distance(points, center + np.asarray(island.center_offset), island.semi_axes)
+        inside = (distance <= 0) & ~native
+        if island.mature:
+            image[inside] = values["ho_cortex"]
+            image[inside & (distance <= -island.cortex_mm)] = values["ho_marrow"]
+        else:
+            image[inside] = values["ho_immature"]
+        labels[inside] = index
+
+    nerve = nerve_distance <= 0
+    image[nerve] = values["nerve"]
+    labels[nerve] = 0
+    return image, labels, nerve, native, calcification & ~native
+
+
+def generate_phantom(
+    spec: PhantomSpec | None = None,
+    modality: str = "ct",
+    spacing_ijk=(0.8, 0.8, 1.5),
+    shape_kji=None,
+    fov_mm=(120.0, 120.0, 150.0),
+    directions_ras=None,
+    seed: int = 7,
+    chunk_slices: int = 32,
+) -> Phantom:
+    """Generate a case on a grid centred on the anatomy.
+
+    ``directions_ras`` (3x3, columns = RAS directions of i, j, k) may rotate or flip
+    the grid; the anatomy stays where it is in RAS. ``shape_kji`` overrides the
+    field of view. Same arguments, same output (the noise is seeded).
+    """
+    spec = spec or PhantomSpec()
+    values = CT_VALUES if modality == "ct" else MR_T2FS_VALUES
+    spacing = np.asarray(spacing_ijk, float)
+    if shape_kji is None:
+        shape_kji = tuple(int(round(f / s)) for f, s in zip(fov_mm[::-1], spacing[::-1]))
+    directions = np.eye(3) if directions_ras is None else np.asarray(directions_ras, float)
+    extent_ijk = (np.asarray(shape_kji[::-1], float) - 1.0) * spacing
+    origin = np.asarray(spec.center_ras, float) - directions @ (extent_ijk / 2.0)
+    geometry = VolumeGeometry.from_spacing_origin_directions(shape_kji, spacing, origin, directions)
+
+    frame = _NerveFrame(spec)
+    image = np.empty(shape_kji, np.float32)
+    labels = np.empty(shape_kji, np.uint8)
+    nerve = np.empty(shape_kji, bool)
+    native = np.empty(shape_kji, bool)
+    calcification = np.empty(shape_kji, bool)
+    for k0 in range(0, shape_kji[0], chunk_slices):
+        block = (slice(k0, min(k0 + chunk_slices, shape_kji[0])), slice(0, shape_kji[1]), slice(0, shape_kji[2]))
+        points = geometry.voxel_ras_grid(block).astype(np.float64)
+        outputs = _paint_block(spec, frame, points, values)
+        for target, value in zip((image, labels, nerve, native, calcification), outputs):
+            target[block] = value
+
+    sigma_voxels = spec.psf_sigma_mm / np.asarray(geometry.spacing_kji)
+    ndimage.gaussian_filter(image, sigma=sigma_voxels, output=image, mode="nearest")
+    rng = np.random.default_rng(seed)
+    noise_sigma = spec.noise_sigma if modality == "ct" else spec.noise_sigma * 1.5
+    for k0 in range(0, shape_kji[0], chunk_slices):
+        block = slice(k0, min(k0 + chunk_slices, shape_kji[0]))
+        image[block] += rng.normal(0.0, noise_sigma, image[block].shape).astype(np.float32)
+    if modality != "ct":
+        np.maximum(image, 0.0, out=image)
+
+    islands = _island_truth(spec, labels, native, geometry)
+    return Phantom(image, geometry, modality, labels, nerve, native, calcification,
+                   frame.points, frame.s, frame.semi_axes, spec, islands)
+
+
+def _island_truth(spec: PhantomSpec, labels: np.ndarray, native: np.ndarray, geometry: VolumeGeometry) -> list:
+    counts = np.bincount(labels.ravel(), minlength=len(spec.islands) + 1)
+    truth = []
+    for index, island in enumerate(spec.islands, start=1):
+        analytic = None
+        if island.kind == "ellipsoid":
+            analytic = 4.0 / 3.0 * np.pi * float(np.prod(island.semi_axes)) / 1000.0
+        truth.append({
+            "label": index,
+            "name": island.name,
+            "kind": island.kind,
+            "mature": island.mature,
+            "fused_to_native_bone": bool(np.any(native & ndimage.binary_dilation(labels == index))),
+            "volume_ml": float(counts[index]) * geometry.voxel_volume_ml,
+            "analytic_volume_ml": analytic,
+            "sector_deg": island.sector_deg if island.kind == "shell" else None,
+            "s_span_mm": [island.s_start_mm, island.s_stop_mm] if island.kind == "shell" else None,
+            "gap_mm": island.gap_mm if island.kind == "shell" else None,
+        })
+    return truth
+
+
+def make_shell_spec(sector_deg: float, gap_mm: float = 0.0, length_mm: float = 30.0, sector_center_deg: float = 0.0,
+                    radius_mm: float = 5.0, straight: bool = True, **overrides) -> PhantomSpec:
+    """A minimal case for contact geometry: a round nerve and one HO shell.
+
+    No native bone, no calcification, no thickening, so the expected metrics are
+    analytic: encasement = sector + 4 asin(tau / 2r), contact length = length + 2 tau.
+    """
+    control = ((0.0, 0.0, -50.0), (0.0, 0.0, -15.0), (0.0, 0.0, 15.0), (0.0, 0.0, 50.0)) if straight else (
+        (-5.0, 0.0, -50.0), (2.0, 3.0, -15.0), (4.0, -2.0, 15.0), (-3.0, 0.0, 50.0))
+    fields = dict(
+        nerve_control_points=control, nerve_semi_axes=(radius_mm, radius_mm), thickening_center_s_mm=None,
+        include_native_bone=False, calcification_z=(),
+        islands=(IslandSpec("shell", "shell", True, s_start_mm=50.0 - length_mm / 2, s_stop_mm=50.0 + length_mm / 2,
+                            sector_deg=sector_deg, sector_center_deg=sector_center_deg, gap_mm=gap_mm,
+                            thickness_mm=6.0),),
+    )
+    fields.update(overrides)
+    return PhantomSpec(**fields)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing a case to disk
+# ---------------------------------------------------------------------------------------
+def write_markups_points_json(path: Path, points_ras, name: str, curve: bool = False) -> None:
+    """Write points as a Slicer markups JSON file (coordinates in LPS, as Slicer writes)."""
+    control_points = [
+        {"id": str(n + 1), "label": f"{name}-{n + 1}", "position": [float(-p[0]), float(-p[1]), float(p[2])],
+         "positionStatus": "defined"}
+        for n, p in enumerate(np.asarray(points_ras, float))
+    ]
+    document = {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": [{"type": "Curve" if curve else "Fiducial", "coordinateSystem": "LPS", "coordinateUnits": "mm",
+                     "name": name, "controlPoints": control_points}],
+    }
+    Path(path).write_text(json.dumps(document, indent=2))
+
+
+def write_phantom_case(phantom: Phantom, folder, name: str = "ct") -> dict:
+    """Write image, truth labels, seeds and truth JSON into ``folder``; return the paths."""
+    from .imageio import write_volume  # local import: writing needs SimpleITK only here
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path = folder / f"{name}.nrrd"
+    dtype = np.int16 if phantom.modality == "ct" else np.float32
+    write_volume(image_path, np.round(phantom.image).astype(dtype) if dtype == np.int16 else phantom.image, phantom.geometry)
+    truth_labels = phantom.ho_labels.astype(np.uint8).copy()
+    truth_labels[phantom.nerve_mask] = 100
+    write_volume(folder / f"{name}_truth_labels.nrrd", truth_labels, phantom.geometry)
+    s = phantom.centreline_s_mm
+    seeds = phantom.seeds_ras([s[0] + 5.0, s[-1] / 2.0, s[-1] - 5.0])
+    seeds_path = folder / "nerve_seeds_right.mrk.json"
+    write_markups_points_json(seeds_path, seeds, "Sciatic nerve right seeds")
+    truth = {
+        "modality": phantom.modality,
+        "labels": {"ho": "1..n (spec order)", "nerve": 100},
+        "islands": phantom.islands,
+        "nerve": {
+            "side": "right",
+            "length_mm": float(s[-1]),
+            "centreline_ras": np.round(phantom.centreline_ras[::4], 3).tolist(),
+            "equivalent_diameter_mm": np.round(phantom.true_equivalent_diameter_mm[::4], 3).tolist(),
+        },
+        "spec": dataclasses.asdict(phantom.spec),
+    }
+    truth_path = folder / f"{name}_truth.json"
+    truth_path.write_text(json.dumps(truth, indent=1))
+    return {"image": image_path, "seeds": seeds_path, "truth": truth_path}
