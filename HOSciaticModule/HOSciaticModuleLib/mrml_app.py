@@ -10,6 +10,7 @@ exposes them where ``slicer.util`` helpers look for them.
 
 from __future__ import annotations
 
+import tempfile
 import types
 from dataclasses import dataclass
 
@@ -33,7 +34,6 @@ _MODULE_LOGIC_CLASSES = {
     "Plots": "vtkSlicerPlotsLogic",
     "Models": "vtkSlicerModelsLogic",
     "SubjectHierarchy": "vtkSlicerSubjectHierarchyModuleLogic",
-    "Terminologies": "vtkSlicerTerminologiesModuleLogic",
 }
 
 
@@ -73,6 +73,21 @@ def create_headless_slicer(expose_as_slicer_globals: bool = True) -> HeadlessSli
         logic.SetMRMLApplicationLogic(application_logic)
         application_logic.SetModuleLogic(name, logic)
         logics[name] = logic
+
+    # Reading scene bundles (.mrb) goes through the data I/O manager and its cache,
+    # as in the application.
+    cache_directory = tempfile.mkdtemp(prefix="hosciatic-cache-")
+    remote_io = slicer.vtkMRMLRemoteIOLogic()
+    remote_io.SetMRMLScene(scene)
+    remote_io.SetMRMLApplicationLogic(application_logic)
+    remote_io.GetCacheManager().SetRemoteCacheDirectory(cache_directory)
+    data_io_logic = slicer.vtkDataIOManagerLogic()
+    data_io_logic.SetMRMLScene(scene)
+    data_io_logic.SetMRMLApplicationLogic(application_logic)
+    data_io_logic.SetAndObserveDataIOManager(remote_io.GetDataIOManager())
+    remote_io.AddDataIOToScene()
+    logics["RemoteIO"] = remote_io
+    logics["DataIOManager"] = data_io_logic
 
     headless = HeadlessSlicer(scene, application_logic, logics)
     if expose_as_slicer_globals and not hasattr(slicer, "app"):

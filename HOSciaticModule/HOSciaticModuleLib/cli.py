@@ -1,0 +1,478 @@
+"""``hosciatic``: the analysis from a command line, for batch work.
+
+    hosciatic analyze CT --out DIR [--roi ROI.mrk.json] [--bones BONES.seg.nrrd]
+                         [--bone-threshold HU] [--min-island-ml ML]
+                         [--nerve-seeds SEEDS.mrk.json ...] [--modality ct|mr]
+                         [--contact-tolerance MM]
+    hosciatic demo --out DIR
+
+The command builds a Slicer scene (real MRML classes) and runs the same
+:class:`~HOSciaticModuleLib.pipeline.HOSciaticAnalysis` as the module panel.
+Results are written to a private folder inside DIR and moved into place only
+when every file is complete, so a failed run leaves nothing half-written.
+Exit status: 0 success, 2 bad input (one-paragraph message on stderr),
+1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, measurements, ossification
+from . import contact as contact_module
+from .errors import AnalysisCancelled, InputError
+from .imageio import read_markups_json, read_volume
+
+SCHEMA = "hosciatic-metrics/1"
+OUTPUT_FILES = ("segmentation.seg.nrrd", "metrics.json", "scene.mrb")
+
+
+# ---------------------------------------------------------------------------------------
+# Argument parsing
+# ---------------------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite, non-negative number")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' must be finite")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(f"{message}. Run '{self.prog} --help' for the options.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hosciatic", description="Heterotopic ossification and sciatic nerve analysis.")
+    parser.add_argument("--version", action="version", version=f"hosciatic {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    analyze = commands.add_parser("analyze", help="analyse one CT (or MR) volume")
+    analyze.add_argument("image", help="CT (or MR with --modality mr): NRRD, NIfTI, MHA or a DICOM folder")
+    analyze.add_argument("--out", required=True, help="output folder (created if missing)")
+    analyze.add_argument("--modality", choices=("ct", "mr"), default="ct",
+                         help="ct (default): HO segmentation + nerve; mr: nerve tracing only")
+    analyze.add_argument("--roi", help="markups ROI (.mrk.json) limiting the HO search")
+    analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map; any label > 0 is native bone")
+    analyze.add_argument("--bone-threshold", type=_finite_float, default=ossification.DEFAULT_BONE_THRESHOLD_HU,
+                         metavar="HU", help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
+    analyze.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
+                         metavar="ML", help=f"smallest HO island (default {ossification.DEFAULT_MIN_ISLAND_ML:g} mL)")
+    analyze.add_argument("--nerve-seeds", action="append", default=[], metavar="SEEDS.mrk.json",
+                         help="points along one sciatic nerve (repeat for the other side); the side is read from "
+                              "the markup name ('right'/'left') or, failing that, from the sign of R")
+    analyze.add_argument("--contact-tolerance", type=_positive_float,
+                         default=contact_module.DEFAULT_CONTACT_TOLERANCE_MM, metavar="MM",
+                         help=f"contact tolerance (default {contact_module.DEFAULT_CONTACT_TOLERANCE_MM:g} mm)")
+    analyze.add_argument("--no-scene", action="store_true", help="do not write scene.mrb (faster for batch runs)")
+    analyze.add_argument("--quiet", action="store_true", help="no progress output")
+
+    demo = commands.add_parser("demo", help="generate the synthetic demo case and analyse it")
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------
+class _ConsoleProgress:
+    def __init__(self, quiet: bool, stream=sys.stderr):
+        self.quiet = quiet
+        self.stream = stream
+        self.stage = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.quiet:
+            return
+        filled = int(round(fraction * 20))
+        self.stream.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {self.stage}: {message[:60]:<60}")
+        self.stream.flush()
+        if fraction >= 1.0:
+            self.stream.write("\n")
+
+    def for_stage(self, stage: str):
+        self.stage = stage
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+def _side_of(markup, points_ras: np.ndarray) -> tuple[str, str | None]:
+    name = f"{markup.name} {Path(markup.source).name}".lower()
+    has_right, has_left = "right" in name, "left" in name
+    if has_right != has_left:
+        return ("right" if has_right else "left"), None
+    side = "right" if float(np.median(points_ras[:, 0])) > 0 else "left"
+    return side, (f"The side of '{markup.source}' was not named ('right'/'left' in the markup name); "
+                  f"'{side}' was inferred from the R coordinate of the points (R > 0 is the patient's right).")
+
+
+def _load_seeds(paths) -> list[tuple[str, np.ndarray, str | None]]:
+    seeds = []
+    for path in paths:
+        markups = read_markups_json(path, "seed-point file")
+        points = np.concatenate([m.points_ras for m in markups if m.roi is None] or [np.zeros((0, 3))])
+        side, warning = _side_of(markups[0], points) if len(points) else ("right", None)
+        seeds.append((side, points, warning))
+    sides = [s[0] for s in seeds]
+    if len(set(sides)) != len(sides):
+        raise InputError(f"Two seed files were given for the same side ({', '.join(sides)}). Give one file per "
+                         "nerve, named with 'right' or 'left'.")
+    return seeds
+
+
+def _add_roi_node(scene, path):
+    markups = [m for m in read_markups_json(path, "ROI file") if m.roi is not None]
+    if not markups:
+        raise InputError(f"The ROI file '{path}' holds no markups ROI. Save an ROI from Slicer (Markups > ROI) "
+                         "as .mrk.json.")
+    roi = markups[0].roi
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", markups[0].name or "ROI")
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    matrix = vtkMatrix4x4()
+    axes = np.asarray(roi["axes"], float)
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, float(axes[r, c]))
+    node.SetAndObserveObjectToNodeMatrix(matrix)
+    node.SetCenterWorld(*[float(v) for v in roi["center_ras"]])
+    node.SetSize(*[float(v) for v in roi["size_mm"]])
+    return node
+
+
+def _add_bones_node(scene, path, reference_node):
+    from . import scene as scene_io
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"The native-bone segmentation '{path}' does not exist. Check the path.")
+    if path.name.endswith(".seg.nrrd"):
+        import slicer
+
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Native bone")
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node) or node.GetSegmentation().GetNumberOfSegments() == 0:
+            scene.RemoveNode(node)
+            raise InputError(f"The native-bone segmentation '{path}' could not be read or has no segment. "
+                             "Save it from Slicer as .seg.nrrd, or give a label map (NRRD/NIfTI).")
+        return node
+    loaded = read_volume(path, "native-bone label map")
+    node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
+    scene_io.replace_segments(node, {"native bone": loaded.array > 0}, loaded.geometry, scene_io.BONE_COLOR)
+    return node
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics document
+# ---------------------------------------------------------------------------------------
+def _island_entries(oss_result, contacts) -> list[dict]:
+    entries = []
+    for island in oss_result.islands:
+        entry = measurements.as_dict(measurements.ISLAND_MEASURES, island)
+        per_nerve = []
+        for side, outputs in contacts:
+            match = next((c for c in outputs.contact.islands if c.label == island.label), None)
+            if match is not None:
+                per_nerve.append((side, match))
+        if per_nerve:
+            closest_side, closest = min(per_nerve, key=lambda item: item[1].min_distance_mm)
+            entry["min_distance_to_nerve_mm"] = measurements.rounded(closest.min_distance_mm, 2)
+            entry["contact_area_mm2"] = measurements.rounded(sum(c.contact_area_mm2 for _, c in per_nerve), 1)
+            order = contact_module.ENCASEMENT_CLASSES
+            entry["encasement_class"] = max((c.encasement_class for _, c in per_nerve), key=order.index)
+            entry["nearest_nerve"] = closest_side
+        entries.append(entry)
+    return entries
+
+
+def _nerve_entry(side, nerve_outputs, contact_outputs) -> dict:
+    trace = nerve_outputs.trace
+    summary = {"side": side, "length_mm": trace.length_mm,
+               "mean_diameter_mm": float(np.mean(trace.diameter_mm)) if len(trace.diameter_mm) else None}
+    entry = measurements.as_dict(measurements.NERVE_MEASURES, summary)
+    entry["modality"] = trace.modality
+    if contact_outputs is not None:
+        contact = contact_outputs.contact
+        entry.update(measurements.as_dict(measurements.NERVE_CONTACT_MEASURES, contact))
+        entry["closest_points_ras"] = _point_pair(contact.closest_points_ras)
+        entry["contact_runs_mm"] = measurements.rounded([list(run) for run in contact.contact_runs_mm], 1)
+        stations = HOSciaticAnalysisRows.stations(nerve_outputs, contact_outputs)
+    else:
+        stations = [measurements.as_dict(measurements.STATION_MEASURES, row)
+                    for row in _analysis_class().station_rows(trace)]
+    entry["stations"] = stations
+    entry["warnings"] = list(trace.warnings)
+    return entry
+
+
+def _point_pair(pair):
+    if pair is None or any(p is None for p in pair):
+        return None
+    return [measurements.rounded(list(p), 2) for p in pair]
+
+
+def _analysis_class():
+    from .pipeline import HOSciaticAnalysis
+
+    return HOSciaticAnalysis
+
+
+class HOSciaticAnalysisRows:
+    """Station rows joined with contact, in the measure registry's terms."""
+
+    @staticmethod
+    def stations(nerve_outputs, contact_outputs) -> list[dict]:
+        analysis = _analysis_class()(nerve_outputs.centreline_node.GetScene())
+        rows = analysis._stations_with_contact(nerve_outputs.centreline_node, contact_outputs.contact)
+        return [measurements.as_dict(measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES, r)
+                for r in rows]
+
+
+def _write_stations_csv(path: Path, stations: list[dict]) -> None:
+    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = []
+        for m in measures:
+            if m.kind == "point":
+                header += [f"{m.key}_{axis}" for axis in ("r", "a", "s")]
+            else:
+                header.append(f"{m.key}" + (f" ({m.unit})" if m.unit and m.unit not in m.key else ""))
+        writer.writerow(header)
+        for station in stations:
+            row = []
+            for m in measures:
+                value = station.get(m.key)
+                if m.kind == "point":
+                    row += list(value) if value is not None else ["", "", ""]
+                else:
+                    row.append("" if value is None else value)
+            writer.writerow(row)
+
+
+# ---------------------------------------------------------------------------------------
+# The analysis
+# ---------------------------------------------------------------------------------------
+def run_analyze(args, progress: _ConsoleProgress) -> Path:
+    from . import scene as scene_io
+    from .mrml_app import create_headless_slicer
+    from .pipeline import HOSciaticAnalysis
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
+    image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image")
+    seeds = _load_seeds(args.nerve_seeds)
+    if args.modality == "mr" and (args.roi or args.bones):
+        raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
+                         "(--modality mr) only traces the nerve. Remove them or give the CT.")
+    if args.modality == "mr" and not seeds:
+        raise InputError("An MR run traces the nerve only, so it needs --nerve-seeds. Give a seed-point file.")
+
+    slicer_core = create_headless_slicer()
+    scene = slicer_core.scene
+    analysis = HOSciaticAnalysis(scene)
+    volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
+    volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name)
+    warnings: list[str] = []
+
+    oss_outputs = None
+    segmentation_node = None
+    if args.modality == "ct":
+        roi_node = _add_roi_node(scene, args.roi) if args.roi else None
+        bones_node = _add_bones_node(scene, args.bones, volume_node) if args.bones else None
+        oss_outputs = analysis.segment_ossifications(
+            volume_node, roi_node=roi_node, native_bone_segmentation_node=bones_node,
+            bone_threshold_hu=args.bone_threshold, min_island_ml=args.min_island_ml,
+            progress=progress.for_stage("HO segmentation"))
+        segmentation_node = oss_outputs.segmentation_node
+        warnings += oss_outputs.result.warnings
+
+    nerves = []
+    for side, points, side_warning in seeds:
+        if side_warning:
+            warnings.append(side_warning)
+        seeds_node = scene_io.points_node_from_array(scene, points, f"Sciatic nerve {side} seeds")
+        nerve_outputs = analysis.trace_nerve(
+            volume_node, seeds_node, side=side, modality=args.modality, segmentation_node=segmentation_node,
+            bone_threshold_hu=args.bone_threshold, progress=progress.for_stage(f"Nerve {side}"))
+        segmentation_node = nerve_outputs.segmentation_node
+        nerves.append((side, nerve_outputs))
+    contacts = []
+    if oss_outputs is not None:
+        for side, nerve_outputs in nerves:
+            contacts.append((side, analysis.compute_contact(
+                segmentation_node, nerve_outputs.centreline_node, side=side, tolerance_mm=args.contact_tolerance,
+                reference_volume_node=volume_node, progress=progress.for_stage(f"Contact {side}"))))
+    contact_by_side = dict(contacts)
+
+    document = {
+        "schema": SCHEMA,
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "software": {"name": "HOSciatic", "version": __version__},
+        "input": {
+            "image": str(Path(args.image).resolve()), "description": image.description, "modality": args.modality,
+            "shape_ijk": list(image.geometry.shape_kji[::-1]),
+            "spacing_mm": measurements.rounded(list(image.geometry.spacing_ijk), 4),
+            "ijk_to_ras": measurements.rounded(image.geometry.ijk_to_ras.tolist(), 5),
+            "roi": str(Path(args.roi).resolve()) if args.roi else None,
+            "bones": str(Path(args.bones).resolve()) if args.bones else None,
+            "nerve_seeds": [str(Path(p).resolve()) for p in args.nerve_seeds],
+        },
+        "parameters": {
+            "bone_threshold_hu": args.bone_threshold, "min_island_ml": args.min_island_ml,
+            "contact_tolerance_mm": args.contact_tolerance,
+        },
+        "ossifications": None,
+        "nerves": [_nerve_entry(side, outputs, contact_by_side.get(side)) for side, outputs in nerves],
+        "warnings": warnings + [w for _, o in nerves for w in o.trace.warnings],
+    }
+    if oss_outputs is not None:
+        islands = _island_entries(oss_outputs.result, contacts)
+        document["ossifications"] = {
+            "count": len(islands),
+            "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in oss_outputs.result.islands), 3),
+            "islands": islands,
+        }
+
+    # Everything is computed: write into a private folder, then move into place.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-", dir=out_dir))
+    try:
+        _write_outputs(staging, scene, segmentation_node, nerves, document, args, slicer_core)
+        for item in sorted(staging.iterdir()):
+            target = out_dir / item.name
+            if target.exists():
+                target.unlink() if target.is_file() else shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _write_outputs(folder: Path, scene, segmentation_node, nerves, document, args, slicer_core) -> None:
+    import slicer
+
+    if segmentation_node is not None:
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(folder / "segmentation.seg.nrrd"))
+        if not storage.WriteData(segmentation_node):
+            raise RuntimeError("writing segmentation.seg.nrrd failed")
+    for (side, outputs), entry in zip(nerves, document["nerves"]):
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        storage.SetFileName(str(folder / f"nerve_{side}.mrk.json"))
+        if not storage.WriteData(outputs.centreline_node):
+            raise RuntimeError(f"writing nerve_{side}.mrk.json failed")
+        _write_stations_csv(folder / f"stations_{side}.csv", entry["stations"])
+    (folder / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    if not args.no_scene:
+        _write_scene_bundle(scene, folder / "scene.mrb")
+
+
+def _write_scene_bundle(scene, path: Path) -> None:
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and not node.GetHideFromEditors():
+            node.AddDefaultStorageNode()
+    with tempfile.TemporaryDirectory(prefix="hosciatic-mrb-") as work:
+        bundle = Path(work) / path.name
+        if not scene.WriteToMRB(str(bundle)):
+            raise RuntimeError("writing the scene bundle failed")
+        shutil.move(str(bundle), path)
+
+
+# ---------------------------------------------------------------------------------------
+# Demo
+# ---------------------------------------------------------------------------------------
+def run_demo(args, progress) -> Path:
+    from .phantom import generate_phantom, write_phantom_case
+
+    out_dir = Path(args.out)
+    case_dir = out_dir / "demo_case"
+    if not (case_dir / "ct.nrrd").exists():
+        progress.for_stage("Demo case")(0.0, "generating the synthetic hip CT")
+        write_phantom_case(generate_phantom(), case_dir)
+        progress.for_stage("Demo case")(1.0, f"written to {case_dir}")
+    analyze_args = build_parser().parse_args([
+        "analyze", str(case_dir / "ct.nrrd"), "--out", str(out_dir / "results"),
+        "--nerve-seeds", str(case_dir / "nerve_seeds_right.mrk.json")] + (["--quiet"] if args.quiet else []))
+    return run_analyze(analyze_args, progress)
+
+
+def _summary(out_dir: Path) -> str:
+    document = json.loads((out_dir / "metrics.json").read_text())
+    lines = [f"Results in {out_dir.resolve()}"]
+    for name in sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")):
+        lines.append(f"  {name}")
+    oss = document.get("ossifications")
+    if oss:
+        lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL")
+    for entry in document["nerves"]:
+        lines.append(f"Sciatic nerve {entry['side']}: length {entry['length_mm']} mm, mean diameter "
+                     f"{entry['mean_diameter_mm']} mm"
+                     + (f", class {entry['encasement_class']}, max encasement {entry['max_encasement_deg']} deg, "
+                        f"min distance {entry['min_distance_mm']} mm" if "encasement_class" in entry else ""))
+    for warning in document.get("warnings", []):
+        lines.append(f"Warning: {warning}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    debug = bool(os.environ.get("HOSCIATIC_DEBUG"))
+    try:
+        args = build_parser().parse_args(argv)
+        progress = _ConsoleProgress(getattr(args, "quiet", False))
+        out_dir = run_demo(args, progress) if args.command == "demo" else run_analyze(args, progress)
+        print(_summary(out_dir))
+        return 0
+    except InputError as error:
+        sys.stderr.write("\n" + textwrap.fill(f"hosciatic: {error}", width=100) + "\n")
+        return 2
+    except AnalysisCancelled:
+        sys.stderr.write("\nhosciatic: cancelled; no output was written.\n")
+        return 2
+    except MemoryError:
+        sys.stderr.write("\nhosciatic: the volume does not fit in memory. Give an ROI (--roi) around the hip or "
+                         "crop the volume, and run again.\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("\nhosciatic: interrupted; no output was written.\n")
+        return 130
+    except Exception as error:  # a defect, not bad input: say so plainly
+        if debug:
+            raise
+        sys.stderr.write(f"\nhosciatic: internal error ({type(error).__name__}: {error}). No output was written. "
+                         "Run again with HOSCIATIC_DEBUG=1 for the details and report them.\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The chain on a Slicer scene: nodes in, algorithms, nodes out.
+
+:class:`HOSciaticAnalysis` is what the module's Logic, the Python console, the
+self-test and the command line all call. Each step reads its input nodes,
+computes everything first, and only then writes its output nodes -- so a step
+that fails leaves the previous results untouched and creates no node. A step run
+again updates the nodes it is given (or finds by name in the analysis folder)
+instead of piling up new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from . import contact as contact_module
+from . import measurements, nerve, ossification
+from . import scene as scene_io
+from .errors import InputError
+from .progress import ProgressCallback, report, sub_progress
+
+HO_SEGMENT_PREFIX = "HO"
+SEGMENTATION_NAME = "HOSciatic segmentation"
+ISLANDS_TABLE_NAME = "HO islands"
+CONTACT_TABLE_NAME = "HO–nerve contact"
+SIDES = ("right", "left")
+MODALITIES = ("ct", "mr")
+
+
+def nerve_segment_name(side: str) -> str:
+    return f"Sciatic nerve {side}"
+
+
+def centreline_name(side: str) -> str:
+    return f"Sciatic nerve {side} centreline"
+
+
+def stations_table_name(side: str) -> str:
+    return f"Sciatic nerve {side} stations"
+
+
+def chart_name(side: str) -> str:
+    return f"Encasement and diameter {side}"
+
+
+def contact_patch_name(side: str) -> str:
+    return f"Contact patch {side}"
+
+
+def ho_distance_model_name(side: str) -> str:
+    return f"HO distance to sciatic nerve {side}"
+
+
+@dataclass
+class OssificationOutputs:
+    segmentation_node: object
+    islands_table_node: object
+    result: ossification.OssificationResult
+
+
+@dataclass
+class NerveOutputs:
+    centreline_node: object
+    stations_table_node: object
+    segmentation_node: object
+    segment_id: str
+    trace: nerve.NerveTrace
+
+
+@dataclass
+class ContactOutputs:
+    contact_table_node: object
+    stations_table_node: object
+    chart_node: object
+    contact_patch_model_node: object
+    ho_distance_model_node: object
+    contact: contact_module.NerveContact
+    island_segment_names: dict = field(default_factory=dict)
+
+
+def _check_choice(value: str, choices, what: str) -> str:
+    value = str(value).lower()
+    if value not in choices:
+        raise InputError(f"{what} must be one of {', '.join(choices)}; got '{value}'.")
+    return value
+
+
+class HOSciaticAnalysis:
+    """Scene-level HOSciatic analysis. Qt-free: give it any ``vtkMRMLScene``."""
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    # -- helpers --------------------------------------------------------------------
+    def _folder_name(self, volume_node) -> str:
+        return f"HOSciatic analysis: {volume_node.GetName()}" if volume_node is not None else "HOSciatic analysis"
+
+    def _existing(self, node, class_name: str, name: str):
+        """The given node, else a node of that class and name already in the scene."""
+        if node is not None:
+            return node
+        collection = self.scene.GetNodesByClassByName(class_name, name)
+        found = collection.GetItemAsObject(0) if collection.GetNumberOfItems() else None
+        return found
+
+    def _reference_volume(self, segmentation_node):
+        """The volume the segmentation was made on (stored as a node reference)."""
+        reference = segmentation_node.GetNodeReference(
+            segmentation_node.GetReferenceImageGeometryReferenceRole()) if hasattr(
+            segmentation_node, "GetReferenceImageGeometryReferenceRole") else None
+        return reference
+
+    def _native_bone_mask(self, native_bone_segmentation_node, geometry):
+        mask = np.zeros(geometry.shape_kji, bool)
+        ids = scene_io.segment_ids(native_bone_segmentation_node)
+        for segment_id in ids:
+            mask |= scene_io.segment_mask_on_grid(native_bone_segmentation_node, segment_id, geometry)
+        if not mask.any():
+            raise InputError(f"The native-bone segmentation '{native_bone_segmentation_node.GetName()}' is empty "
+                             "(or does not overlap the CT). Select the segmentation of the pelvis and femur made on "
+                             "this CT, or leave the field empty to estimate the native skeleton automatically.")
+        return mask
+
+    def ho_segment_ids(self, segmentation_node) -> list[str]:
+        segmentation = segmentation_node.GetSegmentation()
+        return [sid for sid in scene_io.segment_ids(segmentation_node)
+                if scene_io._has_numbered_prefix(segmentation.GetSegment(sid).GetName(), HO_SEGMENT_PREFIX)]
+
+    def ho_labelmap(self, segmentation_node, geometry) -> tuple[np.ndarray, dict]:
+        """HO segments of the segmentation as one label map (label -> segment name)."""
+        labelmap = np.zeros(geometry.shape_kji, np.uint16)
+        names = {}
+        segmentation = segmentation_node.GetSegmentation()
+        ordered = sorted(self.ho_segment_ids(segmentation_node),
+                         key=lambda sid: int(segmentation.GetSegment(sid).GetName()[len(HO_SEGMENT_PREFIX):]))
+        for segment_id in ordered:
+            name = segmentation.GetSegment(segment_id).GetName()
+            label = int(name[len(HO_SEGMENT_PREFIX):])
+            mask = scene_io.segment_mask_on_grid(segmentation_node, segment_id, geometry)
+            labelmap[mask & (labelmap == 0)] = label
+            names[label] = name
+        return labelmap, names
+
+    # -- step 1: ossifications ------------------------------------------------------
+    def segment_ossifications(self, ct_volume_node, *, roi_node=None, native_bone_segmentation_node=None,
+                              bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU,
+                              min_island_ml=ossification.DEFAULT_MIN_ISLAND_ML,
+                              segmentation_node=None, islands_table_node=None,
+                              progress: ProgressCallback = None) -> OssificationOutputs:
+        if ct_volume_node is None:
+            raise InputError("No CT volume selected. Load the CT of the hip and select it as input.")
+        report(progress, 0.0, "Reading CT")
+        ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
+        roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
+        native = (self._native_bone_mask(native_bone_segmentation_node, geometry)
+                  if native_bone_segmentation_node is not None else None)
+        result = ossification.segment_ossifications(
+            ct, geometry, bone_threshold_hu=bone_threshold_hu, min_island_ml=min_island_ml,
+            native_bone_mask=native, roi_mask=roi_mask, progress=sub_progress(progress, 0.05, 0.85))
+
+        report(progress, 0.9, "Writing HO segments")
+        segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
+        segmentation_node = scene_io.ensure_segmentation_node(self.scene, segmentation_node, SEGMENTATION_NAME, ct_volume_node)
+        blocks = ndimage.find_objects(result.labelmap)
+        masks = {}
+        for island in result.islands:
+            block = blocks[island.label - 1]
+            masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
+                result.labelmap[block] == island.label, tuple(s.start for s in block))
+        scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR, remove_prefix=HO_SEGMENT_PREFIX)
+        islands_table_node = self._existing(islands_table_node, "vtkMRMLTableNode", ISLANDS_TABLE_NAME)
+        islands_table_node = scene_io.fill_table(
+            self.scene, islands_table_node, ISLANDS_TABLE_NAME,
+            [m.column() for m in measurements.ISLAND_MEASURES],
+            [measurements.as_table_row(measurements.ISLAND_MEASURES, i) for i in result.islands])
+        self._record_warnings(segmentation_node, "HOSciatic.OssificationWarnings", result.warnings)
+        scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
+        report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
+        return OssificationOutputs(segmentation_node, islands_table_node, result)
+
+    # -- step 2: nerve --------------------------------------------------------------
+    def trace_nerve(self, volume_node, seeds_node, *, side="right", modality="ct", segmentation_node=None,
+                    centreline_node=None, stations_table_node=None,
+                    bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU,
+                    progress: ProgressCallback = None) -> NerveOutputs:
+        side = _check_choice(side, SIDES, "Side")
+        modality = _check_choice(modality, MODALITIES, "Modality")
+        if volume_node is None:
+            raise InputError("No volume selected for nerve tracing. Select the CT or MR volume.")
+        if seeds_node is None:
+            raise InputError("No seed points given. Click two or more points along the sciatic nerve "
+                             "(at least one near each end of the stretch to analyse).")
+        image, geometry = scene_io.array_from_volume(volume_node, "Volume")
+        seeds = scene_io.control_points_world(seeds_node)
+        segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
+        exclusion = None
+        if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
+            labelmap, _ = self.ho_labelmap(segmentation_node, geometry)
+            exclusion = labelmap > 0
+        trace = nerve.trace_nerve(image, geometry, seeds, modality=modality, side=side,
+                                  bone_threshold_hu=bone_threshold_hu, exclusion_mask=exclusion,
+                                  progress=sub_progress(progress, 0.0, 0.9))
+
+        report(progress, 0.92, "Writing nerve outputs")
+        segmentation_node = scene_io.ensure_segmentation_node(
+            self.scene, segmentation_node, SEGMENTATION_NAME, volume_node if segmentation_node is None else None)
+        segment_id = scene_io.replace_segments(
+            segmentation_node, {nerve_segment_name(side): trace.mask}, geometry, scene_io.NERVE_COLOR)[0]
+        stations = self.station_rows(trace)
+        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+        centreline_node = scene_io.fill_centreline_curve(
+            self.scene, centreline_node, centreline_name(side), trace.points_ras, self._station_arrays(stations))
+        centreline_node.SetAttribute("HOSciatic.Side", side)
+        centreline_node.SetAttribute("HOSciatic.Modality", modality)
+        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
+        stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
+        self._record_warnings(centreline_node, "HOSciatic.NerveWarnings", trace.warnings)
+        scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
+                                 [segmentation_node, centreline_node, stations_table_node])
+        report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm")
+        return NerveOutputs(centreline_node, stations_table_node, segmentation_node, segment_id, trace)
+
+    @staticmethod
+    def station_rows(trace) -> list[dict]:
+        return [
+            {"s_mm": float(trace.s_mm[n]), "ras": trace.points_ras[n].tolist(), "area_mm2": float(trace.area_mm2[n]),
+             "diameter_mm": float(trace.diameter_mm[n]), "min_diameter_mm": float(trace.min_diameter_mm[n]),
+             "max_diameter_mm": float(trace.max_diameter_mm[n])}
+            for n in range(len(trace.s_mm))
+        ]
+
+    @staticmethod
+    def _station_arrays(stations: list[dict], with_contact: bool = False) -> dict:
+        measures = [m for m in measurements.STATION_MEASURES if m.kind == "float" and m.key != "s_mm"]
+        if with_contact:
+            measures += measurements.STATION_CONTACT_MEASURES
+        return {m.key: (m.unit, m.description, [m.read(s) for s in stations]) for m in measures}
+
+    def _fill_stations_table(self, table_node, side, stations, with_contact):
+        station_measures = measurements.STATION_MEASURES + (
+            measurements.STATION_CONTACT_MEASURES if with_contact else [])
+        return scene_io.fill_table(self.scene, table_node, stations_table_name(side),
+                                   [m.column() for m in station_measures],
+                                   [measurements.as_table_row(station_measures, s) for s in stations])
+
+    # -- step 3: contact ------------------------------------------------------------
+    def compute_contact(self, segmentation_node, centreline_node, *, side="right",
+                        tolerance_mm=contact_module.DEFAULT_CONTACT_TOLERANCE_MM,
+                        contact_table_node=None, stations_table_node=None, chart_node=None,
+                        contact_patch_model_node=None, ho_distance_model_node=None, reference_volume_node=None,
+                        progress: ProgressCallback = None) -> ContactOutputs:
+        """Contact and encasement between the HO segments and one nerve.
+
+        Reads the current segments, so it recomputes after edits in the Segment
+        Editor without re-running segmentation or tracing.
+        """
+        side = _check_choice(side, SIDES, "Side")
+        if not np.isfinite(tolerance_mm) or not 0.0 <= float(tolerance_mm) <= 10.0:
+            raise InputError(f"The contact tolerance must be between 0 and 10 mm; got {tolerance_mm}.")
+        segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
+        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+        if segmentation_node is None or centreline_node is None:
+            raise InputError(f"Contact needs the HO segmentation and the {side} nerve centreline. "
+                             "Run 'Segment' and 'Trace' first.")
+        nerve_id = scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
+        if nerve_id is None:
+            raise InputError(f"The segmentation has no segment '{nerve_segment_name(side)}'. Trace the {side} "
+                             "sciatic nerve first (or rename your own nerve segment to that name).")
+        geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
+        report(progress, 0.05, "Reading segments")
+        nerve_mask = scene_io.segment_mask_on_grid(segmentation_node, nerve_id, geometry)
+        labelmap, names = self.ho_labelmap(segmentation_node, geometry)
+        centreline = scene_io.control_points_world(centreline_node)
+        result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
+                                                tolerance_mm=float(tolerance_mm),
+                                                progress=sub_progress(progress, 0.1, 0.7))
+        report(progress, 0.75, "Building surface models")
+        nerve_mesh = contact_module.nerve_surface_distance_mesh(nerve_mask, labelmap, geometry)
+        ho_mesh = contact_module.ho_surface_distance_mesh(labelmap, nerve_mask, geometry) if labelmap.any() else None
+
+        report(progress, 0.9, "Writing contact outputs")
+        stations = self._stations_with_contact(centreline_node, result)
+        arrays = self._station_arrays(stations, with_contact=True)
+        scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
+                                       np.array([s["ras"] for s in stations]), arrays)
+        scene_io.colour_curve_by(centreline_node, "encasement_deg", (0.0, 360.0))
+        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
+        stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=True)
+        contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME)
+        contact_table_node = self._fill_contact_table(contact_table_node, side, result, names)
+        chart_node = self._existing(chart_node, "vtkMRMLPlotChartNode", chart_name(side))
+        chart_node = scene_io.fill_plot_chart(
+            self.scene, chart_node, chart_name(side), stations_table_node, "s",
+            ["Encasement", "Diameter"], "Encasement (deg) / diameter (mm)")
+        contact_patch_model_node = self._contact_patch_model(contact_patch_model_node, side, nerve_mesh, result.tolerance_mm)
+        ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh)
+        scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
+                                 [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
+        report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg")
+        return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
+                              ho_distance_model_node, result, names)
+
+    def _segmentation_geometry(self, segmentation_node, reference_volume_node):
+        volume = reference_volume_node or self._reference_volume(segmentation_node)
+        if volume is None:
+            raise InputError("The segmentation has no reference volume. Select the CT as the segmentation's "
+                             "source geometry (Segment Editor > Source volume) and run again.")
+        return scene_io.volume_geometry(volume, "Reference volume")
+
+    def _stations_with_contact(self, centreline_node, result) -> list[dict]:
+        """Station rows: the traced cross-section figures joined with contact per station."""
+        points = scene_io.control_points_world(centreline_node)
+        traced = {m.key: scene_io.curve_measurement(centreline_node, m.key)
+                  for m in measurements.STATION_MEASURES if m.kind == "float" and m.key != "s_mm"}
+        s_traced = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))] if len(points) else np.zeros(0)
+        rows = []
+        for n, s in enumerate(np.asarray(result.s_mm, float)):
+            nearest = int(np.argmin(np.abs(s_traced - s))) if len(s_traced) else 0
+            row = {"s_mm": float(s), "ras": np.asarray(result.points_ras[n], float).tolist(),
+                   "encasement_deg": float(result.encasement_deg[n]),
+                   "distance_to_ho_mm": float(result.distance_to_ho_mm[n])}
+            for key, values in traced.items():
+                usable = values is not None and len(values) == len(points)
+                row[key] = float(values[nearest]) if usable else None
+            if row.get("area_mm2") is None and result.area_mm2 is not None:
+                area = float(result.area_mm2[n])
+                row["area_mm2"] = area
+                row["diameter_mm"] = float(np.sqrt(4.0 * area / np.pi))
+            rows.append(row)
+        return rows
+
+    def _fill_contact_table(self, table_node, side, result, names):
+        """One row per island x nerve; rows of the other side's nerve are kept."""
+        columns = [("nerve", "Nerve", "", "str", "Nerve the row refers to"),
+                   ("island", "Island", "", "str", "HO segment (or 'all HO' for the nerve as a whole)")]
+        columns += [m.column() for m in measurements.CONTACT_MEASURES]
+        kept = []
+        if table_node is not None and table_node.GetTable().GetNumberOfColumns():
+            existing = scene_io.table_columns(table_node)
+            titles = [c[1] for c in columns]
+            if list(existing) == titles:
+                for r in range(len(existing["Nerve"])):
+                    if existing["Nerve"][r] != nerve_segment_name(side):
+                        kept.append({c[0]: existing[c[1]][r] for c in columns})
+        rows = kept + [dict(nerve=nerve_segment_name(side), island="all HO",
+                            **measurements.as_table_row(measurements.CONTACT_MEASURES, result))]
+        for island in result.islands:
+            rows.append(dict(nerve=nerve_segment_name(side), island=names.get(island.label, f"HO {island.label}"),
+                             **measurements.as_table_row(measurements.CONTACT_MEASURES, island)))
+        return scene_io.fill_table(self.scene, table_node, CONTACT_TABLE_NAME, columns, rows)
+
+    def _contact_patch_model(self, model_node, side, nerve_mesh, tolerance_mm):
+        vertices, faces, distance = nerve_mesh
+        in_contact = faces[np.all(distance[faces] <= tolerance_mm, axis=1)] if len(faces) else faces
+        used = np.unique(in_contact)
+        remap = np.full(len(vertices), -1, np.int64)
+        remap[used] = np.arange(len(used))
+        polydata = scene_io.polydata_from_mesh(vertices[used], remap[in_contact],
+                                               {"distance_to_ho_mm": distance[used]})
+        model_node = self._existing(model_node, "vtkMRMLModelNode", contact_patch_name(side))
+        return scene_io.fill_model(self.scene, model_node, contact_patch_name(side), polydata, color=(0.9, 0.1, 0.1))
+
+    def _ho_distance_model(self, model_node, side, ho_mesh):
+        if ho_mesh is None:
+            vertices, faces, distance = np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros(0)
+        else:
+            vertices, faces, distance = ho_mesh[:3]
+        polydata = scene_io.polydata_from_mesh(vertices, faces, {"distance_to_nerve_mm": distance})
+        model_node = self._existing(model_node, "vtkMRMLModelNode", ho_distance_model_name(side))
+        return scene_io.fill_model(self.scene, model_node, ho_distance_model_name(side), polydata,
+                                   scalar_name="distance_to_nerve_mm", scalar_range=(0.0, 10.0))
+
+    @staticmethod
+    def _record_warnings(node, attribute: str, warnings) -> None:
+        node.SetAttribute(attribute, " | ".join(warnings) if warnings else "")

@@ -1,0 +1,546 @@
+"""The thin layer between MRML nodes and the arrays the algorithms work on.
+
+Reading: volumes, segments and markups become numpy arrays + :class:`VolumeGeometry`
+(world RAS, parent linear transforms included). Writing: arrays and results become
+nodes a Slicer user knows -- segments, tables, markups curves with per-point
+measurements, plot charts and models. Every writer updates the node it is given
+(so a re-run replaces its outputs) and creates one only when none was given.
+Nothing here depends on Qt; the scene is always passed explicitly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import VolumeGeometry
+
+#: Colour of HO segments: Slicer's "bone" terminology colour.
+BONE_COLOR = (0.945, 0.839, 0.569)
+NERVE_COLOR = (0.91, 0.85, 0.15)
+
+
+def _slicer():
+    import slicer
+
+    return slicer
+
+
+def _numpy_support():
+    from vtkmodules.util import numpy_support
+
+    return numpy_support
+
+
+def _matrix_to_numpy(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array: np.ndarray):
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    matrix = vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def _node_to_world(node, what: str) -> np.ndarray:
+    """4x4 matrix from the node's coordinates to world RAS (identity without a transform)."""
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return np.eye(4)
+    if not transform.IsTransformToWorldLinear():
+        raise InputError(f"{what} '{node.GetName()}' is under a non-linear transform. Harden the transform "
+                         "(Data module, right-click > Harden transform) and run again.")
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    matrix = vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(matrix)
+    return _matrix_to_numpy(matrix)
+
+
+# ---------------------------------------------------------------------------------------
+# Volumes
+# ---------------------------------------------------------------------------------------
+def volume_geometry(volume_node, what: str = "Volume") -> VolumeGeometry:
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise InputError(f"{what} has no image data. Select a loaded volume.")
+    matrix = vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    dims = volume_node.GetImageData().GetDimensions()
+    geometry = VolumeGeometry(_node_to_world(volume_node, what) @ _matrix_to_numpy(matrix), (dims[2], dims[1], dims[0]))
+    geometry.validate(f"{what} '{volume_node.GetName()}'")
+    return geometry
+
+
+def array_from_volume(volume_node, what: str = "Volume") -> tuple[np.ndarray, VolumeGeometry]:
+    """Voxel values (k, j, i) as a read-only view, and the world geometry."""
+    geometry = volume_geometry(volume_node, what)
+    image = volume_node.GetImageData()
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"{what} '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} components; "
+                         "a scalar CT or MR volume is required.")
+    array = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(geometry.shape_kji)
+    array.flags.writeable = False
+    return array, geometry
+
+
+def volume_node_from_array(scene, array: np.ndarray, geometry: VolumeGeometry, name: str, node=None,
+                           node_class: str = "vtkMRMLScalarVolumeNode"):
+    """Create (or update) a volume node holding a copy of ``array`` on ``geometry``."""
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    image = vtkImageData()
+    image.SetDimensions(geometry.shape_kji[2], geometry.shape_kji[1], geometry.shape_kji[0])
+    contiguous = np.ascontiguousarray(array)
+    vtk_array = _numpy_support().numpy_to_vtk(contiguous.ravel(), deep=True)
+    image.GetPointData().SetScalars(vtk_array)
+    if node is None:
+        node = scene.AddNewNodeByClass(node_class, name)
+    node.SetIJKToRASMatrix(_numpy_to_matrix(geometry.ijk_to_ras))
+    node.SetAndObserveImageData(image)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ---------------------------------------------------------------------------------------
+# Segmentations
+# ---------------------------------------------------------------------------------------
+def reference_image(geometry: VolumeGeometry):
+    """An empty vtkOrientedImageData describing ``geometry`` (for resampling)."""
+    slicer = _slicer()
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, geometry.shape_kji[2] - 1, 0, geometry.shape_kji[1] - 1, 0, geometry.shape_kji[0] - 1)
+    image.SetImageToWorldMatrix(_numpy_to_matrix(geometry.ijk_to_ras))
+    return image
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def segment_id_by_name(segmentation_node, name: str) -> str | None:
+    for segment_id in segment_ids(segmentation_node):
+        if segmentation_node.GetSegmentation().GetSegment(segment_id).GetName() == name:
+            return segment_id
+    return None
+
+
+def segment_mask_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeometry) -> np.ndarray:
+    """Binary mask of one segment resampled (nearest neighbour) onto ``geometry``."""
+    slicer = _slicer()
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment_id) is None:
+        raise InputError(f"Segment '{segment_id}' is not in '{segmentation_node.GetName()}'.")
+    master = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
+        else segmentation.GetMasterRepresentationName()
+    binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if master != binary_name and not segmentation.ContainsRepresentation(binary_name):
+        segmentation_node.CreateBinaryLabelmapRepresentation()
+    labelmap = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap)
+    mask = np.zeros(geometry.shape_kji, bool)
+    extent = labelmap.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        return mask
+    to_world = _node_to_world(segmentation_node, "Segmentation")
+    if not np.allclose(to_world, np.eye(4)):
+        labelmap.SetImageToWorldMatrix(_numpy_to_matrix(to_world @ _image_to_world(labelmap)))
+    resampled = slicer.vtkOrientedImageData()
+    reference = reference_image(geometry)
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, reference, resampled, False, True):
+        raise InputError(f"Segment '{segment_id}' could not be resampled onto the volume's grid.")
+    values = _oriented_image_to_array(resampled)
+    r_extent = resampled.GetExtent()
+    k0, j0, i0 = r_extent[4], r_extent[2], r_extent[0]
+    block = values > 0
+    target = (slice(max(k0, 0), min(k0 + block.shape[0], geometry.shape_kji[0])),
+              slice(max(j0, 0), min(j0 + block.shape[1], geometry.shape_kji[1])),
+              slice(max(i0, 0), min(i0 + block.shape[2], geometry.shape_kji[2])))
+    source = tuple(slice(t.start - o, t.stop - o) for t, o in zip(target, (k0, j0, i0)))
+    mask[target] = block[source]
+    return mask
+
+
+def _image_to_world(oriented_image) -> np.ndarray:
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    matrix = vtkMatrix4x4()
+    oriented_image.GetImageToWorldMatrix(matrix)
+    return _matrix_to_numpy(matrix)
+
+
+def _oriented_image_to_array(oriented_image) -> np.ndarray:
+    extent = oriented_image.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    return _numpy_support().vtk_to_numpy(oriented_image.GetPointData().GetScalars()).reshape(shape)
+
+
+def oriented_image_from_mask(mask: np.ndarray, geometry: VolumeGeometry, offset_kji=(0, 0, 0)):
+    """A binary vtkOrientedImageData holding the mask's bounding box.
+
+    ``mask`` may be a block of the grid that starts at array index ``offset_kji``,
+    so large volumes never need a full-size copy per segment.
+    """
+    slicer = _slicer()
+    from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
+
+    image = slicer.vtkOrientedImageData()
+    image.SetImageToWorldMatrix(_numpy_to_matrix(geometry.ijk_to_ras))
+    nonzero_slices = _bounding_slices(mask)
+    if nonzero_slices is None:
+        image.SetExtent(0, -1, 0, -1, 0, -1)
+        return image
+    low = [s.start + o for s, o in zip(nonzero_slices, offset_kji)]
+    high = [s.stop - 1 + o for s, o in zip(nonzero_slices, offset_kji)]
+    image.SetExtent(low[2], high[2], low[1], high[1], low[0], high[0])
+    image.AllocateScalars(VTK_UNSIGNED_CHAR, 1)
+    _oriented_image_to_array(image)[...] = mask[nonzero_slices].astype(np.uint8)
+    return image
+
+
+def _bounding_slices(mask: np.ndarray):
+    """Slices of the smallest block holding every True voxel, or None when empty."""
+    bounds = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(np.any(mask, axis=other))
+        if present.size == 0:
+            return None
+        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(bounds)
+
+
+def ensure_segmentation_node(scene, segmentation_node, name: str, reference_volume_node):
+    if segmentation_node is None:
+        segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    if reference_volume_node is not None:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    return segmentation_node
+
+
+def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeometry, color, remove_prefix: str | None = None):
+    """Put each ``name -> mask`` (or ``name -> (block_mask, offset_kji)``) into the
+    segmentation, replacing segments of the same name.
+
+    With ``remove_prefix`` every other segment whose name starts with it is removed
+    too (a re-run with fewer islands must not leave stale ``HO n`` segments).
+    Returns the segment IDs in the order given.
+    """
+    segmentation = segmentation_node.GetSegmentation()
+    wanted = set(masks_by_name)
+    for segment_id in segment_ids(segmentation_node):
+        name = segmentation.GetSegment(segment_id).GetName()
+        if name in wanted or (remove_prefix is not None and _has_numbered_prefix(name, remove_prefix)):
+            segmentation.RemoveSegment(segment_id)
+    created = []
+    for name, mask in masks_by_name.items():
+        block, offset = mask if isinstance(mask, tuple) else (mask, (0, 0, 0))
+        segment_id = segmentation.AddEmptySegment("", name, list(color))
+        image = oriented_image_from_mask(block, geometry, offset)
+        _slicer().vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            image, segmentation_node, segment_id,
+            _slicer().vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        created.append(segment_id)
+    return created
+
+
+def _has_numbered_prefix(name: str, prefix: str) -> bool:
+    return name.startswith(prefix) and name[len(prefix):].strip().isdigit()
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+def fill_table(scene, table_node, name: str, columns: list, rows: list):
+    """Replace the content of a table node.
+
+    ``columns`` is a list of (key, title, unit, kind, description) with kind in
+    'float', 'int', 'str'; ``rows`` a list of dicts keyed by column key.
+    """
+    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkIntArray, vtkStringArray
+
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    was_modifying = table_node.StartModify()
+    table = table_node.GetTable()
+    table.Initialize()
+    for key, title, unit, kind, description in columns:
+        array = {"float": vtkDoubleArray, "int": vtkIntArray, "str": vtkStringArray}[kind]()
+        array.SetName(title)
+        for row in rows:
+            value = row.get(key)
+            if kind == "str":
+                array.InsertNextValue("" if value is None else str(value))
+            elif kind == "int":
+                array.InsertNextValue(int(value))
+            else:
+                array.InsertNextValue(float("nan") if value is None else float(value))
+        table.AddColumn(array)
+        if unit:
+            table_node.SetColumnUnitLabel(title, unit)
+        if description:
+            table_node.SetColumnDescription(title, description)
+    table_node.SetUseColumnTitleAsColumnHeader(True)
+    table_node.SetLocked(True)
+    table.Modified()
+    table_node.EndModify(was_modifying)
+    return table_node
+
+
+def table_columns(table_node) -> dict:
+    """Column title -> list of values (numbers or strings)."""
+    table = table_node.GetTable()
+    result = {}
+    for c in range(table.GetNumberOfColumns()):
+        column = table.GetColumn(c)
+        result[column.GetName()] = [column.GetValue(r) for r in range(column.GetNumberOfTuples())]
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Markups
+# ---------------------------------------------------------------------------------------
+def control_points_world(markups_node) -> np.ndarray:
+    """World RAS positions of the defined control points of a markups node."""
+    points = []
+    for n in range(markups_node.GetNumberOfControlPoints()):
+        if hasattr(markups_node, "GetNthControlPointPositionStatus") and \
+                markups_node.GetNthControlPointPositionStatus(n) != markups_node.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(n, position)
+        points.append(position)
+    return np.asarray(points, float).reshape(-1, 3)
+
+
+def points_node_from_array(scene, points_ras: np.ndarray, name: str, node=None):
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    node.RemoveAllControlPoints()
+    for point in np.asarray(points_ras, float):
+        node.AddControlPointWorld(float(point[0]), float(point[1]), float(point[2]))
+    return node
+
+
+def roi_mask_on_grid(roi_node, geometry: VolumeGeometry) -> np.ndarray:
+    """Voxels of ``geometry`` inside a markups ROI (any orientation)."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    size = np.array(roi_node.GetSizeWorld() if hasattr(roi_node, "GetSizeWorld") else roi_node.GetSize(), float)
+    matrix = vtkMatrix4x4()
+    roi_node.GetObjectToWorldMatrix(matrix)
+    object_to_world = _matrix_to_numpy(matrix)
+    center = np.array([0.0, 0.0, 0.0])
+    roi_node.GetCenterWorld(center)
+    return box_mask_on_grid(center, object_to_world[:3, :3], size, geometry)
+
+
+def box_mask_on_grid(center_ras, axes_ras: np.ndarray, size_mm, geometry: VolumeGeometry) -> np.ndarray:
+    """Mask of an oriented box (columns of ``axes_ras`` = box axes) on the grid."""
+    size_mm = np.asarray(size_mm, float)
+    if not np.all(np.isfinite(size_mm)) or np.any(size_mm <= 0):
+        raise InputError(f"The ROI has zero or negative size {tuple(np.round(size_mm, 2))} mm. Resize the ROI so "
+                         "that it encloses the hip region to analyse.")
+    axes = np.asarray(axes_ras, float)
+    axes = axes / np.linalg.norm(axes, axis=0, keepdims=True)
+    half = size_mm / 2.0
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
+    corners_ras = np.asarray(center_ras, float) + corners @ axes.T
+    block = geometry.bounding_slices_of_ras_box(corners_ras, margin_mm=0.0)
+    mask = np.zeros(geometry.shape_kji, bool)
+    if any(s.stop <= s.start for s in block):
+        raise InputError("The ROI lies entirely outside the volume. Move the ROI onto the hip region of the image.")
+    points = geometry.voxel_ras_grid(block) - np.asarray(center_ras, np.float32)
+    local = points @ axes.astype(np.float32)
+    mask[block] = np.all(np.abs(local) <= half.astype(np.float32), axis=-1)
+    if not mask.any():
+        raise InputError("The ROI contains no voxel of the volume. Move or enlarge the ROI.")
+    return mask
+
+
+def _double_array(name: str, values):
+    from vtkmodules.vtkCommonCore import vtkDoubleArray
+
+    array = vtkDoubleArray()
+    array.SetName(name)
+    for value in values:
+        array.InsertNextValue(float("nan") if value is None else float(value))
+    return array
+
+
+def fill_centreline_curve(scene, curve_node, name: str, points_ras: np.ndarray, measurements: dict):
+    """Write a centreline as a markups curve with one control point per station.
+
+    ``measurements`` maps array name -> (unit, description, values per station);
+    each becomes a static per-control-point measurement, which the curve also
+    interpolates onto its curve points so it can be coloured by it.
+    """
+    slicer = _slicer()
+    from vtkmodules.vtkCommonCore import vtkPoints
+
+    if curve_node is None:
+        curve_node = scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", name)
+    was_modifying = curve_node.StartModify()
+    curve_node.SetName(name)
+    curve_node.SetCurveTypeToLinear()
+    points = vtkPoints()
+    for point in np.asarray(points_ras, float):
+        points.InsertNextPoint(*point)
+    curve_node.SetControlPointPositionsWorld(points)
+    for n in range(curve_node.GetNumberOfControlPoints()):
+        curve_node.SetNthControlPointLocked(n, True)
+        curve_node.SetNthControlPointLabel(n, "")
+    kept = []
+    for index in range(curve_node.GetNumberOfMeasurements()):
+        measurement = curve_node.GetNthMeasurement(index)
+        if measurement.GetName() not in measurements and not isinstance(measurement, slicer.vtkMRMLStaticMeasurement):
+            kept.append(measurement)
+    curve_node.RemoveAllMeasurements()
+    for measurement in kept:
+        curve_node.AddMeasurement(measurement)
+    for array_name, (unit, description, values) in measurements.items():
+        measurement = slicer.vtkMRMLStaticMeasurement()
+        measurement.SetName(array_name)
+        measurement.SetUnits(unit)
+        measurement.SetDescription(description)
+        measurement.SetPrintFormat("")
+        measurement.SetControlPointValues(_double_array(array_name, values))
+        curve_node.AddMeasurement(measurement)
+    curve_node.EndModify(was_modifying)
+    if curve_node.GetDisplayNode() is None:
+        curve_node.CreateDefaultDisplayNodes()
+    display = curve_node.GetDisplayNode()
+    display.SetSelectedColor(*NERVE_COLOR)
+    display.SetPointLabelsVisibility(False)
+    return curve_node
+
+
+def curve_measurement(curve_node, array_name: str) -> np.ndarray | None:
+    """Per-control-point values of a static measurement on a curve."""
+    for index in range(curve_node.GetNumberOfMeasurements()):
+        measurement = curve_node.GetNthMeasurement(index)
+        if measurement.GetName() == array_name and measurement.GetControlPointValues() is not None:
+            values = measurement.GetControlPointValues()
+            return np.array([values.GetValue(n) for n in range(values.GetNumberOfTuples())])
+    return None
+
+
+def colour_curve_by(curve_node, array_name: str, value_range) -> None:
+    """Show the curve coloured by one of its per-point arrays."""
+    display = curve_node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetActiveScalar(array_name, display.GetActiveAttributeLocation() if hasattr(display, "GetActiveAttributeLocation") else 0)
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
+    display.SetScalarRangeFlag(display.UseManualScalarRange)
+    display.SetScalarRange(float(value_range[0]), float(value_range[1]))
+    display.SetScalarVisibility(True)
+
+
+# ---------------------------------------------------------------------------------------
+# Plots and models
+# ---------------------------------------------------------------------------------------
+def fill_plot_chart(scene, chart_node, name: str, table_node, x_column: str, y_columns: list, y_title: str):
+    """A line chart of table columns against ``x_column``; series nodes are reused by name."""
+    slicer = _slicer()
+    if chart_node is None:
+        chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart_node.SetTitle(name)
+    chart_node.SetXAxisTitle(x_column)
+    chart_node.SetYAxisTitle(y_title)
+    existing = {}
+    for n in range(chart_node.GetNumberOfPlotSeriesNodes()):
+        series = chart_node.GetNthPlotSeriesNode(n)
+        if series is not None:
+            existing[series.GetName()] = series
+    chart_node.RemoveAllPlotSeriesNodeIDs()
+    colors = [(0.85, 0.2, 0.2), (0.2, 0.45, 0.85), (0.2, 0.7, 0.3), (0.6, 0.3, 0.7)]
+    for index, column in enumerate(y_columns):
+        series_name = f"{name}: {column}"
+        series = existing.pop(series_name, None) or scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", series_name)
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName(x_column)
+        series.SetYColumnName(column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        series.SetColor(*colors[index % len(colors)])
+        chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+    for stale in existing.values():
+        scene.RemoveNode(stale)
+    return chart_node
+
+
+def polydata_from_mesh(vertices_ras: np.ndarray, faces: np.ndarray, point_arrays: dict | None = None):
+    from vtkmodules.vtkCommonCore import vtkPoints
+    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+
+    numpy_support = _numpy_support()
+    polydata = vtkPolyData()
+    points = vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(vertices_ras, dtype=np.float32), deep=True))
+    polydata.SetPoints(points)
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    cells = vtkCellArray()
+    offsets = numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(faces) + 1, 3, dtype=np.int64), deep=True)
+    connectivity = numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(faces.ravel()), deep=True)
+    cells.SetData(offsets, connectivity)
+    polydata.SetPolys(cells)
+    for array_name, values in (point_arrays or {}).items():
+        array = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float32), deep=True)
+        array.SetName(array_name)
+        polydata.GetPointData().AddArray(array)
+    return polydata
+
+
+def fill_model(scene, model_node, name: str, polydata, color=None, scalar_name: str | None = None,
+               scalar_range=None, color_node_id: str = "vtkMRMLColorTableNodeRainbow"):
+    if model_node is None:
+        model_node = scene.AddNewNodeByClass("vtkMRMLModelNode", name)
+    model_node.SetAndObservePolyData(polydata)
+    if model_node.GetDisplayNode() is None:
+        model_node.CreateDefaultDisplayNodes()
+    display = model_node.GetDisplayNode()
+    if color is not None:
+        display.SetColor(*color)
+    if scalar_name:
+        polydata.GetPointData().SetActiveScalars(scalar_name)
+        display.SetActiveScalarName(scalar_name)
+        display.SetAndObserveColorNodeID(color_node_id)
+        if scalar_range is not None:
+            display.SetScalarRangeFlag(display.UseManualScalarRange)
+            display.SetScalarRange(float(scalar_range[0]), float(scalar_range[1]))
+        display.SetScalarVisibility(True)
+    display.SetVisibility2D(True)
+    return model_node
+
+
+# ---------------------------------------------------------------------------------------
+# Subject hierarchy
+# ---------------------------------------------------------------------------------------
+def place_in_folder(scene, folder_name: str, nodes) -> int:
+    """Put the nodes under one subject-hierarchy folder (created once, found by name)."""
+    slicer = _slicer()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return 0
+    scene_item = hierarchy.GetSceneItemID()
+    folder = hierarchy.GetItemChildWithName(scene_item, folder_name)
+    if not folder:
+        folder = hierarchy.CreateFolderItem(scene_item, folder_name)
+    for node in nodes:
+        if node is None:
+            continue
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, folder)
+    return folder
