@@ -17,6 +17,7 @@ Exit status: 0 success, 2 bad input (one-paragraph message on stderr),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -25,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +283,20 @@ def _write_stations_csv(path: Path, stations: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------
 # The analysis
 # ---------------------------------------------------------------------------------------
-def run_analyze(args, progress: _ConsoleProgress) -> Path:
+@contextlib.contextmanager
+def _stage(timings: dict | None, name: str):
+    """Accumulate the wall time of a stage into ``timings`` (for the benchmark)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -> Path:
+    """Run the whole analysis for parsed ``args``; ``timings`` (optional) receives
+    seconds per stage: read, ossification, nerve, metrics, write."""
     from . import scene as scene_io
     from .mrml_app import create_headless_slicer
     from .pipeline import HOSciaticAnalysis
@@ -289,30 +304,35 @@ def run_analyze(args, progress: _ConsoleProgress) -> Path:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
-    image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image")
-    seeds = _load_seeds(args.nerve_seeds)
+    with _stage(timings, "read"):
+        image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image")
+        seeds = _load_seeds(args.nerve_seeds)
     if args.modality == "mr" and (args.roi or args.bones):
         raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
                          "(--modality mr) only traces the nerve. Remove them or give the CT.")
     if args.modality == "mr" and not seeds:
         raise InputError("An MR run traces the nerve only, so it needs --nerve-seeds. Give a seed-point file.")
 
-    slicer_core = create_headless_slicer()
-    scene = slicer_core.scene
-    analysis = HOSciaticAnalysis(scene)
-    volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
-    volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name)
+    with _stage(timings, "read"):
+        slicer_core = create_headless_slicer()
+        scene = slicer_core.scene
+        analysis = HOSciaticAnalysis(scene)
+        volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
+        volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name)
+        del image.array  # the scene holds the voxels now; keep one copy in memory
     warnings: list[str] = []
 
     oss_outputs = None
     segmentation_node = None
     if args.modality == "ct":
-        roi_node = _add_roi_node(scene, args.roi) if args.roi else None
-        bones_node = _add_bones_node(scene, args.bones, volume_node) if args.bones else None
-        oss_outputs = analysis.segment_ossifications(
-            volume_node, roi_node=roi_node, native_bone_segmentation_node=bones_node,
-            bone_threshold_hu=args.bone_threshold, min_island_ml=args.min_island_ml,
-            progress=progress.for_stage("HO segmentation"))
+        with _stage(timings, "read"):
+            roi_node = _add_roi_node(scene, args.roi) if args.roi else None
+            bones_node = _add_bones_node(scene, args.bones, volume_node) if args.bones else None
+        with _stage(timings, "ossification"):
+            oss_outputs = analysis.segment_ossifications(
+                volume_node, roi_node=roi_node, native_bone_segmentation_node=bones_node,
+                bone_threshold_hu=args.bone_threshold, min_island_ml=args.min_island_ml,
+                progress=progress.for_stage("HO segmentation"))
         segmentation_node = oss_outputs.segmentation_node
         warnings += oss_outputs.result.warnings
 
@@ -321,17 +341,19 @@ def run_analyze(args, progress: _ConsoleProgress) -> Path:
         if side_warning:
             warnings.append(side_warning)
         seeds_node = scene_io.points_node_from_array(scene, points, f"Sciatic nerve {side} seeds")
-        nerve_outputs = analysis.trace_nerve(
-            volume_node, seeds_node, side=side, modality=args.modality, segmentation_node=segmentation_node,
-            bone_threshold_hu=args.bone_threshold, progress=progress.for_stage(f"Nerve {side}"))
+        with _stage(timings, "nerve"):
+            nerve_outputs = analysis.trace_nerve(
+                volume_node, seeds_node, side=side, modality=args.modality, segmentation_node=segmentation_node,
+                bone_threshold_hu=args.bone_threshold, progress=progress.for_stage(f"Nerve {side}"))
         segmentation_node = nerve_outputs.segmentation_node
         nerves.append((side, nerve_outputs))
     contacts = []
     if oss_outputs is not None:
         for side, nerve_outputs in nerves:
-            contacts.append((side, analysis.compute_contact(
-                segmentation_node, nerve_outputs.centreline_node, side=side, tolerance_mm=args.contact_tolerance,
-                reference_volume_node=volume_node, progress=progress.for_stage(f"Contact {side}"))))
+            with _stage(timings, "metrics"):
+                contacts.append((side, analysis.compute_contact(
+                    segmentation_node, nerve_outputs.centreline_node, side=side, tolerance_mm=args.contact_tolerance,
+                    reference_volume_node=volume_node, progress=progress.for_stage(f"Contact {side}"))))
     contact_by_side = dict(contacts)
 
     document = {
@@ -364,6 +386,12 @@ def run_analyze(args, progress: _ConsoleProgress) -> Path:
         }
 
     # Everything is computed: write into a private folder, then move into place.
+    with _stage(timings, "write"):
+        _publish(out_dir, scene, segmentation_node, nerves, document, args, slicer_core)
+    return out_dir
+
+
+def _publish(out_dir: Path, scene, segmentation_node, nerves, document, args, slicer_core) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-", dir=out_dir))
     try:
@@ -375,7 +403,6 @@ def run_analyze(args, progress: _ConsoleProgress) -> Path:
             os.replace(item, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 def _write_outputs(folder: Path, scene, segmentation_node, nerves, document, args, slicer_core) -> None:

@@ -1,0 +1,153 @@
+"""The ``hosciatic`` command end to end on a small synthetic case written to disk."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from HOSciaticModuleLib import cli
+from HOSciaticModuleLib.imageio import write_volume
+from HOSciaticModuleLib.phantom import generate_phantom, write_markups_points_json, write_phantom_case
+
+SMALL_SPACING = (1.0, 1.0, 2.0)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("case")
+    phantom = generate_phantom(spacing_ijk=SMALL_SPACING)
+    paths = write_phantom_case(phantom, folder)
+    return phantom, paths
+
+
+@pytest.fixture(scope="module")
+def analysed(case, tmp_path_factory):
+    phantom, paths = case
+    out = tmp_path_factory.mktemp("out")
+    code = cli.main(["analyze", str(paths["image"]), "--out", str(out), "--nerve-seeds", str(paths["seeds"]), "--quiet"])
+    assert code == 0
+    return phantom, out, json.loads((out / "metrics.json").read_text())
+
+
+def test_outputs_written(analysed):
+    _, out, document = analysed
+    names = {p.name for p in out.iterdir()}
+    assert {"segmentation.seg.nrrd", "metrics.json", "scene.mrb", "nerve_right.mrk.json", "stations_right.csv"} <= names
+    assert not any(name.startswith(".hosciatic-partial") for name in names)
+    assert document["schema"] == "hosciatic-metrics/1"
+    assert set(document) >= {"input", "parameters", "ossifications", "nerves"}
+
+
+def test_ossification_figures_match_truth(analysed):
+    phantom, _, document = analysed
+    truth_total = sum(island["volume_ml"] for island in phantom.islands)
+    oss = document["ossifications"]
+    assert oss["count"] == len(phantom.islands)
+    assert abs(oss["total_volume_ml"] - truth_total) <= 0.10 * truth_total
+    assert [i["segment"] for i in oss["islands"]] == [f"HO {n}" for n in range(1, oss["count"] + 1)]
+    volumes = [i["volume_ml"] for i in oss["islands"]]
+    assert volumes == sorted(volumes, reverse=True)
+    assert sum(i["fused_to_native_bone"] for i in oss["islands"]) == 1
+    for island in oss["islands"]:
+        assert {"id", "segment", "volume_ml", "mean_hu", "max_hu", "centroid_ras", "fused_to_native_bone",
+                "maturity", "min_distance_to_nerve_mm", "contact_area_mm2", "encasement_class"} <= set(island)
+
+
+def test_nerve_and_contact_figures(analysed):
+    phantom, _, document = analysed
+    (nerve,) = document["nerves"]
+    assert nerve["side"] == "right"
+    seeds_span = phantom.centreline_s_mm[-1] - 10.0  # seeds are 5 mm inside each end
+    assert abs(nerve["length_mm"] - seeds_span) < 0.1 * seeds_span
+    assert nerve["min_distance_mm"] == pytest.approx(0.0, abs=0.5)
+    # A 270 deg gap-free shell: encasement class, about 270 + 4 asin(tau / 2r) deg.
+    assert nerve["encasement_class"] == "encasement"
+    assert 250 <= nerve["max_encasement_deg"] <= 330
+    shell_length = 25.0
+    assert abs(nerve["longest_contact_mm"] - (shell_length + 2.0)) <= 4.0
+    station = nerve["stations"][0]
+    assert {"s_mm", "ras", "area_mm2", "diameter_mm", "min_diameter_mm", "max_diameter_mm",
+            "encasement_deg", "distance_to_ho_mm"} <= set(station)
+    assert len(nerve["stations"]) == pytest.approx(nerve["length_mm"], abs=2)
+
+
+def test_repeatable_apart_from_timestamp(case, analysed, tmp_path):
+    _, paths = case
+    _, out, document = analysed
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(tmp_path), "--nerve-seeds", str(paths["seeds"]),
+                     "--quiet", "--no-scene"]) == 0
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    for item in (document, again):
+        item.pop("generated")
+        item["input"].pop("image")
+        item["input"]["nerve_seeds"] = []
+    assert json.dumps(again, sort_keys=True) == json.dumps(document, sort_keys=True)
+
+
+def test_mr_run_traces_nerve_only(tmp_path):
+    phantom = generate_phantom(modality="mr", spacing_ijk=SMALL_SPACING)
+    paths = write_phantom_case(phantom, tmp_path / "mr", name="mr")
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(paths["image"]), "--modality", "mr", "--nerve-seeds", str(paths["seeds"]),
+                     "--out", str(out), "--quiet", "--no-scene"]) == 0
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["ossifications"] is None
+    assert len(document["nerves"]) == 1 and document["nerves"][0]["length_mm"] > 100
+
+
+def _run_cli_subprocess(args, cwd):
+    return subprocess.run([sys.executable, "-m", "HOSciaticModuleLib.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _assert_clean_refusal(result, out: Path, *phrases):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase.lower() in result.stderr.lower(), result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_inputs_exit_2_with_message(tmp_path, case):
+    _, paths = case
+    out = tmp_path / "out"
+    _assert_clean_refusal(_run_cli_subprocess(["analyze", str(tmp_path / "missing.nrrd"), "--out", str(out)], tmp_path),
+                          out, "does not exist")
+    text = tmp_path / "notes.nrrd"
+    text.write_text("this is not an image")
+    _assert_clean_refusal(_run_cli_subprocess(["analyze", str(text), "--out", str(out)], tmp_path), out, "not an image")
+    bad_seeds = tmp_path / "seeds.mrk.json"
+    bad_seeds.write_text("{not json")
+    _assert_clean_refusal(_run_cli_subprocess(
+        ["analyze", str(paths["image"]), "--out", str(out), "--nerve-seeds", str(bad_seeds)], tmp_path),
+        out, "markups")
+
+
+def test_nan_and_2d_images_refused(tmp_path):
+    from HOSciaticModuleLib.geometry import VolumeGeometry
+
+    geometry = VolumeGeometry.from_spacing_origin_directions((8, 8, 8), (1, 1, 1), (0, 0, 0))
+    values = np.zeros((8, 8, 8), np.float32)
+    values[2, 2, 2] = np.nan
+    write_volume(tmp_path / "nan.nrrd", values, geometry)
+    out = tmp_path / "out"
+    _assert_clean_refusal(_run_cli_subprocess(["analyze", str(tmp_path / "nan.nrrd"), "--out", str(out)], tmp_path),
+                          out, "NaN")
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.int16)), str(tmp_path / "flat.nrrd"))
+    _assert_clean_refusal(_run_cli_subprocess(["analyze", str(tmp_path / "flat.nrrd"), "--out", str(out)], tmp_path),
+                          out, "2D")
+
+
+def test_too_few_seed_points_refused(tmp_path, case):
+    phantom, paths = case
+    seeds = tmp_path / "one_right.mrk.json"
+    write_markups_points_json(seeds, phantom.seeds_ras([40.0]), "Sciatic nerve right seeds")
+    out = tmp_path / "out"
+    _assert_clean_refusal(_run_cli_subprocess(
+        ["analyze", str(paths["image"]), "--out", str(out), "--nerve-seeds", str(seeds), "--no-scene"], tmp_path),
+        out, "seed")

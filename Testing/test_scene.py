@@ -1,0 +1,86 @@
+"""The analysis on a real MRML scene: outputs, re-runs, failures and the .mrb round trip."""
+
+import numpy as np
+import pytest
+
+from HOSciaticModuleLib import scene as scene_io
+from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.mrml_app import create_headless_slicer
+from HOSciaticModuleLib.phantom import generate_phantom
+from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+
+OUTPUT_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLMarkupsCurveNode", "vtkMRMLPlotChartNode",
+                  "vtkMRMLPlotSeriesNode", "vtkMRMLModelNode")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom(spacing_ijk=(1.0, 1.0, 2.0))
+
+
+def _node_counts(scene):
+    return {name: scene.GetNumberOfNodesByClass(name) for name in OUTPUT_CLASSES}
+
+
+def _run_chain(scene, phantom):
+    analysis = HOSciaticAnalysis(scene)
+    volume = scene_io.volume_node_from_array(scene, phantom.image, phantom.geometry, "CT")
+    seeds = scene_io.points_node_from_array(scene, phantom.seeds_ras([5.0, 70.0, phantom.centreline_s_mm[-1] - 5]),
+                                            "seeds")
+    oss = analysis.segment_ossifications(volume)
+    traced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    return analysis, volume, seeds, oss, traced, contact
+
+
+def test_outputs_are_native_nodes(slicer_scene, phantom):
+    _, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    segmentation = oss.segmentation_node
+    names = [segmentation.GetSegmentation().GetSegment(sid).GetName() for sid in scene_io.segment_ids(segmentation)]
+    assert names.count("Sciatic nerve right") == 1
+    assert sorted(n for n in names if n.startswith("HO ")) == [f"HO {k}" for k in range(1, len(phantom.islands) + 1)]
+    assert traced.centreline_node.GetName() == "Sciatic nerve right centreline"
+    for array in ("area_mm2", "diameter_mm", "min_diameter_mm", "max_diameter_mm", "encasement_deg", "distance_to_ho_mm"):
+        values = scene_io.curve_measurement(traced.centreline_node, array)
+        assert values is not None and len(values) == traced.centreline_node.GetNumberOfControlPoints()
+    encasement = scene_io.curve_measurement(traced.centreline_node, "encasement_deg")
+    assert 250 <= np.nanmax(encasement) <= 330
+    assert contact.contact_table_node.GetName() == "HO–nerve contact"
+    assert contact.contact_table_node.GetNumberOfRows() == 1 + len(phantom.islands)
+    assert contact.chart_node.GetNumberOfPlotSeriesNodes() == 2
+    assert contact.contact_patch_model_node.GetPolyData().GetNumberOfPoints() > 0
+    assert contact.ho_distance_model_node.GetPolyData().GetPointData().GetArray("distance_to_nerve_mm") is not None
+
+
+def test_rerun_replaces_outputs_and_failure_changes_nothing(slicer_scene, phantom):
+    analysis, volume, seeds, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    before = _node_counts(slicer_scene)
+    analysis.segment_ossifications(volume, segmentation_node=oss.segmentation_node, islands_table_node=oss.islands_table_node)
+    again = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    analysis.compute_contact(oss.segmentation_node, again.centreline_node, side="right")
+    assert _node_counts(slicer_scene) == before
+    segments_before = scene_io.segment_ids(oss.segmentation_node)
+    nodes_before = slicer_scene.GetNumberOfNodes()
+    one_seed = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([40.0]), "one seed")
+    with pytest.raises(InputError):
+        analysis.trace_nerve(volume, one_seed, side="right", segmentation_node=oss.segmentation_node)
+    assert scene_io.segment_ids(oss.segmentation_node) == segments_before
+    assert slicer_scene.GetNumberOfNodes() == nodes_before + 1  # only the seed node the test itself added
+
+
+def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
+    _, _, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    from HOSciaticModuleLib.cli import _write_scene_bundle
+
+    bundle = tmp_path / "scene.mrb"
+    _write_scene_bundle(slicer_scene, bundle)
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(bundle))
+    segmentation = fresh.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    loaded_names = sorted(segmentation.GetSegmentation().GetSegment(s).GetName() for s in scene_io.segment_ids(segmentation))
+    original = oss.segmentation_node
+    assert loaded_names == sorted(original.GetSegmentation().GetSegment(s).GetName() for s in scene_io.segment_ids(original))
+    table = fresh.GetFirstNodeByName("HO islands")
+    assert table is not None and table.GetNumberOfRows() == len(phantom.islands)
+    curve = fresh.GetFirstNodeByName("Sciatic nerve right centreline")
+    assert curve is not None and scene_io.curve_measurement(curve, "encasement_deg") is not None
