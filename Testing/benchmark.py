@@ -1,0 +1,219 @@
+"""Speed and memory benchmark of ``hosciatic analyze`` on a full-size pelvic CT.
+
+    .venv/bin/python Testing/benchmark.py [--cache .benchmark-cache] [--sizes 100,200,300,400]
+
+Generates once (and caches) a 512 x 512 x 400 synthetic hip CT at 0.8 x 0.8 x 1.0 mm
+with HO and a sciatic nerve of about 300 mm, then, each in a fresh process:
+
+* the bare baseline on the same file: SimpleITK read, BinaryThreshold,
+  ConnectedComponent, RelabelComponent;
+* ``hosciatic analyze`` with wall time per stage and the process's peak memory;
+* in a scene: tracing the whole nerve, and recomputing the metrics after an
+  edit of an HO segment;
+* the analysis on 4 slabs of growing slice count, to show how cost grows.
+
+This is not a test: it prints figures; targets are stated beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE_KJI = (400, 512, 512)
+SPACING_IJK = (0.8, 0.8, 1.0)
+TARGETS = {"ratio": 3.0, "peak_gb": 2.5, "recompute_s": 0.5, "trace_s": 2.0}
+
+
+def benchmark_spec():
+    from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec
+
+    return PhantomSpec(
+        nerve_control_points=((-4.0, 2.0, -150.0), (3.0, -2.0, -75.0), (6.0, -4.0, 0.0), (3.0, -1.0, 75.0),
+                              (-3.0, 3.0, 150.0)),
+        femur_axis=((34.0, 14.0, -250.0), (44.0, 16.0, 250.0)),
+        ischium_axis=((-30.0, 6.0, -60.0), (-26.0, 4.0, 200.0)),
+        artery_axis=((-14.0, 24.0, -250.0), (-10.0, 22.0, 250.0)),
+        body_center_offset=(-90.0, 10.0), body_semi_axes=(175.0, 125.0),
+        thickening_center_s_mm=140.0,
+        islands=(
+            IslandSpec("wrap", "shell", True, s_start_mm=150.0, s_stop_mm=178.0, sector_deg=270.0, gap_mm=0.0),
+            IslandSpec("free", "ellipsoid", True, center_offset=(16.0, -26.0, -35.0), semi_axes=(10.0, 7.0, 9.0)),
+            IslandSpec("fused", "ellipsoid", False, center_offset=(44.0, -2.0, 45.0), semi_axes=(8.0, 8.0, 11.0)),
+        ),
+    )
+
+
+def prepare_case(cache: Path) -> dict:
+    """Generate the full-size case once; later runs reuse the files."""
+    from HOSciaticModuleLib.imageio import write_volume
+    from HOSciaticModuleLib.phantom import generate_phantom, write_markups_points_json
+
+    cache.mkdir(parents=True, exist_ok=True)
+    image_path = cache / "pelvis_ct.nrrd"
+    centreline_path = cache / "centreline_ras.npy"
+    if not image_path.exists() or not centreline_path.exists():
+        print(f"Generating the {SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]} benchmark CT (once) ...", flush=True)
+        start = time.perf_counter()
+        phantom = generate_phantom(benchmark_spec(), spacing_ijk=SPACING_IJK, shape_kji=SHAPE_KJI, chunk_slices=16)
+        write_volume(image_path, np.round(phantom.image).astype(np.int16), phantom.geometry, compress=False)
+        np.save(centreline_path, phantom.centreline_ras)
+        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+    centreline = np.load(centreline_path)
+    return {"image": image_path, "centreline": centreline}
+
+
+def write_seeds(path: Path, centreline: np.ndarray, z_range) -> float:
+    """Two end seeds on the nerve 5 mm inside the slab; returns the nerve length between them."""
+    from HOSciaticModuleLib.phantom import write_markups_points_json
+
+    inside = np.flatnonzero((centreline[:, 2] > z_range[0] + 5.0) & (centreline[:, 2] < z_range[1] - 5.0))
+    first, last = inside[0], inside[-1]
+    write_markups_points_json(path, centreline[[first, last]], "Sciatic nerve right seeds")
+    return float(np.sum(np.linalg.norm(np.diff(centreline[first:last + 1], axis=0), axis=1)))
+
+
+def peak_memory_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 ** 2
+
+
+# ---------------------------------------------------------------------------------------
+# Workers (each runs in its own process so peak memory is its own)
+# ---------------------------------------------------------------------------------------
+def worker_baseline(image: str) -> dict:
+    import SimpleITK as sitk
+
+    start = time.perf_counter()
+    volume = sitk.ReadImage(image)
+    bone = sitk.BinaryThreshold(volume, 200, 3000, 1, 0)
+    components = sitk.ConnectedComponent(bone)
+    relabelled = sitk.RelabelComponent(components)
+    count = int(sitk.GetArrayViewFromImage(relabelled).max())
+    return {"seconds": time.perf_counter() - start, "components": count, "peak_gb": peak_memory_gb()}
+
+
+def worker_analyze(image: str, seeds: str, out: str) -> dict:
+    from HOSciaticModuleLib import cli
+
+    timings: dict = {}
+    args = cli.build_parser().parse_args(["analyze", image, "--out", out, "--nerve-seeds", seeds, "--quiet"])
+    start = time.perf_counter()
+    cli.run_analyze(args, cli._ConsoleProgress(True), timings)
+    total = time.perf_counter() - start
+    document = json.loads((Path(out) / "metrics.json").read_text())
+    return {"seconds": total, "stages": timings, "peak_gb": peak_memory_gb(),
+            "islands": document["ossifications"]["count"],
+            "nerve_length_mm": document["nerves"][0]["length_mm"]}
+
+
+def worker_scene(image: str, seeds: str) -> dict:
+    """Trace in a scene, then edit an HO segment and time the metrics recompute."""
+    from scipy import ndimage
+
+    from HOSciaticModuleLib import scene as scene_io
+    from HOSciaticModuleLib.imageio import read_markups_json, read_volume
+    from HOSciaticModuleLib.mrml_app import create_headless_slicer
+    from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+
+    scene = create_headless_slicer().scene
+    loaded = read_volume(image)
+    volume = scene_io.volume_node_from_array(scene, loaded.array, loaded.geometry, "CT")
+    seed_points = read_markups_json(seeds)[0].points_ras
+    seeds_node = scene_io.points_node_from_array(scene, seed_points, "seeds")
+    analysis = HOSciaticAnalysis(scene)
+    oss = analysis.segment_ossifications(volume)
+    start = time.perf_counter()
+    traced = analysis.trace_nerve(volume, seeds_node, segmentation_node=oss.segmentation_node)
+    trace_seconds = time.perf_counter() - start
+    analysis.compute_contact(oss.segmentation_node, traced.centreline_node)
+
+    # A user's edit: grow "HO 1" by one voxel, as the Segment Editor's margin effect would.
+    segment_id = scene_io.segment_id_by_name(oss.segmentation_node, "HO 1")
+    grown = ndimage.binary_dilation(scene_io.segment_mask_on_grid(oss.segmentation_node, segment_id, loaded.geometry))
+    scene_io.replace_segments(oss.segmentation_node, {"HO 1": grown}, loaded.geometry, scene_io.BONE_COLOR)
+    start = time.perf_counter()
+    result = analysis.compute_contact(oss.segmentation_node, traced.centreline_node)
+    recompute_seconds = time.perf_counter() - start
+    return {"trace_seconds": trace_seconds, "nerve_length_mm": traced.trace.length_mm,
+            "recompute_seconds": recompute_seconds, "max_encasement_deg": result.contact.max_encasement_deg}
+
+
+def run_worker(*args) -> dict:
+    completed = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"benchmark worker {args[0]} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def slab_image(case: dict, cache: Path, slices: int) -> tuple[Path, Path, float]:
+    """A copy of the CT holding the central ``slices`` slices, with seeds inside it."""
+    import SimpleITK as sitk
+
+    path = cache / f"slab_{slices}.nrrd"
+    seeds = cache / f"slab_{slices}_seeds.mrk.json"
+    image = sitk.ReadImage(str(case["image"]))
+    start = (image.GetSize()[2] - slices) // 2
+    slab = image[:, :, start:start + slices]
+    if not path.exists():
+        sitk.WriteImage(slab, str(path), False)
+    z = [slab.TransformIndexToPhysicalPoint((0, 0, 0))[2], slab.TransformIndexToPhysicalPoint((0, 0, slices - 1))[2]]
+    length = write_seeds(seeds, case["centreline"], (min(z), max(z)))
+    return path, seeds, length
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", default=".benchmark-cache")
+    parser.add_argument("--sizes", default="100,200,300,400")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        name, *rest = args.worker
+        result = {"baseline": worker_baseline, "analyze": worker_analyze, "scene": worker_scene}[name](*rest)
+        print(json.dumps(result))
+        return
+
+    cache = Path(args.cache)
+    case = prepare_case(cache)
+    seeds = cache / "seeds_right.mrk.json"
+    length = write_seeds(seeds, case["centreline"], (-1e9, 1e9))
+    print(f"Case: {case['image']} ({SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]}, {SPACING_IJK} mm), "
+          f"nerve between seeds {length:.0f} mm")
+
+    baseline = run_worker("baseline", str(case["image"]))
+    analyzed = run_worker("analyze", str(case["image"]), str(seeds), str(cache / "out"))
+    ratio = analyzed["seconds"] / baseline["seconds"]
+    print(f"\nBaseline (read + threshold + connected components + relabel): {baseline['seconds']:.2f} s, "
+          f"peak {baseline['peak_gb']:.2f} GB")
+    print(f"hosciatic analyze: {analyzed['seconds']:.2f} s, peak {analyzed['peak_gb']:.2f} GB "
+          f"(target <= {TARGETS['peak_gb']} GB); {analyzed['islands']} islands, nerve {analyzed['nerve_length_mm']} mm")
+    for stage in ("read", "ossification", "nerve", "metrics", "write"):
+        print(f"  {stage:<13}{analyzed['stages'].get(stage, 0.0):8.2f} s")
+    print(f"Ratio analyze / baseline: {ratio:.2f} (target <= {TARGETS['ratio']})")
+
+    scene = run_worker("scene", str(case["image"]), str(seeds))
+    print(f"\nTracing {scene['nerve_length_mm']:.0f} mm of nerve: {scene['trace_seconds']:.2f} s "
+          f"(target <= {TARGETS['trace_s']} s)")
+    print(f"Metrics recompute after an HO segment edit: {scene['recompute_seconds']:.2f} s "
+          f"(target <= {TARGETS['recompute_s']} s)")
+
+    print("\nCost growth (analyze on the central slab of the same CT):")
+    print(f"  {'slices':>6} {'voxels (M)':>11} {'seconds':>8} {'ns/voxel':>9} {'peak GB':>8}")
+    for slices in (int(s) for s in args.sizes.split(",")):
+        slices = min(slices, SHAPE_KJI[0])
+        path, slab_seeds, _ = slab_image(case, cache, slices)
+        result = run_worker("analyze", str(path), str(slab_seeds), str(cache / f"out_{slices}"))
+        voxels = slices * SHAPE_KJI[1] * SHAPE_KJI[2]
+        print(f"  {slices:>6} {voxels / 1e6:>11.1f} {result['seconds']:>8.2f} "
+              f"{1e9 * result['seconds'] / voxels:>9.1f} {result['peak_gb']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
