@@ -10,6 +10,7 @@ instead of piling up new ones.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,60 @@ ISLANDS_TABLE_NAME = "HO islands"
 CONTACT_TABLE_NAME = "HO–nerve contact"
 SIDES = ("right", "left")
 MODALITIES = ("ct", "mr")
+
+#: Working memory the analysis needs per voxel of the analysed region (the CT itself,
+#: bone masks, label maps and float32 distance maps at their peak).
+BYTES_PER_ANALYSED_VOXEL = 14
+#: Slices thicker than this blur small islands and the nerve's calibre (partial volume
+#: over more than a third of a 9-12 mm nerve).
+THICK_SLICE_WARNING_MM = 3.0
+#: The two sciatic nerves lie 15-25 cm apart; one nerve's clicks spread a few cm in R-L.
+#: A gap this wide between clicked points means both legs were clicked in one list.
+BOTH_LEGS_GAP_MM = 80.0
+
+
+def memory_budget_bytes() -> float:
+    """Memory the analysis may use: HOSCIATIC_MEMORY_GB if set, else half the machine's RAM."""
+    configured = os.environ.get("HOSCIATIC_MEMORY_GB")
+    if configured:
+        try:
+            return float(configured) * 1024.0 ** 3
+        except ValueError:
+            raise InputError(f"HOSCIATIC_MEMORY_GB must be a number of gigabytes; got '{configured}'.") from None
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8.0 * 1024.0 ** 3
+
+
+def check_memory_budget(voxel_count: int, what: str) -> None:
+    needed = voxel_count * BYTES_PER_ANALYSED_VOXEL
+    budget = memory_budget_bytes()
+    if needed > budget:
+        raise InputError(
+            f"{what} has {voxel_count / 1e6:.0f} million voxels; analysing it needs about {needed / 1024 ** 3:.1f} GB, "
+            f"more than the {budget / 1024 ** 3:.1f} GB budget. Give an ROI around the hip (the analysis then works "
+            "inside it), or crop/resample the volume (Crop Volume module), and run again.")
+
+
+def thick_slice_warnings(geometry) -> list[str]:
+    thickest = float(max(geometry.spacing_ijk))
+    if thickest > THICK_SLICE_WARNING_MM:
+        return [f"Voxels are {thickest:.1f} mm thick along one axis: small HO islands, thin gaps and the nerve's "
+                "calibre are unreliable at this resolution. Use a reconstruction with slices of 1.5 mm or thinner."]
+    return []
+
+
+def check_seeds_on_one_nerve(seeds_ras: np.ndarray) -> None:
+    """Refuse a seed list whose points fall into two clusters far apart in R-L (both legs)."""
+    if len(seeds_ras) < 2:
+        return
+    right_left = np.sort(np.asarray(seeds_ras, float)[:, 0])
+    widest_gap = float(np.max(np.diff(right_left)))
+    if widest_gap > BOTH_LEGS_GAP_MM:
+        raise InputError(
+            f"The seed points form two groups {widest_gap:.0f} mm apart from right to left: they seem to be on both "
+            "legs. Put the points of each sciatic nerve in its own point list and trace each side separately.")
 
 
 def nerve_segment_name(side: str) -> str:
@@ -154,27 +209,34 @@ class HOSciaticAnalysis:
         report(progress, 0.0, "Reading CT")
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
         roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
+        analysed_voxels = int(np.count_nonzero(roi_mask)) if roi_mask is not None else geometry.voxel_count
+        check_memory_budget(analysed_voxels, f"The CT '{ct_volume_node.GetName()}'" + (" inside the ROI" if roi_mask is not None else ""))
         native = (self._native_bone_mask(native_bone_segmentation_node, geometry)
                   if native_bone_segmentation_node is not None else None)
+        # Inside an ROI only its bounding block is analysed: memory and time follow the ROI.
+        block = scene_io.bounding_slices(roi_mask) if roi_mask is not None else tuple(slice(0, n) for n in geometry.shape_kji)
         result = ossification.segment_ossifications(
-            ct, geometry, bone_threshold_hu=bone_threshold_hu, min_island_ml=min_island_ml,
-            native_bone_mask=native, roi_mask=roi_mask, progress=sub_progress(progress, 0.05, 0.85))
+            ct[block], geometry.cropped(block), bone_threshold_hu=bone_threshold_hu, min_island_ml=min_island_ml,
+            native_bone_mask=native[block] if native is not None else None,
+            roi_mask=roi_mask[block] if roi_mask is not None else None, progress=sub_progress(progress, 0.05, 0.85))
 
         report(progress, 0.9, "Writing HO segments")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         segmentation_node = scene_io.ensure_segmentation_node(self.scene, segmentation_node, SEGMENTATION_NAME, ct_volume_node)
-        blocks = ndimage.find_objects(result.labelmap)
+        island_blocks = ndimage.find_objects(result.labelmap)
         masks = {}
         for island in result.islands:
-            block = blocks[island.label - 1]
+            island_block = island_blocks[island.label - 1]
             masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
-                result.labelmap[block] == island.label, tuple(s.start for s in block))
+                result.labelmap[island_block] == island.label,
+                tuple(s.start + b.start for s, b in zip(island_block, block)))
         scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR, remove_prefix=HO_SEGMENT_PREFIX)
         islands_table_node = self._existing(islands_table_node, "vtkMRMLTableNode", ISLANDS_TABLE_NAME)
         islands_table_node = scene_io.fill_table(
             self.scene, islands_table_node, ISLANDS_TABLE_NAME,
             [m.column() for m in measurements.ISLAND_MEASURES],
             [measurements.as_table_row(measurements.ISLAND_MEASURES, i) for i in result.islands])
+        result.warnings[:0] = thick_slice_warnings(geometry)
         self._record_warnings(segmentation_node, "HOSciatic.OssificationWarnings", result.warnings)
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
@@ -194,6 +256,7 @@ class HOSciaticAnalysis:
                              "(at least one near each end of the stretch to analyse).")
         image, geometry = scene_io.array_from_volume(volume_node, "Volume")
         seeds = scene_io.control_points_world(seeds_node)
+        check_seeds_on_one_nerve(seeds)
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         exclusion = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):

@@ -194,7 +194,7 @@ def oriented_image_from_mask(mask: np.ndarray, geometry: VolumeGeometry, offset_
 
     image = slicer.vtkOrientedImageData()
     image.SetImageToWorldMatrix(_numpy_to_matrix(geometry.ijk_to_ras))
-    nonzero_slices = _bounding_slices(mask)
+    nonzero_slices = bounding_slices(mask)
     if nonzero_slices is None:
         image.SetExtent(0, -1, 0, -1, 0, -1)
         return image
@@ -206,7 +206,7 @@ def oriented_image_from_mask(mask: np.ndarray, geometry: VolumeGeometry, offset_
     return image
 
 
-def _bounding_slices(mask: np.ndarray):
+def bounding_slices(mask: np.ndarray):
     """Slices of the smallest block holding every True voxel, or None when empty."""
     bounds = []
     for axis in range(mask.ndim):
