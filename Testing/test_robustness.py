@@ -1,0 +1,304 @@
+"""A catalogue of bad and unusual inputs: each ends in a clear refusal or a correct, warned result.
+
+Command line: exit status 2, a message saying what was wrong and what to do, no traceback, nothing
+left in the output folder. Scene: an InputError, no stray node, previous results untouched.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from HOSciaticModuleLib import scene as scene_io
+from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.geometry import VolumeGeometry
+from HOSciaticModuleLib.imageio import read_volume, write_volume
+from HOSciaticModuleLib.phantom import PhantomSpec, generate_phantom, write_markups_points_json, write_phantom_case
+from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+
+SMALL = dict(spacing_ijk=(1.2, 1.2, 2.0), fov_mm=(110.0, 110.0, 120.0))
+
+
+def run_cli(*args, env=None):
+    import os
+
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "HOSciaticModuleLib.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=environment)
+
+
+def assert_refused(result, out: Path, *phrases):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    message = " ".join(result.stderr.split()).lower()
+    for phrase in phrases:
+        assert phrase.lower() in message, result.stderr
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+@pytest.fixture(scope="module")
+def ct_case(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ct")
+    phantom = generate_phantom(**SMALL)
+    return phantom, write_phantom_case(phantom, folder)
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------
+def _nrrd_with_header(path: Path, sizes, spacings=None, directions=None, dimension=3, data_type="short"):
+    """A raw NRRD written by hand, for headers no writer would produce."""
+    header = ["NRRD0004", f"type: {data_type}", f"dimension: {dimension}", f"sizes: {' '.join(map(str, sizes))}",
+              "encoding: raw", "endian: little"]
+    if directions is not None:
+        header.append("space: left-posterior-superior")
+        header.append("space directions: " + " ".join("(" + ",".join(map(str, d)) + ")" for d in directions))
+        header.append("space origin: (0,0,0)")
+    elif spacings is not None:
+        header.append(f"spacings: {' '.join(map(str, spacings))}")
+    payload = np.zeros(int(np.prod(sizes)), np.int16).tobytes()
+    path.write_bytes(("\n".join(header) + "\n\n").encode() + payload)
+
+
+@pytest.mark.parametrize("case, phrases", [
+    ("missing", ["does not exist"]),
+    ("not_image", ["not an image"]),
+    ("two_d", ["2D"]),
+    ("four_d", ["4D"]),
+    ("nan", ["NaN"]),
+    ("inf", ["infinite"]),
+    ("zero_spacing", ["spacing"]),
+    ("sheared", ["non-orthogonal"]),
+])
+def test_bad_image_files(tmp_path, case, phrases):
+    image = tmp_path / "image.nrrd"
+    geometry = VolumeGeometry.from_spacing_origin_directions((6, 6, 6), (1, 1, 1), (0, 0, 0))
+    if case == "not_image":
+        image.write_text("patient notes, not pixels")
+    elif case == "two_d":
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((12, 12), np.int16)), str(image))
+    elif case == "four_d":
+        _nrrd_with_header(image, (4, 4, 4, 3), dimension=4)
+    elif case in ("nan", "inf"):
+        values = np.zeros((6, 6, 6), np.float32)
+        values[1, 2, 3] = np.nan if case == "nan" else np.inf
+        write_volume(image, values, geometry)
+    elif case == "zero_spacing":
+        _nrrd_with_header(image, (4, 4, 4), directions=[(0, 0, 0), (0, 1, 0), (0, 0, 1)])
+    elif case == "sheared":
+        _nrrd_with_header(image, (4, 4, 4), directions=[(1, 0, 0), (0.7, 0.7, 0), (0, 0, 1)])
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", image, "--out", out), out, *phrases)
+
+
+def test_volume_over_memory_budget_is_refused_with_advice(tmp_path, ct_case):
+    _, paths = ct_case
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, env={"HOSCIATIC_MEMORY_GB": "0.001"})
+    assert_refused(result, out, "budget", "ROI")
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path, ct_case):
+    _, paths = ct_case
+    out = tmp_path / "taken"
+    out.write_text("already here")
+    result = run_cli("analyze", paths["image"], "--out", out)
+    assert result.returncode == 2 and "not a folder" in result.stderr
+    assert out.read_text() == "already here"
+
+
+def test_unknown_option_is_refused_without_usage_dump(tmp_path, ct_case):
+    _, paths = ct_case
+    result = run_cli("analyze", paths["image"], "--out", tmp_path / "o", "--bone-threshold", "lots")
+    assert result.returncode == 2 and "--bone-threshold" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Wrong content
+# ---------------------------------------------------------------------------------------
+def test_mri_given_as_ct_is_refused(tmp_path):
+    phantom = generate_phantom(modality="mr", **SMALL)
+    paths = write_phantom_case(phantom, tmp_path / "mr", name="mr")
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out), out, "MR")
+
+
+def test_ct_without_bone_or_ho_is_a_valid_empty_result(tmp_path):
+    phantom = generate_phantom(PhantomSpec(include_native_bone=False, islands=(), calcification_z=()), **SMALL)
+    paths = write_phantom_case(phantom, tmp_path / "case")
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", paths["seeds"], "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["ossifications"]["count"] == 0
+    assert document["nerves"][0]["encasement_class"] == "none"
+    assert document["nerves"][0]["contact_length_mm"] == 0.0
+
+
+def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
+    phantom = generate_phantom(**SMALL)
+    centre = phantom.geometry.ras_to_kji_points(np.asarray(phantom.spec.center_ras) + [36.0, 15.0, 40.0])[0]
+    k, j, i = np.ogrid[:phantom.image.shape[0], :phantom.image.shape[1], :phantom.image.shape[2]]
+    spacing = phantom.geometry.spacing_kji
+    stem = ((k - centre[0]) * spacing[0]) ** 2 / 900 + ((j - centre[1]) * spacing[1]) ** 2 / 36 + \
+           ((i - centre[2]) * spacing[2]) ** 2 / 36 <= 1.0
+    phantom.image[stem] = 8000.0
+    paths = write_phantom_case(phantom, tmp_path / "case")
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["ossifications"]["count"] == len(phantom.islands)
+    assert all(island["max_hu"] < 2500 for island in document["ossifications"]["islands"])
+    assert any("metal" in warning.lower() for warning in document["warnings"])
+
+
+def test_thick_slices_give_a_result_with_a_warning(tmp_path):
+    phantom = generate_phantom(spacing_ijk=(1.0, 1.0, 5.0), fov_mm=(110.0, 110.0, 130.0))
+    paths = write_phantom_case(phantom, tmp_path / "case")
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    assert any("thick" in warning for warning in document["warnings"])
+    assert document["ossifications"]["count"] >= 1
+
+
+# ---------------------------------------------------------------------------------------
+# Markups
+# ---------------------------------------------------------------------------------------
+def _seeds_file(tmp_path, points, name="Sciatic nerve right seeds"):
+    path = tmp_path / f"{len(list(tmp_path.glob('*.mrk.json')))}_seeds.mrk.json"
+    write_markups_points_json(path, points, name)
+    return path
+
+
+@pytest.mark.parametrize("case, phrases", [
+    ("one_point", ["two"]),
+    ("coincident", ["coincide"]),
+    ("outside", ["outside"]),
+    ("in_air", ["air"]),
+    ("both_legs", ["both legs"]),
+])
+def test_bad_seed_points(tmp_path, ct_case, case, phrases):
+    phantom, paths = ct_case
+    ends = phantom.seeds_ras([10.0, phantom.centreline_s_mm[-1] - 10.0])
+    points = {
+        "one_point": ends[:1],
+        "coincident": np.vstack([ends[0], ends[0] + 0.01]),
+        "outside": np.vstack([ends[0], ends[1] + [0.0, 0.0, 500.0]]),
+        "in_air": np.vstack([ends[0], phantom.geometry.kji_to_ras_points([[5, 2, phantom.image.shape[2] - 3]])[0]]),
+        "both_legs": np.vstack([ends, ends + [-180.0, 0.0, 0.0]]),
+    }[case]
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", _seeds_file(tmp_path, points), "--no-scene")
+    assert_refused(result, out, *phrases)
+
+
+def test_malformed_markups_and_roi_files(tmp_path, ct_case):
+    _, paths = ct_case
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.mrk.json"
+    broken.write_text(json.dumps({"markups": [{"type": "Fiducial", "controlPoints": [{"position": ["a", 1]}]}]}))
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", broken), out, "malformed")
+    no_roi = tmp_path / "points.mrk.json"
+    write_markups_points_json(no_roi, np.zeros((2, 3)), "points")
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", no_roi), out, "no markups ROI")
+
+
+def _roi_file(path: Path, center_ras, size):
+    center_lps = [-center_ras[0], -center_ras[1], center_ras[2]]
+    document = {"markups": [{"type": "ROI", "coordinateSystem": "LPS", "name": "R", "center": center_lps,
+                             "size": list(size), "orientation": [-1, 0, 0, 0, -1, 0, 0, 0, 1], "controlPoints": []}]}
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_roi_outside_or_empty_is_refused(tmp_path, ct_case):
+    phantom, paths = ct_case
+    out = tmp_path / "out"
+    far = _roi_file(tmp_path / "far.mrk.json", np.asarray(phantom.spec.center_ras) + [0, 0, 900.0], (50, 50, 50))
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", far), out, "outside the volume")
+    flat = _roi_file(tmp_path / "flat.mrk.json", phantom.spec.center_ras, (50, 0, 50))
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", flat), out, "zero")
+
+
+def test_roi_limits_the_search(tmp_path, ct_case):
+    phantom, paths = ct_case
+    out = tmp_path / "out"
+    free_island = next(i for i in phantom.spec.islands if i.name == "free")
+    centre = np.asarray(phantom.spec.center_ras) + np.asarray(free_island.center_offset)
+    roi = _roi_file(tmp_path / "roi.mrk.json", centre, (40, 40, 40))
+    result = run_cli("analyze", paths["image"], "--out", out, "--roi", roi, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    islands = json.loads((out / "metrics.json").read_text())["ossifications"]["islands"]
+    assert len(islands) == 1
+    assert np.linalg.norm(np.asarray(islands[0]["centroid_ras"]) - centre) < 3.0
+
+
+def test_bone_segmentation_on_another_grid_is_resampled_and_empty_one_refused(tmp_path, ct_case):
+    phantom, paths = ct_case
+    coarse = generate_phantom(spacing_ijk=(2.0, 2.0, 3.0), fov_mm=(130.0, 130.0, 140.0))
+    write_volume(tmp_path / "bones.nrrd", coarse.native_bone_mask.astype(np.uint8), coarse.geometry)
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--bones", tmp_path / "bones.nrrd", "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["ossifications"]["count"] == len(phantom.islands)
+    write_volume(tmp_path / "empty.nrrd", np.zeros_like(coarse.native_bone_mask, np.uint8), coarse.geometry)
+    out2 = tmp_path / "out2"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out2, "--bones", tmp_path / "empty.nrrd"), out2, "empty")
+
+
+# ---------------------------------------------------------------------------------------
+# In a scene
+# ---------------------------------------------------------------------------------------
+def test_failed_steps_in_a_scene_leave_no_trace(slicer_scene, ct_case):
+    phantom, _ = ct_case
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    oss = analysis.segment_ossifications(volume)
+    segments = scene_io.segment_ids(oss.segmentation_node)
+    rows = oss.islands_table_node.GetNumberOfRows()
+    node_count = slicer_scene.GetNumberOfNodes()
+
+    mr_like = scene_io.volume_node_from_array(slicer_scene, np.abs(phantom.image) / 10.0 + 5.0, phantom.geometry, "MR")
+    empty_bones = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty bones")
+    empty_bones.GetSegmentation().AddEmptySegment("bone")
+    far_seeds = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([10.0]) + [0, 0, 900.0], "far")
+    added = slicer_scene.GetNumberOfNodes() - node_count
+    failing_steps = [
+        lambda: analysis.segment_ossifications(mr_like, segmentation_node=oss.segmentation_node,
+                                               islands_table_node=oss.islands_table_node),
+        lambda: analysis.segment_ossifications(volume, native_bone_segmentation_node=empty_bones,
+                                               segmentation_node=oss.segmentation_node),
+        lambda: analysis.trace_nerve(volume, far_seeds, segmentation_node=oss.segmentation_node),
+        lambda: analysis.compute_contact(oss.segmentation_node, None, side="left"),
+        lambda: analysis.trace_nerve(volume, far_seeds, side="middle"),
+    ]
+    for step in failing_steps:
+        with pytest.raises(InputError):
+            step()
+        assert slicer_scene.GetNumberOfNodes() == node_count + added
+        assert scene_io.segment_ids(oss.segmentation_node) == segments
+        assert oss.islands_table_node.GetNumberOfRows() == rows
+
+
+def test_analysis_inside_roi_node(slicer_scene, ct_case):
+    phantom, _ = ct_case
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    roi = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
+    wrap = next(i for i in phantom.spec.islands if i.kind == "shell")
+    centre = phantom.seeds_ras([(wrap.s_start_mm + wrap.s_stop_mm) / 2.0])[0]
+    roi.SetCenterWorld(*centre)
+    roi.SetSize(45.0, 45.0, 45.0)
+    oss = analysis.segment_ossifications(volume, roi_node=roi)
+    assert len(oss.result.islands) == 1
+    truth = next(i for i in phantom.islands if i["kind"] == "shell")
+    assert abs(oss.result.islands[0].volume_ml - truth["volume_ml"]) < 0.15 * truth["volume_ml"]
