@@ -78,7 +78,7 @@ class PhantomSpec:
     femur_radius_mm: float = 13.0
     femur_cortex_mm: float = 4.0
     ischium_axis: tuple = ((-30.0, 6.0, -20.0), (-27.0, 4.0, 90.0))
-    ischium_radius_mm: float = 10.0
+    ischium_radius_mm: float = 12.0
     ischium_cortex_mm: float = 2.0
     artery_axis: tuple = ((-14.0, 24.0, -90.0), (-10.0, 22.0, 90.0))
     artery_radius_mm: float = 3.0

@@ -1,0 +1,438 @@
+"""Heterotopic ossification (HO) on CT: bone outside the native skeleton.
+
+The chain, each step a small function below:
+
+1. **Bone** — voxels at or above the bone threshold and below the metal threshold,
+   inside the ROI. Metal (a prosthesis, screws) and its blooming rim are excluded
+   and reported, never called HO.
+2. **Islands** — 6-connected components of bone with their enclosed marrow filled.
+3. **Native skeleton** — from a native-bone mask when given (e.g. TotalSegmentator's
+   hip, femur and sacrum segments); otherwise estimated: components big enough to be
+   a hip-region bone, or thick bone cut by the edge of the analysed region.
+4. **Fused HO** — outgrowths of a native component: the parts of the component that
+   a ball of ``NATIVE_BALL_RADIUS_MM`` rolled inside it cannot reach (a
+   morphological opening), kept only if they protrude far enough, are big enough
+   and are not a thin sheet or rod (the free edge of a native bone).
+5. **Boundary** — each island's edge is placed at half the attenuation step between
+   the surrounding soft tissue and the island's own bone (full width at half
+   maximum), the standard partial-volume boundary, so volumes do not depend on the
+   detection threshold.
+6. **Figures** — volume, mean and max HU, centroid, fused flag, and maturity:
+   *mature* when a cortical rim is clearly denser than a marrow interior
+   (corticomedullary differentiation), *immature* for amorphous mineralisation.
+
+Limits (also in the README): without a native-bone segmentation, an outgrowth
+thicker than the ball (about 20 mm) fused to native bone stays part of the native
+bone, and a pointed native process (ischial spine) can be reported as fused HO.
+Contrast-enhanced vessels above the bone threshold are bone-dense too: analyse a
+non-contrast CT or raise the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import edt
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .geometry import VolumeGeometry
+from .progress import ProgressCallback, report
+
+#: Lower bound of mineralised bone: cancellous bone and immature HO start around
+#: 150-250 HU, well above muscle (40-60 HU) and non-enhanced blood (30-45 HU).
+DEFAULT_BONE_THRESHOLD_HU = 200.0
+#: Smallest island reported: vascular calcifications are mostly < 0.03 mL, HO that
+#: matters surgically is >= 0.1 mL; 0.05 mL is a sphere of 4.6 mm diameter.
+DEFAULT_MIN_ISLAND_ML = 0.05
+#: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
+#: the densest cortical bone (about 1900 HU).
+METAL_THRESHOLD_HU = 2500.0
+#: Beam-hardening and blooming make bone-like values around metal.
+METAL_MARGIN_MM = 3.0
+#: A native hip-region bone inside a hip CT (femur, hip bone, sacrum, a lumbar vertebra)
+#: is tens to hundreds of mL; free HO islands are rarely above 20 mL.
+NATIVE_MIN_ML = 30.0
+#: Ball rolled inside native bone: a 20 mm ball fits in the femoral head, neck and shaft,
+#: the acetabular roof and the ischial body; HO outgrowths near the sciatic nerve are
+#: mostly thinner, so the ball does not reach into them.
+NATIVE_BALL_RADIUS_MM = 10.0
+#: Thick bone cut by the ROI or field-of-view edge is native (shaft of femur: 25 mm).
+NATIVE_CUT_MIN_THICKNESS_MM = 16.0
+#: An outgrowth must stand this far beyond the native envelope to be called fused HO.
+FUSED_MIN_PROTRUSION_MM = 3.0
+#: A residual longer than this many times its thickness is a native edge or process.
+FUSED_MAX_ELONGATION = 5.0
+#: Marrow sealed only within slices (thick slices miss a thin cortical cap) is filled when
+#: thinner than this: wider than the marrow in the wall of an HO shell, narrower than the
+#: thinnest compressed sciatic nerve (about 5 mm), which a ring of HO must never swallow.
+SLICE_MARROW_MAX_RADIUS_MM = 2.5
+#: Cortex: mineralised bone at cortical density; the interior of a mature island is
+#: marrow (fatty -100..100 HU, red marrow up to ~300 HU).
+CORTICAL_HU = 600.0
+CORTEX_MARROW_CONTRAST_HU = 300.0
+#: Depth of the rim whose density is compared with the interior: a typical HO cortex.
+CORTEX_RIM_MM = 2.0
+#: A CT in Hounsfield units always holds fat (-100 HU) or air (-1000 HU).
+HU_FAT_OR_AIR = -200.0
+
+
+@dataclass
+class OssificationIsland:
+    label: int
+    volume_ml: float
+    mean_hu: float
+    max_hu: float
+    centroid_ras: tuple
+    fused_to_native_bone: bool
+    maturity: str
+
+
+@dataclass
+class OssificationResult:
+    labelmap: np.ndarray
+    islands: list
+    native_bone_mask: np.ndarray
+    warnings: list = field(default_factory=list)
+    parameters: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------
+def check_looks_like_ct(ct_hu: np.ndarray) -> None:
+    """Refuse images whose values cannot be Hounsfield units of a body CT."""
+    sample = ct_hu[::4, ::4, ::4] if ct_hu.size > 4_000_000 else ct_hu
+    low, high = float(sample.min()), float(sample.max())
+    if low > HU_FAT_OR_AIR:
+        raise InputError(
+            f"The image values range from {low:.0f} to {high:.0f}, with no fat or air (below {HU_FAT_OR_AIR:.0f}); "
+            "this does not look like a CT in Hounsfield units (an MR image?). HO segmentation needs a CT; for an MR "
+            "use the nerve tracing with modality 'mr', or rescale the CT to HU.")
+
+
+def _check_mask(mask, shape, what):
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise InputError(f"The {what} has shape {mask.shape} but the CT has {tuple(shape)}; "
+                         "resample it onto the CT grid.")
+    return mask.astype(bool, copy=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Small building blocks
+# ---------------------------------------------------------------------------------------
+def _ball_distance(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it."""
+    return edt.edt(np.ascontiguousarray(mask, dtype=np.uint8), anisotropy=geometry.spacing_kji,
+                   black_border=False, parallel=0).astype(np.float32, copy=False)
+
+
+def fill_cavities(mask: np.ndarray) -> np.ndarray:
+    """Fill background pockets fully enclosed in 3D (marrow inside a closed cortex)."""
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask.copy()
+    border = np.unique(np.concatenate([
+        background[0].ravel(), background[-1].ravel(), background[:, 0].ravel(), background[:, -1].ravel(),
+        background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
+    enclosed = np.ones(count + 1, bool)
+    enclosed[border] = False
+    enclosed[0] = False
+    return mask | enclosed[background]
+
+
+def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None,
+                        max_hole_radius_mm: float | None = None) -> np.ndarray:
+    """Fill pockets enclosed within a plane, along each of the three axes.
+
+    Long bones are tubes open where the field of view cuts them, so their marrow is
+    enclosed only slice by slice. With ``max_hole_radius_mm`` only pockets thinner than
+    that are filled (see :data:`SLICE_MARROW_MAX_RADIUS_MM`).
+    """
+    filled = mask.copy()
+    for axis in range(3):
+        structure = np.zeros((3, 3, 3), bool)
+        index = [slice(None)] * 3
+        index[axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        background, count = ndimage.label(~mask, structure=structure)
+        if count == 0:
+            continue
+        edges = []
+        for other in (a for a in range(3) if a != axis):
+            edges.append(np.take(background, 0, axis=other).ravel())
+            edges.append(np.take(background, -1, axis=other).ravel())
+        enclosed = np.ones(count + 1, bool)
+        enclosed[np.unique(np.concatenate(edges))] = False
+        enclosed[0] = False
+        if max_hole_radius_mm is not None and enclosed.any():
+            holes = enclosed[background]
+            depth = _ball_distance(holes, geometry)
+            deepest = ndimage.maximum(depth, labels=background * holes, index=np.arange(count + 1))
+            enclosed &= np.asarray(deepest) <= max_hole_radius_mm
+        filled |= enclosed[background]
+    return filled
+
+
+def fill_island_marrow(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Marrow of HO islands: cavities closed in 3D, and thin ones sealed within slices."""
+    return fill_cavities(mask) | fill_slice_cavities(mask, geometry, SLICE_MARROW_MAX_RADIUS_MM)
+
+
+def _components(mask: np.ndarray):
+    labels, count = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    return labels, count, sizes
+
+
+def _touches_border(block, shape) -> bool:
+    return any(s.start == 0 or s.stop == n for s, n in zip(block, shape))
+
+
+def _pad_block(block, shape, margin):
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
+
+
+# ---------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------
+def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask):
+    """Bone voxels (metal and its margin removed) and the metal mask."""
+    metal = ct_hu >= METAL_THRESHOLD_HU
+    bone = ct_hu >= bone_threshold_hu
+    if metal.any():
+        near_metal = _ball_distance(~metal, geometry) <= METAL_MARGIN_MM
+        bone &= ~near_metal
+    if roi_mask is not None:
+        bone &= roi_mask
+    return bone, metal
+
+
+def estimate_native_skeleton(filled_bone, labels, count, sizes, geometry) -> np.ndarray:
+    """Components that are native bones: big ones, and thick bone cut by the region edge."""
+    native = np.zeros(count + 1, bool)
+    min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
+    native[1:] = sizes[1:] >= min_voxels
+    blocks = ndimage.find_objects(labels)
+    for label in range(1, count + 1):
+        if native[label] or blocks[label - 1] is None or not _touches_border(blocks[label - 1], labels.shape):
+            continue
+        block = blocks[label - 1]
+        thickness = 2.0 * float(_ball_distance(labels[block] == label, geometry).max())
+        native[label] = thickness >= NATIVE_CUT_MIN_THICKNESS_MM
+    return native[labels]
+
+
+def region_edge_zone(block, shape, roi_block) -> np.ndarray:
+    """Voxels of the block within two voxels of where the analysed region ends.
+
+    Bone there is cut by the field of view or the ROI: its shape says nothing about
+    outgrowths, so no fused HO is called there.
+    """
+    edge = np.zeros(tuple(s.stop - s.start for s in block), bool)
+    for axis, (s, n) in enumerate(zip(block, shape)):
+        index = [slice(None)] * 3
+        if s.start == 0:
+            index[axis] = slice(0, 2)
+            edge[tuple(index)] = True
+        if s.stop == n:
+            index[axis] = slice(-2, None)
+            edge[tuple(index)] = True
+    if roi_block is not None:
+        edge |= ndimage.binary_dilation(~roi_block, iterations=2)
+    return edge
+
+
+def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min_voxels: float,
+                     region_edge: np.ndarray) -> np.ndarray:
+    """Parts of one native component that stand out of its smooth envelope.
+
+    The envelope is the morphological opening with a ball of NATIVE_BALL_RADIUS_MM
+    (erode, then dilate, both by exact Euclidean distance so anisotropic voxels are
+    honoured). What the ball cannot reach is kept as fused HO when it protrudes at
+    least FUSED_MIN_PROTRUSION_MM, holds at least ``min_voxels`` and is not a thin
+    sheet or rod.
+    """
+    radius = NATIVE_BALL_RADIUS_MM
+    core = _ball_distance(native_component, geometry) >= radius
+    if not core.any():
+        return np.zeros_like(native_component)
+    envelope = (_ball_distance(~core, geometry) <= radius) & native_component
+    residual = native_component & ~envelope
+    if not residual.any():
+        return residual
+    depth = _ball_distance(~envelope, geometry)
+    labels, count, sizes = _components(residual)
+    keep = np.zeros(count + 1, bool)
+    blocks = ndimage.find_objects(labels)
+    for label in range(1, count + 1):
+        block = blocks[label - 1]
+        if sizes[label] < min_voxels:
+            continue
+        part = labels[block] == label
+        if np.any(part & region_edge[block]) or float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM:
+            continue
+        thickness = 2.0 * float(_ball_distance(part, geometry).max())
+        extent = _extent_mm(part, geometry)
+        keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
+    return keep[labels]
+
+
+def _extent_mm(part: np.ndarray, geometry: VolumeGeometry) -> float:
+    """Largest dimension of a voxel set (4 x the standard deviation along its main axis)."""
+    points = np.argwhere(part).astype(np.float64) * np.asarray(geometry.spacing_kji)
+    if len(points) < 2:
+        return 0.0
+    spread = np.linalg.eigvalsh(np.cov(points.T)).max()
+    return 4.0 * float(np.sqrt(max(spread, 0.0)))
+
+
+def refine_boundary(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry, bone_threshold_hu) -> np.ndarray:
+    """Move an island's edge to half the step between its bone and the soft tissue around it."""
+    ring = (_ball_distance(~island, geometry) <= 2.5) & ~island & ~other_bone
+    if not ring.any():
+        return island
+    background = float(np.median(ct_hu[ring]))
+    peak = float(np.percentile(ct_hu[island], 95))
+    half_maximum = max(bone_threshold_hu, 0.5 * (background + peak))
+    refined = island & (ct_hu >= half_maximum)
+    if not refined.any():
+        return island
+    labels, count, sizes = _components(refined)
+    refined = labels == int(np.argmax(sizes)) if count > 1 else refined
+    return fill_island_marrow(refined, geometry)
+
+
+def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeometry) -> str:
+    """'mature' when a cortical rim is clearly denser than the interior (marrow)."""
+    depth = _ball_distance(island, geometry)
+    rim = island & (depth <= CORTEX_RIM_MM)
+    interior = island & ~rim
+    if np.count_nonzero(interior) < 0.05 * np.count_nonzero(island) or not rim.any():
+        return "immature"
+    rim_level = float(np.percentile(ct_hu[rim], 90))
+    interior_level = float(np.median(ct_hu[interior]))
+    if rim_level >= CORTICAL_HU and rim_level - interior_level >= CORTEX_MARROW_CONTRAST_HU:
+        return "mature"
+    return "immature"
+
+
+# ---------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------
+def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
+                          bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
+                          min_island_ml: float = DEFAULT_MIN_ISLAND_ML,
+                          native_bone_mask: np.ndarray | None = None,
+                          roi_mask: np.ndarray | None = None,
+                          progress: ProgressCallback = None) -> OssificationResult:
+    """Segment HO islands on a CT (HU) of any spacing and orientation.
+
+    Returns a label map (island n = n, largest first), one
+    :class:`OssificationIsland` per island, the native skeleton used and warnings.
+    """
+    geometry.validate("The CT")
+    if ct_hu.shape != geometry.shape_kji:
+        raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
+    if not np.isfinite(bone_threshold_hu) or not -200.0 <= bone_threshold_hu < METAL_THRESHOLD_HU:
+        raise InputError(f"The bone threshold {bone_threshold_hu} HU is outside the useful range "
+                         f"(-200 to {METAL_THRESHOLD_HU:.0f} HU); {DEFAULT_BONE_THRESHOLD_HU:.0f} HU suits most CTs.")
+    if not np.isfinite(min_island_ml) or min_island_ml < 0:
+        raise InputError(f"The minimum island size must be a non-negative number of mL; got {min_island_ml}.")
+    native_bone_mask = _check_mask(native_bone_mask, ct_hu.shape, "native-bone mask")
+    roi_mask = _check_mask(roi_mask, ct_hu.shape, "ROI mask")
+    check_looks_like_ct(ct_hu)
+    parameters = {"bone_threshold_hu": float(bone_threshold_hu), "min_island_ml": float(min_island_ml),
+                  "native_bone": "given" if native_bone_mask is not None else "estimated"}
+    warnings: list[str] = []
+    labelmap = np.zeros(ct_hu.shape, np.uint16)
+
+    report(progress, 0.05, "Thresholding bone")
+    bone, metal = bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask)
+    if metal.any():
+        warnings.append(f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, {np.count_nonzero(metal) * geometry.voxel_volume_ml:.1f} mL)"
+                        f" was found and excluded with a {METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to "
+                        "metal may be missed because of artefacts.")
+    if not bone.any():
+        warnings.append(f"No voxel reaches the bone threshold ({bone_threshold_hu:.0f} HU) in the analysed region: "
+                        "no bone, so no HO.")
+        return OssificationResult(labelmap, [], np.zeros(ct_hu.shape, bool), warnings, parameters)
+
+    # Work inside the block that holds bone: the rest of the volume is soft tissue and air.
+    block = _pad_block(ndimage.find_objects(bone.astype(np.uint8))[0], ct_hu.shape, 3)
+    ct_block = ct_hu[block]
+    block_geometry = geometry.cropped(block)
+    bone_block = bone[block]
+    min_voxels = max(min_island_ml / geometry.voxel_volume_ml, 1.0)
+
+    report(progress, 0.2, "Finding native bone")
+    if native_bone_mask is not None:
+        native_block = native_bone_mask[block]
+        # Resampled segmentations miss the cortex by a voxel or so.
+        native_zone = _ball_distance(~native_block, block_geometry) <= 1.5 if native_block.any() else native_block
+        candidates = fill_island_marrow(bone_block & ~native_zone, block_geometry)
+        fused_zone = _ball_distance(~native_zone, block_geometry) <= 1.5 * max(block_geometry.spacing_kji)
+        native_used = native_block
+        excluded = native_zone
+    else:
+        filled = fill_slice_cavities(bone_block) | fill_cavities(bone_block)
+        labels, count, sizes = _components(filled)
+        native_used = estimate_native_skeleton(filled, labels, count, sizes, block_geometry)
+        report(progress, 0.4, "Separating HO fused to native bone")
+        fused = np.zeros_like(native_used)
+        edge = region_edge_zone(block, ct_hu.shape, roi_mask[block] if roi_mask is not None else None)
+        native_labels, native_count = ndimage.label(native_used)
+        for label, component_block in enumerate(ndimage.find_objects(native_labels), start=1):
+            padded = _pad_block(component_block, native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
+            component = native_labels[padded] == label
+            fused[padded] |= fused_outgrowths(component, block_geometry.cropped(padded), min_voxels, edge[padded])
+        native_used = native_used & ~fused
+        candidates = fill_island_marrow(bone_block & ~native_used, block_geometry)
+        excluded = native_used
+        fused_zone = _ball_distance(~native_used, block_geometry) <= 1.5 * max(block_geometry.spacing_kji)
+
+    report(progress, 0.6, "Measuring islands")
+    labels, count, sizes = _components(candidates)
+    islands = []
+    blocks = ndimage.find_objects(labels)
+    for label in range(1, count + 1):
+        if sizes[label] < min_voxels:
+            continue
+        island_block = _pad_block(blocks[label - 1], labels.shape, 4)
+        island = labels[island_block] == label
+        other_bone = bone_block[island_block] & ~island
+        island = refine_boundary(ct_block[island_block], island, other_bone, block_geometry.cropped(island_block),
+                                 bone_threshold_hu) & ~excluded[island_block]
+        if np.count_nonzero(island) < min_voxels:
+            continue
+        islands.append((island_block, island))
+
+    islands.sort(key=lambda item: -np.count_nonzero(item[1]))
+    results = []
+    labelmap_block = labelmap[block]
+    for number, (island_block, island) in enumerate(islands, start=1):
+        target = labelmap_block[island_block]
+        target[island & (target == 0)] = number
+        values = ct_block[island_block][island]
+        kji = np.argwhere(island).mean(axis=0) + [s.start for s in island_block] + [s.start for s in block]
+        results.append(OssificationIsland(
+            label=number,
+            volume_ml=float(np.count_nonzero(island) * geometry.voxel_volume_ml),
+            mean_hu=float(values.mean()),
+            max_hu=float(values.max()),
+            centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(kji)[0]),
+            fused_to_native_bone=bool(np.any(island & fused_zone[island_block])),
+            maturity=classify_maturity(ct_block[island_block], island, block_geometry.cropped(island_block)),
+        ))
+        report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
+
+    native_full = np.zeros(ct_hu.shape, bool)
+    native_full[block] = native_used
+    if not results:
+        warnings.append("No heterotopic ossification was found in the analysed region.")
+    return OssificationResult(labelmap, results, native_full, warnings, parameters)
