@@ -1,0 +1,142 @@
+"""HO segmentation against the phantom's ground truth.
+
+Tolerances (from the product's acceptance figures): total HO volume within 10 % of
+truth, Dice of the HO union >= 0.85, every true island >= 0.1 mL found, native bone
+never reported as HO (< 1 % of its voxels, no island mostly inside it), no island on a
+case without HO, calcifications (about 0.017 mL each) never reported.
+"""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.ossification import segment_ossifications
+from HOSciaticModuleLib.phantom import PhantomSpec, generate_phantom
+
+BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
+ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
+FLIPPED = np.diag([-1.0, 1.0, -1.0])
+
+VARIANTS = {
+    "axial": BASE,
+    "rotated": dict(spacing_ijk=(1.0, 1.0, 2.0), directions_ras=ROTATED, fov_mm=(140.0, 140.0, 160.0)),
+    "flipped": dict(spacing_ijk=(1.0, 1.0, 2.0), directions_ras=FLIPPED),
+    "anisotropic": dict(spacing_ijk=(0.7, 1.3, 2.5)),
+}
+
+
+def assert_matches_truth(phantom, result):
+    truth = phantom.ho_labels > 0
+    found = result.labelmap > 0
+    voxel_ml = phantom.geometry.voxel_volume_ml
+    truth_ml, found_ml = truth.sum() * voxel_ml, found.sum() * voxel_ml
+    assert abs(found_ml - truth_ml) <= 0.10 * truth_ml, (found_ml, truth_ml)
+    dice = 2.0 * np.count_nonzero(truth & found) / (truth.sum() + found.sum())
+    assert dice >= 0.85, dice
+    for island in phantom.islands:
+        if island["volume_ml"] >= 0.1:
+            overlap = np.bincount(result.labelmap[phantom.ho_labels == island["label"]])
+            assert overlap[1:].sum() > 0.5 * (phantom.ho_labels == island["label"]).sum(), island["name"]
+    native = phantom.native_bone_mask
+    assert np.count_nonzero(found & native) < 0.01 * native.sum()
+    for island in result.islands:
+        inside = result.labelmap == island.label
+        assert np.count_nonzero(inside & native) < 0.5 * inside.sum()
+    assert not np.any(found & phantom.calcification_mask)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_islands_match_truth(variant):
+    phantom = generate_phantom(**VARIANTS[variant])
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert_matches_truth(phantom, result)
+    assert len(result.islands) == len(phantom.islands)
+    volumes = [island.volume_ml for island in result.islands]
+    assert volumes == sorted(volumes, reverse=True)
+    assert [island.label for island in result.islands] == list(range(1, len(volumes) + 1))
+
+
+def _matching_island(phantom, result, name):
+    label = next(i["label"] for i in phantom.islands if i["name"] == name)
+    overlap = np.bincount(result.labelmap[phantom.ho_labels == label], minlength=len(result.islands) + 1)
+    return result.islands[int(np.argmax(overlap[1:]))]
+
+
+@pytest.mark.parametrize("variant", ["axial", "anisotropic"])
+def test_fused_flag_maturity_and_figures(variant):
+    phantom = generate_phantom(**VARIANTS[variant])
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    for truth in phantom.islands:
+        island = _matching_island(phantom, result, truth["name"])
+        assert island.fused_to_native_bone == truth["fused_to_native_bone"], truth["name"]
+        assert island.maturity == ("mature" if truth["mature"] else "immature"), truth["name"]
+        mask = phantom.ho_labels == truth["label"]
+        true_centroid = phantom.geometry.kji_to_ras_points(np.argwhere(mask).mean(axis=0))[0]
+        assert np.linalg.norm(np.asarray(island.centroid_ras) - true_centroid) < 2.0
+        # Mature islands reach cortical density; amorphous mineralisation does not.
+        assert island.max_hu > (800 if truth["mature"] else 300)
+    free = _matching_island(phantom, result, "free")
+    analytic = next(i["analytic_volume_ml"] for i in phantom.islands if i["name"] == "free")
+    assert free.volume_ml == pytest.approx(analytic, rel=0.10)
+
+
+def test_given_native_bone_mask():
+    phantom = generate_phantom(**BASE)
+    result = segment_ossifications(phantom.image, phantom.geometry, native_bone_mask=phantom.native_bone_mask)
+    assert_matches_truth(phantom, result)
+    assert sum(island.fused_to_native_bone for island in result.islands) == 1
+    assert result.parameters["native_bone"] == "given"
+
+
+def test_no_island_without_ho():
+    phantom = generate_phantom(PhantomSpec(islands=()), **BASE)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert result.islands == [] and not result.labelmap.any()
+    assert any("No heterotopic" in warning for warning in result.warnings)
+
+
+def test_minimum_island_size_is_honoured():
+    phantom = generate_phantom(**BASE)
+    volumes = sorted((i["volume_ml"] for i in phantom.islands), reverse=True)
+    between = 0.5 * (volumes[0] + volumes[1])
+    result = segment_ossifications(phantom.image, phantom.geometry, min_island_ml=between)
+    assert len(result.islands) == 1
+    assert result.islands[0].volume_ml >= between
+
+
+def test_metal_is_excluded_and_reported():
+    phantom = generate_phantom(**BASE)
+    centre = phantom.geometry.ras_to_kji_points(np.asarray(phantom.spec.center_ras) + [-20.0, 30.0, 0.0])[0]
+    k, j, i = np.indices(phantom.image.shape)
+    spacing = phantom.geometry.spacing_kji
+    screw = (((k - centre[0]) * spacing[0]) ** 2 / 400 + ((j - centre[1]) * spacing[1]) ** 2 / 9
+             + ((i - centre[2]) * spacing[2]) ** 2 / 9) <= 1.0
+    phantom.image[screw] = 7000.0
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands)
+    assert not np.any((result.labelmap > 0) & screw)
+    assert any("Metal" in warning for warning in result.warnings)
+
+
+def test_mr_image_is_refused_as_ct():
+    phantom = generate_phantom(modality="mr", **BASE)
+    with pytest.raises(InputError, match="MR"):
+        segment_ossifications(phantom.image, phantom.geometry)
+
+
+def test_roi_mask_limits_the_search():
+    phantom = generate_phantom(**BASE)
+    free = phantom.ho_labels == next(i["label"] for i in phantom.islands if i["name"] == "free")
+    from scipy import ndimage
+
+    roi = ndimage.binary_dilation(free, iterations=4)
+    result = segment_ossifications(phantom.image, phantom.geometry, roi_mask=roi)
+    assert len(result.islands) == 1
+    assert np.count_nonzero((result.labelmap > 0) & free) > 0.9 * free.sum()
+
+
+def test_mismatched_mask_is_refused():
+    phantom = generate_phantom(**BASE)
+    with pytest.raises(InputError, match="resample"):
+        segment_ossifications(phantom.image, phantom.geometry, native_bone_mask=np.zeros((3, 3, 3), bool))
