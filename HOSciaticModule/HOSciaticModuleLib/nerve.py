@@ -1,0 +1,521 @@
+"""Sciatic nerve tracing on CT or MRI from a few clicked points.
+
+1. **Seeds** — validated (two or more, inside the volume, not in air, not all in one
+   spot) and sorted along the nerve.
+2. **Appearance** — the nerve's own level is read near the seeds and its surround
+   further out; the nerve boundary is the half-way level between them (full width at
+   half maximum). On CT the nerve is soft tissue (20-50 HU) in a fat sheath
+   (-190..-30 HU); on T2 fat-saturated MR it is a bright tube. Bone (CT, above the
+   bone threshold) and HO segments are never nerve.
+3. **Path** — a minimal path between consecutive seeds on a cost that is low in
+   nerve-like tissue at the nerve's typical distance from its boundary and high
+   elsewhere (skimage's geometric minimal cost path, on a grid of about 1.5 mm so a
+   long nerve costs little). Where no nerve-like path exists the trace fails with a
+   message; it never falls back to straight lines.
+4. **Cross-sections** — every 1 mm, in the plane orthogonal to the centreline, rays
+   from the nerve's core find the boundary; leaks into touching muscle are clipped.
+   The centreline is moved to the section centroids and smoothed, twice.
+5. **Figures and segment** — area, equivalent diameter, min/max caliper width per
+   station; the nerve segment is the union of the cross-sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .errors import InputError
+from .geometry import VolumeGeometry
+from .progress import ProgressCallback, report
+
+STATION_SPACING_MM = 1.0
+#: Margin around the seeds where the nerve may run between them.
+SEARCH_MARGIN_MM = 25.0
+#: Grid of the minimal-path search: fine enough for a 5-8 mm thick nerve.
+PATH_GRID_MM = 1.5
+#: Half the thickness of a normal flattened sciatic nerve (5-8 mm thick).
+NERVE_HALF_THICKNESS_MM = 3.0
+#: Half the thickness of a markedly swollen nerve; tissue deeper than this is muscle.
+MAX_NERVE_HALF_THICKNESS_MM = 8.0
+#: Longest boundary ray: the largest swollen sciatic nerve is about 25 mm wide.
+MAX_RAY_MM = 15.0
+RAY_STEP_MM = 0.25
+RAY_COUNT = 90
+#: Where the nerve abuts muscle without a fat plane rays run on; a ray longer than this
+#: factor times the section's median ray is clipped to it.
+RAY_LEAK_FACTOR = 1.8
+#: How far the section's core may be from the current centreline point (clicks are
+#: often 2-3 mm off centre).
+CORE_SEARCH_MM = 5.0
+#: Smoothing of the centreline (Gaussian along the arc, mm): the sciatic nerve bends
+#: gently; shorter wiggles are noise of the path on a voxel grid.
+CENTRELINE_SMOOTHING_MM = 3.0
+RECENTRING_PASSES = 3
+#: CT tissue windows used to read levels near the seeds.
+CT_SOFT_TISSUE_HU = (-30.0, 150.0)
+CT_FAT_HU = (-190.0, -30.0)
+CT_AIR_HU = -400.0
+#: Seeds closer than this together do not define a stretch of nerve.
+MIN_SEED_SPREAD_MM = 5.0
+
+
+@dataclass
+class NerveTrace:
+    side: str
+    modality: str
+    points_ras: np.ndarray
+    s_mm: np.ndarray
+    area_mm2: np.ndarray
+    diameter_mm: np.ndarray
+    min_diameter_mm: np.ndarray
+    max_diameter_mm: np.ndarray
+    boundary_ras: list
+    mask: np.ndarray
+    warnings: list = field(default_factory=list)
+
+    @property
+    def length_mm(self) -> float:
+        return float(self.s_mm[-1]) if len(self.s_mm) else 0.0
+
+
+@dataclass
+class _Appearance:
+    nerve_level: float
+    surround_level: float
+    bone_level: float | None  # CT only: at or above this it is bone
+
+    @property
+    def boundary_level(self) -> float:
+        return 0.5 * (self.nerve_level + self.surround_level)
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds
+# ---------------------------------------------------------------------------------------
+def sort_seeds_along_nerve(seeds_ras: np.ndarray) -> np.ndarray:
+    """Order clicked points along the nerve: by their position along the main axis of
+    the point cloud (the sciatic nerve runs without doubling back)."""
+    seeds = np.asarray(seeds_ras, float)
+    centred = seeds - seeds.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    order = np.argsort(centred @ axis, kind="stable")
+    ordered = seeds[order]
+    # Deterministic direction: from superior to inferior end as Slicer users read a curve.
+    if ordered[0, 2] < ordered[-1, 2]:
+        ordered = ordered[::-1]
+    return ordered
+
+
+def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) -> np.ndarray:
+    seeds = np.asarray(seeds_ras, float).reshape(-1, 3)
+    if len(seeds) < 2:
+        raise InputError(f"Nerve tracing needs at least two seed points along the nerve; got {len(seeds)}. Click a "
+                         "point near each end of the stretch to analyse (more points help through difficult parts).")
+    if not np.all(np.isfinite(seeds)):
+        raise InputError("A seed point has undefined coordinates. Re-place the points.")
+    spread = float(np.max(np.linalg.norm(seeds[:, None] - seeds[None], axis=-1)))
+    if spread < MIN_SEED_SPREAD_MM:
+        raise InputError(f"The seed points coincide (all within {spread:.1f} mm of each other). Place them along "
+                         "the nerve, at least one near each end of the stretch to analyse.")
+    inside = geometry.contains_ras(seeds)
+    if not inside.all():
+        n = int(np.flatnonzero(~inside)[0])
+        raise InputError(f"Seed point {n + 1} at RAS ({seeds[n, 0]:.1f}, {seeds[n, 1]:.1f}, {seeds[n, 2]:.1f}) lies "
+                         "outside the volume. Move it onto the nerve in this image (check that the points were "
+                         "placed on this volume and not on another series).")
+    values = ndimage.map_coordinates(image, geometry.ras_to_kji_points(seeds).T, order=1, mode="nearest")
+    air = values < (CT_AIR_HU if modality == "ct" else 0.05 * float(np.percentile(image[::3, ::3, ::3], 99)))
+    if air.any():
+        n = int(np.flatnonzero(air)[0])
+        raise InputError(f"Seed point {n + 1} lies in air (value {values[n]:.0f}). Move it onto the sciatic nerve.")
+    return sort_seeds_along_nerve(seeds)
+
+
+# ---------------------------------------------------------------------------------------
+# Appearance
+# ---------------------------------------------------------------------------------------
+def _ball_values(image, geometry, centers_ras, radius_mm):
+    block = geometry.bounding_slices_of_ras_box(centers_ras, radius_mm)
+    grid = geometry.voxel_ras_grid(block)
+    distance = np.min(np.stack([np.linalg.norm(grid - c.astype(np.float32), axis=-1) for c in centers_ras]), axis=0)
+    sub = image[block]
+    return sub, distance
+
+
+def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> _Appearance:
+    """Nerve and surround levels read from the image near the seeds."""
+    sub, distance = _ball_values(image, geometry, seeds, 15.0)
+    near = sub[distance <= 4.0]
+    ring = sub[(distance > 6.0) & (distance <= 15.0)]
+    if modality == "ct":
+        soft = near[(near >= CT_SOFT_TISSUE_HU[0]) & (near <= CT_SOFT_TISSUE_HU[1])]
+        fat = ring[(ring >= CT_FAT_HU[0]) & (ring <= CT_FAT_HU[1])]
+        nerve_level = float(np.median(soft)) if soft.size >= 5 else 35.0
+        fat_level = float(np.median(fat)) if fat.size >= 5 else -100.0
+        return _Appearance(nerve_level, fat_level, bone_threshold_hu)
+    nerve_level = float(np.percentile(near, 90))
+    surround = float(np.median(ring)) if ring.size else float(np.percentile(sub, 30))
+    if nerve_level <= surround * 1.15:
+        raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
+                         "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
+                         "points on the nerve itself.")
+    return _Appearance(nerve_level, surround, None)
+
+
+def nerve_like_tissue(image_block, appearance: _Appearance, excluded_block) -> np.ndarray:
+    tissue = image_block > appearance.boundary_level
+    if appearance.bone_level is not None:
+        tissue &= image_block < appearance.bone_level
+    if excluded_block is not None:
+        tissue &= ~excluded_block
+    return tissue
+
+
+# ---------------------------------------------------------------------------------------
+# Minimal path
+# ---------------------------------------------------------------------------------------
+def path_cost(tissue: np.ndarray, spacing_kji) -> np.ndarray:
+    """Cost per voxel: 1 at the nerve's core depth, more off it, much more outside tissue."""
+    import edt
+
+    depth = edt.edt(np.ascontiguousarray(tissue, np.uint8), anisotropy=spacing_kji, black_border=False,
+                    parallel=0).astype(np.float32)
+    too_shallow = np.clip(1.0 - depth / NERVE_HALF_THICKNESS_MM, 0.0, 1.0)
+    too_deep = np.clip((depth - MAX_NERVE_HALF_THICKNESS_MM) / MAX_NERVE_HALF_THICKNESS_MM, 0.0, 4.0)
+    cost = 1.0 + 4.0 * too_shallow + 6.0 * too_deep
+    cost[~tissue] = 60.0
+    return cost
+
+
+def _pool(array: np.ndarray, factors) -> np.ndarray:
+    shape = tuple(n // f for n, f in zip(array.shape, factors))
+    trimmed = array[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
+    return trimmed.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2]).mean(axis=(1, 3, 5))
+
+
+def minimal_path(cost: np.ndarray, spacing_kji, start_kji, end_kji) -> np.ndarray:
+    from skimage.graph import MCP_Geometric
+
+    mcp = MCP_Geometric(cost, sampling=spacing_kji, fully_connected=True)
+    start = tuple(int(v) for v in start_kji)
+    end = tuple(int(v) for v in end_kji)
+    mcp.find_costs([start], [end])
+    return np.asarray(mcp.traceback(end), float)
+
+
+def trace_path(image, geometry, seeds, appearance, excluded) -> tuple[np.ndarray, float]:
+    """Minimal path through all seeds (RAS points) and its fraction outside nerve-like tissue."""
+    points = []
+    outside = []
+    for a, b in zip(seeds[:-1], seeds[1:]):
+        block = geometry.bounding_slices_of_ras_box(np.vstack([a, b]), SEARCH_MARGIN_MM)
+        block_geometry = geometry.cropped(block)
+        tissue = nerve_like_tissue(image[block], appearance, excluded[block] if excluded is not None else None)
+        cost = path_cost(tissue, block_geometry.spacing_kji)
+        factors = [max(1, int(round(PATH_GRID_MM / s))) for s in block_geometry.spacing_kji]
+        coarse = _pool(cost, factors)
+        coarse_spacing = tuple(s * f for s, f in zip(block_geometry.spacing_kji, factors))
+        to_coarse = lambda p: np.clip(np.floor(block_geometry.ras_to_kji_points(p)[0] / factors + 0.0), 0,
+                                      np.array(coarse.shape) - 1)
+        path = minimal_path(coarse, coarse_spacing, to_coarse(a), to_coarse(b))
+        fine_kji = path * factors + (np.asarray(factors) - 1) / 2.0
+        segment = block_geometry.kji_to_ras_points(fine_kji)
+        segment[0], segment[-1] = a, b
+        on_tissue = ndimage.map_coordinates(tissue.astype(np.float32), fine_kji.T, order=1, mode="nearest")
+        outside.append(np.mean(on_tissue < 0.5))
+        points.append(segment if not points else segment[1:])
+    return np.vstack(points), float(np.max(outside))
+
+
+# ---------------------------------------------------------------------------------------
+# Centreline geometry
+# ---------------------------------------------------------------------------------------
+def resample_polyline(points: np.ndarray, step_mm: float) -> np.ndarray:
+    segment = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    keep = np.r_[True, segment > 1e-9]
+    points = points[keep]
+    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    if arc[-1] <= 0:
+        return points[:1]
+    count = max(int(np.floor(arc[-1] / step_mm)), 1)
+    targets = np.linspace(0.0, count * step_mm, count + 1)
+    targets = np.append(targets, arc[-1]) if arc[-1] - targets[-1] > 0.25 * step_mm else targets
+    return np.stack([np.interp(targets, arc, points[:, axis]) for axis in range(3)], axis=1)
+
+
+def smooth_polyline(points: np.ndarray, sigma_mm: float, step_mm: float, keep_ends: bool = True) -> np.ndarray:
+    """Gaussian smoothing along the arc, optionally keeping the end points in place."""
+    if len(points) < 3:
+        return points
+    sigma = sigma_mm / step_mm
+    smoothed = ndimage.gaussian_filter1d(points, sigma, axis=0, mode="nearest")
+    if not keep_ends:
+        return smoothed
+    # Pull the ends back so the curve still starts and stops where the nerve does.
+    weight = np.clip(np.arange(len(points)) / (2 * sigma), 0, 1)
+    weight = np.minimum(weight, weight[::-1])[:, None]
+    return weight * smoothed + (1 - weight) * points
+
+
+def frames(points: np.ndarray):
+    """Unit tangent and two in-plane axes at every point (rotation-minimising)."""
+    tangents = np.gradient(points, axis=0)
+    tangents /= np.maximum(np.linalg.norm(tangents, axis=1, keepdims=True), 1e-9)
+    reference = np.array([1.0, 0.0, 0.0]) if abs(tangents[0, 0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = np.empty_like(points)
+    u[0] = np.cross(tangents[0], reference)
+    u[0] /= np.linalg.norm(u[0])
+    for n in range(1, len(points)):
+        candidate = u[n - 1] - tangents[n] * (u[n - 1] @ tangents[n])
+        norm = np.linalg.norm(candidate)
+        u[n] = candidate / norm if norm > 1e-9 else np.cross(tangents[n], reference) / np.linalg.norm(np.cross(tangents[n], reference))
+    v = np.cross(tangents, u)
+    return tangents, u, v
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-sections
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Sections:
+    centroids: np.ndarray
+    radii: np.ndarray          # (N, RAY_COUNT) boundary distance from the core, mm
+    cores: np.ndarray          # (N, 3) ray origin (RAS)
+    area: np.ndarray
+    min_width: np.ndarray
+    max_width: np.ndarray
+
+
+def _sample(volume, geometry, points_ras, order=1, cval=0.0):
+    kji = geometry.ras_to_kji_points(points_ras.reshape(-1, 3))
+    values = ndimage.map_coordinates(volume, kji.T, order=order, mode="nearest" if order else "constant", cval=cval)
+    return values.reshape(points_ras.shape[:-1])
+
+
+def cross_sections(image, geometry, points, appearance, excluded, tangents=None) -> _Sections:
+    """Nerve boundary in the plane orthogonal to the centreline at every point."""
+    tangents, u, v = frames(points)
+    angles = np.linspace(0.0, 2 * np.pi, RAY_COUNT, endpoint=False)
+    directions = np.cos(angles)[None, :, None] * u[:, None, :] + np.sin(angles)[None, :, None] * v[:, None, :]
+
+    # Core: the most central nerve-like point of the section near the current point.
+    step = 1.0
+    offsets = np.arange(-CORE_SEARCH_MM, CORE_SEARCH_MM + 1e-6, step)
+    du, dv = np.meshgrid(offsets, offsets, indexing="ij")
+    keep = du ** 2 + dv ** 2 <= CORE_SEARCH_MM ** 2
+    du, dv = du[keep], dv[keep]
+    candidates = points[:, None, :] + du[None, :, None] * u[:, None, :] + dv[None, :, None] * v[:, None, :]
+    depth = _section_depth(image, geometry, candidates, directions, appearance, excluded)
+    penalty = 0.15 * np.sqrt(du ** 2 + dv ** 2)[None, :]
+    best = np.argmax(depth - penalty, axis=1)
+    cores = candidates[np.arange(len(points)), best]
+
+    radii = _ray_radii(image, geometry, cores, directions, appearance, excluded)
+    radii = _clip_leaks(radii)
+    boundary = cores[:, None, :] + radii[:, :, None] * directions
+    area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
+    centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
+    return _Sections(centroids, radii, cores, area, min_width, max_width), boundary
+
+
+def _inside(values, masks, appearance, level=None):
+    inside = values > (appearance.boundary_level if level is None else level)
+    if appearance.bone_level is not None:
+        inside &= values < appearance.bone_level
+    if masks is not None:
+        inside &= masks < 0.5
+    return inside
+
+
+def _section_depth(image, geometry, candidates, directions, appearance, excluded):
+    """Shortest ray (8 directions, up to MAX_RAY_MM) from each candidate to the boundary."""
+    steps = np.arange(0.0, MAX_NERVE_HALF_THICKNESS_MM + 1e-6, 0.5)
+    coarse_dirs = directions[:, :: RAY_COUNT // 8]
+    samples = (candidates[:, :, None, None, :] + steps[None, None, None, :, None] * coarse_dirs[:, None, :, None, :])
+    values = _sample(image, geometry, samples)
+    masks = _sample(excluded.astype(np.float32), geometry, samples, order=0, cval=1.0) if excluded is not None else None
+    inside = _inside(values, masks, appearance)
+    first_out = np.where(inside.all(axis=-1), len(steps), np.argmin(inside, axis=-1))
+    return (first_out.min(axis=-1) * 0.5).astype(float)
+
+
+def _ray_radii(image, geometry, cores, directions, appearance, excluded):
+    """Boundary distance along each ray, at the half-way level between this section's
+    own nerve plateau and the tissue just outside it (a local full width at half maximum)."""
+    steps = np.arange(0.0, MAX_RAY_MM + 1e-6, RAY_STEP_MM)
+    samples = cores[:, None, None, :] + steps[None, None, :, None] * directions[:, :, None, :]
+    values = _sample(image, geometry, samples)
+    masks = _sample(excluded.astype(np.float32), geometry, samples, order=0, cval=1.0) if excluded is not None else None
+    first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level))
+    levels = _local_levels(values, masks, appearance, first, steps)
+    return _crossings(values, masks, appearance, levels[:, None, None])
+
+
+def _local_levels(values, masks, appearance, radii, steps):
+    """Per section: half-way between the median inside the nerve and just outside it."""
+    depth = steps[None, None, :]
+    r = radii[:, :, None]
+    inner = depth <= 0.6 * r
+    outer = (depth >= r + 1.0) & (depth <= r + 2.5)
+    if masks is not None:
+        outer &= masks < 0.5
+    if appearance.bone_level is not None:
+        outer &= values < appearance.bone_level
+    levels = np.full(len(values), appearance.boundary_level)
+    for n in range(len(values)):
+        inside_values = values[n][inner[n]]
+        outside_values = values[n][outer[n]]
+        if inside_values.size >= 10 and outside_values.size >= 10:
+            local = 0.5 * (np.median(inside_values) + np.median(outside_values))
+            # Stay between the global surround and nerve levels: a section touching
+            # muscle on most sides must not lift its boundary above the nerve itself.
+            levels[n] = np.clip(local, min(appearance.surround_level, appearance.nerve_level),
+                                max(appearance.surround_level, appearance.nerve_level))
+    return levels
+
+
+def _crossings(values, masks, appearance, level):
+    steps_count = values.shape[-1]
+    inside = _inside(values, masks, appearance, level)
+    inside[:, :, 0] = True
+    first_out = np.where(inside.all(axis=-1), steps_count - 1, np.argmin(inside, axis=-1))
+    rows = np.arange(values.shape[0])[:, None]
+    cols = np.arange(values.shape[1])[None, :]
+    before = values[rows, cols, first_out - 1]
+    after = values[rows, cols, first_out]
+    level = level[:, :, 0]
+    # Sub-sample position of the half-way crossing; a stop at bone/HO lies half a step out.
+    crossing = np.where(
+        (after <= level) & (before > level), (before - level) / np.maximum(before - after, 1e-6), 0.5)
+    return (first_out - 1 + np.clip(crossing, 0.0, 1.0)) * RAY_STEP_MM
+
+
+def _clip_leaks(radii: np.ndarray) -> np.ndarray:
+    median = np.median(radii, axis=1, keepdims=True)
+    clipped = np.minimum(radii, RAY_LEAK_FACTOR * median)
+    # A second, local look: a ray far longer than its neighbours' median ran into muscle.
+    padded = np.concatenate([clipped[:, -4:], clipped, clipped[:, :4]], axis=1)
+    local = ndimage.median_filter(padded, size=(1, 9))[:, 4:-4]
+    return np.minimum(clipped, 1.4 * local)
+
+
+def _polygon_figures(radii, angles):
+    x = radii * np.cos(angles)[None, :]
+    y = radii * np.sin(angles)[None, :]
+    xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
+    cross = x * yn - xn * y
+    area = 0.5 * cross.sum(axis=1)
+    safe = np.where(np.abs(area) > 1e-9, area, 1e-9)
+    cx = ((x + xn) * cross).sum(axis=1) / (6 * safe)
+    cy = ((y + yn) * cross).sum(axis=1) / (6 * safe)
+    directions = np.linspace(0.0, np.pi, 90, endpoint=False)
+    projections = x[:, :, None] * np.cos(directions) + y[:, :, None] * np.sin(directions)
+    widths = projections.max(axis=1) - projections.min(axis=1)
+    return np.abs(area), np.stack([cx, cy], axis=1), widths.min(axis=1), widths.max(axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Nerve segment
+# ---------------------------------------------------------------------------------------
+def radii_about_centreline(points: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+    """Boundary radii at regular angles about each centreline point (the sections were
+    measured from their cores, which may sit a little off the smoothed centreline)."""
+    _, u, v = frames(points)
+    offset = boundary - points[:, None, :]
+    bu = np.einsum("nij,nj->ni", offset, u)
+    bv = np.einsum("nij,nj->ni", offset, v)
+    angle = np.mod(np.arctan2(bv, bu), 2 * np.pi)
+    radius = np.hypot(bu, bv)
+    regular = np.linspace(0.0, 2 * np.pi, RAY_COUNT, endpoint=False)
+    result = np.empty((len(points), RAY_COUNT))
+    for n in range(len(points)):
+        order = np.argsort(angle[n])
+        a, r = angle[n][order], radius[n][order]
+        result[n] = np.interp(regular, np.r_[a[-1] - 2 * np.pi, a, a[0] + 2 * np.pi], np.r_[r[-1], r, r[0]])
+    return result
+
+
+def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
+    """Voxels inside the star-shaped cross-sections swept along the centreline."""
+    mask = np.zeros(geometry.shape_kji, bool)
+    tangents, u, v = frames(points)
+    reach = float(np.max(radii)) + 1.0
+    block = geometry.bounding_slices_of_ras_box(points, reach)
+    if any(s.stop <= s.start for s in block):
+        return mask
+    grid = geometry.voxel_ras_grid(block).reshape(-1, 3).astype(np.float64)
+    # Sub-stations every 0.25 mm so every voxel finds the section it belongs to.
+    dense = resample_polyline(points, 0.25)
+    station_of_dense = np.clip(np.round(np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
+                                        / STATION_SPACING_MM).astype(int), 0, len(points) - 1)
+    distance, nearest = cKDTree(dense).query(grid, distance_upper_bound=reach, workers=-1)
+    near = np.isfinite(distance)
+    station = station_of_dense[nearest[near]]
+    offset = grid[near] - dense[nearest[near]]
+    along = np.einsum("ij,ij->i", offset, tangents[station])
+    uu = np.einsum("ij,ij->i", offset, u[station])
+    vv = np.einsum("ij,ij->i", offset, v[station])
+    angle = np.mod(np.arctan2(vv, uu), 2 * np.pi) / (2 * np.pi) * RAY_COUNT
+    lower = np.floor(angle).astype(int) % RAY_COUNT
+    upper = (lower + 1) % RAY_COUNT
+    fraction = angle - np.floor(angle)
+    boundary = (1 - fraction) * radii[station, lower] + fraction * radii[station, upper]
+    is_end = (nearest[near] == 0) | (nearest[near] == len(dense) - 1)
+    inside = (np.hypot(uu, vv) <= boundary) & (~is_end | (np.abs(along) <= 0.5 * STATION_SPACING_MM))
+    flat = np.zeros(len(grid), bool)
+    flat[np.flatnonzero(near)[inside]] = True
+    mask[block] = flat.reshape(tuple(s.stop - s.start for s in block))
+    return mask
+
+
+# ---------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------
+def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modality: str = "ct",
+                side: str = "right", bone_threshold_hu: float = 200.0,
+                exclusion_mask: np.ndarray | None = None, progress: ProgressCallback = None) -> NerveTrace:
+    """Trace the sciatic nerve through the seeds; see the module docstring."""
+    geometry.validate("The volume")
+    if modality not in ("ct", "mr"):
+        raise InputError(f"Modality must be 'ct' or 'mr'; got '{modality}'.")
+    if exclusion_mask is not None and exclusion_mask.shape != image.shape:
+        raise InputError("The HO mask does not match the volume's grid; resample it onto the volume.")
+    warnings: list[str] = []
+    report(progress, 0.0, "Checking seed points")
+    seeds = validate_seeds(seeds_ras, image, geometry, modality)
+    appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
+
+    report(progress, 0.1, "Following the nerve between the seeds")
+    path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
+    if outside_fraction > 0.35:
+        raise InputError(
+            f"Between two seed points the nerve could not be followed ({outside_fraction:.0%} of the path runs "
+            "outside nerve-like tissue). Check the modality setting and add seed points on the nerve in the "
+            "difficult stretch.")
+    if outside_fraction > 0.1:
+        warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
+                        "tissue; check the centreline there and add a seed point if it strays.")
+
+    points = smooth_polyline(resample_polyline(path, STATION_SPACING_MM), CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM)
+    # The clicks may be off centre: the ends are re-centred like every other station.
+    for iteration in range(RECENTRING_PASSES):
+        report(progress, 0.4 + 0.4 * iteration / RECENTRING_PASSES, "Re-centring on the nerve")
+        sections, _ = cross_sections(image, geometry, points, appearance, exclusion_mask)
+        centred = smooth_polyline(sections.centroids, CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM, keep_ends=False)
+        points = resample_polyline(centred, STATION_SPACING_MM)
+
+    report(progress, 0.8, "Measuring cross-sections")
+    sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
+    s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    report(progress, 0.9, "Building the nerve segment")
+    mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
+    if exclusion_mask is not None:
+        mask &= ~exclusion_mask
+    report(progress, 1.0, "Nerve traced")
+    return NerveTrace(
+        side=side, modality=modality, points_ras=points, s_mm=s_mm, area_mm2=sections.area,
+        diameter_mm=np.sqrt(4.0 * sections.area / np.pi), min_diameter_mm=sections.min_width,
+        max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask=mask, warnings=warnings)
