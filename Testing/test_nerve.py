@@ -1,0 +1,124 @@
+"""Nerve tracing on CT and T2 fat-saturated MR phantoms against the true centreline.
+
+Tolerances (product acceptance figures): centreline mean distance <= 1.0 mm, maximum
+<= 2.5 mm, covering >= 90 % of the true nerve between the outermost seeds; equivalent
+diameter within 1.0 mm of truth outside contact zones (the HO shell span +- 5 mm); the
+thickened stretch measured thicker; the path through the 270 deg HO wrap inside the nerve.
+"""
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.nerve import sort_seeds_along_nerve, trace_nerve
+from HOSciaticModuleLib.phantom import _dense_nerve_curve, generate_phantom
+
+ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
+FLIPPED = np.diag([-1.0, 1.0, -1.0])
+GRIDS = {
+    "axial": dict(spacing_ijk=(1.0, 1.0, 2.0)),
+    "rotated": dict(spacing_ijk=(1.0, 1.0, 2.0), directions_ras=ROTATED, fov_mm=(140.0, 140.0, 160.0)),
+    "flipped": dict(spacing_ijk=(0.8, 0.8, 1.5), directions_ras=FLIPPED),
+}
+END_MARGIN_MM = 8.0
+
+
+def _phantom(modality, grid):
+    return generate_phantom(modality=modality, **GRIDS[grid])
+
+
+def _contact_span(phantom):
+    shell = next(i for i in phantom.spec.islands if i.kind == "shell")
+    return shell.s_start_mm - 5.0, shell.s_stop_mm + 5.0
+
+
+def assert_follows_truth(phantom, trace, seeds):
+    tree = cKDTree(phantom.centreline_ras)
+    distance, index = tree.query(trace.points_ras)
+    assert distance.mean() <= 1.0, distance.mean()
+    assert distance.max() <= 2.5, distance.max()
+    true_s = phantom.centreline_s_mm[index]
+    seeds_s = phantom.centreline_s_mm[tree.query(seeds)[1]]
+    coverage = (true_s.max() - true_s.min()) / (seeds_s.max() - seeds_s.min())
+    assert coverage >= 0.90, coverage
+    np.testing.assert_allclose(np.diff(trace.s_mm)[:-1], 1.0, atol=0.01)
+
+    low, high = _contact_span(phantom)
+    free = (true_s < low) | (true_s > high)
+    error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
+    assert np.abs(error[free]).max() <= 1.0, np.abs(error[free]).max()
+    thickening = phantom.spec.thickening_center_s_mm
+    thick = trace.diameter_mm[np.abs(true_s - thickening) < 4.0].mean()
+    normal = trace.diameter_mm[true_s < thickening - phantom.spec.thickening_half_length_mm - 5.0].mean()
+    assert thick > normal + 1.0
+    # Inside the HO wrap the centreline stays in the nerve.
+    shell = next(i for i in phantom.spec.islands if i.kind == "shell")
+    in_wrap = (true_s > shell.s_start_mm) & (true_s < shell.s_stop_mm)
+    kji = np.round(phantom.geometry.ras_to_kji_points(trace.points_ras[in_wrap])).astype(int)
+    assert in_wrap.sum() > 15 and phantom.nerve_mask[tuple(kji.T)].all()
+    assert np.all(trace.min_diameter_mm <= trace.max_diameter_mm + 1e-9)
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr"])
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_two_end_seeds(modality, grid):
+    phantom = _phantom(modality, grid)
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality=modality,
+                        exclusion_mask=phantom.ho_labels > 0)
+    assert_follows_truth(phantom, trace, seeds)
+    # The segment built from the cross-sections overlaps the true nerve well.
+    dice = 2 * np.count_nonzero(trace.mask & phantom.nerve_mask) / (trace.mask.sum() + phantom.nerve_mask.sum())
+    assert dice >= 0.85, dice
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr"])
+def test_jittered_clicks_in_any_order(modality):
+    phantom = _phantom(modality, "axial")
+    s, points, _, normals, binormals = _dense_nerve_curve(phantom.spec)
+    rng = np.random.default_rng(11)
+    clicks = []
+    for target in (END_MARGIN_MM, 45.0, 110.0, s[-1] - END_MARGIN_MM):
+        n = int(np.argmin(np.abs(s - target)))
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        clicks.append(points[n] + 3.0 * (np.cos(angle) * normals[n] + np.sin(angle) * binormals[n]))
+    clicks = np.array(clicks)[[2, 0, 3, 1]]
+    trace = trace_nerve(phantom.image, phantom.geometry, clicks, modality=modality,
+                        exclusion_mask=phantom.ho_labels > 0)
+    assert_follows_truth(phantom, trace, clicks)
+
+
+def test_seed_order_does_not_matter():
+    points = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 40.0], [0.0, 2.0, 80.0], [1.0, 1.0, 120.0]])
+    shuffled = points[[2, 0, 3, 1]]
+    np.testing.assert_allclose(sort_seeds_along_nerve(shuffled), sort_seeds_along_nerve(points))
+    assert sort_seeds_along_nerve(points)[0, 2] == 120.0
+
+
+def test_ho_wrap_without_exclusion_mask_is_still_avoided():
+    # Bone above the threshold is never nerve, even when no HO segment is given.
+    phantom = _phantom("ct", "axial")
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds)
+    assert_follows_truth(phantom, trace, seeds)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one", "at least two"),
+    ("coincident", "coincide"),
+    ("outside", "outside the volume"),
+    ("air", "air"),
+])
+def test_bad_seeds_are_refused(case, message):
+    phantom = _phantom("ct", "axial")
+    ends = phantom.seeds_ras([END_MARGIN_MM, 120.0])
+    corner_air = phantom.geometry.kji_to_ras_points([[5, 2, phantom.image.shape[2] - 3]])[0]
+    seeds = {"one": ends[:1], "coincident": np.vstack([ends[0], ends[0] + 0.5]),
+             "outside": np.vstack([ends[0], ends[1] + [0.0, 0.0, 400.0]]),
+             "air": np.vstack([ends[0], corner_air])}[case]
+    with pytest.raises(InputError, match=message):
+        trace_nerve(phantom.image, phantom.geometry, seeds)
