@@ -1,0 +1,515 @@
+"""Contact and encasement between HO and the sciatic nerve.
+
+Definitions (the figures a surgeon plans the excision from):
+
+* **Contact tolerance** τ (default 1.0 mm).
+* **Stations** every 1 mm of arc length along the nerve centreline; the cross-section
+  at a station is the plane orthogonal to the centreline.
+* **Minimum distance** — the smallest Euclidean distance between the nerve surface and
+  any HO surface (0 where they touch or overlap), with the closest pair of points;
+  per island and per nerve. Surfaces are those of the voxel masks (each voxel a box
+  of its spacing), so distances are exact for the masks, at any spacing and
+  orientation.
+* **In contact** — a point of the nerve surface whose distance to HO is ≤ τ.
+* **Contact area** (mm²) — area of the nerve surface in contact, summed over the
+  stations (contact arc length × 1 mm); per island and per nerve; also as a
+  fraction of the nerve surface in the analysed span.
+* **Encasement angle** at a station (0–360°) — the angle, around the nerve's centroid
+  in that cross-section, covered by the parts of the nerve boundary that are in
+  contact (union of arcs; 360° = surrounded). A gap-free HO shell covering θ of a
+  nerve of radius r measures about θ + 4·asin(τ/2r): each edge gains the arc within
+  τ of the shell's end.
+* **Contact length** — arc length of all stations with encasement > 0; the longest
+  contiguous run; the runs themselves.
+* **Class** — ``none`` (min distance > τ), ``abutment`` (0 < max ≤ 180°),
+  ``encasement`` (180° < max < 360°), ``circumferential`` (360° at ≥ 1 station).
+* **Deflection** (mm) — the largest distance, inside a contact run, between the
+  centreline and the smooth course fitted through the centreline on both sides of
+  the run (a cubic in arc length through the stations 3–25 mm beyond each end).
+* **Thickening ratio** — largest cross-sectional area in a contact run ÷ median area
+  of the stations more than 10 mm from any contact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .errors import InputError
+from .geometry import VolumeGeometry
+from .nerve import frames, resample_polyline
+from .progress import ProgressCallback, report
+
+DEFAULT_CONTACT_TOLERANCE_MM = 1.0
+ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
+STATION_SPACING_MM = 1.0
+SECTION_RAYS = 180
+#: Longest section ray: wider than the largest swollen sciatic nerve (about 25 mm).
+SECTION_MAX_RADIUS_MM = 20.0
+SECTION_STEP_MM = 0.25
+#: Encasement at or above this counts as surrounded (the boundary is sampled every 2 deg).
+CIRCUMFERENTIAL_DEG = 359.0
+#: Stations on each side of a contact run used to fit the undeflected course.
+DEFLECTION_FIT_MM = (3.0, 25.0)
+#: Stations farther than this from any contact give the reference area.
+THICKENING_REFERENCE_DISTANCE_MM = 10.0
+#: Nearest voxels examined per query; the closest voxel box is among them.
+NEAREST_VOXELS = 8
+#: Only HO this close to the nerve can touch it; smooth surfaces are built there.
+CONTACT_MARGIN_MM = 12.0
+#: Smoothing of the masks before sub-voxel surfaces are taken (in voxels).
+SURFACE_SMOOTHING_VOXELS = 0.7
+#: Region around the closest voxels where the gap is refined.
+REFINE_MARGIN_MM = 6.0
+
+
+@dataclass
+class IslandContact:
+    label: int
+    min_distance_mm: float
+    closest_points_ras: tuple
+    contact_area_mm2: float
+    contact_length_mm: float
+    max_encasement_deg: float
+    encasement_class: str
+
+
+@dataclass
+class NerveContact:
+    s_mm: np.ndarray
+    points_ras: np.ndarray
+    encasement_deg: np.ndarray
+    distance_to_ho_mm: np.ndarray
+    area_mm2: np.ndarray
+    min_distance_mm: float
+    closest_points_ras: tuple
+    contact_area_mm2: float
+    contact_fraction: float
+    contact_length_mm: float
+    longest_contact_mm: float
+    contact_runs_mm: list
+    max_encasement_deg: float
+    encasement_class: str
+    deflection_mm: float | None
+    thickening_ratio: float | None
+    islands: list = field(default_factory=list)
+    tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM
+
+
+# ---------------------------------------------------------------------------------------
+# Distances to voxel boxes
+# ---------------------------------------------------------------------------------------
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """(N, 3) indices (k, j, i) of mask voxels with a face-neighbour outside the mask."""
+    interior = ndimage.binary_erosion(mask, border_value=0)
+    return np.argwhere(mask & ~interior)
+
+
+class VoxelBoxes:
+    """The boundary voxels of a mask as boxes; exact distances from points to them."""
+
+    def __init__(self, kji: np.ndarray, geometry: VolumeGeometry, labels: np.ndarray | None = None):
+        self.geometry = geometry
+        self.spacing = np.asarray(geometry.spacing_kji, float)
+        self.kji = np.asarray(kji, float)
+        self.labels = labels
+        self.tree = cKDTree(self.kji * self.spacing) if len(self.kji) else None
+
+    def __len__(self):
+        return len(self.kji)
+
+    def distance(self, points_ras: np.ndarray, half_extent: float = 0.5):
+        """Distance from points to the nearest box, the closest box point (RAS) and the box index.
+
+        ``half_extent`` is the query's own half-size in voxels (0 for points, 0.5 when the
+        queries are voxel boxes too).
+        """
+        points_ras = np.atleast_2d(points_ras)
+        if self.tree is None or len(points_ras) == 0:
+            return np.full(len(points_ras), np.inf), np.full((len(points_ras), 3), np.nan), np.full(len(points_ras), -1)
+        query = self.geometry.ras_to_kji_points(points_ras)
+        k = min(NEAREST_VOXELS, len(self.kji))
+        _, index = self.tree.query(query * self.spacing, k=k, workers=-1)
+        index = index.reshape(len(query), k)
+        offset = query[:, None, :] - self.kji[index]
+        gap = np.maximum(np.abs(offset) - 0.5 - half_extent, 0.0)
+        distance = np.sqrt(np.sum((gap * self.spacing) ** 2, axis=-1))
+        best = np.argmin(distance, axis=1)
+        rows = np.arange(len(query))
+        chosen = index[rows, best]
+        nearest_kji = self.kji[chosen] + np.clip(offset[rows, best], -0.5, 0.5)
+        return distance[rows, best], self.geometry.kji_to_ras_points(nearest_kji), chosen
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-sections of the nerve mask
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Sections:
+    boundary: np.ndarray        # (N, R, 3) RAS
+    centroid: np.ndarray        # (N, 3)
+    area: np.ndarray            # (N,)
+    perimeter: np.ndarray       # (N,)
+    edge_length: np.ndarray     # (N, R) boundary length between ray r and r+1
+
+
+def smoothed_field(mask: np.ndarray) -> np.ndarray:
+    """The mask smoothed so that its 0.5 level follows the surface it sampled to a
+    fraction of a voxel, whatever the grid's orientation."""
+    return ndimage.gaussian_filter(mask.astype(np.float32), SURFACE_SMOOTHING_VOXELS, mode="constant")
+
+
+class SmoothSurface:
+    """The 0.5 iso-surface of a smoothed mask; distances from points to it."""
+
+    def __init__(self, field: np.ndarray, geometry: VolumeGeometry):
+        from skimage.measure import marching_cubes
+
+        self.field = field
+        self.geometry = geometry
+        self.tree = None
+        if field.size and field.max() >= 0.5:
+            vertices = marching_cubes(np.pad(field, 1), 0.5)[0] - 1
+            self.vertices = geometry.kji_to_ras_points(vertices)
+            self.tree = cKDTree(self.vertices)
+
+    def distance(self, points_ras: np.ndarray) -> np.ndarray:
+        if self.tree is None:
+            return np.full(len(points_ras), np.inf)
+        distance = self.tree.query(points_ras, workers=-1)[0]
+        kji = self.geometry.ras_to_kji_points(points_ras)
+        inside = ndimage.map_coordinates(self.field, kji.T, order=1, mode="constant", cval=0.0) >= 0.5
+        return np.where(inside, 0.0, distance)
+
+
+def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np.ndarray) -> _Sections:
+    """Boundary of the (smoothed) nerve mask along rays in each station's orthogonal plane."""
+    tangents, u, v = frames(points)
+    angles = np.linspace(0.0, 2 * np.pi, SECTION_RAYS, endpoint=False)
+    directions = np.cos(angles)[None, :, None] * u[:, None, :] + np.sin(angles)[None, :, None] * v[:, None, :]
+    steps = np.arange(0.0, SECTION_MAX_RADIUS_MM + 1e-6, SECTION_STEP_MM)
+    def inside(ras):
+        kji = geometry.ras_to_kji_points(ras.reshape(-1, 3))
+        values = ndimage.map_coordinates(nerve_field, kji.T, order=1, mode="constant", cval=0.0)
+        return values.reshape(ras.shape[:-1]) >= 0.5
+
+    samples = points[:, None, None, :] + steps[None, None, :, None] * directions[:, :, None, :]
+    is_in = inside(samples)
+    is_in[:, :, 0] |= True
+    first_out = np.where(is_in.all(axis=-1), len(steps) - 1, np.argmin(is_in, axis=-1))
+    low = (first_out - 1) * SECTION_STEP_MM
+    high = first_out * SECTION_STEP_MM
+    for _ in range(4):  # bisection to 1/64 of a step
+        middle = 0.5 * (low + high)
+        inside_middle = inside(points[:, None, :] + middle[..., None] * directions)
+        low = np.where(inside_middle, middle, low)
+        high = np.where(inside_middle, high, middle)
+    radius = 0.5 * (low + high)
+    boundary = points[:, None, :] + radius[..., None] * directions
+    x, y = radius * np.cos(angles), radius * np.sin(angles)
+    xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
+    cross = x * yn - xn * y
+    area = 0.5 * cross.sum(axis=1)
+    safe = np.where(np.abs(area) > 1e-9, area, 1e-9)
+    cx = ((x + xn) * cross).sum(axis=1) / (6 * safe)
+    cy = ((y + yn) * cross).sum(axis=1) / (6 * safe)
+    centroid = points + cx[:, None] * u + cy[:, None] * v
+    edge_length = boundary_edge_lengths(radius)
+    return _Sections(boundary, centroid, np.abs(area), edge_length.sum(axis=1), edge_length)
+
+
+def boundary_edge_lengths(radius: np.ndarray) -> np.ndarray:
+    """Length of the boundary between consecutive rays.
+
+    A voxel mask's boundary is a staircase; measured edge by edge its length would
+    grow with the voxel noise, not with the nerve. The arc is measured at the mean
+    radius of the edge, with the radial change taken from radii smoothed over a few
+    degrees (the true outline's slope).
+    """
+    step = 2 * np.pi / radius.shape[1]
+    smooth = ndimage.gaussian_filter1d(radius, sigma=3.0, axis=1, mode="wrap")
+    mean_radius = 0.5 * (radius + np.roll(radius, -1, axis=1))
+    return np.hypot(mean_radius * step, np.roll(smooth, -1, axis=1) - smooth)
+
+
+def _edge_contact_fraction(distance: np.ndarray, tolerance: float) -> np.ndarray:
+    """Fraction of each boundary edge (i, i+1) within the tolerance (linear along the edge)."""
+    a, b = distance, np.roll(distance, -1, axis=-1)
+    both = (a <= tolerance) & (b <= tolerance)
+    neither = (a > tolerance) & (b > tolerance)
+    partial = np.where(a <= tolerance, (tolerance - a) / np.maximum(b - a, 1e-9),
+                       (tolerance - b) / np.maximum(a - b, 1e-9))
+    return np.where(both, 1.0, np.where(neither, 0.0, np.clip(partial, 0.0, 1.0)))
+
+
+def station_contact(sections: _Sections, points, distance: np.ndarray, tolerance: float):
+    """Encasement angle (deg) about the centroid and contact arc length (mm) per station."""
+    _, u, v = frames(points)
+    offset = sections.boundary - sections.centroid[:, None, :]
+    angle = np.arctan2(np.einsum("nrj,nj->nr", offset, v), np.einsum("nrj,nj->nr", offset, u))
+    span = np.abs(np.angle(np.exp(1j * (np.roll(angle, -1, axis=1) - angle))))
+    fraction = _edge_contact_fraction(distance, tolerance)
+    edge_length = sections.edge_length
+    encasement = np.degrees((span * fraction).sum(axis=1))
+    encasement = np.where(encasement >= CIRCUMFERENTIAL_DEG, 360.0, np.minimum(encasement, 360.0))
+    return encasement, (edge_length * fraction).sum(axis=1)
+
+
+def contact_runs(in_contact: np.ndarray, s_mm: np.ndarray) -> list:
+    """Contiguous stations in contact as (s_start, s_stop), each station owning 1 mm."""
+    runs = []
+    start = None
+    for n, flag in enumerate(in_contact):
+        if flag and start is None:
+            start = n
+        if start is not None and (not flag or n == len(in_contact) - 1):
+            stop = n if flag else n - 1
+            runs.append((float(s_mm[start] - 0.5 * STATION_SPACING_MM), float(s_mm[stop] + 0.5 * STATION_SPACING_MM)))
+            start = None
+    return runs
+
+
+def classify(min_distance: float, max_encasement: float, tolerance: float) -> str:
+    if not np.isfinite(min_distance) or min_distance > tolerance or max_encasement <= 0.0:
+        return "none"
+    if max_encasement >= 360.0:
+        return "circumferential"
+    return "encasement" if max_encasement > 180.0 else "abutment"
+
+
+def deflection(points: np.ndarray, s_mm: np.ndarray, runs: list) -> float | None:
+    """Largest departure of the centreline in a contact run from the course either side."""
+    worst = None
+    near, far = DEFLECTION_FIT_MM
+    for start, stop in runs:
+        before = (s_mm >= start - far) & (s_mm <= start - near)
+        after = (s_mm >= stop + near) & (s_mm <= stop + far)
+        if before.sum() < 3 or after.sum() < 3:
+            continue
+        fit = before | after
+        degree = 3 if fit.sum() >= 8 else 1
+        inside = (s_mm >= start) & (s_mm <= stop)
+        course = np.stack([np.polyval(np.polyfit(s_mm[fit], points[fit, a], degree), s_mm[inside]) for a in range(3)],
+                          axis=1)
+        value = float(np.max(np.linalg.norm(points[inside] - course, axis=1)))
+        worst = value if worst is None else max(worst, value)
+    return worst
+
+
+def thickening_ratio(area: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray) -> float | None:
+    if not in_contact.any():
+        return None
+    contact_s = s_mm[in_contact]
+    gap = np.min(np.abs(s_mm[:, None] - contact_s[None, :]), axis=1)
+    reference = area[gap > THICKENING_REFERENCE_DISTANCE_MM]
+    if reference.size < 3:
+        return None
+    return float(area[in_contact].max() / np.median(reference))
+
+
+# ---------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------
+def _closest_pair(nerve_boxes: VoxelBoxes, ho_boxes: VoxelBoxes):
+    """Minimum distance between two voxel-box sets and the closest points."""
+    if len(nerve_boxes) == 0 or len(ho_boxes) == 0:
+        return np.inf, None
+    points = nerve_boxes.geometry.kji_to_ras_points(nerve_boxes.kji)
+    distance, on_ho, _ = ho_boxes.distance(points, half_extent=0.5)
+    best = int(np.argmin(distance))
+    if distance[best] <= 0.0:
+        point = tuple(float(c) for c in on_ho[best])
+        return 0.0, (point, point)
+    # The nerve point: the nerve box point closest to the HO point.
+    own, on_nerve, _ = nerve_boxes.distance(on_ho[best:best + 1], half_extent=0.0)
+    return float(distance[best]), (tuple(float(c) for c in on_nerve[0]), tuple(float(c) for c in on_ho[best]))
+
+
+def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_distance: float):
+    """Sub-voxel gap between nerve and HO near their closest voxels.
+
+    Voxel boxes stand up to half a voxel beyond the surface they sample, so the
+    smallest box-to-box gap is biased low by up to one voxel. Near the closest pair,
+    both masks are smoothed (Gaussian, SURFACE_SMOOTHING_VOXELS) and their 0.5
+    iso-surfaces -- which follow the sampled surfaces to a fraction of a voxel -- are
+    compared instead. Touching or overlapping masks keep 0.
+    """
+    if pair is None or not np.isfinite(box_distance) or box_distance <= 0.0:
+        return box_distance, pair
+    from skimage.measure import marching_cubes
+
+    centre = 0.5 * (np.asarray(pair[0]) + np.asarray(pair[1]))
+    block = geometry.bounding_slices_of_ras_box(centre[None], box_distance + REFINE_MARGIN_MM)
+    sigma = SURFACE_SMOOTHING_VOXELS
+    surfaces = []
+    for mask in (nerve_mask[block], ho_mask_of(block)):
+        field = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), sigma)
+        if field.max() < 0.5:
+            return box_distance, pair
+        vertices = marching_cubes(field, 0.5)[0] - 2 + [s.start for s in block]
+        surfaces.append(geometry.kji_to_ras_points(vertices))
+    distance, index = cKDTree(surfaces[1]).query(surfaces[0], workers=-1)
+    best = int(np.argmin(distance))
+    refined = float(distance[best])
+    if refined < box_distance:
+        return box_distance, pair
+    return refined, (tuple(float(c) for c in surfaces[0][best]), tuple(float(c) for c in surfaces[1][index[best]]))
+
+
+def _summary(distance, sections, points, s_mm, tolerance, min_distance):
+    encasement, contact_arc = station_contact(sections, points, distance, tolerance)
+    # One station's spike from the voxel staircase is not a finding: each station
+    # reports the median of itself and its two neighbours (a 3 mm window).
+    if len(encasement) >= 3:
+        encasement = ndimage.median_filter(encasement, size=3, mode="nearest")
+    in_contact = encasement > 0.0
+    runs = contact_runs(in_contact, s_mm)
+    return encasement, contact_arc, in_contact, runs
+
+
+def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
+                    centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
+                    progress: ProgressCallback = None) -> NerveContact:
+    """Contact and encasement figures of one nerve against every HO island."""
+    if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji:
+        raise InputError("The nerve and HO masks do not match the volume grid; resample them onto the CT.")
+    if not nerve_mask.any():
+        raise InputError("The nerve segment is empty. Trace the nerve again or paint it in the Segment Editor.")
+    centreline = np.asarray(centreline_ras, float).reshape(-1, 3)
+    if len(centreline) < 2:
+        raise InputError("The nerve centreline has fewer than two points. Trace the nerve again.")
+    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
+        raise InputError(f"The contact tolerance must be a non-negative number of mm; got {tolerance_mm}.")
+    tolerance = float(tolerance_mm)
+
+    report(progress, 0.05, "Sampling nerve cross-sections")
+    points = resample_polyline(centreline, STATION_SPACING_MM)
+    s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    nerve_block = ndimage.find_objects(nerve_mask.astype(np.uint8))[0]
+    nerve_surface = surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
+    nerve_boxes = VoxelBoxes(nerve_surface, geometry)
+    # Contact happens next to the nerve: smooth fields only in a block around it.
+    crop = geometry.bounding_slices_of_ras_box(
+        np.vstack([geometry.kji_to_ras_points([[s.start for s in nerve_block], [s.stop - 1 for s in nerve_block]]),
+                   points]), CONTACT_MARGIN_MM)
+    crop_geometry = geometry.cropped(crop)
+    sections = nerve_sections(smoothed_field(nerve_mask[crop]), crop_geometry, points)
+    flat_boundary = sections.boundary.reshape(-1, 3)
+
+    report(progress, 0.3, "Measuring distances to HO")
+    islands_found = []
+    blocks = ndimage.find_objects(ho_labelmap)
+    for label, block in enumerate(blocks, start=1):
+        if block is None:
+            continue
+        surface = surface_voxels(ho_labelmap[block] == label) + [s.start for s in block]
+        if len(surface):
+            islands_found.append((label, VoxelBoxes(surface, geometry)))
+    all_kji = np.vstack([boxes.kji for _, boxes in islands_found]) if islands_found else np.zeros((0, 3))
+    all_ho = VoxelBoxes(all_kji, geometry)
+    ho_crop = ho_labelmap[crop]
+
+    def boundary_distance(ho_mask_crop, boxes):
+        """Smooth-surface distance near the nerve, voxel-box distance beyond the block."""
+        far = boxes.distance(flat_boundary, half_extent=0.0)[0]
+        if not ho_mask_crop.any():
+            return far.reshape(sections.boundary.shape[:2])
+        near = SmoothSurface(smoothed_field(ho_mask_crop), crop_geometry).distance(flat_boundary)
+        usable = near < CONTACT_MARGIN_MM - 2.0
+        return np.where(usable, near, far).reshape(sections.boundary.shape[:2])
+
+    distance = boundary_distance(ho_crop > 0, all_ho)
+    min_distance, closest = _closest_pair(nerve_boxes, all_ho)
+    min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
+    encasement, contact_arc, in_contact, runs = _summary(distance, sections, points, s_mm, tolerance, min_distance)
+    max_encasement = float(encasement.max()) if len(encasement) else 0.0
+    contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
+    surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
+
+    report(progress, 0.7, "Per-island figures")
+    island_results = []
+    for label, boxes in islands_found:
+        island_distance = boundary_distance(ho_crop == label, boxes)
+        island_min, island_closest = _closest_pair(nerve_boxes, boxes)
+        island_min, island_closest = refine_gap(nerve_mask, lambda block, label=label: ho_labelmap[block] == label,
+                                                geometry, island_closest, island_min)
+        island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance, island_min)
+        island_max = float(island_enc.max()) if len(island_enc) else 0.0
+        island_results.append(IslandContact(
+            label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
+            contact_area_mm2=float(island_arc.sum() * STATION_SPACING_MM),
+            contact_length_mm=float(island_in.sum() * STATION_SPACING_MM), max_encasement_deg=island_max,
+            encasement_class=classify(island_min, island_max, tolerance)))
+
+    report(progress, 1.0, "Contact measured")
+    station_distance = distance.min(axis=1)
+    return NerveContact(
+        s_mm=s_mm, points_ras=points, encasement_deg=encasement,
+        distance_to_ho_mm=np.where(np.isfinite(station_distance), station_distance, np.nan),
+        area_mm2=sections.area, min_distance_mm=float(min_distance), closest_points_ras=closest,
+        contact_area_mm2=contact_area, contact_fraction=contact_area / surface_area if surface_area > 0 else 0.0,
+        contact_length_mm=float(in_contact.sum() * STATION_SPACING_MM),
+        longest_contact_mm=float(max((b - a for a, b in runs), default=0.0)), contact_runs_mm=runs,
+        max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
+        deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
+        islands=island_results, tolerance_mm=tolerance)
+
+
+# ---------------------------------------------------------------------------------------
+# Surface models
+# ---------------------------------------------------------------------------------------
+def surface_mesh(mask: np.ndarray, geometry: VolumeGeometry):
+    """Triangle surface of a mask in RAS (marching cubes at the 0.5 level), outward faces."""
+    from skimage.measure import marching_cubes
+
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+    block = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], mask.shape))
+    padded = np.pad(mask[block].astype(np.float32), 1)
+    vertices, faces, _, _ = marching_cubes(padded, 0.5)
+    kji = vertices - 1 + [s.start for s in block]
+    ras = geometry.kji_to_ras_points(kji)
+    faces = faces.astype(np.int64)
+    # (k, j, i) index space is left-handed relative to (i, j, k); a flipped direction
+    # matrix flips it again. Orient so normals point away from the mask.
+    normals = np.cross(ras[faces[:, 1]] - ras[faces[:, 0]], ras[faces[:, 2]] - ras[faces[:, 0]])
+    centres = ras[faces].mean(axis=1)
+    probe = geometry.ras_to_kji_points(centres + 0.3 * min(geometry.spacing_kji) * normals /
+                                       np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12))
+    outside = ndimage.map_coordinates(mask.astype(np.uint8), probe.T, order=0, mode="constant", cval=0) == 0
+    if np.mean(outside) < 0.5:
+        faces = faces[:, ::-1]
+    return ras, faces
+
+
+def nerve_surface_distance_mesh(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry):
+    """Nerve surface with each vertex's distance (mm) to the nearest HO."""
+    vertices, faces = surface_mesh(nerve_mask, geometry)
+    ho = _all_surface_boxes(ho_labelmap, geometry)
+    distance = ho.distance(vertices, half_extent=0.0)[0] if len(vertices) else np.zeros(0)
+    return vertices, faces, np.where(np.isfinite(distance), distance, 1e3)
+
+
+def ho_surface_distance_mesh(ho_labelmap: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry):
+    """HO surface with each vertex's distance (mm) to the nerve and its island label."""
+    vertices, faces = surface_mesh(ho_labelmap > 0, geometry)
+    nerve_block = ndimage.find_objects(nerve_mask.astype(np.uint8))
+    nerve = VoxelBoxes(surface_voxels(nerve_mask[nerve_block[0]]) + [s.start for s in nerve_block[0]]
+                       if nerve_block else np.zeros((0, 3)), geometry)
+    distance = nerve.distance(vertices, half_extent=0.0)[0] if len(vertices) else np.zeros(0)
+    kji = np.clip(np.round(geometry.ras_to_kji_points(vertices)).astype(int), 0, np.array(ho_labelmap.shape) - 1) \
+        if len(vertices) else np.zeros((0, 3), int)
+    labels = ho_labelmap[tuple(kji.T)] if len(vertices) else np.zeros(0, int)
+    return vertices, faces, np.where(np.isfinite(distance), distance, 1e3), labels
+
+
+def _all_surface_boxes(ho_labelmap, geometry) -> VoxelBoxes:
+    mask = ho_labelmap > 0
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found:
+        return VoxelBoxes(np.zeros((0, 3)), geometry)
+    return VoxelBoxes(surface_voxels(mask[found[0]]) + [s.start for s in found[0]], geometry)
