@@ -25,6 +25,8 @@ class HeadlessSlicer:
         return self.logics[name]
 
 
+_LIVE: list = []
+
 _MODULE_LOGIC_CLASSES = {
     "Colors": "vtkSlicerColorLogic",
     "Volumes": "vtkSlicerVolumesLogic",
@@ -90,6 +92,10 @@ def create_headless_slicer(expose_as_slicer_globals: bool = True) -> HeadlessSli
     logics["DataIOManager"] = data_io_logic
 
     headless = HeadlessSlicer(scene, application_logic, logics)
+    # The module logics observe the scene; if they were freed while the scene lives
+    # on (a caller keeping only ``.scene``), the next node event would reach freed
+    # memory. Keep them for the life of the process.
+    _LIVE.append(headless)
     if expose_as_slicer_globals and not hasattr(slicer, "app"):
         slicer.mrmlScene = scene
         slicer.modules = types.SimpleNamespace(**{

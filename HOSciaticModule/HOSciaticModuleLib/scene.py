@@ -160,7 +160,8 @@ def segment_mask_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeo
     values = _oriented_image_to_array(resampled)
     r_extent = resampled.GetExtent()
     k0, j0, i0 = r_extent[4], r_extent[2], r_extent[0]
-    block = values > 0
+    # Segments share label-map layers; this segment is the voxels holding its label value.
+    block = values == segmentation.GetSegment(segment_id).GetLabelValue()
     target = (slice(max(k0, 0), min(k0 + block.shape[0], geometry.shape_kji[0])),
               slice(max(j0, 0), min(j0 + block.shape[1], geometry.shape_kji[1])),
               slice(max(i0, 0), min(i0 + block.shape[2], geometry.shape_kji[2])))
