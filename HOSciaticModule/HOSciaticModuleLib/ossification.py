@@ -58,10 +58,17 @@ NATIVE_MIN_ML = 30.0
 #: the acetabular roof and the ischial body; HO outgrowths near the sciatic nerve are
 #: mostly thinner, so the ball does not reach into them.
 NATIVE_BALL_RADIUS_MM = 10.0
+#: A given native-bone segmentation may miss the cortex by this much (resampling,
+#: a model's boundary); bone this close to it is native.
+GIVEN_NATIVE_TOLERANCE_MM = 2.0
+#: Bone rims thinner than this against a given native mask are missed cortex, not HO.
+MISSED_CORTEX_MM = 3.0
 #: Thick bone cut by the ROI or field-of-view edge is native (shaft of femur: 25 mm).
 NATIVE_CUT_MIN_THICKNESS_MM = 16.0
 #: An outgrowth must stand this far beyond the native envelope to be called fused HO.
 FUSED_MIN_PROTRUSION_MM = 3.0
+#: Residual skins thinner than twice this are partial volume along the envelope.
+RESIDUAL_SKIN_MM = 1.5
 #: A residual longer than this many times its thickness is a native edge or process.
 FUSED_MAX_ELONGATION = 5.0
 #: Marrow sealed only within slices (thick slices miss a thin cortical cap) is filled when
@@ -74,8 +81,9 @@ CORTICAL_HU = 600.0
 CORTEX_MARROW_CONTRAST_HU = 300.0
 #: Depth of the rim whose density is compared with the interior: a typical HO cortex.
 CORTEX_RIM_MM = 2.0
-#: A CT in Hounsfield units always holds fat (-100 HU) or air (-1000 HU).
-HU_FAT_OR_AIR = -200.0
+#: A CT in Hounsfield units of any body region holds fat (-190..-30 HU) or air
+#: (-1000 HU); MR signal and other units are not negative.
+HU_FAT_OR_AIR = -50.0
 
 
 @dataclass
@@ -201,7 +209,7 @@ def _pad_block(block, shape, margin):
 # ---------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------
-def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask):
+def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask=None):
     """Bone voxels (metal and its margin removed) and the metal mask."""
     metal = ct_hu >= METAL_THRESHOLD_HU
     bone = ct_hu >= bone_threshold_hu
@@ -211,6 +219,25 @@ def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask):
     if roi_mask is not None:
         bone &= roi_mask
     return bone, metal
+
+
+def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Thin bone hugging a given native-bone mask: cortex the segmentation missed.
+
+    HO fused to bone is a thick outgrowth; a rim no thicker than MISSED_CORTEX_MM
+    lying against the native mask is the native cortex itself.
+    """
+    labels, count, _ = _components(outside_bone)
+    if count == 0:
+        return np.zeros_like(outside_bone)
+    touching = np.zeros(count + 1, bool)
+    touching[np.unique(labels[ndimage.binary_dilation(native_zone) & (labels > 0)])] = True
+    touching[0] = False
+    thin = np.zeros(count + 1, bool)
+    depth = _ball_distance(outside_bone, geometry)
+    deepest = ndimage.maximum(depth, labels=labels, index=np.arange(count + 1))
+    thin[:] = 2.0 * np.asarray(deepest) <= MISSED_CORTEX_MM
+    return (touching & thin)[labels]
 
 
 def estimate_native_skeleton(filled_bone, labels, count, sizes, geometry) -> np.ndarray:
@@ -228,23 +255,21 @@ def estimate_native_skeleton(filled_bone, labels, count, sizes, geometry) -> np.
     return native[labels]
 
 
-def region_edge_zone(block, shape, roi_block) -> np.ndarray:
-    """Voxels of the block within two voxels of where the analysed region ends.
+def region_edge_zone(block, shape) -> np.ndarray:
+    """Voxels of the block on the last voxel layer before the analysed region ends.
 
-    Bone there is cut by the field of view or the ROI: its shape says nothing about
+    Bone there is cut by the field of view: its shape says nothing about
     outgrowths, so no fused HO is called there.
     """
     edge = np.zeros(tuple(s.stop - s.start for s in block), bool)
     for axis, (s, n) in enumerate(zip(block, shape)):
         index = [slice(None)] * 3
         if s.start == 0:
-            index[axis] = slice(0, 2)
+            index[axis] = slice(0, 1)
             edge[tuple(index)] = True
         if s.stop == n:
-            index[axis] = slice(-2, None)
+            index[axis] = slice(-1, None)
             edge[tuple(index)] = True
-    if roi_block is not None:
-        edge |= ndimage.binary_dilation(~roi_block, iterations=2)
     return edge
 
 
@@ -266,8 +291,15 @@ def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min
     residual = native_component & ~envelope
     if not residual.any():
         return residual
+    # Skins a voxel or two thick along the envelope (partial volume on a curved cortex)
+    # would join real outgrowths to far-away edges; open them away first.
+    skin = RESIDUAL_SKIN_MM
+    residual_core = _ball_distance(residual, geometry) >= skin
+    if not residual_core.any():
+        return np.zeros_like(residual)
+    opened = (_ball_distance(~residual_core, geometry) <= skin) & residual
     depth = _ball_distance(~envelope, geometry)
-    labels, count, sizes = _components(residual)
+    labels, count, sizes = _components(opened)
     keep = np.zeros(count + 1, bool)
     blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):
@@ -280,7 +312,11 @@ def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min
         thickness = 2.0 * float(_ball_distance(part, geometry).max())
         extent = _extent_mm(part, geometry)
         keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
-    return keep[labels]
+    kept = keep[labels]
+    if not kept.any():
+        return kept
+    # Give back the outgrowth's own surface voxels that the opening took.
+    return (_ball_distance(~kept, geometry) <= skin) & residual
 
 
 def _extent_mm(part: np.ndarray, geometry: VolumeGeometry) -> float:
@@ -353,12 +389,14 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     labelmap = np.zeros(ct_hu.shape, np.uint16)
 
     report(progress, 0.05, "Thresholding bone")
-    bone, metal = bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask)
+    # Native bone is judged on all bone given (the caller adds context around an ROI);
+    # islands are reported where they meet the ROI.
+    bone, metal = bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, None)
     if metal.any():
         warnings.append(f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, {np.count_nonzero(metal) * geometry.voxel_volume_ml:.1f} mL)"
                         f" was found and excluded with a {METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to "
                         "metal may be missed because of artefacts.")
-    if not bone.any():
+    if not bone.any() or (roi_mask is not None and not np.any(bone & roi_mask)):
         warnings.append(f"No voxel reaches the bone threshold ({bone_threshold_hu:.0f} HU) in the analysed region: "
                         "no bone, so no HO.")
         return OssificationResult(labelmap, [], np.zeros(ct_hu.shape, bool), warnings, parameters)
@@ -374,7 +412,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if native_bone_mask is not None:
         native_block = native_bone_mask[block]
         # Resampled segmentations miss the cortex by a voxel or so.
-        native_zone = _ball_distance(~native_block, block_geometry) <= 1.5 if native_block.any() else native_block
+        native_zone = (_ball_distance(~native_block, block_geometry) <= GIVEN_NATIVE_TOLERANCE_MM
+                       if native_block.any() else native_block)
+        native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, block_geometry)
         candidates = fill_island_marrow(bone_block & ~native_zone, block_geometry)
         fused_zone = _ball_distance(~native_zone, block_geometry) <= 1.5 * max(block_geometry.spacing_kji)
         native_used = native_block
@@ -385,7 +425,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         native_used = estimate_native_skeleton(filled, labels, count, sizes, block_geometry)
         report(progress, 0.4, "Separating HO fused to native bone")
         fused = np.zeros_like(native_used)
-        edge = region_edge_zone(block, ct_hu.shape, roi_mask[block] if roi_mask is not None else None)
+        edge = region_edge_zone(block, ct_hu.shape)
         native_labels, native_count = ndimage.label(native_used)
         for label, component_block in enumerate(ndimage.find_objects(native_labels), start=1):
             padded = _pad_block(component_block, native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
@@ -398,6 +438,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
 
     report(progress, 0.6, "Measuring islands")
     labels, count, sizes = _components(candidates)
+    if roi_mask is not None:
+        in_roi = np.zeros(count + 1, bool)
+        in_roi[np.unique(labels[roi_mask[block] & (labels > 0)])] = True
+        sizes = np.where(in_roi, sizes, 0)
     islands = []
     blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):

@@ -396,7 +396,9 @@ def write_phantom_case(phantom: Phantom, folder, name: str = "ct") -> dict:
     truth_labels[phantom.nerve_mask] = 100
     write_volume(folder / f"{name}_truth_labels.nrrd", truth_labels, phantom.geometry)
     s = phantom.centreline_s_mm
-    seeds = phantom.seeds_ras([s[0] + 5.0, s[-1] / 2.0, s[-1] - 5.0])
+    margin_voxels = 5.0 / min(phantom.geometry.spacing_ijk)
+    visible = s[phantom.geometry.contains_ras(phantom.centreline_ras, margin_voxels)]
+    seeds = phantom.seeds_ras([visible[0] + 3.0, 0.5 * (visible[0] + visible[-1]), visible[-1] - 3.0])
     seeds_path = folder / "nerve_seeds_right.mrk.json"
     write_markups_points_json(seeds_path, seeds, "Sciatic nerve right seeds")
     truth = {

@@ -32,6 +32,8 @@ MODALITIES = ("ct", "mr")
 #: Working memory the analysis needs per voxel of the analysed region (the CT itself,
 #: bone masks, label maps and float32 distance maps at their peak).
 BYTES_PER_ANALYSED_VOXEL = 14
+#: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
+ROI_CONTEXT_MM = 30.0
 #: Slices thicker than this blur small islands and the nerve's calibre (partial volume
 #: over more than a third of a 9-12 mm nerve).
 THICK_SLICE_WARNING_MM = 3.0
@@ -213,8 +215,13 @@ class HOSciaticAnalysis:
         check_memory_budget(analysed_voxels, f"The CT '{ct_volume_node.GetName()}'" + (" inside the ROI" if roi_mask is not None else ""))
         native = (self._native_bone_mask(native_bone_segmentation_node, geometry)
                   if native_bone_segmentation_node is not None else None)
-        # Inside an ROI only its bounding block is analysed: memory and time follow the ROI.
-        block = scene_io.bounding_slices(roi_mask) if roi_mask is not None else tuple(slice(0, n) for n in geometry.shape_kji)
+        # Inside an ROI only its bounding block, with some context to recognise native
+        # bone cut by the ROI, is analysed: memory and time follow the ROI.
+        block = tuple(slice(0, n) for n in geometry.shape_kji)
+        if roi_mask is not None:
+            roi_block = scene_io.bounding_slices(roi_mask)
+            corners = geometry.kji_to_ras_points([[s.start for s in roi_block], [s.stop - 1 for s in roi_block]])
+            block = geometry.bounding_slices_of_ras_box(corners, ROI_CONTEXT_MM)
         result = ossification.segment_ossifications(
             ct[block], geometry.cropped(block), bone_threshold_hu=bone_threshold_hu, min_island_ml=min_island_ml,
             native_bone_mask=native[block] if native is not None else None,

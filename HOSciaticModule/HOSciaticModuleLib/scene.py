@@ -337,10 +337,13 @@ def roi_mask_on_grid(roi_node, geometry: VolumeGeometry) -> np.ndarray:
     """Voxels of ``geometry`` inside a markups ROI (any orientation)."""
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-    size = np.array(roi_node.GetSizeWorld() if hasattr(roi_node, "GetSizeWorld") else roi_node.GetSize(), float)
-    matrix = vtkMatrix4x4()
-    roi_node.GetObjectToWorldMatrix(matrix)
-    object_to_world = _matrix_to_numpy(matrix)
+    size = [0.0, 0.0, 0.0]
+    if hasattr(roi_node, "GetSizeWorld"):
+        roi_node.GetSizeWorld(size)
+    else:
+        size = list(roi_node.GetSize())
+    size = np.array(size, float)
+    object_to_world = _matrix_to_numpy(roi_node.GetObjectToWorldMatrix())
     center = np.array([0.0, 0.0, 0.0])
     roi_node.GetCenterWorld(center)
     return box_mask_on_grid(center, object_to_world[:3, :3], size, geometry)
