@@ -1,0 +1,169 @@
+"""Contact and encasement against analytic figures of a round nerve with an HO shell.
+
+The masks and centreline are the phantom's truth, so contact is tested on its own.
+Expected values for a shell covering theta degrees of a nerve of radius r, length L,
+tolerance tau:
+
+* max encasement = theta + 4 asin(tau / 2r)                    (within 15 deg)
+* contact length = L + 2 tau                                   (within 2 mm)
+* contact area   = r theta_eff L + 2 tau r theta  (radians)    (within 20 %)
+  -- the arc in contact inside the shell's span, plus the stations within tau of its
+  two end faces, where the sector itself is in contact.
+* minimum distance = the gap                                   (within 0.5 mm)
+The same case on a rotated, flipped or anisotropic grid gives the same figures within
+3 deg and 0.5 mm.
+"""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from HOSciaticModuleLib.contact import compute_contact, ho_surface_distance_mesh, nerve_surface_distance_mesh
+from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.phantom import IslandSpec, generate_phantom, make_shell_spec
+
+TAU = 1.0
+RADIUS = 5.0
+LENGTH = 30.0
+GRID = dict(spacing_ijk=(0.5, 0.5, 0.5), fov_mm=(40.0, 40.0, 100.0))
+ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
+OTHER_GRIDS = {
+    "rotated": dict(GRID, directions_ras=ROTATED),
+    "flipped": dict(GRID, directions_ras=np.diag([-1.0, 1.0, -1.0])),
+    "anisotropic": dict(spacing_ijk=(0.5, 0.7, 1.2), fov_mm=(40.0, 40.0, 100.0)),
+}
+
+
+def expected_encasement(theta):
+    return min(theta + 4.0 * np.degrees(np.arcsin(TAU / (2.0 * RADIUS))), 360.0)
+
+
+def contact_of(spec, grid=GRID, tolerance=TAU):
+    phantom = generate_phantom(spec, **grid)
+    return phantom, compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry,
+                                    phantom.centreline_ras, tolerance_mm=tolerance)
+
+
+@pytest.mark.parametrize("theta, centre", [(60, 0), (120, 90), (200, 45), (270, 180), (330, -90), (270, -135)])
+def test_shell_encasement_length_and_area(theta, centre):
+    _, result = contact_of(make_shell_spec(theta, length_mm=LENGTH, sector_center_deg=centre, radius_mm=RADIUS))
+    assert abs(result.max_encasement_deg - expected_encasement(theta)) <= 15.0
+    assert abs(result.contact_length_mm - (LENGTH + 2 * TAU)) <= 2.0
+    assert abs(result.longest_contact_mm - (LENGTH + 2 * TAU)) <= 2.0
+    effective = np.radians(expected_encasement(theta))
+    area = RADIUS * effective * LENGTH + 2 * TAU * RADIUS * np.radians(theta)
+    assert result.contact_area_mm2 == pytest.approx(area, rel=0.20)
+    assert result.min_distance_mm == 0.0
+    assert result.encasement_class == ("abutment" if theta <= 180 - 23 else "encasement")
+    assert len(result.contact_runs_mm) == 1
+    assert result.deflection_mm is not None and result.deflection_mm < 0.5
+    # One island: its own figures equal the nerve's.
+    (island,) = result.islands
+    assert island.max_encasement_deg == pytest.approx(result.max_encasement_deg)
+    assert island.contact_area_mm2 == pytest.approx(result.contact_area_mm2)
+    # Stations far from the shell are free.
+    far = np.abs(result.s_mm - result.s_mm[-1] / 2) > LENGTH / 2 + 5
+    assert np.all(result.encasement_deg[far] == 0.0)
+    assert 0.0 < result.contact_fraction < 1.0
+
+
+def test_full_ring_is_circumferential():
+    _, result = contact_of(make_shell_spec(360.0, length_mm=LENGTH, radius_mm=RADIUS))
+    assert result.max_encasement_deg == 360.0
+    assert result.encasement_class == "circumferential"
+
+
+@pytest.mark.parametrize("gap", [2.0, 4.0, 6.0])
+def test_gap_is_minimum_distance(gap):
+    phantom, result = contact_of(make_shell_spec(200.0, gap_mm=gap, length_mm=LENGTH, radius_mm=RADIUS))
+    assert abs(result.min_distance_mm - gap) <= 0.5
+    assert result.encasement_class == "none"
+    assert result.contact_length_mm == 0.0 and result.max_encasement_deg == 0.0
+    nerve_point, ho_point = (np.asarray(p) for p in result.closest_points_ras)
+    assert abs(np.linalg.norm(nerve_point - ho_point) - result.min_distance_mm) < 0.05
+    # The closest HO point lies on the shell's inner face, about r + gap from the axis.
+    axis_distance = np.linalg.norm((ho_point - np.asarray(phantom.spec.center_ras))[:2])
+    assert abs(axis_distance - (RADIUS + gap)) <= 0.75
+    assert np.nanmin(result.distance_to_ho_mm) == pytest.approx(gap, abs=0.75)
+
+
+@pytest.mark.parametrize("grid", list(OTHER_GRIDS))
+@pytest.mark.parametrize("theta, centre", [(270, 30), (120, -60)])
+def test_same_figures_on_other_grids(grid, theta, centre):
+    spec = make_shell_spec(theta, length_mm=LENGTH, sector_center_deg=centre, radius_mm=RADIUS)
+    _, reference = contact_of(spec)
+    _, other = contact_of(spec, OTHER_GRIDS[grid])
+    assert abs(other.max_encasement_deg - reference.max_encasement_deg) <= 3.0
+    assert abs(other.contact_length_mm - reference.contact_length_mm) <= 2.0
+    assert other.contact_area_mm2 == pytest.approx(reference.contact_area_mm2, rel=0.05)
+
+
+@pytest.mark.parametrize("grid", list(OTHER_GRIDS))
+def test_same_gap_on_other_grids(grid):
+    spec = make_shell_spec(200.0, gap_mm=3.0, length_mm=LENGTH, radius_mm=RADIUS)
+    _, reference = contact_of(spec)
+    _, other = contact_of(spec, OTHER_GRIDS[grid])
+    assert abs(other.min_distance_mm - reference.min_distance_mm) <= 0.5
+    assert abs(other.min_distance_mm - 3.0) <= 0.5
+
+
+def test_two_contact_zones_are_two_runs():
+    shells = (IslandSpec("upper", "shell", True, s_start_mm=15.0, s_stop_mm=30.0, sector_deg=150.0, thickness_mm=5.0),
+              IslandSpec("lower", "shell", True, s_start_mm=60.0, s_stop_mm=80.0, sector_deg=240.0,
+                         sector_center_deg=120.0, thickness_mm=5.0))
+    _, result = contact_of(make_shell_spec(150.0, radius_mm=RADIUS, islands=shells))
+    assert len(result.contact_runs_mm) == 2
+    lengths = sorted(stop - start for start, stop in result.contact_runs_mm)
+    assert abs(lengths[0] - (15.0 + 2 * TAU)) <= 2.0
+    assert abs(lengths[1] - (20.0 + 2 * TAU)) <= 2.0
+    assert result.longest_contact_mm == pytest.approx(lengths[1])
+    assert len(result.islands) == 2
+    by_sector = sorted(result.islands, key=lambda i: i.max_encasement_deg)
+    assert abs(by_sector[0].max_encasement_deg - expected_encasement(150.0)) <= 15.0
+    assert abs(by_sector[1].max_encasement_deg - expected_encasement(240.0)) <= 15.0
+
+
+def test_thickened_nerve_in_contact_gives_ratio():
+    spec = make_shell_spec(200.0, length_mm=LENGTH, radius_mm=4.0, thickening_center_s_mm=50.0,
+                           thickening_half_length_mm=12.0, thickening_scale=1.4)
+    _, result = contact_of(spec)
+    # Area scales with the square of the radius: 1.4^2 = 1.96 at the peak.
+    assert result.thickening_ratio == pytest.approx(1.96, rel=0.15)
+
+
+def test_deflected_nerve():
+    # A 5 mm bend confined to the 20 mm contact zone; straight on either side.
+    bent = ((0.0, 0.0, -50.0), (0.0, 0.0, -20.0), (0.0, 0.0, -12.0), (5.0, 0.0, 0.0), (0.0, 0.0, 12.0),
+            (0.0, 0.0, 20.0), (0.0, 0.0, 50.0))
+    spec = make_shell_spec(180.0, length_mm=20.0, radius_mm=RADIUS, sector_center_deg=180.0,
+                           nerve_control_points=bent)
+    _, result = contact_of(spec)
+    assert result.deflection_mm is not None and 3.5 <= result.deflection_mm <= 6.0
+
+
+def test_no_ho_is_class_none():
+    spec = make_shell_spec(200.0, radius_mm=RADIUS, islands=())
+    phantom, result = contact_of(spec)
+    assert result.encasement_class == "none"
+    assert result.islands == [] and result.contact_area_mm2 == 0.0
+    assert not np.isfinite(result.min_distance_mm)
+    assert result.thickening_ratio is None and result.deflection_mm is None
+
+
+def test_empty_nerve_is_refused():
+    phantom = generate_phantom(make_shell_spec(200.0), **GRID)
+    with pytest.raises(InputError, match="empty"):
+        compute_contact(np.zeros_like(phantom.nerve_mask), phantom.ho_labels, phantom.geometry, phantom.centreline_ras)
+
+
+def test_surface_meshes_carry_distances():
+    phantom = generate_phantom(make_shell_spec(270.0, radius_mm=RADIUS), **dict(GRID, directions_ras=ROTATED))
+    vertices, faces, distance = nerve_surface_distance_mesh(phantom.nerve_mask, phantom.ho_labels, phantom.geometry)
+    assert len(faces) > 100 and distance.min() < 0.5 and distance.max() > 5.0
+    # Faces point outward: the mesh's signed volume is positive and near the mask's volume.
+    a, b, c = (vertices[faces[:, n]] for n in range(3))
+    volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0
+    mask_volume = phantom.nerve_mask.sum() * phantom.geometry.voxel_volume_mm3
+    assert volume == pytest.approx(mask_volume, rel=0.1)
+    vertices, faces, distance, labels = ho_surface_distance_mesh(phantom.ho_labels, phantom.nerve_mask, phantom.geometry)
+    assert len(faces) > 100 and distance.min() < 0.5 and set(np.unique(labels)) <= {0, 1}
