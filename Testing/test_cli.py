@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scipy.spatial import cKDTree
+
 from HOSciaticModuleLib import cli
+from HOSciaticModuleLib.imageio import read_markups_json
 from HOSciaticModuleLib.imageio import write_volume
 from HOSciaticModuleLib.phantom import generate_phantom, write_markups_points_json, write_phantom_case
 
@@ -56,11 +59,14 @@ def test_ossification_figures_match_truth(analysed):
                 "maturity", "min_distance_to_nerve_mm", "contact_area_mm2", "encasement_class"} <= set(island)
 
 
-def test_nerve_and_contact_figures(analysed):
+def test_nerve_and_contact_figures(case, analysed):
+    _, paths = case
     phantom, _, document = analysed
     (nerve,) = document["nerves"]
     assert nerve["side"] == "right"
-    seeds_span = phantom.centreline_s_mm[-1] - 10.0  # seeds are 5 mm inside each end
+    seeds = read_markups_json(paths["seeds"])[0].points_ras
+    seeds_s = phantom.centreline_s_mm[cKDTree(phantom.centreline_ras).query(seeds)[1]]
+    seeds_span = seeds_s.max() - seeds_s.min()
     assert abs(nerve["length_mm"] - seeds_span) < 0.1 * seeds_span
     assert nerve["min_distance_mm"] == pytest.approx(0.0, abs=0.5)
     # A 270 deg gap-free shell: encasement class, about 270 + 4 asin(tau / 2r) deg.

@@ -240,8 +240,9 @@ def _edge_contact_fraction(distance: np.ndarray, tolerance: float) -> np.ndarray
     a, b = distance, np.roll(distance, -1, axis=-1)
     both = (a <= tolerance) & (b <= tolerance)
     neither = (a > tolerance) & (b > tolerance)
-    partial = np.where(a <= tolerance, (tolerance - a) / np.maximum(b - a, 1e-9),
-                       (tolerance - b) / np.maximum(a - b, 1e-9))
+    with np.errstate(invalid="ignore"):  # infinite distances (no HO) are 'neither'
+        partial = np.where(a <= tolerance, (tolerance - a) / np.maximum(b - a, 1e-9),
+                           (tolerance - b) / np.maximum(a - b, 1e-9))
     return np.where(both, 1.0, np.where(neither, 0.0, np.clip(partial, 0.0, 1.0)))
 
 
