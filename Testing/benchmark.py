@@ -54,7 +54,7 @@ def benchmark_spec():
 def prepare_case(cache: Path) -> dict:
     """Generate the full-size case once; later runs reuse the files."""
     from HOSciaticModuleLib.imageio import write_volume
-    from HOSciaticModuleLib.phantom import generate_phantom, write_markups_points_json
+    from HOSciaticModuleLib.phantom import generate_phantom
 
     cache.mkdir(parents=True, exist_ok=True)
     image_path = cache / "pelvis_ct.nrrd"

@@ -15,7 +15,7 @@ import pytest
 from HOSciaticModuleLib import scene as scene_io
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.imageio import read_volume, write_volume
+from HOSciaticModuleLib.imageio import write_volume
 from HOSciaticModuleLib.phantom import PhantomSpec, generate_phantom, write_markups_points_json, write_phantom_case
 from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
 

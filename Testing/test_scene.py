@@ -70,10 +70,10 @@ def test_rerun_replaces_outputs_and_failure_changes_nothing(slicer_scene, phanto
 
 def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
     _, _, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
-    from HOSciaticModuleLib.cli import _write_scene_bundle
+    from HOSciaticModuleLib.export import write_scene_bundle
 
     bundle = tmp_path / "scene.mrb"
-    _write_scene_bundle(slicer_scene, bundle)
+    write_scene_bundle(slicer_scene, bundle)
     fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
     assert fresh.ReadFromMRB(str(bundle))
     segmentation = fresh.GetFirstNodeByClass("vtkMRMLSegmentationNode")

@@ -18,26 +18,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import datetime
 import json
 import os
-import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, measurements, ossification
+from . import __version__, export, measurements, ossification
 from . import contact as contact_module
 from .errors import AnalysisCancelled, InputError
 from .imageio import read_markups_json, read_volume
 
-SCHEMA = "hosciatic-metrics/1"
-OUTPUT_FILES = ("segmentation.seg.nrrd", "metrics.json", "scene.mrb")
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,94 +187,6 @@ def _add_bones_node(scene, path, reference_node):
 
 
 # ---------------------------------------------------------------------------------------
-# Metrics document
-# ---------------------------------------------------------------------------------------
-def _island_entries(oss_result, contacts) -> list[dict]:
-    entries = []
-    for island in oss_result.islands:
-        entry = measurements.as_dict(measurements.ISLAND_MEASURES, island)
-        per_nerve = []
-        for side, outputs in contacts:
-            match = next((c for c in outputs.contact.islands if c.label == island.label), None)
-            if match is not None:
-                per_nerve.append((side, match))
-        if per_nerve:
-            closest_side, closest = min(per_nerve, key=lambda item: item[1].min_distance_mm)
-            entry["min_distance_to_nerve_mm"] = measurements.rounded(closest.min_distance_mm, 2)
-            entry["contact_area_mm2"] = measurements.rounded(sum(c.contact_area_mm2 for _, c in per_nerve), 1)
-            order = contact_module.ENCASEMENT_CLASSES
-            entry["encasement_class"] = max((c.encasement_class for _, c in per_nerve), key=order.index)
-            entry["nearest_nerve"] = closest_side
-        entries.append(entry)
-    return entries
-
-
-def _nerve_entry(side, nerve_outputs, contact_outputs) -> dict:
-    trace = nerve_outputs.trace
-    summary = {"side": side, "length_mm": trace.length_mm,
-               "mean_diameter_mm": float(np.mean(trace.diameter_mm)) if len(trace.diameter_mm) else None}
-    entry = measurements.as_dict(measurements.NERVE_MEASURES, summary)
-    entry["modality"] = trace.modality
-    if contact_outputs is not None:
-        contact = contact_outputs.contact
-        entry.update(measurements.as_dict(measurements.NERVE_CONTACT_MEASURES, contact))
-        entry["closest_points_ras"] = _point_pair(contact.closest_points_ras)
-        entry["contact_runs_mm"] = measurements.rounded([list(run) for run in contact.contact_runs_mm], 1)
-        stations = HOSciaticAnalysisRows.stations(nerve_outputs, contact_outputs)
-    else:
-        stations = [measurements.as_dict(measurements.STATION_MEASURES, row)
-                    for row in _analysis_class().station_rows(trace)]
-    entry["stations"] = stations
-    entry["warnings"] = list(trace.warnings)
-    return entry
-
-
-def _point_pair(pair):
-    if pair is None or any(p is None for p in pair):
-        return None
-    return [measurements.rounded(list(p), 2) for p in pair]
-
-
-def _analysis_class():
-    from .pipeline import HOSciaticAnalysis
-
-    return HOSciaticAnalysis
-
-
-class HOSciaticAnalysisRows:
-    """Station rows joined with contact, in the measure registry's terms."""
-
-    @staticmethod
-    def stations(nerve_outputs, contact_outputs) -> list[dict]:
-        analysis = _analysis_class()(nerve_outputs.centreline_node.GetScene())
-        rows = analysis._stations_with_contact(nerve_outputs.centreline_node, contact_outputs.contact)
-        return [measurements.as_dict(measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES, r)
-                for r in rows]
-
-
-def _write_stations_csv(path: Path, stations: list[dict]) -> None:
-    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = []
-        for m in measures:
-            if m.kind == "point":
-                header += [f"{m.key}_{axis}" for axis in ("r", "a", "s")]
-            else:
-                header.append(f"{m.key}" + (f" ({m.unit})" if m.unit and m.unit not in m.key else ""))
-        writer.writerow(header)
-        for station in stations:
-            row = []
-            for m in measures:
-                value = station.get(m.key)
-                if m.kind == "point":
-                    row += list(value) if value is not None else ["", "", ""]
-                else:
-                    row.append("" if value is None else value)
-            writer.writerow(row)
-
-
-# ---------------------------------------------------------------------------------------
 # The analysis
 # ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
@@ -354,86 +260,24 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
                 contacts.append((side, analysis.compute_contact(
                     segmentation_node, nerve_outputs.centreline_node, side=side, tolerance_mm=args.contact_tolerance,
                     reference_volume_node=volume_node, progress=progress.for_stage(f"Contact {side}"))))
-    contact_by_side = dict(contacts)
 
-    document = {
-        "schema": SCHEMA,
-        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "software": {"name": "HOSciatic", "version": __version__},
-        "input": {
-            "image": str(Path(args.image).resolve()), "description": image.description, "modality": args.modality,
-            "shape_ijk": list(image.geometry.shape_kji[::-1]),
-            "spacing_mm": measurements.rounded(list(image.geometry.spacing_ijk), 4),
-            "ijk_to_ras": measurements.rounded(image.geometry.ijk_to_ras.tolist(), 5),
-            "roi": str(Path(args.roi).resolve()) if args.roi else None,
-            "bones": str(Path(args.bones).resolve()) if args.bones else None,
-            "nerve_seeds": [str(Path(p).resolve()) for p in args.nerve_seeds],
-        },
-        "parameters": {
-            "bone_threshold_hu": args.bone_threshold, "min_island_ml": args.min_island_ml,
-            "contact_tolerance_mm": args.contact_tolerance,
-        },
-        "ossifications": None,
-        "nerves": [_nerve_entry(side, outputs, contact_by_side.get(side)) for side, outputs in nerves],
-        "warnings": warnings + [w for _, o in nerves for w in o.trace.warnings],
+    input_info = {
+        "image": str(Path(args.image).resolve()), "description": image.description, "modality": args.modality,
+        "shape_ijk": list(image.geometry.shape_kji[::-1]),
+        "spacing_mm": measurements.rounded(list(image.geometry.spacing_ijk), 4),
+        "ijk_to_ras": measurements.rounded(image.geometry.ijk_to_ras.tolist(), 5),
+        "roi": str(Path(args.roi).resolve()) if args.roi else None,
+        "bones": str(Path(args.bones).resolve()) if args.bones else None,
+        "nerve_seeds": [str(Path(p).resolve()) for p in args.nerve_seeds],
     }
-    if oss_outputs is not None:
-        islands = _island_entries(oss_outputs.result, contacts)
-        document["ossifications"] = {
-            "count": len(islands),
-            "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in oss_outputs.result.islands), 3),
-            "islands": islands,
-        }
+    parameters = export.default_parameters(args.bone_threshold, args.min_island_ml, args.contact_tolerance)
+    document = export.metrics_document(input_info, parameters, oss_outputs, nerves, contacts, warnings)
 
     # Everything is computed: write into a private folder, then move into place.
     with _stage(timings, "write"):
-        _publish(out_dir, scene, segmentation_node, nerves, document, args, slicer_core)
+        export.publish(out_dir, lambda folder: export.write_results(
+            folder, scene, segmentation_node, nerves, document, with_scene=not args.no_scene))
     return out_dir
-
-
-def _publish(out_dir: Path, scene, segmentation_node, nerves, document, args, slicer_core) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-", dir=out_dir))
-    try:
-        _write_outputs(staging, scene, segmentation_node, nerves, document, args, slicer_core)
-        for item in sorted(staging.iterdir()):
-            target = out_dir / item.name
-            if target.exists():
-                target.unlink() if target.is_file() else shutil.rmtree(target)
-            os.replace(item, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_outputs(folder: Path, scene, segmentation_node, nerves, document, args, slicer_core) -> None:
-    import slicer
-
-    if segmentation_node is not None:
-        storage = slicer.vtkMRMLSegmentationStorageNode()
-        storage.SetFileName(str(folder / "segmentation.seg.nrrd"))
-        if not storage.WriteData(segmentation_node):
-            raise RuntimeError("writing segmentation.seg.nrrd failed")
-    for (side, outputs), entry in zip(nerves, document["nerves"]):
-        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-        storage.SetFileName(str(folder / f"nerve_{side}.mrk.json"))
-        if not storage.WriteData(outputs.centreline_node):
-            raise RuntimeError(f"writing nerve_{side}.mrk.json failed")
-        _write_stations_csv(folder / f"stations_{side}.csv", entry["stations"])
-    (folder / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-    if not args.no_scene:
-        _write_scene_bundle(scene, folder / "scene.mrb")
-
-
-def _write_scene_bundle(scene, path: Path) -> None:
-    for index in range(scene.GetNumberOfNodes()):
-        node = scene.GetNthNode(index)
-        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and not node.GetHideFromEditors():
-            node.AddDefaultStorageNode()
-    with tempfile.TemporaryDirectory(prefix="hosciatic-mrb-") as work:
-        bundle = Path(work) / path.name
-        if not scene.WriteToMRB(str(bundle)):
-            raise RuntimeError("writing the scene bundle failed")
-        shutil.move(str(bundle), path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,12 +38,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .defaults import DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry
 from .nerve import frames, resample_polyline
 from .progress import ProgressCallback, report
 
-DEFAULT_CONTACT_TOLERANCE_MM = 1.0
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
 STATION_SPACING_MM = 1.0
 SECTION_RAYS = 180

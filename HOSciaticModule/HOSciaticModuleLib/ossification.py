@@ -36,16 +36,11 @@ import edt
 import numpy as np
 from scipy import ndimage
 
+from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
 from .errors import InputError
 from .geometry import VolumeGeometry
 from .progress import ProgressCallback, report
 
-#: Lower bound of mineralised bone: cancellous bone and immature HO start around
-#: 150-250 HU, well above muscle (40-60 HU) and non-enhanced blood (30-45 HU).
-DEFAULT_BONE_THRESHOLD_HU = 200.0
-#: Smallest island reported: vascular calcifications are mostly < 0.03 mL, HO that
-#: matters surgically is >= 0.1 mL; 0.05 mL is a sphere of 4.6 mm diameter.
-DEFAULT_MIN_ISLAND_ML = 0.05
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
 #: the densest cortical bone (about 1900 HU).
 METAL_THRESHOLD_HU = 2500.0

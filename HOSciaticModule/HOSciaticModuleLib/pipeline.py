@@ -19,6 +19,7 @@ from scipy import ndimage
 from . import contact as contact_module
 from . import measurements, nerve, ossification
 from . import scene as scene_io
+from .defaults import MODALITIES, SIDES
 from .errors import InputError
 from .progress import ProgressCallback, report, sub_progress
 
@@ -26,8 +27,6 @@ HO_SEGMENT_PREFIX = "HO"
 SEGMENTATION_NAME = "HOSciatic segmentation"
 ISLANDS_TABLE_NAME = "HO islands"
 CONTACT_TABLE_NAME = "HO–nerve contact"
-SIDES = ("right", "left")
-MODALITIES = ("ct", "mr")
 
 #: Working memory the analysis needs per voxel of the analysed region (the CT itself,
 #: bone masks, label maps and float32 distance maps at their peak).
@@ -351,7 +350,7 @@ class HOSciaticAnalysis:
         ho_mesh = contact_module.ho_surface_distance_mesh(labelmap, nerve_mask, geometry) if labelmap.any() else None
 
         report(progress, 0.9, "Writing contact outputs")
-        stations = self._stations_with_contact(centreline_node, result)
+        stations = self.stations_with_contact(centreline_node, result)
         arrays = self._station_arrays(stations, with_contact=True)
         scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
                                        np.array([s["ras"] for s in stations]), arrays)
@@ -379,7 +378,7 @@ class HOSciaticAnalysis:
                              "source geometry (Segment Editor > Source volume) and run again.")
         return scene_io.volume_geometry(volume, "Reference volume")
 
-    def _stations_with_contact(self, centreline_node, result) -> list[dict]:
+    def stations_with_contact(self, centreline_node, result) -> list[dict]:
         """Station rows: the traced cross-section figures joined with contact per station."""
         points = scene_io.control_points_world(centreline_node)
         traced = {m.key: scene_io.curve_measurement(centreline_node, m.key)

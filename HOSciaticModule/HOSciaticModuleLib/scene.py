@@ -335,7 +335,6 @@ def points_node_from_array(scene, points_ras: np.ndarray, name: str, node=None):
 
 def roi_mask_on_grid(roi_node, geometry: VolumeGeometry) -> np.ndarray:
     """Voxels of ``geometry`` inside a markups ROI (any orientation)."""
-    from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
     size = [0.0, 0.0, 0.0]
     if hasattr(roi_node, "GetSizeWorld"):

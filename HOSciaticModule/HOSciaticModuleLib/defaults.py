@@ -1,0 +1,18 @@
+"""Default settings, importable without the numerical libraries.
+
+The Slicer panel reads these before scipy, scikit-image and edt are installed into
+Slicer's Python; the algorithms import them from here too, so there is one value.
+"""
+
+#: Lower bound of mineralised bone: cancellous bone and immature HO start around
+#: 150-250 HU, well above muscle (40-60 HU) and non-enhanced blood (30-45 HU).
+DEFAULT_BONE_THRESHOLD_HU = 200.0
+#: Smallest island reported: vascular calcifications are mostly < 0.03 mL, HO that
+#: matters surgically is >= 0.1 mL; 0.05 mL is a sphere of 4.6 mm diameter.
+DEFAULT_MIN_ISLAND_ML = 0.05
+#: About one CT voxel: closer than this, HO and nerve cannot be told apart from touching.
+DEFAULT_CONTACT_TOLERANCE_MM = 1.0
+SIDES = ("right", "left")
+MODALITIES = ("ct", "mr")
+#: Python packages the algorithms need beyond what the Slicer application ships.
+REQUIRED_PACKAGES = {"scipy": "scipy", "skimage": "scikit-image", "edt": "edt"}
