@@ -50,6 +50,7 @@ RAY_LEAK_FACTOR = 1.8
 #: How far the section's core may be from the current centreline point (clicks are
 #: often 2-3 mm off centre).
 CORE_SEARCH_MM = 5.0
+CORE_GRID_MM = 1.25
 #: Smoothing of the centreline (Gaussian along the arc, mm): the sciatic nerve bends
 #: gently; shorter wiggles are noise of the path on a voxel grid.
 CENTRELINE_SMOOTHING_MM = 3.0
@@ -75,6 +76,7 @@ class NerveTrace:
     boundary_ras: list
     mask: np.ndarray
     warnings: list = field(default_factory=list)
+    mask_slices: tuple | None = None   # the block of ``mask`` that can hold nerve voxels
 
     @property
     def length_mm(self) -> float:
@@ -137,19 +139,24 @@ def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) ->
 # ---------------------------------------------------------------------------------------
 # Appearance
 # ---------------------------------------------------------------------------------------
-def _ball_values(image, geometry, centers_ras, radius_mm):
-    block = geometry.bounding_slices_of_ras_box(centers_ras, radius_mm)
-    grid = geometry.voxel_ras_grid(block)
-    distance = np.min(np.stack([np.linalg.norm(grid - c.astype(np.float32), axis=-1) for c in centers_ras]), axis=0)
-    sub = image[block]
-    return sub, distance
+def _values_near_seeds(image, geometry, seeds_ras, inner_mm, ring_mm):
+    """Image values within ``inner_mm`` of any seed, and in the ring ``ring_mm`` around
+    the seeds, each seed read in its own small block (seeds span the whole nerve)."""
+    near, ring = [], []
+    for seed in seeds_ras:
+        block = geometry.bounding_slices_of_ras_box(seed[None], ring_mm[1])
+        distance = np.linalg.norm(geometry.voxel_ras_grid(block) - seed.astype(np.float32), axis=-1)
+        values = image[block]
+        near.append(values[distance <= inner_mm])
+        ring.append(values[(distance > ring_mm[0]) & (distance <= ring_mm[1])])
+    return np.concatenate(near).astype(np.float32), np.concatenate(ring).astype(np.float32)
 
 
 def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> _Appearance:
-    """Nerve and surround levels read from the image near the seeds."""
-    sub, distance = _ball_values(image, geometry, seeds, 15.0)
-    near = sub[distance <= 4.0]
-    ring = sub[(distance > 6.0) & (distance <= 15.0)]
+    """Nerve and surround levels read from the image near the seeds: within 4 mm of a
+    click (half a nerve width plus a click 2-3 mm off centre) and 6-15 mm out (the
+    perineural fat sheath and what lies beyond it)."""
+    near, ring = _values_near_seeds(image, geometry, seeds, 4.0, (6.0, 15.0))
     if modality == "ct":
         soft = near[(near >= CT_SOFT_TISSUE_HU[0]) & (near <= CT_SOFT_TISSUE_HU[1])]
         fat = ring[(ring >= CT_FAT_HU[0]) & (ring <= CT_FAT_HU[1])]
@@ -157,7 +164,7 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         fat_level = float(np.median(fat)) if fat.size >= 5 else -100.0
         return _Appearance(nerve_level, fat_level, bone_threshold_hu)
     nerve_level = float(np.percentile(near, 90))
-    surround = float(np.median(ring)) if ring.size else float(np.percentile(sub, 30))
+    surround = float(np.median(ring))
     if nerve_level <= surround * 1.15:
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
@@ -289,36 +296,76 @@ class _Sections:
     max_width: np.ndarray
 
 
+def _array_coordinates(geometry, points_ras) -> np.ndarray:
+    """(3, ...) float32 array indices (k, j, i) of RAS points of any shape (..., 3),
+    ready for map_coordinates; one fused pass instead of a general matrix product."""
+    to_kji = np.linalg.inv(geometry.ijk_to_ras)[:3][::-1].astype(np.float32)
+    points = np.asarray(points_ras, np.float32)
+    coordinates = np.empty((3,) + points.shape[:-1], np.float32)
+    for axis in range(3):
+        row = to_kji[axis]
+        coordinates[axis] = points[..., 0] * row[0] + points[..., 1] * row[1] + points[..., 2] * row[2] + row[3]
+    return coordinates
+
+
 def _sample(volume, geometry, points_ras, order=1, cval=0.0):
-    kji = geometry.ras_to_kji_points(points_ras.reshape(-1, 3))
-    values = ndimage.map_coordinates(volume, kji.T, order=order, mode="nearest" if order else "constant", cval=cval)
-    return values.reshape(points_ras.shape[:-1])
+    """Values at RAS points: linear for the image (float32), nearest for masks
+    (uint8, ``cval`` outside the block)."""
+    coordinates = _array_coordinates(geometry, points_ras)
+    if volume.dtype == bool:
+        volume = volume.view(np.uint8)
+    output = np.float32 if order else volume.dtype
+    return ndimage.map_coordinates(volume, coordinates, order=order, output=output,
+                                   mode="nearest" if order else "constant", cval=cval)
 
 
-def cross_sections(image, geometry, points, appearance, excluded, tangents=None) -> _Sections:
+def cross_sections(image, geometry, points, appearance, excluded) -> tuple:
     """Nerve boundary in the plane orthogonal to the centreline at every point."""
+    if excluded is not None and excluded.dtype != np.float32:
+        excluded = excluded.astype(np.float32)
     tangents, u, v = frames(points)
     angles = np.linspace(0.0, 2 * np.pi, RAY_COUNT, endpoint=False)
     directions = np.cos(angles)[None, :, None] * u[:, None, :] + np.sin(angles)[None, :, None] * v[:, None, :]
+    sampler = _IndexSampler(image, excluded, geometry)
 
     # Core: the most central nerve-like point of the section near the current point.
-    step = 1.0
-    offsets = np.arange(-CORE_SEARCH_MM, CORE_SEARCH_MM + 1e-6, step)
+    offsets = np.arange(-CORE_SEARCH_MM, CORE_SEARCH_MM + 1e-6, CORE_GRID_MM)
     du, dv = np.meshgrid(offsets, offsets, indexing="ij")
     keep = du ** 2 + dv ** 2 <= CORE_SEARCH_MM ** 2
     du, dv = du[keep], dv[keep]
     candidates = points[:, None, :] + du[None, :, None] * u[:, None, :] + dv[None, :, None] * v[:, None, :]
-    depth = _section_depth(image, geometry, candidates, directions, appearance, excluded)
+    depth = _section_depth(sampler, candidates, directions[:, :: RAY_COUNT // 8], appearance)
     penalty = 0.15 * np.sqrt(du ** 2 + dv ** 2)[None, :]
     best = np.argmax(depth - penalty, axis=1)
     cores = candidates[np.arange(len(points)), best]
 
-    radii = _ray_radii(image, geometry, cores, directions, appearance, excluded)
+    radii = _ray_radii(sampler, cores, directions, appearance)
     radii = _clip_leaks(radii)
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
     return _Sections(centroids, radii, cores, area, min_width, max_width), boundary
+
+
+class _IndexSampler:
+    """Samples image and exclusion along rays, working in array-index space so the
+    (many) sample points never go through the RAS-to-index transform one by one."""
+
+    def __init__(self, image, excluded, geometry):
+        self.image, self.excluded, self.geometry = image, excluded, geometry
+        self.linear = geometry.ras_to_ijk[:3, :3][::-1]  # rows give k, j, i
+
+    def rays(self, origins_ras, directions_ras, steps):
+        """Values (and exclusion) at origins + steps * directions; shapes (..., S)."""
+        origins = self.geometry.ras_to_kji_points(origins_ras.reshape(-1, 3)).reshape(origins_ras.shape)
+        directions = directions_ras @ self.linear.T
+        kji = origins[..., None, :] + steps[:, None] * directions[..., None, :]
+        flat = kji.reshape(-1, 3).T
+        values = ndimage.map_coordinates(self.image, flat, order=1, mode="nearest").reshape(kji.shape[:-1])
+        masks = None
+        if self.excluded is not None:
+            masks = ndimage.map_coordinates(self.excluded, flat, order=0, mode="constant", cval=1.0).reshape(kji.shape[:-1])
+        return values, masks
 
 
 def _inside(values, masks, appearance, level=None):
@@ -330,25 +377,24 @@ def _inside(values, masks, appearance, level=None):
     return inside
 
 
-def _section_depth(image, geometry, candidates, directions, appearance, excluded):
-    """Shortest ray (8 directions, up to MAX_RAY_MM) from each candidate to the boundary."""
-    steps = np.arange(0.0, MAX_NERVE_HALF_THICKNESS_MM + 1e-6, 0.5)
-    coarse_dirs = directions[:, :: RAY_COUNT // 8]
-    samples = (candidates[:, :, None, None, :] + steps[None, None, None, :, None] * coarse_dirs[:, None, :, None, :])
-    values = _sample(image, geometry, samples)
-    masks = _sample(excluded.astype(np.float32), geometry, samples, order=0, cval=1.0) if excluded is not None else None
+def _section_depth(sampler, candidates, directions, appearance):
+    """Shortest of a few rays from each candidate to the nerve boundary (mm, 1 mm steps)."""
+    steps = np.arange(0.0, MAX_NERVE_HALF_THICKNESS_MM + 1e-6, 1.0)
+    # Broadcast (stations, candidates, directions): each candidate uses its station's rays.
+    origins = np.broadcast_to(candidates[:, :, None, :], candidates.shape[:2] + (directions.shape[1], 3))
+    rays = np.broadcast_to(directions[:, None, :, :], origins.shape)
+    values, masks = sampler.rays(np.ascontiguousarray(origins), np.ascontiguousarray(rays), steps)
     inside = _inside(values, masks, appearance)
     first_out = np.where(inside.all(axis=-1), len(steps), np.argmin(inside, axis=-1))
-    return (first_out.min(axis=-1) * 0.5).astype(float)
+    return first_out.min(axis=-1).astype(float)
 
 
-def _ray_radii(image, geometry, cores, directions, appearance, excluded):
+def _ray_radii(sampler, cores, directions, appearance):
     """Boundary distance along each ray, at the half-way level between this section's
     own nerve plateau and the tissue just outside it (a local full width at half maximum)."""
     steps = np.arange(0.0, MAX_RAY_MM + 1e-6, RAY_STEP_MM)
-    samples = cores[:, None, None, :] + steps[None, None, :, None] * directions[:, :, None, :]
-    values = _sample(image, geometry, samples)
-    masks = _sample(excluded.astype(np.float32), geometry, samples, order=0, cval=1.0) if excluded is not None else None
+    origins = np.ascontiguousarray(np.broadcast_to(cores[:, None, :], directions.shape))
+    values, masks = sampler.rays(origins, directions, steps)
     first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level))
     levels = _local_levels(values, masks, appearance, first, steps)
     return _crossings(values, masks, appearance, levels[:, None, None])
@@ -486,6 +532,12 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     warnings: list[str] = []
     report(progress, 0.0, "Checking seed points")
     seeds = validate_seeds(seeds_ras, image, geometry, modality)
+    full_shape = image.shape
+    # Everything happens near the seeds: work on that block only, in float32.
+    block = geometry.bounding_slices_of_ras_box(seeds, SEARCH_MARGIN_MM + MAX_RAY_MM)
+    geometry = geometry.cropped(block)
+    image = np.ascontiguousarray(image[block], dtype=np.float32)
+    exclusion_mask = np.ascontiguousarray(exclusion_mask[block]) if exclusion_mask is not None else None
     appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
 
     report(progress, 0.1, "Following the nerve between the seeds")
@@ -511,11 +563,14 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     report(progress, 0.9, "Building the nerve segment")
-    mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
+    block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
     if exclusion_mask is not None:
-        mask &= ~exclusion_mask
+        block_mask &= ~exclusion_mask
+    mask = np.zeros(full_shape, bool)
+    mask[block] = block_mask
     report(progress, 1.0, "Nerve traced")
     return NerveTrace(
         side=side, modality=modality, points_ras=points, s_mm=s_mm, area_mm2=sections.area,
         diameter_mm=np.sqrt(4.0 * sections.area / np.pi), min_diameter_mm=sections.min_width,
-        max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask=mask, warnings=warnings)
+        max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask=mask, warnings=warnings,
+        mask_slices=block)
