@@ -31,6 +31,8 @@ CONTACT_TABLE_NAME = "HO–nerve contact"
 #: Working memory the analysis needs per voxel of the analysed region (the CT itself,
 #: bone masks, label maps and float32 distance maps at their peak).
 BYTES_PER_ANALYSED_VOXEL = 14
+#: Margin around the nerve and HO segments kept when measuring contact.
+WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
 ROI_CONTEXT_MM = 30.0
 #: Slices thicker than this blur small islands and the nerve's calibre (partial volume
@@ -184,20 +186,35 @@ class HOSciaticAnalysis:
         return [sid for sid in scene_io.segment_ids(segmentation_node)
                 if scene_io._has_numbered_prefix(segmentation.GetSegment(sid).GetName(), HO_SEGMENT_PREFIX)]
 
-    def ho_labelmap(self, segmentation_node, geometry) -> tuple[np.ndarray, dict]:
-        """HO segments of the segmentation as one label map (label -> segment name)."""
-        labelmap = np.zeros(geometry.shape_kji, np.uint16)
-        names = {}
+    def ho_blocks(self, segmentation_node, geometry) -> list[tuple[int, str, np.ndarray, tuple]]:
+        """(label, segment name, block mask, block slices) of every ``HO n`` segment on ``geometry``."""
         segmentation = segmentation_node.GetSegmentation()
-        ordered = sorted(self.ho_segment_ids(segmentation_node),
-                         key=lambda sid: int(segmentation.GetSegment(sid).GetName()[len(HO_SEGMENT_PREFIX):]))
-        for segment_id in ordered:
+        result = []
+        for segment_id in self.ho_segment_ids(segmentation_node):
             name = segmentation.GetSegment(segment_id).GetName()
-            label = int(name[len(HO_SEGMENT_PREFIX):])
-            mask = scene_io.segment_mask_on_grid(segmentation_node, segment_id, geometry)
-            labelmap[mask & (labelmap == 0)] = label
-            names[label] = name
-        return labelmap, names
+            found = scene_io.segment_block_on_grid(segmentation_node, segment_id, geometry)
+            if found is not None:
+                result.append((int(name[len(HO_SEGMENT_PREFIX):]), name, found[0], found[1]))
+        return sorted(result, key=lambda item: item[0])
+
+    @staticmethod
+    def paste_labels(ho_blocks, geometry, window=None) -> np.ndarray:
+        """The HO blocks as one label map over ``window`` (slices of the grid; default all)."""
+        window = window or tuple(slice(0, n) for n in geometry.shape_kji)
+        labelmap = np.zeros(tuple(w.stop - w.start for w in window), np.uint16)
+        for label, _, mask, block in ho_blocks:
+            overlap = tuple(slice(max(b.start, w.start), min(b.stop, w.stop)) for b, w in zip(block, window))
+            if any(o.stop <= o.start for o in overlap):
+                continue
+            source = mask[tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, block))]
+            target = labelmap[tuple(slice(o.start - w.start, o.stop - w.start) for o, w in zip(overlap, window))]
+            target[source & (target == 0)] = label
+        return labelmap
+
+    def ho_labelmap(self, segmentation_node, geometry) -> tuple[np.ndarray, dict]:
+        """HO segments of the segmentation as one full-size label map (label -> segment name)."""
+        blocks = self.ho_blocks(segmentation_node, geometry)
+        return self.paste_labels(blocks, geometry), {label: name for label, name, _, _ in blocks}
 
     # -- step 1: ossifications ------------------------------------------------------
     def segment_ossifications(self, ct_volume_node, *, roi_node=None, native_bone_segmentation_node=None,
@@ -266,8 +283,9 @@ class HOSciaticAnalysis:
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         exclusion = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
-            labelmap, _ = self.ho_labelmap(segmentation_node, geometry)
-            exclusion = labelmap > 0
+            exclusion = np.zeros(geometry.shape_kji, bool)
+            for _, _, mask, block in self.ho_blocks(segmentation_node, geometry):
+                exclusion[block] |= mask
         trace = nerve.trace_nerve(image, geometry, seeds, modality=modality, side=side,
                                   bone_threshold_hu=bone_threshold_hu, exclusion_mask=exclusion,
                                   progress=sub_progress(progress, 0.0, 0.9))
@@ -275,8 +293,10 @@ class HOSciaticAnalysis:
         report(progress, 0.92, "Writing nerve outputs")
         segmentation_node = scene_io.ensure_segmentation_node(
             self.scene, segmentation_node, SEGMENTATION_NAME, volume_node if segmentation_node is None else None)
+        nerve_block = trace.mask_slices or tuple(slice(0, n) for n in geometry.shape_kji)
         segment_id = scene_io.replace_segments(
-            segmentation_node, {nerve_segment_name(side): trace.mask}, geometry, scene_io.NERVE_COLOR)[0]
+            segmentation_node, {nerve_segment_name(side): (trace.mask[nerve_block], tuple(b.start for b in nerve_block))},
+            geometry, scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
         centreline_node = scene_io.fill_centreline_curve(
@@ -337,10 +357,20 @@ class HOSciaticAnalysis:
         if nerve_id is None:
             raise InputError(f"The segmentation has no segment '{nerve_segment_name(side)}'. Trace the {side} "
                              "sciatic nerve first (or rename your own nerve segment to that name).")
-        geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
+        full_geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
         report(progress, 0.05, "Reading segments")
-        nerve_mask = scene_io.segment_mask_on_grid(segmentation_node, nerve_id, geometry)
-        labelmap, names = self.ho_labelmap(segmentation_node, geometry)
+        nerve = scene_io.segment_block_on_grid(segmentation_node, nerve_id, full_geometry)
+        if nerve is None:
+            raise InputError(f"The segment '{nerve_segment_name(side)}' is empty. Trace the nerve again or paint it "
+                             "in the Segment Editor.")
+        ho_blocks = self.ho_blocks(segmentation_node, full_geometry)
+        names = {label: name for label, name, _, _ in ho_blocks}
+        # Only the region holding the nerve and the HO (plus a margin) is needed: the
+        # rest of a full CT would cost time, not change a figure.
+        window = self._working_window(full_geometry, [nerve[1]] + [block for _, _, _, block in ho_blocks])
+        geometry = full_geometry.cropped(window)
+        labelmap = self.paste_labels(ho_blocks, full_geometry, window)
+        nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
         result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
                                                 tolerance_mm=float(tolerance_mm),
@@ -370,6 +400,15 @@ class HOSciaticAnalysis:
         report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg")
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names)
+
+    @staticmethod
+    def _working_window(geometry, blocks):
+        low = np.min([[b.start for b in block] for block in blocks], axis=0)
+        high = np.max([[b.stop for b in block] for block in blocks], axis=0)
+        margin = np.ceil(WORKING_MARGIN_MM / np.asarray(geometry.spacing_kji)).astype(int)
+        low = np.maximum(low - margin, 0)
+        high = np.minimum(high + margin, geometry.shape_kji)
+        return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
     def _segmentation_geometry(self, segmentation_node, reference_volume_node):
         volume = reference_volume_node or self._reference_volume(segmentation_node)

@@ -133,10 +133,25 @@ def segment_id_by_name(segmentation_node, name: str) -> str | None:
 
 
 def segment_mask_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeometry) -> np.ndarray:
-    """Binary mask of one segment resampled (nearest neighbour) onto ``geometry``."""
+    """Binary mask of one segment on ``geometry`` (a full-size array)."""
+    mask = np.zeros(geometry.shape_kji, bool)
+    found = segment_block_on_grid(segmentation_node, segment_id, geometry)
+    if found is not None:
+        block_mask, block = found
+        mask[block] = block_mask
+    return mask
+
+
+def segment_block_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeometry):
+    """One segment on ``geometry`` as (mask of its bounding block, block slices), or None if empty.
+
+    A segment made on this grid (the usual case) is copied directly; any other
+    geometry or a linear parent transform is resampled (nearest neighbour).
+    """
     slicer = _slicer()
     segmentation = segmentation_node.GetSegmentation()
-    if segmentation.GetSegment(segment_id) is None:
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
         raise InputError(f"Segment '{segment_id}' is not in '{segmentation_node.GetName()}'.")
     master = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
         else segmentation.GetMasterRepresentationName()
@@ -145,29 +160,31 @@ def segment_mask_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeo
         segmentation_node.CreateBinaryLabelmapRepresentation()
     labelmap = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap)
-    mask = np.zeros(geometry.shape_kji, bool)
     extent = labelmap.GetExtent()
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
-        return mask
-    to_world = _node_to_world(segmentation_node, "Segmentation")
-    if not np.allclose(to_world, np.eye(4)):
-        labelmap.SetImageToWorldMatrix(_numpy_to_matrix(to_world @ _image_to_world(labelmap)))
-    resampled = slicer.vtkOrientedImageData()
-    reference = reference_image(geometry)
-    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            labelmap, reference, resampled, False, True):
-        raise InputError(f"Segment '{segment_id}' could not be resampled onto the volume's grid.")
-    values = _oriented_image_to_array(resampled)
-    r_extent = resampled.GetExtent()
-    k0, j0, i0 = r_extent[4], r_extent[2], r_extent[0]
+        return None
+    to_world = _node_to_world(segmentation_node, "Segmentation") @ _image_to_world(labelmap)
+    if not np.allclose(to_world, geometry.ijk_to_ras, atol=1e-4):
+        labelmap.SetImageToWorldMatrix(_numpy_to_matrix(to_world))
+        resampled = slicer.vtkOrientedImageData()
+        if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                labelmap, reference_image(geometry), resampled, False, True):
+            raise InputError(f"Segment '{segment.GetName()}' could not be resampled onto the volume's grid.")
+        labelmap = resampled
+        extent = labelmap.GetExtent()
     # Segments share label-map layers; this segment is the voxels holding its label value.
-    block = values == segmentation.GetSegment(segment_id).GetLabelValue()
-    target = (slice(max(k0, 0), min(k0 + block.shape[0], geometry.shape_kji[0])),
-              slice(max(j0, 0), min(j0 + block.shape[1], geometry.shape_kji[1])),
-              slice(max(i0, 0), min(i0 + block.shape[2], geometry.shape_kji[2])))
-    source = tuple(slice(t.start - o, t.stop - o) for t, o in zip(target, (k0, j0, i0)))
-    mask[target] = block[source]
-    return mask
+    values = _oriented_image_to_array(labelmap) == segment.GetLabelValue()
+    k0, j0, i0 = extent[4], extent[2], extent[0]
+    target = (slice(max(k0, 0), min(k0 + values.shape[0], geometry.shape_kji[0])),
+              slice(max(j0, 0), min(j0 + values.shape[1], geometry.shape_kji[1])),
+              slice(max(i0, 0), min(i0 + values.shape[2], geometry.shape_kji[2])))
+    if any(t.stop <= t.start for t in target):
+        return None
+    values = values[tuple(slice(t.start - o, t.stop - o) for t, o in zip(target, (k0, j0, i0)))]
+    inner = bounding_slices(values)
+    if inner is None:
+        return None
+    return values[inner], tuple(slice(t.start + i.start, t.start + i.stop) for t, i in zip(target, inner))
 
 
 def _image_to_world(oriented_image) -> np.ndarray:
