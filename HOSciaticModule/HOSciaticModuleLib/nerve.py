@@ -253,12 +253,32 @@ def resample_polyline(points: np.ndarray, step_mm: float) -> np.ndarray:
     return np.stack([np.interp(targets, arc, points[:, axis]) for axis in range(3)], axis=1)
 
 
+def _extend_linearly(points: np.ndarray, fit_count: int, pad_count: int) -> np.ndarray:
+    """The polyline with ``pad_count`` points added at each end along the straight line
+    fitted to its last ``fit_count`` points there."""
+    def extension(end: np.ndarray) -> np.ndarray:
+        index = np.arange(len(end), dtype=float)
+        slope, intercept = np.polyfit(index, end, 1)
+        beyond = -np.arange(pad_count, 0, -1, dtype=float)
+        return beyond[:, None] * slope + intercept
+
+    fit_count = min(fit_count, len(points))
+    head = extension(points[:fit_count])
+    tail = extension(points[::-1][:fit_count])[::-1]
+    return np.vstack([head, points, tail])
+
+
 def smooth_polyline(points: np.ndarray, sigma_mm: float, step_mm: float, keep_ends: bool = True) -> np.ndarray:
-    """Gaussian smoothing along the arc, optionally keeping the end points in place."""
+    """Gaussian smoothing along the arc, optionally keeping the end points in place.
+    The curve is first continued straight beyond its ends so smoothing does not pull
+    the ends inwards (a plain edge-padded filter shortens a line by about 0.4 sigma at
+    each end, and repeated re-centring would compound that)."""
     if len(points) < 3:
         return points
     sigma = sigma_mm / step_mm
-    smoothed = ndimage.gaussian_filter1d(points, sigma, axis=0, mode="nearest")
+    pad = int(np.ceil(4 * sigma))
+    extended = _extend_linearly(points, int(np.ceil(2 * sigma)) + 1, pad)
+    smoothed = ndimage.gaussian_filter1d(extended, sigma, axis=0, mode="nearest")[pad:-pad]
     if not keep_ends:
         return smoothed
     # Pull the ends back so the curve still starts and stops where the nerve does.
