@@ -316,29 +316,6 @@ class _Sections:
     max_width: np.ndarray
 
 
-def _array_coordinates(geometry, points_ras) -> np.ndarray:
-    """(3, ...) float32 array indices (k, j, i) of RAS points of any shape (..., 3),
-    ready for map_coordinates; one fused pass instead of a general matrix product."""
-    to_kji = np.linalg.inv(geometry.ijk_to_ras)[:3][::-1].astype(np.float32)
-    points = np.asarray(points_ras, np.float32)
-    coordinates = np.empty((3,) + points.shape[:-1], np.float32)
-    for axis in range(3):
-        row = to_kji[axis]
-        coordinates[axis] = points[..., 0] * row[0] + points[..., 1] * row[1] + points[..., 2] * row[2] + row[3]
-    return coordinates
-
-
-def _sample(volume, geometry, points_ras, order=1, cval=0.0):
-    """Values at RAS points: linear for the image (float32), nearest for masks
-    (uint8, ``cval`` outside the block)."""
-    coordinates = _array_coordinates(geometry, points_ras)
-    if volume.dtype == bool:
-        volume = volume.view(np.uint8)
-    output = np.float32 if order else volume.dtype
-    return ndimage.map_coordinates(volume, coordinates, order=order, output=output,
-                                   mode="nearest" if order else "constant", cval=cval)
-
-
 def cross_sections(image, geometry, points, appearance, excluded) -> tuple:
     """Nerve boundary in the plane orthogonal to the centreline at every point."""
     if excluded is not None and excluded.dtype != np.float32:
