@@ -175,8 +175,7 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
         if max_hole_radius_mm is not None and enclosed.any():
             holes = enclosed[background]
             depth = _ball_distance(holes, geometry)
-            deepest = ndimage.maximum(depth, labels=background * holes, index=np.arange(count + 1))
-            enclosed &= np.asarray(deepest) <= max_hole_radius_mm
+            enclosed &= _label_maximum(background[holes], depth[holes], count) <= max_hole_radius_mm
         filled |= enclosed[background]
     return filled
 
@@ -184,6 +183,13 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
 def fill_island_marrow(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """Marrow of HO islands: cavities closed in 3D, and thin ones sealed within slices."""
     return fill_cavities(mask) | fill_slice_cavities(mask, geometry, SLICE_MARROW_MAX_RADIUS_MM)
+
+
+def _label_maximum(labels_1d: np.ndarray, values_1d: np.ndarray, count: int) -> np.ndarray:
+    """Largest value per label (index 0..count) from the labelled voxels only."""
+    deepest = np.zeros(count + 1)
+    np.maximum.at(deepest, labels_1d, values_1d)
+    return deepest
 
 
 def _components(mask: np.ndarray):
@@ -204,10 +210,21 @@ def _pad_block(block, shape, margin):
 # ---------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------
+def at_least(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``values >= threshold`` without promoting an integer CT to float64 on the way."""
+    if values.dtype.kind in "iu":
+        info = np.iinfo(values.dtype)
+        limit = int(np.ceil(threshold))
+        if limit > info.max:
+            return np.zeros(values.shape, bool)
+        return values >= values.dtype.type(max(limit, info.min))
+    return values >= values.dtype.type(threshold)
+
+
 def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask=None):
     """Bone voxels (metal and its margin removed) and the metal mask."""
-    metal = ct_hu >= METAL_THRESHOLD_HU
-    bone = ct_hu >= bone_threshold_hu
+    metal = at_least(ct_hu, METAL_THRESHOLD_HU)
+    bone = at_least(ct_hu, bone_threshold_hu)
     if metal.any():
         near_metal = _ball_distance(~metal, geometry) <= METAL_MARGIN_MM
         bone &= ~near_metal
@@ -228,10 +245,9 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
     touching = np.zeros(count + 1, bool)
     touching[np.unique(labels[ndimage.binary_dilation(native_zone) & (labels > 0)])] = True
     touching[0] = False
-    thin = np.zeros(count + 1, bool)
-    depth = _ball_distance(outside_bone, geometry)
-    deepest = ndimage.maximum(depth, labels=labels, index=np.arange(count + 1))
-    thin[:] = 2.0 * np.asarray(deepest) <= MISSED_CORTEX_MM
+    inside = labels > 0
+    deepest = _label_maximum(labels[inside], _ball_distance(outside_bone, geometry)[inside], count)
+    thin = 2.0 * deepest <= MISSED_CORTEX_MM
     return (touching & thin)[labels]
 
 
