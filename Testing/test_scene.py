@@ -80,6 +80,12 @@ def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
     loaded_names = sorted(segmentation.GetSegmentation().GetSegment(s).GetName() for s in scene_io.segment_ids(segmentation))
     original = oss.segmentation_node
     assert loaded_names == sorted(original.GetSegmentation().GetSegment(s).GetName() for s in scene_io.segment_ids(original))
+    # Segments stored in their own extent come back on the same voxels.
+    for name in ("HO 1", "Sciatic nerve right"):
+        before = scene_io.segment_mask_on_grid(original, scene_io.segment_id_by_name(original, name), phantom.geometry)
+        after = scene_io.segment_mask_on_grid(segmentation, scene_io.segment_id_by_name(segmentation, name),
+                                              phantom.geometry)
+        assert before.any() and np.array_equal(before, after)
     table = fresh.GetFirstNodeByName("HO islands")
     assert table is not None and table.GetNumberOfRows() == len(phantom.islands)
     curve = fresh.GetFirstNodeByName("Sciatic nerve right centreline")

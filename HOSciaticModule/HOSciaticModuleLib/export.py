@@ -140,8 +140,16 @@ def _write_with(storage_class: str, node, path: Path) -> None:
 
     storage = getattr(slicer, storage_class)()
     storage.SetFileName(str(path))
+    _crop_segmentation_files(storage)
     if not storage.WriteData(node):
         raise OSError(f"Writing {path.name} failed; check that the output folder is writable and has free space.")
+
+
+def _crop_segmentation_files(storage) -> None:
+    """Segments are small next to a full CT: store them in their own extent (Slicer
+    reads the geometry from the file), not padded to the whole volume."""
+    if storage.IsA("vtkMRMLSegmentationStorageNode"):
+        storage.SetCropToMinimumExtent(True)
 
 
 def write_scene_bundle(scene, path: Path) -> None:
@@ -150,6 +158,8 @@ def write_scene_bundle(scene, path: Path) -> None:
         node = scene.GetNthNode(index)
         if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and not node.GetHideFromEditors():
             node.AddDefaultStorageNode()
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
+            _crop_segmentation_files(node.GetStorageNode())
     with tempfile.TemporaryDirectory(prefix="hosciatic-mrb-") as work:
         bundle = Path(work) / path.name
         if not scene.WriteToMRB(str(bundle)):
