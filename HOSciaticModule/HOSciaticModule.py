@@ -1,0 +1,390 @@
+"""HOSciatic: heterotopic ossification and the sciatic nerve.
+
+Module (metadata), Widget (the panel: reads the GUI, calls the Logic, shows results),
+Logic (scene glue over the Qt-free ``HOSciaticModuleLib``) and Test (the self-test
+shared with the pytest suite). No algorithm lives in this file.
+"""
+
+import importlib.util
+import logging
+import pathlib
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLMarkupsCurveNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLPlotChartNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from HOSciaticModuleLib.defaults import (
+    DEFAULT_BONE_THRESHOLD_HU,
+    DEFAULT_CONTACT_TOLERANCE_MM,
+    DEFAULT_MIN_ISLAND_ML,
+    MODALITIES,
+    REQUIRED_PACKAGES,
+    SIDES,
+)
+
+
+#
+# HOSciaticModule
+#
+class HOSciaticModule(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "HOSciatic"
+        self.parent.categories = ["Quantification"]
+        self.parent.dependencies = ["Segmentations", "Markups", "Tables", "Plots"]
+        self.parent.contributors = ["HOSciatic developers"]
+        self.parent.helpText = (
+            "Segments heterotopic ossification (HO) around the hip on CT, traces the sciatic nerve on CT or MRI "
+            "from a few clicked points, and measures distance, contact and encasement between HO and the nerve. "
+            "Definitions of every figure: see the README of the HOSciatic extension."
+        )
+        self.parent.acknowledgementText = (
+            "HOSciatic builds on 3D Slicer's segmentation, markups, tables and plots infrastructure."
+        )
+
+
+#
+# Parameter node: every setting of the panel, saved with the scene.
+#
+@parameterNodeWrapper
+class HOSciaticModuleParameterNode:
+    ctVolume: vtkMRMLScalarVolumeNode
+    mrVolume: vtkMRMLScalarVolumeNode
+    nativeBoneSegmentation: vtkMRMLSegmentationNode
+    roi: vtkMRMLMarkupsROINode
+    boneThresholdHU: Annotated[float, WithinRange(-200.0, 2500.0)] = DEFAULT_BONE_THRESHOLD_HU
+    minIslandMl: Annotated[float, WithinRange(0.0, 100.0)] = DEFAULT_MIN_ISLAND_ML
+    side: Annotated[str, Choice(list(SIDES))] = SIDES[0]
+    modality: Annotated[str, Choice(list(MODALITIES))] = MODALITIES[0]
+    seeds: vtkMRMLMarkupsFiducialNode
+    contactToleranceMm: Annotated[float, WithinRange(0.0, 10.0)] = DEFAULT_CONTACT_TOLERANCE_MM
+    exportDirectory: pathlib.Path
+    segmentation: vtkMRMLSegmentationNode
+    islandsTable: vtkMRMLTableNode
+    centreline: vtkMRMLMarkupsCurveNode
+    stationsTable: vtkMRMLTableNode
+    contactTable: vtkMRMLTableNode
+    chart: vtkMRMLPlotChartNode
+
+
+#
+# HOSciaticModuleWidget
+#
+class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cancelRequested = False
+        self._busy = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/HOSciaticModule.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = HOSciaticModuleLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.traceButton.connect("clicked(bool)", self.onTraceButton)
+        self.ui.computeButton.connect("clicked(bool)", self.onComputeButton)
+        self.ui.analyzeAllButton.connect("clicked(bool)", self.onAnalyzeAllButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
+        self.ui.jumpClosestButton.connect("clicked(bool)", self.onJumpClosestButton)
+        self.ui.jumpMaxEncasementButton.connect("clicked(bool)", self.onJumpMaxEncasementButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.seedsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeedsChanged)
+        self.ui.progressBar.setVisible(False)
+        self.ui.cancelButton.setVisible(False)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume:
+                self._parameterNode.ctVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode: Optional[HOSciaticModuleParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        traceVolume = p.mrVolume if p.modality == "mr" and p.mrVolume else p.ctVolume
+        self.ui.segmentButton.enabled = bool(p.ctVolume) and not self._busy
+        self.ui.traceButton.enabled = bool(traceVolume and p.seeds) and not self._busy
+        self.ui.computeButton.enabled = bool(p.segmentation and p.centreline) and not self._busy
+        self.ui.analyzeAllButton.enabled = bool(p.ctVolume and p.seeds) and not self._busy
+        self.ui.exportButton.enabled = bool(p.segmentation) and not self._busy
+        self.ui.jumpClosestButton.enabled = bool(p.contactTable) and not self._busy
+        self.ui.jumpMaxEncasementButton.enabled = bool(p.centreline) and not self._busy
+        self.ui.showPlotButton.enabled = bool(p.chart)
+        self.ui.islandsTableView.setMRMLTableNode(p.islandsTable)
+        self.ui.contactTableView.setMRMLTableNode(p.contactTable)
+
+    def onSeedsChanged(self, node) -> None:
+        self.ui.seedsPlaceWidget.setCurrentNode(node)
+
+    # -- long steps ------------------------------------------------------------------
+    def _progress(self, fraction: float, message: str) -> None:
+        from HOSciaticModuleLib.errors import AnalysisCancelled
+
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()
+        if self._cancelRequested:
+            raise AnalysisCancelled("Cancelled by the user.")
+
+    def _run(self, title: str, step) -> None:
+        """Run one step with progress, cancellation and a plain-language error dialog."""
+        from HOSciaticModuleLib.errors import AnalysisCancelled
+
+        self._cancelRequested = False
+        self._busy = True
+        self._updateButtons()
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.setVisible(True)
+        self.ui.cancelButton.setVisible(True)
+        try:
+            with slicer.util.tryWithErrorDisplay(f"{title} failed.", waitCursor=True):
+                try:
+                    self.logic.ensureDependencies()
+                    step()
+                    self.ui.statusLabel.text = f"{title}: done."
+                except AnalysisCancelled:
+                    self.ui.statusLabel.text = f"{title}: cancelled; earlier results are unchanged."
+        finally:
+            self._busy = False
+            self.ui.progressBar.setVisible(False)
+            self.ui.cancelButton.setVisible(False)
+            self._updateButtons()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+
+    def onSegmentButton(self) -> None:
+        self._run("HO segmentation", lambda: self.logic.segmentOssifications(self._parameterNode, self._progress))
+
+    def onTraceButton(self) -> None:
+        self._run("Nerve tracing", lambda: self.logic.traceNerve(self._parameterNode, self._progress))
+
+    def onComputeButton(self) -> None:
+        self._run("Contact measurement", lambda: self.logic.computeContact(self._parameterNode, self._progress))
+
+    def onAnalyzeAllButton(self) -> None:
+        self._run("Analysis", lambda: self.logic.analyzeAll(self._parameterNode, self._progress))
+
+    def onExportButton(self) -> None:
+        self._run("Export", lambda: self.logic.exportResults(self._parameterNode))
+
+    def onShowPlotButton(self) -> None:
+        chart = self._parameterNode.chart
+        if chart is None:
+            return
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalPlotView)
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    def onJumpClosestButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Cannot jump to the closest point.", waitCursor=False):
+            self._jumpTo(self.logic.closestPoint(self._parameterNode))
+
+    def onJumpMaxEncasementButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Cannot jump to the maximum encasement.", waitCursor=False):
+            self._jumpTo(self.logic.maxEncasementPoint(self._parameterNode))
+
+    def _jumpTo(self, point) -> None:
+        slicer.modules.markups.logic().JumpSlicesToLocation(point[0], point[1], point[2], True)
+
+
+#
+# HOSciaticModuleLogic
+#
+class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
+    """The panel's steps on the scene; usable from the Python console with a parameter node
+    or directly through :attr:`analysis` (``HOSciaticModuleLib.pipeline.HOSciaticAnalysis``)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._analysis = None
+        self._latest = {}
+
+    def getParameterNode(self):
+        return HOSciaticModuleParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def missingPackages() -> list:
+        return [package for module, package in REQUIRED_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+    def ensureDependencies(self) -> None:
+        """Install the Python packages the algorithms need into Slicer's Python, once."""
+        missing = self.missingPackages()
+        if not missing:
+            return
+        if not slicer.app.commandOptions().testingEnabled and not slicer.util.confirmOkCancelDisplay(
+                f"HOSciatic needs these Python packages: {', '.join(missing)}. Install them now (internet access "
+                "required, takes a minute)?"):
+            raise ValueError("The required Python packages are not installed; the step was not run.")
+        slicer.util.pip_install(" ".join(missing))
+
+    @property
+    def analysis(self):
+        if self._analysis is None or self._analysis.scene is not slicer.mrmlScene:
+            from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+
+            self._analysis = HOSciaticAnalysis(slicer.mrmlScene)
+        return self._analysis
+
+    def segmentOssifications(self, p, progress=None):
+        outputs = self.analysis.segment_ossifications(
+            p.ctVolume, roi_node=p.roi, native_bone_segmentation_node=p.nativeBoneSegmentation,
+            bone_threshold_hu=p.boneThresholdHU, min_island_ml=p.minIslandMl,
+            segmentation_node=p.segmentation, islands_table_node=p.islandsTable, progress=progress)
+        p.segmentation = outputs.segmentation_node
+        p.islandsTable = outputs.islands_table_node
+        outputs.segmentation_node.CreateClosedSurfaceRepresentation()
+        slicer.util.setSliceViewerLayers(background=p.ctVolume, fit=False)
+        self._latest["ossification"] = outputs
+        return outputs
+
+    def traceNerve(self, p, progress=None):
+        volume = p.mrVolume if p.modality == "mr" and p.mrVolume else p.ctVolume
+        outputs = self.analysis.trace_nerve(
+            volume, p.seeds, side=p.side, modality=p.modality, segmentation_node=p.segmentation,
+            centreline_node=p.centreline, stations_table_node=p.stationsTable,
+            bone_threshold_hu=p.boneThresholdHU, progress=progress)
+        p.segmentation = outputs.segmentation_node
+        p.centreline = outputs.centreline_node
+        p.stationsTable = outputs.stations_table_node
+        outputs.segmentation_node.CreateClosedSurfaceRepresentation()
+        self._latest.setdefault("nerves", {})[p.side] = outputs
+        return outputs
+
+    def computeContact(self, p, progress=None):
+        outputs = self.analysis.compute_contact(
+            p.segmentation, p.centreline, side=p.side, tolerance_mm=p.contactToleranceMm,
+            contact_table_node=p.contactTable, stations_table_node=p.stationsTable, chart_node=p.chart,
+            progress=progress)
+        p.contactTable = outputs.contact_table_node
+        p.stationsTable = outputs.stations_table_node
+        p.chart = outputs.chart_node
+        self._latest.setdefault("contacts", {})[p.side] = outputs
+        return outputs
+
+    def analyzeAll(self, p, progress=None):
+        from HOSciaticModuleLib.progress import sub_progress
+
+        if p.ctVolume:
+            self.segmentOssifications(p, sub_progress(progress, 0.0, 0.5))
+        self.traceNerve(p, sub_progress(progress, 0.5, 0.8))
+        if p.ctVolume:
+            self.computeContact(p, sub_progress(progress, 0.8, 1.0))
+
+    def closestPoint(self, p):
+        contact = self._latest.get("contacts", {}).get(p.side)
+        if contact is None or contact.contact.closest_points_ras is None:
+            raise ValueError("Compute contact first (there is no HO near this nerve otherwise).")
+        return contact.contact.closest_points_ras[0]
+
+    def maxEncasementPoint(self, p):
+        from HOSciaticModuleLib import scene as scene_io
+
+        values = scene_io.curve_measurement(p.centreline, "encasement_deg") if p.centreline else None
+        if values is None or len(values) == 0:
+            raise ValueError("Compute contact first: the centreline has no encasement values yet.")
+        points = scene_io.control_points_world(p.centreline)
+        return points[int(values.argmax())]
+
+    def exportResults(self, p):
+        """Write the result files of this session's analysis into the export folder."""
+        from HOSciaticModuleLib import export
+
+        folder = pathlib.Path(str(p.exportDirectory)) if p.exportDirectory else None
+        if folder is None or str(folder) in ("", "."):
+            raise ValueError("Choose an export folder first.")
+        oss = self._latest.get("ossification")
+        nerves = sorted(self._latest.get("nerves", {}).items())
+        contacts = sorted(self._latest.get("contacts", {}).items())
+        if oss is None and not nerves:
+            raise ValueError("Nothing to export yet: run the analysis in this session first.")
+        volume = p.ctVolume or p.mrVolume
+        inputInfo = {"image": volume.GetName() if volume else None, "modality": p.modality}
+        parameters = export.default_parameters(p.boneThresholdHU, p.minIslandMl, p.contactToleranceMm)
+        warnings = list(oss.result.warnings) if oss is not None else []
+        document = export.metrics_document(inputInfo, parameters, oss, nerves, contacts, warnings)
+        export.publish(folder, lambda staging: export.write_results(
+            staging, slicer.mrmlScene, p.segmentation, nerves, document))
+        logging.info(f"HOSciatic results written to {folder}")
+
+
+#
+# HOSciaticModuleTest
+#
+class HOSciaticModuleTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_HOSciaticModuleChain()
+
+    def test_HOSciaticModuleChain(self):
+        """Segment, trace and measure on a synthetic hip CT; the same body runs under pytest."""
+        from HOSciaticModuleLib.selftest import run_self_test
+
+        self.delayDisplay("Running the HOSciatic chain on a synthetic hip CT")
+        HOSciaticModuleLogic().ensureDependencies()
+        figures = run_self_test(slicer.mrmlScene)
+        self.delayDisplay(f"Test passed: {figures}")
