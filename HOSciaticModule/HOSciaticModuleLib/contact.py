@@ -48,8 +48,8 @@ ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
 STATION_SPACING_MM = 1.0
 SECTION_RAYS = 180
 FAR_RAY_STRIDE = 6
-#: Longest section ray: wider than the largest swollen sciatic nerve (about 25 mm).
-SECTION_MAX_RADIUS_MM = 20.0
+#: Longest section ray: beyond the half-width of the largest swollen sciatic nerve (about 25 mm wide).
+SECTION_MAX_RADIUS_MM = 16.0
 SECTION_STEP_MM = 0.5
 #: Halvings of the step around each boundary crossing (0.5 mm / 2^5 = 0.016 mm).
 SECTION_BISECTIONS = 5
