@@ -10,7 +10,6 @@ import logging
 import pathlib
 from typing import Annotated, Optional
 
-import qt
 import slicer
 import vtk
 from slicer import (

@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 from .defaults import DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry
-from .nerve import frames, resample_polyline
+from .nerve import frames, resample_polyline, star_polygon_area_centroid
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
@@ -215,16 +215,10 @@ def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np
         high = np.where(inside_middle, high, middle)
     radius = 0.5 * (low + high)
     boundary = points[:, None, :] + radius[..., None] * directions
-    x, y = radius * np.cos(angles), radius * np.sin(angles)
-    xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
-    cross = x * yn - xn * y
-    area = 0.5 * cross.sum(axis=1)
-    safe = np.where(np.abs(area) > 1e-9, area, 1e-9)
-    cx = ((x + xn) * cross).sum(axis=1) / (6 * safe)
-    cy = ((y + yn) * cross).sum(axis=1) / (6 * safe)
+    area, cx, cy = star_polygon_area_centroid(radius, angles)
     centroid = points + cx[:, None] * u + cy[:, None] * v
     edge_length = boundary_edge_lengths(radius)
-    return _Sections(boundary, centroid, np.abs(area), edge_length.sum(axis=1), edge_length)
+    return _Sections(boundary, centroid, area, edge_length.sum(axis=1), edge_length)
 
 
 def boundary_edge_lengths(radius: np.ndarray) -> np.ndarray:

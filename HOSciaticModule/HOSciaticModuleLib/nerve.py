@@ -445,7 +445,9 @@ def _clip_leaks(radii: np.ndarray) -> np.ndarray:
     return np.minimum(clipped, 1.4 * local)
 
 
-def _polygon_figures(radii, angles):
+def star_polygon_area_centroid(radii, angles):
+    """Area and in-plane centroid (x, y) of star-shaped outlines given as ray lengths
+    (rows) at common angles, by the shoelace formula."""
     x = radii * np.cos(angles)[None, :]
     y = radii * np.sin(angles)[None, :]
     xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
@@ -454,10 +456,17 @@ def _polygon_figures(radii, angles):
     safe = np.where(np.abs(area) > 1e-9, area, 1e-9)
     cx = ((x + xn) * cross).sum(axis=1) / (6 * safe)
     cy = ((y + yn) * cross).sum(axis=1) / (6 * safe)
+    return np.abs(area), cx, cy
+
+
+def _polygon_figures(radii, angles):
+    area, cx, cy = star_polygon_area_centroid(radii, angles)
+    x = radii * np.cos(angles)[None, :]
+    y = radii * np.sin(angles)[None, :]
     directions = np.linspace(0.0, np.pi, 90, endpoint=False)
     projections = x[:, :, None] * np.cos(directions) + y[:, :, None] * np.sin(directions)
     widths = projections.max(axis=1) - projections.min(axis=1)
-    return np.abs(area), np.stack([cx, cy], axis=1), widths.min(axis=1), widths.max(axis=1)
+    return area, np.stack([cx, cy], axis=1), widths.min(axis=1), widths.max(axis=1)
 
 
 # ---------------------------------------------------------------------------------------
