@@ -105,6 +105,11 @@ class _ConsoleProgress:
     def __call__(self, fraction: float, message: str) -> None:
         if self.quiet:
             return
+        if not self.stream.isatty():
+            # A log file gets one line per finished stage, not a redrawn bar.
+            if fraction >= 1.0:
+                self.stream.write(f"{self.stage}: {message}\n")
+            return
         filled = int(round(fraction * 20))
         self.stream.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {self.stage}: {message[:60]:<60}")
         self.stream.flush()
