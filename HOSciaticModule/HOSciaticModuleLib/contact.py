@@ -366,7 +366,8 @@ def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_dista
     return refined, (tuple(float(c) for c in surfaces[0][best]), tuple(float(c) for c in surfaces[1][index[best]]))
 
 
-def _summary(distance, sections, points, s_mm, tolerance, min_distance):
+def _summary(distance, sections, points, s_mm, tolerance):
+    """Per-station encasement and contact arc, which stations are in contact, and the runs."""
     encasement, contact_arc = station_contact(sections, points, distance, tolerance)
     # One station's spike from the voxel staircase is not a finding: each station
     # reports the median of itself and its two neighbours (a 3 mm window).
@@ -439,7 +440,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     distance = boundary_distance(ho_crop > 0, all_ho)
     min_distance, closest = _closest_pair(nerve_boxes, all_ho)
     min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
-    encasement, contact_arc, in_contact, runs = _summary(distance, sections, points, s_mm, tolerance, min_distance)
+    encasement, contact_arc, in_contact, runs = _summary(distance, sections, points, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
     surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
@@ -451,7 +452,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         island_min, island_closest = _closest_pair(nerve_boxes, boxes)
         island_min, island_closest = refine_gap(nerve_mask, lambda block, label=label: ho_labelmap[block] == label,
                                                 geometry, island_closest, island_min)
-        island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance, island_min)
+        island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance)
         island_max = float(island_enc.max()) if len(island_enc) else 0.0
         island_results.append(IslandContact(
             label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
