@@ -309,3 +309,21 @@ def test_analysis_inside_roi_node(slicer_scene, ct_case):
     assert len(oss.result.islands) == 1
     truth = next(i for i in phantom.islands if i["kind"] == "shell")
     assert abs(oss.result.islands[0].volume_ml - truth["volume_ml"]) < 0.15 * truth["volume_ml"]
+
+
+def test_native_bone_segmentation_file(tmp_path, ct_case, slicer_scene):
+    """A Slicer .seg.nrrd of the native skeleton (as TotalSegmentator gives) is honoured."""
+    import slicer
+
+    phantom, paths = ct_case
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "bones")
+    scene_io.replace_segments(node, {"femur and hip": phantom.native_bone_mask}, phantom.geometry, scene_io.BONE_COLOR)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "bones.seg.nrrd"))
+    assert storage.WriteData(node)
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--bones", tmp_path / "bones.seg.nrrd", "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["ossifications"]["count"] == len(phantom.islands)
+    assert sum(i["fused_to_native_bone"] for i in document["ossifications"]["islands"]) == 1
