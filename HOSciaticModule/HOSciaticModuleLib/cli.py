@@ -229,8 +229,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
         scene = slicer_core.scene
         analysis = HOSciaticAnalysis(scene)
         volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
-        volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name)
-        del image.array  # the scene holds the voxels now; keep one copy in memory
+        # The scene shares the CT's memory: one copy of the voxels, however large the CT.
+        volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name, copy=False)
     warnings: list[str] = []
 
     oss_outputs = None

@@ -90,22 +90,40 @@ def array_from_volume(volume_node, what: str = "Volume") -> tuple[np.ndarray, Vo
 
 
 def volume_node_from_array(scene, array: np.ndarray, geometry: VolumeGeometry, name: str, node=None,
-                           node_class: str = "vtkMRMLScalarVolumeNode"):
-    """Create (or update) a volume node holding a copy of ``array`` on ``geometry``."""
+                           node_class: str = "vtkMRMLScalarVolumeNode", copy: bool = True):
+    """Create (or update) a volume node holding ``array`` on ``geometry``.
+
+    With ``copy=False`` the node shares the array's memory (which must then stay
+    unchanged): a full CT is not duplicated.
+    """
     from vtkmodules.vtkCommonDataModel import vtkImageData
 
     image = vtkImageData()
     image.SetDimensions(geometry.shape_kji[2], geometry.shape_kji[1], geometry.shape_kji[0])
     contiguous = np.ascontiguousarray(array)
-    vtk_array = _numpy_support().numpy_to_vtk(contiguous.ravel(), deep=True)
+    vtk_array = _numpy_support().numpy_to_vtk(contiguous.ravel(), deep=copy)
     image.GetPointData().SetScalars(vtk_array)
     if node is None:
         node = scene.AddNewNodeByClass(node_class, name)
+    if node.GetDisplayNode() is None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
+        _add_grey_display(scene, node, contiguous)
     node.SetIJKToRASMatrix(_numpy_to_matrix(geometry.ijk_to_ras))
     node.SetAndObserveImageData(image)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     return node
+
+
+def _add_grey_display(scene, node, values: np.ndarray) -> None:
+    """Grey display with a window from the 1st-99th percentile of a voxel sample; the
+    automatic window/level would read every voxel of a full CT."""
+    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+    display.SetAutoWindowLevel(False)
+    sample = values.ravel()[:: max(1, values.size // 200_000)]
+    low, high = (float(v) for v in np.percentile(sample, [1, 99])) if sample.size else (0.0, 1.0)
+    display.SetWindowLevel(max(high - low, 1.0), 0.5 * (high + low))
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+    node.SetAndObserveDisplayNodeID(display.GetID())
 
 
 # ---------------------------------------------------------------------------------------
