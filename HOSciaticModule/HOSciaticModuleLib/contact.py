@@ -448,10 +448,14 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     report(progress, 0.7, "Per-island figures")
     island_results = []
     for label, boxes in islands_found:
-        island_distance = boundary_distance(ho_crop == label)
         island_min, island_closest = _closest_pair(nerve_boxes, boxes)
         island_min, island_closest = refine_gap(nerve_mask, lambda block, label=label: ho_labelmap[block] == label,
                                                 geometry, island_closest, island_min)
+        # An island farther than the tolerance (plus a voxel's worth) cannot touch the nerve.
+        if island_min > tolerance + max(geometry.spacing_kji):
+            island_distance = np.full(distance.shape, np.inf)
+        else:
+            island_distance = boundary_distance(ho_crop == label)
         island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance)
         island_max = float(island_enc.max()) if len(island_enc) else 0.0
         island_results.append(IslandContact(
