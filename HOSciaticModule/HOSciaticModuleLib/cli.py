@@ -216,7 +216,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
     with _stage(timings, "read"):
-        image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image")
+        image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image",
+                            keep_image=not args.no_scene)
         seeds = _load_seeds(args.nerve_seeds)
     if args.modality == "mr" and (args.roi or args.bones):
         raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
@@ -231,6 +232,22 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
         volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
         # The scene shares the CT's memory: one copy of the voxels, however large the CT.
         volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name, copy=False)
+    # The bundle's copy of the CT is compressed on the other core while the analysis runs.
+    volume_writer = (export.BackgroundVolumeWriter(image.sitk_image) if image.sitk_image is not None
+                     else None)
+    image.sitk_image = None
+    try:
+        _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir,
+                           {volume_node.GetID(): volume_writer} if volume_writer else {})
+    finally:
+        if volume_writer is not None:
+            volume_writer.discard()
+    return out_dir
+
+
+def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers):
+    from . import scene as scene_io
+
     warnings: list[str] = []
 
     oss_outputs = None
@@ -281,8 +298,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     # Everything is computed: write into a private folder, then move into place.
     with _stage(timings, "write"):
         export.publish(out_dir, lambda folder: export.write_results(
-            folder, scene, segmentation_node, nerves, document, with_scene=not args.no_scene))
-    return out_dir
+            folder, scene, segmentation_node, nerves, document, with_scene=not args.no_scene,
+            prewritten={node_id: writer.result() for node_id, writer in writers.items()}))
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,4 +15,5 @@ DEFAULT_CONTACT_TOLERANCE_MM = 1.0
 SIDES = ("right", "left")
 MODALITIES = ("ct", "mr")
 #: Python packages the algorithms need beyond what the Slicer application ships.
-REQUIRED_PACKAGES = {"scipy": "scipy", "skimage": "scikit-image", "edt": "edt"}
+REQUIRED_PACKAGES = {"scipy": "scipy", "skimage": "scikit-image", "edt": "edt",
+                     "cc3d": "connected-components-3d", "fill_voids": "fill-voids"}

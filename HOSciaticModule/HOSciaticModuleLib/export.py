@@ -12,8 +12,11 @@ import csv
 import datetime
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 
 from . import __version__, measurements
@@ -152,23 +155,121 @@ def _crop_segmentation_files(storage) -> None:
         storage.SetCropToMinimumExtent(True)
 
 
-def write_scene_bundle(scene, path: Path) -> None:
-    """The whole scene as a Slicer data bundle (.mrb)."""
+def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> None:
+    """The whole scene as a Slicer data bundle (.mrb).
+
+    The layout is the one Slicer writes and reads back: ``<stem>/<stem>.mrml`` with
+    every storable node's file under ``<stem>/Data``, zipped. ``prewritten`` maps node
+    IDs to files already written in the node's default format (a full CT compressed
+    while the analysis ran, see :class:`BackgroundVolumeWriter`); they are moved in
+    instead of written again. The scene's own file names are restored afterwards.
+    """
+    prewritten = dict(prewritten or {})
+    with tempfile.TemporaryDirectory(prefix="hosciatic-mrb-") as work:
+        root = Path(work) / path.stem
+        data = root / "Data"
+        data.mkdir(parents=True)
+        original_url, original_root = scene.GetURL(), scene.GetRootDirectory()
+        original_names: dict = {}
+        try:
+            used: set = set()
+            for node in _bundled_nodes(scene):
+                storage = node.GetStorageNode()
+                original_names[storage] = [storage.GetFileName()] + [
+                    storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())]
+                storage.ResetFileNameList()
+                target = data / _bundle_file_name(node.GetName(), storage.GetDefaultWriteFileExtension(), used)
+                storage.SetFileName(str(target))
+                if node.GetID() in prewritten:
+                    shutil.move(str(prewritten.pop(node.GetID())), target)
+                elif not storage.WriteData(node):
+                    raise OSError(f"Writing '{node.GetName()}' into the scene bundle failed; check free disk space.")
+            scene.SetRootDirectory(str(root))
+            scene.SetURL(str(root / f"{path.stem}.mrml"))
+            if not scene.Commit():
+                raise OSError("Writing the scene file of the bundle failed; check free disk space.")
+        finally:
+            scene.SetURL(original_url or "")
+            scene.SetRootDirectory(original_root or "")
+            for storage, names in original_names.items():
+                storage.ResetFileNameList()
+                storage.SetFileName(names[0] or "")
+                for name in names[1:]:
+                    storage.AddFileName(name or "")
+        partial = Path(work) / path.name
+        # Members are stored: the volume and segmentation files inside are gzip-compressed already.
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
+            for file in sorted(p for p in root.rglob("*") if p.is_file()):
+                bundle.write(file, f"{path.stem}/{file.relative_to(root).as_posix()}")
+        shutil.move(str(partial), path)
+
+
+def _bundled_nodes(scene) -> list:
+    """Storable nodes a bundle holds, each with a storage node (a default one added)."""
+    nodes = []
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)
-        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and not node.GetHideFromEditors():
+        if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors() or not node.GetSaveWithScene():
+            continue
+        if node.GetStorageNode() is None:
             node.AddDefaultStorageNode()
-        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
+        if node.GetStorageNode() is not None:
             _crop_segmentation_files(node.GetStorageNode())
-    with tempfile.TemporaryDirectory(prefix="hosciatic-mrb-") as work:
-        bundle = Path(work) / path.name
-        if not scene.WriteToMRB(str(bundle)):
-            raise OSError("Writing the scene bundle failed; check free disk space.")
-        shutil.move(str(bundle), path)
+            nodes.append(node)
+    return nodes
 
 
-def write_results(folder: Path, scene, segmentation_node, nerves, document, with_scene: bool = True) -> None:
-    """Every result file into ``folder`` (``nerves``: [(side, NerveOutputs)])."""
+def _bundle_file_name(node_name: str | None, extension: str, used: set) -> str:
+    """A portable, unique file name from a node name: letters, digits and ``-_.()``
+    kept, anything else (slashes, colons, dashes beyond ASCII) replaced by ``_``."""
+    base = re.sub(r"[^A-Za-z0-9 ._()+-]", "_", node_name or "unnamed").strip(" .") or "unnamed"
+    base = base[:50]
+    candidate, number = f"{base}.{extension.lower()}", 1
+    while candidate.lower() in used:
+        candidate, number = f"{base}_{number}.{extension.lower()}", number + 1
+    used.add(candidate.lower())
+    return candidate
+
+
+class BackgroundVolumeWriter:
+    """Writes a volume file (compressed NRRD) on a worker thread.
+
+    SimpleITK releases Python's lock while it compresses, so a full CT is written
+    into the scene bundle's format while the analysis runs on the other core instead
+    of after it. :meth:`result` waits for the file; :meth:`discard` waits and removes it.
+    """
+
+    def __init__(self, sitk_image):
+        import SimpleITK as sitk
+
+        self._folder = Path(tempfile.mkdtemp(prefix="hosciatic-volume-"))
+        self.path = self._folder / "volume.nrrd"
+        self._error: Exception | None = None
+
+        def write():
+            try:
+                sitk.WriteImage(sitk_image, str(self.path), True)
+            except Exception as error:  # reported by result()
+                self._error = error
+
+        self._thread = threading.Thread(target=write, name="hosciatic-volume-writer", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Path:
+        self._thread.join()
+        if self._error is not None:
+            raise OSError(f"Writing the CT into the scene bundle failed ({self._error}); check free disk space.")
+        return self.path
+
+    def discard(self) -> None:
+        self._thread.join()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def write_results(folder: Path, scene, segmentation_node, nerves, document, with_scene: bool = True,
+                  prewritten: dict | None = None) -> None:
+    """Every result file into ``folder`` (``nerves``: [(side, NerveOutputs)]);
+    ``prewritten`` as in :func:`write_scene_bundle`."""
     if segmentation_node is not None:
         _write_with("vtkMRMLSegmentationStorageNode", segmentation_node, folder / "segmentation.seg.nrrd")
     for (side, outputs), entry in zip(nerves, document["nerves"]):
@@ -176,7 +277,7 @@ def write_results(folder: Path, scene, segmentation_node, nerves, document, with
         write_stations_csv(folder / f"stations_{side}.csv", entry["stations"])
     (folder / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     if with_scene:
-        write_scene_bundle(scene, folder / "scene.mrb")
+        write_scene_bundle(scene, folder / "scene.mrb", prewritten)
 
 
 def publish(out_dir: Path, write) -> None:

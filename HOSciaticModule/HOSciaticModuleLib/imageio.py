@@ -26,6 +26,8 @@ class LoadedImage:
     geometry: VolumeGeometry
     source: str
     description: str
+    #: The image as read, when asked for (writing it back needs no conversion).
+    sitk_image: object = None
 
 
 def _sitk():
@@ -67,7 +69,7 @@ def _read_dicom_series(folder: Path):
     return reader.Execute(), f"DICOM series {best} ({len(series_ids)} series in folder)"
 
 
-def read_volume(path, what: str = "image") -> LoadedImage:
+def read_volume(path, what: str = "image", keep_image: bool = False) -> LoadedImage:
     """Read a 3D scalar image (NRRD, NIfTI, MHA or a DICOM folder) as RAS geometry + array.
 
     Raises :class:`InputError` with a user-readable message for anything that is not
@@ -106,7 +108,7 @@ def read_volume(path, what: str = "image") -> LoadedImage:
             bad = int(array.size - np.count_nonzero(finite))
             raise InputError(f"The {what} '{path}' holds {bad} NaN or infinite voxel values. "
                              "Fix or mask them (for example replace them by air, -1000 HU) and try again.")
-    return LoadedImage(np.array(array), geometry, str(path), description)
+    return LoadedImage(np.array(array), geometry, str(path), description, image if keep_image else None)
 
 
 def write_volume(path, array: np.ndarray, geometry: VolumeGeometry, compress: bool = True) -> None:

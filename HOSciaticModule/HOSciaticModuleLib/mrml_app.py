@@ -10,6 +10,8 @@ exposes them where ``slicer.util`` helpers look for them.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import types
 from dataclasses import dataclass
@@ -79,6 +81,7 @@ def create_headless_slicer(expose_as_slicer_globals: bool = True) -> HeadlessSli
     # Reading scene bundles (.mrb) goes through the data I/O manager and its cache,
     # as in the application.
     cache_directory = tempfile.mkdtemp(prefix="hosciatic-cache-")
+    atexit.register(shutil.rmtree, cache_directory, True)
     remote_io = slicer.vtkMRMLRemoteIOLogic()
     remote_io.SetMRMLScene(scene)
     remote_io.SetMRMLApplicationLogic(application_logic)

@@ -44,6 +44,9 @@ MAX_NERVE_HALF_THICKNESS_MM = 8.0
 MAX_RAY_MM = 15.0
 RAY_STEP_MM = 0.25
 RAY_COUNT = 90
+#: Re-centring needs each section's centroid only: a coarser star of rays finds it.
+RECENTRING_RAY_COUNT = 30
+RECENTRING_RAY_STEP_MM = 0.5
 #: Where the nerve abuts muscle without a fat plane rays run on; a ray longer than this
 #: factor times the section's median ray is clipped to it.
 RAY_LEAK_FACTOR = 1.8
@@ -55,6 +58,8 @@ CORE_GRID_MM = 1.25
 #: gently; shorter wiggles are noise of the path on a voxel grid.
 CENTRELINE_SMOOTHING_MM = 3.0
 RECENTRING_PASSES = 3
+#: Re-centring stops early once no station moves further than this.
+RECENTRING_CONVERGED_MM = 0.1
 #: CT tissue windows used to read levels near the seeds.
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
 CT_FAT_HU = (-190.0, -30.0)
@@ -316,27 +321,25 @@ class _Sections:
     max_width: np.ndarray
 
 
-def cross_sections(image, geometry, points, appearance, excluded) -> tuple:
-    """Nerve boundary in the plane orthogonal to the centreline at every point."""
-    if excluded is not None and excluded.dtype != np.float32:
-        excluded = excluded.astype(np.float32)
+def _ray_directions(u, v, count):
+    angles = np.linspace(0.0, 2 * np.pi, count, endpoint=False)
+    return angles, np.cos(angles)[None, :, None] * u[:, None, :] + np.sin(angles)[None, :, None] * v[:, None, :]
+
+
+def cross_sections(image, geometry, points, appearance, excluded, ray_count: int = RAY_COUNT,
+                   ray_step_mm: float = RAY_STEP_MM) -> tuple:
+    """Nerve boundary in the plane orthogonal to the centreline at every point, from
+    ``ray_count`` rays sampled every ``ray_step_mm``."""
     tangents, u, v = frames(points)
-    angles = np.linspace(0.0, 2 * np.pi, RAY_COUNT, endpoint=False)
-    directions = np.cos(angles)[None, :, None] * u[:, None, :] + np.sin(angles)[None, :, None] * v[:, None, :]
+    angles, directions = _ray_directions(u, v, ray_count)
     sampler = _IndexSampler(image, excluded, geometry)
 
     # Core: the most central nerve-like point of the section near the current point.
-    offsets = np.arange(-CORE_SEARCH_MM, CORE_SEARCH_MM + 1e-6, CORE_GRID_MM)
-    du, dv = np.meshgrid(offsets, offsets, indexing="ij")
-    keep = du ** 2 + dv ** 2 <= CORE_SEARCH_MM ** 2
-    du, dv = du[keep], dv[keep]
-    candidates = points[:, None, :] + du[None, :, None] * u[:, None, :] + dv[None, :, None] * v[:, None, :]
-    depth = _section_depth(sampler, candidates, directions[:, :: RAY_COUNT // 8], appearance)
-    penalty = 0.15 * np.sqrt(du ** 2 + dv ** 2)[None, :]
-    best = np.argmax(depth - penalty, axis=1)
+    candidates, depth, offset_mm = _section_depth(sampler, points, u, v, appearance)
+    best = np.argmax(depth - 0.15 * offset_mm[None, :], axis=1)
     cores = candidates[np.arange(len(points)), best]
 
-    radii = _ray_radii(sampler, cores, directions, appearance)
+    radii = _ray_radii(sampler, cores, directions, appearance, ray_step_mm)
     radii = _clip_leaks(radii)
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
@@ -349,20 +352,31 @@ class _IndexSampler:
     (many) sample points never go through the RAS-to-index transform one by one."""
 
     def __init__(self, image, excluded, geometry):
-        self.image, self.excluded, self.geometry = image, excluded, geometry
+        self.image, self.geometry = image, geometry
+        self.excluded = None if excluded is None else np.asarray(excluded, bool)
         self.linear = geometry.ras_to_ijk[:3, :3][::-1]  # rows give k, j, i
 
     def rays(self, origins_ras, directions_ras, steps):
-        """Values (and exclusion) at origins + steps * directions; shapes (..., S)."""
+        """Values (and exclusion, True outside the volume) at origins + steps * directions;
+        shapes (..., S)."""
         origins = self.geometry.ras_to_kji_points(origins_ras.reshape(-1, 3)).reshape(origins_ras.shape)
-        directions = directions_ras @ self.linear.T
-        kji = origins[..., None, :] + steps[:, None] * directions[..., None, :]
+        directions = (directions_ras @ self.linear.T).astype(np.float32)
+        kji = origins.astype(np.float32)[..., None, :] + steps.astype(np.float32)[:, None] * directions[..., None, :]
         flat = kji.reshape(-1, 3).T
         values = ndimage.map_coordinates(self.image, flat, order=1, mode="nearest").reshape(kji.shape[:-1])
         masks = None
         if self.excluded is not None:
-            masks = ndimage.map_coordinates(self.excluded, flat, order=0, mode="constant", cval=1.0).reshape(kji.shape[:-1])
+            masks = self._nearest_mask(flat).reshape(kji.shape[:-1])
         return values, masks
+
+    def _nearest_mask(self, flat_kji):
+        """Exclusion at the nearest voxel, by direct indexing (sampling a mask needs no
+        interpolation)."""
+        index = np.rint(flat_kji).astype(np.intp)
+        shape = np.asarray(self.excluded.shape)[:, None]
+        outside = np.any((index < 0) | (index >= shape), axis=0)
+        np.clip(index, 0, shape - 1, out=index)
+        return self.excluded[index[0], index[1], index[2]] | outside
 
 
 def _inside(values, masks, appearance, level=None):
@@ -370,31 +384,46 @@ def _inside(values, masks, appearance, level=None):
     if appearance.bone_level is not None:
         inside &= values < appearance.bone_level
     if masks is not None:
-        inside &= masks < 0.5
+        inside &= ~masks
     return inside
 
 
-def _section_depth(sampler, candidates, directions, appearance):
-    """Shortest of a few rays from each candidate to the nerve boundary (mm, 1 mm steps)."""
-    steps = np.arange(0.0, MAX_NERVE_HALF_THICKNESS_MM + 1e-6, 1.0)
-    # Broadcast (stations, candidates, directions): each candidate uses its station's rays.
-    origins = np.broadcast_to(candidates[:, :, None, :], candidates.shape[:2] + (directions.shape[1], 3))
-    rays = np.broadcast_to(directions[:, None, :, :], origins.shape)
-    values, masks = sampler.rays(np.ascontiguousarray(origins), np.ascontiguousarray(rays), steps)
-    inside = _inside(values, masks, appearance)
-    first_out = np.where(inside.all(axis=-1), len(steps), np.argmin(inside, axis=-1))
-    return first_out.min(axis=-1).astype(float)
+def _section_depth(sampler, points, u, v, appearance):
+    """Candidate cores within CORE_SEARCH_MM of each point, on a CORE_GRID_MM grid in
+    the section plane, and their in-plane depth inside nerve-like tissue (mm, capped
+    at MAX_NERVE_HALF_THICKNESS_MM).
+
+    The plane is sampled once per station on a grid reaching beyond the candidates
+    by the largest depth of interest; depth is its 2D Euclidean distance transform.
+    Returns (candidates (N, C, 3) RAS, depth (N, C), offset of each candidate (C,) mm).
+    """
+    import edt
+
+    reach = int(np.ceil((CORE_SEARCH_MM + MAX_NERVE_HALF_THICKNESS_MM) / CORE_GRID_MM))
+    offsets = np.arange(-reach, reach + 1) * CORE_GRID_MM
+    du, dv = (grid.ravel() for grid in np.meshgrid(offsets, offsets, indexing="ij"))
+    plane = points[:, None, :] + du[None, :, None] * u[:, None, :] + dv[None, :, None] * v[:, None, :]
+    values, masks = sampler.rays(plane, np.zeros_like(plane), np.zeros(1))
+    inside = _inside(values[..., 0], None if masks is None else masks[..., 0], appearance)
+    inside = inside.reshape(len(points), len(offsets), len(offsets))
+    # A huge spacing between stations keeps the transform within each plane.
+    depth = edt.edt(np.ascontiguousarray(inside, np.uint8), anisotropy=(1e6, CORE_GRID_MM, CORE_GRID_MM),
+                    black_border=True).reshape(len(points), -1)
+    offset_mm = np.hypot(du, dv)
+    candidate = offset_mm <= CORE_SEARCH_MM + 1e-9
+    return (plane[:, candidate], np.minimum(depth[:, candidate], MAX_NERVE_HALF_THICKNESS_MM + 1.0),
+            offset_mm[candidate])
 
 
-def _ray_radii(sampler, cores, directions, appearance):
+def _ray_radii(sampler, cores, directions, appearance, step_mm=RAY_STEP_MM):
     """Boundary distance along each ray, at the half-way level between this section's
     own nerve plateau and the tissue just outside it (a local full width at half maximum)."""
-    steps = np.arange(0.0, MAX_RAY_MM + 1e-6, RAY_STEP_MM)
+    steps = np.arange(0.0, MAX_RAY_MM + 1e-6, step_mm)
     origins = np.ascontiguousarray(np.broadcast_to(cores[:, None, :], directions.shape))
     values, masks = sampler.rays(origins, directions, steps)
-    first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level))
+    first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level), step_mm)
     levels = _local_levels(values, masks, appearance, first, steps)
-    return _crossings(values, masks, appearance, levels[:, None, None])
+    return _crossings(values, masks, appearance, levels[:, None, None], step_mm)
 
 
 def _local_levels(values, masks, appearance, radii, steps):
@@ -404,7 +433,7 @@ def _local_levels(values, masks, appearance, radii, steps):
     inner = depth <= 0.6 * r
     outer = (depth >= r + 1.0) & (depth <= r + 2.5)
     if masks is not None:
-        outer &= masks < 0.5
+        outer &= ~masks
     if appearance.bone_level is not None:
         outer &= values < appearance.bone_level
     levels = np.full(len(values), appearance.boundary_level)
@@ -420,7 +449,7 @@ def _local_levels(values, masks, appearance, radii, steps):
     return levels
 
 
-def _crossings(values, masks, appearance, level):
+def _crossings(values, masks, appearance, level, step_mm=RAY_STEP_MM):
     steps_count = values.shape[-1]
     inside = _inside(values, masks, appearance, level)
     inside[:, :, 0] = True
@@ -433,7 +462,7 @@ def _crossings(values, masks, appearance, level):
     # Sub-sample position of the half-way crossing; a stop at bone/HO lies half a step out.
     crossing = np.where(
         (after <= level) & (before > level), (before - level) / np.maximum(before - after, 1e-6), 0.5)
-    return (first_out - 1 + np.clip(crossing, 0.0, 1.0)) * RAY_STEP_MM
+    return (first_out - 1 + np.clip(crossing, 0.0, 1.0)) * step_mm
 
 
 def _clip_leaks(radii: np.ndarray) -> np.ndarray:
@@ -561,9 +590,13 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     # The clicks may be off centre: the ends are re-centred like every other station.
     for iteration in range(RECENTRING_PASSES):
         report(progress, 0.4 + 0.4 * iteration / RECENTRING_PASSES, "Re-centring on the nerve")
-        sections, _ = cross_sections(image, geometry, points, appearance, exclusion_mask)
+        sections, _ = cross_sections(image, geometry, points, appearance, exclusion_mask,
+                                     RECENTRING_RAY_COUNT, RECENTRING_RAY_STEP_MM)
         centred = smooth_polyline(sections.centroids, CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM, keep_ends=False)
+        shift = float(np.max(np.linalg.norm(centred - points, axis=1)))
         points = resample_polyline(centred, STATION_SPACING_MM)
+        if shift < RECENTRING_CONVERGED_MM:
+            break
 
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)

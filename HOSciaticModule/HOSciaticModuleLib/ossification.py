@@ -32,7 +32,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cc3d
 import edt
+import fill_voids
 import numpy as np
 from scipy import ndimage
 
@@ -99,6 +101,8 @@ class OssificationResult:
     native_bone_mask: np.ndarray
     warnings: list = field(default_factory=list)
     parameters: dict = field(default_factory=dict)
+    #: Bounding slices of each island in ``labelmap`` (island n at index n - 1).
+    island_blocks: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,17 +139,20 @@ def _ball_distance(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
 
 
 def fill_cavities(mask: np.ndarray) -> np.ndarray:
-    """Fill background pockets fully enclosed in 3D (marrow inside a closed cortex)."""
-    background, count = ndimage.label(~mask)
-    if count == 0:
-        return mask.copy()
-    border = np.unique(np.concatenate([
-        background[0].ravel(), background[-1].ravel(), background[:, 0].ravel(), background[:, -1].ravel(),
-        background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
-    enclosed = np.ones(count + 1, bool)
-    enclosed[border] = False
-    enclosed[0] = False
-    return mask | enclosed[background]
+    """Fill background pockets fully enclosed in 3D (marrow inside a closed cortex);
+    the background is 6-connected."""
+    return fill_voids.fill(np.ascontiguousarray(mask, bool), in_place=False)
+
+
+def _fill_within_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Pockets of background enclosed within each plane orthogonal to ``axis``
+    (4-connected background in the plane), filled."""
+    filled = mask.copy()
+    planes = np.moveaxis(mask, axis, 0)
+    filled_planes = np.moveaxis(filled, axis, 0)
+    for index in np.flatnonzero(planes.any(axis=(1, 2))):
+        filled_planes[index] = fill_voids.fill(np.ascontiguousarray(planes[index]), in_place=False)
+    return filled
 
 
 def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None,
@@ -154,29 +161,23 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
 
     Long bones are tubes open where the field of view cuts them, so their marrow is
     enclosed only slice by slice. With ``max_hole_radius_mm`` only pockets thinner than
-    that are filled (see :data:`SLICE_MARROW_MAX_RADIUS_MM`).
+    that are filled (see :data:`SLICE_MARROW_MAX_RADIUS_MM`); a pocket's thickness is
+    judged in 3D, over the pocket as connected within its plane.
     """
     filled = mask.copy()
     for axis in range(3):
-        structure = np.zeros((3, 3, 3), bool)
-        index = [slice(None)] * 3
-        index[axis] = 1
-        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-        background, count = ndimage.label(~mask, structure=structure)
-        if count == 0:
-            continue
-        edges = []
-        for other in (a for a in range(3) if a != axis):
-            edges.append(np.take(background, 0, axis=other).ravel())
-            edges.append(np.take(background, -1, axis=other).ravel())
-        enclosed = np.ones(count + 1, bool)
-        enclosed[np.unique(np.concatenate(edges))] = False
-        enclosed[0] = False
-        if max_hole_radius_mm is not None and enclosed.any():
-            holes = enclosed[background]
+        holes = _fill_within_slices(mask, axis) & ~mask
+        if max_hole_radius_mm is not None and holes.any():
+            structure = np.zeros((3, 3, 3), bool)
+            index = [slice(None)] * 3
+            index[axis] = 1
+            structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+            pockets, count = ndimage.label(holes, structure=structure)
             depth = _ball_distance(holes, geometry)
-            enclosed &= _label_maximum(background[holes], depth[holes], count) <= max_hole_radius_mm
-        filled |= enclosed[background]
+            thin = _label_maximum(pockets[holes], depth[holes], count) <= max_hole_radius_mm
+            thin[0] = False
+            holes = thin[pockets]
+        filled |= holes
     return filled
 
 
@@ -193,10 +194,23 @@ def _label_maximum(labels_1d: np.ndarray, values_1d: np.ndarray, count: int) -> 
 
 
 def _components(mask: np.ndarray):
-    labels, count = ndimage.label(mask)
+    """6-connected components: labels 1..count and the size of each (index 0 unused)."""
+    labels, count = cc3d.connected_components(np.ascontiguousarray(mask, bool), connectivity=6, return_N=True)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     return labels, count, sizes
+
+
+def _touches(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry) -> bool:
+    """Whether native bone lies within one and a half voxels of the island (fused)."""
+    reach = int(np.ceil(1.5 * max(geometry.spacing_kji) / min(geometry.spacing_kji)))
+    around = _pad_block(island_block, native.shape, reach)
+    near_native = native[around]
+    if not near_native.any():
+        return False
+    inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
+    zone = _ball_distance(~near_native, geometry) <= 1.5 * max(geometry.spacing_kji)
+    return bool(np.any(island & zone[inner]))
 
 
 def _touches_border(block, shape) -> bool:
@@ -219,6 +233,28 @@ def at_least(values: np.ndarray, threshold: float) -> np.ndarray:
             return np.zeros(values.shape, bool)
         return values >= values.dtype.type(max(limit, info.min))
     return values >= values.dtype.type(threshold)
+
+
+def extent_at_least(values: np.ndarray, threshold: float, slab_voxels: int = 8_000_000):
+    """Bounding slices of the voxels ``>= threshold`` (None if there are none).
+
+    Read slab by slab, so a full CT never needs a full-size mask; the slab's mask
+    memory is reused from one slab to the next.
+    """
+    shape = values.shape
+    step = max(1, slab_voxels // max(shape[1] * shape[2], 1))
+    along_k = np.zeros(shape[0], bool)
+    along_j = np.zeros(shape[1], bool)
+    along_i = np.zeros(shape[2], bool)
+    for start in range(0, shape[0], step):
+        slab = at_least(values[start:start + step], threshold)
+        across_i = slab.any(axis=2)
+        along_k[start:start + step] = across_i.any(axis=1)
+        along_j |= across_i.any(axis=0)
+        along_i |= slab.any(axis=(0, 1))
+    if not along_k.any():
+        return None
+    return tuple(slice(int(np.argmax(a)), int(len(a) - np.argmax(a[::-1]))) for a in (along_k, along_j, along_i))
 
 
 def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask=None):
@@ -400,23 +436,25 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     labelmap = np.zeros(ct_hu.shape, np.uint16)
 
     report(progress, 0.05, "Thresholding bone")
-    # Native bone is judged on all bone given (the caller adds context around an ROI);
-    # islands are reported where they meet the ROI.
-    bone, metal = bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, None)
-    if metal.any():
-        warnings.append(f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, {np.count_nonzero(metal) * geometry.voxel_volume_ml:.1f} mL)"
-                        f" was found and excluded with a {METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to "
-                        "metal may be missed because of artefacts.")
-    if not bone.any() or (roi_mask is not None and not np.any(bone & roi_mask)):
+    # Work inside the block that holds bone (metal is denser still, so it lies inside
+    # too): the rest of the volume is soft tissue and air.
+    bone_extent = extent_at_least(ct_hu, bone_threshold_hu)
+    block = _pad_block(bone_extent, ct_hu.shape, 3) if bone_extent is not None else None
+    if block is not None:
+        ct_block = ct_hu[block]
+        block_geometry = geometry.cropped(block)
+        # Native bone is judged on all bone given (the caller adds context around an
+        # ROI); islands are reported where they meet the ROI.
+        bone_block, metal = bone_and_metal_masks(ct_block, block_geometry, bone_threshold_hu, None)
+        if metal.any():
+            warnings.append(f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, "
+                            f"{np.count_nonzero(metal) * geometry.voxel_volume_ml:.1f} mL) was found and excluded "
+                            f"with a {METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to metal may be missed "
+                            "because of artefacts.")
+    if block is None or not bone_block.any() or (roi_mask is not None and not np.any(bone_block & roi_mask[block])):
         warnings.append(f"No voxel reaches the bone threshold ({bone_threshold_hu:.0f} HU) in the analysed region: "
                         "no bone, so no HO.")
         return OssificationResult(labelmap, [], np.zeros(ct_hu.shape, bool), warnings, parameters)
-
-    # Work inside the block that holds bone: the rest of the volume is soft tissue and air.
-    block = _pad_block(ndimage.find_objects(bone.astype(np.uint8))[0], ct_hu.shape, 3)
-    ct_block = ct_hu[block]
-    block_geometry = geometry.cropped(block)
-    bone_block = bone[block]
     min_voxels = max(min_island_ml / geometry.voxel_volume_ml, 1.0)
 
     report(progress, 0.2, "Finding native bone")
@@ -427,7 +465,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                        if native_block.any() else native_block)
         native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, block_geometry)
         candidates = fill_island_marrow(bone_block & ~native_zone, block_geometry)
-        fused_zone = _ball_distance(~native_zone, block_geometry) <= 1.5 * max(block_geometry.spacing_kji)
+        fused_to = native_zone
         native_used = native_block
         excluded = native_zone
     else:
@@ -445,7 +483,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         native_used = native_used & ~fused
         candidates = fill_island_marrow(bone_block & ~native_used, block_geometry)
         excluded = native_used
-        fused_zone = _ball_distance(~native_used, block_geometry) <= 1.5 * max(block_geometry.spacing_kji)
+        fused_to = native_used
 
     report(progress, 0.6, "Measuring islands")
     labels, count, sizes = _components(candidates)
@@ -469,6 +507,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
 
     islands.sort(key=lambda item: -np.count_nonzero(item[1]))
     results = []
+    result_blocks = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
         target = labelmap_block[island_block]
@@ -481,13 +520,14 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             mean_hu=float(values.mean()),
             max_hu=float(values.max()),
             centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(kji)[0]),
-            fused_to_native_bone=bool(np.any(island & fused_zone[island_block])),
+            fused_to_native_bone=_touches(island, fused_to, island_block, block_geometry),
             maturity=classify_maturity(ct_block[island_block], island, block_geometry.cropped(island_block)),
         ))
+        result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
     native_full = np.zeros(ct_hu.shape, bool)
     native_full[block] = native_used
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
-    return OssificationResult(labelmap, results, native_full, warnings, parameters)
+    return OssificationResult(labelmap, results, native_full, warnings, parameters, result_blocks)

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from . import contact as contact_module
 from . import measurements, nerve, ossification
@@ -246,10 +245,8 @@ class HOSciaticAnalysis:
         report(progress, 0.9, "Writing HO segments")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         segmentation_node = scene_io.ensure_segmentation_node(self.scene, segmentation_node, SEGMENTATION_NAME, ct_volume_node)
-        island_blocks = ndimage.find_objects(result.labelmap)
         masks = {}
-        for island in result.islands:
-            island_block = island_blocks[island.label - 1]
+        for island, island_block in zip(result.islands, result.island_blocks):
             masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
                 result.labelmap[island_block] == island.label,
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
