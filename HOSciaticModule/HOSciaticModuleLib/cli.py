@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -205,6 +207,20 @@ def _stage(timings: dict | None, name: str):
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def _load_in_background(module_name: str) -> threading.Thread:
+    """Import a module on a worker thread; a failure is left for the main thread's own
+    import to report."""
+    import SimpleITK  # noqa: F401  (imported here first, so the two threads never import the same module)
+
+    def load():
+        with contextlib.suppress(Exception):
+            importlib.import_module(module_name)
+
+    thread = threading.Thread(target=load, name=f"hosciatic-import-{module_name}", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -> Path:
     """Run the whole analysis for parsed ``args``; ``timings`` (optional) receives
     seconds per stage: read, ossification, nerve, metrics, write."""
@@ -216,9 +232,12 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
     with _stage(timings, "read"):
+        # Slicer's libraries load on another thread while the image is read.
+        loader = _load_in_background("slicer")
         image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image",
                             keep_image=not args.no_scene)
         seeds = _load_seeds(args.nerve_seeds)
+        loader.join()
     if args.modality == "mr" and (args.roi or args.bones):
         raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
                          "(--modality mr) only traces the nerve. Remove them or give the CT.")

@@ -32,6 +32,7 @@ Definitions (the figures a surgeon plans the excision from):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,9 +51,9 @@ SECTION_RAYS = 180
 FAR_RAY_STRIDE = 6
 #: Longest section ray: beyond the half-width of the largest swollen sciatic nerve (about 25 mm wide).
 SECTION_MAX_RADIUS_MM = 16.0
-SECTION_STEP_MM = 0.5
-#: Halvings of the step around each boundary crossing (0.5 mm / 2^5 = 0.016 mm).
-SECTION_BISECTIONS = 5
+SECTION_STEP_MM = 1.0
+#: Halvings of the step around each boundary crossing (1 mm / 2^6 = 0.016 mm).
+SECTION_BISECTIONS = 6
 #: Encasement at or above this counts as surrounded (the boundary is sampled every 2 deg).
 CIRCUMFERENTIAL_DEG = 359.0
 #: Stations on each side of a contact run used to fit the undeflected course.
@@ -378,10 +379,46 @@ def _summary(distance, sections, points, s_mm, tolerance):
     return encasement, contact_arc, in_contact, runs
 
 
+#: Cross-sections of the last few nerves measured: after an edit of an HO segment only
+#: the HO side of the measurement is redone.
+_SECTIONS_CACHE: dict = {}
+_SECTIONS_CACHE_SIZE = 4
+
+
+def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np.ndarray):
+    """Surface voxel boxes of the nerve, the block around it where contact is looked
+    for, and its cross-sections at ``points``.
+
+    The sections are in RAS and depend on the nerve alone, so they are kept (keyed by
+    the nerve's voxels where they lie, and the stations) while the caller's working
+    block changes with the HO.
+    """
+    nerve_block = ndimage.find_objects(nerve_mask.view(np.uint8))[0]
+    nerve_surface = surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
+    # Contact happens next to the nerve: smooth fields only in a block around it.
+    corners = geometry.kji_to_ras_points([[s.start for s in nerve_block], [s.stop - 1 for s in nerve_block]])
+    crop = geometry.bounding_slices_of_ras_box(np.vstack([corners, points]), CONTACT_MARGIN_MM)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.packbits(nerve_mask[nerve_block]).tobytes())
+    for part in (np.asarray([s.stop - s.start for s in nerve_block]), geometry.cropped(nerve_block).ijk_to_ras,
+                 np.asarray([s.stop - s.start for s in crop])):
+        digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    key = digest.hexdigest()
+    cached = _SECTIONS_CACHE.get(key)
+    # Stations read back from a curve node differ in the last float digits.
+    if cached is None or cached[0].shape != points.shape or np.abs(cached[0] - points).max() > 1e-3:
+        while len(_SECTIONS_CACHE) >= _SECTIONS_CACHE_SIZE:
+            _SECTIONS_CACHE.pop(next(iter(_SECTIONS_CACHE)))
+        cached = (points.copy(), nerve_sections(smoothed_field(nerve_mask[crop]), geometry.cropped(crop), points))
+        _SECTIONS_CACHE[key] = cached
+    return VoxelBoxes(nerve_surface, geometry), crop, cached[1]
+
+
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
                     progress: ProgressCallback = None) -> NerveContact:
     """Contact and encasement figures of one nerve against every HO island."""
+    nerve_mask = np.asarray(nerve_mask, bool)
     if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji:
         raise InputError("The nerve and HO masks do not match the volume grid; resample them onto the CT.")
     if not nerve_mask.any():
@@ -396,15 +433,8 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     report(progress, 0.05, "Sampling nerve cross-sections")
     points = resample_polyline(centreline, STATION_SPACING_MM)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    nerve_block = ndimage.find_objects(nerve_mask.astype(np.uint8))[0]
-    nerve_surface = surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
-    nerve_boxes = VoxelBoxes(nerve_surface, geometry)
-    # Contact happens next to the nerve: smooth fields only in a block around it.
-    crop = geometry.bounding_slices_of_ras_box(
-        np.vstack([geometry.kji_to_ras_points([[s.start for s in nerve_block], [s.stop - 1 for s in nerve_block]]),
-                   points]), CONTACT_MARGIN_MM)
+    nerve_boxes, crop, sections = _nerve_geometry(nerve_mask, geometry, points)
     crop_geometry = geometry.cropped(crop)
-    sections = nerve_sections(smoothed_field(nerve_mask[crop]), crop_geometry, points)
     flat_boundary = sections.boundary.reshape(-1, 3)
 
     report(progress, 0.3, "Measuring distances to HO")

@@ -369,14 +369,24 @@ class _IndexSampler:
             masks = self._nearest_mask(flat).reshape(kji.shape[:-1])
         return values, masks
 
+    def at_index(self, kji):
+        """Values (and exclusion) at continuous indices ``kji`` of shape (..., 3)."""
+        flat = kji.reshape(-1, 3).T
+        values = ndimage.map_coordinates(self.image, flat, order=1, mode="nearest").reshape(kji.shape[:-1])
+        masks = None if self.excluded is None else self._nearest_mask(flat).reshape(kji.shape[:-1])
+        return values, masks
+
     def _nearest_mask(self, flat_kji):
         """Exclusion at the nearest voxel, by direct indexing (sampling a mask needs no
-        interpolation)."""
-        index = np.rint(flat_kji).astype(np.intp)
-        shape = np.asarray(self.excluded.shape)[:, None]
-        outside = np.any((index < 0) | (index >= shape), axis=0)
-        np.clip(index, 0, shape - 1, out=index)
-        return self.excluded[index[0], index[1], index[2]] | outside
+        interpolation); points off the grid count as excluded."""
+        index = np.rint(flat_kji).astype(np.int32)
+        shape = self.excluded.shape
+        lowest, highest = index.min(axis=1), index.max(axis=1)
+        flat_index = np.ravel_multi_index(index, shape, mode="clip")
+        found = self.excluded.ravel()[flat_index]
+        if np.any(lowest < 0) or np.any(highest >= np.asarray(shape)):
+            found |= np.any((index < 0) | (index >= np.asarray(shape)[:, None]), axis=0)
+        return found
 
 
 def _inside(values, masks, appearance, level=None):
@@ -403,8 +413,13 @@ def _section_depth(sampler, points, u, v, appearance):
     offsets = np.arange(-reach, reach + 1) * CORE_GRID_MM
     du, dv = (grid.ravel() for grid in np.meshgrid(offsets, offsets, indexing="ij"))
     plane = points[:, None, :] + du[None, :, None] * u[:, None, :] + dv[None, :, None] * v[:, None, :]
-    values, masks = sampler.rays(plane, np.zeros_like(plane), np.zeros(1))
-    inside = _inside(values[..., 0], None if masks is None else masks[..., 0], appearance)
+    # The plane is laid out in index space directly: the RAS-to-index map is linear.
+    to_index = sampler.linear
+    plane_kji = (sampler.geometry.ras_to_kji_points(points).astype(np.float32)[:, None, :]
+                 + du.astype(np.float32)[None, :, None] * (u @ to_index.T).astype(np.float32)[:, None, :]
+                 + dv.astype(np.float32)[None, :, None] * (v @ to_index.T).astype(np.float32)[:, None, :])
+    values, masks = sampler.at_index(plane_kji)
+    inside = _inside(values, masks, appearance)
     inside = inside.reshape(len(points), len(offsets), len(offsets))
     # A huge spacing between stations keeps the transform within each plane.
     depth = edt.edt(np.ascontiguousarray(inside, np.uint8), anisotropy=(1e6, CORE_GRID_MM, CORE_GRID_MM),
@@ -520,22 +535,48 @@ def radii_about_centreline(points: np.ndarray, boundary: np.ndarray) -> np.ndarr
 
 
 def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
-    """Voxels inside the star-shaped cross-sections swept along the centreline."""
+    """Voxels inside the star-shaped cross-sections swept along the centreline.
+
+    Each voxel belongs to the section of its nearest centreline point. Only voxels
+    within reach of the centreline (a distance transform from it) are looked at, so
+    a long or oblique nerve does not cost its whole bounding block.
+    """
+    import edt
+
     mask = np.zeros(geometry.shape_kji, bool)
     tangents, u, v = frames(points)
     reach = float(np.max(radii)) + 1.0
     block = geometry.bounding_slices_of_ras_box(points, reach)
     if any(s.stop <= s.start for s in block):
         return mask
-    grid = geometry.voxel_ras_grid(block).reshape(-1, 3).astype(np.float64)
+    block_geometry = geometry.cropped(block)
     # Sub-stations every 0.25 mm so every voxel finds the section it belongs to.
     dense = resample_polyline(points, 0.25)
     station_of_dense = np.clip(np.round(np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
                                         / STATION_SPACING_MM).astype(int), 0, len(points) - 1)
+    shape = tuple(s.stop - s.start for s in block)
+    line_kji = np.clip(np.rint(block_geometry.ras_to_kji_points(dense)).astype(int), 0, np.array(shape) - 1)
+    # Rounding moves the line by up to half a voxel diagonal: widen the reach by that.
+    slack = 0.5 * float(np.linalg.norm(block_geometry.spacing_kji))
+    station_reach = radii.max(axis=1) + 1.0
+    # Most sections are small; the few wide ones (a swelling, a leak) get their own
+    # wider tube instead of widening the whole nerve's.
+    typical = float(np.percentile(station_reach, 90))
+    near_line = np.zeros(int(np.prod(shape)), bool)
+    for stations, tube in ((np.ones(len(points), bool), typical), (station_reach > typical, reach)):
+        if not stations.any():
+            continue
+        off_line = np.ones(shape, np.uint8)
+        off_line[tuple(line_kji[stations[station_of_dense]].T)] = 0
+        depth = edt.edt(off_line, anisotropy=block_geometry.spacing_kji, black_border=False, parallel=0)
+        near_line |= depth.ravel() <= tube + slack
+    candidates = np.flatnonzero(near_line)
+    grid = block_geometry.kji_to_ras_points(np.column_stack(np.unravel_index(candidates, shape)))
     distance, nearest = cKDTree(dense).query(grid, distance_upper_bound=reach, workers=-1)
-    near = np.isfinite(distance)
-    station = station_of_dense[nearest[near]]
-    offset = grid[near] - dense[nearest[near]]
+    near = np.flatnonzero(np.isfinite(distance))
+    nearest = nearest[near]
+    station = station_of_dense[nearest]
+    offset = grid[near] - dense[nearest]
     along = np.einsum("ij,ij->i", offset, tangents[station])
     uu = np.einsum("ij,ij->i", offset, u[station])
     vv = np.einsum("ij,ij->i", offset, v[station])
@@ -544,11 +585,11 @@ def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     upper = (lower + 1) % RAY_COUNT
     fraction = angle - np.floor(angle)
     boundary = (1 - fraction) * radii[station, lower] + fraction * radii[station, upper]
-    is_end = (nearest[near] == 0) | (nearest[near] == len(dense) - 1)
+    is_end = (nearest == 0) | (nearest == len(dense) - 1)
     inside = (np.hypot(uu, vv) <= boundary) & (~is_end | (np.abs(along) <= 0.5 * STATION_SPACING_MM))
-    flat = np.zeros(len(grid), bool)
-    flat[np.flatnonzero(near)[inside]] = True
-    mask[block] = flat.reshape(tuple(s.stop - s.start for s in block))
+    block_mask = np.zeros(int(np.prod(shape)), bool)
+    block_mask[candidates[near[inside]]] = True
+    mask[block] = block_mask.reshape(shape)
     return mask
 
 
