@@ -11,7 +11,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from HOSciaticModuleLib import cli
-from HOSciaticModuleLib.imageio import read_markups_json
+from HOSciaticModuleLib.imageio import read_markups_json, read_volume
 from HOSciaticModuleLib.imageio import write_volume
 from HOSciaticModuleLib.phantom import generate_phantom, write_markups_points_json, write_phantom_case
 
@@ -157,3 +157,23 @@ def test_too_few_seed_points_refused(tmp_path, case):
     _assert_clean_refusal(_run_cli_subprocess(
         ["analyze", str(paths["image"]), "--out", str(out), "--nerve-seeds", str(seeds), "--no-scene"], tmp_path),
         out, "seed")
+
+
+def test_scene_bundle_holds_the_ct(case, analysed):
+    """The CT, written on a second thread while the analysis ran, loads back from the
+    bundle with its voxels and geometry, beside the segmentation and tables."""
+    from HOSciaticModuleLib import scene as scene_io
+    from HOSciaticModuleLib.mrml_app import create_headless_slicer
+
+    phantom, paths = case
+    _, out, _ = analysed
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(out / "scene.mrb"))
+    volume = fresh.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    assert volume is not None and volume.GetImageData() is not None
+    voxels, geometry = scene_io.array_from_volume(volume, "CT")
+    written = read_volume(paths["image"])
+    assert np.array_equal(voxels, written.array)
+    assert np.allclose(geometry.ijk_to_ras, written.geometry.ijk_to_ras, atol=1e-4)
+    assert fresh.GetFirstNodeByClass("vtkMRMLSegmentationNode") is not None
+    assert fresh.GetFirstNodeByName("HO islands") is not None

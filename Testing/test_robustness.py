@@ -112,6 +112,15 @@ def test_output_path_that_is_a_file_is_refused(tmp_path, ct_case):
     assert out.read_text() == "already here"
 
 
+def test_output_folder_that_cannot_be_created_is_refused(tmp_path, ct_case):
+    _, paths = ct_case
+    blocker = tmp_path / "a file"
+    blocker.write_text("in the way")
+    result = run_cli("analyze", paths["image"], "--out", blocker / "out")
+    assert result.returncode == 2 and "cannot be created" in result.stderr and "Traceback" not in result.stderr
+    assert blocker.read_text() == "in the way"
+
+
 def test_unknown_option_is_refused_without_usage_dump(tmp_path, ct_case):
     _, paths = ct_case
     result = run_cli("analyze", paths["image"], "--out", tmp_path / "o", "--bone-threshold", "lots")

@@ -221,6 +221,14 @@ def _load_in_background(module_name: str) -> threading.Thread:
     return thread
 
 
+def _create_output_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"The output folder '{out_dir}' cannot be created ({error.strerror or error}). "
+                         "Choose a folder you can write to for --out.") from None
+
+
 def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -> Path:
     """Run the whole analysis for parsed ``args``; ``timings`` (optional) receives
     seconds per stage: read, ossification, nerve, metrics, write."""
@@ -251,9 +259,12 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
         volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
         # The scene shares the CT's memory: one copy of the voxels, however large the CT.
         volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name, copy=False)
-    # The bundle's copy of the CT is compressed on the other core while the analysis runs.
-    volume_writer = (export.BackgroundVolumeWriter(image.sitk_image) if image.sitk_image is not None
-                     else None)
+    # The bundle's copy of the CT is compressed on the other core while the analysis
+    # runs, in a private folder of the output folder (where the bundle will go).
+    volume_writer = None
+    if image.sitk_image is not None:
+        _create_output_folder(out_dir)
+        volume_writer = export.BackgroundVolumeWriter(image.sitk_image, out_dir)
     image.sitk_image = None
     try:
         _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir,

@@ -165,7 +165,8 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> Non
     instead of written again. The scene's own file names are restored afterwards.
     """
     prewritten = dict(prewritten or {})
-    with tempfile.TemporaryDirectory(prefix="hosciatic-mrb-") as work:
+    # Work beside the bundle: a full CT is not copied between file systems.
+    with tempfile.TemporaryDirectory(prefix=".hosciatic-partial-mrb-", dir=path.parent) as work:
         root = Path(work) / path.stem
         data = root / "Data"
         data.mkdir(parents=True)
@@ -239,10 +240,10 @@ class BackgroundVolumeWriter:
     of after it. :meth:`result` waits for the file; :meth:`discard` waits and removes it.
     """
 
-    def __init__(self, sitk_image):
+    def __init__(self, sitk_image, folder: Path | None = None):
         import SimpleITK as sitk
 
-        self._folder = Path(tempfile.mkdtemp(prefix="hosciatic-volume-"))
+        self._folder = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-volume-", dir=folder))
         self.path = self._folder / "volume.nrrd"
         self._error: Exception | None = None
 
