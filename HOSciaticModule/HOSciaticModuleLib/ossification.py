@@ -182,8 +182,23 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
 
 
 def fill_island_marrow(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
-    """Marrow of HO islands: cavities closed in 3D, and thin ones sealed within slices."""
-    return fill_cavities(mask) | fill_slice_cavities(mask, geometry, SLICE_MARROW_MAX_RADIUS_MM)
+    """Marrow of HO islands: cavities closed in 3D, and thin ones sealed within slices.
+
+    Each group of touching bone is filled inside its own bounding box: HO islands
+    are small and scattered, and the block of a whole pelvis is large. Groups are
+    26-connected, so no cavity is enclosed by two groups together.
+    """
+    filled = mask.copy()
+    groups = cc3d.connected_components(np.ascontiguousarray(mask, bool), connectivity=26)
+    for label, box in enumerate(ndimage.find_objects(groups), start=1):
+        # A pocket needs at least 3 x 3 voxels in some plane.
+        if box is None or sum(s.stop - s.start >= 3 for s in box) < 2:
+            continue
+        padded = _pad_block(box, mask.shape, 1)
+        group = groups[padded] == label
+        group_geometry = geometry.cropped(padded)
+        filled[padded] |= fill_cavities(group) | fill_slice_cavities(group, group_geometry, SLICE_MARROW_MAX_RADIUS_MM)
+    return filled
 
 
 def _label_maximum(labels_1d: np.ndarray, values_1d: np.ndarray, count: int) -> np.ndarray:
@@ -195,8 +210,10 @@ def _label_maximum(labels_1d: np.ndarray, values_1d: np.ndarray, count: int) -> 
 
 def _components(mask: np.ndarray):
     """6-connected components: labels 1..count and the size of each (index 0 unused)."""
-    labels, count = cc3d.connected_components(np.ascontiguousarray(mask, bool), connectivity=6, return_N=True)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    mask = np.ascontiguousarray(mask, bool)
+    labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
+    # Counted over the mask's voxels only: a bone mask is a few percent of its block.
+    sizes = np.bincount(labels[mask], minlength=count + 1)
     sizes[0] = 0
     return labels, count, sizes
 
@@ -219,6 +236,20 @@ def _touches_border(block, shape) -> bool:
 
 def _pad_block(block, shape, margin):
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
+
+
+def _bounding_block(mask: np.ndarray, margin_voxels: int, margin_mm: float = 0.0,
+                    geometry: VolumeGeometry | None = None):
+    """Bounding slices of ``mask`` (which must not be empty), padded by ``margin_voxels``
+    plus ``margin_mm`` converted per axis."""
+    extra = (np.ceil(margin_mm / np.asarray(geometry.spacing_kji)).astype(int) if geometry is not None
+             else np.zeros(3, int))
+    block = []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        pad = margin_voxels + int(extra[axis])
+        block.append(slice(max(int(present[0]) - pad, 0), min(int(present[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(block)
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,9 +372,24 @@ def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min
     # Skins a voxel or two thick along the envelope (partial volume on a curved cortex)
     # would join real outgrowths to far-away edges; open them away first.
     skin = RESIDUAL_SKIN_MM
-    residual_core = _ball_distance(residual, geometry) >= skin
+    residual_core = np.zeros_like(residual)
+    residual_block = _bounding_block(residual, 1)
+    residual_core[residual_block] = _ball_distance(residual[residual_block], geometry) >= skin
     if not residual_core.any():
         return np.zeros_like(residual)
+    # The rest happens within a few mm of the residual's core (its skin, then the
+    # protrusion test and the skin given back): that block gives the same answer.
+    work = _bounding_block(residual_core, 1, 2.0 * skin + FUSED_MIN_PROTRUSION_MM, geometry)
+    work_geometry = geometry.cropped(work)
+    outgrowths = np.zeros_like(residual)
+    outgrowths[work] = _outgrowths_near_core(residual_core[work], residual[work], envelope[work], work_geometry,
+                                             min_voxels, region_edge[work])
+    return outgrowths
+
+
+def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxels, region_edge):
+    """Residual parts kept as fused HO (see :func:`fused_outgrowths`)."""
+    skin = RESIDUAL_SKIN_MM
     opened = (_ball_distance(~residual_core, geometry) <= skin) & residual
     depth = _ball_distance(~envelope, geometry)
     labels, count, sizes = _components(opened)
