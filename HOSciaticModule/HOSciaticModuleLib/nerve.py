@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +62,9 @@ CENTRELINE_SMOOTHING_MM = 3.0
 RECENTRING_PASSES = 3
 #: Re-centring stops early once no station moves further than this.
 RECENTRING_CONVERGED_MM = 0.1
+#: Threads measuring cross-sections, and the fewest stations worth a thread.
+SECTION_WORKERS = min(4, os.cpu_count() or 1)
+MIN_STATIONS_PER_PART = 40
 #: CT tissue windows used to read levels near the seeds.
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
 CT_FAT_HU = (-190.0, -30.0)
@@ -334,13 +339,23 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
     angles, directions = _ray_directions(u, v, ray_count)
     sampler = _IndexSampler(image, excluded, geometry)
 
-    # Core: the most central nerve-like point of the section near the current point.
-    candidates, depth, offset_mm = _section_depth(sampler, points, u, v, appearance)
-    best = np.argmax(depth - 0.15 * offset_mm[None, :], axis=1)
-    cores = candidates[np.arange(len(points)), best]
+    def measure(stations):
+        # Core: the most central nerve-like point of the section near the current point.
+        candidates, depth, offset_mm = _section_depth(sampler, points[stations], u[stations], v[stations], appearance)
+        best = np.argmax(depth - 0.15 * offset_mm[None, :], axis=1)
+        cores = candidates[np.arange(len(stations)), best]
+        return cores, _ray_radii(sampler, cores, directions[stations], appearance, ray_step_mm)
 
-    radii = _ray_radii(sampler, cores, directions, appearance, ray_step_mm)
-    radii = _clip_leaks(radii)
+    # Sections are independent and their sampling releases the GIL: long nerves are
+    # measured in parts on all cores.
+    parts = np.array_split(np.arange(len(points)), max(1, min(SECTION_WORKERS, len(points) // MIN_STATIONS_PER_PART)))
+    if len(parts) > 1:
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="hosciatic-sections") as executor:
+            measured = list(executor.map(measure, parts))
+    else:
+        measured = [measure(parts[0])]
+    cores = np.concatenate([m[0] for m in measured])
+    radii = _clip_leaks(np.concatenate([m[1] for m in measured]))
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
