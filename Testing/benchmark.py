@@ -3,7 +3,9 @@
     .venv/bin/python Testing/benchmark.py [--cache .benchmark-cache] [--sizes 100,200,300,400] [--repeats 3]
 
 Generates once (and caches) a 512 x 512 x 400 synthetic hip CT at 0.8 x 0.8 x 1.0 mm
-with HO and a sciatic nerve of about 300 mm, then, each in a fresh process:
+with HO, a sciatic nerve of about 300 mm and the bones of a whole pelvis (both
+femora, hip bones and ischia, iliac wings, sacrum: a bone block as wide as on a
+real hip CT), then, each in a fresh process:
 
 * the bare baseline on the same file: SimpleITK read, BinaryThreshold,
   ConnectedComponent, RelabelComponent;
@@ -18,6 +20,7 @@ This is not a test: it prints figures; targets are stated beside them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import subprocess
@@ -32,16 +35,44 @@ SPACING_IJK = (0.8, 0.8, 1.0)
 TARGETS = {"ratio": 3.0, "peak_gb": 2.5, "recompute_s": 0.5, "trace_s": 2.0}
 
 
+def pelvis_bones():
+    """The rest of a pelvis around the right hip, so the bone block (where the HO
+    search works) is as wide as on a real hip CT: the other femur, both hip-bone
+    bodies, ischia and iliac wings, and the sacrum, all at least 20 mm from the nerve.
+    Offsets are from the case's centre; the body's midline lies 75 mm to the left."""
+    from HOSciaticModuleLib.phantom import BoneSpec
+
+    def mirrored(x: float) -> float:
+        return -150.0 - x
+
+    right = [
+        BoneSpec("ellipsoid", center_offset=(22.0, 58.0, 85.0), semi_axes=(24.0, 20.0, 30.0)),   # acetabulum
+        BoneSpec("ellipsoid", center_offset=(-50.0, 45.0, 160.0), semi_axes=(7.0, 50.0, 40.0),    # iliac wing
+                 cortex_mm=1.5),
+    ]
+    left = [BoneSpec(b.kind, center_offset=(mirrored(b.center_offset[0]),) + tuple(b.center_offset[1:]),
+                     semi_axes=b.semi_axes, cortex_mm=b.cortex_mm) for b in right]
+    left += [
+        BoneSpec("capsule", axis=((mirrored(34.0), 14.0, -250.0), (mirrored(44.0), 16.0, 250.0)), radius_mm=13.0,
+                 cortex_mm=4.0, interior="fatty_marrow"),                                     # left femur
+        BoneSpec("capsule", axis=((mirrored(-30.0), 6.0, -60.0), (mirrored(-26.0), 4.0, 200.0)),  # left ischium
+                 radius_mm=12.0),
+    ]
+    sacrum = BoneSpec("ellipsoid", center_offset=(-75.0, 60.0, 140.0), semi_axes=(30.0, 25.0, 55.0), cortex_mm=1.5)
+    return tuple(right + left + [sacrum])
+
+
 def benchmark_spec():
     from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec
 
     return PhantomSpec(
+        extra_bones=pelvis_bones(),
         nerve_control_points=((-4.0, 2.0, -150.0), (3.0, -2.0, -75.0), (6.0, -4.0, 0.0), (3.0, -1.0, 75.0),
                               (-3.0, 3.0, 150.0)),
         femur_axis=((34.0, 14.0, -250.0), (44.0, 16.0, 250.0)),
         ischium_axis=((-30.0, 6.0, -60.0), (-26.0, 4.0, 200.0)),
         artery_axis=((-14.0, 24.0, -250.0), (-10.0, 22.0, 250.0)),
-        body_center_offset=(-90.0, 10.0), body_semi_axes=(175.0, 125.0),
+        body_center_offset=(-75.0, 10.0), body_semi_axes=(165.0, 125.0),
         thickening_center_s_mm=140.0,
         islands=(
             IslandSpec("wrap", "shell", True, s_start_mm=150.0, s_stop_mm=178.0, sector_deg=270.0, gap_mm=0.0),
@@ -57,8 +88,10 @@ def prepare_case(cache: Path) -> dict:
     from HOSciaticModuleLib.phantom import generate_phantom
 
     cache.mkdir(parents=True, exist_ok=True)
-    image_path = cache / "pelvis_ct.nrrd"
-    centreline_path = cache / "centreline_ras.npy"
+    # Files are named after the case's description: a changed case is generated anew.
+    tag = hashlib.sha1(repr((benchmark_spec(), SHAPE_KJI, SPACING_IJK)).encode()).hexdigest()[:10]
+    image_path = cache / f"pelvis_ct_{tag}.nrrd"
+    centreline_path = cache / f"centreline_ras_{tag}.npy"
     if not image_path.exists() or not centreline_path.exists():
         print(f"Generating the {SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]} benchmark CT (once) ...", flush=True)
         start = time.perf_counter()
@@ -164,8 +197,9 @@ def slab_image(case: dict, cache: Path, slices: int) -> tuple[Path, Path, float]
     """A copy of the CT holding the central ``slices`` slices, with seeds inside it."""
     import SimpleITK as sitk
 
-    path = cache / f"slab_{slices}.nrrd"
-    seeds = cache / f"slab_{slices}_seeds.mrk.json"
+    stem = Path(case["image"]).stem
+    path = cache / f"{stem}_slab_{slices}.nrrd"
+    seeds = cache / f"{stem}_slab_{slices}_seeds.mrk.json"
     image = sitk.ReadImage(str(case["image"]))
     start = (image.GetSize()[2] - slices) // 2
     slab = image[:, :, start:start + slices]

@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.ossification import segment_ossifications
-from HOSciaticModuleLib.phantom import PhantomSpec, generate_phantom
+from HOSciaticModuleLib.phantom import BoneSpec, PhantomSpec, generate_phantom
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -87,6 +87,21 @@ def test_given_native_bone_mask():
     assert_matches_truth(phantom, result)
     assert sum(island.fused_to_native_bone for island in result.islands) == 1
     assert result.parameters["native_bone"] == "given"
+
+
+def test_more_native_bones_are_not_ho():
+    # A hip-bone body (35 mL, cortex over cancellous bone) and a second rod of bone
+    # beside the femur: more skeleton, the same three islands.
+    spec = PhantomSpec(extra_bones=(
+        BoneSpec("ellipsoid", center_offset=(-10.0, 45.0, 40.0), semi_axes=(20.0, 14.0, 30.0)),
+        BoneSpec("capsule", axis=((-40.0, 40.0, -90.0), (-40.0, 40.0, 90.0)), radius_mm=11.0, cortex_mm=3.0,
+                 interior="fatty_marrow"),
+    ))
+    phantom = generate_phantom(spec, **BASE)
+    assert phantom.native_bone_mask.sum() > generate_phantom(**BASE).native_bone_mask.sum()
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == 3
+    assert_matches_truth(phantom, result)
 
 
 def test_no_island_without_ho():

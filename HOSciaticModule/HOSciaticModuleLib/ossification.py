@@ -30,6 +30,8 @@ non-contrast CT or raise the threshold.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cc3d
@@ -81,6 +83,8 @@ CORTEX_RIM_MM = 2.0
 #: A CT in Hounsfield units of any body region holds fat (-190..-30 HU) or air
 #: (-1000 HU); MR signal and other units are not negative.
 HU_FAT_OR_AIR = -50.0
+#: Blocks smaller than this are not worth a thread.
+PARALLEL_MIN_VOXELS = 2_000_000
 
 
 @dataclass
@@ -98,11 +102,21 @@ class OssificationIsland:
 class OssificationResult:
     labelmap: np.ndarray
     islands: list
-    native_bone_mask: np.ndarray
     warnings: list = field(default_factory=list)
     parameters: dict = field(default_factory=dict)
     #: Bounding slices of each island in ``labelmap`` (island n at index n - 1).
     island_blocks: list = field(default_factory=list)
+    #: The native skeleton used, inside the bone's block (``native_bone_slices`` of the CT).
+    native_bone_block: np.ndarray | None = None
+    native_bone_slices: tuple | None = None
+
+    @property
+    def native_bone_mask(self) -> np.ndarray:
+        """The native skeleton used, on the whole CT grid."""
+        mask = np.zeros(self.labelmap.shape, bool)
+        if self.native_bone_block is not None:
+            mask[self.native_bone_slices] = self.native_bone_block
+        return mask
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,8 +178,7 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
     that are filled (see :data:`SLICE_MARROW_MAX_RADIUS_MM`); a pocket's thickness is
     judged in 3D, over the pocket as connected within its plane.
     """
-    filled = mask.copy()
-    for axis in range(3):
+    def holes_along(axis):
         holes = _fill_within_slices(mask, axis) & ~mask
         if max_hole_radius_mm is not None and holes.any():
             structure = np.zeros((3, 3, 3), bool)
@@ -177,6 +190,17 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
             thin = _label_maximum(pockets[holes], depth[holes], count) <= max_hole_radius_mm
             thin[0] = False
             holes = thin[pockets]
+        return holes
+
+    filled = mask.copy()
+    # The three directions are independent, and filling releases the GIL: on a
+    # large block they run side by side.
+    if mask.size >= PARALLEL_MIN_VOXELS:
+        with ThreadPoolExecutor(min(3, os.cpu_count() or 1), thread_name_prefix="hosciatic-fill") as executor:
+            along = list(executor.map(holes_along, range(3)))
+    else:
+        along = [holes_along(axis) for axis in range(3)]
+    for holes in along:
         filled |= holes
     return filled
 
@@ -318,19 +342,19 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
     return (touching & thin)[labels]
 
 
-def estimate_native_skeleton(filled_bone, labels, count, sizes, geometry) -> np.ndarray:
-    """Components that are native bones: big ones, and thick bone cut by the region edge."""
+def estimate_native_components(labels, count, sizes, blocks, geometry) -> np.ndarray:
+    """Which components (index 0..count) are native bones: big ones, and thick bone cut
+    by the region edge. ``blocks`` are the components' bounding slices."""
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
-    blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):
         if native[label] or blocks[label - 1] is None or not _touches_border(blocks[label - 1], labels.shape):
             continue
         block = blocks[label - 1]
         thickness = 2.0 * float(_ball_distance(labels[block] == label, geometry).max())
         native[label] = thickness >= NATIVE_CUT_MIN_THICKNESS_MM
-    return native[labels]
+    return native
 
 
 def region_edge_zone(block, shape) -> np.ndarray:
@@ -500,7 +524,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if block is None or not bone_block.any() or (roi_mask is not None and not np.any(bone_block & roi_mask[block])):
         warnings.append(f"No voxel reaches the bone threshold ({bone_threshold_hu:.0f} HU) in the analysed region: "
                         "no bone, so no HO.")
-        return OssificationResult(labelmap, [], np.zeros(ct_hu.shape, bool), warnings, parameters)
+        return OssificationResult(labelmap, [], warnings, parameters)
     min_voxels = max(min_island_ml / geometry.voxel_volume_ml, 1.0)
 
     report(progress, 0.2, "Finding native bone")
@@ -515,16 +539,20 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         native_used = native_block
         excluded = native_zone
     else:
-        filled = fill_slice_cavities(bone_block) | fill_cavities(bone_block)
+        with ThreadPoolExecutor(1, thread_name_prefix="hosciatic-fill") as executor:
+            closed = executor.submit(fill_cavities, bone_block)
+            filled = fill_slice_cavities(bone_block)
+            filled |= closed.result()
         labels, count, sizes = _components(filled)
-        native_used = estimate_native_skeleton(filled, labels, count, sizes, block_geometry)
+        component_blocks = ndimage.find_objects(labels)
+        is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry)
+        native_used = is_native[labels]
         report(progress, 0.4, "Separating HO fused to native bone")
         fused = np.zeros_like(native_used)
         edge = region_edge_zone(block, ct_hu.shape)
-        native_labels, native_count = ndimage.label(native_used)
-        for label, component_block in enumerate(ndimage.find_objects(native_labels), start=1):
-            padded = _pad_block(component_block, native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
-            component = native_labels[padded] == label
+        for label in np.flatnonzero(is_native):
+            padded = _pad_block(component_blocks[label - 1], native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
+            component = labels[padded] == label
             fused[padded] |= fused_outgrowths(component, block_geometry.cropped(padded), min_voxels, edge[padded])
         native_used = native_used & ~fused
         candidates = fill_island_marrow(bone_block & ~native_used, block_geometry)
@@ -572,8 +600,6 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
-    native_full = np.zeros(ct_hu.shape, bool)
-    native_full[block] = native_used
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
-    return OssificationResult(labelmap, results, native_full, warnings, parameters, result_blocks)
+    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block)

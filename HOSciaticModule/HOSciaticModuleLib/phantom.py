@@ -61,6 +61,20 @@ class IslandSpec:
 
 
 @dataclass
+class BoneSpec:
+    """A further native bone: an ellipsoid (hip bone body, iliac wing, sacrum) or a
+    capsule (a femoral shaft), with a cortex around cancellous bone or fatty marrow."""
+
+    kind: str                                 # 'ellipsoid' or 'capsule'
+    center_offset: tuple = (0.0, 0.0, 0.0)    # ellipsoid centre relative to center_ras
+    semi_axes: tuple = (20.0, 20.0, 20.0)
+    axis: tuple = ((0.0, 0.0, -50.0), (0.0, 0.0, 50.0))   # capsule ends relative to center_ras
+    radius_mm: float = 12.0
+    cortex_mm: float = 2.0
+    interior: str = "cancellous_bone"
+
+
+@dataclass
 class PhantomSpec:
     """Analytic description of the case; every length is in millimetres."""
 
@@ -80,6 +94,8 @@ class PhantomSpec:
     ischium_axis: tuple = ((-30.0, 6.0, -20.0), (-27.0, 4.0, 90.0))
     ischium_radius_mm: float = 12.0
     ischium_cortex_mm: float = 2.0
+    #: More native bone (the rest of a pelvis), for cases as wide as a real hip CT.
+    extra_bones: tuple = ()
     artery_axis: tuple = ((-14.0, 24.0, -90.0), (-10.0, 22.0, 90.0))
     artery_radius_mm: float = 3.0
     calcification_z: tuple = (-50.0, -10.0, 35.0)
@@ -247,6 +263,16 @@ def _paint_block(spec: PhantomSpec, frame: _NerveFrame, points: np.ndarray, valu
         image[ischium <= 0] = values["cortical_bone"]
         image[ischium <= -spec.ischium_cortex_mm] = values["cancellous_bone"]
         native = (femur <= 0) | (ischium <= 0)
+        for bone in spec.extra_bones:
+            if bone.kind == "capsule":
+                distance = _segment_signed_distance(points, center + bone.axis[0], center + bone.axis[1],
+                                                    bone.radius_mm)
+            else:
+                distance = _ellipsoid_signed_distance(points, center + np.asarray(bone.center_offset),
+                                                      bone.semi_axes)
+            image[distance <= 0] = values["cortical_bone"]
+            image[distance <= -bone.cortex_mm] = values[bone.interior]
+            native |= distance <= 0
 
     labels = np.zeros(shape, np.uint8)
     mean_radius = float(np.sqrt(np.prod(spec.nerve_semi_axes)))
