@@ -205,12 +205,13 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
     return filled
 
 
-def fill_island_marrow(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
-    """Marrow of HO islands: cavities closed in 3D, and thin ones sealed within slices.
+def fill_per_group(mask: np.ndarray, fill) -> np.ndarray:
+    """``mask`` with ``fill(group, block)`` added for each group of touching voxels,
+    each inside its own bounding ``block`` (padded by a voxel).
 
-    Each group of touching bone is filled inside its own bounding box: HO islands
-    are small and scattered, and the block of a whole pelvis is large. Groups are
-    26-connected, so no cavity is enclosed by two groups together.
+    Groups are 26-connected, so no cavity is enclosed by two groups together: the
+    result is that of filling the whole mask at once, but separate bones and small
+    scattered islands cost their own boxes, not the whole bone block.
     """
     filled = mask.copy()
     groups = cc3d.connected_components(np.ascontiguousarray(mask, bool), connectivity=26)
@@ -219,10 +220,27 @@ def fill_island_marrow(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray
         if box is None or sum(s.stop - s.start >= 3 for s in box) < 2:
             continue
         padded = _pad_block(box, mask.shape, 1)
-        group = groups[padded] == label
-        group_geometry = geometry.cropped(padded)
-        filled[padded] |= fill_cavities(group) | fill_slice_cavities(group, group_geometry, SLICE_MARROW_MAX_RADIUS_MM)
+        filled[padded] |= fill(groups[padded] == label, padded)
     return filled
+
+
+def fill_bone_cavities(mask: np.ndarray) -> np.ndarray:
+    """Cavities closed in 3D and pockets closed within slices, of any size (marrow of
+    native bones, whole or cut by the field of view)."""
+    def fill(group, _):
+        if group.size < PARALLEL_MIN_VOXELS:
+            return fill_slice_cavities(group) | fill_cavities(group)
+        with ThreadPoolExecutor(1, thread_name_prefix="hosciatic-fill") as executor:
+            closed = executor.submit(fill_cavities, group)
+            return fill_slice_cavities(group) | closed.result()
+
+    return fill_per_group(mask, fill)
+
+
+def fill_island_marrow(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Marrow of HO islands: cavities closed in 3D, and thin ones sealed within slices."""
+    return fill_per_group(mask, lambda group, block: fill_cavities(group) | fill_slice_cavities(
+        group, geometry.cropped(block), SLICE_MARROW_MAX_RADIUS_MM))
 
 
 def _label_maximum(labels_1d: np.ndarray, values_1d: np.ndarray, count: int) -> np.ndarray:
@@ -539,10 +557,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         native_used = native_block
         excluded = native_zone
     else:
-        with ThreadPoolExecutor(1, thread_name_prefix="hosciatic-fill") as executor:
-            closed = executor.submit(fill_cavities, bone_block)
-            filled = fill_slice_cavities(bone_block)
-            filled |= closed.result()
+        filled = fill_bone_cavities(bone_block)
         labels, count, sizes = _components(filled)
         component_blocks = ndimage.find_objects(labels)
         is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry)
