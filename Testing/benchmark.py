@@ -140,6 +140,17 @@ def worker_baseline(image: str) -> dict:
     return {"seconds": time.perf_counter() - start, "components": count, "peak_gb": peak_memory_gb()}
 
 
+def worker_import() -> dict:
+    """Loading Slicer's MRML libraries, a fixed cost of every ``hosciatic`` process
+    (the baseline's own library import is not timed)."""
+    import SimpleITK  # noqa: F401
+
+    start = time.perf_counter()
+    import slicer  # noqa: F401
+
+    return {"seconds": time.perf_counter() - start}
+
+
 def worker_analyze(image: str, seeds: str, out: str) -> dict:
     from HOSciaticModuleLib import cli
 
@@ -219,7 +230,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         name, *rest = args.worker
-        result = {"baseline": worker_baseline, "analyze": worker_analyze, "scene": worker_scene}[name](*rest)
+        result = {"baseline": worker_baseline, "analyze": worker_analyze, "scene": worker_scene,
+                  "import": worker_import}[name](*rest)
         print(json.dumps(result))
         return
 
@@ -250,6 +262,9 @@ def main() -> None:
     for stage in ("read", "ossification", "nerve", "metrics", "write"):
         print(f"  {stage:<13}{analyzed['stages'].get(stage, 0.0):8.2f} s")
     print(f"Ratio analyze / baseline: {ratio:.2f} (target <= {TARGETS['ratio']})")
+    loading = sorted(run_worker("import")["seconds"] for _ in range(3))[1]
+    print(f"  loading Slicer's MRML libraries alone takes {loading:.2f} s per process (in analyze it overlaps "
+          "reading the CT; the baseline's SimpleITK import is not timed)")
 
     scene = run_worker("scene", str(case["image"]), str(seeds))
     print(f"\nTracing {scene['nerve_length_mm']:.0f} mm of nerve: {scene['trace_seconds']:.2f} s "
