@@ -84,13 +84,21 @@ class NerveTrace:
     min_diameter_mm: np.ndarray
     max_diameter_mm: np.ndarray
     boundary_ras: list
-    mask: np.ndarray
+    mask_block: np.ndarray             # the nerve's voxels inside ``mask_slices`` of the volume
+    mask_slices: tuple
+    volume_shape: tuple
     warnings: list = field(default_factory=list)
-    mask_slices: tuple | None = None   # the block of ``mask`` that can hold nerve voxels
 
     @property
     def length_mm(self) -> float:
         return float(self.s_mm[-1]) if len(self.s_mm) else 0.0
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The nerve's voxels on the whole volume grid."""
+        mask = np.zeros(self.volume_shape, bool)
+        mask[self.mask_slices] = self.mask_block
+        return mask
 
 
 @dataclass
@@ -661,11 +669,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
     if exclusion_mask is not None:
         block_mask &= ~exclusion_mask
-    mask = np.zeros(full_shape, bool)
-    mask[block] = block_mask
     report(progress, 1.0, "Nerve traced")
     return NerveTrace(
         side=side, modality=modality, points_ras=points, s_mm=s_mm, area_mm2=sections.area,
         diameter_mm=np.sqrt(4.0 * sections.area / np.pi), min_diameter_mm=sections.min_width,
-        max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask=mask, warnings=warnings,
-        mask_slices=block)
+        max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask_block=block_mask,
+        mask_slices=block, volume_shape=full_shape, warnings=warnings)

@@ -290,9 +290,9 @@ class HOSciaticAnalysis:
         report(progress, 0.92, "Writing nerve outputs")
         segmentation_node = scene_io.ensure_segmentation_node(
             self.scene, segmentation_node, SEGMENTATION_NAME, volume_node if segmentation_node is None else None)
-        nerve_block = trace.mask_slices or tuple(slice(0, n) for n in geometry.shape_kji)
         segment_id = scene_io.replace_segments(
-            segmentation_node, {nerve_segment_name(side): (trace.mask[nerve_block], tuple(b.start for b in nerve_block))},
+            segmentation_node,
+            {nerve_segment_name(side): (trace.mask_block, tuple(b.start for b in trace.mask_slices))},
             geometry, scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
