@@ -11,6 +11,7 @@ instead of piling up new ones.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -369,12 +370,18 @@ class HOSciaticAnalysis:
         labelmap = self.paste_labels(ho_blocks, full_geometry, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
-        result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
-                                                tolerance_mm=float(tolerance_mm),
-                                                progress=sub_progress(progress, 0.1, 0.7))
-        report(progress, 0.75, "Building surface models")
-        nerve_mesh = contact_module.nerve_surface_distance_mesh(nerve_mask, labelmap, geometry)
-        ho_mesh = contact_module.ho_surface_distance_mesh(labelmap, nerve_mask, geometry) if labelmap.any() else None
+        # The surface models need the masks only: they are built on other threads while
+        # the figures are measured (progress is reported from this thread alone).
+        with ThreadPoolExecutor(2, thread_name_prefix="hosciatic-models") as executor:
+            nerve_mesh_job = executor.submit(contact_module.nerve_surface_distance_mesh, nerve_mask, labelmap, geometry)
+            ho_mesh_job = (executor.submit(contact_module.ho_surface_distance_mesh, labelmap, nerve_mask, geometry)
+                           if labelmap.any() else None)
+            result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
+                                                    tolerance_mm=float(tolerance_mm),
+                                                    progress=sub_progress(progress, 0.1, 0.7))
+            report(progress, 0.75, "Building surface models")
+            nerve_mesh = nerve_mesh_job.result()
+            ho_mesh = ho_mesh_job.result() if ho_mesh_job is not None else None
 
         report(progress, 0.9, "Writing contact outputs")
         stations = self.stations_with_contact(centreline_node, result)
