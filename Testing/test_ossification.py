@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.ossification import segment_ossifications
-from HOSciaticModuleLib.phantom import BoneSpec, PhantomSpec, generate_phantom
+from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -102,6 +102,21 @@ def test_more_native_bones_are_not_ho():
     result = segment_ossifications(phantom.image, phantom.geometry)
     assert len(result.islands) == 3
     assert_matches_truth(phantom, result)
+
+
+def test_island_cut_by_the_field_of_view_is_flagged():
+    # The free island's lower half lies below the last slice (the field of view ends at -75 mm).
+    islands = tuple(IslandSpec(i.name, i.kind, i.mature, center_offset=(16.0, -26.0, -72.0), semi_axes=i.semi_axes)
+                    if i.name == "free" else i for i in PhantomSpec().islands)
+    phantom = generate_phantom(PhantomSpec(islands=islands), **BASE)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    flagged = [w for w in result.warnings if "edge of the image" in w]
+    assert len(flagged) == 1
+    cut = [i for i in result.islands if i.centroid_ras[2] < phantom.spec.center_ras[2] - 60.0]
+    assert len(cut) == 1 and f"HO {cut[0].label} reaches" in flagged[0]
+    # The islands inside the field of view are not flagged.
+    inside = generate_phantom(**BASE)
+    assert not any("edge of the image" in w for w in segment_ossifications(inside.image, inside.geometry).warnings)
 
 
 def test_no_island_without_ho():

@@ -276,6 +276,17 @@ def _touches_border(block, shape) -> bool:
     return any(s.start == 0 or s.stop == n for s, n in zip(block, shape))
 
 
+def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
+    """Whether an island (a mask over ``island_slices`` of the image) has voxels on the
+    image's first or last layer along any axis."""
+    for axis in range(3):
+        present = np.flatnonzero(island.any(axis=tuple(a for a in range(3) if a != axis)))
+        start = island_slices[axis].start
+        if start + present[0] == 0 or start + present[-1] == shape[axis] - 1:
+            return True
+    return False
+
+
 def _pad_block(block, shape, margin):
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
 
@@ -597,6 +608,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     islands.sort(key=lambda item: -np.count_nonzero(item[1]))
     results = []
     result_blocks = []
+    cut_by_edge = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
         target = labelmap_block[island_block]
@@ -613,8 +625,16 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             maturity=classify_maturity(ct_block[island_block], island, block_geometry.cropped(island_block)),
         ))
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
+        if _reaches_image_edge(island, result_blocks[-1], ct_hu.shape):
+            cut_by_edge.append(number)
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
+    if cut_by_edge:
+        names = ", ".join(f"HO {number}" for number in cut_by_edge)
+        warnings.append(f"{names} reach{'es' if len(cut_by_edge) == 1 else ''} the edge of the image: "
+                        f"{'it' if len(cut_by_edge) == 1 else 'each'} may continue outside the field of view (the "
+                        "volume is then a lower bound) or be a sliver of native bone cut by the edge. Check it on "
+                        "the images; a native-bone segmentation removes native bone from the search.")
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block)
