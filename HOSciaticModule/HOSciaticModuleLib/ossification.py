@@ -387,7 +387,8 @@ def estimate_native_components(labels, count, sizes, blocks, geometry) -> np.nda
 
 
 def region_edge_zone(block, shape) -> np.ndarray:
-    """Voxels of the block on the last voxel layer before the analysed region ends.
+    """Voxels of the block (slices of an image of ``shape``) on the image's last voxel
+    layer, where the analysed region ends.
 
     Bone there is cut by the field of view: its shape says nothing about
     outgrowths, so no fused HO is called there.
@@ -574,13 +575,13 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry)
         native_used = is_native[labels]
         report(progress, 0.4, "Separating HO fused to native bone")
-        fused = np.zeros_like(native_used)
-        edge = region_edge_zone(block, ct_hu.shape)
         for label in np.flatnonzero(is_native):
             padded = _pad_block(component_blocks[label - 1], native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
             component = labels[padded] == label
-            fused[padded] |= fused_outgrowths(component, block_geometry.cropped(padded), min_voxels, edge[padded])
-        native_used = native_used & ~fused
+            edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
+                                    ct_hu.shape)
+            # An outgrowth lies within its own component: taking it out leaves the others as they are.
+            native_used[padded] &= ~fused_outgrowths(component, block_geometry.cropped(padded), min_voxels, edge)
         candidates = fill_island_marrow(bone_block & ~native_used, block_geometry)
         excluded = native_used
         fused_to = native_used
