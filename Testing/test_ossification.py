@@ -119,6 +119,18 @@ def test_island_cut_by_the_field_of_view_is_flagged():
     assert not any("edge of the image" in w for w in segment_ossifications(inside.image, inside.geometry).warnings)
 
 
+def test_objects_outside_the_body_are_not_ho():
+    # A wider field of view reaches the air behind the patient, where a dense part of the
+    # table (1 mL, as dense as bone) lies 8 mm behind the skin.
+    table = BoneSpec("ellipsoid", center_offset=(0.0, -86.0, 0.0), semi_axes=(14.0, 3.0, 6.0), cortex_mm=3.0)
+    phantom = generate_phantom(PhantomSpec(extra_bones=(table,)), spacing_ijk=(1.0, 1.0, 2.0),
+                               fov_mm=(120.0, 200.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == 3
+    assert_matches_truth(phantom, result)
+    assert any("surrounded by air" in w and "left out" in w for w in result.warnings)
+
+
 def test_no_island_without_ho():
     phantom = generate_phantom(PhantomSpec(islands=()), **BASE)
     result = segment_ossifications(phantom.image, phantom.geometry)

@@ -83,6 +83,13 @@ CORTEX_RIM_MM = 2.0
 #: A CT in Hounsfield units of any body region holds fat (-190..-30 HU) or air
 #: (-1000 HU); MR signal and other units are not negative.
 HU_FAT_OR_AIR = -50.0
+#: Tissue around an island whose level sets the island's edge and tells where it lies.
+SURROUND_RING_MM = 2.5
+#: HO forms in soft tissue. A bone-dense object surrounded mostly by air (air and the
+#: table's foam pad are below -500 HU; fat is never below -190 HU) lies outside the
+#: body: the table, a positioning aid, an external device.
+OUTSIDE_BODY_HU = -500.0
+OUTSIDE_BODY_AIR_FRACTION = 0.75
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -475,9 +482,20 @@ def _extent_mm(part: np.ndarray, geometry: VolumeGeometry) -> float:
     return 4.0 * float(np.sqrt(max(spread, 0.0)))
 
 
+def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """The tissue within SURROUND_RING_MM of an island, other bone left out."""
+    return (_ball_distance(~island, geometry) <= SURROUND_RING_MM) & ~island & ~other_bone
+
+
+def outside_body(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> bool:
+    """Whether an island is surrounded mostly by air: an object outside the patient."""
+    ring = _surrounding_ring(island, other_bone, geometry)
+    return bool(ring.any()) and float(np.mean(ct_hu[ring] < OUTSIDE_BODY_HU)) >= OUTSIDE_BODY_AIR_FRACTION
+
+
 def refine_boundary(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry, bone_threshold_hu) -> np.ndarray:
     """Move an island's edge to half the step between its bone and the soft tissue around it."""
-    ring = (_ball_distance(~island, geometry) <= 2.5) & ~island & ~other_bone
+    ring = _surrounding_ring(island, other_bone, geometry)
     if not ring.any():
         return island
     background = float(np.median(ct_hu[ring]))
@@ -593,6 +611,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         in_roi[np.unique(labels[roi_mask[block] & (labels > 0)])] = True
         sizes = np.where(in_roi, sizes, 0)
     islands = []
+    outside_count, outside_ml = 0, 0.0
     blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):
         if sizes[label] < min_voxels:
@@ -600,6 +619,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         island_block = _pad_block(blocks[label - 1], labels.shape, 4)
         island = labels[island_block] == label
         other_bone = bone_block[island_block] & ~island
+        if outside_body(ct_block[island_block], island, other_bone, block_geometry.cropped(island_block)):
+            outside_ml += np.count_nonzero(island) * geometry.voxel_volume_ml
+            outside_count += 1
+            continue
         island = refine_boundary(ct_block[island_block], island, other_bone, block_geometry.cropped(island_block),
                                  bone_threshold_hu) & ~excluded[island_block]
         if np.count_nonzero(island) < min_voxels:
@@ -630,6 +653,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             cut_by_edge.append(number)
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
+    if outside_count:
+        warnings.append(f"{outside_count} bone-dense object{'s' if outside_count > 1 else ''} surrounded by air "
+                        f"({outside_ml:.1f} mL) {'were' if outside_count > 1 else 'was'} left out: outside the body "
+                        "(the table, a positioning aid or an external device), not in soft tissue where HO forms.")
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
     if cut_by_edge:
