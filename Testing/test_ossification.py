@@ -6,12 +6,14 @@ never reported as HO (< 1 % of its voxels, no island mostly inside it), no islan
 case without HO, calcifications (about 0.017 mL each) never reported.
 """
 
+import re
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
-from HOSciaticModuleLib.ossification import segment_ossifications
+from HOSciaticModuleLib.ossification import body_midline_r, segment_ossifications
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -129,6 +131,42 @@ def test_objects_outside_the_body_are_not_ho():
     assert len(result.islands) == 3
     assert_matches_truth(phantom, result)
     assert any("surrounded by air" in w and "left out" in w for w in result.warnings)
+
+
+def _mirrored_r(offset_r: float) -> float:
+    """The default phantom's body midline lies 45 mm to the left of its centre."""
+    return -90.0 - offset_r
+
+
+def test_bony_prominence_mirrored_on_the_other_side_is_flagged():
+    # Both hips imaged; a knob sticks 9 mm out of each femur at mirrored places (a normal
+    # prominence such as the lesser trochanter). Both knobs are fused outgrowths by shape;
+    # their mirror images are bone, the real fused HO's is soft tissue.
+    knob = dict(semi_axes=(6.0, 6.0, 8.0), cortex_mm=2.0)
+    spec = PhantomSpec(extra_bones=(
+        BoneSpec("capsule", axis=((_mirrored_r(34.0), 14.0, -90.0), (_mirrored_r(40.0), 16.0, 90.0)),
+                 radius_mm=13.0, cortex_mm=4.0, interior="fatty_marrow"),
+        BoneSpec("capsule", axis=((_mirrored_r(-30.0), 6.0, -20.0), (_mirrored_r(-27.0), 4.0, 90.0)),
+                 radius_mm=12.0),
+        BoneSpec("ellipsoid", center_offset=(20.0, 15.0, -40.0), **knob),
+        BoneSpec("ellipsoid", center_offset=(_mirrored_r(20.0), 15.0, -40.0), **knob),
+    ))
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    offsets = {i.label: np.asarray(i.centroid_ras) - phantom.spec.center_ras for i in result.islands}
+    knobs = sorted(n for n, o in offsets.items() if abs(o[1] - 15.0) < 6.0 and abs(o[2] + 40.0) < 6.0)
+    fused_ho = [n for n, o in offsets.items() if np.linalg.norm(o - (42.0, -2.0, 45.0)) < 8.0]
+    assert len(knobs) == 2 and len(fused_ho) == 1, offsets
+    flagged = [w for w in result.warnings if "mirror image" in w]
+    assert len(flagged) == 1
+    named = sorted(int(n) for n in re.findall(r"HO (\d+)", flagged[0].split(" ha")[0]))
+    assert named == knobs and fused_ho[0] not in named
+
+
+def test_midline_needs_both_sides():
+    phantom = generate_phantom(**BASE)
+    assert body_midline_r(phantom.image >= 200, phantom.geometry) is None
+    assert not any("mirror image" in w for w in segment_ossifications(phantom.image, phantom.geometry).warnings)
 
 
 def test_no_island_without_ho():

@@ -38,7 +38,7 @@ import cc3d
 import edt
 import fill_voids
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
 from .errors import InputError
@@ -90,6 +90,20 @@ SURROUND_RING_MM = 2.5
 #: body: the table, a positioning aid, an external device.
 OUTSIDE_BODY_HU = -500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
+#: Normal bony prominences (ischial spine, trochanters, iliac spines) come in pairs, HO
+#: seldom mirrors itself: a fused island whose mirror image across the body's midline
+#: lies in bone is flagged as possibly normal anatomy. The midline is searched on a
+#: coarse grid; a plane counts when at least half of the bone finds bone in its mirror
+#: image and a fifth of the bone lies more than 50 mm out on each side (a single bone
+#: is symmetric about its own axis, a pelvis about its midline).
+MIRROR_GRID_MM = 4.0
+MIRROR_MIN_SYMMETRY = 0.5
+MIRROR_MIN_LATERAL_MM = 50.0
+MIRROR_MIN_LATERAL_SHARE = 0.2
+#: Left-right differences of normal anatomy and of the patient's position, plus the
+#: coarse midline: an island is mirrored when 80 % of it lands within 4 mm of bone.
+MIRROR_TOLERANCE_MM = 4.0
+MIRROR_MATCH_FRACTION = 0.8
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -509,6 +523,51 @@ def refine_boundary(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry,
     return fill_island_marrow(refined, geometry)
 
 
+def body_midline_r(bone: np.ndarray, geometry: VolumeGeometry) -> float | None:
+    """R coordinate (mm) of the sagittal plane across which ``bone`` is most symmetric,
+    or None when the image does not hold both sides of a pelvis."""
+    # Voxels about half a cell apart are enough to fill the cells.
+    steps = np.maximum(1, np.floor(0.5 * MIRROR_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
+    kji = np.argwhere(bone[::steps[0], ::steps[1], ::steps[2]]) * steps
+    if len(kji) < 1000:
+        return None
+    ras = geometry.kji_to_ras_points(kji)
+    origin = ras.min(axis=0)
+    cells = np.floor((ras - origin) / MIRROR_GRID_MM).astype(int)
+    grid = np.zeros(cells.max(axis=0) + 1, np.float32)
+    grid[tuple(cells.T)] = 1.0
+    # Mirroring across R = origin + (m + 1) * cell / 2 sends cell k to cell m - k along R,
+    # so the overlap for every plane at once is the auto-convolution along R.
+    overlap = signal.fftconvolve(grid, grid, axes=0).sum(axis=(1, 2))
+    symmetry = overlap / grid.sum()
+    r_cells = ras[:, 0]
+    for m in np.argsort(symmetry)[::-1][:5]:
+        if symmetry[m] < MIRROR_MIN_SYMMETRY:
+            break
+        midline = float(origin[0] + (m + 1) * MIRROR_GRID_MM / 2.0)
+        lateral = min(np.mean(r_cells > midline + MIRROR_MIN_LATERAL_MM),
+                      np.mean(r_cells < midline - MIRROR_MIN_LATERAL_MM))
+        if lateral >= MIRROR_MIN_LATERAL_SHARE:
+            return midline
+    return None
+
+
+def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geometry: VolumeGeometry,
+                     midline_r: float) -> bool:
+    """Whether most of an island (a mask over ``island_slices`` of ``bone``'s grid) lands
+    within MIRROR_TOLERANCE_MM of bone when mirrored across the plane R = ``midline_r``."""
+    ras = geometry.kji_to_ras_points(np.argwhere(island) + [s.start for s in island_slices])
+    ras[:, 0] = 2.0 * midline_r - ras[:, 0]
+    box = geometry.bounding_slices_of_ras_box(ras, MIRROR_TOLERANCE_MM + max(geometry.spacing_kji))
+    if any(s.stop <= s.start for s in box):
+        return False
+    near_bone = _ball_distance(~bone[box], geometry.cropped(box)) <= MIRROR_TOLERANCE_MM
+    index = np.rint(geometry.ras_to_kji_points(ras)).astype(int) - [s.start for s in box]
+    inside = np.all((index >= 0) & (index < near_bone.shape), axis=1)
+    matched = np.count_nonzero(near_bone[tuple(index[inside].T)])
+    return matched >= MIRROR_MATCH_FRACTION * len(ras)
+
+
 def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeometry) -> str:
     """'mature' when a cortical rim is clearly denser than the interior (marrow)."""
     depth = _ball_distance(island, geometry)
@@ -526,6 +585,16 @@ def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeo
 # ---------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------
+def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
+    """Numbers of the fused islands that mirror bone on the other side of the body."""
+    fused = [(result, island) for result, island in zip(results, islands) if result.fused_to_native_bone]
+    midline = body_midline_r(filled_bone, geometry) if fused else None
+    if midline is None:
+        return []
+    return [result.label for result, (island_block, island) in fused
+            if mirrored_in_bone(island, island_block, filled_bone, geometry, midline)]
+
+
 def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                           bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
                           min_island_ml: float = DEFAULT_MIN_ISLAND_ML,
@@ -583,11 +652,12 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                        if native_block.any() else native_block)
         native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, block_geometry)
         candidates = fill_island_marrow(bone_block & ~native_zone, block_geometry)
+        filled_bone = bone_block | native_block
         fused_to = native_zone
         native_used = native_block
         excluded = native_zone
     else:
-        filled = fill_bone_cavities(bone_block)
+        filled = filled_bone = fill_bone_cavities(bone_block)
         labels, count, sizes = _components(filled)
         component_blocks = ndimage.find_objects(labels)
         is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry)
@@ -659,6 +729,14 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                         "(the table, a positioning aid or an external device), not in soft tissue where HO forms.")
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
+    mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
+    if mirrored:
+        names = ", ".join(f"HO {number}" for number in mirrored)
+        warnings.append(f"{names} {'has a mirror image' if len(mirrored) == 1 else 'have mirror images'} in bone on "
+                        f"the other side of the body (within {MIRROR_TOLERANCE_MM:.0f} mm): "
+                        f"{'it' if len(mirrored) == 1 else 'each'} may be a normal bony prominence (ischial spine, "
+                        "trochanter, iliac spine) rather than HO. Compare both sides; if it is normal anatomy, delete "
+                        "the segment and recompute contact.")
     if cut_by_edge:
         names = ", ".join(f"HO {number}" for number in cut_by_edge)
         warnings.append(f"{names} reach{'es' if len(cut_by_edge) == 1 else ''} the edge of the image: "
