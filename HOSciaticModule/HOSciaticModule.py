@@ -202,7 +202,12 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     self.logic.ensureDependencies()
                     step()
-                    self.ui.statusLabel.text = f"{title}: done."
+                    # Caveats (metal, thick slices, islands at the image edge, a straying
+                    # path...) stay in view until the next step.
+                    warnings = self.logic.currentWarnings(self._parameterNode)
+                    for warning in warnings:
+                        logging.warning(warning)
+                    self.ui.statusLabel.text = "\n".join([f"{title}: done."] + [f"Warning: {w}" for w in warnings])
                 except AnalysisCancelled:
                     self.ui.statusLabel.text = f"{title}: cancelled; earlier results are unchanged."
         finally:
@@ -321,6 +326,10 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         p.chart = outputs.chart_node
         self._latest.setdefault("contacts", {})[p.side] = outputs
         return outputs
+
+    def currentWarnings(self, p) -> list:
+        """Warnings of the current HO segmentation and nerve tracing."""
+        return self.analysis.recorded_warnings(p.segmentation, p.centreline)
 
     def analyzeAll(self, p, progress=None):
         from HOSciaticModuleLib.progress import sub_progress

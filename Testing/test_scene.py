@@ -90,3 +90,21 @@ def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
     assert table is not None and table.GetNumberOfRows() == len(phantom.islands)
     curve = fresh.GetFirstNodeByName("Sciatic nerve right centreline")
     assert curve is not None and scene_io.curve_measurement(curve, "encasement_deg") is not None
+
+
+def test_warnings_are_kept_on_the_nodes_and_survive_the_bundle(slicer_scene, tmp_path):
+    thick = generate_phantom(spacing_ijk=(1.0, 1.0, 3.5))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, thick.image, thick.geometry, "thick CT")
+    oss = analysis.segment_ossifications(volume)
+    recorded = analysis.recorded_warnings(oss.segmentation_node)
+    assert recorded == oss.result.warnings and any("3.5 mm thick" in w for w in recorded)
+    assert analysis.recorded_warnings(None, None) == []
+    from HOSciaticModuleLib.export import write_scene_bundle
+
+    bundle = tmp_path / "scene.mrb"
+    write_scene_bundle(slicer_scene, bundle)
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(bundle))
+    reloaded = fresh.GetNodesByClassByName("vtkMRMLSegmentationNode", oss.segmentation_node.GetName())
+    assert HOSciaticAnalysis(fresh).recorded_warnings(reloaded.GetItemAsObject(0)) == recorded

@@ -31,6 +31,8 @@ CONTACT_TABLE_NAME = "HO–nerve contact"
 #: Working memory the analysis needs per voxel of the analysed region (the CT itself,
 #: bone masks, label maps and float32 distance maps at their peak).
 BYTES_PER_ANALYSED_VOXEL = 14
+#: Warnings are kept on the output nodes as one attribute, separated by this.
+WARNING_SEPARATOR = " | "
 #: Margin around the nerve and HO segments kept when measuring contact.
 WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
@@ -486,4 +488,15 @@ class HOSciaticAnalysis:
 
     @staticmethod
     def _record_warnings(node, attribute: str, warnings) -> None:
-        node.SetAttribute(attribute, " | ".join(warnings) if warnings else "")
+        node.SetAttribute(attribute, WARNING_SEPARATOR.join(warnings) if warnings else "")
+
+    @staticmethod
+    def recorded_warnings(segmentation_node=None, centreline_node=None) -> list[str]:
+        """The warnings of the last HO segmentation and nerve tracing, as kept on their
+        nodes (so they survive saving and reloading the scene)."""
+        found = []
+        for node, attribute in ((segmentation_node, "HOSciatic.OssificationWarnings"),
+                                (centreline_node, "HOSciatic.NerveWarnings")):
+            text = node.GetAttribute(attribute) if node is not None else None
+            found += [w for w in (text or "").split(WARNING_SEPARATOR) if w]
+        return found
