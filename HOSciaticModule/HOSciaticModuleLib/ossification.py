@@ -20,10 +20,15 @@ The chain, each step a small function below:
 6. **Figures** — volume, mean and max HU, centroid, fused flag, and maturity:
    *mature* when a cortical rim is clearly denser than a marrow interior
    (corticomedullary differentiation), *immature* for amorphous mineralisation.
+7. **Checks** — bone-dense objects surrounded by air lie outside the body (the
+   table, external devices) and are left out; an island at the edge of the image,
+   and a fused island whose mirror image across the body's midline is bone (a
+   normal prominence comes in pairs), are named in warnings for the reader.
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
-bone, and a pointed native process (ischial spine) can be reported as fused HO.
+bone, and a pointed native process (ischial spine) can be reported as fused HO
+(flagged when the other side is imaged and matches).
 Contrast-enhanced vessels above the bone threshold are bone-dense too: analyse a
 non-contrast CT or raise the threshold.
 """
@@ -214,8 +219,8 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
         return holes
 
     filled = mask.copy()
-    # The three directions are independent, and filling releases the GIL: on a
-    # large block they run side by side.
+    # The three directions are independent, and filling mostly runs outside the GIL:
+    # on a large block they run side by side.
     if mask.size >= PARALLEL_MIN_VOXELS:
         with ThreadPoolExecutor(min(3, os.cpu_count() or 1), thread_name_prefix="hosciatic-fill") as executor:
             along = list(executor.map(holes_along, range(3)))
