@@ -169,6 +169,27 @@ def test_midline_needs_both_sides():
     assert not any("mirror image" in w for w in segment_ossifications(phantom.image, phantom.geometry).warnings)
 
 
+def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():
+    # Contrast raises the artery to 320 HU: a 6 mm tube along the whole field of view.
+    # A band of HO along a muscle plane (6 x 24 x 80 mm) is long too, but flat.
+    band = IslandSpec("band", "ellipsoid", True, center_offset=(-40.0, -40.0, 0.0), semi_axes=(3.0, 12.0, 40.0))
+    spec = PhantomSpec(contrast_artery_hu=320.0, islands=PhantomSpec().islands + (band,))
+    phantom = generate_phantom(spec, **BASE)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    offsets = {i.label: np.asarray(i.centroid_ras) - phantom.spec.center_ras for i in result.islands}
+    vessel = [n for n, o in offsets.items() if np.hypot(o[0] + 12.0, o[1] - 23.0) < 4.0]
+    flat = [n for n, o in offsets.items() if np.hypot(o[0] + 40.0, o[1] + 40.0) < 4.0]
+    assert len(vessel) == 1 and len(flat) == 1, offsets
+    flagged = [w for w in result.warnings if "long thin tube" in w]
+    assert len(flagged) == 1
+    assert sorted(int(n) for n in re.findall(r"HO (\d+) \(", flagged[0])) == vessel
+    # The advice names the vessels' level, above which to set the threshold.
+    assert float(re.search(r"reach (\d+) HU", flagged[0]).group(1)) >= 300.0
+    # Without contrast the artery is soft tissue and nothing is vessel-shaped.
+    plain = generate_phantom(PhantomSpec(islands=spec.islands), **BASE)
+    assert not any("long thin tube" in w for w in segment_ossifications(plain.image, plain.geometry).warnings)
+
+
 def test_no_island_without_ho():
     phantom = generate_phantom(PhantomSpec(islands=()), **BASE)
     result = segment_ossifications(phantom.image, phantom.geometry)

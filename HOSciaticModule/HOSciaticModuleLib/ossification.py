@@ -22,15 +22,16 @@ The chain, each step a small function below:
    (corticomedullary differentiation), *immature* for amorphous mineralisation.
 7. **Checks** — bone-dense objects surrounded by air lie outside the body (the
    table, external devices) and are left out; an island at the edge of the image,
-   and a fused island whose mirror image across the body's midline is bone (a
-   normal prominence comes in pairs), are named in warnings for the reader.
+   a fused island whose mirror image across the body's midline is bone (a normal
+   prominence comes in pairs), and an island shaped like a vessel are named in
+   warnings for the reader.
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
 bone, and a pointed native process (ischial spine) can be reported as fused HO
 (flagged when the other side is imaged and matches).
-Contrast-enhanced vessels above the bone threshold are bone-dense too: analyse a
-non-contrast CT or raise the threshold.
+Contrast-enhanced vessels above the bone threshold are bone-dense too (vessel-shaped
+islands are flagged with their level): analyse a non-contrast CT or raise the threshold.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ MIRROR_MIN_LATERAL_SHARE = 0.2
 #: coarse midline: an island is mirrored when 80 % of it lands within 4 mm of bone.
 MIRROR_TOLERANCE_MM = 4.0
 MIRROR_MATCH_FRACTION = 0.8
+#: Contrast-filled or calcified vessels are bone-dense tubes: the iliac and femoral
+#: arteries and veins are 5-14 mm wide; a stretch at least 30 mm long and four times
+#: longer along its axis than across is vessel-shaped.
+VESSEL_MAX_WIDTH_MM = 14.0
+VESSEL_MIN_LENGTH_MM = 30.0
+VESSEL_ELONGATION = 4.0
+#: Allowance for a gently curving vessel: its cross-section seen along the main axis may
+#: spread this many times a straight tube's.
+VESSEL_MAX_SECTION_SPREAD = 2.5
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -492,13 +502,32 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
     return (_ball_distance(~kept, geometry) <= skin) & residual
 
 
-def _extent_mm(part: np.ndarray, geometry: VolumeGeometry) -> float:
-    """Largest dimension of a voxel set (4 x the standard deviation along its main axis)."""
+def _principal_spreads_mm(part: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Standard deviations (mm) of a voxel set along its three principal axes, largest first."""
     points = np.argwhere(part).astype(np.float64) * np.asarray(geometry.spacing_kji)
     if len(points) < 2:
-        return 0.0
-    spread = np.linalg.eigvalsh(np.cov(points.T)).max()
-    return 4.0 * float(np.sqrt(max(spread, 0.0)))
+        return np.zeros(3)
+    return np.sqrt(np.maximum(np.linalg.eigvalsh(np.cov(points.T))[::-1], 0.0))
+
+
+def _extent_mm(part: np.ndarray, geometry: VolumeGeometry) -> float:
+    """Largest dimension of a voxel set (4 x the standard deviation along its main axis)."""
+    return 4.0 * float(_principal_spreads_mm(part, geometry)[0])
+
+
+def vessel_like(island: np.ndarray, geometry: VolumeGeometry) -> tuple[bool, float, float]:
+    """Whether an island is a long, thin, solid tube, the shape of a contrast-filled or
+    calcified vessel; with its width and length (mm). HO is a blob, a plate along a
+    muscle plane, or a sleeve around the nerve, not a thin rod."""
+    spreads = _principal_spreads_mm(island, geometry)
+    width = 2.0 * float(_ball_distance(island, geometry).max())
+    length = 4.0 * float(spreads[0])
+    # A round cross-section of width w spreads w / 4 either way; a band along a muscle
+    # plane spreads far more across than its thickness.
+    round_section = spreads[1] <= VESSEL_MAX_SECTION_SPREAD * width / 4.0
+    tube = (spreads[0] >= VESSEL_ELONGATION * spreads[1] and width <= VESSEL_MAX_WIDTH_MM
+            and length >= VESSEL_MIN_LENGTH_MM and round_section)
+    return bool(tube), width, length
 
 
 def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
@@ -590,6 +619,18 @@ def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeo
 # ---------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------
+def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
+    names = ", ".join(f"HO {number} ({width:.0f} mm wide, {length:.0f} mm long)"
+                      for number, width, length, _ in vessel_shaped)
+    level = max(hu for *_, hu in vessel_shaped)
+    one = len(vessel_shaped) == 1
+    return (f"{names} {'is a long thin tube' if one else 'are long thin tubes'}, the shape of a contrast-filled or "
+            f"calcified vessel rather than HO. If the CT is contrast-enhanced, run again with the bone threshold "
+            f"above the vessels' level ({'its' if one else 'their'} voxels reach {level:.0f} HU; the threshold is "
+            f"{bone_threshold_hu:.0f} HU), or delete {'that segment' if one else 'those segments'} if "
+            f"{'it is' if one else 'they are'} vessels.")
+
+
 def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
     """Numbers of the fused islands that mirror bone on the other side of the body."""
     fused = [(result, island) for result, island in zip(results, islands) if result.fused_to_native_bone]
@@ -708,6 +749,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     results = []
     result_blocks = []
     cut_by_edge = []
+    vessel_shaped = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
         target = labelmap_block[island_block]
@@ -726,6 +768,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
         if _reaches_image_edge(island, result_blocks[-1], ct_hu.shape):
             cut_by_edge.append(number)
+        tube, width, length = vessel_like(island, block_geometry.cropped(island_block))
+        if tube:
+            vessel_shaped.append((number, width, length, float(np.percentile(values, 95))))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
     if outside_count:
@@ -734,6 +779,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                         "(the table, a positioning aid or an external device), not in soft tissue where HO forms.")
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
+    if vessel_shaped:
+        warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
     mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
     if mirrored:
         names = ", ".join(f"HO {number}" for number in mirrored)

@@ -98,6 +98,8 @@ class PhantomSpec:
     extra_bones: tuple = ()
     artery_axis: tuple = ((-14.0, 24.0, -90.0), (-10.0, 22.0, 90.0))
     artery_radius_mm: float = 3.0
+    #: HU of the artery's blood on a contrast-enhanced CT (None: no contrast).
+    contrast_artery_hu: float | None = None
     calcification_z: tuple = (-50.0, -10.0, 35.0)
     calcification_radius_mm: float = 1.6
     body_center_offset: tuple = (-45.0, 5.0)
@@ -245,7 +247,8 @@ def _paint_block(spec: PhantomSpec, frame: _NerveFrame, points: np.ndarray, valu
     image[(nerve_distance <= spec.nerve_sheath_mm) & (inner <= 1.0)] = values["fat"]
 
     artery = _segment_signed_distance(points, center + spec.artery_axis[0], center + spec.artery_axis[1], spec.artery_radius_mm)
-    image[artery <= 0] = values["vessel"]
+    image[artery <= 0] = values["vessel"] if spec.contrast_artery_hu is None or values is not CT_VALUES \
+        else spec.contrast_artery_hu
     calcification = np.zeros(shape, bool)
     for z in spec.calcification_z:
         a0, a1 = center + np.asarray(spec.artery_axis[0]), center + np.asarray(spec.artery_axis[1])
