@@ -44,7 +44,7 @@ import cc3d
 import edt
 import fill_voids
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
 from .errors import InputError
@@ -572,7 +572,9 @@ def body_midline_r(bone: np.ndarray, geometry: VolumeGeometry) -> float | None:
     grid[tuple(cells.T)] = 1.0
     # Mirroring across R = origin + (m + 1) * cell / 2 sends cell k to cell m - k along R,
     # so the overlap for every plane at once is the auto-convolution along R.
-    overlap = signal.fftconvolve(grid, grid, axes=0).sum(axis=(1, 2))
+    size = 2 * grid.shape[0] - 1
+    spectrum = np.fft.rfft(grid, n=size, axis=0)
+    overlap = np.fft.irfft(spectrum * spectrum, n=size, axis=0).sum(axis=(1, 2))
     symmetry = overlap / grid.sum()
     r_cells = ras[:, 0]
     for m in np.argsort(symmetry)[::-1][:5]:
