@@ -242,8 +242,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     with _stage(timings, "read"):
         # Slicer's libraries load on another thread while the image is read.
         loader = _load_in_background("slicer")
-        image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image",
-                            keep_image=not args.no_scene)
+        # The voxels stay where SimpleITK read them: no copy of a full CT.
+        image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True)
         seeds = _load_seeds(args.nerve_seeds)
         loader.join()
     if args.modality == "mr" and (args.roi or args.bones):
@@ -258,14 +258,14 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
         analysis = HOSciaticAnalysis(scene)
         volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
         # The scene shares the CT's memory: one copy of the voxels, however large the CT.
-        volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name, copy=False)
+        volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name, copy=False,
+                                                      memory_owner=image.sitk_image)
     # The bundle's copy of the CT is compressed on the other core while the analysis
     # runs, in a private folder of the output folder (where the bundle will go).
     volume_writer = None
-    if image.sitk_image is not None:
+    if not args.no_scene:
         _create_output_folder(out_dir)
         volume_writer = export.BackgroundVolumeWriter(image.sitk_image, out_dir)
-    image.sitk_image = None
     try:
         _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir,
                            {volume_node.GetID(): volume_writer} if volume_writer else {})

@@ -69,8 +69,11 @@ def _read_dicom_series(folder: Path):
     return reader.Execute(), f"DICOM series {best} ({len(series_ids)} series in folder)"
 
 
-def read_volume(path, what: str = "image", keep_image: bool = False) -> LoadedImage:
+def read_volume(path, what: str = "image", keep_image: bool = False, share_memory: bool = False) -> LoadedImage:
     """Read a 3D scalar image (NRRD, NIfTI, MHA or a DICOM folder) as RAS geometry + array.
+
+    With ``share_memory`` the array is a read-only view of the image as read (no copy
+    of a full CT); the image is then kept in ``sitk_image`` for as long as the array lives.
 
     Raises :class:`InputError` with a user-readable message for anything that is not
     a readable 3D scalar volume with sane geometry and finite values.
@@ -108,6 +111,8 @@ def read_volume(path, what: str = "image", keep_image: bool = False) -> LoadedIm
             bad = int(array.size - np.count_nonzero(finite))
             raise InputError(f"The {what} '{path}' holds {bad} NaN or infinite voxel values. "
                              "Fix or mask them (for example replace them by air, -1000 HU) and try again.")
+    if share_memory:
+        return LoadedImage(array, geometry, str(path), description, image)
     return LoadedImage(np.array(array), geometry, str(path), description, image if keep_image else None)
 
 

@@ -90,11 +90,13 @@ def array_from_volume(volume_node, what: str = "Volume") -> tuple[np.ndarray, Vo
 
 
 def volume_node_from_array(scene, array: np.ndarray, geometry: VolumeGeometry, name: str, node=None,
-                           node_class: str = "vtkMRMLScalarVolumeNode", copy: bool = True):
+                           node_class: str = "vtkMRMLScalarVolumeNode", copy: bool = True, memory_owner=None):
     """Create (or update) a volume node holding ``array`` on ``geometry``.
 
     With ``copy=False`` the node shares the array's memory (which must then stay
-    unchanged): a full CT is not duplicated.
+    unchanged): a full CT is not duplicated. ``memory_owner`` is an object that owns
+    that memory without the array referring to it (a SimpleITK image viewed as an
+    array); it is kept alive with the node's voxels.
     """
     from vtkmodules.vtkCommonDataModel import vtkImageData
 
@@ -102,6 +104,9 @@ def volume_node_from_array(scene, array: np.ndarray, geometry: VolumeGeometry, n
     image.SetDimensions(geometry.shape_kji[2], geometry.shape_kji[1], geometry.shape_kji[0])
     contiguous = np.ascontiguousarray(array)
     vtk_array = _numpy_support().numpy_to_vtk(contiguous.ravel(), deep=copy)
+    if memory_owner is not None and not copy:
+        # Kept the way numpy_to_vtk keeps its array: as an attribute of the VTK array.
+        vtk_array._hosciatic_memory_owner = memory_owner
     image.GetPointData().SetScalars(vtk_array)
     if node is None:
         node = scene.AddNewNodeByClass(node_class, name)
