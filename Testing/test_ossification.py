@@ -116,6 +116,9 @@ def test_island_cut_by_the_field_of_view_is_flagged():
     assert len(flagged) == 1
     cut = [i for i in result.islands if i.centroid_ras[2] < phantom.spec.center_ras[2] - 60.0]
     assert len(cut) == 1 and f"HO {cut[0].label} reaches" in flagged[0]
+    # With an ROI the region analysed is the ROI's, and the warning says so.
+    within = segment_ossifications(phantom.image, phantom.geometry, roi_mask=np.ones(phantom.image.shape, bool))
+    assert any("edge of the analysed region" in w for w in within.warnings)
     # The islands inside the field of view are not flagged.
     inside = generate_phantom(**BASE)
     assert not any("edge of the image" in w for w in segment_ossifications(inside.image, inside.geometry).warnings)

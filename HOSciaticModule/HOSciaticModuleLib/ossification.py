@@ -621,6 +621,18 @@ def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeo
 # ---------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------
+def _edge_warning(numbers, within_roi: bool) -> str:
+    names = ", ".join(f"HO {number}" for number in numbers)
+    one = len(numbers) == 1
+    # With an ROI the analysed region is the ROI and its surroundings, not the whole image.
+    edge, beyond = (("the edge of the analysed region (the ROI and its surroundings)",
+                     "beyond it (enlarge the ROI)") if within_roi else
+                    ("the edge of the image", "outside the field of view"))
+    return (f"{names} reach{'es' if one else ''} {edge}: {'it' if one else 'each'} may continue {beyond}, its volume "
+            "then being a lower bound, or be a sliver of native bone cut there. Check it on the images; a native-bone "
+            "segmentation removes native bone from the search.")
+
+
 def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
     names = ", ".join(f"HO {number} ({width:.0f} mm wide, {length:.0f} mm long)"
                       for number, width, length, _ in vessel_shaped)
@@ -792,9 +804,5 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                         "trochanter, iliac spine) rather than HO. Compare both sides; if it is normal anatomy, delete "
                         "the segment and recompute contact.")
     if cut_by_edge:
-        names = ", ".join(f"HO {number}" for number in cut_by_edge)
-        warnings.append(f"{names} reach{'es' if len(cut_by_edge) == 1 else ''} the edge of the image: "
-                        f"{'it' if len(cut_by_edge) == 1 else 'each'} may continue outside the field of view (the "
-                        "volume is then a lower bound) or be a sliver of native bone cut by the edge. Check it on "
-                        "the images; a native-bone segmentation removes native bone from the search.")
+        warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block)
