@@ -638,11 +638,11 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
                       for number, width, length, _ in vessel_shaped)
     level = max(hu for *_, hu in vessel_shaped)
     one = len(vessel_shaped) == 1
+    delete = "that segment if it is a vessel" if one else "those segments that are vessels"
     return (f"{names} {'is a long thin tube' if one else 'are long thin tubes'}, the shape of a contrast-filled or "
             f"calcified vessel rather than HO. If the CT is contrast-enhanced, run again with the bone threshold "
-            f"above the vessels' level ({'its' if one else 'their'} voxels reach {level:.0f} HU; the threshold is "
-            f"{bone_threshold_hu:.0f} HU), or delete {'that segment' if one else 'those segments'} if "
-            f"{'it is' if one else 'they are'} vessels.")
+            f"above {'its' if one else 'their'} level ({'its' if one else 'their'} voxels reach {level:.0f} HU; the "
+            f"threshold is {bone_threshold_hu:.0f} HU), or delete {delete}.")
 
 
 def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
