@@ -124,6 +124,21 @@ def test_island_cut_by_the_field_of_view_is_flagged():
     assert not any("edge of the image" in w for w in segment_ossifications(inside.image, inside.geometry).warnings)
 
 
+def test_thin_box_of_bone_cut_by_the_edge_is_not_native():
+    # 2 mm thick, cut by the field of view: too thin for the femur or hip bone a cut
+    # native bone would be, however exactly it fills its bounding box.
+    phantom = generate_phantom(**BASE)
+    k, j, i = np.indices(phantom.image.shape)
+    offset = phantom.geometry.kji_to_ras_points(np.stack([k, j, i], axis=-1).reshape(-1, 3)).reshape(k.shape + (3,)) \
+        - phantom.spec.center_ras
+    sheet = ((np.abs(offset[..., 0] + 20.0) <= 1.0) & (offset[..., 1] >= 42.0) & (np.abs(offset[..., 2]) <= 15.0))
+    phantom.image[sheet] = 300.0
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands) + 1
+    assert not result.native_bone_mask[sheet].any()
+    assert any("edge of the image" in w for w in result.warnings)
+
+
 def test_objects_outside_the_body_are_not_ho():
     # A wider field of view reaches the air behind the patient, where a dense part of the
     # table (1 mL, as dense as bone) lies 8 mm behind the skin.
@@ -221,6 +236,20 @@ def test_metal_is_excluded_and_reported():
     assert len(result.islands) == len(phantom.islands)
     assert not np.any((result.labelmap > 0) & screw)
     assert any("Metal" in warning for warning in result.warnings)
+    assert not any("streak" in warning for warning in result.warnings)
+
+    # A bright streak (300 HU, no cortex) running 15-35 mm from the screw is named as a
+    # possible artefact; the islands far from the metal are not.
+    offset = phantom.geometry.kji_to_ras_points(np.stack([k, j, i], axis=-1).reshape(-1, 3)).reshape(k.shape + (3,)) \
+        - phantom.spec.center_ras
+    streak = ((np.abs(offset[..., 1] - 30.0) <= 1.0) & (offset[..., 0] >= -2.0) & (offset[..., 0] <= 18.0)
+              & (np.abs(offset[..., 2]) <= 15.0))
+    phantom.image[streak] = 300.0
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    flagged = [w for w in result.warnings if "streak" in w]
+    streak_islands = [n.label for n in result.islands if np.any((result.labelmap == n.label) & streak)]
+    assert len(streak_islands) == 1 and len(flagged) == 1
+    assert re.findall(r"HO (\d+)", flagged[0]) == [str(streak_islands[0])]
 
 
 def test_mr_image_is_refused_as_ct():

@@ -23,8 +23,8 @@ The chain, each step a small function below:
 7. **Checks** — bone-dense objects surrounded by air lie outside the body (the
    table, external devices) and are left out; an island at the edge of the image,
    a fused island whose mirror image across the body's midline is bone (a normal
-   prominence comes in pairs), and an island shaped like a vessel are named in
-   warnings for the reader.
+   prominence comes in pairs), an island shaped like a vessel, and an island
+   without a cortex near metal (a streak?) are named in warnings for the reader.
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
@@ -119,6 +119,9 @@ VESSEL_ELONGATION = 4.0
 #: Allowance for a gently curving vessel: its cross-section seen along the main axis may
 #: spread this many times a straight tube's.
 VESSEL_MAX_SECTION_SPREAD = 2.5
+#: Bright streaks from an implant (beam hardening, photon starvation) reach several
+#: centimetres and look like immature bone, without a cortex.
+STREAK_REACH_MM = 50.0
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -378,15 +381,17 @@ def extent_at_least(values: np.ndarray, threshold: float, slab_voxels: int = 8_0
 
 
 def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask=None):
-    """Bone voxels (metal and its margin removed) and the metal mask."""
+    """Bone voxels (metal and its margin removed), the metal mask, and each voxel's
+    distance to metal in mm (None without metal)."""
     metal = at_least(ct_hu, METAL_THRESHOLD_HU)
     bone = at_least(ct_hu, bone_threshold_hu)
+    metal_distance = None
     if metal.any():
-        near_metal = _ball_distance(~metal, geometry) <= METAL_MARGIN_MM
-        bone &= ~near_metal
+        metal_distance = _ball_distance(~metal, geometry)
+        bone &= metal_distance > METAL_MARGIN_MM
     if roi_mask is not None:
         bone &= roi_mask
-    return bone, metal
+    return bone, metal, metal_distance
 
 
 def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
@@ -416,7 +421,9 @@ def estimate_native_components(labels, count, sizes, blocks, geometry) -> np.nda
     for label in range(1, count + 1):
         if native[label] or blocks[label - 1] is None or not _touches_border(blocks[label - 1], labels.shape):
             continue
-        block = blocks[label - 1]
+        # One voxel of background around the component, so only the region's own edge
+        # (where the bone is cut) is not a boundary.
+        block = _pad_block(blocks[label - 1], labels.shape, 1)
         thickness = 2.0 * float(_ball_distance(labels[block] == label, geometry).max())
         native[label] = thickness >= NATIVE_CUT_MIN_THICKNESS_MM
     return native
@@ -492,7 +499,7 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
         part = labels[block] == label
         if np.any(part & region_edge[block]) or float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM:
             continue
-        thickness = 2.0 * float(_ball_distance(part, geometry).max())
+        thickness = 2.0 * float(_ball_distance(labels[_pad_block(block, labels.shape, 1)] == label, geometry).max())
         extent = _extent_mm(part, geometry)
         keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
     kept = keep[labels]
@@ -692,12 +699,13 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         block_geometry = geometry.cropped(block)
         # Native bone is judged on all bone given (the caller adds context around an
         # ROI); islands are reported where they meet the ROI.
-        bone_block, metal = bone_and_metal_masks(ct_block, block_geometry, bone_threshold_hu, None)
-        if metal.any():
+        bone_block, metal, metal_distance = bone_and_metal_masks(ct_block, block_geometry, bone_threshold_hu, None)
+        if metal_distance is not None:
             warnings.append(f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, "
                             f"{np.count_nonzero(metal) * geometry.voxel_volume_ml:.1f} mL) was found and excluded "
                             f"with a {METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to metal may be missed "
-                            "because of artefacts.")
+                            "because of artefacts; a metal-artefact-reduction reconstruction, where the scanner "
+                            "offers one, gives the most reliable HO near an implant.")
     if block is None or not bone_block.any() or (roi_mask is not None and not np.any(bone_block & roi_mask[block])):
         warnings.append(f"No voxel reaches the bone threshold ({bone_threshold_hu:.0f} HU) in the analysed region: "
                         "no bone, so no HO.")
@@ -764,6 +772,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     result_blocks = []
     cut_by_edge = []
     vessel_shaped = []
+    near_metal_immature = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
         target = labelmap_block[island_block]
@@ -782,6 +791,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
         if _reaches_image_edge(island, result_blocks[-1], ct_hu.shape):
             cut_by_edge.append(number)
+        if (metal_distance is not None and results[-1].maturity == "immature"
+                and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
+            near_metal_immature.append(number)
         tube, width, length = vessel_like(island, block_geometry.cropped(island_block))
         if tube:
             vessel_shaped.append((number, width, length, float(np.percentile(values, 95))))
@@ -795,6 +807,12 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append("No heterotopic ossification was found in the analysed region.")
     if vessel_shaped:
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
+    if near_metal_immature:
+        one = len(near_metal_immature) == 1
+        warnings.append(f"{', '.join(f'HO {n}' for n in near_metal_immature)} {'lies' if one else 'lie'} within "
+                        f"{STREAK_REACH_MM:.0f} mm of metal and {'has' if one else 'have'} no cortex: "
+                        f"{'it' if one else 'they'} may be streak artefacts from the metal rather than HO. Check on "
+                        "a metal-artefact-reduction reconstruction, or against the streaks' direction on the images.")
     mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
     if mirrored:
         names = ", ".join(f"HO {number}" for number in mirrored)
