@@ -239,40 +239,45 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
-    with _stage(timings, "read"):
-        # Slicer's libraries load on another thread while the image is read.
-        loader = _load_in_background("slicer")
-        # The voxels stay where SimpleITK read them: no copy of a full CT.
-        image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True)
-        seeds = _load_seeds(args.nerve_seeds)
-        loader.join()
-    if args.modality == "mr" and (args.roi or args.bones):
-        raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
-                         "(--modality mr) only traces the nerve. Remove them or give the CT.")
-    if args.modality == "mr" and not seeds:
-        raise InputError("An MR run traces the nerve only, so it needs --nerve-seeds. Give a seed-point file.")
-
-    with _stage(timings, "read"):
-        slicer_core = create_headless_slicer()
-        scene = slicer_core.scene
-        analysis = HOSciaticAnalysis(scene)
-        volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
-        # The scene shares the CT's memory: one copy of the voxels, however large the CT.
-        volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name, copy=False,
-                                                      memory_owner=image.sitk_image)
-    # The bundle's copy of the CT is compressed on the other core while the analysis
-    # runs, in a private folder of the output folder (where the bundle will go).
     volume_writer = None
-    if not args.no_scene:
-        _create_output_folder(out_dir)
-        volume_writer = export.BackgroundVolumeWriter(image.sitk_image, out_dir)
     try:
+        with _stage(timings, "read"):
+            # Slicer's libraries load on another thread while the image is read.
+            loader = _load_in_background("slicer")
+            # The voxels stay where SimpleITK read them: no copy of a full CT.
+            image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True)
+            seeds = _load_seeds(args.nerve_seeds)
+            _check_modality_inputs(args, seeds)
+            if not args.no_scene:
+                # The bundle's copy of the CT is compressed from now on, while the
+                # libraries load and the analysis runs, in a private folder of the
+                # output folder (where the bundle will go).
+                _create_output_folder(out_dir)
+                volume_writer = export.BackgroundVolumeWriter(image.sitk_image, out_dir)
+            loader.join()
+
+        with _stage(timings, "read"):
+            slicer_core = create_headless_slicer()
+            scene = slicer_core.scene
+            analysis = HOSciaticAnalysis(scene)
+            volume_name = Path(args.image.rstrip("/")).name.split(".")[0] or "volume"
+            # The scene shares the CT's memory: one copy of the voxels, however large the CT.
+            volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name,
+                                                          copy=False, memory_owner=image.sitk_image)
         _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir,
                            {volume_node.GetID(): volume_writer} if volume_writer else {})
     finally:
         if volume_writer is not None:
             volume_writer.discard()
     return out_dir
+
+
+def _check_modality_inputs(args, seeds) -> None:
+    if args.modality == "mr" and (args.roi or args.bones):
+        raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
+                         "(--modality mr) only traces the nerve. Remove them or give the CT.")
+    if args.modality == "mr" and not seeds:
+        raise InputError("An MR run traces the nerve only, so it needs --nerve-seeds. Give a seed-point file.")
 
 
 def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers):

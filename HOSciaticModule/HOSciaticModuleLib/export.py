@@ -8,6 +8,7 @@ folder inside the destination and moved into place only when all are complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import json
@@ -24,6 +25,8 @@ from .defaults import DEFAULT_CONTACT_TOLERANCE_MM
 
 SCHEMA = "hosciatic-metrics/1"
 ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
+#: Scheduling niceness of the thread compressing the bundle's CT (0 = as the analysis).
+WRITER_NICENESS = 10
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,6 +251,10 @@ class BackgroundVolumeWriter:
         self._error: Exception | None = None
 
         def write():
+            # Below the analysis's own threads: compressing fills the time a core would
+            # otherwise idle, and never holds the analysis up (Linux nices each thread).
+            with contextlib.suppress(AttributeError, OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
             try:
                 sitk.WriteImage(sitk_image, str(self.path), True)
             except Exception as error:  # reported by result()
