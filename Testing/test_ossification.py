@@ -10,10 +10,11 @@ import re
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
-from HOSciaticModuleLib.ossification import body_midline_r, segment_ossifications
+from HOSciaticModuleLib.ossification import body_midline, segment_ossifications
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -156,10 +157,10 @@ def _mirrored_r(offset_r: float) -> float:
     return -90.0 - offset_r
 
 
-def test_bony_prominence_mirrored_on_the_other_side_is_flagged():
-    # Both hips imaged; a knob sticks 9 mm out of each femur at mirrored places (a normal
-    # prominence such as the lesser trochanter). Both knobs are fused outgrowths by shape;
-    # their mirror images are bone, the real fused HO's is soft tissue.
+def _both_hips_with_prominences(turn_deg: float):
+    """Both hips imaged, a knob sticking 9 mm out of each femur at mirrored places (a
+    normal prominence such as the lesser trochanter); the patient turned by ``turn_deg``
+    about the body's long axis (resampled, as a scanner would see it)."""
     knob = dict(semi_axes=(6.0, 6.0, 8.0), cortex_mm=2.0)
     spec = PhantomSpec(extra_bones=(
         BoneSpec("capsule", axis=((_mirrored_r(34.0), 14.0, -90.0), (_mirrored_r(40.0), 16.0, 90.0)),
@@ -170,10 +171,29 @@ def test_bony_prominence_mirrored_on_the_other_side_is_flagged():
         BoneSpec("ellipsoid", center_offset=(_mirrored_r(20.0), 15.0, -40.0), **knob),
     ))
     phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
-    result = segment_ossifications(phantom.image, phantom.geometry)
+    turn = np.radians(turn_deg)
+    midline = np.asarray(phantom.spec.center_ras) + [-45.0, 5.0, 0.0]
+    # Where each voxel of the turned body comes from in the unturned one (RAS).
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0.0], [np.sin(turn), np.cos(turn), 0.0], [0.0, 0.0, 1.0]])
+    kji = np.indices(phantom.image.shape).reshape(3, -1).T
+    source = (phantom.geometry.kji_to_ras_points(kji) - midline) @ rotation + midline
+    image = ndimage.map_coordinates(phantom.image, phantom.geometry.ras_to_kji_points(source).T, order=1,
+                                    mode="nearest").reshape(phantom.image.shape)
+    turned = ((np.array([[20.0, 15.0, -40.0], [_mirrored_r(20.0), 15.0, -40.0], [42.0, -2.0, 45.0]])
+               + phantom.spec.center_ras - midline) @ rotation.T + midline - phantom.spec.center_ras)
+    return phantom, image, turned
+
+
+@pytest.mark.parametrize("turn_deg", [0.0, 6.0, -8.0])
+def test_bony_prominence_mirrored_on_the_other_side_is_flagged(turn_deg):
+    # Both knobs are fused outgrowths by shape; their mirror images are bone, the real
+    # fused HO's is soft tissue. The midline is found even when the patient lies turned.
+    phantom, image, (right_knob, left_knob, fused) = _both_hips_with_prominences(turn_deg)
+    result = segment_ossifications(image, phantom.geometry)
     offsets = {i.label: np.asarray(i.centroid_ras) - phantom.spec.center_ras for i in result.islands}
-    knobs = sorted(n for n, o in offsets.items() if abs(o[1] - 15.0) < 6.0 and abs(o[2] + 40.0) < 6.0)
-    fused_ho = [n for n, o in offsets.items() if np.linalg.norm(o - (42.0, -2.0, 45.0)) < 8.0]
+    knobs = sorted(n for n, o in offsets.items()
+                   if min(np.linalg.norm(o - right_knob), np.linalg.norm(o - left_knob)) < 6.0)
+    fused_ho = [n for n, o in offsets.items() if np.linalg.norm(o - fused) < 8.0]
     assert len(knobs) == 2 and len(fused_ho) == 1, offsets
     flagged = [w for w in result.warnings if "mirror image" in w]
     assert len(flagged) == 1
@@ -183,7 +203,7 @@ def test_bony_prominence_mirrored_on_the_other_side_is_flagged():
 
 def test_midline_needs_both_sides():
     phantom = generate_phantom(**BASE)
-    assert body_midline_r(phantom.image >= 200, phantom.geometry) is None
+    assert body_midline(phantom.image >= 200, phantom.geometry) is None
     assert not any("mirror image" in w for w in segment_ossifications(phantom.image, phantom.geometry).warnings)
 
 

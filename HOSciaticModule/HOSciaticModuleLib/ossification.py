@@ -45,6 +45,7 @@ import edt
 import fill_voids
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
 from .errors import InputError
@@ -72,7 +73,8 @@ MISSED_CORTEX_MM = 3.0
 NATIVE_CUT_MIN_THICKNESS_MM = 16.0
 #: An outgrowth must stand this far beyond the native envelope to be called fused HO.
 FUSED_MIN_PROTRUSION_MM = 3.0
-#: Residual skins thinner than twice this are partial volume along the envelope.
+#: Residual skins thinner than twice this (or one voxel thick) are partial volume along
+#: the envelope.
 RESIDUAL_SKIN_MM = 1.5
 #: A residual longer than this many times its thickness is a native edge or process.
 FUSED_MAX_ELONGATION = 5.0
@@ -110,6 +112,15 @@ MIRROR_MIN_LATERAL_SHARE = 0.2
 #: coarse midline: an island is mirrored when 80 % of it lands within 4 mm of bone.
 MIRROR_TOLERANCE_MM = 4.0
 MIRROR_MATCH_FRACTION = 0.8
+#: The plane found along R is then turned and tilted to the skeleton (a patient lies up
+#: to several degrees turned or tilted): bone points paired with bone within 15 mm of
+#: their mirror images, 20 fits at most, a turn of at most 15 degrees.
+MIRROR_SEARCH_CELL_MM = 8.0
+MIRROR_CANDIDATES = 3
+MIRROR_FIT_POINTS = 10_000
+MIRROR_FIT_REACH_MM = 15.0
+MIRROR_FIT_ITERATIONS = 20
+MIRROR_MAX_TILT_DEG = 15.0
 #: Contrast-filled or calcified vessels are bone-dense tubes: the iliac and femoral
 #: arteries and veins are 5-14 mm wide; a stretch at least 30 mm long and four times
 #: longer along its axis than across is vessel-shaped.
@@ -471,7 +482,10 @@ def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min
     skin = RESIDUAL_SKIN_MM
     residual_core = np.zeros_like(residual)
     residual_block = _bounding_block(residual, 1)
-    residual_core[residual_block] = _ball_distance(residual[residual_block], geometry) >= skin
+    depth_in_residual = _ball_distance(residual[residual_block], geometry)
+    # On a coarse grid a skin one voxel thick is already RESIDUAL_SKIN_MM deep: it is
+    # partial volume all the same.
+    residual_core[residual_block] = (depth_in_residual >= skin) & (depth_in_residual > min(geometry.spacing_kji))
     if not residual_core.any():
         return np.zeros_like(residual)
     # The rest happens within a few mm of the residual's core (its skin, then the
@@ -564,17 +578,29 @@ def refine_boundary(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry,
     return fill_island_marrow(refined, geometry)
 
 
-def body_midline_r(bone: np.ndarray, geometry: VolumeGeometry) -> float | None:
-    """R coordinate (mm) of the sagittal plane across which ``bone`` is most symmetric,
-    or None when the image does not hold both sides of a pelvis."""
-    # Voxels about half a cell apart are enough to fill the cells.
+@dataclass(frozen=True)
+class MirrorPlane:
+    """The body's mid-sagittal plane: the RAS points p with ``normal`` . p = ``offset``."""
+
+    normal: np.ndarray
+    offset: float
+
+    def mirror(self, ras: np.ndarray) -> np.ndarray:
+        return ras - 2.0 * ((ras @ self.normal) - self.offset)[:, None] * self.normal[None, :]
+
+
+def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """RAS points of ``bone`` about half a midline-search cell apart."""
     steps = np.maximum(1, np.floor(0.5 * MIRROR_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
-    kji = np.argwhere(bone[::steps[0], ::steps[1], ::steps[2]]) * steps
-    if len(kji) < 1000:
-        return None
-    ras = geometry.kji_to_ras_points(kji)
+    return geometry.kji_to_ras_points(np.argwhere(bone[::steps[0], ::steps[1], ::steps[2]]) * steps)
+
+
+def _candidate_midlines_r(ras: np.ndarray) -> list[float]:
+    """R coordinates of the sagittal planes (normal along R) across which the points are
+    most symmetric, best first, with bone far out on both sides. Searched on a coarse
+    grid, so a patient lying a few degrees turned still shows a clear best plane."""
     origin = ras.min(axis=0)
-    cells = np.floor((ras - origin) / MIRROR_GRID_MM).astype(int)
+    cells = np.floor((ras - origin) / MIRROR_SEARCH_CELL_MM).astype(int)
     grid = np.zeros(cells.max(axis=0) + 1, np.float32)
     grid[tuple(cells.T)] = 1.0
     # Mirroring across R = origin + (m + 1) * cell / 2 sends cell k to cell m - k along R,
@@ -582,25 +608,71 @@ def body_midline_r(bone: np.ndarray, geometry: VolumeGeometry) -> float | None:
     size = 2 * grid.shape[0] - 1
     spectrum = np.fft.rfft(grid, n=size, axis=0)
     overlap = np.fft.irfft(spectrum * spectrum, n=size, axis=0).sum(axis=(1, 2))
-    symmetry = overlap / grid.sum()
-    r_cells = ras[:, 0]
-    for m in np.argsort(symmetry)[::-1][:5]:
-        if symmetry[m] < MIRROR_MIN_SYMMETRY:
+    candidates = []
+    for m in np.argsort(overlap)[::-1][:MIRROR_CANDIDATES]:
+        midline = float(origin[0] + (m + 1) * MIRROR_SEARCH_CELL_MM / 2.0)
+        if _lateral_share(ras, MirrorPlane(np.array([1.0, 0.0, 0.0]), midline)) >= MIRROR_MIN_LATERAL_SHARE:
+            candidates.append(midline)
+    return candidates
+
+
+def _lateral_share(ras: np.ndarray, plane: MirrorPlane) -> float:
+    """The smaller share of the points lying more than MIRROR_MIN_LATERAL_MM out on one side."""
+    signed = ras @ plane.normal - plane.offset
+    return float(min(np.mean(signed > MIRROR_MIN_LATERAL_MM), np.mean(signed < -MIRROR_MIN_LATERAL_MM)))
+
+
+def _symmetry(sample: np.ndarray, tree: cKDTree, plane: MirrorPlane) -> float:
+    """Share of the points whose mirror image lies within MIRROR_GRID_MM of a point."""
+    distance, _ = tree.query(plane.mirror(sample), distance_upper_bound=MIRROR_GRID_MM)
+    return float(np.mean(np.isfinite(distance)))
+
+
+def _fit_plane(sample: np.ndarray, tree: cKDTree, plane: MirrorPlane) -> MirrorPlane:
+    """Turn and tilt the plane to the skeleton's own symmetry (a patient lies a few
+    degrees turned or tilted): each bone point is paired with the bone nearest its
+    mirror image, the plane is fitted to the pairs, and so on a few times."""
+    fitted = plane
+    for _ in range(MIRROR_FIT_ITERATIONS):
+        distance, nearest = tree.query(fitted.mirror(sample), distance_upper_bound=MIRROR_FIT_REACH_MM)
+        paired = np.isfinite(distance)
+        if np.count_nonzero(paired) < 100:
+            return plane
+        first, second = sample[paired], sample[nearest[paired]]
+        # Each pair lies across the plane: the normal is their common direction.
+        across = first - second
+        normal = np.linalg.eigh(across.T @ across)[1][:, -1]
+        normal *= np.sign(normal @ fitted.normal) or 1.0
+        moved = MirrorPlane(normal, float(np.mean(0.5 * (first + second) @ normal)))
+        change = abs(moved.offset - fitted.offset) + np.degrees(np.arccos(min(1.0, float(normal @ fitted.normal))))
+        fitted = moved
+        if change < 0.05:
             break
-        midline = float(origin[0] + (m + 1) * MIRROR_GRID_MM / 2.0)
-        lateral = min(np.mean(r_cells > midline + MIRROR_MIN_LATERAL_MM),
-                      np.mean(r_cells < midline - MIRROR_MIN_LATERAL_MM))
-        if lateral >= MIRROR_MIN_LATERAL_SHARE:
-            return midline
+    tilt = np.degrees(np.arccos(min(1.0, abs(float(fitted.normal @ plane.normal)))))
+    return fitted if tilt <= MIRROR_MAX_TILT_DEG else plane
+
+
+def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | None:
+    """The mid-sagittal plane across which ``bone`` is most symmetric, or None when the
+    image does not hold both sides of a pelvis."""
+    ras = _bone_points(bone, geometry)
+    if len(ras) < 1000:
+        return None
+    sample = ras[:: max(1, len(ras) // MIRROR_FIT_POINTS)]
+    tree = cKDTree(sample)
+    for midline_r in _candidate_midlines_r(ras):
+        plane = _fit_plane(sample, tree, MirrorPlane(np.array([1.0, 0.0, 0.0]), midline_r))
+        if (_symmetry(sample, tree, plane) >= MIRROR_MIN_SYMMETRY
+                and _lateral_share(sample, plane) >= MIRROR_MIN_LATERAL_SHARE):
+            return plane
     return None
 
 
 def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geometry: VolumeGeometry,
-                     midline_r: float) -> bool:
+                     plane: MirrorPlane) -> bool:
     """Whether most of an island (a mask over ``island_slices`` of ``bone``'s grid) lands
-    within MIRROR_TOLERANCE_MM of bone when mirrored across the plane R = ``midline_r``."""
-    ras = geometry.kji_to_ras_points(np.argwhere(island) + [s.start for s in island_slices])
-    ras[:, 0] = 2.0 * midline_r - ras[:, 0]
+    within MIRROR_TOLERANCE_MM of bone when mirrored across ``plane``."""
+    ras = plane.mirror(geometry.kji_to_ras_points(np.argwhere(island) + [s.start for s in island_slices]))
     box = geometry.bounding_slices_of_ras_box(ras, MIRROR_TOLERANCE_MM + max(geometry.spacing_kji))
     if any(s.stop <= s.start for s in box):
         return False
@@ -655,11 +727,11 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
 def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
     """Numbers of the fused islands that mirror bone on the other side of the body."""
     fused = [(result, island) for result, island in zip(results, islands) if result.fused_to_native_bone]
-    midline = body_midline_r(filled_bone, geometry) if fused else None
-    if midline is None:
+    plane = body_midline(filled_bone, geometry) if fused else None
+    if plane is None:
         return []
     return [result.label for result, (island_block, island) in fused
-            if mirrored_in_bone(island, island_block, filled_bone, geometry, midline)]
+            if mirrored_in_bone(island, island_block, filled_bone, geometry, plane)]
 
 
 def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
