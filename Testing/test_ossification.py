@@ -201,6 +201,24 @@ def test_bony_prominence_mirrored_on_the_other_side_is_flagged(turn_deg):
     assert named == knobs and fused_ho[0] not in named
 
 
+def test_large_bilateral_ho_is_not_taken_for_prominences():
+    # The same 12 mL mass (18 mm thick, thinner than the ball) fused behind both femora at
+    # mirrored places: bilateral HO, too big for a normal prominence, so not flagged
+    # although each mirrors the other.
+    mass = dict(semi_axes=(9.0, 9.0, 35.0), cortex_mm=2.0)
+    spec = PhantomSpec(islands=PhantomSpec().islands[:2], extra_bones=(
+        BoneSpec("capsule", axis=((_mirrored_r(34.0), 14.0, -90.0), (_mirrored_r(40.0), 16.0, 90.0)),
+                 radius_mm=13.0, cortex_mm=4.0, interior="fatty_marrow"),
+        BoneSpec("ellipsoid", center_offset=(38.0, -6.0, 20.0), **mass),
+        BoneSpec("ellipsoid", center_offset=(_mirrored_r(38.0), -6.0, 20.0), **mass),
+    ))
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    masses = [i for i in result.islands if i.fused_to_native_bone and i.volume_ml > 10.0]
+    assert len(masses) == 2, [(i.volume_ml, i.fused_to_native_bone) for i in result.islands]
+    assert not any("mirror image" in w for w in result.warnings)
+
+
 def test_midline_needs_both_sides():
     phantom = generate_phantom(**BASE)
     assert body_midline(phantom.image >= 200, phantom.geometry) is None

@@ -112,6 +112,9 @@ MIRROR_MIN_LATERAL_SHARE = 0.2
 #: coarse midline: an island is mirrored when 80 % of it lands within 4 mm of bone.
 MIRROR_TOLERANCE_MM = 4.0
 MIRROR_MATCH_FRACTION = 0.8
+#: The bony prominences a ball of 20 mm cannot enter (ischial spine, lesser trochanter,
+#: iliac spines) are a few mL; a larger fused mass on both sides is bilateral HO.
+PROMINENCE_MAX_ML = 10.0
 #: The plane found along R is then turned and tilted to the skeleton (a patient lies up
 #: to several degrees turned or tilted): bone points paired with bone within 15 mm of
 #: their mirror images, 20 fits at most, a turn of at most 15 degrees.
@@ -725,8 +728,10 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
 
 
 def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
-    """Numbers of the fused islands that mirror bone on the other side of the body."""
-    fused = [(result, island) for result, island in zip(results, islands) if result.fused_to_native_bone]
+    """Numbers of the fused islands, prominence-sized, that mirror bone on the other side
+    of the body."""
+    fused = [(result, island) for result, island in zip(results, islands)
+             if result.fused_to_native_bone and result.volume_ml <= PROMINENCE_MAX_ML]
     plane = body_midline(filled_bone, geometry) if fused else None
     if plane is None:
         return []
