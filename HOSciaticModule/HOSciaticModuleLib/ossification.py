@@ -100,24 +100,25 @@ OUTSIDE_BODY_HU = -500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
 #: Normal bony prominences (ischial spine, trochanters, iliac spines) come in pairs, HO
 #: seldom mirrors itself: a fused island whose mirror image across the body's midline
-#: lies in bone is flagged as possibly normal anatomy. The midline is searched on a
-#: coarse grid; a plane counts when at least half of the bone finds bone in its mirror
-#: image and a fifth of the bone lies more than 50 mm out on each side (a single bone
-#: is symmetric about its own axis, a pelvis about its midline).
+#: lies in bone is flagged as possibly normal anatomy. A midline counts when at least
+#: half of the bone (sampled every 2 mm) has bone within 4 mm of its mirror image, and a
+#: fifth of the bone lies more than 50 mm out on each side (a single bone is symmetric
+#: about its own axis, a pelvis about its midline).
 MIRROR_GRID_MM = 4.0
 MIRROR_MIN_SYMMETRY = 0.5
 MIRROR_MIN_LATERAL_MM = 50.0
 MIRROR_MIN_LATERAL_SHARE = 0.2
-#: Left-right differences of normal anatomy and of the patient's position, plus the
-#: coarse midline: an island is mirrored when 80 % of it lands within 4 mm of bone.
+#: Left-right differences of normal anatomy and of the patient's position: an island is
+#: mirrored when 80 % of it lands within 4 mm of bone.
 MIRROR_TOLERANCE_MM = 4.0
 MIRROR_MATCH_FRACTION = 0.8
 #: The bony prominences a ball of 20 mm cannot enter (ischial spine, lesser trochanter,
 #: iliac spines) are a few mL; a larger fused mass on both sides is bilateral HO.
 PROMINENCE_MAX_ML = 10.0
-#: The plane found along R is then turned and tilted to the skeleton (a patient lies up
-#: to several degrees turned or tilted): bone points paired with bone within 15 mm of
-#: their mirror images, 20 fits at most, a turn of at most 15 degrees.
+#: The midline is first searched across R on an 8 mm grid (the best 3 planes), then
+#: turned and tilted to the skeleton (a patient lies up to several degrees turned or
+#: tilted): 10 000 bone points paired with bone within 15 mm of their mirror images,
+#: 20 fits at most, a turn of at most 15 degrees.
 MIRROR_SEARCH_CELL_MM = 8.0
 MIRROR_CANDIDATES = 3
 MIRROR_FIT_POINTS = 10_000
