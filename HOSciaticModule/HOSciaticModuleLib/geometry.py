@@ -167,3 +167,15 @@ class VolumeGeometry:
                 "Resample it onto an orthogonal grid first (for example with Slicer's Resample Scalar Volume "
                 "or by harden-transforming a sheared acquisition)."
             )
+
+
+def bounding_slices(mask: np.ndarray):
+    """Slices of the smallest block holding every True voxel, or None when empty."""
+    bounds = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(np.any(mask, axis=other))
+        if present.size == 0:
+            return None
+        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(bounds)

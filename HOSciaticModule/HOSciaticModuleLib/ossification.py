@@ -49,7 +49,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
 from .errors import InputError
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, bounding_slices
 from .progress import ProgressCallback, report
 
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
@@ -333,12 +333,9 @@ def _touches_border(block, shape) -> bool:
 def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
     """Whether an island (a mask over ``island_slices`` of the image) has voxels on the
     image's first or last layer along any axis."""
-    for axis in range(3):
-        present = np.flatnonzero(island.any(axis=tuple(a for a in range(3) if a != axis)))
-        start = island_slices[axis].start
-        if start + present[0] == 0 or start + present[-1] == shape[axis] - 1:
-            return True
-    return False
+    extent = bounding_slices(island)
+    return any(offset.start + s.start == 0 or offset.start + s.stop == n
+               for s, offset, n in zip(extent, island_slices, shape))
 
 
 def _pad_block(block, shape, margin):
@@ -351,12 +348,8 @@ def _bounding_block(mask: np.ndarray, margin_voxels: int, margin_mm: float = 0.0
     plus ``margin_mm`` converted per axis."""
     extra = (np.ceil(margin_mm / np.asarray(geometry.spacing_kji)).astype(int) if geometry is not None
              else np.zeros(3, int))
-    block = []
-    for axis in range(3):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        pad = margin_voxels + int(extra[axis])
-        block.append(slice(max(int(present[0]) - pad, 0), min(int(present[-1]) + 1 + pad, mask.shape[axis])))
-    return tuple(block)
+    return tuple(slice(max(s.start - margin_voxels - int(e), 0), min(s.stop + margin_voxels + int(e), n))
+                 for s, e, n in zip(bounding_slices(mask), extra, mask.shape))
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from . import measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MODALITIES, SIDES
 from .errors import InputError
+from .geometry import bounding_slices
 from .progress import ProgressCallback, report, sub_progress
 
 HO_SEGMENT_PREFIX = "HO"
@@ -237,7 +238,7 @@ class HOSciaticAnalysis:
         # bone cut by the ROI, is analysed: memory and time follow the ROI.
         block = tuple(slice(0, n) for n in geometry.shape_kji)
         if roi_mask is not None:
-            roi_block = scene_io.bounding_slices(roi_mask)
+            roi_block = bounding_slices(roi_mask)
             corners = geometry.kji_to_ras_points([[s.start for s in roi_block], [s.stop - 1 for s in roi_block]])
             block = geometry.bounding_slices_of_ras_box(corners, ROI_CONTEXT_MM)
         result = ossification.segment_ossifications(

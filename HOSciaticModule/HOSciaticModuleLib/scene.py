@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, bounding_slices
 
 #: Colour of HO segments: Slicer's "bone" terminology colour.
 BONE_COLOR = (0.945, 0.839, 0.569)
@@ -245,18 +245,6 @@ def oriented_image_from_mask(mask: np.ndarray, geometry: VolumeGeometry, offset_
     image.AllocateScalars(VTK_UNSIGNED_CHAR, 1)
     _oriented_image_to_array(image)[...] = mask[nonzero_slices].astype(np.uint8)
     return image
-
-
-def bounding_slices(mask: np.ndarray):
-    """Slices of the smallest block holding every True voxel, or None when empty."""
-    bounds = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(np.any(mask, axis=other))
-        if present.size == 0:
-            return None
-        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(bounds)
 
 
 def ensure_segmentation_node(scene, segmentation_node, name: str, reference_volume_node):
