@@ -553,15 +553,15 @@ def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: Volu
     return (_ball_distance(~island, geometry) <= SURROUND_RING_MM) & ~island & ~other_bone
 
 
-def outside_body(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> bool:
-    """Whether an island is surrounded mostly by air: an object outside the patient."""
-    ring = _surrounding_ring(island, other_bone, geometry)
+def outside_body(ct_hu, ring: np.ndarray) -> bool:
+    """Whether the ring around an island (see :func:`_surrounding_ring`) is mostly air:
+    an object outside the patient."""
     return bool(ring.any()) and float(np.mean(ct_hu[ring] < OUTSIDE_BODY_HU)) >= OUTSIDE_BODY_AIR_FRACTION
 
 
-def refine_boundary(ct_hu, island: np.ndarray, other_bone: np.ndarray, geometry, bone_threshold_hu) -> np.ndarray:
-    """Move an island's edge to half the step between its bone and the soft tissue around it."""
-    ring = _surrounding_ring(island, other_bone, geometry)
+def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_threshold_hu) -> np.ndarray:
+    """Move an island's edge to half the step between its bone and the soft tissue
+    around it (``ring``, see :func:`_surrounding_ring`)."""
     if not ring.any():
         return island
     background = float(np.median(ct_hu[ring]))
@@ -827,12 +827,13 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             continue
         island_block = _pad_block(blocks[label - 1], labels.shape, 4)
         island = labels[island_block] == label
-        other_bone = bone_block[island_block] & ~island
-        if outside_body(ct_block[island_block], island, other_bone, block_geometry.cropped(island_block)):
+        island_geometry = block_geometry.cropped(island_block)
+        ring = _surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)
+        if outside_body(ct_block[island_block], ring):
             outside_ml += np.count_nonzero(island) * geometry.voxel_volume_ml
             outside_count += 1
             continue
-        island = refine_boundary(ct_block[island_block], island, other_bone, block_geometry.cropped(island_block),
+        island = refine_boundary(ct_block[island_block], island, ring, island_geometry,
                                  bone_threshold_hu) & ~excluded[island_block]
         if np.count_nonzero(island) < min_voxels:
             continue
