@@ -338,6 +338,17 @@ def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
                for s, offset, n in zip(extent, island_slices, shape))
 
 
+def _component_thickness_mm(labels: np.ndarray, label: int, block, geometry: VolumeGeometry) -> float:
+    """Twice the depth of the deepest voxel of one labelled component (in ``block``).
+
+    Measured with a voxel of background around the block, so that only the array's own
+    edge (where the bone is cut) is not a boundary: a component filling its block
+    exactly is not taken for a thick one.
+    """
+    padded = _pad_block(block, labels.shape, 1)
+    return 2.0 * float(_ball_distance(labels[padded] == label, geometry).max())
+
+
 def _pad_block(block, shape, margin):
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
 
@@ -429,10 +440,7 @@ def estimate_native_components(labels, count, sizes, blocks, geometry) -> np.nda
     for label in range(1, count + 1):
         if native[label] or blocks[label - 1] is None or not _touches_border(blocks[label - 1], labels.shape):
             continue
-        # One voxel of background around the component, so only the region's own edge
-        # (where the bone is cut) is not a boundary.
-        block = _pad_block(blocks[label - 1], labels.shape, 1)
-        thickness = 2.0 * float(_ball_distance(labels[block] == label, geometry).max())
+        thickness = _component_thickness_mm(labels, label, blocks[label - 1], geometry)
         native[label] = thickness >= NATIVE_CUT_MIN_THICKNESS_MM
     return native
 
@@ -510,7 +518,7 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
         part = labels[block] == label
         if np.any(part & region_edge[block]) or float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM:
             continue
-        thickness = 2.0 * float(_ball_distance(labels[_pad_block(block, labels.shape, 1)] == label, geometry).max())
+        thickness = _component_thickness_mm(labels, label, block, geometry)
         extent = _extent_mm(part, geometry)
         keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
     kept = keep[labels]
