@@ -705,8 +705,12 @@ def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeo
 # ---------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------
+def _island_names(numbers) -> str:
+    return ", ".join(f"HO {number}" for number in numbers)
+
+
 def _edge_warning(numbers, within_roi: bool) -> str:
-    names = ", ".join(f"HO {number}" for number in numbers)
+    names = _island_names(numbers)
     one = len(numbers) == 1
     # With an ROI the analysed region is the ROI and its surroundings, not the whole image.
     edge, beyond = (("the edge of the analysed region (the ROI and its surroundings)",
@@ -727,6 +731,22 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
             f"calcified vessel rather than HO. If the CT is contrast-enhanced, run again with the bone threshold "
             f"above {'its' if one else 'their'} level ({'its' if one else 'their'} voxels reach {level:.0f} HU; the "
             f"threshold is {bone_threshold_hu:.0f} HU), or delete {delete}.")
+
+
+def _streak_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'lies' if one else 'lie'} within {STREAK_REACH_MM:.0f} mm of metal and "
+            f"{'has' if one else 'have'} no cortex: {'it' if one else 'they'} may be streak artefacts from the metal "
+            "rather than HO. Check on a metal-artefact-reduction reconstruction, or against the streaks' direction on "
+            "the images.")
+
+
+def _mirror_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'has a mirror image' if one else 'have mirror images'} in bone on the other "
+            f"side of the body (within {MIRROR_TOLERANCE_MM:.0f} mm): {'it' if one else 'each'} may be a normal bony "
+            "prominence (ischial spine, trochanter, iliac spine) rather than HO. Compare both sides; if it is normal "
+            "anatomy, delete the segment and recompute contact.")
 
 
 def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
@@ -888,19 +908,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if vessel_shaped:
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
     if near_metal_immature:
-        one = len(near_metal_immature) == 1
-        warnings.append(f"{', '.join(f'HO {n}' for n in near_metal_immature)} {'lies' if one else 'lie'} within "
-                        f"{STREAK_REACH_MM:.0f} mm of metal and {'has' if one else 'have'} no cortex: "
-                        f"{'it' if one else 'they'} may be streak artefacts from the metal rather than HO. Check on "
-                        "a metal-artefact-reduction reconstruction, or against the streaks' direction on the images.")
+        warnings.append(_streak_warning(near_metal_immature))
     mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
     if mirrored:
-        names = ", ".join(f"HO {number}" for number in mirrored)
-        warnings.append(f"{names} {'has a mirror image' if len(mirrored) == 1 else 'have mirror images'} in bone on "
-                        f"the other side of the body (within {MIRROR_TOLERANCE_MM:.0f} mm): "
-                        f"{'it' if len(mirrored) == 1 else 'each'} may be a normal bony prominence (ischial spine, "
-                        "trochanter, iliac spine) rather than HO. Compare both sides; if it is normal anatomy, delete "
-                        "the segment and recompute contact.")
+        warnings.append(_mirror_warning(mirrored))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block)
