@@ -26,7 +26,7 @@ class LoadedImage:
     geometry: VolumeGeometry
     source: str
     description: str
-    #: The image as read, when asked for (writing it back needs no conversion).
+    #: The image as read, when the array shares its memory (``share_memory``).
     sitk_image: object = None
 
 
@@ -69,7 +69,7 @@ def _read_dicom_series(folder: Path):
     return reader.Execute(), f"DICOM series {best} ({len(series_ids)} series in folder)"
 
 
-def read_volume(path, what: str = "image", keep_image: bool = False, share_memory: bool = False) -> LoadedImage:
+def read_volume(path, what: str = "image", share_memory: bool = False) -> LoadedImage:
     """Read a 3D scalar image (NRRD, NIfTI, MHA or a DICOM folder) as RAS geometry + array.
 
     With ``share_memory`` the array is a read-only view of the image as read (no copy
@@ -113,7 +113,7 @@ def read_volume(path, what: str = "image", keep_image: bool = False, share_memor
                              "Fix or mask them (for example replace them by air, -1000 HU) and try again.")
     if share_memory:
         return LoadedImage(array, geometry, str(path), description, image)
-    return LoadedImage(np.array(array), geometry, str(path), description, image if keep_image else None)
+    return LoadedImage(np.array(array), geometry, str(path), description)
 
 
 def write_volume(path, array: np.ndarray, geometry: VolumeGeometry, compress: bool = True) -> None:

@@ -824,8 +824,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         native_used = native_block
         excluded = native_zone
     else:
-        filled = filled_bone = fill_bone_cavities(bone_block)
-        labels, count, sizes = _components(filled)
+        filled_bone = fill_bone_cavities(bone_block)
+        labels, count, sizes = _components(filled_bone)
         component_blocks = ndimage.find_objects(labels)
         is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry)
         native_used = is_native[labels]
