@@ -129,9 +129,7 @@ def test_thin_box_of_bone_cut_by_the_edge_is_not_native():
     # 2 mm thick, cut by the field of view: too thin for the femur or hip bone a cut
     # native bone would be, however exactly it fills its bounding box.
     phantom = generate_phantom(**BASE)
-    k, j, i = np.indices(phantom.image.shape)
-    offset = phantom.geometry.kji_to_ras_points(np.stack([k, j, i], axis=-1).reshape(-1, 3)).reshape(k.shape + (3,)) \
-        - phantom.spec.center_ras
+    offset = phantom.geometry.voxel_ras_grid() - phantom.spec.center_ras
     sheet = ((np.abs(offset[..., 0] + 20.0) <= 1.0) & (offset[..., 1] >= 42.0) & (np.abs(offset[..., 2]) <= 15.0))
     phantom.image[sheet] = 300.0
     result = segment_ossifications(phantom.image, phantom.geometry)
@@ -175,8 +173,7 @@ def _both_hips_with_prominences(turn_deg: float):
     midline = np.asarray(phantom.spec.center_ras) + [-45.0, 5.0, 0.0]
     # Where each voxel of the turned body comes from in the unturned one (RAS).
     rotation = np.array([[np.cos(turn), -np.sin(turn), 0.0], [np.sin(turn), np.cos(turn), 0.0], [0.0, 0.0, 1.0]])
-    kji = np.indices(phantom.image.shape).reshape(3, -1).T
-    source = (phantom.geometry.kji_to_ras_points(kji) - midline) @ rotation + midline
+    source = (phantom.geometry.voxel_ras_grid().reshape(-1, 3) - midline) @ rotation + midline
     image = ndimage.map_coordinates(phantom.image, phantom.geometry.ras_to_kji_points(source).T, order=1,
                                     mode="nearest").reshape(phantom.image.shape)
     turned = ((np.array([[20.0, 15.0, -40.0], [_mirrored_r(20.0), 15.0, -40.0], [42.0, -2.0, 45.0]])
@@ -278,8 +275,7 @@ def test_metal_is_excluded_and_reported():
 
     # A bright streak (300 HU, no cortex) running 15-35 mm from the screw is named as a
     # possible artefact; the islands far from the metal are not.
-    offset = phantom.geometry.kji_to_ras_points(np.stack([k, j, i], axis=-1).reshape(-1, 3)).reshape(k.shape + (3,)) \
-        - phantom.spec.center_ras
+    offset = phantom.geometry.voxel_ras_grid() - phantom.spec.center_ras
     streak = ((np.abs(offset[..., 1] - 30.0) <= 1.0) & (offset[..., 0] >= -2.0) & (offset[..., 0] <= 18.0)
               & (np.abs(offset[..., 2]) <= 15.0))
     phantom.image[streak] = 300.0
