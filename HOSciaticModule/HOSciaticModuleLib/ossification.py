@@ -541,12 +541,13 @@ def _extent_mm(part: np.ndarray, geometry: VolumeGeometry) -> float:
     return 4.0 * float(_principal_spreads_mm(part, geometry)[0])
 
 
-def vessel_like(island: np.ndarray, geometry: VolumeGeometry) -> tuple[bool, float, float]:
+def vessel_like(island: np.ndarray, depth: np.ndarray, geometry: VolumeGeometry) -> tuple[bool, float, float]:
     """Whether an island is a long, thin, solid tube, the shape of a contrast-filled or
-    calcified vessel; with its width and length (mm). HO is a blob, a plate along a
-    muscle plane, or a sleeve around the nerve, not a thin rod."""
+    calcified vessel; with its width and length (mm). ``depth`` is each island voxel's
+    distance (mm) to the outside. HO is a blob, a plate along a muscle plane, or a
+    sleeve around the nerve, not a thin rod."""
     spreads = _principal_spreads_mm(island, geometry)
-    width = 2.0 * float(_ball_distance(island, geometry).max())
+    width = 2.0 * float(depth.max())
     length = 4.0 * float(spreads[0])
     # A round cross-section of width w spreads w / 4 either way; a band along a muscle
     # plane spreads far more across than its thickness.
@@ -688,9 +689,9 @@ def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geomet
     return matched >= MIRROR_MATCH_FRACTION * len(ras)
 
 
-def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeometry) -> str:
-    """'mature' when a cortical rim is clearly denser than the interior (marrow)."""
-    depth = _ball_distance(island, geometry)
+def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, depth: np.ndarray) -> str:
+    """'mature' when a cortical rim is clearly denser than the interior (marrow);
+    ``depth`` is each island voxel's distance (mm) to the outside."""
     rim = island & (depth <= CORTEX_RIM_MM)
     interior = island & ~rim
     if np.count_nonzero(interior) < 0.05 * np.count_nonzero(island) or not rim.any():
@@ -879,6 +880,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         target[island & (target == 0)] = number
         values = ct_block[island_block][island]
         kji = np.argwhere(island).mean(axis=0) + [s.start for s in island_block] + [s.start for s in block]
+        island_geometry = block_geometry.cropped(island_block)
+        # Distance to the outside, for the cortex and for the vessel shape alike.
+        depth = _ball_distance(island, island_geometry)
         results.append(OssificationIsland(
             label=number,
             volume_ml=float(np.count_nonzero(island) * geometry.voxel_volume_ml),
@@ -886,7 +890,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             max_hu=float(values.max()),
             centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(kji)[0]),
             fused_to_native_bone=_touches(island, fused_to, island_block, block_geometry),
-            maturity=classify_maturity(ct_block[island_block], island, block_geometry.cropped(island_block)),
+            maturity=classify_maturity(ct_block[island_block], island, depth),
         ))
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
         if _reaches_image_edge(island, result_blocks[-1], ct_hu.shape):
@@ -894,7 +898,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         if (metal_distance is not None and results[-1].maturity == "immature"
                 and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
             near_metal_immature.append(number)
-        tube, width, length = vessel_like(island, block_geometry.cropped(island_block))
+        tube, width, length = vessel_like(island, depth, island_geometry)
         if tube:
             vessel_shaped.append((number, width, length, float(np.percentile(values, 95))))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
