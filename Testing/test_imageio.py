@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.imageio import read_markups_json, read_volume, sitk_image_from_array, write_volume
-from HOSciaticModuleLib.phantom import write_markups_points_json
+from HOSciaticModuleLib.phantom import write_dicom_slices, write_markups_points_json
 
 
 @pytest.fixture
@@ -32,31 +33,82 @@ def test_file_formats_round_trip(tmp_path, volume, suffix):
 def test_dicom_series_folder(tmp_path, volume):
     values, geometry = volume
     image = sitk_image_from_array(values, geometry)
-    folder = tmp_path / "dicom"
-    folder.mkdir()
-    direction = image.GetDirection()
-    for k in range(image.GetDepth()):
-        slice_image = image[:, :, k]
-        origin = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": "CT", "0020|000d": "1.2.3.4", "0020|000e": "1.2.3.4.5", "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
-                                                        direction[1], direction[4], direction[7])),
-            "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}",
-            "0018|0050": f"{image.GetSpacing()[2]:.6f}",
-            "0028|1052": "0", "0028|1053": "1",
-        }
-        for tag, value in tags.items():
-            slice_image.SetMetaData(tag, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(slice_image)
-    loaded = read_volume(folder)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    write_dicom_slices(tmp_path / "dicom", values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2])
+    loaded = read_volume(tmp_path / "dicom")
     assert "DICOM series" in loaded.description
+    assert loaded.warnings == []
     np.testing.assert_array_equal(loaded.array, values)
     np.testing.assert_allclose(loaded.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-3)
+
+
+def ramp_hu(points_lps):
+    """A CT whose value is a linear function of position: linear interpolation between
+    slices reproduces it exactly, so any misplaced voxel shows."""
+    return 2.0 * points_lps[..., 0] + 3.0 * points_lps[..., 1] + 4.0 * points_lps[..., 2] - 300.0
+
+
+def scanner_slices(rows, columns, pixel_mm, positions_lps, row_lps, column_lps):
+    j, i = np.mgrid[0:rows, 0:columns]
+    planes = []
+    for position in positions_lps:
+        points = (np.asarray(position)[None, None, :] + i[..., None] * pixel_mm[0] * np.asarray(row_lps)
+                  + j[..., None] * pixel_mm[1] * np.asarray(column_lps))
+        planes.append(np.rint(ramp_hu(points)).astype(np.int16))
+    return np.stack(planes)
+
+
+def voxel_lps(loaded):
+    return loaded.geometry.voxel_ras_grid() * [-1.0, -1.0, 1.0]
+
+
+def test_dicom_gantry_tilt_is_undone(tmp_path):
+    # A 20 degree gantry tilt: slices lean about L while the table moves along S.
+    tilt = np.radians(20.0)
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), np.sin(tilt)])
+    positions = [(-10.0, -20.0, 5.0 + 2.0 * k) for k in range(12)]
+    write_dicom_slices(tmp_path / "tilted", scanner_slices(40, 30, (0.8, 0.8), positions, row, column),
+                       positions, row, column, (0.8, 0.8))
+    loaded = read_volume(tmp_path / "tilted")
+    assert len(loaded.warnings) == 1 and "gantry tilt of 20.0 degrees" in loaded.warnings[0]
+    directions = loaded.geometry.directions
+    np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-6)  # a grid at right angles
+    np.testing.assert_allclose(loaded.geometry.spacing_ijk, (0.8, 0.8, 2.0 * np.cos(tilt)), atol=1e-4)
+    # Every voxel the tilted slices covered holds the CT value of its true position
+    # (rounding of the written slices and of the result: 1 HU). Rows near the edge that
+    # a shifted slice does not cover are left out.
+    expected = ramp_hu(voxel_lps(loaded))
+    shift_rows = int(np.ceil(2.0 * 11 * np.sin(tilt) / 0.8)) + 1
+    inner = (slice(None), slice(shift_rows, 40 - shift_rows), slice(None))
+    assert np.max(np.abs(loaded.array[inner] - expected[inner])) <= 1.0
+
+
+def test_dicom_uneven_slices_are_interpolated(tmp_path):
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    heights = [0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0]  # the slice at 4 mm is missing
+    positions = [(0.0, 0.0, z) for z in heights]
+    write_dicom_slices(tmp_path / "uneven", scanner_slices(8, 9, (0.7, 0.7), positions, row, column),
+                       positions, row, column, (0.7, 0.7))
+    loaded = read_volume(tmp_path / "uneven")
+    assert len(loaded.warnings) == 1 and "1.00 to 2.00 mm" in loaded.warnings[0]
+    assert loaded.array.shape == (8, 8, 9)
+    np.testing.assert_allclose(loaded.geometry.spacing_ijk, (0.7, 0.7, 1.0), atol=1e-6)
+    assert np.max(np.abs(loaded.array - ramp_hu(voxel_lps(loaded)))) <= 1.0
+
+
+@pytest.mark.parametrize("heights, message", [
+    ([0.0, 1.0, 2.0, 9.0, 10.0], "gap of 7.0 mm"),
+    ([0.0, 1.0, 1.0, 2.0, 3.0], "same position"),
+])
+def test_dicom_missing_or_duplicate_slices_are_refused(tmp_path, heights, message):
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    positions = [(0.0, 0.0, z) for z in heights]
+    folder = tmp_path / "broken"
+    write_dicom_slices(folder, scanner_slices(6, 6, (1.0, 1.0), positions, row, column), positions, row, column,
+                       (1.0, 1.0))
+    with pytest.raises(InputError, match=message):
+        read_volume(folder)
 
 
 def test_markups_coordinates_lps_and_ras(tmp_path):

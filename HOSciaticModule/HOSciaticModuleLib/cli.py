@@ -283,7 +283,8 @@ def _check_modality_inputs(args, seeds) -> None:
 def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers):
     from . import scene as scene_io
 
-    warnings: list[str] = []
+    # Corrections made while reading (a tilted or unevenly sliced DICOM series) come first.
+    warnings: list[str] = list(image.warnings)
 
     oss_outputs = None
     segmentation_node = None

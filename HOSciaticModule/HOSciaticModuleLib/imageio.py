@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from .errors import InputError
 from .geometry import VolumeGeometry
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+#: Slice positions in DICOM headers are rounded: slices within a tenth of the spacing of
+#: an even grid lie on it, and positions closer than that are duplicates.
+SLICE_POSITION_TOLERANCE = 0.1
+#: One missing slice is bridged by interpolation (as Slicer does); a wider gap is
+#: missing anatomy.
+MAX_SLICE_GAP_FACTOR = 2.5
+#: A gantry tilt shifting the last slice by less than half a pixel is rounding.
+TILT_TOLERANCE_PIXELS = 0.5
+#: Direction cosines written with a few decimals differ by rounding only.
+ORIENTATION_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -28,6 +39,8 @@ class LoadedImage:
     description: str
     #: The image as read, when the array shares its memory (``share_memory``).
     sitk_image: object = None
+    #: Corrections made while reading (a DICOM series' slice geometry).
+    warnings: list = field(default_factory=list)
 
 
 def _sitk():
@@ -57,6 +70,8 @@ def sitk_image_from_array(array: np.ndarray, geometry: VolumeGeometry):
 
 
 def _read_dicom_series(folder: Path):
+    """The series with most slices in ``folder``, on a regular orthogonal grid; returns
+    the image, a description and warnings about corrections of the slice geometry."""
     sitk = _sitk()
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
     if not series_ids:
@@ -65,8 +80,137 @@ def _read_dicom_series(folder: Path):
     # The series with the most slices is the volume a user means; scouts and dose reports are small.
     best = max(series_ids, key=lambda sid: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)))
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best))
-    return reader.Execute(), f"DICOM series {best} ({len(series_ids)} series in folder)"
+    file_names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best)
+    reader.SetFileNames(file_names)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    # ITK's own remarks on uneven slices go to the console; they are checked and answered below.
+    showed_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(showed_warnings)
+    description = f"DICOM series {best} ({len(series_ids)} series in folder)"
+    slices = dicom_slice_geometry(reader, len(file_names), folder)
+    if slices is None or image.GetDimension() != 3 or image.GetDepth() != len(file_names):
+        return image, description, []
+    image, warnings = regular_slice_grid(image, slices)
+    return image, description, warnings
+
+
+@dataclass
+class DicomSlices:
+    """Orientation and position (LPS, from the DICOM header) of each slice, in the
+    order of the volume's slices."""
+
+    row_lps: np.ndarray
+    column_lps: np.ndarray
+    positions_lps: np.ndarray
+
+    @property
+    def normal_lps(self) -> np.ndarray:
+        return np.cross(self.row_lps, self.column_lps)
+
+
+def _header_numbers(reader, index: int, tag: str, count: int):
+    if not reader.HasMetaDataKey(index, tag):
+        return None
+    try:
+        values = np.asarray([float(v) for v in reader.GetMetaData(index, tag).strip().split("\\")])
+    except ValueError:
+        return None
+    return values if values.shape == (count,) and np.all(np.isfinite(values)) else None
+
+
+def dicom_slice_geometry(reader, count: int, folder) -> DicomSlices | None:
+    """Each slice's orientation and position from its header (None when a slice lacks
+    them, e.g. a single multi-frame file); slices of differing orientation are refused."""
+    orientations, positions = [], []
+    for index in range(count):
+        orientation = _header_numbers(reader, index, "0020|0037", 6)
+        position = _header_numbers(reader, index, "0020|0032", 3)
+        if orientation is None or position is None:
+            return None
+        orientations.append(orientation)
+        positions.append(position)
+    orientations = np.asarray(orientations)
+    if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOLERANCE:
+        raise InputError(f"The DICOM series in '{folder}' mixes slices of different orientations (several stacks, "
+                         "or a scout, saved as one series). Export the one axial stack to analyse, or load the "
+                         "series in Slicer and save the volume as NRRD.")
+    row, column = orientations[0, :3], orientations[0, 3:]
+    return DicomSlices(row / np.linalg.norm(row), column / np.linalg.norm(column), np.asarray(positions))
+
+
+def regular_slice_grid(image, slices: DicomSlices):
+    """The image on a regular grid at right angles to its slices, with warnings.
+
+    A gantry tilt stacks slices obliquely and a scanner may leave slices unevenly
+    spaced (or one missing); a volume built from the first slice's position and a
+    single spacing would then be sheared or stretched. Each slice is shifted in its
+    plane to undo the tilt and the slices are interpolated onto an even spacing, as
+    Slicer's acquisition-geometry correction does. Duplicate positions (two
+    acquisitions in one series) and gaps wider than one missing slice are refused.
+    """
+    normal = slices.normal_lps
+    along = slices.positions_lps @ normal
+    if along[-1] < along[0]:
+        normal, along = -normal, -along
+    gaps = np.diff(along)
+    if len(gaps) == 0:
+        return image, []
+    spacing = float(np.median(gaps))
+    if spacing <= 0 or np.min(gaps) < SLICE_POSITION_TOLERANCE * spacing:
+        raise InputError("The DICOM series has two or more slices at the same position (several acquisitions or "
+                         "reconstructions saved as one series). Export the one series to analyse.")
+    if np.max(gaps) > MAX_SLICE_GAP_FACTOR * spacing:
+        raise InputError(f"The DICOM series has a gap of {np.max(gaps):.1f} mm between slices spaced {spacing:.2f} mm: "
+                         "slices are missing. Export the complete series from the scanner or PACS.")
+    pixel = np.asarray(image.GetSpacing(), float)[:2]
+    offsets = slices.positions_lps - slices.positions_lps[0] - np.outer(along - along[0], normal)
+    # Shift of each slice's pixels (j along the column direction, i along the row direction).
+    shifts = np.stack([offsets @ slices.column_lps / pixel[1], offsets @ slices.row_lps / pixel[0]], axis=1)
+    tilted = float(np.max(np.abs(shifts))) > TILT_TOLERANCE_PIXELS
+    step = (along[-1] - along[0]) / len(gaps)
+    uneven = float(np.max(np.abs(along - along[0] - step * np.arange(len(along))))) > SLICE_POSITION_TOLERANCE * spacing
+    if not (tilted or uneven):
+        return image, []
+
+    source = _sitk().GetArrayViewFromImage(image)
+    targets = along[0] + spacing * np.arange(int(round((along[-1] - along[0]) / spacing)) + 1)
+    corrected = np.empty((len(targets),) + source.shape[1:], source.dtype)
+    air = float(source.min())
+    shifted = {}
+
+    def aligned(k):
+        if k not in shifted:
+            plane = source[k].astype(np.float32)
+            shifted[k] = ndimage.shift(plane, shifts[k], order=1, mode="constant", cval=air) if tilted else plane
+        return shifted[k]
+
+    for m, target in enumerate(targets):
+        k = int(np.clip(np.searchsorted(along, target, side="right") - 1, 0, len(along) - 2))
+        weight = float(np.clip((target - along[k]) / gaps[k], 0.0, 1.0))
+        plane = (1.0 - weight) * aligned(k) + weight * aligned(k + 1)
+        for old in [key for key in shifted if key < k]:
+            del shifted[old]
+        corrected[m] = np.rint(plane) if corrected.dtype.kind in "iu" else plane
+    result = _sitk().GetImageFromArray(corrected)
+    result.SetSpacing((float(pixel[0]), float(pixel[1]), spacing))
+    result.SetOrigin(tuple(float(v) for v in slices.positions_lps[0]))
+    result.SetDirection(tuple(float(v) for v in np.stack([slices.row_lps, slices.column_lps, normal], axis=1).ravel()))
+    warnings = []
+    if tilted:
+        stacking = slices.positions_lps[-1] - slices.positions_lps[0]
+        tilt = np.degrees(np.arccos(min(1.0, abs(float(stacking @ normal)) / float(np.linalg.norm(stacking)))))
+        warnings.append(f"The DICOM series was acquired with a gantry tilt of {tilt:.1f} degrees: each slice was "
+                        "shifted in its plane onto a grid at right angles, so shapes, distances and positions are "
+                        "true.")
+    if uneven:
+        warnings.append(f"The DICOM series has unevenly spaced slices ({np.min(gaps):.2f} to {np.max(gaps):.2f} mm "
+                        f"apart): they were interpolated onto an even {spacing:.2f} mm spacing. Check the "
+                        "region of the widest gap on the images.")
+    return result, warnings
 
 
 def read_volume(path, what: str = "image", share_memory: bool = False) -> LoadedImage:
@@ -82,8 +226,9 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
     path = Path(path)
     if not path.exists():
         raise InputError(f"The {what} '{path}' does not exist. Check the path.")
+    warnings: list[str] = []
     if path.is_dir():
-        image, description = _read_dicom_series(path)
+        image, description, warnings = _read_dicom_series(path)
     else:
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")
@@ -112,8 +257,8 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
             raise InputError(f"The {what} '{path}' holds {bad} NaN or infinite voxel values. "
                              "Fix or mask them (for example replace them by air, -1000 HU) and try again.")
     if share_memory:
-        return LoadedImage(array, geometry, str(path), description, image)
-    return LoadedImage(np.array(array), geometry, str(path), description)
+        return LoadedImage(array, geometry, str(path), description, image, warnings)
+    return LoadedImage(np.array(array), geometry, str(path), description, warnings=warnings)
 
 
 def write_volume(path, array: np.ndarray, geometry: VolumeGeometry, compress: bool = True) -> None:

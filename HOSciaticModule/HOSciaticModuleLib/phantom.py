@@ -445,3 +445,54 @@ def write_phantom_case(phantom: Phantom, folder, name: str = "ct") -> dict:
     truth_path = folder / f"{name}_truth.json"
     truth_path.write_text(json.dumps(truth, indent=1))
     return {"image": image_path, "seeds": seeds_path, "truth": truth_path}
+
+
+def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel_mm) -> None:
+    """One CT slice file per plane (rows j, columns i) with the given header positions
+    and orientation (LPS, as a scanner writes them); ``pixel_mm`` is (along i, along j)."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    orientation = "\\".join(f"{v:.6f}" for v in (*row_lps, *column_lps))
+    for k, (plane, position) in enumerate(zip(planes, positions_lps)):
+        slice_image = sitk.GetImageFromArray(np.ascontiguousarray(plane[None]))[:, :, 0]
+        slice_image.SetSpacing(tuple(float(v) for v in pixel_mm))
+        tags = {
+            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
+            "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in position), "0020|0037": orientation,
+            "0028|0030": f"{pixel_mm[1]:.6f}\\{pixel_mm[0]:.6f}", "0028|1052": "0", "0028|1053": "1",
+        }
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def write_tilted_dicom_series(phantom: Phantom, folder, tilt_deg: float, table_step_mm: float = 2.0,
+                              pixel_mm: float = 1.0) -> None:
+    """The phantom as a scanner with its gantry tilted by ``tilt_deg`` about L would
+    slice it: each slice leans towards S while the table moves along S, covering the
+    whole phantom (beyond it the nearest value continues)."""
+    tilt = np.radians(tilt_deg)
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), np.sin(tilt)])
+    last = np.subtract(phantom.image.shape, 1)
+    corners = np.array([[a, b, c] for a in (0, last[0]) for b in (0, last[1]) for c in (0, last[2])])
+    lps = phantom.geometry.kji_to_ras_points(corners) * [-1, -1, 1]
+    low, high = lps.min(axis=0), lps.max(axis=0)
+    columns = int(np.ceil((high[0] - low[0]) / pixel_mm)) + 1
+    rows = int(np.ceil((high[1] - low[1]) / (pixel_mm * np.cos(tilt)))) + 1
+    first_s = low[2] - rows * pixel_mm * np.sin(tilt)
+    count = int(np.ceil((high[2] - first_s) / table_step_mm)) + 1
+    positions = np.array([(low[0], low[1], first_s + k * table_step_mm) for k in range(count)])
+    j, i = np.mgrid[0:rows, 0:columns].astype(float)
+    in_plane = i[..., None] * pixel_mm * row + j[..., None] * pixel_mm * column
+    planes = []
+    for position in positions:
+        ras = (position + in_plane).reshape(-1, 3) * [-1, -1, 1]
+        kji = phantom.geometry.ras_to_kji_points(ras).T
+        values = ndimage.map_coordinates(phantom.image, kji, order=1, mode="nearest")
+        planes.append(np.rint(values).astype(np.int16).reshape(rows, columns))
+    write_dicom_slices(folder, planes, positions, row, column, (pixel_mm, pixel_mm))
