@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
