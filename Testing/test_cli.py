@@ -1,5 +1,6 @@
 """The ``hosciatic`` command end to end on a small synthetic case written to disk."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from scipy.spatial import cKDTree
 from HOSciaticModuleLib import cli
 from HOSciaticModuleLib.imageio import read_markups_json, read_volume
 from HOSciaticModuleLib.imageio import write_volume
-from HOSciaticModuleLib.phantom import (generate_phantom, write_markups_points_json, write_phantom_case,
-                                         write_tilted_dicom_series)
+from HOSciaticModuleLib.phantom import (PhantomSpec, generate_phantom, other_hip_bones, write_markups_points_json,
+                                         write_phantom_case, write_tilted_dicom_series)
 
 SMALL_SPACING = (1.0, 1.0, 2.0)
 
@@ -200,3 +201,32 @@ def test_tilted_dicom_series_gives_true_figures(case, analysed, tmp_path):
     assert abs(nerve["length_mm"] - straight_nerve["length_mm"]) <= 3.0
     assert abs(nerve["mean_diameter_mm"] - straight_nerve["mean_diameter_mm"]) <= 0.5
     assert nerve["encasement_class"] == "encasement"
+
+
+def test_side_from_the_body_midline_and_a_wrong_side_flagged(tmp_path):
+    # Both hips imaged and the body off-centre, left of the scanner's R = 0: the right
+    # nerve has R < 0, so only the skeleton's midline tells its side.
+    spec = PhantomSpec(center_ras=(-60.0, -20.0, -120.0))
+    phantom = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec)),
+                               spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    paths = write_phantom_case(phantom, tmp_path / "case")
+    seeds = read_markups_json(paths["seeds"])[0].points_ras
+    assert np.all(seeds[:, 0] < 0)
+
+    def analyse(markup_name):
+        seeds_path = tmp_path / f"{markup_name}.mrk.json"
+        write_markups_points_json(seeds_path, seeds, markup_name)
+        out = tmp_path / f"out-{markup_name}"
+        assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--nerve-seeds", str(seeds_path),
+                         "--quiet", "--no-scene"]) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    unnamed = analyse("points")
+    assert unnamed["nerves"][0]["side"] == "right"
+    assert any("inferred from the points' position" in w and "right of the body's midline" in w
+               for w in unnamed["warnings"])
+    assert not any("was traced as the" in w for w in unnamed["warnings"])
+
+    mislabelled = analyse("nerve left")
+    assert mislabelled["nerves"][0]["side"] == "left"
+    assert any("traced as the left sciatic nerve" in w and "patient's right" in w for w in mislabelled["warnings"])

@@ -6,6 +6,7 @@ never reported as HO (< 1 % of its voxels, no island mostly inside it), no islan
 case without HO, calcifications (about 0.017 mL each) never reported.
 """
 
+import dataclasses
 import re
 
 import numpy as np
@@ -14,8 +15,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
-from HOSciaticModuleLib.ossification import body_midline, segment_ossifications
-from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom
+from HOSciaticModuleLib.ossification import (body_midline, ct_body_midline, segment_ossifications,
+                                             side_of_midline)
+from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -160,11 +162,7 @@ def _both_hips_with_prominences(turn_deg: float):
     normal prominence such as the lesser trochanter); the patient turned by ``turn_deg``
     about the body's long axis (resampled, as a scanner would see it)."""
     knob = dict(semi_axes=(6.0, 6.0, 8.0), cortex_mm=2.0)
-    spec = PhantomSpec(extra_bones=(
-        BoneSpec("capsule", axis=((_mirrored_r(34.0), 14.0, -90.0), (_mirrored_r(40.0), 16.0, 90.0)),
-                 radius_mm=13.0, cortex_mm=4.0, interior="fatty_marrow"),
-        BoneSpec("capsule", axis=((_mirrored_r(-30.0), 6.0, -20.0), (_mirrored_r(-27.0), 4.0, 90.0)),
-                 radius_mm=12.0),
+    spec = PhantomSpec(extra_bones=other_hip_bones(PhantomSpec()) + (
         BoneSpec("ellipsoid", center_offset=(20.0, 15.0, -40.0), **knob),
         BoneSpec("ellipsoid", center_offset=(_mirrored_r(20.0), 15.0, -40.0), **knob),
     ))
@@ -203,9 +201,7 @@ def test_large_bilateral_ho_is_not_taken_for_prominences():
     # mirrored places: bilateral HO, too big for a normal prominence, so not flagged
     # although each mirrors the other.
     mass = dict(semi_axes=(9.0, 9.0, 35.0), cortex_mm=2.0)
-    spec = PhantomSpec(islands=PhantomSpec().islands[:2], extra_bones=(
-        BoneSpec("capsule", axis=((_mirrored_r(34.0), 14.0, -90.0), (_mirrored_r(40.0), 16.0, 90.0)),
-                 radius_mm=13.0, cortex_mm=4.0, interior="fatty_marrow"),
+    spec = PhantomSpec(islands=PhantomSpec().islands[:2], extra_bones=other_hip_bones(PhantomSpec())[:1] + (
         BoneSpec("ellipsoid", center_offset=(38.0, -6.0, 20.0), **mass),
         BoneSpec("ellipsoid", center_offset=(_mirrored_r(38.0), -6.0, 20.0), **mass),
     ))
@@ -220,6 +216,29 @@ def test_midline_needs_both_sides():
     phantom = generate_phantom(**BASE)
     assert body_midline(phantom.image >= 200, phantom.geometry) is None
     assert not any("mirror image" in w for w in segment_ossifications(phantom.image, phantom.geometry).warnings)
+
+
+def both_hips_off_centre():
+    spec = PhantomSpec(center_ras=(-60.0, -20.0, -120.0))
+    return dataclasses.replace(spec, extra_bones=other_hip_bones(spec))
+
+
+def test_side_is_read_from_the_body_midline():
+    # Both hips imaged, the whole body to the scanner's left of R = 0 (the patient lay
+    # off-centre): the right sciatic nerve has R < 0 yet lies on the patient's right.
+    phantom = generate_phantom(both_hips_off_centre(), spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    plane = ct_body_midline(phantom.image, phantom.geometry)
+    assert plane is not None
+    # The default phantom's midline lies 45 mm to the left of its centre: at R = -105.
+    assert abs(plane.normal @ [-105.0, 0.0, -120.0] - plane.offset) <= 3.0
+    assert np.all(phantom.centreline_ras[:, 0] < 0)
+    side, distance = side_of_midline(phantom.centreline_ras, plane)
+    assert side == "right" and abs(distance - 45.0) <= 8.0
+    assert side_of_midline(plane.mirror(phantom.centreline_ras), plane)[0] == "left"
+    # Near the midline no side is claimed.
+    assert side_of_midline(np.array([[-100.0, 0.0, -120.0]]), plane)[0] is None
+    one_hip = generate_phantom(spacing_ijk=(1.5, 1.5, 2.0))
+    assert ct_body_midline(one_hip.image, one_hip.geometry) is None
 
 
 def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():

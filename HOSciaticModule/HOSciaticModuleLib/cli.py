@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -126,22 +127,31 @@ class _ConsoleProgress:
 # ---------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------
-def _side_of(markup, points_ras: np.ndarray) -> tuple[str, str | None]:
+def _side_of(markup, points_ras: np.ndarray, midline) -> tuple[str, str | None]:
+    """The nerve's side from the markup's name; failing that from the body's midline
+    (``midline()`` gives it, or None), failing that from the sign of R."""
     name = f"{markup.name} {Path(markup.source).name}".lower()
     has_right, has_left = "right" in name, "left" in name
     if has_right != has_left:
         return ("right" if has_right else "left"), None
+    unnamed = f"The side of '{markup.source}' was not named ('right'/'left' in the markup name)"
+    plane = midline()
+    if plane is not None:
+        side, distance = ossification.side_of_midline(points_ras, plane)
+        if side is not None:
+            return side, (f"{unnamed}; '{side}' was inferred from the points' position, {distance:.0f} mm to the "
+                          "patient's " + side + " of the body's midline (where the skeleton is symmetric).")
     side = "right" if float(np.median(points_ras[:, 0])) > 0 else "left"
-    return side, (f"The side of '{markup.source}' was not named ('right'/'left' in the markup name); "
-                  f"'{side}' was inferred from the R coordinate of the points (R > 0 is the patient's right).")
+    return side, (f"{unnamed}; '{side}' was inferred from the sign of the points' R coordinate (R > 0 is the "
+                  "patient's right), which assumes the scanner's origin lies near the body's midline.")
 
 
-def _load_seeds(paths) -> list[tuple[str, np.ndarray, str | None]]:
+def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str | None]]:
     seeds = []
     for path in paths:
         markups = read_markups_json(path, "seed-point file")
         points = np.concatenate([m.points_ras for m in markups if m.roi is None] or [np.zeros((0, 3))])
-        side, warning = _side_of(markups[0], points) if len(points) else ("right", None)
+        side, warning = _side_of(markups[0], points, midline) if len(points) else ("right", None)
         seeds.append((side, points, warning))
     sides = [s[0] for s in seeds]
     if len(set(sides)) != len(sides):
@@ -246,7 +256,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
             loader = _load_in_background("slicer")
             # The voxels stay where SimpleITK read them: no copy of a full CT.
             image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True)
-            seeds = _load_seeds(args.nerve_seeds)
+            seeds = _load_seeds(args.nerve_seeds, _midline_finder(args, image))
             _check_modality_inputs(args, seeds)
             if not args.no_scene:
                 # The bundle's copy of the CT is compressed from now on, while the
@@ -270,6 +280,13 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
         if volume_writer is not None:
             volume_writer.discard()
     return out_dir
+
+
+def _midline_finder(args, image):
+    """The body's midline of the CT, found once and only when asked for (an MR has no
+    skeleton to read it from)."""
+    return functools.cache(lambda: ossification.ct_body_midline(image.array, image.geometry, args.bone_threshold)
+                           if args.modality == "ct" else None)
 
 
 def _check_modality_inputs(args, seeds) -> None:

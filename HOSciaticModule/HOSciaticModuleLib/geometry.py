@@ -135,6 +135,13 @@ class VolumeGeometry:
         )
         return VolumeGeometry(matrix, shape)
 
+    def strided(self, steps_kji) -> "VolumeGeometry":
+        """Geometry of ``array[::a, ::b, ::c]`` for ``steps_kji`` = (a, b, c)."""
+        matrix = self.ijk_to_ras.copy()
+        matrix[:3, :3] = matrix[:3, :3] * np.asarray(steps_kji[::-1], float)[np.newaxis, :]
+        shape = tuple(-(-n // int(step)) for n, step in zip(self.shape_kji, steps_kji))
+        return VolumeGeometry(matrix, shape)
+
     def bounding_slices_of_ras_box(self, ras_points, margin_mm: float) -> tuple[slice, slice, slice]:
         """Array slices (k, j, i) of the smallest block that holds the given RAS points
         plus a margin, clipped to the grid."""

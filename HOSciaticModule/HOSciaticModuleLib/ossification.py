@@ -115,6 +115,9 @@ MIRROR_MATCH_FRACTION = 0.8
 #: The bony prominences a ball of 20 mm cannot enter (ischial spine, lesser trochanter,
 #: iliac spines) are a few mL; a larger fused mass on both sides is bilateral HO.
 PROMINENCE_MAX_ML = 10.0
+#: A nerve within this distance of the midline is not clearly on one side (the sciatic
+#: nerves run 70-120 mm either side of it at the hip).
+MIDLINE_SIDE_MARGIN_MM = 20.0
 #: The midline is first searched across R on an 8 mm grid (the best 3 planes), then
 #: turned and tilted to the skeleton (a patient lies up to several degrees turned or
 #: tilted): 10 000 bone points paired with bone within 15 mm of their mirror images,
@@ -672,6 +675,26 @@ def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | No
                 and _lateral_share(sample, plane) >= MIRROR_MIN_LATERAL_SHARE):
             return plane
     return None
+
+
+def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
+                    bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> MirrorPlane | None:
+    """The body's midline from the skeleton of a whole CT (None unless both sides of a
+    pelvis are imaged), read on a grid as coarse as the midline search allows."""
+    steps = tuple(int(max(1, np.floor(0.5 * MIRROR_GRID_MM / s))) for s in geometry.spacing_kji)
+    sampled = ct_hu[::steps[0], ::steps[1], ::steps[2]]
+    bone = at_least(sampled, bone_threshold_hu) & ~at_least(sampled, METAL_THRESHOLD_HU)
+    return body_midline(bone, geometry.strided(steps))
+
+
+def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | None, float]:
+    """The patient's side ('right' or 'left') the points lie on, judged by their median,
+    and their distance (mm) from the midline; the side is None within
+    MIDLINE_SIDE_MARGIN_MM of it. The plane's normal points to the patient's right (+R)."""
+    signed = float(np.median(np.atleast_2d(points_ras) @ plane.normal - plane.offset))
+    if abs(signed) < MIDLINE_SIDE_MARGIN_MM:
+        return None, abs(signed)
+    return ("right" if signed > 0 else "left"), abs(signed)
 
 
 def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geometry: VolumeGeometry,

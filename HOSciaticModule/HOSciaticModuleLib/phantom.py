@@ -115,6 +115,22 @@ class PhantomSpec:
     noise_sigma: float = 12.0
 
 
+def other_hip_bones(spec: PhantomSpec) -> tuple:
+    """The other hip's femur and ischium: the case's own, mirrored across the body's
+    midline (the body's centre in R), so that both hips are imaged."""
+    midline = spec.body_center_offset[0]
+
+    def mirrored(axis):
+        return tuple((2.0 * midline - point[0],) + tuple(point[1:]) for point in axis)
+
+    return (
+        BoneSpec("capsule", axis=mirrored(spec.femur_axis), radius_mm=spec.femur_radius_mm,
+                 cortex_mm=spec.femur_cortex_mm, interior="fatty_marrow"),
+        BoneSpec("capsule", axis=mirrored(spec.ischium_axis), radius_mm=spec.ischium_radius_mm,
+                 cortex_mm=spec.ischium_cortex_mm),
+    )
+
+
 @dataclass
 class Phantom:
     """A generated case: image, grid geometry and ground truth."""

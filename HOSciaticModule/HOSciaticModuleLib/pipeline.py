@@ -90,6 +90,20 @@ def check_seeds_on_one_nerve(seeds_ras: np.ndarray) -> None:
             "legs. Put the points of each sciatic nerve in its own point list and trace each side separately.")
 
 
+def side_mismatch_warnings(ct, geometry, points_ras, side: str, bone_threshold_hu: float) -> list[str]:
+    """A warning when a nerve called ``side`` runs clearly on the patient's other side of
+    the body's midline (a wrong side setting, or an image flipped left-right)."""
+    plane = ossification.ct_body_midline(ct, geometry, bone_threshold_hu)
+    if plane is None:
+        return []
+    judged, distance = ossification.side_of_midline(points_ras, plane)
+    if judged is None or judged == side:
+        return []
+    return [f"This nerve was traced as the {side} sciatic nerve, but it runs {distance:.0f} mm to the patient's "
+            f"{judged} of the body's midline (the plane across which the skeleton is symmetric). Check the side "
+            "setting, and the image's left-right orientation, before using the figures."]
+
+
 def nerve_segment_name(side: str) -> str:
     return f"Sciatic nerve {side}"
 
@@ -290,6 +304,8 @@ class HOSciaticAnalysis:
         trace = nerve.trace_nerve(image, geometry, seeds, modality=modality, side=side,
                                   bone_threshold_hu=bone_threshold_hu, exclusion_mask=exclusion,
                                   progress=sub_progress(progress, 0.0, 0.9))
+        if modality == "ct":
+            trace.warnings += side_mismatch_warnings(image, geometry, trace.points_ras, side, bone_threshold_hu)
 
         report(progress, 0.92, "Writing nerve outputs")
         segmentation_node = scene_io.ensure_segmentation_node(
