@@ -320,7 +320,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         outputs = self.analysis.compute_contact(
             p.segmentation, p.centreline, side=p.side, tolerance_mm=p.contactToleranceMm,
             contact_table_node=p.contactTable, stations_table_node=p.stationsTable, chart_node=p.chart,
-            progress=progress)
+            bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.contactTable = outputs.contact_table_node
         p.stationsTable = outputs.stations_table_node
         p.chart = outputs.chart_node
@@ -328,7 +328,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def currentWarnings(self, p) -> list:
-        """Warnings of the current HO segmentation and nerve tracing."""
+        """Warnings of the current HO segmentation, nerve tracing and contact."""
         return self.analysis.recorded_warnings(p.segmentation, p.centreline)
 
     def analyzeAll(self, p, progress=None):

@@ -78,7 +78,7 @@ def test_nerve_and_contact_figures(case, analysed):
     assert abs(nerve["longest_contact_mm"] - (shell_length + 2.0)) <= 4.0
     station = nerve["stations"][0]
     assert {"s_mm", "ras", "area_mm2", "diameter_mm", "min_diameter_mm", "max_diameter_mm",
-            "encasement_deg", "distance_to_ho_mm"} <= set(station)
+            "encasement_deg", "distance_to_ho_mm", "bone_encasement_deg"} <= set(station)
     assert len(nerve["stations"]) == pytest.approx(nerve["length_mm"], abs=2)
 
 

@@ -6,7 +6,7 @@ import pytest
 from HOSciaticModuleLib import scene as scene_io
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.mrml_app import create_headless_slicer
-from HOSciaticModuleLib.phantom import generate_phantom
+from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec, generate_phantom
 from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
 
 OUTPUT_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLMarkupsCurveNode", "vtkMRMLPlotChartNode",
@@ -108,3 +108,41 @@ def test_warnings_are_kept_on_the_nodes_and_survive_the_bundle(slicer_scene, tmp
     assert fresh.ReadFromMRB(str(bundle))
     reloaded = fresh.GetNodesByClassByName("vtkMRMLSegmentationNode", oss.segmentation_node.GetName())
     assert HOSciaticAnalysis(fresh).recorded_warnings(reloaded.GetItemAsObject(0)) == recorded
+
+
+def test_bone_around_the_nerve_outside_the_ho_segments_is_flagged(slicer_scene, phantom):
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    # Segmented, the HO shell is HO: the bone outside the segments (native femur and
+    # ischium) does not wrap the nerve and nothing is flagged.
+    bone = scene_io.curve_measurement(traced.centreline_node, "bone_encasement_deg")
+    assert bone is not None and np.nanmax(bone) <= 90.0
+    assert contact.contact.warnings == []
+    # The shell left out of the segments (HO the segmentation missed, or a deleted
+    # segment): the bone around the nerve is flagged where the shell is (s = 70-95 mm).
+    segmentation = oss.segmentation_node.GetSegmentation()
+    shell = max((sid for sid in scene_io.segment_ids(oss.segmentation_node)
+                 if segmentation.GetSegment(sid).GetName().startswith("HO ")),
+                key=lambda sid: contact.contact.islands[int(segmentation.GetSegment(sid).GetName()[3:]) - 1]
+                .max_encasement_deg)
+    segmentation.RemoveSegment(shell)
+    missed = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    bone = scene_io.curve_measurement(traced.centreline_node, "bone_encasement_deg")
+    assert 250.0 <= np.nanmax(bone) <= 330.0
+    (warning,) = missed.contact.warnings
+    assert "no HO segment surrounds the nerve" in warning
+    assert warning in analysis.recorded_warnings(oss.segmentation_node, traced.centreline_node)
+
+
+def test_thick_fused_ho_around_the_nerve_is_never_silently_missed(slicer_scene):
+    # A 24 mm thick sleeve of HO (about 90 mL) fused to the femur, around 300 deg of the
+    # nerve: thicker than the 20 mm ball, so the HO step may keep it as native bone. The
+    # wrap is then either HO in the segments or flagged as bone outside them.
+    spec = PhantomSpec(islands=(IslandSpec("wrap", "shell", True, s_start_mm=60.0, s_stop_mm=100.0, sector_deg=300.0,
+                                           gap_mm=0.0, thickness_mm=24.0),))
+    phantom = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 2.0))
+    assert phantom.islands[0]["volume_ml"] > 60.0
+    _, _, _, _, traced, contact = _run_chain(slicer_scene, phantom)
+    result = contact.contact
+    bone = scene_io.curve_measurement(traced.centreline_node, "bone_encasement_deg")
+    flagged = np.nanmax(bone) >= 250.0 and any("no HO segment surrounds the nerve" in w for w in result.warnings)
+    assert result.max_encasement_deg >= 250.0 or flagged

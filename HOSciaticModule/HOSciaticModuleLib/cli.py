@@ -334,7 +334,8 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
             with _stage(timings, "metrics"):
                 contacts.append((side, analysis.compute_contact(
                     segmentation_node, nerve_outputs.centreline_node, side=side, tolerance_mm=args.contact_tolerance,
-                    reference_volume_node=volume_node, progress=progress.for_stage(f"Contact {side}"))))
+                    reference_volume_node=volume_node, bone_threshold_hu=args.bone_threshold,
+                    progress=progress.for_stage(f"Contact {side}"))))
 
     input_info = {
         "image": str(Path(args.image).resolve()), "description": image.description, "modality": args.modality,

@@ -56,6 +56,10 @@ SECTION_STEP_MM = 1.0
 SECTION_BISECTIONS = 6
 #: Encasement at or above this counts as surrounded (the boundary is sampled every 2 deg).
 CIRCUMFERENTIAL_DEG = 359.0
+#: At the greater sciatic notch and behind the acetabulum and ischium the sciatic nerve
+#: lies against bone on one side only (muscle, tendon and ligament on the others): bone
+#: around more than half of it is not native anatomy.
+NATIVE_BONE_MAX_ENCASEMENT_DEG = 180.0
 #: Stations on each side of a contact run used to fit the undeflected course.
 DEFLECTION_FIT_MM = (3.0, 25.0)
 #: Stations farther than this from any contact give the reference area.
@@ -101,6 +105,9 @@ class NerveContact:
     thickening_ratio: float | None
     islands: list = field(default_factory=list)
     tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM
+    #: Per station: encasement by bone that is in no HO segment (None when not measured).
+    bone_encasement_deg: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,10 +423,16 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
 
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
-                    progress: ProgressCallback = None) -> NerveContact:
-    """Contact and encasement figures of one nerve against every HO island."""
+                    unsegmented_bone: np.ndarray | None = None, progress: ProgressCallback = None) -> NerveContact:
+    """Contact and encasement figures of one nerve against every HO island.
+
+    With ``unsegmented_bone`` (the CT's bone that is in no HO segment, on the same
+    grid) the nerve's encasement by that bone is measured per station too, and bone
+    wrapped around the nerve is named in a warning: it is HO the segments miss.
+    """
     nerve_mask = np.asarray(nerve_mask, bool)
-    if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji:
+    if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji or (
+            unsegmented_bone is not None and unsegmented_bone.shape != geometry.shape_kji):
         raise InputError("The nerve and HO masks do not match the volume grid; resample them onto the CT.")
     if not nerve_mask.any():
         raise InputError("The nerve segment is empty. Trace the nerve again or paint it in the Segment Editor.")
@@ -475,6 +488,11 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
     surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
 
+    bone_encasement = None
+    if unsegmented_bone is not None:
+        bone_encasement = _summary(boundary_distance(np.asarray(unsegmented_bone[crop], bool)), sections, points, s_mm,
+                                   tolerance)[0]
+
     report(progress, 0.7, "Per-island figures")
     island_results = []
     for label, boxes in islands_found:
@@ -505,7 +523,21 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         longest_contact_mm=float(max((b - a for a, b in runs), default=0.0)), contact_runs_mm=runs,
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
-        islands=island_results, tolerance_mm=tolerance)
+        islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=bone_encasement,
+        warnings=unsegmented_bone_warnings(s_mm, bone_encasement))
+
+
+def unsegmented_bone_warnings(s_mm: np.ndarray, bone_encasement: np.ndarray | None) -> list[str]:
+    """A warning where bone outside the HO segments wraps around more than half of the
+    nerve, which native bone never does."""
+    if bone_encasement is None or not np.any(bone_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG):
+        return []
+    wrapped = s_mm[bone_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG]
+    return [f"Bone that is in no HO segment surrounds the nerve over up to {float(np.max(bone_encasement)):.0f} "
+            f"degrees, {wrapped.min():.0f}-{wrapped.max():.0f} mm along it. Native bone never wraps around the "
+            "sciatic nerve: this is probably HO fused to native bone and too thick to be told apart by shape (or an "
+            "HO segment that was deleted). Check the images; paint it into an HO segment in the Segment Editor, or "
+            "give a native-bone segmentation, and compute contact again."]
 
 
 # ---------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def nerve_entry(side, nerve_outputs, contact_outputs) -> dict:
         entry["closest_points_ras"] = _point_pair(contact.closest_points_ras)
         entry["contact_runs_mm"] = measurements.rounded([list(run) for run in contact.contact_runs_mm], 1)
     entry["stations"] = station_rows(nerve_outputs, contact_outputs)
-    entry["warnings"] = list(trace.warnings)
+    entry["warnings"] = list(trace.warnings) + (list(contact_outputs.contact.warnings) if contact_outputs else [])
     return entry
 
 
@@ -99,7 +99,8 @@ def metrics_document(input_info: dict, parameters: dict, oss_outputs, nerves, co
         "parameters": parameters,
         "ossifications": None,
         "nerves": [nerve_entry(side, outputs, contact_by_side.get(side)) for side, outputs in nerves],
-        "warnings": list(warnings) + [w for _, o in nerves for w in o.trace.warnings],
+        "warnings": (list(warnings) + [w for _, o in nerves for w in o.trace.warnings]
+                     + [w for _, o in contacts for w in o.contact.warnings]),
     }
     if oss_outputs is not None:
         islands = island_entries(oss_outputs.result, contacts)

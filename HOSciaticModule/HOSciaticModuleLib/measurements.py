@@ -95,6 +95,10 @@ STATION_CONTACT_MEASURES = [
             lambda s: s.get("encasement_deg"), 1),
     Measure("distance_to_ho_mm", "Distance to HO", "mm", "float",
             "Smallest distance from the nerve boundary at this station to HO", lambda s: s.get("distance_to_ho_mm"), 2),
+    Measure("bone_encasement_deg", "Bone encasement (not HO)", "deg", "float",
+            "Angle around the nerve centroid within the contact tolerance of CT bone that is in no HO segment "
+            "(native bone, or HO the segments miss; over 180 deg is not native anatomy)",
+            lambda s: s.get("bone_encasement_deg"), 1),
 ]
 
 NERVE_MEASURES = [

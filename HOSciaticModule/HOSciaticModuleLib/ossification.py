@@ -28,8 +28,9 @@ The chain, each step a small function below:
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
-bone, and a pointed native process (ischial spine) can be reported as fused HO
-(flagged when the other side is imaged and matches).
+bone (when it wraps the nerve, the contact step flags it), and a pointed native
+process (ischial spine) can be reported as fused HO (flagged when the other side is
+imaged and matches).
 Contrast-enhanced vessels above the bone threshold are bone-dense too (vessel-shaped
 islands are flagged with their level): analyse a non-contrast CT or raise the threshold.
 """
@@ -207,6 +208,11 @@ def _ball_distance(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it."""
     return edt.edt(np.ascontiguousarray(mask, dtype=np.uint8), anisotropy=geometry.spacing_kji,
                    black_border=False, parallel=0).astype(np.float32, copy=False)
+
+
+def distance_outside(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Distance (mm) from each voxel outside ``mask`` to the nearest voxel of it (0 inside)."""
+    return _ball_distance(~np.asarray(mask, bool), geometry)
 
 
 def fill_cavities(mask: np.ndarray) -> np.ndarray:

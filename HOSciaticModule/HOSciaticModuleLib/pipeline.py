@@ -34,6 +34,9 @@ CONTACT_TABLE_NAME = "HO–nerve contact"
 BYTES_PER_ANALYSED_VOXEL = 14
 #: Warnings are kept on the output nodes as one attribute, separated by this.
 WARNING_SEPARATOR = " | "
+#: The partial-volume rim just outside an HO segment (a CT's blur, one or two voxels)
+#: is that HO's, not other bone.
+HO_RIM_MM = 2.0
 #: Margin around the nerve and HO segments kept when measuring contact.
 WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
@@ -356,6 +359,7 @@ class HOSciaticAnalysis:
                         tolerance_mm=contact_module.DEFAULT_CONTACT_TOLERANCE_MM,
                         contact_table_node=None, stations_table_node=None, chart_node=None,
                         contact_patch_model_node=None, ho_distance_model_node=None, reference_volume_node=None,
+                        bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU,
                         progress: ProgressCallback = None) -> ContactOutputs:
         """Contact and encasement between the HO segments and one nerve.
 
@@ -389,6 +393,8 @@ class HOSciaticAnalysis:
         labelmap = self.paste_labels(ho_blocks, full_geometry, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
+        unsegmented_bone = self._unsegmented_bone(reference_volume_node or self._reference_volume(segmentation_node),
+                                                  full_geometry, window, labelmap, bone_threshold_hu)
         # The surface models need the masks only: they are built on other threads while
         # the figures are measured (progress is reported from this thread alone).
         with ThreadPoolExecutor(2, thread_name_prefix="hosciatic-models") as executor:
@@ -396,7 +402,7 @@ class HOSciaticAnalysis:
             ho_mesh_job = (executor.submit(contact_module.ho_surface_distance_mesh, labelmap, nerve_mask, geometry)
                            if labelmap.any() else None)
             result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
-                                                    tolerance_mm=float(tolerance_mm),
+                                                    tolerance_mm=float(tolerance_mm), unsegmented_bone=unsegmented_bone,
                                                     progress=sub_progress(progress, 0.1, 0.7))
             report(progress, 0.75, "Building surface models")
             nerve_mesh = nerve_mesh_job.result()
@@ -420,9 +426,32 @@ class HOSciaticAnalysis:
         ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh)
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
+        self._record_warnings(centreline_node, "HOSciatic.ContactWarnings", result.warnings)
         report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg")
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names)
+
+    @staticmethod
+    def _unsegmented_bone(volume_node, geometry, window, labelmap, bone_threshold_hu):
+        """The CT's bone (bone threshold up to metal) in ``window`` that is in no HO
+        segment nor its partial-volume rim; None when the reference volume is not a CT
+        (no fat or air)."""
+        if volume_node is None:
+            return None
+        image, image_geometry = scene_io.array_from_volume(volume_node, "Reference volume")
+        if image.shape != geometry.shape_kji:
+            return None
+        block = image[window]
+        if float(block.min()) > ossification.HU_FAT_OR_AIR:
+            return None
+        bone = ossification.at_least(block, bone_threshold_hu) & ~ossification.at_least(
+            block, ossification.METAL_THRESHOLD_HU)
+        ho = labelmap > 0
+        if ho.any():
+            # An HO segment's edge sits at half its cortex's level: the blurred voxels just
+            # outside it are still above the bone threshold, and are that HO's, not other bone.
+            bone &= ossification.distance_outside(ho, geometry.cropped(window)) > HO_RIM_MM
+        return bone
 
     @staticmethod
     def _working_window(geometry, blocks):
@@ -451,7 +480,9 @@ class HOSciaticAnalysis:
             nearest = int(np.argmin(np.abs(s_traced - s))) if len(s_traced) else 0
             row = {"s_mm": float(s), "ras": np.asarray(result.points_ras[n], float).tolist(),
                    "encasement_deg": float(result.encasement_deg[n]),
-                   "distance_to_ho_mm": float(result.distance_to_ho_mm[n])}
+                   "distance_to_ho_mm": float(result.distance_to_ho_mm[n]),
+                   "bone_encasement_deg": (float(result.bone_encasement_deg[n])
+                                           if result.bone_encasement_deg is not None else None)}
             for key, values in traced.items():
                 usable = values is not None and len(values) == len(points)
                 row[key] = float(values[nearest]) if usable else None
@@ -509,11 +540,12 @@ class HOSciaticAnalysis:
 
     @staticmethod
     def recorded_warnings(segmentation_node=None, centreline_node=None) -> list[str]:
-        """The warnings of the last HO segmentation and nerve tracing, as kept on their
-        nodes (so they survive saving and reloading the scene)."""
+        """The warnings of the last HO segmentation, nerve tracing and contact, as kept
+        on their nodes (so they survive saving and reloading the scene)."""
         found = []
         for node, attribute in ((segmentation_node, "HOSciatic.OssificationWarnings"),
-                                (centreline_node, "HOSciatic.NerveWarnings")):
+                                (centreline_node, "HOSciatic.NerveWarnings"),
+                                (centreline_node, "HOSciatic.ContactWarnings")):
             text = node.GetAttribute(attribute) if node is not None else None
             found += [w for w in (text or "").split(WARNING_SEPARATOR) if w]
         return found
