@@ -39,10 +39,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .defaults import DEFAULT_CONTACT_TOLERANCE_MM
+from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
+from .ossification import HU_FAT_OR_AIR, METAL_THRESHOLD_HU, at_least, distance_outside
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
@@ -60,6 +61,10 @@ CIRCUMFERENTIAL_DEG = 359.0
 #: lies against bone on one side only (muscle, tendon and ligament on the others): bone
 #: around more than half of it is not native anatomy.
 NATIVE_BONE_MAX_ENCASEMENT_DEG = 180.0
+#: An HO segment's edge sits at half its cortex's level: the blurred voxels just outside
+#: it (a CT's blur, one or two voxels) are still above the bone threshold, and are that
+#: HO's, not other bone.
+HO_RIM_MM = 2.0
 #: Stations on each side of a contact run used to fit the undeflected course.
 DEFLECTION_FIT_MM = (3.0, 25.0)
 #: Stations farther than this from any contact give the reference area.
@@ -423,16 +428,17 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
 
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
-                    unsegmented_bone: np.ndarray | None = None, progress: ProgressCallback = None) -> NerveContact:
+                    ct_hu: np.ndarray | None = None, bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
+                    progress: ProgressCallback = None) -> NerveContact:
     """Contact and encasement figures of one nerve against every HO island.
 
-    With ``unsegmented_bone`` (the CT's bone that is in no HO segment, on the same
-    grid) the nerve's encasement by that bone is measured per station too, and bone
-    wrapped around the nerve is named in a warning: it is HO the segments miss.
+    With the CT (``ct_hu``, on the same grid) the nerve's encasement by bone that is in
+    no HO segment is measured per station too, and such bone wrapped around the nerve
+    is named in a warning: it is HO the segments miss.
     """
     nerve_mask = np.asarray(nerve_mask, bool)
     if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji or (
-            unsegmented_bone is not None and unsegmented_bone.shape != geometry.shape_kji):
+            ct_hu is not None and ct_hu.shape != geometry.shape_kji):
         raise InputError("The nerve and HO masks do not match the volume grid; resample them onto the CT.")
     if not nerve_mask.any():
         raise InputError("The nerve segment is empty. Trace the nerve again or paint it in the Segment Editor.")
@@ -489,9 +495,11 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
 
     bone_encasement = None
-    if unsegmented_bone is not None:
-        bone_encasement = _summary(boundary_distance(np.asarray(unsegmented_bone[crop], bool)), sections, points, s_mm,
-                                   tolerance)[0]
+    # Beyond the tolerance plus a few voxels, bone cannot count as contact.
+    other_bone = (unsegmented_bone(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop_geometry, bone_threshold_hu,
+                                   tolerance + 3.0 * max(geometry.spacing_kji)) if ct_hu is not None else None)
+    if other_bone is not None:
+        bone_encasement = _summary(boundary_distance(other_bone), sections, points, s_mm, tolerance)[0]
 
     report(progress, 0.7, "Per-island figures")
     island_results = []
@@ -525,6 +533,20 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
         islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=bone_encasement,
         warnings=unsegmented_bone_warnings(s_mm, bone_encasement))
+
+
+def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry,
+                     bone_threshold_hu: float, reach_mm: float) -> np.ndarray | None:
+    """The CT's bone (bone threshold up to metal) within ``reach_mm`` of the nerve that
+    is in no HO segment nor its blurred edge; None when the image is not a CT (no fat
+    or air). Farther bone cannot be in contact, and its surface would cost time."""
+    if ct_hu.size == 0 or float(ct_hu.min()) > HU_FAT_OR_AIR:
+        return None
+    bone = at_least(ct_hu, bone_threshold_hu) & ~at_least(ct_hu, METAL_THRESHOLD_HU)
+    bone &= distance_outside(nerve_mask, geometry) <= reach_mm
+    if ho_mask.any() and bone.any():
+        bone &= distance_outside(ho_mask, geometry) > HO_RIM_MM
+    return bone
 
 
 def unsegmented_bone_warnings(s_mm: np.ndarray, bone_encasement: np.ndarray | None) -> list[str]:

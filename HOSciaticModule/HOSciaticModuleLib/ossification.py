@@ -167,6 +167,8 @@ class OssificationResult:
     #: The native skeleton used, inside the bone's block (``native_bone_slices`` of the CT).
     native_bone_block: np.ndarray | None = None
     native_bone_slices: tuple | None = None
+    #: The body's midline, when the checks of fused islands looked for it and found it.
+    body_midline: "MirrorPlane | None" = None
 
     @property
     def native_bone_mask(self) -> np.ndarray:
@@ -779,16 +781,16 @@ def _mirror_warning(numbers) -> str:
             "anatomy, delete the segment and recompute contact.")
 
 
-def _mirrored_fused_islands(results, islands, filled_bone, geometry) -> list[int]:
+def _mirrored_fused_islands(results, islands, filled_bone, geometry):
     """Numbers of the fused islands, prominence-sized, that mirror bone on the other side
-    of the body."""
+    of the body, and the midline when it was looked for and found."""
     fused = [(result, island) for result, island in zip(results, islands)
              if result.fused_to_native_bone and result.volume_ml <= PROMINENCE_MAX_ML]
     plane = body_midline(filled_bone, geometry) if fused else None
     if plane is None:
-        return []
+        return [], None
     return [result.label for result, (island_block, island) in fused
-            if mirrored_in_bone(island, island_block, filled_bone, geometry, plane)]
+            if mirrored_in_bone(island, island_block, filled_bone, geometry, plane)], plane
 
 
 def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
@@ -942,9 +944,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
-    mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
+    mirrored, midline = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
     if mirrored:
         warnings.append(_mirror_warning(mirrored))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
-    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block)
+    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, midline)

@@ -34,9 +34,6 @@ CONTACT_TABLE_NAME = "HO–nerve contact"
 BYTES_PER_ANALYSED_VOXEL = 14
 #: Warnings are kept on the output nodes as one attribute, separated by this.
 WARNING_SEPARATOR = " | "
-#: The partial-volume rim just outside an HO segment (a CT's blur, one or two voxels)
-#: is that HO's, not other bone.
-HO_RIM_MM = 2.0
 #: Margin around the nerve and HO segments kept when measuring contact.
 WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
@@ -93,13 +90,12 @@ def check_seeds_on_one_nerve(seeds_ras: np.ndarray) -> None:
             "legs. Put the points of each sciatic nerve in its own point list and trace each side separately.")
 
 
-def side_mismatch_warnings(ct, geometry, points_ras, side: str, bone_threshold_hu: float) -> list[str]:
+def side_mismatch_warnings(midline, points_ras, side: str) -> list[str]:
     """A warning when a nerve called ``side`` runs clearly on the patient's other side of
-    the body's midline (a wrong side setting, or an image flipped left-right)."""
-    plane = ossification.ct_body_midline(ct, geometry, bone_threshold_hu)
-    if plane is None:
+    the body's ``midline`` (a wrong side setting, or an image flipped left-right)."""
+    if midline is None:
         return []
-    judged, distance = ossification.side_of_midline(points_ras, plane)
+    judged, distance = ossification.side_of_midline(points_ras, midline)
     if judged is None or judged == side:
         return []
     return [f"This nerve was traced as the {side} sciatic nerve, but it runs {distance:.0f} mm to the patient's "
@@ -170,8 +166,26 @@ class HOSciaticAnalysis:
 
     def __init__(self, scene):
         self.scene = scene
+        # The body's midline per CT volume (its ID, its voxels' modification time, the
+        # bone threshold): found once, used by the HO checks and the side check.
+        self._midlines: dict = {}
 
     # -- helpers --------------------------------------------------------------------
+    @staticmethod
+    def _midline_key(volume_node, bone_threshold_hu):
+        image_data = volume_node.GetImageData()
+        return (volume_node.GetID(), image_data.GetMTime() if image_data is not None else 0, float(bone_threshold_hu))
+
+    def body_midline(self, ct_volume_node, ct=None, geometry=None, bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU):
+        """The body's midline on a CT volume (None unless both hips are imaged), kept
+        per volume: the HO step's checks may have found it already."""
+        key = self._midline_key(ct_volume_node, bone_threshold_hu)
+        if key not in self._midlines:
+            if ct is None:
+                ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
+            self._midlines[key] = ossification.ct_body_midline(ct, geometry, bone_threshold_hu)
+        return self._midlines[key]
+
     def _folder_name(self, volume_node) -> str:
         return f"HOSciatic analysis: {volume_node.GetName()}" if volume_node is not None else "HOSciatic analysis"
 
@@ -277,6 +291,8 @@ class HOSciaticAnalysis:
             self.scene, islands_table_node, ISLANDS_TABLE_NAME,
             [m.column() for m in measurements.ISLAND_MEASURES],
             [measurements.as_table_row(measurements.ISLAND_MEASURES, i) for i in result.islands])
+        if result.body_midline is not None:
+            self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
         result.warnings[:0] = thick_slice_warnings(geometry)
         self._record_warnings(segmentation_node, "HOSciatic.OssificationWarnings", result.warnings)
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
@@ -308,7 +324,8 @@ class HOSciaticAnalysis:
                                   bone_threshold_hu=bone_threshold_hu, exclusion_mask=exclusion,
                                   progress=sub_progress(progress, 0.0, 0.9))
         if modality == "ct":
-            trace.warnings += side_mismatch_warnings(image, geometry, trace.points_ras, side, bone_threshold_hu)
+            midline = self.body_midline(volume_node, image, geometry, bone_threshold_hu)
+            trace.warnings += side_mismatch_warnings(midline, trace.points_ras, side)
 
         report(progress, 0.92, "Writing nerve outputs")
         segmentation_node = scene_io.ensure_segmentation_node(
@@ -393,8 +410,8 @@ class HOSciaticAnalysis:
         labelmap = self.paste_labels(ho_blocks, full_geometry, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
-        unsegmented_bone = self._unsegmented_bone(reference_volume_node or self._reference_volume(segmentation_node),
-                                                  full_geometry, window, labelmap, bone_threshold_hu)
+        ct = self._ct_in_window(reference_volume_node or self._reference_volume(segmentation_node), full_geometry,
+                                window)
         # The surface models need the masks only: they are built on other threads while
         # the figures are measured (progress is reported from this thread alone).
         with ThreadPoolExecutor(2, thread_name_prefix="hosciatic-models") as executor:
@@ -402,7 +419,8 @@ class HOSciaticAnalysis:
             ho_mesh_job = (executor.submit(contact_module.ho_surface_distance_mesh, labelmap, nerve_mask, geometry)
                            if labelmap.any() else None)
             result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
-                                                    tolerance_mm=float(tolerance_mm), unsegmented_bone=unsegmented_bone,
+                                                    tolerance_mm=float(tolerance_mm), ct_hu=ct,
+                                                    bone_threshold_hu=bone_threshold_hu,
                                                     progress=sub_progress(progress, 0.1, 0.7))
             report(progress, 0.75, "Building surface models")
             nerve_mesh = nerve_mesh_job.result()
@@ -432,26 +450,12 @@ class HOSciaticAnalysis:
                               ho_distance_model_node, result, names)
 
     @staticmethod
-    def _unsegmented_bone(volume_node, geometry, window, labelmap, bone_threshold_hu):
-        """The CT's bone (bone threshold up to metal) in ``window`` that is in no HO
-        segment nor its partial-volume rim; None when the reference volume is not a CT
-        (no fat or air)."""
+    def _ct_in_window(volume_node, geometry, window):
+        """The reference volume's voxels in ``window`` when it is on the segmentation's grid."""
         if volume_node is None:
             return None
-        image, image_geometry = scene_io.array_from_volume(volume_node, "Reference volume")
-        if image.shape != geometry.shape_kji:
-            return None
-        block = image[window]
-        if float(block.min()) > ossification.HU_FAT_OR_AIR:
-            return None
-        bone = ossification.at_least(block, bone_threshold_hu) & ~ossification.at_least(
-            block, ossification.METAL_THRESHOLD_HU)
-        ho = labelmap > 0
-        if ho.any():
-            # An HO segment's edge sits at half its cortex's level: the blurred voxels just
-            # outside it are still above the bone threshold, and are that HO's, not other bone.
-            bone &= ossification.distance_outside(ho, geometry.cropped(window)) > HO_RIM_MM
-        return bone
+        image, _ = scene_io.array_from_volume(volume_node, "Reference volume")
+        return image[window] if image.shape == geometry.shape_kji else None
 
     @staticmethod
     def _working_window(geometry, blocks):
