@@ -320,8 +320,10 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         outputs = self.analysis.compute_contact(
             p.segmentation, p.centreline, side=p.side, tolerance_mm=p.contactToleranceMm,
             contact_table_node=p.contactTable, stations_table_node=p.stationsTable, chart_node=p.chart,
-            bone_threshold_hu=p.boneThresholdHU, progress=progress)
+            islands_table_node=p.islandsTable, bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.contactTable = outputs.contact_table_node
+        if outputs.islands_table_node is not None:
+            p.islandsTable = outputs.islands_table_node
         p.stationsTable = outputs.stations_table_node
         p.chart = outputs.chart_node
         self._latest.setdefault("contacts", {})[p.side] = outputs

@@ -7,7 +7,7 @@ from HOSciaticModuleLib import scene as scene_io
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.mrml_app import create_headless_slicer
 from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec, generate_phantom
-from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+from HOSciaticModuleLib.pipeline import FUSED_TAG, HOSciaticAnalysis
 
 OUTPUT_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLMarkupsCurveNode", "vtkMRMLPlotChartNode",
                   "vtkMRMLPlotSeriesNode", "vtkMRMLModelNode")
@@ -86,6 +86,11 @@ def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
         after = scene_io.segment_mask_on_grid(segmentation, scene_io.segment_id_by_name(segmentation, name),
                                               phantom.geometry)
         assert before.any() and np.array_equal(before, after)
+    # Each HO segment keeps whether it was found fused, for re-measuring after edits.
+    fused = {i.label: i.fused_to_native_bone for i in oss.result.islands}
+    for label, expected in fused.items():
+        segment = segmentation.GetSegmentation().GetSegment(scene_io.segment_id_by_name(segmentation, f"HO {label}"))
+        assert scene_io.segment_tag(segment, FUSED_TAG) == ("yes" if expected else "no")
     table = fresh.GetFirstNodeByName("HO islands")
     assert table is not None and table.GetNumberOfRows() == len(phantom.islands)
     curve = fresh.GetFirstNodeByName("Sciatic nerve right centreline")
@@ -157,3 +162,34 @@ def test_blurred_edge_of_an_ho_segment_is_not_other_bone(slicer_scene):
     bone = scene_io.curve_measurement(traced.centreline_node, "bone_encasement_deg")
     assert np.nanmax(bone) <= 90.0
     assert contact.contact.warnings == []
+
+
+def test_island_figures_follow_edits_of_the_ho_segments(slicer_scene, phantom):
+    from HOSciaticModuleLib import export
+
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    found = {f"HO {i.label}": i for i in oss.result.islands}
+    assert len(found) == 3 and {i.label for i in contact.islands} == {1, 2, 3}
+    # Unedited segments measure as the HO step found them.
+    for island in contact.islands:
+        original = found[f"HO {island.label}"]
+        assert island.volume_ml == pytest.approx(original.volume_ml, rel=1e-9)
+        assert island.max_hu == pytest.approx(original.max_hu)
+        assert (island.maturity, island.fused_to_native_bone) == (original.maturity, original.fused_to_native_bone)
+        np.testing.assert_allclose(island.centroid_ras, original.centroid_ras, atol=1e-6)
+    # The reader deletes HO 2 and paints a 10 x 10 x 5 voxel block as HO 7 (1.0 mL).
+    segmentation = oss.segmentation_node.GetSegmentation()
+    segmentation.RemoveSegment(scene_io.segment_id_by_name(oss.segmentation_node, "HO 2"))
+    scene_io.replace_segments(oss.segmentation_node, {"HO 7": (np.ones((5, 10, 10), bool), (10, 10, 10))},
+                              phantom.geometry, scene_io.BONE_COLOR)
+    edited = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    table = edited.islands_table_node
+    assert table is oss.islands_table_node
+    assert [table.GetCellText(row, 1) for row in range(table.GetNumberOfRows())] == ["HO 1", "HO 3", "HO 7"]
+    painted = next(i for i in edited.islands if i.label == 7)
+    assert painted.volume_ml == pytest.approx(10 * 10 * 5 * phantom.geometry.voxel_volume_ml)
+    assert painted.fused_to_native_bone is None  # a hand-made segment: not judged
+    document = export.metrics_document({}, {}, oss, [("right", traced)], [("right", edited)], [])
+    assert [i["segment"] for i in document["ossifications"]["islands"]] == ["HO 1", "HO 3", "HO 7"]
+    assert document["ossifications"]["total_volume_ml"] == pytest.approx(
+        found["HO 1"].volume_ml + found["HO 3"].volume_ml + painted.volume_ml, abs=1e-3)

@@ -68,10 +68,19 @@ def nerve_entry(side, nerve_outputs, contact_outputs) -> dict:
     return entry
 
 
-def island_entries(oss_result, contacts) -> list[dict]:
+def current_islands(oss_outputs, contacts) -> list | None:
+    """The islands as last measured: with the contact (which follows edits of the HO
+    segments) when it was computed, else as the HO step found them; None when neither ran."""
+    for _, outputs in reversed(contacts):
+        if outputs.islands is not None:
+            return outputs.islands
+    return oss_outputs.result.islands if oss_outputs is not None else None
+
+
+def island_entries(islands, contacts) -> list[dict]:
     """Islands with their contact against the nearest nerve (``contacts``: [(side, ContactOutputs)])."""
     entries = []
-    for island in oss_result.islands:
+    for island in islands:
         entry = measurements.as_dict(measurements.ISLAND_MEASURES, island)
         per_nerve = []
         for side, outputs in contacts:
@@ -102,12 +111,12 @@ def metrics_document(input_info: dict, parameters: dict, oss_outputs, nerves, co
         "warnings": (list(warnings) + [w for _, o in nerves for w in o.trace.warnings]
                      + [w for _, o in contacts for w in o.contact.warnings]),
     }
-    if oss_outputs is not None:
-        islands = island_entries(oss_outputs.result, contacts)
+    islands = current_islands(oss_outputs, contacts)
+    if islands is not None:
         document["ossifications"] = {
             "count": len(islands),
-            "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in oss_outputs.result.islands), 3),
-            "islands": islands,
+            "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in islands), 3),
+            "islands": island_entries(islands, contacts),
         }
     return document
 

@@ -36,7 +36,7 @@ class Measure:
     def table_value(self, item):
         value = self.value(item)
         if self.kind == "bool":
-            return "yes" if value else "no"
+            return "" if value is None else ("yes" if value else "no")
         if self.kind == "point":
             return "" if value is None else ", ".join(f"{v:.1f}" for v in value)
         return value
@@ -70,7 +70,8 @@ ISLAND_MEASURES = [
     Measure("centroid_ras", "Centroid (RAS)", "mm", "point", "Centre of mass in RAS coordinates",
             _attribute("centroid_ras"), 2),
     Measure("fused_to_native_bone", "Fused to native bone", "", "bool",
-            "The island touches the native skeleton and was cut from it", _attribute("fused_to_native_bone")),
+            "The island touches the native skeleton and was cut from it (empty: not judged, for a segment "
+            "added by hand)", _attribute("fused_to_native_bone")),
     Measure("maturity", "Maturity", "", "str",
             "mature: cortex and marrow (corticomedullary differentiation); immature: amorphous mineralisation",
             _attribute("maturity")),

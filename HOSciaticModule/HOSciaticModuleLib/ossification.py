@@ -152,7 +152,8 @@ class OssificationIsland:
     mean_hu: float
     max_hu: float
     centroid_ras: tuple
-    fused_to_native_bone: bool
+    #: None when it cannot be judged (a segment added by hand, no native skeleton known).
+    fused_to_native_bone: bool | None
     maturity: str
 
 
@@ -720,6 +721,25 @@ def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geomet
     return matched >= MIRROR_MATCH_FRACTION * len(ras)
 
 
+def measure_island(label: int, ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeometry,
+                   fused_to_native_bone: bool | None) -> tuple[OssificationIsland, np.ndarray]:
+    """Figures of one island, a mask over the block ``ct_hu`` (on ``geometry``) with
+    background around it, and its depth map: each voxel's distance (mm) to the outside,
+    which serves the cortex and the vessel shape alike."""
+    values = ct_hu[island]
+    depth = _ball_distance(island, geometry)
+    figures = OssificationIsland(
+        label=label,
+        volume_ml=float(np.count_nonzero(island) * geometry.voxel_volume_ml),
+        mean_hu=float(values.mean()),
+        max_hu=float(values.max()),
+        centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(np.argwhere(island).mean(axis=0))[0]),
+        fused_to_native_bone=fused_to_native_bone,
+        maturity=classify_maturity(ct_hu, island, depth),
+    )
+    return figures, depth
+
+
 def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, depth: np.ndarray) -> str:
     """'mature' when a cortical rim is clearly denser than the interior (marrow);
     ``depth`` is each island voxel's distance (mm) to the outside."""
@@ -910,19 +930,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         target = labelmap_block[island_block]
         target[island & (target == 0)] = number
         values = ct_block[island_block][island]
-        kji = np.argwhere(island).mean(axis=0) + [s.start for s in island_block] + [s.start for s in block]
         island_geometry = block_geometry.cropped(island_block)
-        # Distance to the outside, for the cortex and for the vessel shape alike.
-        depth = _ball_distance(island, island_geometry)
-        results.append(OssificationIsland(
-            label=number,
-            volume_ml=float(np.count_nonzero(island) * geometry.voxel_volume_ml),
-            mean_hu=float(values.mean()),
-            max_hu=float(values.max()),
-            centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(kji)[0]),
-            fused_to_native_bone=_touches(island, fused_to, island_block, block_geometry),
-            maturity=classify_maturity(ct_block[island_block], island, depth),
-        ))
+        figures, depth = measure_island(number, ct_block[island_block], island, island_geometry,
+                                        _touches(island, fused_to, island_block, block_geometry))
+        results.append(figures)
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
         if _reaches_image_edge(island, result_blocks[-1], ct_hu.shape):
             cut_by_edge.append(number)

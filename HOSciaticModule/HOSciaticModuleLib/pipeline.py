@@ -34,6 +34,8 @@ CONTACT_TABLE_NAME = "HO–nerve contact"
 BYTES_PER_ANALYSED_VOXEL = 14
 #: Warnings are kept on the output nodes as one attribute, separated by this.
 WARNING_SEPARATOR = " | "
+#: Segment tag saying whether an HO segment was found fused to the native skeleton.
+FUSED_TAG = "HOSciatic.FusedToNativeBone"
 #: Margin around the nerve and HO segments kept when measuring contact.
 WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
@@ -152,6 +154,9 @@ class ContactOutputs:
     ho_distance_model_node: object
     contact: contact_module.NerveContact
     island_segment_names: dict = field(default_factory=dict)
+    #: The HO segments' figures as measured with the contact (None without the CT).
+    islands: list | None = None
+    islands_table_node: object = None
 
 
 def _check_choice(value: str, choices, what: str) -> str:
@@ -285,12 +290,14 @@ class HOSciaticAnalysis:
             masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
                 result.labelmap[island_block] == island.label,
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
-        scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR, remove_prefix=HO_SEGMENT_PREFIX)
-        islands_table_node = self._existing(islands_table_node, "vtkMRMLTableNode", ISLANDS_TABLE_NAME)
-        islands_table_node = scene_io.fill_table(
-            self.scene, islands_table_node, ISLANDS_TABLE_NAME,
-            [m.column() for m in measurements.ISLAND_MEASURES],
-            [measurements.as_table_row(measurements.ISLAND_MEASURES, i) for i in result.islands])
+        segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
+                                                remove_prefix=HO_SEGMENT_PREFIX)
+        for island, segment_id in zip(result.islands, segment_ids):
+            # Kept with the segment (and its file): the native skeleton it was judged
+            # against is not, and re-measuring after an edit still knows the answer.
+            segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(
+                FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
+        islands_table_node = self._fill_islands_table(islands_table_node, result.islands)
         if result.body_midline is not None:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
         result.warnings[:0] = thick_slice_warnings(geometry)
@@ -298,6 +305,30 @@ class HOSciaticAnalysis:
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
         return OssificationOutputs(segmentation_node, islands_table_node, result)
+
+    def _fill_islands_table(self, table_node, islands):
+        table_node = self._existing(table_node, "vtkMRMLTableNode", ISLANDS_TABLE_NAME)
+        return scene_io.fill_table(self.scene, table_node, ISLANDS_TABLE_NAME,
+                                   [m.column() for m in measurements.ISLAND_MEASURES],
+                                   [measurements.as_table_row(measurements.ISLAND_MEASURES, i) for i in islands])
+
+    def measure_islands(self, segmentation_node, ct, geometry, ho_blocks=None) -> list:
+        """Figures of the HO segments as they are now (after any edit in the Segment
+        Editor), on the CT array ``ct`` of ``geometry``."""
+        segmentation = segmentation_node.GetSegmentation()
+        islands = []
+        for label, name, mask, block in (ho_blocks if ho_blocks is not None else self.ho_blocks(segmentation_node, geometry)):
+            padded = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(block, geometry.shape_kji))
+            island = np.zeros(tuple(p.stop - p.start for p in padded), bool)
+            island[tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(block, padded))] = mask
+            if not island.any():
+                continue
+            segment = segmentation.GetSegment(scene_io.segment_id_by_name(segmentation_node, name))
+            fused = scene_io.segment_tag(segment, FUSED_TAG)
+            figures, _ = ossification.measure_island(label, ct[padded], island, geometry.cropped(padded),
+                                                     None if fused is None else fused == "yes")
+            islands.append(figures)
+        return islands
 
     # -- step 2: nerve --------------------------------------------------------------
     def trace_nerve(self, volume_node, seeds_node, *, side="right", modality="ct", segmentation_node=None,
@@ -376,6 +407,7 @@ class HOSciaticAnalysis:
                         tolerance_mm=contact_module.DEFAULT_CONTACT_TOLERANCE_MM,
                         contact_table_node=None, stations_table_node=None, chart_node=None,
                         contact_patch_model_node=None, ho_distance_model_node=None, reference_volume_node=None,
+                        islands_table_node=None,
                         bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU,
                         progress: ProgressCallback = None) -> ContactOutputs:
         """Contact and encasement between the HO segments and one nerve.
@@ -410,8 +442,9 @@ class HOSciaticAnalysis:
         labelmap = self.paste_labels(ho_blocks, full_geometry, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
-        ct = self._ct_in_window(reference_volume_node or self._reference_volume(segmentation_node), full_geometry,
-                                window)
+        reference = reference_volume_node or self._reference_volume(segmentation_node)
+        full_ct = self._ct_on_grid(reference, full_geometry)
+        ct = full_ct[window] if full_ct is not None else None
         # The surface models need the masks only: they are built on other threads while
         # the figures are measured (progress is reported from this thread alone).
         with ThreadPoolExecutor(2, thread_name_prefix="hosciatic-models") as executor:
@@ -426,6 +459,13 @@ class HOSciaticAnalysis:
             nerve_mesh = nerve_mesh_job.result()
             ho_mesh = ho_mesh_job.result() if ho_mesh_job is not None else None
 
+        report(progress, 0.85, "Measuring the HO segments")
+        # The segments may have been edited since they were made: the island figures
+        # follow them, as the contact figures do.
+        islands = (self.measure_islands(segmentation_node, full_ct, full_geometry, ho_blocks)
+                   if full_ct is not None else None)
+        if islands is not None:
+            islands_table_node = self._fill_islands_table(islands_table_node, islands)
         report(progress, 0.9, "Writing contact outputs")
         stations = self.stations_with_contact(centreline_node, result)
         arrays = self._station_arrays(stations, with_contact=True)
@@ -447,15 +487,18 @@ class HOSciaticAnalysis:
         self._record_warnings(centreline_node, "HOSciatic.ContactWarnings", result.warnings)
         report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg")
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
-                              ho_distance_model_node, result, names)
+                              ho_distance_model_node, result, names, islands,
+                              islands_table_node if islands is not None else None)
 
     @staticmethod
-    def _ct_in_window(volume_node, geometry, window):
-        """The reference volume's voxels in ``window`` when it is on the segmentation's grid."""
+    def _ct_on_grid(volume_node, geometry):
+        """The reference volume's voxels when it is a CT on the segmentation's grid."""
         if volume_node is None:
             return None
         image, _ = scene_io.array_from_volume(volume_node, "Reference volume")
-        return image[window] if image.shape == geometry.shape_kji else None
+        if image.shape != geometry.shape_kji or float(image[::4, ::4, ::4].min()) > ossification.HU_FAT_OR_AIR:
+            return None
+        return image
 
     @staticmethod
     def _working_window(geometry, blocks):

@@ -155,6 +155,14 @@ def segment_id_by_name(segmentation_node, name: str) -> str | None:
     return None
 
 
+def segment_tag(segment, key: str) -> str | None:
+    """A segment's tag value, or None when it has no such tag."""
+    from vtkmodules.vtkCommonCore import reference
+
+    value = reference("")
+    return str(value) if segment is not None and segment.GetTag(key, value) else None
+
+
 def segment_mask_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeometry) -> np.ndarray:
     """Binary mask of one segment on ``geometry`` (a full-size array)."""
     mask = np.zeros(geometry.shape_kji, bool)
