@@ -358,7 +358,8 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return points[int(values.argmax())]
 
     def exportResults(self, p):
-        """Write the result files of this session's analysis into the export folder."""
+        """Write the result files of the analysis into the export folder: this session's,
+        or the one a reloaded scene holds."""
         from HOSciaticModuleLib import export
 
         folder = pathlib.Path(str(p.exportDirectory)) if p.exportDirectory else None
@@ -367,8 +368,13 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         oss = self._latest.get("ossification")
         nerves = sorted(self._latest.get("nerves", {}).items())
         contacts = sorted(self._latest.get("contacts", {}).items())
+        if oss is None and not nerves and p.segmentation:
+            # The steps ran in an earlier session: the saved scene holds their results.
+            oss, nerves, contacts = self.analysis.analysis_from_scene(
+                p.segmentation, tolerance_mm=p.contactToleranceMm, bone_threshold_hu=p.boneThresholdHU,
+                reference_volume_node=p.ctVolume)
         if oss is None and not nerves:
-            raise ValueError("Nothing to export yet: run the analysis in this session first.")
+            raise ValueError("Nothing to export yet: run the analysis first.")
         volume = p.ctVolume or p.mrVolume
         inputInfo = {"image": volume.GetName() if volume else None, "modality": p.modality}
         parameters = export.default_parameters(p.boneThresholdHU, p.minIslandMl, p.contactToleranceMm)

@@ -193,3 +193,33 @@ def test_island_figures_follow_edits_of_the_ho_segments(slicer_scene, phantom):
     assert [i["segment"] for i in document["ossifications"]["islands"]] == ["HO 1", "HO 3", "HO 7"]
     assert document["ossifications"]["total_volume_ml"] == pytest.approx(
         found["HO 1"].volume_ml + found["HO 3"].volume_ml + painted.volume_ml, abs=1e-3)
+
+
+def test_export_of_a_reloaded_scene_matches_the_session(slicer_scene, phantom, tmp_path):
+    from HOSciaticModuleLib import export
+
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    session = export.metrics_document({}, {}, oss, [("right", traced)], [("right", contact)], oss.result.warnings)
+    bundle = tmp_path / "scene.mrb"
+    export.write_scene_bundle(slicer_scene, bundle)
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(bundle))
+    reloaded = HOSciaticAnalysis(fresh)
+    saved_oss, nerves, contacts = reloaded.analysis_from_scene(fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    assert [side for side, _ in nerves] == ["right"] and [side for side, _ in contacts] == ["right"]
+    document = export.metrics_document({}, {}, saved_oss, nerves, contacts, saved_oss.result.warnings)
+    before, after = session["ossifications"], document["ossifications"]
+    assert after["count"] == before["count"] and after["total_volume_ml"] == pytest.approx(before["total_volume_ml"])
+    for mine, theirs in zip(after["islands"], before["islands"]):
+        assert {k: mine[k] for k in ("segment", "maturity", "fused_to_native_bone", "encasement_class")} == \
+               {k: theirs[k] for k in ("segment", "maturity", "fused_to_native_bone", "encasement_class")}
+    (nerve_now,), (nerve_then,) = document["nerves"], session["nerves"]
+    assert nerve_now["length_mm"] == pytest.approx(nerve_then["length_mm"], abs=1.0)
+    assert nerve_now["mean_diameter_mm"] == pytest.approx(nerve_then["mean_diameter_mm"], abs=0.2)
+    assert nerve_now["max_encasement_deg"] == pytest.approx(nerve_then["max_encasement_deg"], abs=5.0)
+    assert nerve_now["encasement_class"] == nerve_then["encasement_class"]
+    assert sorted(document["warnings"]) == sorted(session["warnings"])
+    export.publish(tmp_path / "export", lambda folder: export.write_results(
+        folder, fresh, saved_oss.segmentation_node, nerves, document, with_scene=False))
+    assert {"metrics.json", "segmentation.seg.nrrd", "nerve_right.mrk.json", "stations_right.csv"} <= {
+        p.name for p in (tmp_path / "export").iterdir()}

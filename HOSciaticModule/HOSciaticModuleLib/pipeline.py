@@ -379,6 +379,58 @@ class HOSciaticAnalysis:
         report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm")
         return NerveOutputs(centreline_node, stations_table_node, segmentation_node, segment_id, trace)
 
+    # -- an analysis kept in the scene --------------------------------------------------
+    def nerve_from_scene(self, centreline_node, segmentation_node=None) -> NerveOutputs:
+        """A traced nerve as the scene keeps it (after reloading a saved scene): the
+        centreline curve with its per-station measurements, side, modality and warnings."""
+        side = centreline_node.GetAttribute("HOSciatic.Side") or "right"
+        points = scene_io.control_points_world(centreline_node)
+        figures = {key: scene_io.curve_measurement(centreline_node, key)
+                   for key in ("area_mm2", "diameter_mm", "min_diameter_mm", "max_diameter_mm")}
+        if len(points) < 2 or any(values is None or len(values) != len(points) for values in figures.values()):
+            raise InputError(f"The curve '{centreline_node.GetName()}' has no nerve measurements. Trace the nerve "
+                             "again with this module.")
+        trace = nerve.NerveTrace(
+            side=side, modality=centreline_node.GetAttribute("HOSciatic.Modality") or "ct", points_ras=points,
+            s_mm=np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))],
+            area_mm2=figures["area_mm2"], diameter_mm=figures["diameter_mm"],
+            min_diameter_mm=figures["min_diameter_mm"], max_diameter_mm=figures["max_diameter_mm"],
+            boundary_ras=[], mask_block=np.zeros((0, 0, 0), bool), mask_slices=(slice(0, 0),) * 3, volume_shape=(0, 0, 0),
+            warnings=self.recorded_warnings(centreline_node=centreline_node))
+        segment_id = (scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
+                      if segmentation_node is not None else None)
+        return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side)),
+                            segmentation_node, segment_id, trace)
+
+    def analysis_from_scene(self, segmentation_node, *, tolerance_mm=contact_module.DEFAULT_CONTACT_TOLERANCE_MM,
+                            bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU, reference_volume_node=None):
+        """The analysis the scene holds, when its steps ran in an earlier session: the HO
+        segments measured as they are now, the traced nerves, and their contact computed
+        again from the current segments. Returns (OssificationOutputs or None,
+        [(side, NerveOutputs)], [(side, ContactOutputs)]) as the steps do."""
+        oss_outputs = None
+        if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
+            volume = reference_volume_node or self._reference_volume(segmentation_node)
+            geometry = self._segmentation_geometry(segmentation_node, volume)
+            ct = self._ct_on_grid(volume, geometry)
+            if ct is not None:
+                islands = self.measure_islands(segmentation_node, ct, geometry)
+                result = ossification.OssificationResult(
+                    np.zeros((0, 0, 0), np.uint16), islands,
+                    self.recorded_warnings(segmentation_node=segmentation_node))
+                oss_outputs = OssificationOutputs(segmentation_node, self._fill_islands_table(None, islands), result)
+        nerves, contacts = [], []
+        for side in SIDES:
+            centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+            if centreline_node is None:
+                continue
+            nerves.append((side, self.nerve_from_scene(centreline_node, segmentation_node)))
+            if oss_outputs is not None and nerves[-1][1].segment_id:
+                contacts.append((side, self.compute_contact(
+                    segmentation_node, centreline_node, side=side, tolerance_mm=tolerance_mm,
+                    reference_volume_node=reference_volume_node, bone_threshold_hu=bone_threshold_hu)))
+        return oss_outputs, nerves, contacts
+
     @staticmethod
     def station_rows(trace) -> list[dict]:
         return [
