@@ -138,6 +138,23 @@ def test_bone_around_the_nerve_outside_the_ho_segments_is_flagged(slicer_scene, 
     assert warning in analysis.recorded_warnings(oss.segmentation_node, traced.centreline_node)
 
 
+def test_reloaded_scene_reports_each_warning_once(slicer_scene, phantom, tmp_path):
+    from HOSciaticModuleLib import export
+
+    analysis, _, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    # Leave the HO shell out of the segments: the contact step then warns.
+    oss.segmentation_node.GetSegmentation().RemoveSegment(scene_io.segment_id_by_name(oss.segmentation_node, "HO 1"))
+    analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    bundle = tmp_path / "scene.mrb"
+    export.write_scene_bundle(slicer_scene, bundle)
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(bundle))
+    saved_oss, nerves, contacts = HOSciaticAnalysis(fresh).analysis_from_scene(
+        fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    document = export.metrics_document({}, {}, saved_oss, nerves, contacts, saved_oss.result.warnings)
+    assert sum("no HO segment surrounds the nerve" in w for w in document["warnings"]) == 1
+
+
 def test_thick_fused_ho_around_the_nerve_is_never_silently_missed(slicer_scene):
     # A 24 mm thick sleeve of HO (about 90 mL) fused to the femur, around 300 deg of the
     # nerve: thicker than the 20 mm ball, so the HO step may keep it as native bone. The

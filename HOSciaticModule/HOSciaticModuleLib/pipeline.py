@@ -34,6 +34,10 @@ CONTACT_TABLE_NAME = "HO–nerve contact"
 BYTES_PER_ANALYSED_VOXEL = 14
 #: Warnings are kept on the output nodes as one attribute, separated by this.
 WARNING_SEPARATOR = " | "
+#: Node attributes keeping each step's warnings.
+OSSIFICATION_WARNINGS = "HOSciatic.OssificationWarnings"
+NERVE_WARNINGS = "HOSciatic.NerveWarnings"
+CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 #: Segment tag saying whether an HO segment was found fused to the native skeleton.
 FUSED_TAG = "HOSciatic.FusedToNativeBone"
 #: Margin around the nerve and HO segments kept when measuring contact.
@@ -301,7 +305,7 @@ class HOSciaticAnalysis:
         if result.body_midline is not None:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
         result.warnings[:0] = thick_slice_warnings(geometry)
-        self._record_warnings(segmentation_node, "HOSciatic.OssificationWarnings", result.warnings)
+        self._record_warnings(segmentation_node, OSSIFICATION_WARNINGS, result.warnings)
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
         return OssificationOutputs(segmentation_node, islands_table_node, result)
@@ -373,7 +377,7 @@ class HOSciaticAnalysis:
         centreline_node.SetAttribute("HOSciatic.Modality", modality)
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
-        self._record_warnings(centreline_node, "HOSciatic.NerveWarnings", trace.warnings)
+        self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
         scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
                                  [segmentation_node, centreline_node, stations_table_node])
         report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm")
@@ -396,7 +400,7 @@ class HOSciaticAnalysis:
             area_mm2=figures["area_mm2"], diameter_mm=figures["diameter_mm"],
             min_diameter_mm=figures["min_diameter_mm"], max_diameter_mm=figures["max_diameter_mm"],
             boundary_ras=[], mask_block=np.zeros((0, 0, 0), bool), mask_slices=(slice(0, 0),) * 3, volume_shape=(0, 0, 0),
-            warnings=self.recorded_warnings(centreline_node=centreline_node))
+            warnings=self._warnings_of(centreline_node, NERVE_WARNINGS))
         segment_id = (scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
                       if segmentation_node is not None else None)
         return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side)),
@@ -536,7 +540,7 @@ class HOSciaticAnalysis:
         ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh)
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
-        self._record_warnings(centreline_node, "HOSciatic.ContactWarnings", result.warnings)
+        self._record_warnings(centreline_node, CONTACT_WARNINGS, result.warnings)
         report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg")
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
@@ -638,13 +642,13 @@ class HOSciaticAnalysis:
         node.SetAttribute(attribute, WARNING_SEPARATOR.join(warnings) if warnings else "")
 
     @staticmethod
-    def recorded_warnings(segmentation_node=None, centreline_node=None) -> list[str]:
+    def _warnings_of(node, attribute: str) -> list[str]:
+        text = node.GetAttribute(attribute) if node is not None else None
+        return [w for w in (text or "").split(WARNING_SEPARATOR) if w]
+
+    @classmethod
+    def recorded_warnings(cls, segmentation_node=None, centreline_node=None) -> list[str]:
         """The warnings of the last HO segmentation, nerve tracing and contact, as kept
         on their nodes (so they survive saving and reloading the scene)."""
-        found = []
-        for node, attribute in ((segmentation_node, "HOSciatic.OssificationWarnings"),
-                                (centreline_node, "HOSciatic.NerveWarnings"),
-                                (centreline_node, "HOSciatic.ContactWarnings")):
-            text = node.GetAttribute(attribute) if node is not None else None
-            found += [w for w in (text or "").split(WARNING_SEPARATOR) if w]
-        return found
+        return (cls._warnings_of(segmentation_node, OSSIFICATION_WARNINGS) + cls._warnings_of(centreline_node, NERVE_WARNINGS)
+                + cls._warnings_of(centreline_node, CONTACT_WARNINGS))
