@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.imageio import read_markups_json, read_volume, sitk_image_from_array, write_volume
+from HOSciaticModuleLib.imageio import (DicomSlices, read_markups_json, read_volume, regular_slice_grid,
+                                        sitk_image_from_array, write_volume)
 from HOSciaticModuleLib.phantom import write_dicom_slices, write_markups_points_json
 
 
@@ -118,3 +120,17 @@ def test_markups_coordinates_lps_and_ras(tmp_path):
     text = path.read_text().replace('"LPS"', '"RAS"')
     path.write_text(text)
     np.testing.assert_allclose(read_markups_json(path)[0].points_ras, points * [-1, -1, 1])
+
+
+def test_slices_out_of_order_are_stacked_by_position():
+    # Headers, not file order, say where a slice lies.
+    planes = np.arange(5 * 4 * 3, dtype=np.int16).reshape(5, 4, 3)
+    order = [2, 0, 4, 1, 3]
+    image = sitk.GetImageFromArray(planes[order])
+    image.SetSpacing((0.5, 0.5, 1.0))
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    positions = np.array([(0.0, 0.0, 1.5 * k) for k in order])
+    regular, warnings = regular_slice_grid(image, DicomSlices(row, column, positions))
+    assert warnings == []
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(regular), planes)
+    assert regular.GetSpacing()[2] == pytest.approx(1.5)

@@ -142,6 +142,48 @@ def dicom_slice_geometry(reader, count: int, folder) -> DicomSlices | None:
     return DicomSlices(row / np.linalg.norm(row), column / np.linalg.norm(column), np.asarray(positions))
 
 
+def _check_slice_gaps(gaps: np.ndarray, spacing: float) -> None:
+    if spacing <= 0 or np.min(gaps) < SLICE_POSITION_TOLERANCE * spacing:
+        raise InputError("The DICOM series has two or more slices at the same position (several acquisitions or "
+                         "reconstructions saved as one series). Export the one series to analyse.")
+    if np.max(gaps) > MAX_SLICE_GAP_FACTOR * spacing:
+        raise InputError(f"The DICOM series has a gap of {np.max(gaps):.1f} mm between slices spaced {spacing:.2f} mm: "
+                         "slices are missing. Export the complete series from the scanner or PACS.")
+
+
+def _in_plane_shifts(positions_lps: np.ndarray, along: np.ndarray, normal: np.ndarray, slices: DicomSlices,
+                     pixel_mm: np.ndarray) -> np.ndarray:
+    """Each slice's offset from the stack through the first slice along the normal, in
+    pixels (j along the column direction, i along the row direction): a gantry tilt."""
+    offsets = positions_lps - positions_lps[0] - np.outer(along - along[0], normal)
+    return np.stack([offsets @ slices.column_lps / pixel_mm[1], offsets @ slices.row_lps / pixel_mm[0]], axis=1)
+
+
+def _resample_slices(source: np.ndarray, along: np.ndarray, shifts: np.ndarray | None, spacing: float) -> np.ndarray:
+    """Slices (in order along the normal, at ``along`` mm) moved in their plane by
+    ``shifts`` and interpolated linearly onto an even ``spacing``."""
+    targets = along[0] + spacing * np.arange(int(round((along[-1] - along[0]) / spacing)) + 1)
+    corrected = np.empty((len(targets),) + source.shape[1:], source.dtype)
+    air = float(source.min())
+    aligned: dict = {}
+
+    def slice_at(k):
+        if k not in aligned:
+            plane = source[k].astype(np.float32)
+            aligned[k] = (ndimage.shift(plane, shifts[k], order=1, mode="constant", cval=air)
+                          if shifts is not None else plane)
+        return aligned[k]
+
+    for m, target in enumerate(targets):
+        k = int(np.clip(np.searchsorted(along, target, side="right") - 1, 0, len(along) - 2))
+        weight = float(np.clip((target - along[k]) / (along[k + 1] - along[k]), 0.0, 1.0))
+        plane = (1.0 - weight) * slice_at(k) + weight * slice_at(k + 1)
+        for passed in [key for key in aligned if key < k]:
+            del aligned[passed]
+        corrected[m] = np.rint(plane) if corrected.dtype.kind in "iu" else plane
+    return corrected
+
+
 def regular_slice_grid(image, slices: DicomSlices):
     """The image on a regular grid at right angles to its slices, with warnings.
 
@@ -156,52 +198,32 @@ def regular_slice_grid(image, slices: DicomSlices):
     along = slices.positions_lps @ normal
     if along[-1] < along[0]:
         normal, along = -normal, -along
+    order = np.argsort(along, kind="stable")
+    along, positions = along[order], slices.positions_lps[order]
     gaps = np.diff(along)
     if len(gaps) == 0:
         return image, []
     spacing = float(np.median(gaps))
-    if spacing <= 0 or np.min(gaps) < SLICE_POSITION_TOLERANCE * spacing:
-        raise InputError("The DICOM series has two or more slices at the same position (several acquisitions or "
-                         "reconstructions saved as one series). Export the one series to analyse.")
-    if np.max(gaps) > MAX_SLICE_GAP_FACTOR * spacing:
-        raise InputError(f"The DICOM series has a gap of {np.max(gaps):.1f} mm between slices spaced {spacing:.2f} mm: "
-                         "slices are missing. Export the complete series from the scanner or PACS.")
+    _check_slice_gaps(gaps, spacing)
     pixel = np.asarray(image.GetSpacing(), float)[:2]
-    offsets = slices.positions_lps - slices.positions_lps[0] - np.outer(along - along[0], normal)
-    # Shift of each slice's pixels (j along the column direction, i along the row direction).
-    shifts = np.stack([offsets @ slices.column_lps / pixel[1], offsets @ slices.row_lps / pixel[0]], axis=1)
+    shifts = _in_plane_shifts(positions, along, normal, slices, pixel)
     tilted = float(np.max(np.abs(shifts))) > TILT_TOLERANCE_PIXELS
     step = (along[-1] - along[0]) / len(gaps)
     uneven = float(np.max(np.abs(along - along[0] - step * np.arange(len(along))))) > SLICE_POSITION_TOLERANCE * spacing
-    if not (tilted or uneven):
+    in_order = bool(np.all(order == np.arange(len(order))))
+    if not (tilted or uneven) and in_order:
         return image, []
 
     source = _sitk().GetArrayViewFromImage(image)
-    targets = along[0] + spacing * np.arange(int(round((along[-1] - along[0]) / spacing)) + 1)
-    corrected = np.empty((len(targets),) + source.shape[1:], source.dtype)
-    air = float(source.min())
-    shifted = {}
-
-    def aligned(k):
-        if k not in shifted:
-            plane = source[k].astype(np.float32)
-            shifted[k] = ndimage.shift(plane, shifts[k], order=1, mode="constant", cval=air) if tilted else plane
-        return shifted[k]
-
-    for m, target in enumerate(targets):
-        k = int(np.clip(np.searchsorted(along, target, side="right") - 1, 0, len(along) - 2))
-        weight = float(np.clip((target - along[k]) / gaps[k], 0.0, 1.0))
-        plane = (1.0 - weight) * aligned(k) + weight * aligned(k + 1)
-        for old in [key for key in shifted if key < k]:
-            del shifted[old]
-        corrected[m] = np.rint(plane) if corrected.dtype.kind in "iu" else plane
+    corrected = _resample_slices(source[order] if not in_order else source, along, shifts if tilted else None,
+                                 spacing if uneven else step)
     result = _sitk().GetImageFromArray(corrected)
-    result.SetSpacing((float(pixel[0]), float(pixel[1]), spacing))
-    result.SetOrigin(tuple(float(v) for v in slices.positions_lps[0]))
+    result.SetSpacing((float(pixel[0]), float(pixel[1]), spacing if uneven else step))
+    result.SetOrigin(tuple(float(v) for v in positions[0]))
     result.SetDirection(tuple(float(v) for v in np.stack([slices.row_lps, slices.column_lps, normal], axis=1).ravel()))
     warnings = []
     if tilted:
-        stacking = slices.positions_lps[-1] - slices.positions_lps[0]
+        stacking = positions[-1] - positions[0]
         tilt = np.degrees(np.arccos(min(1.0, abs(float(stacking @ normal)) / float(np.linalg.norm(stacking)))))
         warnings.append(f"The DICOM series was acquired with a gantry tilt of {tilt:.1f} degrees: each slice was "
                         "shifted in its plane onto a grid at right angles, so shapes, distances and positions are "
