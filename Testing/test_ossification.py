@@ -241,6 +241,21 @@ def test_side_is_read_from_the_body_midline():
     assert ct_body_midline(one_hip.image, one_hip.geometry) is None
 
 
+def test_island_on_the_midline_is_flagged():
+    # Both hips imaged and a coccyx-like bone (6 mL, free) on the body's midline behind
+    # the pelvis: it is named as probably normal anatomy; the hip's HO islands are not.
+    spec = PhantomSpec()
+    coccyx = BoneSpec("ellipsoid", center_offset=(-45.0, -40.0, 40.0), semi_axes=(12.0, 8.0, 15.0), cortex_mm=1.5)
+    phantom = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec) + (coccyx,)),
+                               spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    centre = np.asarray(phantom.spec.center_ras) + [-45.0, -40.0, 40.0]
+    on_midline = [i.label for i in result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 5.0]
+    assert len(on_midline) == 1 and len(result.islands) == len(phantom.islands) + 1
+    (warning,) = [w for w in result.warnings if "midline" in w]
+    assert re.findall(r"HO (\d+)", warning.split(" lie")[0]) == [str(on_midline[0])]
+
+
 def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():
     # Contrast raises the artery to 320 HU: a 6 mm tube along the whole field of view.
     # A band of HO along a muscle plane (6 x 24 x 80 mm) is long too, but flat.

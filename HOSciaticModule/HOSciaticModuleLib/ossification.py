@@ -116,6 +116,10 @@ MIRROR_MATCH_FRACTION = 0.8
 #: The bony prominences a ball of 20 mm cannot enter (ischial spine, lesser trochanter,
 #: iliac spines) are a few mL; a larger fused mass on both sides is bilateral HO.
 PROMINENCE_MAX_ML = 10.0
+#: HO of the hip forms beside the pelvis, 60 mm or more from the body's midline; an island
+#: centred within this distance of it is the coccyx, a piece of the sacrum or an ossicle
+#: at the pubic symphysis: normal anatomy to the reader's eye, not hip HO.
+MIDLINE_ISLAND_MM = 20.0
 #: A nerve within this distance of the midline is not clearly on one side (the sciatic
 #: nerves run 70-120 mm either side of it at the hip).
 MIDLINE_SIDE_MARGIN_MM = 20.0
@@ -793,6 +797,14 @@ def _streak_warning(numbers) -> str:
             "the images.")
 
 
+def _on_midline_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'lies' if one else 'lie'} on the body's midline (within "
+            f"{MIDLINE_ISLAND_MM:.0f} mm): at the coccyx, the sacrum or the pubic symphysis, "
+            f"{'it is' if one else 'they are'} more likely a normal bone or ossicle than HO of the hip, which forms "
+            "beside the pelvis. Check it; if it is normal anatomy, delete the segment and recompute contact.")
+
+
 def _mirror_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'has a mirror image' if one else 'have mirror images'} in bone on the other "
@@ -801,16 +813,18 @@ def _mirror_warning(numbers) -> str:
             "anatomy, delete the segment and recompute contact.")
 
 
-def _mirrored_fused_islands(results, islands, filled_bone, geometry):
+def _midline_islands(results, plane: MirrorPlane) -> list[int]:
+    """Numbers of the islands whose centre lies on the body's midline."""
+    return [result.label for result in results
+            if abs(float(np.asarray(result.centroid_ras) @ plane.normal) - plane.offset) <= MIDLINE_ISLAND_MM]
+
+
+def _mirrored_fused_islands(results, islands, filled_bone, geometry, plane: MirrorPlane) -> list[int]:
     """Numbers of the fused islands, prominence-sized, that mirror bone on the other side
-    of the body, and the midline when it was looked for and found."""
-    fused = [(result, island) for result, island in zip(results, islands)
-             if result.fused_to_native_bone and result.volume_ml <= PROMINENCE_MAX_ML]
-    plane = body_midline(filled_bone, geometry) if fused else None
-    if plane is None:
-        return [], None
-    return [result.label for result, (island_block, island) in fused
-            if mirrored_in_bone(island, island_block, filled_bone, geometry, plane)], plane
+    of the body."""
+    return [result.label for result, (island_block, island) in zip(results, islands)
+            if result.fused_to_native_bone and result.volume_ml <= PROMINENCE_MAX_ML
+            and mirrored_in_bone(island, island_block, filled_bone, geometry, plane)]
 
 
 def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
@@ -955,9 +969,15 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
-    mirrored, midline = _mirrored_fused_islands(results, islands, filled_bone, block_geometry)
-    if mirrored:
-        warnings.append(_mirror_warning(mirrored))
+    # Both checks need the body's midline, found when both hips are imaged.
+    midline = body_midline(filled_bone, block_geometry) if results else None
+    if midline is not None:
+        mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, midline)
+        if mirrored:
+            warnings.append(_mirror_warning(mirrored))
+        on_midline = _midline_islands(results, midline)
+        if on_midline:
+            warnings.append(_on_midline_warning(on_midline))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, midline)
