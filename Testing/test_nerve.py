@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.nerve import sort_seeds_along_nerve, trace_nerve
-from HOSciaticModuleLib.phantom import _dense_nerve_curve, generate_phantom
+from HOSciaticModuleLib.phantom import PhantomSpec, _dense_nerve_curve, generate_phantom
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
 FLIPPED = np.diag([-1.0, 1.0, -1.0])
@@ -73,6 +73,7 @@ def test_two_end_seeds(modality, grid):
     trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality=modality,
                         exclusion_mask=phantom.ho_labels > 0)
     assert_follows_truth(phantom, trace, seeds)
+    assert not any("fat plane" in w for w in trace.warnings)
     # The segment built from the cross-sections overlaps the true nerve well.
     dice = 2 * np.count_nonzero(trace.mask & phantom.nerve_mask) / (trace.mask.sum() + phantom.nerve_mask.sum())
     assert dice >= 0.85, dice
@@ -157,6 +158,19 @@ def test_a_short_gap_is_bridged_and_measured_on_both_sides():
     far_from_gap_and_ends = np.abs(trace.s_mm - 70.0) > 10.0
     far_from_gap_and_ends &= (trace.s_mm > 8.0) & (trace.s_mm < trace.length_mm - 8.0)
     np.testing.assert_allclose(trace.diameter_mm[far_from_gap_and_ends], 8.0, atol=0.6)
+
+
+def test_nerve_against_muscle_is_flagged_and_no_fat_plane_at_all_refused():
+    # CT: a 1 mm fat plane between nerve and muscle is thinner than the CT resolves; the
+    # half-way outline is then drawn inside the nerve, which the tracing says.
+    thin = generate_phantom(PhantomSpec(nerve_sheath_mm=1.0, islands=()), spacing_ijk=(1.0, 1.0, 2.0))
+    seeds = thin.seeds_ras([END_MARGIN_MM, 70.0, thin.centreline_s_mm[-1] - END_MARGIN_MM])
+    trace = trace_nerve(thin.image, thin.geometry, seeds)
+    assert any("fat plane thinner than the CT resolves" in w for w in trace.warnings)
+    # Without any fat plane the outline runs into the muscle: refused, never reported.
+    bare = generate_phantom(PhantomSpec(nerve_sheath_mm=0.0, islands=()), spacing_ijk=(1.0, 1.0, 2.0))
+    with pytest.raises(InputError, match="wider than any sciatic nerve"):
+        trace_nerve(bare.image, bare.geometry, seeds)
 
 
 def test_mr_without_a_bright_nerve_is_refused():

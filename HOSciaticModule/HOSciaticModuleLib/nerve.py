@@ -69,6 +69,17 @@ MIN_STATIONS_PER_PART = 40
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
 CT_FAT_HU = (-190.0, -30.0)
 CT_AIR_HU = -400.0
+#: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
+#: 20 mm): an outline wider than that over half the traced length has run into muscle.
+MAX_NERVE_DIAMETER_MM = 20.0
+#: Fat (about -100 HU) the CT resolves around the nerve keeps the tissue just outside the
+#: outline far below the nerve's level. Where it stays less than halfway down towards
+#: fat, the fat plane is thinner than the CT's blur (the nerve abuts muscle) and the
+#: half-way boundary is drawn inside the nerve.
+CT_FAT_REFERENCE_HU = -100.0
+THIN_FAT_PLANE_CONTRAST = 0.5
+#: Share of the stations with such a thin fat plane that is worth a warning.
+THIN_FAT_PLANE_SHARE = 0.1
 #: Seeds closer than this together do not define a stretch of nerve.
 MIN_SEED_SPREAD_MM = 5.0
 
@@ -332,6 +343,7 @@ class _Sections:
     area: np.ndarray
     min_width: np.ndarray
     max_width: np.ndarray
+    outside_levels: np.ndarray  # (N,) the tissue just outside the boundary (median, HU or signal)
 
 
 def _ray_directions(u, v, count):
@@ -352,7 +364,7 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
         candidates, depth, offset_mm = _section_depth(sampler, points[stations], u[stations], v[stations], appearance)
         best = np.argmax(depth - 0.15 * offset_mm[None, :], axis=1)
         cores = candidates[np.arange(len(stations)), best]
-        return cores, _ray_radii(sampler, cores, directions[stations], appearance, ray_step_mm)
+        return (cores,) + _ray_radii(sampler, cores, directions[stations], appearance, ray_step_mm)
 
     # Sections are independent and their sampling releases the GIL: long nerves are
     # measured in parts on all cores.
@@ -364,10 +376,11 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
         measured = [measure(parts[0])]
     cores = np.concatenate([m[0] for m in measured])
     radii = _clip_leaks(np.concatenate([m[1] for m in measured]))
+    outside_levels = np.concatenate([m[2] for m in measured])
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
-    return _Sections(centroids, radii, cores, area, min_width, max_width), boundary
+    return _Sections(centroids, radii, cores, area, min_width, max_width, outside_levels), boundary
 
 
 class _IndexSampler:
@@ -455,17 +468,19 @@ def _section_depth(sampler, points, u, v, appearance):
 
 def _ray_radii(sampler, cores, directions, appearance, step_mm=RAY_STEP_MM):
     """Boundary distance along each ray, at the half-way level between this section's
-    own nerve plateau and the tissue just outside it (a local full width at half maximum)."""
+    own nerve plateau and the tissue just outside it (a local full width at half
+    maximum); and per section the level of that outside tissue."""
     steps = np.arange(0.0, MAX_RAY_MM + 1e-6, step_mm)
     origins = np.ascontiguousarray(np.broadcast_to(cores[:, None, :], directions.shape))
     values, masks = sampler.rays(origins, directions, steps)
     first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level), step_mm)
-    levels = _local_levels(values, masks, appearance, first, steps)
-    return _crossings(values, masks, appearance, levels[:, None, None], step_mm)
+    levels, outside = _local_levels(values, masks, appearance, first, steps)
+    return _crossings(values, masks, appearance, levels[:, None, None], step_mm), outside
 
 
 def _local_levels(values, masks, appearance, radii, steps):
-    """Per section: half-way between the median inside the nerve and just outside it."""
+    """Per section: half-way between the median inside the nerve and just outside it;
+    and that outside median (NaN where too little was sampled)."""
     depth = steps[None, None, :]
     r = radii[:, :, None]
     inner = depth <= 0.6 * r
@@ -475,16 +490,18 @@ def _local_levels(values, masks, appearance, radii, steps):
     if appearance.bone_level is not None:
         outer &= values < appearance.bone_level
     levels = np.full(len(values), appearance.boundary_level)
+    outside = np.full(len(values), np.nan)
     for n in range(len(values)):
         inside_values = values[n][inner[n]]
         outside_values = values[n][outer[n]]
         if inside_values.size >= 10 and outside_values.size >= 10:
-            local = 0.5 * (np.median(inside_values) + np.median(outside_values))
+            outside[n] = np.median(outside_values)
+            local = 0.5 * (np.median(inside_values) + outside[n])
             # Stay between the global surround and nerve levels: a section touching
             # muscle on most sides must not lift its boundary above the nerve itself.
             levels[n] = np.clip(local, min(appearance.surround_level, appearance.nerve_level),
                                 max(appearance.surround_level, appearance.nerve_level))
-    return levels
+    return levels, outside
 
 
 def _crossings(values, masks, appearance, level, step_mm=RAY_STEP_MM):
@@ -616,6 +633,31 @@ def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     return mask
 
 
+def check_plausible_width(area_mm2: np.ndarray) -> None:
+    """Refuse an outline wider than any sciatic nerve over most of its length."""
+    width = float(np.median(np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)))
+    if width > MAX_NERVE_DIAMETER_MM:
+        raise InputError(
+            f"The traced outline is {width:.0f} mm wide on average, wider than any sciatic nerve (about "
+            f"{MAX_NERVE_DIAMETER_MM:.0f} mm at most, even swollen): the nerve could not be told apart from the "
+            "tissue around it, probably muscle touching it without a fat plane. Place the seed points where fat "
+            "surrounds the nerve (in the buttock, below the piriformis), add seed points, or trace on a T2 "
+            "fat-saturated MR, where the nerve is bright.")
+
+
+def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance, s_mm: np.ndarray) -> list[str]:
+    """A warning where the tissue just outside the outline is barely darker than the
+    nerve on a CT: no resolved fat plane, so the outline is drawn too small."""
+    contrast = appearance.nerve_level - np.asarray(outside_levels, float)
+    thin = np.nan_to_num(contrast, nan=np.inf) < THIN_FAT_PLANE_CONTRAST * (appearance.nerve_level - CT_FAT_REFERENCE_HU)
+    if np.mean(thin) < THIN_FAT_PLANE_SHARE:
+        return []
+    return [f"Over {np.mean(thin):.0%} of the traced length ({s_mm[thin].min():.0f}-{s_mm[thin].max():.0f} mm along "
+            "it) the nerve abuts muscle with a fat plane thinner than the CT resolves: there its outline is drawn "
+            "too small and the diameters and areas are underestimated. Check the outline on the images, or measure "
+            "the nerve on a T2 fat-saturated MR."]
+
+
 # ---------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------
@@ -665,6 +707,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    check_plausible_width(sections.area)
+    if modality == "ct":
+        warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
     report(progress, 0.9, "Building the nerve segment")
     block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
     if exclusion_mask is not None:
