@@ -47,7 +47,10 @@ def test_outputs_are_native_nodes(slicer_scene, phantom):
     assert 250 <= np.nanmax(encasement) <= 330
     assert contact.contact_table_node.GetName() == "HO–nerve contact"
     assert contact.contact_table_node.GetNumberOfRows() == 1 + len(phantom.islands)
-    assert contact.chart_node.GetNumberOfPlotSeriesNodes() == 2
+    assert contact.chart_node.GetNumberOfPlotSeriesNodes() == 3  # HO, diameter, bone outside the HO segments
+    for n in range(3):
+        series = contact.chart_node.GetNthPlotSeriesNode(n)
+        assert contact.stations_table_node.GetTable().GetColumnByName(series.GetYColumnName()) is not None
     assert contact.contact_patch_model_node.GetPolyData().GetNumberOfPoints() > 0
     assert contact.ho_distance_model_node.GetPolyData().GetPointData().GetArray("distance_to_nerve_mm") is not None
 

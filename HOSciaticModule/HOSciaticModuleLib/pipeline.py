@@ -533,9 +533,12 @@ class HOSciaticAnalysis:
         contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME)
         contact_table_node = self._fill_contact_table(contact_table_node, side, result, names)
         chart_node = self._existing(chart_node, "vtkMRMLPlotChartNode", chart_name(side))
+        # Bone outside the HO segments is plotted too: a thick fused mass the HO step kept
+        # as native bone shows as a second encasement curve.
         chart_node = scene_io.fill_plot_chart(
             self.scene, chart_node, chart_name(side), stations_table_node, "s",
-            ["Encasement", "Diameter"], "Encasement (deg) / diameter (mm)")
+            ["Encasement", "Diameter"] + (["Bone encasement (not HO)"] if result.bone_encasement_deg is not None else []),
+            "Encasement (deg) / diameter (mm)")
         contact_patch_model_node = self._contact_patch_model(contact_patch_model_node, side, nerve_mesh, result.tolerance_mm)
         ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh)
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
