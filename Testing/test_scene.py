@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from HOSciaticModuleLib import scene as scene_io
 from HOSciaticModuleLib.errors import InputError
@@ -132,6 +133,7 @@ def test_bone_around_the_nerve_outside_the_ho_segments_is_flagged(slicer_scene, 
                  if segmentation.GetSegment(sid).GetName().startswith("HO ")),
                 key=lambda sid: contact.contact.islands[int(segmentation.GetSegment(sid).GetName()[3:]) - 1]
                 .max_encasement_deg)
+    shell_mask = scene_io.segment_mask_on_grid(oss.segmentation_node, shell, phantom.geometry)
     segmentation.RemoveSegment(shell)
     missed = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
     bone = scene_io.curve_measurement(traced.centreline_node, "bone_encasement_deg")
@@ -139,6 +141,17 @@ def test_bone_around_the_nerve_outside_the_ho_segments_is_flagged(slicer_scene, 
     (warning,) = missed.contact.warnings
     assert "no HO segment surrounds the nerve" in warning
     assert warning in analysis.recorded_warnings(oss.segmentation_node, traced.centreline_node)
+    # The wrapping bone is shown as a segment to review, on the shell's inner side.
+    review = scene_io.segment_id_by_name(oss.segmentation_node, "Bone around sciatic nerve right (review)")
+    review_mask = scene_io.segment_mask_on_grid(oss.segmentation_node, review, phantom.geometry)
+    near_shell = ndimage.binary_dilation(shell_mask, iterations=2)
+    assert review_mask.sum() > 100 and np.count_nonzero(review_mask & near_shell) >= 0.95 * review_mask.sum()
+    # Renamed as an HO segment, it is HO: the wrap is measured as HO encasement, the
+    # warning and the review segment are gone.
+    segmentation.GetSegment(review).SetName("HO 9")
+    fixed = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    assert fixed.contact.max_encasement_deg >= 250.0 and fixed.contact.warnings == []
+    assert scene_io.segment_id_by_name(oss.segmentation_node, "Bone around sciatic nerve right (review)") is None
 
 
 def test_reloaded_scene_reports_each_warning_once(slicer_scene, phantom, tmp_path):

@@ -113,6 +113,10 @@ class NerveContact:
     #: Per station: encasement by bone that is in no HO segment (None when not measured).
     bone_encasement_deg: np.ndarray | None = None
     warnings: list = field(default_factory=list)
+    #: That bone next to the stations where it wraps the nerve, for the reader to review:
+    #: a mask over ``wrapping_bone_slices`` of the grid (None when no bone wraps it).
+    wrapping_bone_block: np.ndarray | None = None
+    wrapping_bone_slices: tuple | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -498,8 +502,13 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     # Beyond the tolerance plus a few voxels, bone cannot count as contact.
     other_bone = (unsegmented_bone(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop_geometry, bone_threshold_hu,
                                    tolerance + 3.0 * max(geometry.spacing_kji)) if ct_hu is not None else None)
+    wrapping_block, wrapping_slices = None, None
     if other_bone is not None:
         bone_encasement = _summary(boundary_distance(other_bone), sections, points, s_mm, tolerance)[0]
+        wrapped = bone_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
+        if wrapped.any():
+            wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)
+            wrapping_slices = tuple(slice(c.start + w.start, c.start + w.stop) for c, w in zip(crop, wrapping_slices))
 
     report(progress, 0.7, "Per-island figures")
     island_results = []
@@ -532,7 +541,20 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
         islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=bone_encasement,
-        warnings=unsegmented_bone_warnings(s_mm, bone_encasement))
+        warnings=unsegmented_bone_warnings(s_mm, bone_encasement), wrapping_bone_block=wrapping_block,
+        wrapping_bone_slices=wrapping_slices)
+
+
+def bone_at_stations(bone: np.ndarray, geometry: VolumeGeometry, points: np.ndarray, stations: np.ndarray):
+    """The voxels of ``bone`` whose nearest station is one of ``stations`` (a boolean per
+    point), as a mask over its bounding slices of the grid."""
+    kji = np.argwhere(bone)
+    nearest = cKDTree(points).query(geometry.kji_to_ras_points(kji))[1]
+    kji = kji[stations[nearest]]
+    low, high = kji.min(axis=0), kji.max(axis=0) + 1
+    block = np.zeros(tuple(high - low), bool)
+    block[tuple((kji - low).T)] = True
+    return block, tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry,

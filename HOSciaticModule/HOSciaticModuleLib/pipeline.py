@@ -125,6 +125,10 @@ def chart_name(side: str) -> str:
     return f"Encasement and diameter {side}"
 
 
+def wrapping_bone_name(side: str) -> str:
+    return f"Bone around sciatic nerve {side} (review)"
+
+
 def contact_patch_name(side: str) -> str:
     return f"Contact patch {side}"
 
@@ -515,6 +519,7 @@ class HOSciaticAnalysis:
             nerve_mesh = nerve_mesh_job.result()
             ho_mesh = ho_mesh_job.result() if ho_mesh_job is not None else None
 
+        self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.
@@ -548,6 +553,19 @@ class HOSciaticAnalysis:
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
                               islands_table_node if islands is not None else None)
+
+    def _show_wrapping_bone(self, segmentation_node, side, result, geometry, window):
+        """The bone outside the HO segments that wraps the nerve, as a segment to review
+        (renamed 'HO <n>', it counts as HO); removed once nothing wraps the nerve."""
+        name = wrapping_bone_name(side)
+        if result.wrapping_bone_block is None:
+            stale = scene_io.segment_id_by_name(segmentation_node, name)
+            if stale is not None:
+                segmentation_node.GetSegmentation().RemoveSegment(stale)
+            return
+        offset = tuple(w.start + b.start for w, b in zip(window, result.wrapping_bone_slices))
+        scene_io.replace_segments(segmentation_node, {name: (result.wrapping_bone_block, offset)}, geometry,
+                                  scene_io.REVIEW_COLOR)
 
     @staticmethod
     def _ct_on_grid(volume_node, geometry):

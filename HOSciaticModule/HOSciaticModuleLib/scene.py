@@ -18,6 +18,8 @@ from .geometry import VolumeGeometry, bounding_slices
 #: Colour of HO segments: Slicer's "bone" terminology colour.
 BONE_COLOR = (0.945, 0.839, 0.569)
 NERVE_COLOR = (0.91, 0.85, 0.15)
+#: Segments the reader should look at (bone wrapping the nerve outside the HO segments).
+REVIEW_COLOR = (0.95, 0.45, 0.1)
 
 
 def _slicer():
