@@ -341,3 +341,17 @@ def test_mismatched_mask_is_refused():
     phantom = generate_phantom(**BASE)
     with pytest.raises(InputError, match="resample"):
         segment_ossifications(phantom.image, phantom.geometry, native_bone_mask=np.zeros((3, 3, 3), bool))
+
+
+def test_bones_of_a_hand_in_the_field_are_flagged():
+    # Twelve small corticated bones 15 mm apart beside the pelvis, as a hand lying in the
+    # field of view: named together in one warning; the three HO islands are not.
+    hand = tuple(BoneSpec("ellipsoid", center_offset=(r, 42.0, s), semi_axes=(5.0, 4.0, 6.0), cortex_mm=1.0)
+                 for r in (-50.0, -35.0, -20.0) for s in (-70.0, -55.0, -40.0, -25.0))
+    phantom = generate_phantom(PhantomSpec(extra_bones=hand), **BASE)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands) + len(hand)
+    (warning,) = [w for w in result.warnings if "hand" in w]
+    named = {int(n) for n in re.findall(r"HO (\d+)", warning.split(" are ")[0])}
+    hand_labels = {i.label for i in result.islands if i.volume_ml < 1.0}
+    assert named == hand_labels and len(named) == len(hand)

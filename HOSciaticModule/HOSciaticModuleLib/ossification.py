@@ -24,8 +24,9 @@ The chain, each step a small function below:
    table, external devices) and are left out; an island at the edge of the image,
    a fused island whose mirror image across the body's midline is bone (a normal
    prominence comes in pairs), an island on the midline (coccyx, symphysis), an
-   island shaped like a vessel, and an island without a cortex near metal (a
-   streak?) are named in warnings for the reader.
+   island shaped like a vessel, an island without a cortex near metal (a streak?) and
+   many small bones close together (a hand in the field) are named in warnings for the
+   reader.
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
@@ -47,6 +48,7 @@ import edt
 import fill_voids
 import numpy as np
 from scipy import ndimage
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
@@ -143,6 +145,12 @@ VESSEL_ELONGATION = 4.0
 #: Allowance for a gently curving vessel: its cross-section seen along the main axis may
 #: spread this many times a straight tube's.
 VESSEL_MAX_SECTION_SPREAD = 2.5
+#: A hand in the field of view (arms down beside or across the pelvis, common in patients
+#: who cannot raise them) is many small bones close together: 27 bones of 0.1-5 mL, each
+#: within about 40 mm of the next. HO around a hip seldom comes as more than a few islands.
+HAND_MIN_BONES = 8
+HAND_MAX_BONE_ML = 5.0
+HAND_BONE_LINK_MM = 40.0
 #: Bright streaks from an implant (beam hardening, photon starvation) reach several
 #: centimetres and look like immature bone, without a cortex.
 STREAK_REACH_MM = 50.0
@@ -798,6 +806,25 @@ def _streak_warning(numbers) -> str:
             "the images.")
 
 
+def clustered_small_islands(results) -> list[int]:
+    """Numbers of the small islands lying in a chain of at least HAND_MIN_BONES, each
+    within HAND_BONE_LINK_MM of the next: the pattern of a hand's bones."""
+    small = [r for r in results if r.volume_ml <= HAND_MAX_BONE_ML]
+    if len(small) < HAND_MIN_BONES:
+        return []
+    centres = np.array([r.centroid_ras for r in small])
+    links = cKDTree(centres).sparse_distance_matrix(cKDTree(centres), HAND_BONE_LINK_MM)
+    _, group = connected_components(links, directed=False)
+    sizes = np.bincount(group)
+    return sorted(r.label for r, g in zip(small, group) if sizes[g] >= HAND_MIN_BONES)
+
+
+def _hand_warning(numbers) -> str:
+    return (f"{_island_names(numbers)} are {len(numbers)} small bones close together, the pattern of a hand (or "
+            "foot) in the field of view, as when the arms lie beside or across the pelvis, rather than HO. Check "
+            "them on the images; delete the segments that are a hand and recompute contact.")
+
+
 def _on_midline_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'lies' if one else 'lie'} on the body's midline (within "
@@ -979,6 +1006,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         on_midline = _midline_islands(results, midline)
         if on_midline:
             warnings.append(_on_midline_warning(on_midline))
+    hand = clustered_small_islands(results)
+    if hand:
+        warnings.append(_hand_warning(hand))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, midline)
