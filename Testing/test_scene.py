@@ -256,3 +256,17 @@ def test_export_of_a_reloaded_scene_matches_the_session(slicer_scene, phantom, t
         folder, fresh, saved_oss.segmentation_node, nerves, document, with_scene=False))
     assert {"metrics.json", "segmentation.seg.nrrd", "nerve_right.mrk.json", "stations_right.csv"} <= {
         p.name for p in (tmp_path / "export").iterdir()}
+
+
+def test_bone_a_few_millimetres_out_is_not_taken_for_wrapping(slicer_scene):
+    # Bone outside the HO segments around the nerve at a 3.5 mm gap (as the concave
+    # sciatic notch may be): with a 5 mm contact tolerance it is measured as bone
+    # encasement, but only bone touching the nerve (within 2 mm) counts as wrapping it.
+    spec = PhantomSpec(islands=(IslandSpec("wrap", "shell", True, s_start_mm=60.0, s_stop_mm=100.0,
+                                           sector_deg=270.0, gap_mm=3.5),))
+    phantom = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 2.0))
+    analysis, _, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    oss.segmentation_node.GetSegmentation().RemoveSegment(scene_io.segment_id_by_name(oss.segmentation_node, "HO 1"))
+    wide = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right", tolerance_mm=5.0)
+    assert np.nanmax(wide.contact.bone_encasement_deg) >= 250.0
+    assert wide.contact.warnings == [] and wide.contact.wrapping_bone_block is None

@@ -61,6 +61,10 @@ CIRCUMFERENTIAL_DEG = 359.0
 #: lies against bone on one side only (muscle, tendon and ligament on the others): bone
 #: around more than half of it is not native anatomy.
 NATIVE_BONE_MAX_ENCASEMENT_DEG = 180.0
+#: ... judged on the bone touching the nerve, within this distance (about two CT voxels)
+#: whatever contact tolerance the reader chose for HO: the sciatic notch is concave, and
+#: a few millimetres out it covers more of the nerve.
+NATIVE_BONE_WRAP_TOLERANCE_MM = 2.0
 #: An HO segment's edge sits at half its cortex's level: the blurred voxels just outside
 #: it (a CT's blur, one or two voxels) are still above the bone threshold, and are that
 #: HO's, not other bone.
@@ -503,9 +507,13 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     other_bone = (unsegmented_bone(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop_geometry, bone_threshold_hu,
                                    tolerance + 3.0 * max(geometry.spacing_kji)) if ct_hu is not None else None)
     wrapping_block, wrapping_slices = None, None
+    wrap_encasement = None
     if other_bone is not None:
-        bone_encasement = _summary(boundary_distance(other_bone), sections, points, s_mm, tolerance)[0]
-        wrapped = bone_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
+        bone_distance = boundary_distance(other_bone)
+        bone_encasement = _summary(bone_distance, sections, points, s_mm, tolerance)[0]
+        wrap_encasement = _summary(bone_distance, sections, points, s_mm,
+                                   min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM))[0]
+        wrapped = wrap_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
         if wrapped.any():
             wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)
             wrapping_slices = tuple(slice(c.start + w.start, c.start + w.stop) for c, w in zip(crop, wrapping_slices))
@@ -541,7 +549,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
         islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=bone_encasement,
-        warnings=unsegmented_bone_warnings(s_mm, bone_encasement), wrapping_bone_block=wrapping_block,
+        warnings=unsegmented_bone_warnings(s_mm, wrap_encasement), wrapping_bone_block=wrapping_block,
         wrapping_bone_slices=wrapping_slices)
 
 
@@ -573,7 +581,8 @@ def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndar
 
 def unsegmented_bone_warnings(s_mm: np.ndarray, bone_encasement: np.ndarray | None) -> list[str]:
     """A warning where bone outside the HO segments wraps around more than half of the
-    nerve, which native bone never does."""
+    nerve (``bone_encasement`` per station, within NATIVE_BONE_WRAP_TOLERANCE_MM at
+    most), which native bone never does."""
     if bone_encasement is None or not np.any(bone_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG):
         return []
     wrapped = s_mm[bone_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG]
