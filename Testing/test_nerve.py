@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.nerve import sort_seeds_along_nerve, trace_nerve
+from HOSciaticModuleLib.nerve import check_plausible_width, sort_seeds_along_nerve, trace_nerve
 from HOSciaticModuleLib.phantom import PhantomSpec, _dense_nerve_curve, generate_phantom
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -171,6 +171,14 @@ def test_nerve_against_muscle_is_flagged_and_no_fat_plane_at_all_refused():
     bare = generate_phantom(PhantomSpec(nerve_sheath_mm=0.0, islands=()), spacing_ijk=(1.0, 1.0, 2.0))
     with pytest.raises(InputError, match="wider than any sciatic nerve"):
         trace_nerve(bare.image, bare.geometry, seeds)
+
+
+@pytest.mark.parametrize("modality, cause", [("ct", "muscle"), ("mr", "oedema or fluid")])
+def test_outline_wider_than_a_nerve_is_refused_with_its_likely_cause(modality, cause):
+    too_wide = np.full(50, np.pi * 12.5 ** 2)  # 25 mm equivalent diameter at every station
+    with pytest.raises(InputError, match=cause):
+        check_plausible_width(too_wide, modality)
+    check_plausible_width(np.full(50, np.pi * 9.0 ** 2), modality)  # a markedly swollen nerve, 18 mm: accepted
 
 
 def test_mr_without_a_bright_nerve_is_refused():

@@ -633,16 +633,19 @@ def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     return mask
 
 
-def check_plausible_width(area_mm2: np.ndarray) -> None:
+def check_plausible_width(area_mm2: np.ndarray, modality: str) -> None:
     """Refuse an outline wider than any sciatic nerve over most of its length."""
     width = float(np.median(np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)))
-    if width > MAX_NERVE_DIAMETER_MM:
-        raise InputError(
-            f"The traced outline is {width:.0f} mm wide on average, wider than any sciatic nerve (about "
-            f"{MAX_NERVE_DIAMETER_MM:.0f} mm at most, even swollen): the nerve could not be told apart from the "
-            "tissue around it, probably muscle touching it without a fat plane. Place the seed points where fat "
-            "surrounds the nerve (in the buttock, below the piriformis), add seed points, or trace on a T2 "
-            "fat-saturated MR, where the nerve is bright.")
+    if width <= MAX_NERVE_DIAMETER_MM:
+        return
+    cause, remedy = (("probably muscle touching it without a fat plane", "Place the seed points where fat surrounds "
+                      "the nerve (in the buttock, below the piriformis), add seed points, or trace on a T2 "
+                      "fat-saturated MR, where the nerve is bright") if modality == "ct" else
+                     ("probably oedema or fluid as bright as the nerve around it", "Place the seed points where the "
+                      "nerve stands out from its surroundings, add seed points, or trace on the CT"))
+    raise InputError(f"The traced outline is {width:.0f} mm wide on average, wider than any sciatic nerve (about "
+                     f"{MAX_NERVE_DIAMETER_MM:.0f} mm at most, even swollen): the nerve could not be told apart "
+                     f"from the tissue around it, {cause}. {remedy}.")
 
 
 def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance, s_mm: np.ndarray) -> list[str]:
@@ -707,7 +710,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    check_plausible_width(sections.area)
+    check_plausible_width(sections.area, modality)
     if modality == "ct":
         warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
     report(progress, 0.9, "Building the nerve segment")
