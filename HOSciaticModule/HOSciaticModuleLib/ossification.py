@@ -820,8 +820,8 @@ def clustered_small_islands(results) -> list[int]:
 
 
 def _hand_warning(numbers) -> str:
-    return (f"{_island_names(numbers)} are {len(numbers)} small bones close together, the pattern of a hand (or "
-            "foot) in the field of view, as when the arms lie beside or across the pelvis, rather than HO. Check "
+    return (f"{_island_names(numbers)} are {len(numbers)} small bones close together, the pattern of a hand "
+            "in the field of view, as when the arms lie beside or across the pelvis, rather than HO. Check "
             "them on the images; delete the segments that are a hand and recompute contact.")
 
 
