@@ -566,6 +566,9 @@ class HOSciaticAnalysis:
         offset = tuple(w.start + b.start for w, b in zip(window, result.wrapping_bone_slices))
         scene_io.replace_segments(segmentation_node, {name: (result.wrapping_bone_block, offset)}, geometry,
                                   scene_io.REVIEW_COLOR)
+        # The reader finds it by name in the scene.
+        result.warnings[:] = [f"{w} That bone is shown as the segment '{name}'; renamed 'HO <n>', it counts as HO."
+                              for w in result.warnings]
 
     @staticmethod
     def _ct_on_grid(volume_node, geometry):
