@@ -181,7 +181,7 @@ class OssificationResult:
     #: The native skeleton used, inside the bone's block (``native_bone_slices`` of the CT).
     native_bone_block: np.ndarray | None = None
     native_bone_slices: tuple | None = None
-    #: The body's midline, when the checks of fused islands looked for it and found it.
+    #: The body's midline, when there were islands to check against it and it was found.
     body_midline: "MirrorPlane | None" = None
 
     @property
