@@ -326,6 +326,14 @@ def test_mr_image_is_refused_as_ct():
         segment_ossifications(phantom.image, phantom.geometry)
 
 
+def test_ct_without_its_rescale_intercept_is_refused_with_the_fix():
+    # Stored values (air near 0, soft tissue near 1024) instead of Hounsfield units.
+    phantom = generate_phantom(**BASE)
+    raw = np.clip(phantom.image + 1024.0, 0.0, None).astype(np.uint16)
+    with pytest.raises(InputError, match="subtract the intercept, usually 1024"):
+        segment_ossifications(raw, phantom.geometry)
+
+
 def test_roi_mask_limits_the_search():
     phantom = generate_phantom(**BASE)
     free = phantom.ho_labels == next(i["label"] for i in phantom.islands if i["name"] == "free")

@@ -204,7 +204,8 @@ def check_looks_like_ct(ct_hu: np.ndarray) -> None:
         raise InputError(
             f"The image values range from {low:.0f} to {high:.0f}, with no fat or air (below {HU_FAT_OR_AIR:.0f}); "
             "this does not look like a CT in Hounsfield units (an MR image?). HO segmentation needs a CT; for an MR "
-            "use the nerve tracing with modality 'mr', or rescale the CT to HU.")
+            "use the nerve tracing with modality 'mr'. A CT stored without its rescale intercept (air near 0, soft "
+            "tissue near 1024) must be converted to HU first: subtract the intercept, usually 1024.")
 
 
 def _check_mask(mask, shape, what):
