@@ -43,7 +43,7 @@ from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
-from .ossification import HU_FAT_OR_AIR, METAL_THRESHOLD_HU, at_least, distance_outside
+from .ossification import METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
@@ -570,7 +570,7 @@ def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndar
     """The CT's bone (bone threshold up to metal) within ``reach_mm`` of the nerve that
     is in no HO segment nor its blurred edge; None when the image is not a CT (no fat
     or air). Farther bone cannot be in contact, and its surface would cost time."""
-    if ct_hu.size == 0 or float(ct_hu.min()) > HU_FAT_OR_AIR:
+    if not looks_like_ct(ct_hu):
         return None
     bone = at_least(ct_hu, bone_threshold_hu) & ~at_least(ct_hu, METAL_THRESHOLD_HU)
     bone &= distance_outside(nerve_mask, geometry) <= reach_mm

@@ -196,11 +196,21 @@ class OssificationResult:
 # ---------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------
+def _ct_sample(ct_hu: np.ndarray) -> np.ndarray:
+    """Every voxel of a small image, one in 64 of a large one: enough to see fat or air."""
+    return ct_hu[::4, ::4, ::4] if ct_hu.size > 4_000_000 else ct_hu
+
+
+def looks_like_ct(ct_hu: np.ndarray) -> bool:
+    """Whether an image holds fat or air in Hounsfield units, as every body CT does."""
+    return ct_hu.size > 0 and float(_ct_sample(ct_hu).min()) <= HU_FAT_OR_AIR
+
+
 def check_looks_like_ct(ct_hu: np.ndarray) -> None:
     """Refuse images whose values cannot be Hounsfield units of a body CT."""
-    sample = ct_hu[::4, ::4, ::4] if ct_hu.size > 4_000_000 else ct_hu
-    low, high = float(sample.min()), float(sample.max())
-    if low > HU_FAT_OR_AIR:
+    if not looks_like_ct(ct_hu):
+        sample = _ct_sample(ct_hu)
+        low, high = float(sample.min()), float(sample.max())
         raise InputError(
             f"The image values range from {low:.0f} to {high:.0f}, with no fat or air (below {HU_FAT_OR_AIR:.0f}); "
             "this does not look like a CT in Hounsfield units (an MR image?). HO segmentation needs a CT; for an MR "

@@ -576,7 +576,7 @@ class HOSciaticAnalysis:
         if volume_node is None:
             return None
         image, _ = scene_io.array_from_volume(volume_node, "Reference volume")
-        if image.shape != geometry.shape_kji or float(image[::4, ::4, ::4].min()) > ossification.HU_FAT_OR_AIR:
+        if image.shape != geometry.shape_kji or not ossification.looks_like_ct(image):
             return None
         return image
 
