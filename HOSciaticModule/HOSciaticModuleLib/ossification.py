@@ -309,7 +309,7 @@ def fill_per_group(mask: np.ndarray, fill) -> np.ndarray:
         # A pocket needs at least 3 x 3 voxels in some plane.
         if box is None or sum(s.stop - s.start >= 3 for s in box) < 2:
             continue
-        padded = _pad_block(box, mask.shape, 1)
+        padded = pad_block(box, mask.shape, 1)
         filled[padded] |= fill(groups[padded] == label, padded)
     return filled
 
@@ -353,7 +353,7 @@ def _components(mask: np.ndarray):
 def _touches(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry) -> bool:
     """Whether native bone lies within one and a half voxels of the island (fused)."""
     reach = int(np.ceil(1.5 * max(geometry.spacing_kji) / min(geometry.spacing_kji)))
-    around = _pad_block(island_block, native.shape, reach)
+    around = pad_block(island_block, native.shape, reach)
     near_native = native[around]
     if not near_native.any():
         return False
@@ -381,11 +381,12 @@ def _component_thickness_mm(labels: np.ndarray, label: int, block, geometry: Vol
     edge (where the bone is cut) is not a boundary: a component filling its block
     exactly is not taken for a thick one.
     """
-    padded = _pad_block(block, labels.shape, 1)
+    padded = pad_block(block, labels.shape, 1)
     return 2.0 * float(_ball_distance(labels[padded] == label, geometry).max())
 
 
-def _pad_block(block, shape, margin):
+def pad_block(block, shape, margin):
+    """``block`` (slices) grown by ``margin`` voxels on every side, clipped to ``shape``."""
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
 
 
@@ -897,7 +898,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     # Work inside the block that holds bone (metal is denser still, so it lies inside
     # too): the rest of the volume is soft tissue and air.
     bone_extent = extent_at_least(ct_hu, bone_threshold_hu)
-    block = _pad_block(bone_extent, ct_hu.shape, 3) if bone_extent is not None else None
+    block = pad_block(bone_extent, ct_hu.shape, 3) if bone_extent is not None else None
     if block is not None:
         ct_block = ct_hu[block]
         block_geometry = geometry.cropped(block)
@@ -936,7 +937,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         native_used = is_native[labels]
         report(progress, 0.4, "Separating HO fused to native bone")
         for label in np.flatnonzero(is_native):
-            padded = _pad_block(component_blocks[label - 1], native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
+            padded = pad_block(component_blocks[label - 1], native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
             component = labels[padded] == label
             edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
                                     ct_hu.shape)
@@ -958,7 +959,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     for label in range(1, count + 1):
         if sizes[label] < min_voxels:
             continue
-        island_block = _pad_block(blocks[label - 1], labels.shape, 4)
+        island_block = pad_block(blocks[label - 1], labels.shape, 4)
         island = labels[island_block] == label
         island_geometry = block_geometry.cropped(island_block)
         ring = _surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)

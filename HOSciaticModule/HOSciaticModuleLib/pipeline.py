@@ -326,9 +326,9 @@ class HOSciaticAnalysis:
         segmentation = segmentation_node.GetSegmentation()
         islands = []
         for label, name, mask, block in (ho_blocks if ho_blocks is not None else self.ho_blocks(segmentation_node, geometry)):
-            padded = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(block, geometry.shape_kji))
-            island = np.zeros(tuple(p.stop - p.start for p in padded), bool)
-            island[tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(block, padded))] = mask
+            # A voxel of background around the island, for its depth from the outside.
+            padded = ossification.pad_block(block, geometry.shape_kji, 1)
+            island = self.paste_labels([(label, name, mask, block)], geometry, padded) > 0
             if not island.any():
                 continue
             segment = segmentation.GetSegment(scene_io.segment_id_by_name(segmentation_node, name))
