@@ -632,9 +632,14 @@ class MirrorPlane:
         return ras - 2.0 * ((ras @ self.normal) - self.offset)[:, None] * self.normal[None, :]
 
 
+def _midline_sampling_steps(geometry: VolumeGeometry) -> np.ndarray:
+    """Voxel steps (k, j, i) that sample a grid about half a midline-search cell apart."""
+    return np.maximum(1, np.floor(0.5 * MIRROR_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
+
+
 def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """RAS points of ``bone`` about half a midline-search cell apart."""
-    steps = np.maximum(1, np.floor(0.5 * MIRROR_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
+    steps = _midline_sampling_steps(geometry)
     return geometry.kji_to_ras_points(np.argwhere(bone[::steps[0], ::steps[1], ::steps[2]]) * steps)
 
 
@@ -715,7 +720,7 @@ def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
                     bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> MirrorPlane | None:
     """The body's midline from the skeleton of a whole CT (None unless both sides of a
     pelvis are imaged), read on a grid as coarse as the midline search allows."""
-    steps = tuple(int(max(1, np.floor(0.5 * MIRROR_GRID_MM / s))) for s in geometry.spacing_kji)
+    steps = _midline_sampling_steps(geometry)
     sampled = ct_hu[::steps[0], ::steps[1], ::steps[2]]
     bone = at_least(sampled, bone_threshold_hu) & ~at_least(sampled, METAL_THRESHOLD_HU)
     return body_midline(bone, geometry.strided(steps))
@@ -825,7 +830,8 @@ def clustered_small_islands(results) -> list[int]:
     if len(small) < HAND_MIN_BONES:
         return []
     centres = np.array([r.centroid_ras for r in small])
-    links = cKDTree(centres).sparse_distance_matrix(cKDTree(centres), HAND_BONE_LINK_MM)
+    tree = cKDTree(centres)
+    links = tree.sparse_distance_matrix(tree, HAND_BONE_LINK_MM)
     _, group = connected_components(links, directed=False)
     sizes = np.bincount(group)
     return sorted(r.label for r, g in zip(small, group) if sizes[g] >= HAND_MIN_BONES)
