@@ -78,9 +78,11 @@ def _read_dicom_series(folder: Path):
         raise InputError(f"The folder '{folder}' holds no DICOM series. Give a folder of DICOM slices or an image file "
                          f"({', '.join(IMAGE_SUFFIXES)}).")
     # The series with the most slices is the volume a user means; scouts and dose reports are small.
-    best = max(series_ids, key=lambda sid: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)))
+    # Each listing scans the folder's headers: once per series is enough.
+    files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    best = max(series_ids, key=lambda sid: len(files[sid]))
+    file_names = files[best]
     reader = sitk.ImageSeriesReader()
-    file_names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best)
     reader.SetFileNames(file_names)
     reader.MetaDataDictionaryArrayUpdateOn()
     # ITK's own remarks on uneven slices go to the console; they are checked and answered below.
