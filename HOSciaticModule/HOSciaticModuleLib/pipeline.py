@@ -416,28 +416,32 @@ class HOSciaticAnalysis:
         segments measured as they are now, the traced nerves, and their contact computed
         again from the current segments. Returns (OssificationOutputs or None,
         [(side, NerveOutputs)], [(side, ContactOutputs)]) as the steps do."""
-        oss_outputs = None
+        ct = geometry = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
             volume = reference_volume_node or self._reference_volume(segmentation_node)
             geometry = self._segmentation_geometry(segmentation_node, volume)
             ct = self._ct_on_grid(volume, geometry)
-            if ct is not None:
-                islands = self.measure_islands(segmentation_node, ct, geometry)
-                result = ossification.OssificationResult(
-                    np.zeros((0, 0, 0), np.uint16), islands,
-                    self.recorded_warnings(segmentation_node=segmentation_node))
-                oss_outputs = OssificationOutputs(segmentation_node, self._fill_islands_table(None, islands), result)
         nerves, contacts = [], []
         for side in SIDES:
             centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
             if centreline_node is None:
                 continue
             nerves.append((side, self.nerve_from_scene(centreline_node, segmentation_node)))
-            if oss_outputs is not None and nerves[-1][1].segment_id:
+            if ct is not None and nerves[-1][1].segment_id:
                 contacts.append((side, self.compute_contact(
                     segmentation_node, centreline_node, side=side, tolerance_mm=tolerance_mm,
                     reference_volume_node=reference_volume_node, bone_threshold_hu=bone_threshold_hu)))
-        return oss_outputs, nerves, contacts
+        if ct is None:
+            return None, nerves, contacts
+        # The contact step measured the segments and filled the islands table already.
+        if contacts:
+            islands, table_node = contacts[-1][1].islands, contacts[-1][1].islands_table_node
+        else:
+            islands = self.measure_islands(segmentation_node, ct, geometry)
+            table_node = self._fill_islands_table(None, islands)
+        result = ossification.OssificationResult(np.zeros((0, 0, 0), np.uint16), islands,
+                                                 self.recorded_warnings(segmentation_node=segmentation_node))
+        return OssificationOutputs(segmentation_node, table_node, result), nerves, contacts
 
     @staticmethod
     def station_rows(trace) -> list[dict]:
