@@ -16,7 +16,8 @@ from HOSciaticModuleLib import scene as scene_io
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.imageio import write_volume
-from HOSciaticModuleLib.phantom import PhantomSpec, generate_phantom, write_markups_points_json, write_phantom_case
+from HOSciaticModuleLib.phantom import (PhantomSpec, generate_phantom, write_dicom_slices, write_markups_points_json,
+                                         write_phantom_case)
 from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
 
 SMALL = dict(spacing_ijk=(1.2, 1.2, 2.0), fov_mm=(110.0, 110.0, 120.0))
@@ -135,6 +136,35 @@ def test_mri_given_as_ct_is_refused(tmp_path):
     paths = write_phantom_case(phantom, tmp_path / "mr", name="mr")
     out = tmp_path / "out"
     assert_refused(run_cli("analyze", paths["image"], "--out", out), out, "MR")
+
+
+@pytest.mark.parametrize("heights, phrases", [
+    ([0.0, 1.0, 2.0, 9.0, 10.0], ["gap of 7.0 mm", "missing"]),
+    ([0.0, 1.0, 1.0, 2.0, 3.0], ["same position"]),
+])
+def test_dicom_series_with_missing_or_duplicate_slices_is_refused(tmp_path, heights, phrases):
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    planes = np.full((len(heights), 8, 8), -100, np.int16)
+    write_dicom_slices(tmp_path / "dicom", planes, [(0.0, 0.0, z) for z in heights], row, column, (1.0, 1.0))
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", tmp_path / "dicom", "--out", out), out, *phrases)
+
+
+def test_ct_without_its_rescale_intercept_is_refused(tmp_path, ct_case):
+    phantom, _ = ct_case
+    raw = tmp_path / "raw.nrrd"
+    write_volume(raw, np.clip(np.round(phantom.image) + 1024, 0, None).astype(np.uint16), phantom.geometry)
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", raw, "--out", out), out, "subtract the intercept")
+
+
+def test_nerve_without_a_fat_plane_is_refused(tmp_path):
+    # Nothing separates the nerve from the muscle: its outline would run into the muscle.
+    phantom = generate_phantom(PhantomSpec(nerve_sheath_mm=0.0, islands=()), spacing_ijk=(1.0, 1.0, 2.0))
+    paths = write_phantom_case(phantom, tmp_path / "case")
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", paths["seeds"]), out,
+                   "wider than any sciatic nerve", "fat plane")
 
 
 def test_ct_without_bone_or_ho_is_a_valid_empty_result(tmp_path):
