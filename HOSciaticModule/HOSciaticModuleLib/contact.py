@@ -477,12 +477,16 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     all_ho = VoxelBoxes(all_kji, geometry)
     ho_crop = ho_labelmap[crop]
 
-    def boundary_distance(ho_mask_crop, boxes=None):
+    def boundary_distance(ho_mask_crop, boxes=None, near=None):
         """Smooth-surface distance near the nerve; voxel-box distance (``boxes``) beyond the
-        block, or infinity where only contact matters."""
+        block, or infinity where only contact matters. ``near``: the smooth-surface part,
+        when already measured for the same mask."""
         shape = sections.boundary.shape[:2]
-        near = (SmoothSurface(smoothed_field(ho_mask_crop), crop_geometry).distance(flat_boundary, CONTACT_MARGIN_MM)
-                if ho_mask_crop.any() else np.full(len(flat_boundary), np.inf))
+        if near is None:
+            near = (SmoothSurface(smoothed_field(ho_mask_crop), crop_geometry).distance(flat_boundary,
+                                                                                        CONTACT_MARGIN_MM)
+                    if ho_mask_crop.any() else np.full(len(flat_boundary), np.inf))
+        near = np.array(near, float)
         unusable = ~(near < CONTACT_MARGIN_MM - 2.0)
         near[unusable] = np.inf
         if boxes is not None and unusable.any():
@@ -494,7 +498,11 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
             near[sparse] = boxes.distance(flat_boundary[sparse], half_extent=0.0)[0]
         return near.reshape(shape)
 
-    distance = boundary_distance(ho_crop > 0, all_ho)
+    all_near = boundary_distance(ho_crop > 0)
+    distance = boundary_distance(None, all_ho, near=all_near.ravel())
+    # An island alone in the nerve's block has the same surface there as all HO.
+    in_crop = [label for label, block in enumerate(blocks, start=1)
+               if block is not None and all(b.start < c.stop and c.start < b.stop for b, c in zip(block, crop))]
     min_distance, closest = _closest_pair(nerve_boxes, all_ho)
     min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
     encasement, contact_arc, in_contact, runs = _summary(distance, sections, points, s_mm, tolerance)
@@ -528,7 +536,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         if island_min > tolerance + max(geometry.spacing_kji):
             island_distance = np.full(distance.shape, np.inf)
         else:
-            island_distance = boundary_distance(ho_crop == label)
+            island_distance = (all_near if in_crop == [label] else boundary_distance(ho_crop == label))
         island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance)
         island_max = float(island_enc.max()) if len(island_enc) else 0.0
         island_results.append(IslandContact(
