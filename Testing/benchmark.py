@@ -9,7 +9,9 @@ real hip CT), then, each in a fresh process:
 
 * the bare baseline on the same file: SimpleITK read, BinaryThreshold,
   ConnectedComponent, RelabelComponent;
-* ``hosciatic analyze`` with wall time per stage and the process's peak memory;
+* ``hosciatic analyze`` with wall time per stage and the process's peak memory, and
+  again with ``--no-scene`` (no scene bundle); each run's CPU time over the machine's
+  cores gives the least wall time any schedule could reach here;
 * in a scene: tracing the whole nerve, and recomputing the metrics after an
   edit of an HO segment;
 * the analysis on 4 slabs of growing slice count, to show how cost grows.
