@@ -44,6 +44,30 @@ def test_dicom_series_folder(tmp_path, volume):
     np.testing.assert_allclose(loaded.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-3)
 
 
+def test_dicom_folder_of_several_series_names_the_one_analysed(tmp_path, volume):
+    values, geometry = volume
+    image = sitk_image_from_array(values, geometry)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    folder = tmp_path / "study"
+    write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=2, series_description="Pelvis 1.0 Br40")
+    write_dicom_slices(folder, values[:2] + 7, positions[:2], direction[:, 0], direction[:, 1],
+                       image.GetSpacing()[:2], series_number=3, series_description="Topogram")
+    loaded = read_volume(folder)
+    np.testing.assert_array_equal(loaded.array, values)
+    assert len(loaded.warnings) == 1
+    warning = loaded.warnings[0]
+    assert "2 series" in warning and "'Pelvis 1.0 Br40' (6 files)" in warning and "'Topogram' (2 files)" in warning
+    assert "as many slices" not in warning and "folder holding only that series" in warning
+
+    # A second reconstruction with as many slices: the reader is asked to check which one was meant.
+    write_dicom_slices(folder, values + 7, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=4, series_description="Pelvis 1.0 Br64")
+    warning = read_volume(folder).warnings[0]
+    assert "3 series" in warning and "as many slices" in warning and "Br64" in warning and "Br40" in warning
+
+
 def ramp_hu(points_lps):
     """A CT whose value is a linear function of position: linear interpolation between
     slices reproduces it exactly, so any misplaced voxel shows."""

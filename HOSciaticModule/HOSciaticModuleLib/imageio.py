@@ -93,11 +93,45 @@ def _read_dicom_series(folder: Path):
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(showed_warnings)
     description = f"DICOM series {best} ({len(series_ids)} series in folder)"
+    warnings = [_other_series_warning(files, best)] if len(series_ids) > 1 else []
     slices = dicom_slice_geometry(reader, len(file_names), folder)
     if slices is None or image.GetDimension() != 3 or image.GetDepth() != len(file_names):
-        return image, description, []
-    image, warnings = regular_slice_grid(image, slices)
-    return image, description, warnings
+        return image, description, warnings
+    image, corrections = regular_slice_grid(image, slices)
+    return image, description, warnings + corrections
+
+
+def _series_label(file_names) -> str:
+    """A series as a reader knows it: its description (from the first file's header)
+    and its number of files."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file_names[0])
+    description = ""
+    try:
+        reader.ReadImageInformation()
+        if reader.HasMetaDataKey("0008|103e"):
+            description = reader.GetMetaData("0008|103e").strip()
+    except RuntimeError:
+        pass
+    count = f"{len(file_names)} file{'s' if len(file_names) > 1 else ''}"
+    return f"'{description}' ({count})" if description else f"a series of {count}"
+
+
+def _other_series_warning(files: dict, chosen: str) -> str:
+    """Which of several series in a folder was analysed, the others named, so the
+    reader knows what the figures belong to and how to pick another."""
+    others = [sid for sid in files if sid != chosen]
+    tied = [sid for sid in others if len(files[sid]) == len(files[chosen])]
+    text = (f"The DICOM folder holds {len(files)} series; the one with the most slices, "
+            f"{_series_label(files[chosen])}, was analysed, and "
+            f"{', '.join(_series_label(files[sid]) for sid in others)} left aside.")
+    if tied:
+        text += (" Another series has as many slices (a second reconstruction of the same scan, with another "
+                 "kernel or window?): check that the analysed one is the intended one; a soft-tissue kernel "
+                 "gives the steadiest bone edges.")
+    return text + (" To analyse another series, give a folder holding only that series, or export it from "
+                   "Slicer's DICOM module as a NRRD file.")
 
 
 @dataclass
