@@ -16,7 +16,7 @@ The chain, each step a small function below:
 5. **Boundary** — each island's edge is placed at half the attenuation step between
    the surrounding soft tissue and the island's own bone (full width at half
    maximum), the standard partial-volume boundary, so volumes do not depend on the
-   detection threshold.
+   detection threshold. Only the outer edge moves; the marrow stays inside.
 6. **Figures** — volume, mean and max HU, centroid, fused flag, and maturity:
    *mature* when a cortical rim is clearly denser than a marrow interior
    (corticomedullary differentiation), *immature* for amorphous mineralisation.
@@ -606,14 +606,25 @@ def outside_body(ct_hu, ring: np.ndarray) -> bool:
 
 
 def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_threshold_hu) -> np.ndarray:
-    """Move an island's edge to half the step between its bone and the soft tissue
-    around it (``ring``, see :func:`_surrounding_ring`)."""
+    """Move an island's outer edge to half the step between its bone and the soft
+    tissue around it (``ring``, see :func:`_surrounding_ring`).
+
+    Only the outer edge moves: voxels below the half step that reach the tissue
+    around through one another. The marrow filled at the detection threshold stays,
+    and so does what it encloses: a cortex thinner than the scanner resolves stays
+    below the half step in places, and must not let the marrow out through them.
+    """
     if not ring.any():
         return island
     background = float(np.median(ct_hu[ring]))
     peak = float(np.percentile(ct_hu[island], 95))
     half_maximum = max(bone_threshold_hu, 0.5 * (background + peak))
-    refined = island & (ct_hu >= half_maximum)
+    marrow = island & ~at_least(ct_hu, bone_threshold_hu)
+    partial_volume = island & ~marrow & ~at_least(ct_hu, half_maximum)
+    # The island's block has background around it, so the outside is one connected region.
+    reachable, _ = ndimage.label(partial_volume | ~island)
+    outside_labels = np.unique(reachable[~island])
+    refined = island & ~(partial_volume & np.isin(reachable, outside_labels[outside_labels > 0]))
     if not refined.any():
         return island
     labels, count, sizes = _components(refined)
@@ -808,9 +819,10 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
                       for number, width, length, _ in vessel_shaped)
     level = max(hu for *_, hu in vessel_shaped)
     one = len(vessel_shaped) == 1
-    delete = "that segment if it is a vessel" if one else "those segments that are vessels"
+    delete = "that segment if it is a vessel or a rib" if one else "those segments that are vessels or ribs"
     return (f"{names} {'is a long thin tube' if one else 'are long thin tubes'}, the shape of a contrast-filled or "
-            f"calcified vessel rather than HO. If the CT is contrast-enhanced, run again with the bone threshold "
+            f"calcified vessel (or, at the top of an abdominal CT, of a rib) rather than HO. If the CT is "
+            f"contrast-enhanced, run again with the bone threshold "
             f"above {'its' if one else 'their'} level ({'its' if one else 'their'} voxels reach {level:.0f} HU; the "
             f"threshold is {bone_threshold_hu:.0f} HU), or delete {delete}.")
 
