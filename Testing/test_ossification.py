@@ -86,7 +86,8 @@ def test_fused_flag_maturity_and_figures(variant):
     assert free.volume_ml == pytest.approx(analytic, rel=0.10)
 
 
-@pytest.mark.parametrize("cortex_mm, spacing_ijk", [(1.0, (1.0, 1.0, 2.0)), (2.0, (1.0, 1.0, 5.0))])
+@pytest.mark.parametrize("cortex_mm, spacing_ijk", [(1.0, (1.0, 1.0, 2.0)), (2.0, (1.0, 1.0, 5.0)),
+                                                   (2.0, (0.7, 0.7, 5.0))])
 def test_thin_cortex_keeps_its_marrow(cortex_mm, spacing_ijk):
     # A cortex thinner than the slices resolve stays below the half step in places: the
     # edge refinement must not let the marrow out there (before, a 5 mm slice CT gave the

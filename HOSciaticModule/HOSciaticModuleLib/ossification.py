@@ -609,10 +609,10 @@ def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_
     """Move an island's outer edge to half the step between its bone and the soft
     tissue around it (``ring``, see :func:`_surrounding_ring`).
 
-    Only the outer edge moves: voxels below the half step that reach the tissue
-    around through one another. The marrow filled at the detection threshold stays,
-    and so does what it encloses: a cortex thinner than the scanner resolves stays
-    below the half step in places, and must not let the marrow out through them.
+    The marrow filled at the detection threshold stays: a cortex thinner than the
+    scanner resolves (thick slices) falls below the half step in places, and the
+    marrow must not be lost through them. What the bone and marrow enclose (the
+    cortex's inner partial-volume band) is filled back.
     """
     if not ring.any():
         return island
@@ -620,16 +620,12 @@ def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_
     peak = float(np.percentile(ct_hu[island], 95))
     half_maximum = max(bone_threshold_hu, 0.5 * (background + peak))
     marrow = island & ~at_least(ct_hu, bone_threshold_hu)
-    partial_volume = island & ~marrow & ~at_least(ct_hu, half_maximum)
-    # The island's block has background around it, so the outside is one connected region.
-    reachable, _ = ndimage.label(partial_volume | ~island)
-    outside_labels = np.unique(reachable[~island])
-    refined = island & ~(partial_volume & np.isin(reachable, outside_labels[outside_labels > 0]))
+    refined = island & (at_least(ct_hu, half_maximum) | marrow)
     if not refined.any():
         return island
+    refined = fill_island_marrow(refined, geometry)
     labels, count, sizes = _components(refined)
-    refined = labels == int(np.argmax(sizes)) if count > 1 else refined
-    return fill_island_marrow(refined, geometry)
+    return labels == int(np.argmax(sizes)) if count > 1 else refined
 
 
 @dataclass(frozen=True)
