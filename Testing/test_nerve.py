@@ -6,6 +6,7 @@ diameter within 1.0 mm of truth outside contact zones (the HO shell span +- 5 mm
 thickened stretch measured thicker; the path through the 270 deg HO wrap inside the nerve.
 """
 
+import dataclasses
 import time
 
 import numpy as np
@@ -93,6 +94,21 @@ def test_jittered_clicks_in_any_order(modality):
     trace = trace_nerve(phantom.image, phantom.geometry, clicks, modality=modality,
                         exclusion_mask=phantom.ho_labels > 0)
     assert_follows_truth(phantom, trace, clicks)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_mr_shading_from_the_coils_is_flattened(axis):
+    # Surface coils: the signal falls to half at one side of the field and rises by half
+    # at the other (along the nerve, or across it). The nerve is as well followed and
+    # measured as on an evenly lit image.
+    phantom = _phantom("mr", "axial")
+    position = np.indices(phantom.image.shape, dtype=np.float32)[axis] / (phantom.image.shape[axis] - 1)
+    shaded = dataclasses.replace(phantom, image=phantom.image * (0.5 + position))
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(shaded.image, shaded.geometry, seeds, modality="mr", exclusion_mask=phantom.ho_labels > 0)
+    assert_follows_truth(shaded, trace, seeds)
+    assert trace.warnings == []
 
 
 def test_seed_order_does_not_matter():

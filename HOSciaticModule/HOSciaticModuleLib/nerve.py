@@ -6,7 +6,8 @@
    further out; the nerve boundary is the half-way level between them (full width at
    half maximum). On CT the nerve is soft tissue (20-50 HU) in a fat sheath
    (-190..-30 HU); on T2 fat-saturated MR it is a bright tube. Bone (CT, above the
-   bone threshold) and HO segments are never nerve.
+   bone threshold) and HO segments are never nerve. An MR is first divided by its
+   smooth coil shading (N4), so one level fits the nerve all along.
 3. **Path** — a minimal path between consecutive seeds on a cost that is low in
    nerve-like tissue at the nerve's typical distance from its boundary and high
    elsewhere (skimage's geometric minimal cost path, on a grid of about 1.5 mm so a
@@ -82,6 +83,12 @@ THIN_FAT_PLANE_CONTRAST = 0.5
 THIN_FAT_PLANE_SHARE = 0.1
 #: Seeds closer than this together do not define a stretch of nerve.
 MIN_SEED_SPREAD_MM = 5.0
+#: MR shading (the receive coils' sensitivity) varies over tens of mm: it is estimated
+#: on a grid this coarse, in two fitting levels, and only from tissue brighter than a
+#: tenth of the bright end of the histogram (air and suppressed fat say nothing of it).
+SHADING_GRID_MM = 6.0
+SHADING_ITERATIONS = (30, 20)
+SHADING_TISSUE_FRACTION = 0.1
 
 
 @dataclass
@@ -199,6 +206,33 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
     return _Appearance(nerve_level, surround, None)
+
+
+def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """The MR block divided by its smooth shading, estimated with N4 (SimpleITK) on a
+    coarse copy. Surface coils make a nerve brighter at one end of a long stretch than
+    at the other; after this one boundary level fits it all along. The shading is far
+    smoother than a nerve, so the nerve's own brightness and width are kept."""
+    import SimpleITK as sitk
+
+    spacing_ijk = tuple(float(s) for s in geometry.spacing_kji[::-1])
+    factors = [max(1, int(round(SHADING_GRID_MM / s))) for s in spacing_ijk]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(block, np.float32))
+    image.SetSpacing(spacing_ijk)
+    coarse = sitk.Shrink(image, factors)
+    values = sitk.GetArrayViewFromImage(coarse)
+    bright = float(np.percentile(values, 99))
+    tissue = values > SHADING_TISSUE_FRACTION * bright
+    # Too few coarse voxels to fit a shading to: the block is small enough to need none.
+    if bright <= 0 or min(values.shape) < 4 or np.count_nonzero(tissue) < 500:
+        return block
+    mask = sitk.GetImageFromArray(tissue.astype(np.uint8))
+    mask.CopyInformation(coarse)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations(list(SHADING_ITERATIONS))
+    corrector.Execute(coarse, mask)
+    log_shading = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
+    return (block / np.exp(log_shading)).astype(np.float32)
 
 
 def nerve_like_tissue(image_block, appearance: _Appearance, excluded_block) -> np.ndarray:
@@ -683,6 +717,10 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     image = np.ascontiguousarray(image[block], dtype=np.float32)
     exclusion_mask = np.ascontiguousarray(exclusion_mask[block]) if exclusion_mask is not None else None
     appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
+    if modality == "mr":
+        # Read again once the shading is gone: the levels near the seeds then hold all along.
+        image = flatten_mr_shading(image, geometry)
+        appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
 
     report(progress, 0.1, "Following the nerve between the seeds")
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
