@@ -478,7 +478,8 @@ def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel
         slice_image.SetSpacing(tuple(float(v) for v in pixel_mm))
         tags = {
             "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": f"1.2.826.0.1.3680043.2.1125.{series_number}", "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in position), "0020|0037": orientation,
+            "0020|000e": f"1.2.826.0.1.3680043.2.1125.{series_number}", "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position), "0020|0037": orientation,
             "0028|0030": f"{pixel_mm[1]:.6f}\\{pixel_mm[0]:.6f}", "0028|1052": "0", "0028|1053": "1",
         }
         if series_description is not None:
