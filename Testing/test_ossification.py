@@ -104,6 +104,21 @@ def test_thin_cortex_keeps_its_marrow(cortex_mm, spacing_ijk):
     assert free.volume_ml == pytest.approx(analytic, rel=0.10)
 
 
+@pytest.mark.parametrize("spacing_ijk", [(1.0, 1.0, 5.0), (0.7, 0.7, 5.0)])
+def test_thick_slices_that_average_their_slab(spacing_ijk):
+    # Each 5 mm slice averages its slab, as a scanner's does: the islands are found with
+    # their maturity and fused flag, and the rounded end of the ischium, cut by a slice,
+    # is not taken for a fused outgrowth (it lies within one slice).
+    phantom = generate_phantom(PhantomSpec(integrate_voxels=True), spacing_ijk=spacing_ijk)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert_matches_truth(phantom, result)
+    assert len(result.islands) == len(phantom.islands)
+    for truth in phantom.islands:
+        island = _matching_island(phantom, result, truth["name"])
+        assert island.fused_to_native_bone == truth["fused_to_native_bone"], truth["name"]
+        assert island.maturity == ("mature" if truth["mature"] else "immature"), truth["name"]
+
+
 def test_given_native_bone_mask():
     phantom = generate_phantom(**BASE)
     result = segment_ossifications(phantom.image, phantom.geometry, native_bone_mask=phantom.native_bone_mask)

@@ -199,14 +199,21 @@ def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
 
 
 def test_thick_slices_give_a_result_with_a_warning(tmp_path):
-    phantom = generate_phantom(spacing_ijk=(1.0, 1.0, 5.0), fov_mm=(110.0, 110.0, 130.0))
+    # 5 mm slices that average their slab, as a scanner's do: the three islands and the
+    # encasement (270 deg sleeve) survive, and the reader is told what thick slices cost.
+    phantom = generate_phantom(PhantomSpec(integrate_voxels=True), spacing_ijk=(1.0, 1.0, 5.0),
+                               fov_mm=(110.0, 110.0, 130.0))
     paths = write_phantom_case(phantom, tmp_path / "case")
     out = tmp_path / "out"
-    result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
+    result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", paths["seeds"], "--no-scene")
     assert result.returncode == 0, result.stderr
     document = json.loads((out / "metrics.json").read_text())
     assert any("thick" in warning for warning in document["warnings"])
-    assert document["ossifications"]["count"] >= 1
+    assert document["ossifications"]["count"] == len(phantom.islands)
+    nerve = document["nerves"][0]
+    # Thick slices blur the sleeve's edges: its encasement still reads as one (more than
+    # half the circumference) and is never over-read.
+    assert nerve["encasement_class"] == "encasement" and 180.0 < nerve["max_encasement_deg"] <= 280.0
 
 
 # ---------------------------------------------------------------------------------------

@@ -553,7 +553,8 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
         if sizes[label] < min_voxels:
             continue
         part = labels[block] == label
-        if np.any(part & region_edge[block]) or float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM:
+        if (np.any(part & region_edge[block]) or float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM
+                or _within_one_thick_layer(part, geometry)):
             continue
         thickness = _component_thickness_mm(labels, label, block, geometry)
         extent = _extent_mm(part, geometry)
@@ -563,6 +564,18 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
         return kept
     # Give back the outgrowth's own surface voxels that the opening took.
     return (_ball_distance(~kept, geometry) <= skin) & residual
+
+
+def _within_one_thick_layer(part: np.ndarray, geometry: VolumeGeometry) -> bool:
+    """Whether a part lies within one layer of voxels thicker than the least protrusion
+    (a thick slice): there the partial volume of a native bone's rounded end, cut by the
+    slice, looks just like an outgrowth."""
+    for axis, spacing in enumerate(geometry.spacing_kji):
+        if spacing > FUSED_MIN_PROTRUSION_MM:
+            others = tuple(a for a in range(3) if a != axis)
+            if np.count_nonzero(part.any(axis=others)) <= 1:
+                return True
+    return False
 
 
 def _principal_spreads_mm(part: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:

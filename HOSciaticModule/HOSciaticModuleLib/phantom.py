@@ -113,6 +113,14 @@ class PhantomSpec:
     ))
     psf_sigma_mm: float = 0.6
     noise_sigma: float = 12.0
+    #: Each voxel averages the anatomy over its whole extent (sampled every
+    #: INTEGRATION_STEP_MM), as a CT's thick slice averages its slab; off, a voxel shows
+    #: the anatomy at its centre.
+    integrate_voxels: bool = False
+
+
+#: Sampling step of a voxel's extent when the phantom integrates over it.
+INTEGRATION_STEP_MM = 1.0
 
 
 def other_hip_bones(spec: PhantomSpec) -> tuple:
@@ -314,6 +322,19 @@ def _paint_block(spec: PhantomSpec, frame: _NerveFrame, points: np.ndarray, valu
     return image, labels, nerve, native, calcification & ~native
 
 
+def _voxel_average(spec: PhantomSpec, frame, centres: np.ndarray, values: dict, geometry: VolumeGeometry):
+    """The image averaged over each voxel's extent (truth labels stay those of the centre)."""
+    counts = [max(1, int(np.ceil(s / INTEGRATION_STEP_MM))) for s in geometry.spacing_ijk]
+    fractions = [(np.arange(n) + 0.5) / n - 0.5 for n in counts]
+    total = np.zeros(centres.shape[:-1], np.float32)
+    for fi in fractions[0]:
+        for fj in fractions[1]:
+            for fk in fractions[2]:
+                shift = geometry.ijk_to_ras[:3, :3] @ np.array([fi, fj, fk])
+                total += _paint_block(spec, frame, centres + shift, values)[0]
+    return total / float(np.prod(counts))
+
+
 def generate_phantom(
     spec: PhantomSpec | None = None,
     modality: str = "ct",
@@ -352,6 +373,8 @@ def generate_phantom(
         outputs = _paint_block(spec, frame, points, values)
         for target, value in zip((image, labels, nerve, native, calcification), outputs):
             target[block] = value
+        if spec.integrate_voxels:
+            image[block] = _voxel_average(spec, frame, points, values, geometry)
 
     sigma_voxels = spec.psf_sigma_mm / np.asarray(geometry.spacing_kji)
     ndimage.gaussian_filter(image, sigma=sigma_voxels, output=image, mode="nearest")
