@@ -245,11 +245,10 @@ def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarra
 def voxel_noise(block: np.ndarray, geometry: VolumeGeometry) -> float:
     """Standard deviation of the voxel noise: from the differences of neighbouring
     voxels along the finest axis (robust: a median, edges are a minority), read on
-    every fourth layer along the coarsest axis."""
-    fine, coarse = int(np.argmin(geometry.spacing_kji)), int(np.argmax(geometry.spacing_kji))
-    index = [slice(None)] * 3
-    if coarse != fine:
-        index[coarse] = slice(None, None, 4)
+    every fourth layer along each of the other axes."""
+    fine = int(np.argmin(geometry.spacing_kji))
+    index = [slice(None, None, 4)] * 3
+    index[fine] = slice(None)
     differences = np.diff(block[tuple(index)], axis=fine).ravel()
     if differences.size == 0:
         return 0.0
