@@ -133,6 +133,25 @@ def test_noisy_ct_is_smoothed_before_tracing_and_says_so():
     assert not any("noisy" in w for w in trace_nerve(plain.image, plain.geometry, seeds).warnings)
 
 
+def test_section_started_in_a_noisy_voxel_is_measured_again():
+    # A noisy MR (noise 90 against a nerve at 520): its contrast stays above three times
+    # the noise, so nothing is smoothed, but one section's core fell in a dark noisy spot
+    # inside the nerve and read 1 mm wide between 9 mm neighbours. Measured again from
+    # the centreline, every section is within 1.5 mm of the truth.
+    phantom = generate_phantom(PhantomSpec(noise_sigma=60.0, integrate_voxels=True), modality="mr",
+                               spacing_ijk=(0.8, 0.8, 1.5))
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr", exclusion_mask=phantom.ho_labels > 0)
+    assert trace.warnings == []
+    index = cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]
+    low, high = _contact_span(phantom)
+    true_s = phantom.centreline_s_mm[index]
+    free = (true_s < low) | (true_s > high)
+    error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
+    assert np.abs(error[free]).max() <= 1.5, np.abs(error[free]).max()
+
+
 def test_seed_order_does_not_matter():
     points = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 40.0], [0.0, 2.0, 80.0], [1.0, 1.0, 120.0]])
     shuffled = points[[2, 0, 3, 1]]

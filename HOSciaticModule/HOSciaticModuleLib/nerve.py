@@ -96,6 +96,13 @@ SHADING_TISSUE_FRACTION = 0.1
 #: about 0.3 mm in diameter (at 45 HU of noise single sections collapsed to 0.3 mm).
 MIN_CONTRAST_TO_NOISE = 3.0
 NOISE_SMOOTHING_MM = 0.6
+#: A section whose median ray is under this share of its neighbours' (5 stations
+#: either side) started from a core outside the nerve.
+COLLAPSED_SECTION_FRACTION = 0.3
+COLLAPSE_WINDOW_STATIONS = 5
+#: Such a section is measured again with rays counted inside for this first stretch:
+#: even a compressed sciatic nerve is over 2 mm thick.
+COLLAPSE_MIN_RAY_MM = 1.0
 
 
 @dataclass
@@ -440,8 +447,19 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
     else:
         measured = [measure(parts[0])]
     cores = np.concatenate([m[0] for m in measured])
-    radii = _clip_leaks(np.concatenate([m[1] for m in measured]))
+    radii = np.concatenate([m[1] for m in measured])
     outside_levels = np.concatenate([m[2] for m in measured])
+    # A section a few tenths of a mm wide between normal ones started in a noisy voxel
+    # (a dip inside the nerve, or a speck beside it): measured again from the
+    # centreline point, its rays leaving no sooner than a nerve's narrowest half-width.
+    collapsed = _collapsed_sections(radii)
+    if collapsed.any():
+        retry, retry_outside = _ray_radii(sampler, points[collapsed], directions[collapsed], appearance, ray_step_mm,
+                                          COLLAPSE_MIN_RAY_MM)
+        wider = np.median(retry, axis=1) > np.median(radii[collapsed], axis=1)
+        rows = np.flatnonzero(collapsed)[wider]
+        cores[rows], radii[rows], outside_levels[rows] = points[rows], retry[wider], retry_outside[wider]
+    radii = _clip_leaks(radii)
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
@@ -531,16 +549,18 @@ def _section_depth(sampler, points, u, v, appearance):
             offset_mm[candidate])
 
 
-def _ray_radii(sampler, cores, directions, appearance, step_mm=RAY_STEP_MM):
+def _ray_radii(sampler, cores, directions, appearance, step_mm=RAY_STEP_MM, inside_mm=0.0):
     """Boundary distance along each ray, at the half-way level between this section's
     own nerve plateau and the tissue just outside it (a local full width at half
-    maximum); and per section the level of that outside tissue."""
+    maximum); and per section the level of that outside tissue. The first
+    ``inside_mm`` of every ray count as nerve whatever their value."""
     steps = np.arange(0.0, MAX_RAY_MM + 1e-6, step_mm)
     origins = np.ascontiguousarray(np.broadcast_to(cores[:, None, :], directions.shape))
     values, masks = sampler.rays(origins, directions, steps)
-    first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level), step_mm)
+    first = _crossings(values, masks, appearance, np.full((len(cores), 1, 1), appearance.boundary_level), step_mm,
+                       inside_mm)
     levels, outside = _local_levels(values, masks, appearance, first, steps)
-    return _crossings(values, masks, appearance, levels[:, None, None], step_mm), outside
+    return _crossings(values, masks, appearance, levels[:, None, None], step_mm, inside_mm), outside
 
 
 def _local_levels(values, masks, appearance, radii, steps):
@@ -569,10 +589,10 @@ def _local_levels(values, masks, appearance, radii, steps):
     return levels, outside
 
 
-def _crossings(values, masks, appearance, level, step_mm=RAY_STEP_MM):
+def _crossings(values, masks, appearance, level, step_mm=RAY_STEP_MM, inside_mm=0.0):
     steps_count = values.shape[-1]
     inside = _inside(values, masks, appearance, level)
-    inside[:, :, 0] = True
+    inside[:, :, :1 + int(round(inside_mm / step_mm))] = True
     first_out = np.where(inside.all(axis=-1), steps_count - 1, np.argmin(inside, axis=-1))
     rows = np.arange(values.shape[0])[:, None]
     cols = np.arange(values.shape[1])[None, :]
@@ -583,6 +603,17 @@ def _crossings(values, masks, appearance, level, step_mm=RAY_STEP_MM):
     crossing = np.where(
         (after <= level) & (before > level), (before - level) / np.maximum(before - after, 1e-6), 0.5)
     return (first_out - 1 + np.clip(crossing, 0.0, 1.0)) * step_mm
+
+
+def _collapsed_sections(radii: np.ndarray) -> np.ndarray:
+    """Sections whose median ray is under COLLAPSED_SECTION_FRACTION of the median of
+    their neighbours' (within COLLAPSE_WINDOW_STATIONS either side): a nerve narrows
+    over centimetres, not from one millimetre to the next."""
+    typical = np.median(radii, axis=1)
+    if len(typical) < 3:
+        return np.zeros(len(typical), bool)
+    around = ndimage.median_filter(typical, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
+    return typical < COLLAPSED_SECTION_FRACTION * around
 
 
 def _clip_leaks(radii: np.ndarray) -> np.ndarray:
