@@ -244,8 +244,14 @@ def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarra
     mask.CopyInformation(coarse)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations(list(SHADING_ITERATIONS))
-    corrector.Execute(coarse, mask)
-    log_shading = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
+    try:
+        corrector.Execute(coarse, mask)
+        log_shading = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
+    except RuntimeError:
+        # The correction only helps: an image N4 cannot fit is traced as it is.
+        return block
+    if not np.all(np.isfinite(log_shading)):
+        return block
     return (block / np.exp(log_shading)).astype(np.float32)
 
 
