@@ -16,7 +16,8 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.nerve import check_plausible_width, sort_seeds_along_nerve, trace_nerve
+from HOSciaticModuleLib.nerve import (check_plausible_width, flatten_mr_shading, sort_seeds_along_nerve,
+                                      trace_nerve)
 from HOSciaticModuleLib.phantom import PhantomSpec, _dense_nerve_curve, generate_phantom
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -109,6 +110,22 @@ def test_mr_shading_from_the_coils_is_flattened(axis):
     trace = trace_nerve(shaded.image, shaded.geometry, seeds, modality="mr", exclusion_mask=phantom.ho_labels > 0)
     assert_follows_truth(shaded, trace, seeds)
     assert trace.warnings == []
+
+
+def test_mr_that_n4_cannot_fit_is_traced_as_it_is(monkeypatch):
+    import SimpleITK as sitk
+
+    class Failing(sitk.N4BiasFieldCorrectionImageFilter):
+        def Execute(self, *args):
+            raise RuntimeError("no fit")
+
+    phantom = _phantom("mr", "axial")
+    monkeypatch.setattr(sitk, "N4BiasFieldCorrectionImageFilter", Failing)
+    assert flatten_mr_shading(phantom.image, phantom.geometry) is phantom.image
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr", exclusion_mask=phantom.ho_labels > 0)
+    assert_follows_truth(phantom, trace, seeds)
 
 
 def test_noisy_ct_is_smoothed_before_tracing_and_says_so():
