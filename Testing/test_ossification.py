@@ -245,6 +245,40 @@ def test_large_bilateral_ho_is_not_taken_for_prominences():
     assert not any("mirror image" in w for w in result.warnings)
 
 
+def test_large_free_mass_of_ho_is_reported_with_a_warning():
+    # Neurogenic HO can grow into a free mass of tens of mL: here 43 mL, compact, whole in
+    # the image and apart from the skeleton. Bone of that size used to be taken as native.
+    big = IslandSpec("big", "ellipsoid", True, center_offset=(-25.0, -45.0, -30.0), semi_axes=(24.0, 18.0, 24.0))
+    phantom = generate_phantom(PhantomSpec(islands=PhantomSpec().islands + (big,)), spacing_ijk=(1.0, 1.0, 2.0),
+                               fov_mm=(140.0, 140.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert_matches_truth(phantom, result)
+    assert len(result.islands) == len(phantom.islands)
+    island = _matching_island(phantom, result, "big")
+    analytic = next(i["analytic_volume_ml"] for i in phantom.islands if i["name"] == "big")
+    assert island.volume_ml == pytest.approx(analytic, rel=0.10)
+    assert island.maturity == "mature" and not island.fused_to_native_bone
+    (warning,) = [w for w in result.warnings if "large compact mass" in w]
+    assert f"HO {island.label} (" in warning
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_compact_bone_mass_is_native_when_paired_across_the_midline(paired):
+    # Both hips imaged, a compact 40 mL mass of bone whole in the image: with its mirror
+    # image on the other side it is paired anatomy and native; on one side only it is HO.
+    mass = dict(semi_axes=(18.0, 16.0, 33.0), cortex_mm=2.0)
+    masses = (BoneSpec("ellipsoid", center_offset=(5.0, 40.0, 20.0), **mass),)
+    if paired:
+        masses += (BoneSpec("ellipsoid", center_offset=(_mirrored_r(5.0), 40.0, 20.0), **mass),)
+    spec = PhantomSpec(islands=PhantomSpec().islands[:2], extra_bones=other_hip_bones(PhantomSpec()) + masses)
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    large = [i for i in result.islands if i.volume_ml > 30.0]
+    assert len(large) == (0 if paired else 1), [(i.volume_ml, i.centroid_ras) for i in result.islands]
+    assert len(result.islands) == 2 + len(large)
+    assert any("large compact mass" in w for w in result.warnings) == (not paired)
+
+
 def test_midline_needs_both_sides():
     phantom = generate_phantom(**BASE)
     assert body_midline(phantom.image >= 200, phantom.geometry) is None

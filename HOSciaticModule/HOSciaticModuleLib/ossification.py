@@ -8,7 +8,9 @@ The chain, each step a small function below:
 2. **Islands** — 6-connected components of bone with their enclosed marrow filled.
 3. **Native skeleton** — from a native-bone mask when given (e.g. TotalSegmentator's
    hip, femur and sacrum segments); otherwise estimated: components big enough to be
-   a hip-region bone, or thick bone cut by the edge of the analysed region.
+   a hip-region bone, or thick bone cut by the edge of the analysed region. A compact
+   mass below a whole bone's size, whole in the image, off the midline and without a
+   mirror image in bone, is a free mass of HO.
 4. **Fused HO** — outgrowths of a native component: the parts of the component that
    a ball of ``NATIVE_BALL_RADIUS_MM`` rolled inside it cannot reach (a
    morphological opening), kept only if they protrude far enough, are big enough
@@ -64,6 +66,15 @@ METAL_MARGIN_MM = 3.0
 #: A native hip-region bone inside a hip CT (femur, hip bone, sacrum, a lumbar vertebra)
 #: is tens to hundreds of mL; free HO islands are rarely above 20 mL.
 NATIVE_MIN_ML = 30.0
+#: A whole native bone of the hip region that the image does not cut (hip bone, femur,
+#: sacrum) is 100 mL or more. Below that, a component is native only unless it is a
+#: compact mass off the body's midline: a vertebra lies on the midline, and bone split
+#: off a native bone by the threshold is a plate or a rod, whereas neurogenic HO often
+#: grows into a free mass of tens of mL.
+NATIVE_WHOLE_MIN_ML = 100.0
+#: Compact: the component fills at least this share of the ellipsoid of its principal
+#: spreads (1 for a solid ellipsoid; a curved plate of bone fills far less).
+LARGE_HO_MIN_FILL = 0.5
 #: Ball rolled inside native bone: a 20 mm ball fits in the femoral head, neck and shaft,
 #: the acetabular roof and the ischial body; HO outgrowths near the sciatic nerve are
 #: mostly thinner, so the ball does not reach into them.
@@ -468,18 +479,44 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
     return (touching & thin)[labels]
 
 
-def estimate_native_components(labels, count, sizes, blocks, geometry) -> np.ndarray:
-    """Which components (index 0..count) are native bones: big ones, and thick bone cut
-    by the region edge. ``blocks`` are the components' bounding slices."""
+def estimate_native_components(labels, count, sizes, blocks, geometry, midline=lambda: None) -> np.ndarray:
+    """Which components (index 0..count) are native bones: big ones, unless a compact
+    mass off the midline and whole in the image (large free HO), and thick bone cut by
+    the region edge. ``blocks`` are the components' bounding slices; ``midline()`` gives
+    the body's midline (or None), asked for only when needed."""
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
     for label in range(1, count + 1):
-        if native[label] or blocks[label - 1] is None or not _touches_border(blocks[label - 1], labels.shape):
+        if blocks[label - 1] is None:
             continue
-        thickness = _component_thickness_mm(labels, label, blocks[label - 1], geometry)
-        native[label] = thickness >= NATIVE_CUT_MIN_THICKNESS_MM
+        cut = _touches_border(blocks[label - 1], labels.shape)
+        if native[label]:
+            if not cut and sizes[label] * geometry.voxel_volume_ml < NATIVE_WHOLE_MIN_ML:
+                native[label] = not _free_mass(labels, label, blocks[label - 1], geometry, midline)
+            continue
+        if cut:
+            thickness = _component_thickness_mm(labels, label, blocks[label - 1], geometry)
+            native[label] = thickness >= NATIVE_CUT_MIN_THICKNESS_MM
     return native
+
+
+def _free_mass(labels: np.ndarray, label: int, block, geometry: VolumeGeometry, midline) -> bool:
+    """Whether component ``label`` (within ``block``) is a compact mass lying off the
+    body's midline and unmatched by bone across it (a mass with a mirror image in bone
+    is paired anatomy). Without a known midline, compactness decides."""
+    component = labels[block] == label
+    spreads = _principal_spreads_mm(component, geometry)
+    ellipsoid_ml = 4.0 / 3.0 * np.pi * 5.0 ** 1.5 * float(np.prod(spreads)) / 1000.0
+    if np.count_nonzero(component) * geometry.voxel_volume_ml < LARGE_HO_MIN_FILL * ellipsoid_ml:
+        return False
+    plane = midline()
+    if plane is None:
+        return True
+    centre = geometry.kji_to_ras_points(np.argwhere(component).mean(axis=0) + [s.start for s in block])[0]
+    if abs(float(centre @ plane.normal) - plane.offset) <= MIDLINE_ISLAND_MM:
+        return False
+    return not mirrored_in_bone(component, block, labels > 0, geometry, plane)
 
 
 def region_edge_zone(block, shape) -> np.ndarray:
@@ -836,6 +873,15 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
             f"threshold is {bone_threshold_hu:.0f} HU), or delete {delete}.")
 
 
+def _large_mass_warning(islands) -> str:
+    one = len(islands) == 1
+    names = ", ".join(f"HO {island.label} ({island.volume_ml:.0f} mL)" for island in islands)
+    return (f"{names} {'is a large compact mass' if one else 'are large compact masses'} standing free in the soft "
+            f"tissue, as neurogenic HO often grows, and {'was' if one else 'were'} reported as HO although bone of "
+            f"that size could be native. If {'it is' if one else 'one is'} a piece of native bone (a fracture "
+            "fragment, or bone that a thin cortex let the threshold split off), delete its segment.")
+
+
 def _streak_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'lies' if one else 'lie'} within {STREAK_REACH_MM:.0f} mm of metal and "
@@ -906,6 +952,14 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     :class:`OssificationIsland` per island, the native skeleton used and warnings.
     """
     geometry.validate("The CT")
+    found_midlines: dict = {}
+
+    def midline_of(filled):
+        """The body's midline, found once (two checks and the native-bone estimate use it)."""
+        if "plane" not in found_midlines:
+            found_midlines["plane"] = body_midline(filled, block_geometry)
+        return found_midlines["plane"]
+
     if ct_hu.shape != geometry.shape_kji:
         raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
     if not np.isfinite(bone_threshold_hu) or not -200.0 <= bone_threshold_hu < METAL_THRESHOLD_HU:
@@ -960,7 +1014,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         filled_bone = fill_bone_cavities(bone_block)
         labels, count, sizes = _components(filled_bone)
         component_blocks = ndimage.find_objects(labels)
-        is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry)
+        is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry,
+                                               lambda: midline_of(filled_bone))
         native_used = is_native[labels]
         report(progress, 0.4, "Separating HO fused to native bone")
         for label in np.flatnonzero(is_native):
@@ -1037,7 +1092,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
     # Both checks need the body's midline, found when both hips are imaged.
-    midline = body_midline(filled_bone, block_geometry) if results else None
+    midline = midline_of(filled_bone) if results else None
     if midline is not None:
         mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, midline)
         if mirrored:
@@ -1045,6 +1100,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         on_midline = _midline_islands(results, midline)
         if on_midline:
             warnings.append(_on_midline_warning(on_midline))
+    large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
+    if large:
+        warnings.append(_large_mass_warning(large))
     hand = clustered_small_islands(results)
     if hand:
         warnings.append(_hand_warning(hand))
