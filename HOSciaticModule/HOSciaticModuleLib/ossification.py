@@ -487,13 +487,21 @@ def estimate_native_components(labels, count, sizes, blocks, geometry, midline=l
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
+    bone: list = []
+
+    def all_bone():
+        if not bone:
+            bone.append(labels > 0)
+        return bone[0]
+
     for label in range(1, count + 1):
         if blocks[label - 1] is None:
             continue
         cut = _touches_border(blocks[label - 1], labels.shape)
         if native[label]:
             if not cut and sizes[label] * geometry.voxel_volume_ml < NATIVE_WHOLE_MIN_ML:
-                native[label] = not _free_mass(labels, label, blocks[label - 1], geometry, midline)
+                native[label] = not _free_mass(labels[blocks[label - 1]] == label, blocks[label - 1], all_bone,
+                                               geometry, midline)
             continue
         if cut:
             thickness = _component_thickness_mm(labels, label, blocks[label - 1], geometry)
@@ -501,11 +509,11 @@ def estimate_native_components(labels, count, sizes, blocks, geometry, midline=l
     return native
 
 
-def _free_mass(labels: np.ndarray, label: int, block, geometry: VolumeGeometry, midline) -> bool:
-    """Whether component ``label`` (within ``block``) is a compact mass lying off the
+def _free_mass(component: np.ndarray, block, all_bone, geometry: VolumeGeometry, midline) -> bool:
+    """Whether a component (a mask over ``block``) is a compact mass lying off the
     body's midline and unmatched by bone across it (a mass with a mirror image in bone
-    is paired anatomy). Without a known midline, compactness decides."""
-    component = labels[block] == label
+    is paired anatomy). Without a known midline, compactness decides. ``all_bone()``
+    and ``midline()`` are asked for only when needed."""
     spreads = _principal_spreads_mm(component, geometry)
     ellipsoid_ml = 4.0 / 3.0 * np.pi * 5.0 ** 1.5 * float(np.prod(spreads)) / 1000.0
     if np.count_nonzero(component) * geometry.voxel_volume_ml < LARGE_HO_MIN_FILL * ellipsoid_ml:
@@ -516,7 +524,7 @@ def _free_mass(labels: np.ndarray, label: int, block, geometry: VolumeGeometry, 
     centre = geometry.kji_to_ras_points(np.argwhere(component).mean(axis=0) + [s.start for s in block])[0]
     if abs(float(centre @ plane.normal) - plane.offset) <= MIDLINE_ISLAND_MM:
         return False
-    return not mirrored_in_bone(component, block, labels > 0, geometry, plane)
+    return not mirrored_in_bone(component, block, all_bone(), geometry, plane)
 
 
 def region_edge_zone(block, shape) -> np.ndarray:
