@@ -64,7 +64,8 @@ METAL_THRESHOLD_HU = 2500.0
 #: Beam-hardening and blooming make bone-like values around metal.
 METAL_MARGIN_MM = 3.0
 #: A native hip-region bone inside a hip CT (femur, hip bone, sacrum, a lumbar vertebra)
-#: is tens to hundreds of mL; free HO islands are rarely above 20 mL.
+#: is tens to hundreds of mL; most free HO islands are below 20 mL (larger free masses:
+#: see NATIVE_WHOLE_MIN_ML).
 NATIVE_MIN_ML = 30.0
 #: A whole native bone of the hip region that the image does not cut (hip bone, femur,
 #: sacrum) is 100 mL or more. Below that, a component is native only unless it is a
