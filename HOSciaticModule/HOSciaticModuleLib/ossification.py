@@ -68,8 +68,8 @@ METAL_MARGIN_MM = 3.0
 #: see NATIVE_WHOLE_MIN_ML).
 NATIVE_MIN_ML = 30.0
 #: A whole native bone of the hip region that the image does not cut (hip bone, femur,
-#: sacrum) is 100 mL or more. Below that, a component is native only unless it is a
-#: compact mass off the body's midline: a vertebra lies on the midline, and bone split
+#: sacrum) is 100 mL or more. Below that, a component is native unless it is a compact
+#: mass off the body's midline: a vertebra lies on the midline, and bone split
 #: off a native bone by the threshold is a plate or a rod, whereas neurogenic HO often
 #: grows into a free mass of tens of mL.
 NATIVE_WHOLE_MIN_ML = 100.0
@@ -961,14 +961,6 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     :class:`OssificationIsland` per island, the native skeleton used and warnings.
     """
     geometry.validate("The CT")
-    found_midlines: dict = {}
-
-    def midline_of(filled):
-        """The body's midline, found once (two checks and the native-bone estimate use it)."""
-        if "plane" not in found_midlines:
-            found_midlines["plane"] = body_midline(filled, block_geometry)
-        return found_midlines["plane"]
-
     if ct_hu.shape != geometry.shape_kji:
         raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
     if not np.isfinite(bone_threshold_hu) or not -200.0 <= bone_threshold_hu < METAL_THRESHOLD_HU:
@@ -1006,6 +998,14 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                         "no bone, so no HO.")
         return OssificationResult(labelmap, [], warnings, parameters)
     min_voxels = max(min_island_ml / geometry.voxel_volume_ml, 1.0)
+    found_midline: list = []
+
+    def midline():
+        """The body's midline from all bone, found once: the native-bone estimate and
+        two checks use it."""
+        if not found_midline:
+            found_midline.append(body_midline(filled_bone, block_geometry))
+        return found_midline[0]
 
     report(progress, 0.2, "Finding native bone")
     if native_bone_mask is not None:
@@ -1023,8 +1023,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         filled_bone = fill_bone_cavities(bone_block)
         labels, count, sizes = _components(filled_bone)
         component_blocks = ndimage.find_objects(labels)
-        is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry,
-                                               lambda: midline_of(filled_bone))
+        is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry, midline)
         native_used = is_native[labels]
         report(progress, 0.4, "Separating HO fused to native bone")
         for label in np.flatnonzero(is_native):
@@ -1101,12 +1100,12 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
     # Both checks need the body's midline, found when both hips are imaged.
-    midline = midline_of(filled_bone) if results else None
-    if midline is not None:
-        mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, midline)
+    plane = midline() if results else None
+    if plane is not None:
+        mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, plane)
         if mirrored:
             warnings.append(_mirror_warning(mirrored))
-        on_midline = _midline_islands(results, midline)
+        on_midline = _midline_islands(results, plane)
         if on_midline:
             warnings.append(_on_midline_warning(on_midline))
     large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
@@ -1117,4 +1116,4 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append(_hand_warning(hand))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
-    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, midline)
+    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane)
