@@ -41,6 +41,7 @@ islands are flagged with their level): analyse a non-contrast CT or raise the th
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -488,13 +489,7 @@ def estimate_native_components(labels, count, sizes, blocks, geometry, midline=l
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
-    bone: list = []
-
-    def all_bone():
-        if not bone:
-            bone.append(labels > 0)
-        return bone[0]
-
+    all_bone = functools.cache(lambda: labels > 0)
     for label in range(1, count + 1):
         if blocks[label - 1] is None:
             continue
@@ -998,14 +993,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                         "no bone, so no HO.")
         return OssificationResult(labelmap, [], warnings, parameters)
     min_voxels = max(min_island_ml / geometry.voxel_volume_ml, 1.0)
-    found_midline: list = []
-
-    def midline():
-        """The body's midline from all bone, found once: the native-bone estimate and
-        two checks use it."""
-        if not found_midline:
-            found_midline.append(body_midline(filled_bone, block_geometry))
-        return found_midline[0]
+    # The body's midline from all bone, found once: the native-bone estimate and two
+    # checks use it.
+    midline = functools.cache(lambda: body_midline(filled_bone, block_geometry))
 
     report(progress, 0.2, "Finding native bone")
     if native_bone_mask is not None:
