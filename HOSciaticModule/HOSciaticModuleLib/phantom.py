@@ -451,6 +451,32 @@ def write_markups_points_json(path: Path, points_ras, name: str, curve: bool = F
     Path(path).write_text(json.dumps(document, indent=2))
 
 
+def write_named_label_map(path, labels: np.ndarray, geometry: VolumeGeometry, names: dict) -> None:
+    """Write a NIfTI-1 label map (``.nii`` or ``.nii.gz``) whose header extension holds
+    the label table (value -> name), as whole-body segmentation tools write theirs."""
+    import gzip
+    import struct
+    import tempfile
+
+    from .imageio import write_volume
+
+    with tempfile.TemporaryDirectory() as folder:
+        plain = Path(folder) / "labels.nii"
+        write_volume(plain, labels, geometry, compress=False)
+        data = plain.read_bytes()
+    voxel_offset = int(struct.unpack("<f", data[108:112])[0])
+    entries = "".join(f'<Label Key="{value}" Red="1" Green="1" Blue="1" Alpha="1"><![CDATA[{name}]]></Label>\n'
+                      for value, name in names.items())
+    table = ('<?xml version="1.0" encoding="UTF-8"?><CaretExtension><VolumeInformation Index="0"><LabelTable>\n'
+             f"{entries}</LabelTable></VolumeInformation></CaretExtension>").encode()
+    table += b" " * (-(len(table) + 8) % 16)  # an extension's size is a multiple of 16 bytes
+    extension = struct.pack("<ii", len(table) + 8, 0) + table
+    header = bytearray(data[:348])
+    header[108:112] = struct.pack("<f", float(352 + len(extension)))
+    content = bytes(header) + b"\x01\x00\x00\x00" + extension + data[voxel_offset:]
+    Path(path).write_bytes(gzip.compress(content) if str(path).endswith(".gz") else content)
+
+
 def write_phantom_case(phantom: Phantom, folder, name: str = "ct") -> dict:
     """Write image, truth labels, seeds and truth JSON into ``folder``; return the paths."""
     from .imageio import write_volume  # local import: writing needs SimpleITK only here

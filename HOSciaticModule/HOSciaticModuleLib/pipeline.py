@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import contact as contact_module
-from . import measurements, nerve, ossification
+from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MODALITIES, SIDES
 from .errors import InputError
@@ -217,16 +217,25 @@ class HOSciaticAnalysis:
             segmentation_node, "GetReferenceImageGeometryReferenceRole") else None
         return reference
 
-    def _native_bone_mask(self, native_bone_segmentation_node, geometry):
-        mask = np.zeros(geometry.shape_kji, bool)
+    def _native_bone_mask(self, native_bone_segmentation_node, geometry) -> tuple[np.ndarray, list[str]]:
+        """The segments of the native-bone segmentation that are bone by their names,
+        as one mask, and what the reader should know about the choice."""
+        name = native_bone_segmentation_node.GetName()
         ids = scene_io.segment_ids(native_bone_segmentation_node)
-        for segment_id in ids:
-            mask |= scene_io.segment_mask_on_grid(native_bone_segmentation_node, segment_id, geometry)
+        descriptions = {sid: scene_io.segment_description(native_bone_segmentation_node, sid) for sid in ids}
+        choice = bonelabels.choose_native_bone({sid: bonelabels.label_kind(*d) for sid, d in descriptions.items()})
+        names = {sid: d[0] or sid for sid, d in descriptions.items()}
+        if ids and not choice.used:
+            raise InputError(f"No segment of the native-bone segmentation '{name}' is bone by its name "
+                             f"({bonelabels.listed(names.values())}). Select the segmentation of the pelvis and femur "
+                             "made on this CT (rename a bone segment with its bone's name if needed), or leave the "
+                             "field empty to estimate the native skeleton automatically.")
+        mask = scene_io.segments_union_on_grid(native_bone_segmentation_node, choice.used, geometry)
         if not mask.any():
-            raise InputError(f"The native-bone segmentation '{native_bone_segmentation_node.GetName()}' is empty "
+            raise InputError(f"The native-bone segmentation '{name}' is empty "
                              "(or does not overlap the CT). Select the segmentation of the pelvis and femur made on "
                              "this CT, or leave the field empty to estimate the native skeleton automatically.")
-        return mask
+        return mask, bonelabels.choice_warnings(choice, names, name)
 
     def ho_segment_ids(self, segmentation_node) -> list[str]:
         segmentation = segmentation_node.GetSegmentation()
@@ -276,8 +285,8 @@ class HOSciaticAnalysis:
         roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
         analysed_voxels = int(np.count_nonzero(roi_mask)) if roi_mask is not None else geometry.voxel_count
         check_memory_budget(analysed_voxels, f"The CT '{ct_volume_node.GetName()}'" + (" inside the ROI" if roi_mask is not None else ""))
-        native = (self._native_bone_mask(native_bone_segmentation_node, geometry)
-                  if native_bone_segmentation_node is not None else None)
+        native, native_warnings = (self._native_bone_mask(native_bone_segmentation_node, geometry)
+                                   if native_bone_segmentation_node is not None else (None, []))
         # Inside an ROI only its bounding block, with some context to recognise native
         # bone cut by the ROI, is analysed: memory and time follow the ROI.
         block = tuple(slice(0, n) for n in geometry.shape_kji)
@@ -308,7 +317,7 @@ class HOSciaticAnalysis:
         islands_table_node = self._fill_islands_table(islands_table_node, result.islands)
         if result.body_midline is not None:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
-        result.warnings[:0] = thick_slice_warnings(geometry)
+        result.warnings[:0] = thick_slice_warnings(geometry) + native_warnings
         self._record_warnings(segmentation_node, OSSIFICATION_WARNINGS, result.warnings)
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")

@@ -175,6 +175,59 @@ def segment_mask_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeo
     return mask
 
 
+def segment_description(segmentation_node, segment_id: str) -> tuple[str, str, str]:
+    """(displayed name, ID, terminology text) of a segment: what it says it is."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    terminology = segment_tag(segment, segment.GetTerminologyEntryTagName()) if hasattr(
+        segment, "GetTerminologyEntryTagName") else None
+    return segment.GetName(), segment_id, terminology or ""
+
+
+def _binary_labelmap_name(segmentation_node) -> str:
+    """The binary label-map representation's name, created from the source one if needed."""
+    slicer = _slicer()
+    segmentation = segmentation_node.GetSegmentation()
+    master = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
+        else segmentation.GetMasterRepresentationName()
+    binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if master != binary_name and not segmentation.ContainsRepresentation(binary_name):
+        segmentation_node.CreateBinaryLabelmapRepresentation()
+    return binary_name
+
+
+def segments_union_on_grid(segmentation_node, segment_ids_wanted, geometry: VolumeGeometry) -> np.ndarray:
+    """The union of several segments as one full-size mask on ``geometry``.
+
+    Segments sharing a label-map layer (a whole-body segmentation keeps a hundred in
+    one) are read from that layer once, not once per segment.
+    """
+    slicer = _slicer()
+    segmentation = segmentation_node.GetSegmentation()
+    binary_name = _binary_labelmap_name(segmentation_node)
+    layers: dict = {}
+    for segment_id in segment_ids_wanted:
+        segment = segmentation.GetSegment(segment_id)
+        layer = segment.GetRepresentation(binary_name) if segment is not None else None
+        if layer is None:
+            continue
+        entry = layers.setdefault(layer.GetAddressAsString("vtkObject"), (layer, []))
+        entry[1].append(segment.GetLabelValue())
+    mask = np.zeros(geometry.shape_kji, bool)
+    for layer, values in layers.values():
+        union = slicer.vtkOrientedImageData()
+        union.DeepCopy(layer)
+        if union.GetPointData().GetScalars() is None:
+            continue
+        array = _oriented_image_to_array(union)
+        array[...] = np.isin(array, values)
+        parent = _node_to_world(segmentation_node, "Segmentation")
+        union.SetImageToWorldMatrix(_numpy_to_matrix(parent @ _image_to_world(layer)))
+        found = _labelmap_block_on_grid(union, 1, geometry, segmentation_node.GetName())
+        if found is not None:
+            mask[found[1]] |= found[0]
+    return mask
+
+
 def segment_block_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeometry):
     """One segment on ``geometry`` as (mask of its bounding block, block slices), or None if empty.
 
@@ -186,27 +239,30 @@ def segment_block_on_grid(segmentation_node, segment_id: str, geometry: VolumeGe
     segment = segmentation.GetSegment(segment_id)
     if segment is None:
         raise InputError(f"Segment '{segment_id}' is not in '{segmentation_node.GetName()}'.")
-    master = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
-        else segmentation.GetMasterRepresentationName()
-    binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if master != binary_name and not segmentation.ContainsRepresentation(binary_name):
-        segmentation_node.CreateBinaryLabelmapRepresentation()
+    _binary_labelmap_name(segmentation_node)
     labelmap = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap)
+    labelmap.SetImageToWorldMatrix(_numpy_to_matrix(_node_to_world(segmentation_node, "Segmentation")
+                                                    @ _image_to_world(labelmap)))
+    return _labelmap_block_on_grid(labelmap, segment.GetLabelValue(), geometry, segment.GetName())
+
+
+def _labelmap_block_on_grid(labelmap, label_value: int, geometry: VolumeGeometry, what: str):
+    """The voxels of ``labelmap`` (world placement included) holding ``label_value``,
+    on ``geometry``, as (block mask, block slices), or None if there are none."""
+    slicer = _slicer()
     extent = labelmap.GetExtent()
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return None
-    to_world = _node_to_world(segmentation_node, "Segmentation") @ _image_to_world(labelmap)
-    if not np.allclose(to_world, geometry.ijk_to_ras, atol=1e-4):
-        labelmap.SetImageToWorldMatrix(_numpy_to_matrix(to_world))
+    if not np.allclose(_image_to_world(labelmap), geometry.ijk_to_ras, atol=1e-4):
         resampled = slicer.vtkOrientedImageData()
         if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
                 labelmap, reference_image(geometry), resampled, False, True):
-            raise InputError(f"Segment '{segment.GetName()}' could not be resampled onto the volume's grid.")
+            raise InputError(f"Segment '{what}' could not be resampled onto the volume's grid.")
         labelmap = resampled
         extent = labelmap.GetExtent()
-    # Segments share label-map layers; this segment is the voxels holding its label value.
-    values = _oriented_image_to_array(labelmap) == segment.GetLabelValue()
+    # Segments share label-map layers; a segment is the voxels holding its label value.
+    values = _oriented_image_to_array(labelmap) == label_value
     k0, j0, i0 = extent[4], extent[2], extent[0]
     target = (slice(max(k0, 0), min(k0 + values.shape[0], geometry.shape_kji[0])),
               slice(max(j0, 0), min(j0 + values.shape[1], geometry.shape_kji[1])),

@@ -1,0 +1,138 @@
+"""A given native-bone segmentation is read by what its segments are called: in a
+whole-body segmentation only the bones are native bone, so HO inside a muscle is found."""
+
+import gzip
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from HOSciaticModuleLib import bonelabels
+from HOSciaticModuleLib import scene as scene_io
+from HOSciaticModuleLib.bonelabels import BONE, NOT_BONE, UNKNOWN, choose_native_bone, label_kind, nifti_label_names
+from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.geometry import VolumeGeometry
+from HOSciaticModuleLib.imageio import write_volume
+from HOSciaticModuleLib.ossification import segment_ossifications
+from HOSciaticModuleLib.phantom import generate_phantom, write_named_label_map
+from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+
+SMALL = dict(spacing_ijk=(1.2, 1.2, 2.0), fov_mm=(110.0, 110.0, 120.0))
+FEMUR_TERMINOLOGY = ("Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure"
+                     "~SCT^71341001^Femur~SCT^24028007^Right~Anatomic codes - DICOM master list~^^~^^|")
+GLUTEUS_TERMINOLOGY = FEMUR_TERMINOLOGY.replace("71341001^Femur", "181674001^Gluteus maximus muscle")
+
+
+@pytest.mark.parametrize("description, kind", [
+    (("femur_left",), BONE), (("hip_right",), BONE), (("sacrum",), BONE), (("vertebrae_L5",), BONE),
+    (("rib_left_1",), BONE), (("Native bone",), BONE), (("left hip bone",), BONE),
+    # a translated display name: the ID and the terminology still say what it is
+    (("Fémur droit", "Segment_3", FEMUR_TERMINOLOGY), BONE),
+    (("gluteus_maximus_left",), UNKNOWN), (("Muscle fessier", "gluteus_maximus_right", GLUTEUS_TERMINOLOGY), NOT_BONE),
+    (("iliac_artery_left",), NOT_BONE), (("hip_implant",), NOT_BONE), (("costal_cartilages",), NOT_BONE),
+    (("femoral vein",), NOT_BONE), (("skeletal_muscle",), NOT_BONE), (("HO 1",), NOT_BONE),
+    (("heterotopic ossification",), NOT_BONE), (("liver",), UNKNOWN), (("urinary_bladder",), UNKNOWN),
+    (("Segment_1",), UNKNOWN), (("fibrous tissue", "distribution"), UNKNOWN),  # "rib" only as a whole word
+])
+def test_label_kind_from_names_ids_and_terminology(description, kind):
+    assert label_kind(*description) == kind
+
+
+def test_choice_keeps_bones_alone_when_any_is_named():
+    kinds = {"femur_right": BONE, "hip_right": BONE, "liver": UNKNOWN, "gluteus": NOT_BONE}
+    choice = choose_native_bone(kinds)
+    assert choice.used == ["femur_right", "hip_right"] and choice.named_as_bone
+    assert sorted(choice.left_out) == ["gluteus", "liver"]
+    # nothing named as bone: the user's own segments are used, named non-bone left out
+    choice = choose_native_bone({"Segment_1": UNKNOWN, "Segment_2": UNKNOWN, "iliopsoas muscle": NOT_BONE})
+    assert choice.used == ["Segment_1", "Segment_2"] and not choice.named_as_bone
+    assert choice.left_out == ["iliopsoas muscle"]
+    warnings = bonelabels.choice_warnings(choice, {k: k for k in kinds} | {k: k for k in choice.used + choice.left_out},
+                                          "bones")
+    assert len(warnings) == 2 and "1 of the 3 segments" in warnings[0] and "No segment of 'bones'" in warnings[1]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_label_names_read_from_a_nifti_header_extension(tmp_path, suffix):
+    geometry = VolumeGeometry.from_spacing_origin_directions((4, 5, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    labels = np.arange(120, dtype=np.uint8).reshape(4, 5, 6) % 4
+    names = {1: "femur_right", 2: "gluteus_maximus_right", 3: "name with <angle> & ampersand"}
+    path = tmp_path / f"labels{suffix}"
+    write_named_label_map(path, labels, geometry, names)
+    assert nifti_label_names(path) == names
+    from HOSciaticModuleLib.imageio import read_volume
+
+    np.testing.assert_array_equal(read_volume(path).array, labels)  # the voxels are where the header says
+    write_volume(tmp_path / f"plain{suffix}", labels, geometry)
+    assert nifti_label_names(tmp_path / f"plain{suffix}") == {}
+    (tmp_path / "broken.nii.gz").write_bytes(gzip.compress(b"not a nifti"))
+    assert nifti_label_names(tmp_path / "broken.nii.gz") == {}
+    assert nifti_label_names(tmp_path / "labels.nrrd") == {}
+
+
+# ---------------------------------------------------------------------------------------
+# A whole-body segmentation with the HO inside a muscle segment
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom(**SMALL)
+
+
+def muscle_around_islands(phantom, margin_voxels: int = 5) -> np.ndarray:
+    """A "muscle" holding every island (and the nerve near it), never the native bone,
+    as a whole-body segmentation's muscle segments are drawn."""
+    muscle = ndimage.binary_dilation(phantom.ho_labels > 0, iterations=margin_voxels)
+    return muscle & ~phantom.native_bone_mask
+
+
+def whole_body_segmentation(scene, phantom, shared_layer: bool):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    bladder = np.zeros_like(phantom.native_bone_mask)
+    bladder[:4, :6, :6] = True
+    scene_io.replace_segments(node, {"femur_right": phantom.native_bone_mask,
+                                     "gluteus_maximus_right": muscle_around_islands(phantom),
+                                     "urinary_bladder": bladder}, phantom.geometry, scene_io.BONE_COLOR)
+    segmentation = node.GetSegmentation()
+    if shared_layer:  # as read from one multi-label file
+        segmentation.CollapseBinaryLabelmaps(False)
+    else:
+        for segment_id in scene_io.segment_ids(node):
+            segmentation.SeparateSegmentLabelmap(segment_id)
+    assert segmentation.GetNumberOfLayers() == (1 if shared_layer else 3)
+    return node
+
+
+@pytest.mark.parametrize("shared_layer", [False, True])
+def test_ho_inside_a_muscle_segment_is_found(slicer_scene, phantom, shared_layer):
+    expected = segment_ossifications(phantom.image, phantom.geometry, native_bone_mask=phantom.native_bone_mask)
+    assert len(expected.islands) == len(phantom.islands)
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    oss = analysis.segment_ossifications(volume, native_bone_segmentation_node=whole_body_segmentation(
+        slicer_scene, phantom, shared_layer))
+    # The same islands, to the voxel, as with the bones alone.
+    assert [i.volume_ml for i in oss.result.islands] == pytest.approx([i.volume_ml for i in expected.islands], abs=1e-9)
+    for island, truth in zip(sorted(oss.result.islands, key=lambda i: i.volume_ml),
+                             sorted(phantom.islands, key=lambda t: t["volume_ml"])):
+        assert island.volume_ml == pytest.approx(truth["volume_ml"], rel=0.15)
+    left_out = [w for w in oss.result.warnings if "not taken as native bone" in w]
+    assert len(left_out) == 1 and "2 of the 3 segments" in left_out[0] and "gluteus_maximus_right" in left_out[0]
+
+
+def test_every_segment_as_bone_would_hide_the_ho(phantom):
+    """The case the choice guards against: the muscle taken as bone hides the HO in it."""
+    hidden = segment_ossifications(phantom.image, phantom.geometry,
+                                   native_bone_mask=phantom.native_bone_mask | muscle_around_islands(phantom))
+    assert len(hidden.islands) == 0
+
+
+def test_segmentation_without_any_bone_is_refused(slicer_scene, phantom):
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "muscles")
+    scene_io.replace_segments(node, {"gluteus maximus muscle": muscle_around_islands(phantom)}, phantom.geometry,
+                              scene_io.BONE_COLOR)
+    count = slicer_scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="bone by its name"):
+        analysis.segment_ossifications(volume, native_bone_segmentation_node=node)
+    assert slicer_scene.GetNumberOfNodes() == count
