@@ -308,6 +308,36 @@ def test_bone_segmentation_on_another_grid_is_resampled_and_empty_one_refused(tm
     assert_refused(run_cli("analyze", paths["image"], "--out", out2, "--bones", tmp_path / "empty.nrrd"), out2, "empty")
 
 
+
+def test_whole_body_label_map_uses_its_bones_alone(tmp_path, ct_case):
+    """A TotalSegmentator-style multi-label NIfTI (label names in its header): the HO
+    inside the muscle label is found, and the reader is told what was left out."""
+    from scipy import ndimage
+
+    from HOSciaticModuleLib.phantom import write_named_label_map
+
+    phantom, paths = ct_case
+    labels = np.zeros(phantom.native_bone_mask.shape, np.uint8)
+    labels[ndimage.binary_dilation(phantom.ho_labels > 0, iterations=5)] = 2    # gluteus around the HO
+    labels[phantom.native_bone_mask] = 1
+    names = {1: "femur_right", 2: "gluteus_maximus_right", 3: "urinary_bladder"}
+    labels[:4, :6, :6] = 3
+    write_named_label_map(tmp_path / "total.nii.gz", labels, phantom.geometry, names)
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--bones", tmp_path / "total.nii.gz", "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["ossifications"]["count"] == len(phantom.islands)
+    assert any("2 of the 3 segments" in w and "gluteus_maximus_right" in w for w in document["warnings"])
+    # Without names every label counts, and the reader is warned that muscles would hide HO.
+    write_volume(tmp_path / "unnamed.nrrd", labels, phantom.geometry)
+    out2 = tmp_path / "out2"
+    result = run_cli("analyze", paths["image"], "--out", out2, "--bones", tmp_path / "unnamed.nrrd", "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out2 / "metrics.json").read_text())
+    assert document["ossifications"]["count"] == 0
+    assert any("No segment of 'Native bone' is named as a bone" in w for w in document["warnings"])
+
 # ---------------------------------------------------------------------------------------
 # In a scene
 # ---------------------------------------------------------------------------------------

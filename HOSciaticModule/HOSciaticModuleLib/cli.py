@@ -30,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, export, measurements, ossification
+from . import __version__, bonelabels, export, measurements, ossification
 from . import contact as contact_module
 from .errors import AnalysisCancelled, InputError
 from .imageio import read_markups_json, read_volume
 
+#: Largest label value read as one segment each; a larger one is no label map.
+MAX_LABEL_VALUE = 65535
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--modality", choices=("ct", "mr"), default="ct",
                          help="ct (default): HO segmentation + nerve; mr: nerve tracing only")
     analyze.add_argument("--roi", help="markups ROI (.mrk.json) limiting the HO search")
-    analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map; any label > 0 is native bone")
+    analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
+                         "segmentation (TotalSegmentator) only the segments named as bones are used")
     analyze.add_argument("--bone-threshold", type=_finite_float, default=ossification.DEFAULT_BONE_THRESHOLD_HU,
                          metavar="HU", help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
     analyze.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
@@ -199,8 +202,37 @@ def _add_bones_node(scene, path, reference_node):
         return node
     loaded = read_volume(path, "native-bone label map")
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
-    scene_io.replace_segments(node, {"native bone": loaded.array > 0}, loaded.geometry, scene_io.BONE_COLOR)
+    scene_io.replace_segments(node, label_map_segments(loaded.array, bonelabels.nifti_label_names(path)),
+                              loaded.geometry, scene_io.BONE_COLOR)
     return node
+
+
+def label_map_segments(labels: np.ndarray, names: dict) -> dict:
+    """Segments of a label map: one per label value, named after ``names`` (value ->
+    name) or "label N", as (block mask, offset) pairs. A map of one value, or one
+    that is no label map (fractions, huge values), is one "native bone" segment of
+    every value above 0."""
+    from scipy import ndimage
+
+    positive = labels > 0
+    whole = {"native bone": positive}
+    if labels.dtype.kind not in "iuf" or not positive.any():
+        return whole
+    if labels.dtype.kind == "f":
+        values = labels[positive]
+        if not np.array_equal(values, np.round(values)):
+            return whole
+        labels = np.where(positive, labels, 0).astype(np.int32)
+    elif labels.dtype.kind == "i" and labels.min() < 0:
+        labels = np.where(positive, labels, 0)
+    if labels.max() > MAX_LABEL_VALUE:
+        return whole
+    blocks = ndimage.find_objects(labels)
+    present = [value for value, block in enumerate(blocks, start=1) if block is not None]
+    if len(present) == 1 and present[0] not in names:
+        return whole
+    return {names.get(value, f"label {value}"):
+            (labels[blocks[value - 1]] == value, tuple(b.start for b in blocks[value - 1])) for value in present}
 
 
 # ---------------------------------------------------------------------------------------
