@@ -279,6 +279,61 @@ def test_compact_bone_mass_is_native_when_paired_across_the_midline(paired):
     assert any("large compact mass" in w for w in result.warnings) == (not paired)
 
 
+THICK_MASS = IslandSpec("thick", "ellipsoid", True, center_offset=(48.0, -6.0, -10.0), semi_axes=(14.0, 12.0, 18.0))
+
+
+def _both_hips(islands=(), other_bones=None):
+    spec = PhantomSpec(islands=PhantomSpec().islands + tuple(islands),
+                       extra_bones=other_bones if other_bones is not None else other_hip_bones(PhantomSpec()))
+    return generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+
+
+def test_thick_fused_mass_without_counterpart_is_ho():
+    # A 12.6 mL mass fused to the femur, 24-36 mm thick: the 20 mm ball fits inside it, so
+    # it used to stay native bone. Both hips imaged, it has no counterpart on the other side.
+    phantom = _both_hips([THICK_MASS])
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands)
+    island = _matching_island(phantom, result, "thick")
+    truth = next(i for i in phantom.islands if i["name"] == "thick")
+    found = result.labelmap == island.label
+    on_truth = np.count_nonzero(found & (phantom.ho_labels == truth["label"]))
+    assert on_truth >= 0.97 * np.count_nonzero(found)
+    # The base, within a few mm of where the other side's bone lies, stays native.
+    assert 0.7 * truth["volume_ml"] <= island.volume_ml <= 1.03 * truth["volume_ml"], (island.volume_ml, truth)
+    assert island.fused_to_native_bone and island.maturity == "mature"
+    (warning,) = [w for w in result.warnings if "without a counterpart" in w]
+    assert warning.startswith(f"HO {island.label} is fused")
+    for name in ("wrap", "free", "fused"):
+        other = _matching_island(phantom, result, name)
+        expected = next(i["volume_ml"] for i in phantom.islands if i["name"] == name)
+        assert other.volume_ml == pytest.approx(expected, rel=0.1)
+
+
+def _femur_turned(femur: BoneSpec, abduct_deg: float, flex_deg: float) -> BoneSpec:
+    """The femur turned about its upper end (the hip), as a leg held otherwise lies."""
+    low, top = (np.asarray(point, float) for point in femur.axis)
+    turn = Rotation.from_euler("yx", [abduct_deg, flex_deg], degrees=True).as_matrix()
+    return dataclasses.replace(femur, axis=(tuple(top + turn @ (low - top)), tuple(top)))
+
+
+@pytest.mark.parametrize("case", ["legs held differently", "paired masses"])
+def test_bone_matching_the_other_side_stays_native(case):
+    others = other_hip_bones(PhantomSpec())
+    if case == "legs held differently":
+        others = (_femur_turned(others[0], 12.0, 8.0),) + others[1:]
+    else:  # the same thick mass of native bone on both femora (a large trochanter, say)
+        mass = dict(semi_axes=THICK_MASS.semi_axes, cortex_mm=2.0)
+        others += (BoneSpec("ellipsoid", center_offset=THICK_MASS.center_offset, **mass),
+                   BoneSpec("ellipsoid", center_offset=(_mirrored_r(THICK_MASS.center_offset[0]),)
+                            + THICK_MASS.center_offset[1:], **mass))
+    phantom = _both_hips(other_bones=others)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands), [(i.volume_ml, i.centroid_ras) for i in result.islands]
+    assert_matches_truth(phantom, result)
+    assert not any("without a counterpart" in w for w in result.warnings)
+
+
 def test_midline_needs_both_sides():
     phantom = generate_phantom(**BASE)
     assert body_midline(phantom.image >= 200, phantom.geometry) is None

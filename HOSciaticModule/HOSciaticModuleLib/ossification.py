@@ -14,7 +14,10 @@ The chain, each step a small function below:
 4. **Fused HO** — outgrowths of a native component: the parts of the component that
    a ball of ``NATIVE_BALL_RADIUS_MM`` rolled inside it cannot reach (a
    morphological opening), kept only if they protrude far enough, are big enough
-   and are not a thin sheet or rod (the free edge of a native bone).
+   and are not a thin sheet or rod (the free edge of a native bone). Masses too
+   thick for the ball are found when both hips are imaged: the part of a native
+   bone with no counterpart in the bone of the other side, once the bone's mirror
+   image is fitted there (:func:`asymmetric_outgrowth`).
 5. **Boundary** — each island's edge is placed at half the attenuation step between
    the surrounding soft tissue and the island's own bone (full width at half
    maximum), the standard partial-volume boundary, so volumes do not depend on the
@@ -32,7 +35,8 @@ The chain, each step a small function below:
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
-bone (when it wraps the nerve, the contact step flags it), and a pointed native
+bone when the other side is not imaged or bears the same (when it wraps the nerve,
+the contact step flags it), and a pointed native
 process (ischial spine) can be reported as fused HO (flagged when the other side is
 imaged and matches).
 Contrast-enhanced vessels above the bone threshold are bone-dense too (vessel-shaped
@@ -149,6 +153,29 @@ MIRROR_FIT_POINTS = 10_000
 MIRROR_FIT_REACH_MM = 15.0
 MIRROR_FIT_ITERATIONS = 20
 MIRROR_MAX_TILT_DEG = 15.0
+#: HO fused to native bone and thicker than the fused-outgrowth ball (Brooker III-IV masses
+#: bridging pelvis and femur) is found, when both hips are imaged, as bone without a
+#: counterpart across the midline. Each native bone's mirror image is first fitted
+#: rigidly onto the bone across the midline, as legs lie in different positions: 1500
+#: points, at most 30 fits on the 80 % closest pairs, then 30 on the pairs within 2 mm
+#: (so HO on the bone no longer pulls the fit). A fit that turns more than 20 degrees,
+#: moves more than 30 mm or leaves the closest pairs more than 3 mm apart on average is
+#: not trusted. Bone then lying more than 6 mm from any bone across the midline
+#: (left-right differences of normal bone surfaces are a few mm), in parts holding an
+#: 8 mm ball, is HO; it extends through the bone more than 2 mm from the counterpart.
+#: Read on a 3 mm grid first. A part over 30 % of its bone means a wrong fit, not HO.
+ASYMMETRY_GRID_MM = 3.0
+ASYMMETRY_FIT_POINTS = 1500
+ASYMMETRY_FIT_ITERATIONS = 30
+ASYMMETRY_FIT_KEEP = 0.8
+ASYMMETRY_FIT_CLOSE_MM = 2.0
+ASYMMETRY_MAX_TURN_DEG = 20.0
+ASYMMETRY_MAX_SHIFT_MM = 30.0
+ASYMMETRY_MAX_RESIDUAL_MM = 3.0
+ASYMMETRY_CORE_MM = 6.0
+ASYMMETRY_MIN_RADIUS_MM = 4.0
+ASYMMETRY_EDGE_MM = 2.0
+ASYMMETRY_MAX_SHARE = 0.3
 #: Contrast-filled or calcified vessels are bone-dense tubes: the iliac and femoral
 #: arteries and veins are 5-14 mm wide; a stretch at least 30 mm long and four times
 #: longer along its axis than across is vessel-shaped.
@@ -812,6 +839,123 @@ def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geomet
     return matched >= MIRROR_MATCH_FRACTION * len(ras)
 
 
+class BoneAcrossMidline:
+    """The bone of a block seen from the other side of the body: where each native
+    bone's counterpart should be, and how far a point is from bone there."""
+
+    def __init__(self, bone: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane):
+        self.bone, self.geometry, self.plane = bone, geometry, plane
+        self.points = _bone_points(bone, geometry)
+        self.tree = cKDTree(self.points)
+
+    def fit(self, ras: np.ndarray):
+        """The rigid motion (rotation, shift) taking the mirror image of ``ras`` onto bone
+        across the midline, or None when no trustworthy fit exists."""
+        rng = np.random.default_rng(0)
+        source = self.plane.mirror(ras[rng.permutation(len(ras))[:ASYMMETRY_FIT_POINTS]])
+        rotation, shift = np.eye(3), np.zeros(3)
+        residual = np.inf
+        # First the closest pairs, then the bone that matches alone, so that HO on the
+        # bone no longer pulls the fit.
+        for closest_only in (False, True):
+            for _ in range(ASYMMETRY_FIT_ITERATIONS):
+                distance, nearest = self.tree.query(source @ rotation.T + shift)
+                paired = distance <= np.quantile(distance, ASYMMETRY_FIT_KEEP)
+                if closest_only and np.count_nonzero(distance <= ASYMMETRY_FIT_CLOSE_MM) >= 0.5 * len(distance):
+                    paired = distance <= ASYMMETRY_FIT_CLOSE_MM
+                if not closest_only:  # how well the bone as a whole matches
+                    residual = float(distance[paired].mean())
+                moved, target = source[paired], self.points[nearest[paired]]
+                moved_centre, target_centre = moved.mean(axis=0), target.mean(axis=0)
+                u, _, vt = np.linalg.svd((moved - moved_centre).T @ (target - target_centre))
+                reflection = np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T)) or 1.0])
+                new_rotation = vt.T @ reflection @ u.T
+                new_shift = target_centre - moved_centre @ new_rotation.T
+                change = np.abs(new_rotation - rotation).max() * 100.0 + np.abs(new_shift - shift).max()
+                rotation, shift = new_rotation, new_shift
+                if change < 0.02:
+                    break
+        turn = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0)))
+        if turn > ASYMMETRY_MAX_TURN_DEG or np.linalg.norm(shift) > ASYMMETRY_MAX_SHIFT_MM \
+                or residual > ASYMMETRY_MAX_RESIDUAL_MM:
+            return None
+        return rotation, shift
+
+    def counterpart(self, ras: np.ndarray, motion) -> np.ndarray:
+        rotation, shift = motion
+        return self.plane.mirror(ras) @ rotation.T + shift
+
+    def inside(self, ras: np.ndarray) -> np.ndarray:
+        """Whether points lie in the block (where the other side was imaged)."""
+        index = self.geometry.ras_to_kji_points(ras)
+        return np.all((index >= -0.5) & (index <= np.asarray(self.bone.shape) - 0.5), axis=1)
+
+    def coarse_distance(self, ras: np.ndarray) -> np.ndarray:
+        """Distance (mm) to the nearest bone point (2 mm apart) across the midline."""
+        return self.tree.query(ras)[0]
+
+    def fine_distance(self, ras: np.ndarray) -> np.ndarray:
+        """Distance (mm) to bone on the voxel grid (inf outside the block)."""
+        box = self.geometry.bounding_slices_of_ras_box(ras, ASYMMETRY_CORE_MM + max(self.geometry.spacing_kji))
+        distance = np.full(len(ras), np.inf)
+        if any(s.stop <= s.start for s in box):
+            return distance
+        to_bone = distance_outside(self.bone[box], self.geometry.cropped(box))
+        index = np.rint(self.geometry.ras_to_kji_points(ras)).astype(int) - [s.start for s in box]
+        inside = np.all((index >= 0) & (index < to_bone.shape), axis=1)
+        distance[inside] = to_bone[tuple(index[inside].T)]
+        return distance
+
+
+def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline, geometry: VolumeGeometry,
+                         min_voxels: float) -> np.ndarray | None:
+    """The part of a native bone (``component``, a mask over ``block``) that has no
+    counterpart across the body's midline: HO fused to it, thicker than the
+    fused-outgrowth ball. None when there is none or the comparison cannot be trusted."""
+    component_geometry = geometry.cropped(block)
+    offset = np.array([s.start for s in block])
+    steps = np.maximum(1, np.rint(ASYMMETRY_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
+    coarse = np.argwhere(component[::steps[0], ::steps[1], ::steps[2]])
+    if len(coarse) < 100:
+        return None
+    ras = geometry.kji_to_ras_points(coarse * steps + offset)
+    motion = across.fit(ras)
+    if motion is None:
+        return None
+    mapped = across.counterpart(ras, motion)
+    unmatched = across.inside(mapped) & (across.coarse_distance(mapped) > ASYMMETRY_CORE_MM)
+    if np.count_nonzero(unmatched) * np.prod(steps) < min_voxels:
+        return None
+    # Read voxel by voxel around what the coarse grid found.
+    rough = np.zeros(tuple(-(-n // st) for n, st in zip(component.shape, steps)), bool)
+    rough[tuple(coarse[unmatched].T)] = True
+    near = np.argwhere(rough) * steps
+    reach = tuple(slice(max(int(low) - int(e), 0), min(int(high) + st + int(e), n))
+                  for low, high, st, e, n in zip(near.min(axis=0), near.max(axis=0), steps,
+                                                 np.ceil(ASYMMETRY_CORE_MM / np.asarray(geometry.spacing_kji)),
+                                                 component.shape))
+    voxels = np.argwhere(component[reach])
+    ras_fine = geometry.kji_to_ras_points(voxels + offset + [s.start for s in reach])
+    mapped_fine = across.counterpart(ras_fine, motion)
+    distance = np.zeros(tuple(s.stop - s.start for s in reach), np.float32)
+    distance[tuple(voxels.T)] = np.where(across.inside(mapped_fine), across.fine_distance(mapped_fine), 0.0)
+    core = _ball_distance(distance > ASYMMETRY_CORE_MM, component_geometry) >= ASYMMETRY_MIN_RADIUS_MM
+    if not core.any():
+        return None
+    apart = distance > ASYMMETRY_EDGE_MM
+    labels, count, sizes = _components(apart)
+    keep = np.zeros(count + 1, bool)
+    keep[np.unique(labels[core & (labels > 0)])] = True
+    keep &= sizes >= min_voxels
+    keep[0] = False
+    part = np.zeros_like(component)
+    part[reach] = keep[labels]
+    found = np.count_nonzero(part)
+    if found == 0 or found > ASYMMETRY_MAX_SHARE * np.count_nonzero(component):
+        return None
+    return part
+
+
 def measure_island(label: int, ct_hu: np.ndarray, island: np.ndarray, geometry: VolumeGeometry,
                    fused_to_native_bone: bool | None) -> tuple[OssificationIsland, np.ndarray]:
     """Figures of one island, a mask over the block ``ct_hu`` (on ``geometry``) with
@@ -930,6 +1074,31 @@ def _mirror_warning(numbers) -> str:
             "anatomy, delete the segment and recompute contact.")
 
 
+def _unpaired_mass_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'is' if one else 'are'} fused to native bone and thicker than an outgrowth: "
+            f"found as bone without a counterpart on the other side of the body (more than {ASYMMETRY_CORE_MM:.0f} mm "
+            "from it once the other side's bone is fitted). Compare both sides: an operated or malformed hip or a "
+            "healed fracture is asymmetric too; if it is native anatomy, delete the segment and recompute contact.")
+
+
+def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels) -> np.ndarray:
+    """The parts of the native components (``labels`` whose ``is_native``) without a
+    counterpart across the midline ``plane`` (none without a plane)."""
+    found = np.zeros(labels.shape, bool)
+    if plane is None:
+        return found
+    across = None
+    for label in np.flatnonzero(is_native):
+        block = blocks[label - 1]
+        if across is None:
+            across = BoneAcrossMidline(filled_bone, geometry, plane)
+        part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels)
+        if part is not None:
+            found[block] |= part
+    return found
+
+
 def _midline_islands(results, plane: MirrorPlane) -> list[int]:
     """Numbers of the islands whose centre lies on the body's midline."""
     return [result.label for result in results
@@ -1009,6 +1178,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         fused_to = native_zone
         native_used = native_block
         excluded = native_zone
+        asymmetric = None
     else:
         filled_bone = fill_bone_cavities(bone_block)
         labels, count, sizes = _components(filled_bone)
@@ -1023,7 +1193,12 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                                     ct_hu.shape)
             # An outgrowth lies within its own component: taking it out leaves the others as they are.
             native_used[padded] &= ~fused_outgrowths(component, block_geometry.cropped(padded), min_voxels, edge)
-        candidates = fill_island_marrow(bone_block & ~native_used, block_geometry)
+        # What the ball left in the native bone: the masses too thick for it.
+        asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, block_geometry, midline(),
+                                        min_voxels) & native_used
+        native_used &= ~asymmetric
+        # The mass's marrow, open towards the bone it grew from, is in the part already.
+        candidates = fill_island_marrow(bone_block & ~native_used, block_geometry) | asymmetric
         excluded = native_used
         fused_to = native_used
 
@@ -1098,6 +1273,11 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         on_midline = _midline_islands(results, plane)
         if on_midline:
             warnings.append(_on_midline_warning(on_midline))
+    unpaired = [result.label for result, (island_block, island) in zip(results, islands)
+                if asymmetric is not None
+                and np.count_nonzero(island & asymmetric[island_block]) >= 0.5 * np.count_nonzero(island)]
+    if unpaired:
+        warnings.append(_unpaired_mass_warning(unpaired))
     large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
     if large:
         warnings.append(_large_mass_warning(large))
