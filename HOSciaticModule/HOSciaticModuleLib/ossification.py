@@ -36,9 +36,8 @@ The chain, each step a small function below:
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
 bone when the other side is not imaged or bears the same (when it wraps the nerve,
-the contact step flags it), and a pointed native
-process (ischial spine) can be reported as fused HO (flagged when the other side is
-imaged and matches).
+the contact step flags it), and a pointed native process (ischial spine) can be
+reported as fused HO (flagged when the other side is imaged and matches).
 Contrast-enhanced vessels above the bone threshold are bone-dense too (vessel-shaped
 islands are flagged with their level): analyse a non-contrast CT or raise the threshold.
 """
@@ -824,18 +823,27 @@ def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | N
     return ("right" if signed > 0 else "left"), abs(signed)
 
 
+def distance_to_bone_at(ras: np.ndarray, bone: np.ndarray, geometry: VolumeGeometry, reach_mm: float) -> np.ndarray:
+    """Distance (mm) from each RAS point's voxel to ``bone``, read in the block around
+    the points; inf for points off the grid. Exact up to ``reach_mm`` (bone farther
+    out of the block is not seen)."""
+    distance = np.full(len(ras), np.inf)
+    box = geometry.bounding_slices_of_ras_box(ras, reach_mm + max(geometry.spacing_kji))
+    if any(s.stop <= s.start for s in box):
+        return distance
+    to_bone = distance_outside(bone[box], geometry.cropped(box))
+    index = np.rint(geometry.ras_to_kji_points(ras)).astype(int) - [s.start for s in box]
+    inside = np.all((index >= 0) & (index < to_bone.shape), axis=1)
+    distance[inside] = to_bone[tuple(index[inside].T)]
+    return distance
+
+
 def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geometry: VolumeGeometry,
                      plane: MirrorPlane) -> bool:
     """Whether most of an island (a mask over ``island_slices`` of ``bone``'s grid) lands
     within MIRROR_TOLERANCE_MM of bone when mirrored across ``plane``."""
     ras = plane.mirror(geometry.kji_to_ras_points(np.argwhere(island) + [s.start for s in island_slices]))
-    box = geometry.bounding_slices_of_ras_box(ras, MIRROR_TOLERANCE_MM + max(geometry.spacing_kji))
-    if any(s.stop <= s.start for s in box):
-        return False
-    near_bone = _ball_distance(~bone[box], geometry.cropped(box)) <= MIRROR_TOLERANCE_MM
-    index = np.rint(geometry.ras_to_kji_points(ras)).astype(int) - [s.start for s in box]
-    inside = np.all((index >= 0) & (index < near_bone.shape), axis=1)
-    matched = np.count_nonzero(near_bone[tuple(index[inside].T)])
+    matched = np.count_nonzero(distance_to_bone_at(ras, bone, geometry, MIRROR_TOLERANCE_MM) <= MIRROR_TOLERANCE_MM)
     return matched >= MIRROR_MATCH_FRACTION * len(ras)
 
 
@@ -895,16 +903,8 @@ class BoneAcrossMidline:
         return self.tree.query(ras)[0]
 
     def fine_distance(self, ras: np.ndarray) -> np.ndarray:
-        """Distance (mm) to bone on the voxel grid (inf outside the block)."""
-        box = self.geometry.bounding_slices_of_ras_box(ras, ASYMMETRY_CORE_MM + max(self.geometry.spacing_kji))
-        distance = np.full(len(ras), np.inf)
-        if any(s.stop <= s.start for s in box):
-            return distance
-        to_bone = distance_outside(self.bone[box], self.geometry.cropped(box))
-        index = np.rint(self.geometry.ras_to_kji_points(ras)).astype(int) - [s.start for s in box]
-        inside = np.all((index >= 0) & (index < to_bone.shape), axis=1)
-        distance[inside] = to_bone[tuple(index[inside].T)]
-        return distance
+        """Distance (mm) to bone on the voxel grid (inf off the grid)."""
+        return distance_to_bone_at(ras, self.bone, self.geometry, ASYMMETRY_CORE_MM)
 
 
 def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline, geometry: VolumeGeometry,
@@ -927,9 +927,7 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     if np.count_nonzero(unmatched) * np.prod(steps) < min_voxels:
         return None
     # Read voxel by voxel around what the coarse grid found.
-    rough = np.zeros(tuple(-(-n // st) for n, st in zip(component.shape, steps)), bool)
-    rough[tuple(coarse[unmatched].T)] = True
-    near = np.argwhere(rough) * steps
+    near = coarse[unmatched] * steps
     reach = tuple(slice(max(int(low) - int(e), 0), min(int(high) + st + int(e), n))
                   for low, high, st, e, n in zip(near.min(axis=0), near.max(axis=0), steps,
                                                  np.ceil(ASYMMETRY_CORE_MM / np.asarray(geometry.spacing_kji)),
@@ -947,7 +945,6 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     keep = np.zeros(count + 1, bool)
     keep[np.unique(labels[core & (labels > 0)])] = True
     keep &= sizes >= min_voxels
-    keep[0] = False
     part = np.zeros_like(component)
     part[reach] = keep[labels]
     found = np.count_nonzero(part)
@@ -1086,13 +1083,11 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
     """The parts of the native components (``labels`` whose ``is_native``) without a
     counterpart across the midline ``plane`` (none without a plane)."""
     found = np.zeros(labels.shape, bool)
-    if plane is None:
+    if plane is None or not is_native.any():
         return found
-    across = None
+    across = BoneAcrossMidline(filled_bone, geometry, plane)
     for label in np.flatnonzero(is_native):
         block = blocks[label - 1]
-        if across is None:
-            across = BoneAcrossMidline(filled_bone, geometry, plane)
         part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels)
         if part is not None:
             found[block] |= part
