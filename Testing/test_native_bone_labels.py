@@ -136,3 +136,23 @@ def test_segmentation_without_any_bone_is_refused(slicer_scene, phantom):
     with pytest.raises(InputError, match="bone by its name"):
         analysis.segment_ossifications(volume, native_bone_segmentation_node=node)
     assert slicer_scene.GetNumberOfNodes() == count
+
+
+def test_segments_under_a_transform_are_read_where_they_lie(slicer_scene, phantom):
+    """The segmentation's parent transform is honoured, read per segment or as a union of
+    segments sharing a layer: moved by one voxel along the grid, the mask moves too."""
+    import vtk
+
+    node = whole_body_segmentation(slicer_scene, phantom, shared_layer=True)
+    step = phantom.geometry.ijk_to_ras[:3, 0]  # one voxel along i
+    transform = slicer_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    for axis in range(3):
+        matrix.SetElement(axis, 3, float(step[axis]))
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    femur = scene_io.segment_id_by_name(node, "femur_right")
+    expected = np.zeros_like(phantom.native_bone_mask)
+    expected[:, :, 1:] = phantom.native_bone_mask[:, :, :-1]
+    np.testing.assert_array_equal(scene_io.segments_union_on_grid(node, [femur], phantom.geometry), expected)
+    np.testing.assert_array_equal(scene_io.segment_mask_on_grid(node, femur, phantom.geometry), expected)

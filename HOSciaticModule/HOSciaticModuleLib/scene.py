@@ -220,8 +220,7 @@ def segments_union_on_grid(segmentation_node, segment_ids_wanted, geometry: Volu
             continue
         array = _oriented_image_to_array(union)
         array[...] = np.isin(array, values)
-        parent = _node_to_world(segmentation_node, "Segmentation")
-        union.SetImageToWorldMatrix(_numpy_to_matrix(parent @ _image_to_world(layer)))
+        _place_in_world(union, segmentation_node)
         found = _labelmap_block_on_grid(union, 1, geometry, segmentation_node.GetName())
         if found is not None:
             mask[found[1]] |= found[0]
@@ -241,10 +240,18 @@ def segment_block_on_grid(segmentation_node, segment_id: str, geometry: VolumeGe
         raise InputError(f"Segment '{segment_id}' is not in '{segmentation_node.GetName()}'.")
     _binary_labelmap_name(segmentation_node)
     labelmap = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap)
+    # The parent transform is applied here, once, as for a union of segments.
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id,
+                                                                                    labelmap, False)
+    _place_in_world(labelmap, segmentation_node)
+    return _labelmap_block_on_grid(labelmap, segment.GetLabelValue(), geometry, segment.GetName())
+
+
+def _place_in_world(labelmap, segmentation_node) -> None:
+    """Give a label map read from a segmentation its world placement: the segmentation
+    node's parent transform applied on top of its image-to-node matrix."""
     labelmap.SetImageToWorldMatrix(_numpy_to_matrix(_node_to_world(segmentation_node, "Segmentation")
                                                     @ _image_to_world(labelmap)))
-    return _labelmap_block_on_grid(labelmap, segment.GetLabelValue(), geometry, segment.GetName())
 
 
 def _labelmap_block_on_grid(labelmap, label_value: int, geometry: VolumeGeometry, what: str):
