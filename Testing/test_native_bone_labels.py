@@ -28,7 +28,7 @@ GLUTEUS_TERMINOLOGY = FEMUR_TERMINOLOGY.replace("71341001^Femur", "181674001^Glu
     (("rib_left_1",), BONE), (("Native bone",), BONE), (("left hip bone",), BONE),
     # a translated display name: the ID and the terminology still say what it is
     (("Fémur droit", "Segment_3", FEMUR_TERMINOLOGY), BONE),
-    (("gluteus_maximus_left",), UNKNOWN), (("Muscle fessier", "gluteus_maximus_right", GLUTEUS_TERMINOLOGY), NOT_BONE),
+    (("gluteus_maximus_left",), NOT_BONE), (("iliopsoas_right",), NOT_BONE), (("autochthon_left",), NOT_BONE), (("Muscle fessier", "gluteus_maximus_right", GLUTEUS_TERMINOLOGY), NOT_BONE),
     (("iliac_artery_left",), NOT_BONE), (("hip_implant",), NOT_BONE), (("costal_cartilages",), NOT_BONE),
     (("femoral vein",), NOT_BONE), (("skeletal_muscle",), NOT_BONE), (("HO 1",), NOT_BONE),
     (("heterotopic ossification",), NOT_BONE), (("liver",), UNKNOWN), (("urinary_bladder",), UNKNOWN),

@@ -337,6 +337,12 @@ def test_whole_body_label_map_uses_its_bones_alone(tmp_path, ct_case):
     document = json.loads((out2 / "metrics.json").read_text())
     assert document["ossifications"]["count"] == 0
     assert any("No segment of 'Native bone' is named as a bone" in w for w in document["warnings"])
+    # Muscles alone: nothing to take as native bone, refused before anything is written.
+    write_named_label_map(tmp_path / "muscles.nii.gz", (labels == 2).astype(np.uint8), phantom.geometry,
+                          {1: "gluteus_maximus_right"})
+    out3 = tmp_path / "out3"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out3, "--bones", tmp_path / "muscles.nii.gz"), out3,
+                   "bone by its name", "gluteus_maximus_right")
 
 # ---------------------------------------------------------------------------------------
 # In a scene

@@ -28,9 +28,13 @@ BONE_WORDS = frozenset("""
 
 #: Words that make a segment something other than bone, even beside a bone word:
 #: "femoral artery", "hip implant", "skeletal muscle", "costal cartilages", and HO
-#: itself (a segmentation of earlier HO must not hide it as native bone).
+#: itself (a segmentation of earlier HO must not hide it as native bone). The muscles
+#: around the hip are named too: a label map carries TotalSegmentator's bare structure
+#: names ("gluteus_maximus_right", "iliopsoas_left"), without the word "muscle".
 NOT_BONE_WORDS = frozenset("""
-    muscle muscles musculus artery arteries arterial aorta vein veins vena venous vessel vessels
+    muscle muscles musculus gluteus iliopsoas psoas iliacus piriformis obturator gemellus quadratus
+    adductor sartorius rectus vastus tensor autochthon erector
+    artery arteries arterial aorta vein veins vena venous vessel vessels
     nerve nerves cord plexus canal disc disk cartilage cartilages ligament tendon joint fluid fat fatty
     implant implants prosthesis cement cyst tumor tumour lesion mass calcification calcifications
     ossification ossifications heterotopic ho
