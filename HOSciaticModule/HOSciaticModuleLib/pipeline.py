@@ -500,6 +500,14 @@ class HOSciaticAnalysis:
         if nerve_id is None:
             raise InputError(f"The segmentation has no segment '{nerve_segment_name(side)}'. Trace the {side} "
                              "sciatic nerve first (or rename your own nerve segment to that name).")
+        contact_patch_model_node = self._existing(contact_patch_model_node, "vtkMRMLModelNode",
+                                                  contact_patch_name(side))
+        ho_distance_model_node = self._existing(ho_distance_model_node, "vtkMRMLModelNode",
+                                                ho_distance_model_name(side))
+        # Checked before anything is written: a model under a non-linear transform is refused.
+        for model_node in (contact_patch_model_node, ho_distance_model_node):
+            if model_node is not None:
+                scene_io.world_to_node(model_node, "Model")
         full_geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
         report(progress, 0.05, "Reading segments")
         nerve = scene_io.segment_block_on_grid(segmentation_node, nerve_id, full_geometry)
@@ -661,7 +669,6 @@ class HOSciaticAnalysis:
         remap[used] = np.arange(len(used))
         polydata = scene_io.polydata_from_mesh(vertices[used], remap[in_contact],
                                                {"distance_to_ho_mm": distance[used]})
-        model_node = self._existing(model_node, "vtkMRMLModelNode", contact_patch_name(side))
         return scene_io.fill_model(self.scene, model_node, contact_patch_name(side), polydata, color=(0.9, 0.1, 0.1))
 
     def _ho_distance_model(self, model_node, side, ho_mesh):
@@ -670,7 +677,6 @@ class HOSciaticAnalysis:
         else:
             vertices, faces, distance = ho_mesh[:3]
         polydata = scene_io.polydata_from_mesh(vertices, faces, {"distance_to_nerve_mm": distance})
-        model_node = self._existing(model_node, "vtkMRMLModelNode", ho_distance_model_name(side))
         return scene_io.fill_model(self.scene, model_node, ho_distance_model_name(side), polydata,
                                    scalar_name="distance_to_nerve_mm", scalar_range=(0.0, 10.0))
 

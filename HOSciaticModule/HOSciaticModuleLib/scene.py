@@ -63,6 +63,12 @@ def _node_to_world(node, what: str) -> np.ndarray:
     return _matrix_to_numpy(matrix)
 
 
+def world_to_node(node, what: str) -> np.ndarray:
+    """4x4 matrix from world RAS to the node's own coordinates, where its data are
+    stored: results computed in world RAS go through it (identity without a transform)."""
+    return np.linalg.inv(_node_to_world(node, what))
+
+
 # ---------------------------------------------------------------------------------------
 # Volumes
 # ---------------------------------------------------------------------------------------
@@ -331,13 +337,18 @@ def ensure_segmentation_node(scene, segmentation_node, name: str, reference_volu
 
 
 def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeometry, color, remove_prefix: str | None = None):
-    """Put each ``name -> mask`` (or ``name -> (block_mask, offset_kji)``) into the
-    segmentation, replacing segments of the same name.
+    """Put each ``name -> mask`` (or ``name -> (block_mask, offset_kji)``) on ``geometry``
+    (world RAS) into the segmentation, replacing segments of the same name. Under a
+    parent transform the segments are stored so that they lie where the masks are.
 
     With ``remove_prefix`` every other segment whose name starts with it is removed
     too (a re-run with fewer islands must not leave stale ``HO n`` segments).
     Returns the segment IDs in the order given.
     """
+    # Checked before anything changes: a non-linear parent transform is refused here.
+    to_node = world_to_node(segmentation_node, "Segmentation")
+    if not np.allclose(to_node, np.eye(4)):
+        geometry = VolumeGeometry(to_node @ geometry.ijk_to_ras, geometry.shape_kji)
     segmentation = segmentation_node.GetSegmentation()
     wanted = set(masks_by_name)
     for segment_id in segment_ids(segmentation_node):
@@ -608,8 +619,15 @@ def polydata_from_mesh(vertices_ras: np.ndarray, faces: np.ndarray, point_arrays
 
 def fill_model(scene, model_node, name: str, polydata, color=None, scalar_name: str | None = None,
                scalar_range=None, color_node_id: str = "vtkMRMLColorTableNodeRainbow"):
+    """Show ``polydata`` (points in world RAS) in a model node, placed where its points
+    are even if the node is under a parent transform."""
     if model_node is None:
         model_node = scene.AddNewNodeByClass("vtkMRMLModelNode", name)
+    to_node = world_to_node(model_node, "Model")
+    if not np.allclose(to_node, np.eye(4)) and polydata.GetNumberOfPoints():
+        points = _numpy_support().vtk_to_numpy(polydata.GetPoints().GetData())
+        points[:] = points @ to_node[:3, :3].T + to_node[:3, 3]
+        polydata.GetPoints().Modified()
     model_node.SetAndObservePolyData(polydata)
     if model_node.GetDisplayNode() is None:
         model_node.CreateDefaultDisplayNodes()
