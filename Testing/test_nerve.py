@@ -265,6 +265,35 @@ def test_outline_wider_than_a_nerve_is_refused_with_its_likely_cause(modality, c
     check_plausible_width(np.full(50, np.pi * 9.0 ** 2), modality)  # a markedly swollen nerve, 18 mm: accepted
 
 
+#: A coronal series: rows run down the patient (S to I), slices step from back to front.
+CORONAL = np.column_stack([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("spacing_ijk, thick_across", [((0.8, 0.8, 5.0), True), ((0.8, 0.8, 1.5), False)])
+def test_slices_cut_along_the_nerve_are_flagged(spacing_ijk, thick_across):
+    """A coronal MR: the nerve runs within the slices, so their thickness lies across it.
+    Slices of 5 mm read the nerve's calibre about a quarter small, and a warning says so;
+    1.5 mm slices measure it well and give no warning."""
+    phantom = generate_phantom(modality="mr", spacing_ijk=spacing_ijk, directions_ras=CORONAL,
+                               fov_mm=(120.0, 150.0, 120.0))
+    seeds = phantom.seeds_ras([END_MARGIN_MM, phantom.centreline_s_mm[-1] - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr")
+    flagged = [w for w in trace.warnings if "long across the nerve" in w]
+    index = cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]
+    error = np.median(trace.diameter_mm - phantom.true_equivalent_diameter_mm[index])
+    if thick_across:
+        assert len(flagged) == 1 and "5.0 mm" in flagged[0] and "Over 100%" in flagged[0]
+        assert error < -1.0, error  # the reason for the warning
+    else:
+        assert flagged == [] and abs(error) <= 0.6, error
+
+
+def test_thick_slices_across_the_nerve_are_named_as_the_cause_of_a_refusal():
+    too_wide = np.full(50, np.pi * 12.5 ** 2)
+    with pytest.raises(InputError, match="5.0 mm long across the nerve"):
+        check_plausible_width(too_wide, "ct", across_mm=5.0)
+
+
 def test_mr_without_a_bright_nerve_is_refused():
     phantom = _phantom("mr", "axial")
     seeds = phantom.seeds_ras([END_MARGIN_MM, 120.0])

@@ -81,6 +81,12 @@ CT_FAT_REFERENCE_HU = -100.0
 THIN_FAT_PLANE_CONTRAST = 0.5
 #: Share of the stations with such a thin fat plane that is worth a warning.
 THIN_FAT_PLANE_SHARE = 0.1
+#: A voxel longer than this across the nerve (in its cross-section's plane) blurs its
+#: outline over more than a third of a 9-12 mm nerve: a coronal or sagittal series of
+#: 4-5 mm slices, the nerve running along the slices, reads its calibre a quarter small.
+THICK_ACROSS_NERVE_MM = 3.0
+#: Share of the traced length with such voxels that is worth a warning.
+THICK_ACROSS_NERVE_SHARE = 0.1
 #: Seeds closer than this together do not define a stretch of nerve.
 MIN_SEED_SPREAD_MM = 5.0
 #: MR shading (the receive coils' sensitivity) varies over tens of mm: it is estimated
@@ -735,8 +741,31 @@ def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     return mask
 
 
-def check_plausible_width(area_mm2: np.ndarray, modality: str) -> None:
-    """Refuse an outline wider than any sciatic nerve over most of its length."""
+def voxel_size_across_nerve(geometry: VolumeGeometry, points: np.ndarray) -> np.ndarray:
+    """At each centreline point, the longest edge of a voxel as seen in the nerve's
+    cross-section (the voxel's edges projected onto the plane across the nerve), mm."""
+    tangents = frames(points)[0]
+    edges = geometry.ijk_to_ras[:3, :3].T  # one voxel edge (i, j, k) per row, mm
+    along = tangents @ edges.T              # (N, 3): each edge's part along the nerve
+    across = np.sqrt(np.maximum(np.sum(edges ** 2, axis=1)[None, :] - along ** 2, 0.0))
+    return across.max(axis=1)
+
+
+def thick_across_nerve_warnings(across_mm: np.ndarray, s_mm: np.ndarray) -> list[str]:
+    """A warning where the voxels are too long across the nerve to measure its calibre."""
+    thick = np.asarray(across_mm) > THICK_ACROSS_NERVE_MM
+    if np.mean(thick) < THICK_ACROSS_NERVE_SHARE:
+        return []
+    return [f"Over {np.mean(thick):.0%} of the traced length ({s_mm[thick].min():.0f}-{s_mm[thick].max():.0f} mm "
+            f"along it) the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve (slices cut "
+            "along it, as in a coronal or sagittal series): there its outline is blurred and the areas and diameters, "
+            "the smallest diameter most, are unreliable. Trace on an axial series, or a "
+            f"reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner."]
+
+
+def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float = 0.0) -> None:
+    """Refuse an outline wider than any sciatic nerve over most of its length;
+    ``across_mm`` is the typical voxel size across the nerve (a likely cause if large)."""
     width = float(np.median(np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)))
     if width <= MAX_NERVE_DIAMETER_MM:
         return
@@ -745,6 +774,11 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str) -> None:
                       "fat-saturated MR, where the nerve is bright") if modality == "ct" else
                      ("probably oedema or fluid as bright as the nerve around it", "Place the seed points where the "
                       "nerve stands out from its surroundings, add seed points, or trace on the CT"))
+    if across_mm > THICK_ACROSS_NERVE_MM:
+        cause, remedy = (f"most likely because its voxels are {across_mm:.1f} mm long across the nerve (slices cut "
+                         "along it, as in a coronal or sagittal series), which blurs it into the tissue around it",
+                         f"Trace on an axial series, or a reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm "
+                         "or thinner")
     raise InputError(f"The traced outline is {width:.0f} mm wide on average, wider than any sciatic nerve (about "
                      f"{MAX_NERVE_DIAMETER_MM:.0f} mm at most, even swollen): the nerve could not be told apart "
                      f"from the tissue around it, {cause}. {remedy}.")
@@ -824,7 +858,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    check_plausible_width(sections.area, modality)
+    across_mm = voxel_size_across_nerve(geometry, points)
+    check_plausible_width(sections.area, modality, float(np.median(across_mm)))
+    warnings += thick_across_nerve_warnings(across_mm, s_mm)
     if modality == "ct":
         warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
     report(progress, 0.9, "Building the nerve segment")
