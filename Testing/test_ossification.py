@@ -229,6 +229,41 @@ def test_bony_prominence_mirrored_on_the_other_side_is_flagged(turn_deg):
     assert named == knobs and fused_ho[0] not in named
 
 
+#: A growth centre behind the femur (an apophysis), parted from it by a 4 mm growth
+#: plate: 3.5 mL, where the femur's axis passes z = -40 mm.
+GROWTH_CENTRE = dict(semi_axes=(10.0, 6.0, 14.0), cortex_mm=1.5)
+GROWTH_CENTRE_OFFSET = (35.7, 14.6 - 13.0 - 4.0 - 6.0, -40.0)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_growth_centre_beside_its_bone_and_paired_is_flagged(paired):
+    """A young patient's growth centre is bone apart from its bone: found as an island,
+    and flagged when the other side has its counterpart. Unpaired, the same bone is HO
+    beside the femur (no warning)."""
+    growth_centres = (BoneSpec("ellipsoid", center_offset=GROWTH_CENTRE_OFFSET, **GROWTH_CENTRE),)
+    if paired:
+        growth_centres += (BoneSpec("ellipsoid", center_offset=(_mirrored_r(GROWTH_CENTRE_OFFSET[0]),)
+                                    + GROWTH_CENTRE_OFFSET[1:], **GROWTH_CENTRE),)
+    spec = PhantomSpec(extra_bones=other_hip_bones(PhantomSpec()) + growth_centres)
+    phantom = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    offsets = {i.label: np.asarray(i.centroid_ras) - phantom.spec.center_ras for i in result.islands}
+    found = [n for n, o in offsets.items() if np.linalg.norm(o - GROWTH_CENTRE_OFFSET) < 5.0]
+    assert len(found) == 1, offsets
+    island = next(i for i in result.islands if i.label == found[0])
+    assert not island.fused_to_native_bone and island.volume_ml == pytest.approx(3.5, rel=0.25)
+    flagged = [w for w in result.warnings if "growth centre" in w]
+    if paired:
+        assert len(flagged) == 1
+        # The other side's growth centre is reported too; the phantom's HO is not named.
+        named = {int(n) for n in re.findall(r"HO (\d+)", flagged[0].split(" lie")[0])}
+        left = [n for n, o in offsets.items()
+                if np.linalg.norm(o - ((_mirrored_r(GROWTH_CENTRE_OFFSET[0]),) + GROWTH_CENTRE_OFFSET[1:])) < 5.0]
+        assert named == set(found + left) and len(left) == 1
+    else:
+        assert flagged == []
+
+
 def test_large_bilateral_ho_is_not_taken_for_prominences():
     # The same 12 mL mass (18 mm thick, thinner than the ball) fused behind both femora at
     # mirrored places: bilateral HO, too big for a normal prominence, so not flagged

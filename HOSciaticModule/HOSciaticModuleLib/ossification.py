@@ -135,6 +135,11 @@ MIRROR_MATCH_FRACTION = 0.8
 #: The bony prominences a ball of 20 mm cannot enter (ischial spine, lesser trochanter,
 #: iliac spines) are a few mL; a larger fused mass on both sides is bilateral HO.
 PROMINENCE_MAX_ML = 10.0
+#: A growth centre of a young patient (femoral head epiphysis, trochanteric or iliac
+#: apophysis) is parted from its bone by a growth plate, a band of cartilage 1-5 mm
+#: thick on CT; a thin osteoporotic cortex split by the threshold leaves gaps as narrow.
+#: Bone this close to native bone, unfused, and mirrored on the other side, may be native.
+GROWTH_PLATE_GAP_MM = 5.0
 #: HO of the hip forms beside the pelvis, 60 mm or more from the body's midline; an island
 #: centred within this distance of it is the coccyx, a piece of the sacrum or an ossicle
 #: at the pubic symphysis: normal anatomy to the reader's eye, not hip HO.
@@ -391,13 +396,20 @@ def _components(mask: np.ndarray):
 
 def _touches(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry) -> bool:
     """Whether native bone lies within one and a half voxels of the island (fused)."""
-    reach = int(np.ceil(1.5 * max(geometry.spacing_kji) / min(geometry.spacing_kji)))
+    return _native_within(island, native, island_block, geometry, 1.5 * max(geometry.spacing_kji))
+
+
+def _native_within(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry,
+                   reach_mm: float) -> bool:
+    """Whether native bone lies within ``reach_mm`` of the island (a mask over
+    ``island_block`` of ``native``'s grid)."""
+    reach = int(np.ceil(reach_mm / min(geometry.spacing_kji)))
     around = pad_block(island_block, native.shape, reach)
     near_native = native[around]
     if not near_native.any():
         return False
     inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
-    zone = _ball_distance(~near_native, geometry) <= 1.5 * max(geometry.spacing_kji)
+    zone = _ball_distance(~near_native, geometry) <= reach_mm
     return bool(np.any(island & zone[inner]))
 
 
@@ -1071,6 +1083,16 @@ def _mirror_warning(numbers) -> str:
             "anatomy, delete the segment and recompute contact.")
 
 
+def _growth_centre_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'lies' if one else 'lie'} within {GROWTH_PLATE_GAP_MM:.0f} mm of native bone "
+            f"without touching it and {'has a mirror image' if one else 'have mirror images'} in bone on the other "
+            "side of the body: it may be native bone rather than HO - a growth centre (epiphysis or apophysis) parted "
+            "by its growth plate in a patient under about 18, or a piece of a thin, osteoporotic bone split off by "
+            "the bone threshold. Compare both sides; if it is native, delete the segment (or give a native-bone "
+            "segmentation) and recompute contact.")
+
+
 def _unpaired_mass_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'is' if one else 'are'} fused to native bone and thicker than an outgrowth: "
@@ -1098,6 +1120,16 @@ def _midline_islands(results, plane: MirrorPlane) -> list[int]:
     """Numbers of the islands whose centre lies on the body's midline."""
     return [result.label for result in results
             if abs(float(np.asarray(result.centroid_ras) @ plane.normal) - plane.offset) <= MIDLINE_ISLAND_MM]
+
+
+def _paired_islands_beside_native_bone(results, islands, native, filled_bone, geometry,
+                                      plane: MirrorPlane) -> list[int]:
+    """Numbers of the unfused islands, smaller than a native bone, within a growth
+    plate's width of native bone and mirrored by bone on the other side of the body."""
+    return [result.label for result, (island_block, island) in zip(results, islands)
+            if not result.fused_to_native_bone and result.volume_ml < NATIVE_MIN_ML
+            and _native_within(island, native, island_block, geometry, GROWTH_PLATE_GAP_MM)
+            and mirrored_in_bone(island, island_block, filled_bone, geometry, plane)]
 
 
 def _mirrored_fused_islands(results, islands, filled_bone, geometry, plane: MirrorPlane) -> list[int]:
@@ -1265,6 +1297,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, plane)
         if mirrored:
             warnings.append(_mirror_warning(mirrored))
+        paired = _paired_islands_beside_native_bone(results, islands, fused_to, filled_bone, block_geometry, plane)
+        if paired:
+            warnings.append(_growth_centre_warning(paired))
         on_midline = _midline_islands(results, plane)
         if on_midline:
             warnings.append(_on_midline_warning(on_midline))
