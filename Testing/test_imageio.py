@@ -68,6 +68,34 @@ def test_dicom_folder_of_several_series_names_the_one_analysed(tmp_path, volume)
     assert "3 series" in warning and "as many slices" in warning and "Br64" in warning and "Br40" in warning
 
 
+def test_dicom_export_with_a_folder_per_series_is_searched(tmp_path, volume):
+    """A PACS or CD export keeps each series in a folder of its own, levels down
+    (patient / study / series): given the export's top folder, the largest series is read."""
+    values, geometry = volume
+    image = sitk_image_from_array(values, geometry)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    export = tmp_path / "export"
+    (export / "DICOMDIR").parent.mkdir(parents=True)
+    (export / "DICOMDIR").write_bytes(b"not an image")
+    write_dicom_slices(export / "PA000000" / "ST000000" / "SE000001", values[:2] + 7, positions[:2],
+                       direction[:, 0], direction[:, 1], image.GetSpacing()[:2], series_number=3,
+                       series_description="Topogram")
+    write_dicom_slices(export / "PA000000" / "ST000000" / "SE000002", values, positions, direction[:, 0],
+                       direction[:, 1], image.GetSpacing()[:2], series_number=2, series_description="Pelvis 1.0 Br40")
+    loaded = read_volume(export)
+    np.testing.assert_array_equal(loaded.array, values)
+    np.testing.assert_allclose(loaded.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-3)
+    assert "PA000000/ST000000/SE000002" in loaded.description
+    (warning,) = loaded.warnings
+    assert "'Pelvis 1.0 Br40' (6 files)" in warning and "'Topogram' (2 files)" in warning
+    empty = tmp_path / "empty" / "sub"
+    empty.mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError, match="nor do its subfolders"):
+        read_volume(tmp_path / "empty")
+
+
 def ramp_hu(points_lps):
     """A CT whose value is a linear function of position: linear interpolation between
     slices reproduces it exactly, so any misplaced voxel shows."""

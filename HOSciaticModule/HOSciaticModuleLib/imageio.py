@@ -18,6 +18,9 @@ from .errors import InputError
 from .geometry import VolumeGeometry
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+#: Folders searched below a DICOM folder that holds no series itself: a study's export
+#: has a few to a few hundred (patient / study / series levels); more is an archive.
+DICOM_MAX_FOLDERS = 2000
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 #: Slice positions in DICOM headers are rounded: slices within a tenth of the spacing of
 #: an even grid lie on it, and positions closer than that are duplicates.
@@ -69,17 +72,41 @@ def sitk_image_from_array(array: np.ndarray, geometry: VolumeGeometry):
     return image
 
 
-def _read_dicom_series(folder: Path):
-    """The series with most slices in ``folder``, on a regular orthogonal grid; returns
-    the image, a description and warnings about corrections of the slice geometry."""
+def _dicom_series_in(folder: Path) -> dict:
+    """{series key: slice files} of the DICOM series in ``folder``; when it holds none
+    itself, those of its subfolders (a PACS or CD export keeps each series in a folder
+    of its own, several levels down), each keyed by its folder and series UID."""
     sitk = _sitk()
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
-    if not series_ids:
-        raise InputError(f"The folder '{folder}' holds no DICOM series. Give a folder of DICOM slices or an image file "
-                         f"({', '.join(IMAGE_SUFFIXES)}).")
+
+    def listed(directory: Path) -> dict:
+        # Each listing scans the folder's headers: once per series is enough.
+        return {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), sid)
+                for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or []}
+
+    found = listed(folder)
+    if found:
+        return found
+    for visited, (directory, subfolders, file_names) in enumerate(os.walk(folder)):
+        subfolders.sort()
+        if visited >= DICOM_MAX_FOLDERS:
+            break
+        if Path(directory) != folder and file_names:
+            relative = Path(directory).relative_to(folder).as_posix()
+            found.update({f"{relative}: {sid}": names for sid, names in listed(Path(directory)).items()})
+    return found
+
+
+def _read_dicom_series(folder: Path):
+    """The series with most slices in ``folder`` (or its subfolders), on a regular
+    orthogonal grid; returns the image, a description and warnings about corrections of
+    the slice geometry."""
+    sitk = _sitk()
+    files = _dicom_series_in(folder)
+    if not files:
+        raise InputError(f"The folder '{folder}' holds no DICOM series, nor do its subfolders. Give a folder of DICOM "
+                         f"slices or an image file ({', '.join(IMAGE_SUFFIXES)}).")
+    series_ids = list(files)
     # The series with the most slices is the volume a user means; scouts and dose reports are small.
-    # Each listing scans the folder's headers: once per series is enough.
-    files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     best = max(series_ids, key=lambda sid: len(files[sid]))
     file_names = files[best]
     reader = sitk.ImageSeriesReader()
