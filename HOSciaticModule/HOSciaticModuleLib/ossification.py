@@ -1088,7 +1088,8 @@ def _growth_centre_warning(numbers) -> str:
     return (f"{_island_names(numbers)} {'lies' if one else 'lie'} within {GROWTH_PLATE_GAP_MM:.0f} mm of native bone "
             f"without touching it and {'has a mirror image' if one else 'have mirror images'} in bone on the other "
             "side of the body: it may be native bone rather than HO - a growth centre (epiphysis or apophysis) parted "
-            "by its growth plate in a patient under about 18, or a piece of a thin, osteoporotic bone split off by "
+            "by its growth plate in a patient under about 18, a small bone beside a joint (the patella or the head "
+            "of the fibula, when the image reaches the knees), or a piece of a thin, osteoporotic bone split off by "
             "the bone threshold. Compare both sides; if it is native, delete the segment (or give a native-bone "
             "segmentation) and recompute contact.")
 
