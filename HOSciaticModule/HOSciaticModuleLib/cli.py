@@ -4,6 +4,7 @@
                          [--bone-threshold HU] [--min-island-ml ML]
                          [--nerve-seeds SEEDS.mrk.json ...] [--modality ct|mr]
                          [--contact-tolerance MM]
+    hosciatic batch CASES.csv --out DIR [--skip-existing] [shared options]
     hosciatic demo --out DIR
 
 The command builds a Slicer scene (real MRML classes) and runs the same
@@ -11,7 +12,8 @@ The command builds a Slicer scene (real MRML classes) and runs the same
 Results are written to a private folder inside DIR and moved into place only
 when every file is complete, so a failed run leaves nothing half-written.
 Exit status: 0 success, 2 bad input (one-paragraph message on stderr),
-1 unexpected failure.
+1 unexpected failure, 3 a batch in which some cases were not analysed (its
+summary says which and why).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from .imageio import read_markups_json, read_volume
 
 #: Largest label value read as one segment each; a larger one is no label map.
 MAX_LABEL_VALUE = 65535
+#: Exit status of a batch that ran but could not analyse every case.
+BATCH_INCOMPLETE_STATUS = 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -67,6 +71,19 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(f"{message}. Run '{self.prog} --help' for the options.")
 
 
+def _add_shared_options(command) -> None:
+    """The analysis settings ``analyze`` and ``batch`` both take."""
+    command.add_argument("--bone-threshold", type=_finite_float, default=ossification.DEFAULT_BONE_THRESHOLD_HU,
+                         metavar="HU", help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
+    command.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
+                         metavar="ML", help=f"smallest HO island (default {ossification.DEFAULT_MIN_ISLAND_ML:g} mL)")
+    command.add_argument("--contact-tolerance", type=_positive_float,
+                         default=contact_module.DEFAULT_CONTACT_TOLERANCE_MM, metavar="MM",
+                         help=f"contact tolerance (default {contact_module.DEFAULT_CONTACT_TOLERANCE_MM:g} mm)")
+    command.add_argument("--no-scene", action="store_true", help="do not write scene.mrb (faster for batch runs)")
+    command.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hosciatic", description="Heterotopic ossification and sciatic nerve analysis.")
     parser.add_argument("--version", action="version", version=f"hosciatic {__version__}")
@@ -80,18 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--roi", help="markups ROI (.mrk.json) limiting the HO search")
     analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
                          "segmentation (TotalSegmentator) only the segments named as bones are used")
-    analyze.add_argument("--bone-threshold", type=_finite_float, default=ossification.DEFAULT_BONE_THRESHOLD_HU,
-                         metavar="HU", help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
-    analyze.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
-                         metavar="ML", help=f"smallest HO island (default {ossification.DEFAULT_MIN_ISLAND_ML:g} mL)")
     analyze.add_argument("--nerve-seeds", action="append", default=[], metavar="SEEDS.mrk.json",
                          help="points along one sciatic nerve (repeat for the other side); the side is read from "
                               "the markup name ('right'/'left') or, failing that, from the sign of R")
-    analyze.add_argument("--contact-tolerance", type=_positive_float,
-                         default=contact_module.DEFAULT_CONTACT_TOLERANCE_MM, metavar="MM",
-                         help=f"contact tolerance (default {contact_module.DEFAULT_CONTACT_TOLERANCE_MM:g} mm)")
-    analyze.add_argument("--no-scene", action="store_true", help="do not write scene.mrb (faster for batch runs)")
-    analyze.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_shared_options(analyze)
+
+    batch_command = commands.add_parser(
+        "batch", help="analyse every case of a case list (CSV), one output folder per case, and a summary table")
+    batch_command.add_argument("cases", help="CSV with a header row: case, image (required), nerve_seeds (several "
+                               "files separated by ';'), roi, bones, modality; paths relative to the CSV's folder")
+    batch_command.add_argument("--out", required=True, help="output folder: one folder per case and summary.csv")
+    _add_shared_options(batch_command)
+    batch_command.add_argument("--skip-existing", action="store_true",
+                               help="keep cases whose folder already holds metrics.json (resume a batch)")
 
     demo = commands.add_parser("demo", help="generate the synthetic demo case and analyse it")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -271,9 +289,11 @@ def _create_output_folder(out_dir: Path) -> None:
                          "Choose a folder you can write to for --out.") from None
 
 
-def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -> Path:
+def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, release_scene: bool = False) -> Path:
     """Run the whole analysis for parsed ``args``; ``timings`` (optional) receives
-    seconds per stage: read, ossification, nerve, metrics, write."""
+    seconds per stage: read, ossification, nerve, metrics, write. With
+    ``release_scene`` the scene is emptied at the end, so the next case of a batch
+    does not keep this one's CT in memory."""
     from . import scene as scene_io
     from .mrml_app import create_headless_slicer
     from .pipeline import HOSciaticAnalysis
@@ -282,6 +302,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
     volume_writer = None
+    scene = None
     try:
         with _stage(timings, "read"):
             # Slicer's libraries load on another thread while the image is read.
@@ -311,6 +332,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None) -
     finally:
         if volume_writer is not None:
             volume_writer.discard()
+        if release_scene and scene is not None:
+            scene.Clear(True)
     return out_dir
 
 
@@ -389,6 +412,79 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
 
 
 # ---------------------------------------------------------------------------------------
+# Batch
+# ---------------------------------------------------------------------------------------
+def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
+    """Analyse every case of the case list ``args.cases``, each into its own folder of
+    ``args.out``; a case that fails is recorded and the batch goes on. Returns the
+    summary's path and its rows."""
+    from . import batch
+
+    cases = batch.read_case_list(args.cases)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
+    _create_output_folder(out_dir)
+    summary_path = out_dir / batch.SUMMARY_NAME
+    shared = ["--bone-threshold", repr(args.bone_threshold), "--min-island-ml", repr(args.min_island_ml),
+              "--contact-tolerance", repr(args.contact_tolerance)] + (["--no-scene"] if args.no_scene else [])
+    rows = [batch.summary_row(case, batch.NOT_RUN) for case in cases]
+    batch.write_summary(summary_path, rows)
+    for index, case in enumerate(cases):
+        case_dir = out_dir / case.folder_name
+        earlier = _metrics_of(case_dir) if args.skip_existing else None
+        if earlier is not None:
+            rows[index] = batch.summary_row(case, batch.DONE_EARLIER, "", case_dir, earlier)
+        else:
+            progress.for_stage(f"Case {index + 1}/{len(cases)} {case.name}")(0.0, "starting")
+            rows[index] = _run_case(case, out_dir, shared, progress)
+            progress.for_stage(f"Case {index + 1}/{len(cases)} {case.name}")(1.0, rows[index]["status"])
+        batch.write_summary(summary_path, rows)
+    return summary_path, rows
+
+
+def _run_case(case, out_dir: Path, shared: list, progress: _ConsoleProgress) -> dict:
+    from . import batch
+
+    case_dir = out_dir / case.folder_name
+    try:
+        case_args = build_parser().parse_args(["analyze", *case.analyze_arguments(out_dir), *shared])
+        run_analyze(case_args, progress, release_scene=True)
+        return batch.summary_row(case, batch.DONE, "", case_dir, json.loads((case_dir / "metrics.json").read_text()))
+    except InputError as error:
+        return batch.summary_row(case, batch.REFUSED, str(error))
+    except MemoryError:
+        return batch.summary_row(case, batch.REFUSED, "The volume does not fit in memory. Give an ROI around the hip "
+                                                      "(roi column) or crop the volume.")
+    except AnalysisCancelled:
+        return batch.summary_row(case, batch.REFUSED, "Cancelled.")
+    except Exception as error:  # a defect in one case must not stop the others
+        if os.environ.get("HOSCIATIC_DEBUG"):
+            raise
+        return batch.summary_row(case, batch.FAILED, f"internal error ({type(error).__name__}: {error}); run this "
+                                                     "case alone with HOSCIATIC_DEBUG=1 for the details and report them")
+
+
+def _metrics_of(case_dir: Path) -> dict | None:
+    """The metrics document a case's folder holds from an earlier run, if readable."""
+    try:
+        return json.loads((case_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _batch_summary(summary_path: Path, rows: list[dict]) -> str:
+    from . import batch
+
+    analysed = sum(row["status"] in (batch.DONE, batch.DONE_EARLIER) for row in rows)
+    lines = [f"{analysed} of {len(rows)} cases analysed; summary in {summary_path.resolve()}"]
+    for row in rows:
+        if row["status"] not in (batch.DONE, batch.DONE_EARLIER):
+            lines.append(f"  {row['case']}: {row['status']}: {row['message']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
 # Demo
 # ---------------------------------------------------------------------------------------
 def run_demo(args, progress) -> Path:
@@ -429,6 +525,10 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         progress = _ConsoleProgress(getattr(args, "quiet", False))
+        if args.command == "batch":
+            summary_path, rows = run_batch(args, progress)
+            print(_batch_summary(summary_path, rows))
+            return 0 if all(row["status"] in ("done", "done earlier") for row in rows) else BATCH_INCOMPLETE_STATUS
         out_dir = run_demo(args, progress) if args.command == "demo" else run_analyze(args, progress)
         print(_summary(out_dir))
         return 0

@@ -1,0 +1,160 @@
+"""Many cases in one run: the case list a batch reads and the summary it writes.
+
+A case list is a CSV file with a header row: ``case`` and ``image`` on every row,
+optionally ``nerve_seeds`` (one or more files separated by ``;``), ``roi``, ``bones``
+and ``modality``. Paths are taken relative to the list's own folder. The summary has
+one row per case: whether it was analysed, why not, and its headline figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+REQUIRED_COLUMNS = ("case", "image")
+OPTIONAL_COLUMNS = ("nerve_seeds", "roi", "bones", "modality")
+#: Several seed files of one case (one per nerve) share a cell, separated by this.
+SEED_SEPARATOR = ";"
+#: A case name becomes a folder name: other characters are replaced by "_".
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+#: The summary's file name, beside the cases' folders.
+SUMMARY_NAME = "summary.csv"
+#: Status of a case in the summary.
+DONE, DONE_EARLIER, REFUSED, FAILED, NOT_RUN = "done", "done earlier", "refused", "failed", "not run"
+NERVE_FIGURES = ("length_mm", "mean_diameter_mm", "encasement_class", "max_encasement_deg", "contact_length_mm",
+                 "min_distance_mm", "thickening_ratio")
+
+
+@dataclass
+class BatchCase:
+    name: str
+    folder_name: str
+    image: str
+    nerve_seeds: list = field(default_factory=list)
+    roi: str | None = None
+    bones: str | None = None
+    modality: str = "ct"
+
+    def analyze_arguments(self, out_dir: Path) -> list[str]:
+        """The ``hosciatic analyze`` arguments of this case (shared options not included)."""
+        arguments = [self.image, "--out", str(out_dir / self.folder_name), "--modality", self.modality]
+        for seeds in self.nerve_seeds:
+            arguments += ["--nerve-seeds", seeds]
+        if self.roi:
+            arguments += ["--roi", self.roi]
+        if self.bones:
+            arguments += ["--bones", self.bones]
+        return arguments
+
+
+def read_case_list(path) -> list[BatchCase]:
+    """The cases of a case list, checked as a whole before any case runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The case list '{path}' does not exist or is not a file. Give a CSV file with a header "
+                         f"row holding at least the columns {', '.join(REQUIRED_COLUMNS)}.")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"The case list '{path}' cannot be read as a CSV text file ({error}). Save it as CSV "
+                         "(UTF-8) from the spreadsheet.") from None
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if not rows:
+        raise InputError(f"The case list '{path}' is empty. Give a header row (case,image,nerve_seeds,...) and "
+                         "one row per case.")
+    header = [cell.strip().lower() for cell in rows[0]]
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    unknown = [name for name in header if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or unknown or len(set(header)) != len(header):
+        raise InputError(
+            f"The header row of the case list '{path}' is {', '.join(header) or 'empty'}"
+            + (f"; it lacks {', '.join(missing)}" if missing else "")
+            + (f"; {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a known column" if unknown else "")
+            + ("; a column is repeated" if len(set(header)) != len(header) else "")
+            + f". The columns are {', '.join(REQUIRED_COLUMNS)} (required) and {', '.join(OPTIONAL_COLUMNS)}.")
+    if len(rows) == 1:
+        raise InputError(f"The case list '{path}' has a header but no case. Add one row per case.")
+    cases = [_case_from_row(dict(zip(header, (cell.strip() for cell in row))), number, path.parent)
+             for number, row in enumerate(rows[1:], start=2)]
+    _check_unique(cases, path)
+    return cases
+
+
+def _case_from_row(row: dict, line: int, base: Path) -> BatchCase:
+    name, image = row.get("case", ""), row.get("image", "")
+    if not name or not image:
+        raise InputError(f"Line {line} of the case list has no {'case name' if not name else 'image'}. Every row "
+                         "needs both.")
+    modality = (row.get("modality") or "ct").lower()
+    if modality not in ("ct", "mr"):
+        raise InputError(f"Line {line} of the case list (case '{name}') has modality '{row['modality']}'; use ct or "
+                         "mr (or leave it empty for ct).")
+
+    def located(text: str | None) -> str | None:
+        if not text:
+            return None
+        candidate = Path(os.path.expanduser(text))
+        return str(candidate if candidate.is_absolute() else base / candidate)
+
+    seeds = [located(part.strip()) for part in (row.get("nerve_seeds") or "").split(SEED_SEPARATOR) if part.strip()]
+    return BatchCase(name=name, folder_name=_UNSAFE_NAME.sub("_", name).strip("._") or "case", image=located(image),
+                     nerve_seeds=seeds, roi=located(row.get("roi")), bones=located(row.get("bones")),
+                     modality=modality)
+
+
+def _check_unique(cases: list[BatchCase], path: Path) -> None:
+    seen: dict = {SUMMARY_NAME: "the summary"}
+    for case in cases:
+        key = case.folder_name.lower()
+        if key in seen:
+            raise InputError(f"The cases '{seen[key]}' and '{case.name}' of the case list '{path}' would share the "
+                             f"output folder '{case.folder_name}'. Give every case its own name.")
+        seen[key] = case.name
+
+
+# ---------------------------------------------------------------------------------------
+# The summary
+# ---------------------------------------------------------------------------------------
+def summary_columns(sides=("right", "left")) -> list[str]:
+    return (["case", "status", "message", "output", "ho_islands", "ho_total_ml"]
+            + [f"{side}_{figure}" for side in sides for figure in NERVE_FIGURES] + ["warnings"])
+
+
+def summary_row(case: BatchCase, status: str, message: str = "", output: Path | None = None,
+                document: dict | None = None) -> dict:
+    """One row of the summary: the case's status and, when analysed, its headline
+    figures from its ``metrics.json`` document."""
+    row = {"case": case.name, "status": status, "message": message, "output": str(output) if output else ""}
+    if document:
+        ossifications = document.get("ossifications") or {}
+        row["ho_islands"] = ossifications.get("count", "")
+        row["ho_total_ml"] = ossifications.get("total_volume_ml", "")
+        for entry in document.get("nerves", []):
+            for figure in NERVE_FIGURES:
+                value = entry.get(figure)
+                row[f"{entry['side']}_{figure}"] = "" if value is None else value
+        row["warnings"] = len(document.get("warnings", []))
+    return row
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    """The summary as CSV, replaced whole: an interrupted batch leaves the last complete one."""
+    path = Path(path)
+    handle, partial = tempfile.mkstemp(prefix=".hosciatic-partial-summary-", suffix=".csv", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=summary_columns(), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

@@ -1,0 +1,100 @@
+"""``hosciatic batch``: many cases from a case list, one folder each, and a summary."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from HOSciaticModuleLib import cli
+from HOSciaticModuleLib.phantom import generate_phantom, write_phantom_case
+
+SMALL = dict(spacing_ijk=(1.2, 1.2, 2.0), fov_mm=(110.0, 110.0, 120.0))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A case list beside its images, with relative paths, as a researcher keeps one."""
+    folder = tmp_path_factory.mktemp("cohort")
+    phantom = generate_phantom(**SMALL)
+    write_phantom_case(phantom, folder / "images")
+    rows = [
+        {"case": "p01", "image": "images/ct.nrrd", "nerve_seeds": "images/nerve_seeds_right.mrk.json"},
+        # HO only; a name with a slash and a space still gets a folder of its own.
+        {"case": "p 02/b", "image": "images/ct.nrrd", "nerve_seeds": ""},
+        {"case": "p03", "image": "images/missing.nrrd", "nerve_seeds": ""},
+    ]
+    case_list = folder / "cases.csv"
+    with case_list.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "image", "nerve_seeds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return phantom, case_list
+
+
+def _summary(out):
+    with (out / "summary.csv").open(newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
+    phantom, case_list = cohort
+    out = tmp_path / "results"
+    assert cli.main(["batch", str(case_list), "--out", str(out), "--no-scene", "--quiet"]) == cli.BATCH_INCOMPLETE_STATUS
+    summary = _summary(out)
+    assert list(summary) == ["p01", "p 02/b", "p03"]
+
+    first = summary["p01"]
+    document = json.loads((out / "p01" / "metrics.json").read_text())
+    assert first["status"] == "done" and first["output"] == str(out / "p01")
+    truth_total = sum(island["volume_ml"] for island in phantom.islands)
+    assert int(first["ho_islands"]) == document["ossifications"]["count"] == len(phantom.islands)
+    assert float(first["ho_total_ml"]) == pytest.approx(truth_total, rel=0.10)
+    (nerve,) = document["nerves"]
+    assert first["right_encasement_class"] == nerve["encasement_class"] == "encasement"
+    assert float(first["right_max_encasement_deg"]) == nerve["max_encasement_deg"]
+    assert 250 <= nerve["max_encasement_deg"] <= 330
+    assert first["left_length_mm"] == "" and int(first["warnings"]) == len(document["warnings"])
+    assert not (out / "p01" / "scene.mrb").exists()
+
+    second = summary["p 02/b"]
+    assert second["status"] == "done" and (out / "p_02_b" / "metrics.json").is_file()
+    assert int(second["ho_islands"]) == len(phantom.islands) and second["right_length_mm"] == ""
+
+    third = summary["p03"]
+    assert third["status"] == "refused" and "missing.nrrd" in third["message"]
+    assert third["ho_islands"] == "" and not (out / "p03").exists()
+
+    # Resumed: the analysed cases are kept as they are, the failed one is tried again.
+    stamp = (out / "p01" / "metrics.json").stat().st_mtime_ns
+    assert cli.main(["batch", str(case_list), "--out", str(out), "--no-scene", "--quiet",
+                     "--skip-existing"]) == cli.BATCH_INCOMPLETE_STATUS
+    resumed = _summary(out)
+    assert [resumed[name]["status"] for name in ("p01", "p 02/b", "p03")] == ["done earlier", "done earlier", "refused"]
+    assert resumed["p01"]["ho_total_ml"] == first["ho_total_ml"]
+    assert (out / "p01" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("text, phrases", [
+    ("", ["is empty"]),
+    ("case,image\n", ["no case"]),
+    ("case,nerve_seeds\np1,a.mrk.json\n", ["lacks image"]),
+    ("case,image,nerve_seed\np1,ct.nrrd,a.mrk.json\n", ["nerve_seed is not a known column"]),
+    ("case,image\np_1,ct.nrrd\np/1,ct.nrrd\n", ["would share the output folder"]),
+    ("case,image\nsummary.csv,ct.nrrd\n", ["would share the output folder"]),
+    ("case,image,modality\np1,ct.nrrd,pet\n", ["modality 'pet'"]),
+    ("case,image\n,ct.nrrd\n", ["line 2", "no case name"]),
+])
+def test_bad_case_list_is_refused_before_any_case_runs(tmp_path, text, phrases):
+    case_list = tmp_path / "cases.csv"
+    case_list.write_text(text)
+    out = tmp_path / "results"
+    result = subprocess.run([sys.executable, "-m", "HOSciaticModuleLib.cli", "batch", str(case_list), "--out",
+                             str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split()).lower()
+    for phrase in phrases:
+        assert phrase.lower() in message, result.stderr
+    assert not out.exists()
