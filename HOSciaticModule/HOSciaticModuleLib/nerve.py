@@ -106,6 +106,14 @@ NOISE_SMOOTHING_MM = 0.6
 #: either side) started from a core outside the nerve.
 COLLAPSED_SECTION_FRACTION = 0.3
 COLLAPSE_WINDOW_STATIONS = 5
+#: A nerve swells over centimetres too (a pseudo-neuroma is 1-3 cm long): a section
+#: whose area is over SWOLLEN_SECTION_FACTOR times its neighbours' (the same window)
+#: ran out of the nerve with a few rays, along a bright rim such as the blurred edge
+#: of an HO shell. Its rays are held to SWOLLEN_RAY_FACTOR times the same ray of the
+#: sections around it (2 stations either side).
+SWOLLEN_SECTION_FACTOR = 1.6
+SWOLLEN_RAY_FACTOR = 1.2
+SWOLLEN_NEIGHBOURS = 2
 #: Such a section is measured again with rays counted inside for this first stretch:
 #: even a compressed sciatic nerve is over 2 mm thick.
 COLLAPSE_MIN_RAY_MM = 1.0
@@ -471,7 +479,7 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
         wider = np.median(retry, axis=1) > np.median(radii[collapsed], axis=1)
         rows = np.flatnonzero(collapsed)[wider]
         cores[rows], radii[rows], outside_levels[rows] = points[rows], retry[wider], retry_outside[wider]
-    radii = _clip_leaks(radii)
+    radii = _hold_swollen_sections(_clip_leaks(radii))
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
@@ -626,6 +634,24 @@ def _collapsed_sections(radii: np.ndarray) -> np.ndarray:
         return np.zeros(len(typical), bool)
     around = ndimage.median_filter(typical, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
     return typical < COLLAPSED_SECTION_FRACTION * around
+
+
+def _hold_swollen_sections(radii: np.ndarray) -> np.ndarray:
+    """Rays of sections far larger than their neighbours (see SWOLLEN_SECTION_FACTOR)
+    held to the same rays of the sections around them; other sections unchanged."""
+    # With rays at even angles, a section's area is proportional to its mean squared ray.
+    size = np.mean(radii ** 2, axis=1)
+    if len(size) < 2 * SWOLLEN_NEIGHBOURS + 1:
+        return radii
+    around = ndimage.median_filter(size, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
+    swollen = np.flatnonzero(size > SWOLLEN_SECTION_FACTOR * around)
+    held = radii.copy()
+    for n in swollen:
+        neighbours = [m for m in range(n - SWOLLEN_NEIGHBOURS, n + SWOLLEN_NEIGHBOURS + 1)
+                      if 0 <= m < len(radii) and m != n and m not in swollen]
+        if neighbours:
+            held[n] = np.minimum(radii[n], SWOLLEN_RAY_FACTOR * np.median(radii[neighbours], axis=0))
+    return held
 
 
 def _clip_leaks(radii: np.ndarray) -> np.ndarray:
