@@ -434,6 +434,36 @@ def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():
     assert not any("long thin tube" in w for w in segment_ossifications(plain.image, plain.geometry).warnings)
 
 
+def test_short_vessel_at_the_contrast_level_is_named_with_the_tubes():
+    """On a contrast-enhanced CT a short branch (a gluteal artery beside the nerve,
+    6 mm wide, 20 mm long: too short to be tube-shaped) is bone-dense without a cortex.
+    Once the long tubes show the contrast level it is named as possibly a vessel; the
+    HO islands, with their cortex, are not. Without contrast elsewhere nothing is said."""
+    spec = PhantomSpec(contrast_artery_hu=320.0)
+    phantom = generate_phantom(spec, **BASE)
+    branch_start = np.asarray(spec.center_ras) + [-10.0, -22.0, 0.0]
+    branch_end = branch_start + [8.0, -6.0, 17.0]
+    points = phantom.geometry.voxel_ras_grid()
+    along = np.clip(((points - branch_start) @ (branch_end - branch_start))
+                    / np.sum((branch_end - branch_start) ** 2), 0.0, 1.0)
+    inside = np.linalg.norm(points - (branch_start + along[..., None] * (branch_end - branch_start)), axis=-1) <= 3.0
+    image = phantom.image.copy()
+    image[inside] = 320.0 + np.random.default_rng(5).normal(0.0, spec.noise_sigma, int(inside.sum()))
+    result = segment_ossifications(image, phantom.geometry)
+    centre = 0.5 * (branch_start + branch_end)
+    branch = [i.label for i in result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 5.0]
+    assert len(branch) == 1, [(i.label, i.centroid_ras) for i in result.islands]
+    assert any("long thin tube" in w for w in result.warnings)
+    (warning,) = [w for w in result.warnings if "no denser than the contrast-filled vessels" in w]
+    assert [int(n) for n in re.findall(r"HO (\d+)", warning.split(" has")[0])] == branch
+
+    # The same branch on a CT whose arteries are not enhanced: no vessel level, no warning.
+    plain = generate_phantom(PhantomSpec(), **BASE)
+    plain_image = plain.image.copy()
+    plain_image[inside] = image[inside]
+    assert not any("contrast-filled vessels" in w for w in segment_ossifications(plain_image, plain.geometry).warnings)
+
+
 def test_rib_is_measured_whole_and_flagged_as_a_tube():
     # A lower rib at the top of an abdominal CT: 12 mm wide, 1.2 mm cortex around fatty
     # marrow, 88 mm long, clear of the pelvis. It is bone outside the hip's skeleton, so

@@ -189,6 +189,13 @@ VESSEL_ELONGATION = 4.0
 #: Allowance for a gently curving vessel: its cross-section seen along the main axis may
 #: spread this many times a straight tube's.
 VESSEL_MAX_SECTION_SPREAD = 2.5
+#: Once tubes show the CT is contrast-enhanced, an island without a cortex no denser
+#: than they are (their 95th percentile, plus this for noise and partial volume) may be
+#: a shorter or curving vessel: the gluteal vessels run beside the sciatic nerve.
+VESSEL_LEVEL_MARGIN_HU = 50.0
+#: Iodinated contrast fills arteries to 150-500 HU (about 600 on a CT angiogram); denser
+#: tubes are calcified walls, which say nothing of contrast.
+CONTRAST_MAX_HU = 600.0
 #: A hand in the field of view (arms down beside or across the pelvis, common in patients
 #: who cannot raise them) is many small bones close together: 27 bones of 0.1-5 mL, each
 #: within about 40 mm of the next. HO around a hip seldom comes as more than a few islands.
@@ -1030,6 +1037,15 @@ def _vessel_warning(vessel_shaped, bone_threshold_hu) -> str:
             f"threshold is {bone_threshold_hu:.0f} HU), or delete {delete}.")
 
 
+def _vessel_level_warning(numbers, vessel_level_hu: float) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'has' if one else 'have'} no cortex and {'is' if one else 'are'} no denser "
+            f"than the contrast-filled vessels (up to {vessel_level_hu:.0f} HU): on this contrast-enhanced CT "
+            f"{'it' if one else 'they'} may be {'a vessel' if one else 'vessels'} too (a short or curving branch, such "
+            "as the gluteal vessels beside the sciatic nerve) rather than HO. Check on the images; a bone threshold "
+            f"above the vessels' level leaves vessels out, or delete {'the segment' if one else 'those segments'}.")
+
+
 def _large_mass_warning(islands) -> str:
     one = len(islands) == 1
     names = ", ".join(f"HO {island.label} ({island.volume_ml:.0f} mL)" for island in islands)
@@ -1261,6 +1277,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     result_blocks = []
     cut_by_edge = []
     vessel_shaped = []
+    dense_end_hu: dict = {}
     near_metal_immature = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
@@ -1278,8 +1295,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                 and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
             near_metal_immature.append(number)
         tube, width, length = vessel_like(island, depth, island_geometry)
+        dense_end_hu[number] = float(np.percentile(values, 95))
         if tube:
-            vessel_shaped.append((number, width, length, float(np.percentile(values, 95))))
+            vessel_shaped.append((number, width, length, dense_end_hu[number]))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
     if outside_count:
@@ -1290,6 +1308,15 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append("No heterotopic ossification was found in the analysed region.")
     if vessel_shaped:
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
+        contrast_levels = [hu for *_, hu in vessel_shaped if hu <= CONTRAST_MAX_HU]
+        vessel_level = max(contrast_levels, default=None)
+        tubes = {number for number, *_ in vessel_shaped}
+        at_vessel_level = [result.label for result in results
+                           if vessel_level is not None and result.label not in tubes
+                           and result.maturity == "immature"
+                           and dense_end_hu[result.label] <= vessel_level + VESSEL_LEVEL_MARGIN_HU]
+        if at_vessel_level:
+            warnings.append(_vessel_level_warning(at_vessel_level, vessel_level))
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
     # Both checks need the body's midline, found when both hips are imaged.
