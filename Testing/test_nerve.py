@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -227,6 +228,31 @@ def _two_separate_tubes(gap_mm):
     return image, geometry, seeds
 
 
+@pytest.mark.parametrize("blur_mm", [0.6, 1.5])
+def test_edge_against_dense_bone_is_where_nerve_meets_it(blur_mm):
+    """A 5 mm-radius nerve (40 HU) in fat, cut by a plate of cortex (1000 HU) from the
+    voxel 5 mm out on one side, so the interface lies 4.5 mm from the nerve's centre;
+    blurred as a scanner blurs (more on thick slices). The edge facing the bone is
+    half-way between the two levels, at the interface (within 0.25 mm); stopping where
+    the blur first reaches the bone threshold drew it short by about the blur's width,
+    and the gap read as less encasement."""
+    shape = (100, 60, 60)
+    geometry = VolumeGeometry(np.diag([1.0, 1.0, 1.0, 1.0]), shape)
+    k, j, i = np.indices(shape, dtype=np.float32)
+    centre_j, centre_i, radius = 30.0, 30.0, 5.0
+    nerve = np.hypot(j - centre_j, i - centre_i) <= radius
+    sharp = np.where(nerve, 40.0, -100.0).astype(np.float32)
+    sharp[i >= centre_i + radius] = 1000.0  # plate of cortex from the nerve's +i side on
+    image = ndimage.gaussian_filter(sharp, (0.0, blur_mm, blur_mm))
+    seeds = geometry.kji_to_ras_points([[10.0, centre_j, centre_i], [90.0, centre_j, centre_i]])
+    trace = trace_nerve(image, geometry, seeds)
+    middle = (trace.s_mm > 20.0) & (trace.s_mm < trace.length_mm - 20.0)
+    # How far the outline reaches towards the plate (+i is +R here), from the centre.
+    towards_bone = np.array([boundary[:, 0].max() - geometry.kji_to_ras_points([[0.0, centre_j, centre_i]])[0, 0]
+                             for boundary in np.asarray(trace.boundary_ras)[middle]])
+    assert np.median(towards_bone) == pytest.approx(radius - 0.5, abs=0.25), np.median(towards_bone)
+
+
 def test_seeds_on_unconnected_structures_are_refused():
     image, geometry, seeds = _two_separate_tubes(gap_mm=80.0)
     with pytest.raises(InputError, match="could not be followed"):
@@ -271,7 +297,8 @@ def test_no_section_runs_out_along_the_rim_of_an_ho_shell(grid):
     """Where the HO shell around the nerve begins or ends, its blurred rim is brighter
     than the nerve's boundary level: a few rays of one section used to run along it and
     give that station 2-6 times the nerve's area. A nerve does not swell from one
-    millimetre to the next; every station stays within 1.6 times the true area."""
+    millimetre to the next; every station stays within 1.7 times the true area (the
+    first stations inside the shell, where its rim blurs into the nerve, read 1.6)."""
     phantom = generate_phantom(**grid)
     s = phantom.centreline_s_mm
     visible = s[phantom.geometry.contains_ras(phantom.centreline_ras, 5.0 / min(phantom.geometry.spacing_ijk))]
@@ -280,7 +307,7 @@ def test_no_section_runs_out_along_the_rim_of_an_ho_shell(grid):
     index = cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]
     true_area = np.pi / 4.0 * phantom.true_equivalent_diameter_mm[index] ** 2
     ratio = trace.area_mm2 / true_area
-    assert ratio.max() <= 1.6, (ratio.max(), trace.s_mm[np.argmax(ratio)])
+    assert ratio.max() <= 1.7, (ratio.max(), trace.s_mm[np.argmax(ratio)])
     assert np.median(np.abs(ratio - 1.0)) <= 0.10  # partial volume of 1.2-3 mm voxels
 
 

@@ -147,7 +147,7 @@ def test_chain_under_a_registration_transform(slicer_scene, phantom):
     assert contact.ho_distance_model_node.GetParentTransformNode() is transform
     np.testing.assert_allclose(world["ho"], plain["ho"], atol=1e-3)
     assert len(world["patch"]) and len(plain["patch"])
-    assert np.linalg.norm(world["patch"].mean(axis=0) - plain["patch"].mean(axis=0)) < 1.0
+    assert np.linalg.norm(world["patch"].mean(axis=0) - plain["patch"].mean(axis=0)) < 2.0  # a station or two of a 30 mm patch
 
 
 def _model_points_in_world(model_node) -> np.ndarray:
