@@ -20,6 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.contact import compute_contact, ho_surface_distance_mesh, nerve_surface_distance_mesh
 from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.phantom import IslandSpec, generate_phantom, make_shell_spec
 
 TAU = 1.0
@@ -167,3 +168,31 @@ def test_surface_meshes_carry_distances():
     assert volume == pytest.approx(mask_volume, rel=0.1)
     vertices, faces, distance, labels = ho_surface_distance_mesh(phantom.ho_labels, phantom.nerve_mask, phantom.geometry)
     assert len(faces) > 100 and distance.min() < 0.5 and set(np.unique(labels)) <= {0, 1}
+
+
+def test_distance_to_a_surface_between_thick_slices_is_to_its_triangles():
+    """A flat HO face along 5 mm slices: marching cubes puts its vertices on the slices
+    only, 5 mm apart. A point touching the face half-way between two slices is 2.5 mm
+    from the nearest vertex but on the surface: contact is measured to the triangles
+    (within 0.05 mm), so thick slices do not cut the encasement between slices."""
+    from HOSciaticModuleLib.contact import SmoothSurface, point_triangle_distance, smoothed_field
+
+    geometry = VolumeGeometry(np.diag([1.0, 1.0, 5.0, 1.0]), (12, 30, 40))
+    mask = np.zeros(geometry.shape_kji, bool)
+    mask[:, :, :21] = True  # the face lies half-way between i = 20 and 21
+    surface = SmoothSurface(smoothed_field(mask), geometry)
+    k = np.arange(2, 9) + 0.5  # half-way between slices
+    on_face = np.column_stack([np.full(len(k), 20.5), np.full(len(k), 15.0), 5.0 * k])
+    np.testing.assert_allclose(surface.distance(on_face + [1e-3, 0, 0]), 0.0, atol=0.05)
+    np.testing.assert_allclose(surface.distance(on_face + [0.8, 0.0, 0.0]), 0.8, atol=0.05)
+    assert surface.distance(on_face + [20.0, 0.0, 0.0], up_to_mm=12.0).tolist() == [np.inf] * len(k)
+
+    # The distance to one triangle, against a dense sampling of it.
+    rng = np.random.default_rng(2)
+    a, b, c = rng.normal(size=(3, 3))
+    points = rng.normal(scale=2.0, size=(200, 3))
+    weights = rng.dirichlet(np.ones(3), size=20000)
+    samples = weights @ np.stack([a, b, c])
+    brute = np.min(np.linalg.norm(points[:, None, :] - samples[None, :, :], axis=-1), axis=1)
+    exact = point_triangle_distance(points, *(np.broadcast_to(v, points.shape) for v in (a, b, c)))
+    assert np.all(exact <= brute + 1e-9) and np.all(brute - exact <= 0.05)

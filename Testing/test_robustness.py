@@ -212,8 +212,9 @@ def test_thick_slices_give_a_result_with_a_warning(tmp_path):
     assert document["ossifications"]["count"] == len(phantom.islands)
     nerve = document["nerves"][0]
     # Thick slices blur the sleeve's edges: its encasement still reads as one (more than
-    # half the circumference) and is never over-read.
-    assert nerve["encasement_class"] == "encasement" and 180.0 < nerve["max_encasement_deg"] <= 280.0
+    # half the circumference) and is never over-read: at most 270 + 4 asin(tau / 2r) deg
+    # (the 1 mm tolerance reaches past both edges of the sleeve; r about 4.6 mm), 295 deg.
+    assert nerve["encasement_class"] == "encasement" and 180.0 < nerve["max_encasement_deg"] <= 295.0
 
 
 # ---------------------------------------------------------------------------------------

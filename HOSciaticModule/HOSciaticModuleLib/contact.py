@@ -75,6 +75,8 @@ DEFLECTION_FIT_MM = (3.0, 25.0)
 THICKENING_REFERENCE_DISTANCE_MM = 10.0
 #: Nearest voxels examined per query; the closest voxel box is among them.
 NEAREST_VOXELS = 8
+#: Vertices of the HO surface whose triangles are measured against a point.
+NEAREST_SURFACE_VERTICES = 3
 #: Only HO this close to the nerve can touch it; smooth surfaces are built there.
 CONTACT_MARGIN_MM = 12.0
 #: Smoothing of the masks before sub-voxel surfaces are taken (in voxels).
@@ -196,18 +198,88 @@ class SmoothSurface:
         self.geometry = geometry
         self.tree = None
         if field.size and field.max() >= 0.5:
-            vertices = marching_cubes(np.pad(field, 1), 0.5)[0] - 1
-            self.vertices = geometry.kji_to_ras_points(vertices)
+            vertices, faces = marching_cubes(np.pad(field, 1), 0.5)[:2]
+            self.vertices = geometry.kji_to_ras_points(vertices - 1)
+            self.faces = faces
             self.tree = cKDTree(self.vertices)
+            self.faces_of_vertex = _faces_of_vertex(faces, len(vertices))
+            # On thick slices the triangles are long: a vertex may be half a slice
+            # from a point that touches the surface.
+            self.longest_edge_mm = float(np.max(np.linalg.norm(
+                self.vertices[faces] - self.vertices[np.roll(faces, 1, axis=1)], axis=-1))) if len(faces) else 0.0
 
     def distance(self, points_ras: np.ndarray, up_to_mm: float = np.inf) -> np.ndarray:
-        """Distance to the surface (0 inside); beyond ``up_to_mm`` only 'infinity'."""
+        """Distance to the surface (0 inside); beyond ``up_to_mm`` only 'infinity'.
+
+        The nearest vertex gives a first answer; where it lies within a triangle's
+        length, the distance to the triangles around the nearest vertices replaces it.
+        """
         if self.tree is None:
             return np.full(len(points_ras), np.inf)
-        distance = self.tree.query(points_ras, distance_upper_bound=up_to_mm, workers=-1)[0]
+        points_ras = np.asarray(points_ras, float)
+        reach = up_to_mm + self.longest_edge_mm
+        vertex_distance, nearest = self.tree.query(points_ras, k=NEAREST_SURFACE_VERTICES, distance_upper_bound=reach,
+                                                   workers=-1)
+        distance = vertex_distance[:, 0].copy()
+        near = np.flatnonzero(np.isfinite(distance))
+        if len(near):
+            distance[near] = np.minimum(distance[near], self._triangle_distance(points_ras[near], nearest[near]))
+        distance[distance > up_to_mm] = np.inf
         kji = self.geometry.ras_to_kji_points(points_ras)
         inside = ndimage.map_coordinates(self.field, kji.T, order=1, mode="constant", cval=0.0) >= 0.5
         return np.where(inside, 0.0, distance)
+
+    def _triangle_distance(self, points: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+        """Smallest distance from each point to the triangles around its nearest vertices
+        (``nearest``: vertex indices per point, the vertex count where there are fewer)."""
+        count = len(self.vertices)
+        candidates = self.faces_of_vertex[np.minimum(nearest, count)].reshape(len(points), -1)  # -1: none
+        best = np.full(len(points), np.inf)
+        for column in range(candidates.shape[1]):
+            rows = np.flatnonzero(candidates[:, column] >= 0)
+            if len(rows):
+                corners = self.vertices[self.faces[candidates[rows, column]]]
+                best[rows] = np.minimum(best[rows], point_triangle_distance(
+                    points[rows], corners[:, 0], corners[:, 1], corners[:, 2]))
+        return best
+
+
+def _faces_of_vertex(faces: np.ndarray, vertex_count: int) -> np.ndarray:
+    """For each vertex the faces that use it, as rows padded with -1; one extra row of
+    -1 stands for 'no vertex'."""
+    owners = faces.ravel()
+    face_index = np.repeat(np.arange(len(faces)), 3)
+    order = np.argsort(owners, kind="stable")
+    owners, face_index = owners[order], face_index[order]
+    starts = np.searchsorted(owners, np.arange(vertex_count + 1))
+    degree = np.diff(starts)
+    table = np.full((vertex_count + 1, int(degree.max(initial=0))), -1, np.int64)
+    position = np.arange(len(owners)) - starts[owners]
+    table[owners, position] = face_index
+    return table
+
+
+def point_triangle_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Distance from each point to the triangle (a, b, c) of the same row."""
+    ab, ac, ap = b - a, c - a, points - a
+    d00 = np.einsum("ij,ij->i", ab, ab)
+    d01 = np.einsum("ij,ij->i", ab, ac)
+    d11 = np.einsum("ij,ij->i", ac, ac)
+    d20 = np.einsum("ij,ij->i", ap, ab)
+    d21 = np.einsum("ij,ij->i", ap, ac)
+    denominator = d00 * d11 - d01 * d01
+    safe = np.where(np.abs(denominator) > 1e-12, denominator, 1.0)
+    v = (d11 * d20 - d01 * d21) / safe
+    w = (d00 * d21 - d01 * d20) / safe
+    inside = (np.abs(denominator) > 1e-12) & (v >= 0) & (w >= 0) & (v + w <= 1)
+    projection = a + v[:, None] * ab + w[:, None] * ac
+    distance = np.where(inside, np.linalg.norm(points - projection, axis=1), np.inf)
+    for start, end in ((a, b), (b, c), (c, a)):
+        edge = end - start
+        t = np.clip(np.einsum("ij,ij->i", points - start, edge) / np.maximum(np.einsum("ij,ij->i", edge, edge), 1e-12),
+                    0.0, 1.0)
+        distance = np.minimum(distance, np.linalg.norm(points - (start + t[:, None] * edge), axis=1))
+    return distance
 
 
 def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np.ndarray) -> _Sections:
