@@ -173,6 +173,19 @@ def test_outputs_under_a_non_linear_transform_are_refused_before_any_change(slic
         analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right", tolerance_mm=3.0)
     assert contact.contact_patch_model_node.GetPolyData().GetNumberOfPoints() == points_before
     assert scene_io.table_columns(contact.contact_table_node) == table_before
+    # The segmentation the HO and nerve steps write into, likewise, before any work.
+    contact.contact_patch_model_node.SetAndObserveTransformNodeID(None)
+    oss.segmentation_node.SetAndObserveTransformNodeID(bent.GetID())
+    segments_before = scene_io.segment_ids(oss.segmentation_node)
+    reference_before = oss.segmentation_node.GetNodeReferenceID(
+        oss.segmentation_node.GetReferenceImageGeometryReferenceRole())
+    for step in (lambda: analysis.segment_ossifications(volume, segmentation_node=oss.segmentation_node),
+                 lambda: analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)):
+        with pytest.raises(InputError, match="non-linear transform"):
+            step()
+        assert scene_io.segment_ids(oss.segmentation_node) == segments_before
+    assert oss.segmentation_node.GetNodeReferenceID(
+        oss.segmentation_node.GetReferenceImageGeometryReferenceRole()) == reference_before
 
 
 def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):

@@ -210,6 +210,14 @@ class HOSciaticAnalysis:
         found = collection.GetItemAsObject(0) if collection.GetNumberOfItems() else None
         return found
 
+    @staticmethod
+    def _check_output_placement(*nodes) -> None:
+        """Refuse, before anything is computed or written, output nodes under a
+        non-linear transform (results are placed through linear ones)."""
+        for node in nodes:
+            if node is not None:
+                scene_io.world_to_node(node, "Output node")
+
     def _reference_volume(self, segmentation_node):
         """The volume the segmentation was made on (stored as a node reference)."""
         reference = segmentation_node.GetNodeReference(
@@ -282,6 +290,7 @@ class HOSciaticAnalysis:
             raise InputError("No CT volume selected. Load the CT of the hip and select it as input.")
         report(progress, 0.0, "Reading CT")
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
+        self._check_output_placement(self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME))
         roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
         analysed_voxels = int(np.count_nonzero(roi_mask)) if roi_mask is not None else geometry.voxel_count
         check_memory_budget(analysed_voxels, f"The CT '{ct_volume_node.GetName()}'" + (" inside the ROI" if roi_mask is not None else ""))
@@ -363,6 +372,7 @@ class HOSciaticAnalysis:
         seeds = scene_io.control_points_world(seeds_node)
         check_seeds_on_one_nerve(seeds)
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
+        self._check_output_placement(segmentation_node)
         exclusion = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
             exclusion = np.zeros(geometry.shape_kji, bool)
@@ -504,10 +514,7 @@ class HOSciaticAnalysis:
                                                   contact_patch_name(side))
         ho_distance_model_node = self._existing(ho_distance_model_node, "vtkMRMLModelNode",
                                                 ho_distance_model_name(side))
-        # Checked before anything is written: a model under a non-linear transform is refused.
-        for model_node in (contact_patch_model_node, ho_distance_model_node):
-            if model_node is not None:
-                scene_io.world_to_node(model_node, "Model")
+        self._check_output_placement(contact_patch_model_node, ho_distance_model_node)
         full_geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
         report(progress, 0.05, "Reading segments")
         nerve = scene_io.segment_block_on_grid(segmentation_node, nerve_id, full_geometry)
