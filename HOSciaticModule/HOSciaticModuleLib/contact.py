@@ -73,6 +73,11 @@ HO_RIM_MM = 2.0
 DEFLECTION_FIT_MM = (3.0, 25.0)
 #: Stations farther than this from any contact give the reference area.
 THICKENING_REFERENCE_DISTANCE_MM = 10.0
+#: A nerve swells over centimetres; the areas are taken as running medians over this
+#: many stations (5 mm), and the stations at each end of a contact run are left out:
+#: there the HO's rim blurs into the nerve and a section can be drawn too large, which
+#: is not a swelling.
+THICKENING_WINDOW_STATIONS = 5
 #: Nearest voxels examined per query; the closest voxel box is among them.
 NEAREST_VOXELS = 8
 #: Vertices of the HO surface whose triangles are measured against a point.
@@ -398,10 +403,13 @@ def thickening_ratio(area: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray)
         return None
     contact_s = s_mm[in_contact]
     gap = np.min(np.abs(s_mm[:, None] - contact_s[None, :]), axis=1)
-    reference = area[gap > THICKENING_REFERENCE_DISTANCE_MM]
+    steady = ndimage.median_filter(np.asarray(area, float), size=THICKENING_WINDOW_STATIONS, mode="nearest")
+    reference = steady[gap > THICKENING_REFERENCE_DISTANCE_MM]
     if reference.size < 3:
         return None
-    return float(area[in_contact].max() / np.median(reference))
+    inner = ndimage.binary_erosion(in_contact, border_value=1)
+    measured = inner if inner.any() else in_contact
+    return float(steady[measured].max() / np.median(reference))
 
 
 # ---------------------------------------------------------------------------------------
