@@ -1103,11 +1103,12 @@ def _growth_centre_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'lies' if one else 'lie'} within {GROWTH_PLATE_GAP_MM:.0f} mm of native bone "
             f"without touching it and {'has a mirror image' if one else 'have mirror images'} in bone on the other "
-            "side of the body: it may be native bone rather than HO - a growth centre (epiphysis or apophysis) parted "
+            f"side of the body: {'it' if one else 'each'} may be native bone rather than HO - a growth centre "
+            "(epiphysis or apophysis) parted "
             "by its growth plate in a patient under about 18, a small bone beside a joint (the patella or the head "
             "of the fibula, when the image reaches the knees), or a piece of a thin, osteoporotic bone split off by "
-            "the bone threshold. Compare both sides; if it is native, delete the segment (or give a native-bone "
-            "segmentation) and recompute contact.")
+            f"the bone threshold. Compare both sides; if {'it is' if one else 'one is'} native, delete "
+            f"{'the' if one else 'its'} segment (or give a native-bone segmentation) and recompute contact.")
 
 
 def _unpaired_mass_warning(numbers) -> str:
