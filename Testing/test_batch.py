@@ -48,6 +48,7 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     first = summary["p01"]
     document = json.loads((out / "p01" / "metrics.json").read_text())
     assert first["status"] == "done" and first["output"] == str(out / "p01")
+    assert first["image"] == str(case_list.parent / "images" / "ct.nrrd")
     truth_total = sum(island["volume_ml"] for island in phantom.islands)
     assert int(first["ho_islands"]) == document["ossifications"]["count"] == len(phantom.islands)
     assert float(first["ho_total_ml"]) == pytest.approx(truth_total, rel=0.10)

@@ -124,7 +124,7 @@ def _check_unique(cases: list[BatchCase], path: Path) -> None:
 # The summary
 # ---------------------------------------------------------------------------------------
 def summary_columns(sides=("right", "left")) -> list[str]:
-    return (["case", "status", "message", "output", "ho_islands", "ho_total_ml"]
+    return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml"]
             + [f"{side}_{figure}" for side in sides for figure in NERVE_FIGURES] + ["warnings"])
 
 
@@ -132,7 +132,8 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
                 document: dict | None = None) -> dict:
     """One row of the summary: the case's status and, when analysed, its headline
     figures from its ``metrics.json`` document."""
-    row = {"case": case.name, "status": status, "message": message, "output": str(output) if output else ""}
+    row = {"case": case.name, "status": status, "message": message, "image": case.image,
+           "output": str(output) if output else ""}
     if document:
         ossifications = document.get("ossifications") or {}
         row["ho_islands"] = ossifications.get("count", "")
