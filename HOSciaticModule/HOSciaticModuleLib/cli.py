@@ -349,7 +349,8 @@ def _check_modality_inputs(args, seeds) -> None:
         raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
                          "(--modality mr) only traces the nerve. Remove them or give the CT.")
     if args.modality == "mr" and not seeds:
-        raise InputError("An MR run traces the nerve only, so it needs --nerve-seeds. Give a seed-point file.")
+        raise InputError("An MR run traces the nerve only, so it needs seed points along the nerve. Give a "
+                         "seed-point file (--nerve-seeds, or the nerve_seeds column of a case list).")
 
 
 def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers):
