@@ -28,6 +28,9 @@ VARIANTS = {
     "rotated": dict(spacing_ijk=(1.0, 1.0, 2.0), directions_ras=ROTATED, fov_mm=(140.0, 140.0, 160.0)),
     "flipped": dict(spacing_ijk=(1.0, 1.0, 2.0), directions_ras=FLIPPED),
     "anisotropic": dict(spacing_ijk=(0.7, 1.3, 2.5)),
+    # 3 mm, the commonest thick reconstruction: a native bone's rounded end cut by one
+    # slice used to be reported as a 0.1 mL fused island.
+    "3 mm slices": dict(spacing_ijk=(0.7, 0.7, 3.0)),
 }
 
 

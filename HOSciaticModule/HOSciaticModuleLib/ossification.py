@@ -653,11 +653,12 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
 
 
 def _within_one_thick_layer(part: np.ndarray, geometry: VolumeGeometry) -> bool:
-    """Whether a part lies within one layer of voxels thicker than the least protrusion
-    (a thick slice): there the partial volume of a native bone's rounded end, cut by the
-    slice, looks just like an outgrowth."""
+    """Whether a part lies within one layer of voxels as thick as the least protrusion
+    or thicker (a thick slice, 3 mm being the commonest reconstruction): there the
+    partial volume of a native bone's rounded end, cut by the slice, looks just like an
+    outgrowth, and one layer cannot show a protrusion of that size along it."""
     for axis, spacing in enumerate(geometry.spacing_kji):
-        if spacing > FUSED_MIN_PROTRUSION_MM:
+        if spacing >= FUSED_MIN_PROTRUSION_MM - 1e-6:
             others = tuple(a for a in range(3) if a != axis)
             if np.count_nonzero(part.any(axis=others)) <= 1:
                 return True
