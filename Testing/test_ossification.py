@@ -467,6 +467,24 @@ def test_short_vessel_at_the_contrast_level_is_named_with_the_tubes():
     assert not any("contrast-filled vessels" in w for w in segment_ossifications(plain_image, plain.geometry).warnings)
 
 
+@pytest.mark.parametrize("offset_r, in_fat", [(34.0, True), (16.0, False)])
+def test_dense_nodule_in_subcutaneous_fat_is_named(offset_r, in_fat):
+    """A small dense nodule in the buttock's subcutaneous fat (a calcified injection
+    granuloma) is named, wrapped in fat with only fat between it and the skin; the same
+    nodule in muscle is HO like any other, and the phantom's HO is never named."""
+    nodule = IslandSpec("nodule", "ellipsoid", False, center_offset=(offset_r, -40.0, 20.0), semi_axes=(3.0, 3.0, 4.0))
+    spec = PhantomSpec(islands=PhantomSpec().islands + (nodule,))
+    phantom = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 2.0), fov_mm=(140.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands)
+    label = _matching_island(phantom, result, "nodule").label
+    flagged = [w for w in result.warnings if "subcutaneous fat" in w]
+    if in_fat:
+        assert len(flagged) == 1 and re.findall(r"HO (\d+)", flagged[0].split(" lie")[0]) == [str(label)]
+    else:
+        assert flagged == []
+
+
 def test_rib_is_measured_whole_and_flagged_as_a_tube():
     # A lower rib at the top of an abdominal CT: 12 mm wide, 1.2 mm cortex around fatty
     # marrow, 88 mm long, clear of the pelvis. It is bone outside the hip's skeleton, so

@@ -45,6 +45,7 @@ islands are flagged with their level): analyse a non-contrast CT or raise the th
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -118,6 +119,17 @@ SURROUND_RING_MM = 2.5
 #: body: the table, a positioning aid, an external device.
 OUTSIDE_BODY_HU = -500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
+#: HO forms in muscle and around joints. An unfused dense object wrapped in fat and
+#: reached from the skin through fat alone lies in the subcutaneous fat: in the buttock
+#: of an older or long-ill patient mostly a calcified injection granuloma or fat
+#: necrosis. The way out is looked for along 26 directions up to this far; skin (dermis,
+#: 1-3 mm of soft tissue) and the island's own blurred edge are left out of the way; at
+#: least this share of the way, and of the ring around the island, is fat.
+SUBCUTANEOUS_SEARCH_MM = 80.0
+SUBCUTANEOUS_FAT_SHARE = 0.9
+SUBCUTANEOUS_RING_FAT_SHARE = 0.75
+FAT_HU = (-190.0, -30.0)
+SKIN_MM = 4.0
 #: Normal bony prominences (ischial spine, trochanters, iliac spines) come in pairs, HO
 #: seldom mirrors itself: a fused island whose mirror image across the body's midline
 #: lies in bone is flagged as possibly normal anatomy. A midline counts when at least
@@ -1064,6 +1076,33 @@ def _streak_warning(numbers) -> str:
             "the images.")
 
 
+def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float) -> bool:
+    """Whether the shortest way from an island's centre out of the body (to air)
+    crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE)."""
+    directions = np.array([d for d in itertools.product((-1.0, 0.0, 1.0), repeat=3) if any(d)])
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    step = 0.5 * float(min(geometry.spacing_kji))
+    steps = np.arange(0.0, SUBCUTANEOUS_SEARCH_MM, step)
+    points = np.asarray(centre_ras, float)[None, None, :] + steps[None, :, None] * directions[:, None, :]
+    kji = geometry.ras_to_kji_points(points.reshape(-1, 3)).T
+    # Beyond the image nothing is known: such a way out does not count.
+    values = ndimage.map_coordinates(np.asarray(ct_hu, np.float32), kji, order=1, mode="constant",
+                                     cval=np.nan).reshape(len(directions), len(steps))
+    best_reach = np.inf
+    fatty = False
+    for ray in values:
+        outside = np.flatnonzero(~(ray >= OUTSIDE_BODY_HU))  # air, or off the image
+        if not len(outside) or np.isnan(ray[outside[0]]) or steps[outside[0]] >= best_reach:
+            continue
+        reach = outside[0]
+        left = np.flatnonzero(ray[:reach] < bone_threshold_hu)
+        start = (left[0] if len(left) else reach) + int(np.ceil(SURROUND_RING_MM / step))
+        way = ray[start:max(start, reach - int(np.ceil(SKIN_MM / step)))]
+        best_reach = steps[reach]
+        fatty = (not len(way)) or float(np.mean((way >= FAT_HU[0]) & (way <= FAT_HU[1]))) >= SUBCUTANEOUS_FAT_SHARE
+    return fatty
+
+
 def clustered_small_islands(results) -> list[int]:
     """Numbers of the small islands lying in a chain of at least HAND_MIN_BONES, each
     within HAND_BONE_LINK_MM of the next: the pattern of a hand's bones."""
@@ -1082,6 +1121,14 @@ def _hand_warning(numbers) -> str:
     return (f"{_island_names(numbers)} are {len(numbers)} small bones close together, the pattern of a hand "
             "in the field of view, as when the arms lie beside or across the pelvis, rather than HO. Check "
             "them on the images; delete the segments that are a hand and recompute contact.")
+
+
+def _subcutaneous_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'lies' if one else 'lie'} in the subcutaneous fat (reached from the skin "
+            f"through fat alone): {'it is' if one else 'they are'} more likely a calcified injection granuloma or fat "
+            "necrosis, common in the buttocks, than HO, which forms in muscle and around the joint. Check on the "
+            f"images; if so, delete {'the segment' if one else 'those segments'}.")
 
 
 def _on_midline_warning(numbers) -> str:
@@ -1280,6 +1327,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     cut_by_edge = []
     vessel_shaped = []
     dense_end_hu: dict = {}
+    ring_fat_share: dict = {}
     near_metal_immature = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
@@ -1298,6 +1346,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             near_metal_immature.append(number)
         tube, width, length = vessel_like(island, depth, island_geometry)
         dense_end_hu[number] = float(np.percentile(values, 95))
+        around = ct_block[island_block][_surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)]
+        ring_fat_share[number] = float(np.mean((around >= FAT_HU[0]) & (around <= FAT_HU[1]))) if around.size else 0.0
         if tube:
             vessel_shaped.append((number, width, length, dense_end_hu[number]))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
@@ -1344,6 +1394,11 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     hand = clustered_small_islands(results)
     if hand:
         warnings.append(_hand_warning(hand))
+    subcutaneous = [result.label for result in results
+                    if not result.fused_to_native_bone and ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
+                    and in_subcutaneous_fat(ct_hu, geometry, result.centroid_ras, bone_threshold_hu)]
+    if subcutaneous:
+        warnings.append(_subcutaneous_warning(subcutaneous))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane)
