@@ -1086,7 +1086,7 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
     points = np.asarray(centre_ras, float)[None, None, :] + steps[None, :, None] * directions[:, None, :]
     kji = geometry.ras_to_kji_points(points.reshape(-1, 3)).T
     # Beyond the image nothing is known: such a way out does not count.
-    values = ndimage.map_coordinates(np.asarray(ct_hu, np.float32), kji, order=1, mode="constant",
+    values = ndimage.map_coordinates(ct_hu, kji, output=np.float32, order=1, mode="constant",
                                      cval=np.nan).reshape(len(directions), len(steps))
     best_reach = np.inf
     fatty = False
