@@ -73,6 +73,9 @@ CT_AIR_HU = -400.0
 #: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
 #: 20 mm): an outline wider than that over half the traced length has run into muscle.
 MAX_NERVE_DIAMETER_MM = 20.0
+#: Share of the traced length with an outline wider than MAX_NERVE_DIAMETER_MM that is
+#: worth a warning naming the stretch (most of the length is refused).
+TOO_WIDE_SHARE = 0.05
 #: Fat (about -100 HU) the CT resolves around the nerve keeps the tissue just outside the
 #: outline far below the nerve's level. Where it stays less than halfway down towards
 #: fat, the fat plane is thinner than the CT's blur (the nerve abuts muscle) and the
@@ -673,6 +676,20 @@ def _collapsed_sections(radii: np.ndarray) -> np.ndarray:
     return typical < COLLAPSED_SECTION_FRACTION * around
 
 
+def _near_path(centroids: np.ndarray, path_points: np.ndarray, path_tree) -> np.ndarray:
+    """Section centroids held within CORE_SEARCH_MM of the minimal path (whose points
+    ``path_tree`` holds): where no fat plane parts the nerve from muscle, sections spread
+    into the muscle and their centroids, followed pass after pass, drifted the
+    centreline off the nerve (11 mm on a thin nerve)."""
+    distance, nearest = path_tree.query(centroids)
+    anchor = path_tree.data[nearest]
+    too_far = distance > CORE_SEARCH_MM
+    held = centroids.copy()
+    held[too_far] = anchor[too_far] + (centroids[too_far] - anchor[too_far]) * (
+        CORE_SEARCH_MM / distance[too_far])[:, None]
+    return held
+
+
 def _hold_swollen_sections(radii: np.ndarray) -> np.ndarray:
     """Rays of sections far larger than their neighbours (see SWOLLEN_SECTION_FACTOR)
     held to the same rays of the sections around them; other sections unchanged."""
@@ -847,6 +864,20 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
                      f"from the tissue around it, {cause}. {remedy}.")
 
 
+def too_wide_stretch_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
+    """A warning naming the stretch where the outline is wider than any sciatic nerve
+    (over TOO_WIDE_SHARE of the length, short of the refusal for most of it)."""
+    width = np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)
+    wide = width > MAX_NERVE_DIAMETER_MM
+    if np.mean(wide) < TOO_WIDE_SHARE:
+        return []
+    return [f"Over {np.mean(wide):.0%} of the traced length ({s_mm[wide].min():.0f}-{s_mm[wide].max():.0f} mm along "
+            f"it) the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm across): there it has "
+            "run into the tissue around the nerve, where no fat plane parts them, and its areas, diameters and "
+            "contact figures are not the nerve's. Add seed points on the nerve in that stretch, or measure the nerve "
+            "on a T2 fat-saturated MR."]
+
+
 def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance, s_mm: np.ndarray) -> list[str]:
     """A warning where the tissue just outside the outline is barely darker than the
     nerve on a CT: no resolved fat plane, so the outline is drawn too small."""
@@ -907,12 +938,18 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
                         "tissue; check the centreline there and add a seed point if it strays.")
 
     points = smooth_polyline(resample_polyline(path, STATION_SPACING_MM), CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM)
+    path_tree = cKDTree(points)
     # The clicks may be off centre: the ends are re-centred like every other station.
     for iteration in range(RECENTRING_PASSES):
         report(progress, 0.4 + 0.4 * iteration / RECENTRING_PASSES, "Re-centring on the nerve")
         sections, _ = cross_sections(image, geometry, points, appearance, exclusion_mask,
                                      RECENTRING_RAY_COUNT, RECENTRING_RAY_STEP_MM)
-        centred = smooth_polyline(sections.centroids, CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM, keep_ends=False)
+        # A section wider than any sciatic nerve has run into the tissue around it: its
+        # centroid says nothing of where the nerve is, so that station stays put.
+        plausible = np.sqrt(4.0 * sections.area / np.pi) <= MAX_NERVE_DIAMETER_MM
+        targets = np.where(plausible[:, None], sections.centroids, points)
+        centred = smooth_polyline(_near_path(targets, points, path_tree), CENTRELINE_SMOOTHING_MM,
+                                  STATION_SPACING_MM, keep_ends=False)
         shift = float(np.max(np.linalg.norm(centred - points, axis=1)))
         points = resample_polyline(centred, STATION_SPACING_MM)
         if shift < RECENTRING_CONVERGED_MM:
@@ -923,6 +960,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     across_mm = voxel_size_across_nerve(geometry, points)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)))
+    warnings += too_wide_stretch_warnings(sections.area, s_mm)
     warnings += thick_across_nerve_warnings(across_mm, s_mm)
     if modality == "ct":
         warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
