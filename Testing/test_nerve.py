@@ -18,8 +18,8 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.nerve import (check_plausible_width, flatten_mr_shading, sort_seeds_along_nerve,
-                                      trace_nerve, voxel_noise)
+from HOSciaticModuleLib.nerve import (TOO_WIDE_STRETCH_MM, check_plausible_width, flatten_mr_shading,
+                                      sort_seeds_along_nerve, trace_nerve, voxel_noise)
 from HOSciaticModuleLib.phantom import PhantomSpec, _dense_nerve_curve, generate_phantom
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -298,7 +298,7 @@ def test_thin_nerve_without_a_fat_plane_keeps_its_centreline_and_flags_wide_stre
     trace = trace_nerve(thin.image, thin.geometry, seeds)
     off = cKDTree(thin.centreline_ras).query(trace.points_ras)[0]
     assert off.max() <= 3.5, off.max()
-    wide = np.sqrt(4.0 * trace.area_mm2 / np.pi) > 20.0
+    wide = np.sqrt(4.0 * trace.area_mm2 / np.pi) > TOO_WIDE_STRETCH_MM
     named = [w for w in trace.warnings if "wider than any sciatic nerve" in w]
     if wide.mean() >= 0.05:
         assert len(named) == 1

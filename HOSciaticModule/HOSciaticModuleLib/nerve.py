@@ -73,8 +73,11 @@ CT_AIR_HU = -400.0
 #: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
 #: 20 mm): an outline wider than that over half the traced length has run into muscle.
 MAX_NERVE_DIAMETER_MM = 20.0
-#: Share of the traced length with an outline wider than MAX_NERVE_DIAMETER_MM that is
-#: worth a warning naming the stretch (most of the length is refused).
+#: An outline wider than this (equivalent diameter) over a stretch of TOO_WIDE_SHARE of
+#: the length or more has left the nerve: a quarter above MAX_NERVE_DIAMETER_MM, so a
+#: swollen nerve at the top of its range is not taken for one (most of the length wider
+#: than MAX_NERVE_DIAMETER_MM is refused).
+TOO_WIDE_STRETCH_MM = 25.0
 TOO_WIDE_SHARE = 0.05
 #: Fat (about -100 HU) the CT resolves around the nerve keeps the tissue just outside the
 #: outline far below the nerve's level. Where it stays less than halfway down towards
@@ -866,9 +869,9 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
 
 def too_wide_stretch_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
     """A warning naming the stretch where the outline is wider than any sciatic nerve
-    (over TOO_WIDE_SHARE of the length, short of the refusal for most of it)."""
+    (see TOO_WIDE_STRETCH_MM)."""
     width = np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)
-    wide = width > MAX_NERVE_DIAMETER_MM
+    wide = width > TOO_WIDE_STRETCH_MM
     if np.mean(wide) < TOO_WIDE_SHARE:
         return []
     return [f"Over {np.mean(wide):.0%} of the traced length ({s_mm[wide].min():.0f}-{s_mm[wide].max():.0f} mm along "
