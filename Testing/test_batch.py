@@ -77,6 +77,20 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     assert (out / "p01" / "metrics.json").stat().st_mtime_ns == stamp
 
 
+def test_case_list_saved_with_semicolons_or_tabs(tmp_path):
+    """Spreadsheets in many locales save CSV with semicolons: the header row tells the
+    separator; several seed files then go in one cell separated by '|'."""
+    from HOSciaticModuleLib.batch import read_case_list
+
+    for separator in (";", "\t"):
+        case_list = tmp_path / f"cases{len(separator)}.csv"
+        case_list.write_text(separator.join(["case", "image", "nerve_seeds", "modality"]) + "\n"
+                             + separator.join(["p1", "ct.nrrd", "right.mrk.json|left.mrk.json", "CT"]) + "\n")
+        (case,) = read_case_list(case_list)
+        assert case.name == "p1" and case.image == str(tmp_path / "ct.nrrd") and case.modality == "ct"
+        assert case.nerve_seeds == [str(tmp_path / "right.mrk.json"), str(tmp_path / "left.mrk.json")]
+
+
 @pytest.mark.parametrize("text, phrases", [
     ("", ["is empty"]),
     ("case,image\n", ["no case"]),

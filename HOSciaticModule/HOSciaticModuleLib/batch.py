@@ -1,9 +1,11 @@
 """Many cases in one run: the case list a batch reads and the summary it writes.
 
 A case list is a CSV file with a header row: ``case`` and ``image`` on every row,
-optionally ``nerve_seeds`` (one or more files separated by ``;``), ``roi``, ``bones``
-and ``modality``. Paths are taken relative to the list's own folder. The summary has
-one row per case: whether it was analysed, why not, and its headline figures.
+optionally ``nerve_seeds`` (one or more files separated by ``;`` or ``|``), ``roi``,
+``bones`` and ``modality``. Columns are separated by commas, or by semicolons or tabs
+as spreadsheets save CSV in many locales. Paths are taken relative to the list's own
+folder. The summary has one row per case: whether it was analysed, why not, and its
+headline figures.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from .errors import InputError
 
 REQUIRED_COLUMNS = ("case", "image")
 OPTIONAL_COLUMNS = ("nerve_seeds", "roi", "bones", "modality")
-#: Several seed files of one case (one per nerve) share a cell, separated by this.
-SEED_SEPARATOR = ";"
+#: Several seed files of one case (one per nerve) share a cell, separated by one of these.
+SEED_SEPARATORS = re.compile(r"[;|]")
+#: Column separators a case list may use: the header row tells which.
+COLUMN_SEPARATORS = (",", ";", "\t")
 #: A case name becomes a folder name: other characters are replaced by "_".
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -62,7 +66,8 @@ def read_case_list(path) -> list[BatchCase]:
                          f"row holding at least the columns {', '.join(REQUIRED_COLUMNS)}.")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            text = handle.read()
+        rows = list(csv.reader(text.splitlines(), delimiter=_column_separator(text)))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"The case list '{path}' cannot be read as a CSV text file ({error}). Save it as CSV "
                          "(UTF-8) from the spreadsheet.") from None
@@ -88,6 +93,14 @@ def read_case_list(path) -> list[BatchCase]:
     return cases
 
 
+def _column_separator(text: str) -> str:
+    """The separator the header row uses most (commas unless it holds none)."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    counts = {separator: header.count(separator) for separator in COLUMN_SEPARATORS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
 def _case_from_row(row: dict, line: int, base: Path) -> BatchCase:
     name, image = row.get("case", ""), row.get("image", "")
     if not name or not image:
@@ -104,7 +117,7 @@ def _case_from_row(row: dict, line: int, base: Path) -> BatchCase:
         candidate = Path(os.path.expanduser(text))
         return str(candidate if candidate.is_absolute() else base / candidate)
 
-    seeds = [located(part.strip()) for part in (row.get("nerve_seeds") or "").split(SEED_SEPARATOR) if part.strip()]
+    seeds = [located(part.strip()) for part in SEED_SEPARATORS.split(row.get("nerve_seeds") or "") if part.strip()]
     return BatchCase(name=name, folder_name=_UNSAFE_NAME.sub("_", name).strip("._") or "case", image=located(image),
                      nerve_seeds=seeds, roi=located(row.get("roi")), bones=located(row.get("bones")),
                      modality=modality)

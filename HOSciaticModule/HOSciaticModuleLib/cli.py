@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch_command = commands.add_parser(
         "batch", help="analyse every case of a case list (CSV), one output folder per case, and a summary table")
     batch_command.add_argument("cases", help="CSV with a header row: case, image (required), nerve_seeds (several "
-                               "files separated by ';'), roi, bones, modality; paths relative to the CSV's folder")
+                               "files separated by ';' or '|'), roi, bones, modality; paths relative to the CSV's "
+                               "folder; columns separated by commas, semicolons or tabs")
     batch_command.add_argument("--out", required=True, help="output folder: one folder per case and summary.csv")
     _add_shared_options(batch_command)
     batch_command.add_argument("--skip-existing", action="store_true",
