@@ -668,6 +668,11 @@ def _edge_against_bone(values, masks, appearance, first_out, radii, step_mm):
     return np.where(stopped, (edge - 1 + np.clip(crossing, 0.0, 1.0)) * step_mm, radii)
 
 
+def _neighbourhood_median(per_station: np.ndarray) -> np.ndarray:
+    """Each station's value's median over COLLAPSE_WINDOW_STATIONS either side."""
+    return ndimage.median_filter(per_station, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
+
+
 def _collapsed_sections(radii: np.ndarray) -> np.ndarray:
     """Sections whose median ray is under COLLAPSED_SECTION_FRACTION of the median of
     their neighbours' (within COLLAPSE_WINDOW_STATIONS either side): a nerve narrows
@@ -675,11 +680,11 @@ def _collapsed_sections(radii: np.ndarray) -> np.ndarray:
     typical = np.median(radii, axis=1)
     if len(typical) < 3:
         return np.zeros(len(typical), bool)
-    around = ndimage.median_filter(typical, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
+    around = _neighbourhood_median(typical)
     return typical < COLLAPSED_SECTION_FRACTION * around
 
 
-def _near_path(centroids: np.ndarray, path_points: np.ndarray, path_tree) -> np.ndarray:
+def _near_path(centroids: np.ndarray, path_tree) -> np.ndarray:
     """Section centroids held within CORE_SEARCH_MM of the minimal path (whose points
     ``path_tree`` holds): where no fat plane parts the nerve from muscle, sections spread
     into the muscle and their centroids, followed pass after pass, drifted the
@@ -700,7 +705,7 @@ def _hold_swollen_sections(radii: np.ndarray) -> np.ndarray:
     size = np.mean(radii ** 2, axis=1)
     if len(size) < 2 * SWOLLEN_NEIGHBOURS + 1:
         return radii
-    around = ndimage.median_filter(size, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
+    around = _neighbourhood_median(size)
     swollen = np.flatnonzero(size > SWOLLEN_SECTION_FACTOR * around)
     held = radii.copy()
     for n in swollen:
@@ -824,6 +829,17 @@ def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     return mask
 
 
+def equivalent_diameter_mm(area_mm2):
+    """Diameter (mm) of the circle of the same area as each cross-section."""
+    return np.sqrt(4.0 * np.asarray(area_mm2, float) / np.pi)
+
+
+def _stretch(flagged: np.ndarray, s_mm: np.ndarray) -> str:
+    """How much of the traced length, and where, the ``flagged`` stations cover."""
+    return (f"Over {np.mean(flagged):.0%} of the traced length ({s_mm[flagged].min():.0f}-{s_mm[flagged].max():.0f} "
+            "mm along it)")
+
+
 def voxel_size_across_nerve(geometry: VolumeGeometry, points: np.ndarray) -> np.ndarray:
     """At each centreline point, the longest edge of a voxel as seen in the nerve's
     cross-section (the voxel's edges projected onto the plane across the nerve), mm."""
@@ -839,17 +855,16 @@ def thick_across_nerve_warnings(across_mm: np.ndarray, s_mm: np.ndarray) -> list
     thick = np.asarray(across_mm) > THICK_ACROSS_NERVE_MM
     if np.mean(thick) < THICK_ACROSS_NERVE_SHARE:
         return []
-    return [f"Over {np.mean(thick):.0%} of the traced length ({s_mm[thick].min():.0f}-{s_mm[thick].max():.0f} mm "
-            f"along it) the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve (slices cut "
-            "along it, as in a coronal or sagittal series): there its outline is blurred and the areas and diameters, "
-            "the smallest diameter most, are unreliable. Trace on an axial series, or a "
-            f"reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner."]
+    return [f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
+            "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred and the areas and "
+            "diameters, the smallest diameter most, are unreliable. Trace on an axial series, or a reconstruction, "
+            f"with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner."]
 
 
 def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float = 0.0) -> None:
     """Refuse an outline wider than any sciatic nerve over most of its length;
     ``across_mm`` is the typical voxel size across the nerve (a likely cause if large)."""
-    width = float(np.median(np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)))
+    width = float(np.median(equivalent_diameter_mm(area_mm2)))
     if width <= MAX_NERVE_DIAMETER_MM:
         return
     cause, remedy = (("probably muscle touching it without a fat plane", "Place the seed points where fat surrounds "
@@ -870,14 +885,13 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
 def too_wide_stretch_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
     """A warning naming the stretch where the outline is wider than any sciatic nerve
     (see TOO_WIDE_STRETCH_MM)."""
-    width = np.sqrt(4.0 * np.asarray(area_mm2) / np.pi)
+    width = equivalent_diameter_mm(area_mm2)
     wide = width > TOO_WIDE_STRETCH_MM
     if np.mean(wide) < TOO_WIDE_SHARE:
         return []
-    return [f"Over {np.mean(wide):.0%} of the traced length ({s_mm[wide].min():.0f}-{s_mm[wide].max():.0f} mm along "
-            f"it) the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm across): there it has "
-            "run into the tissue around the nerve, where no fat plane parts them, and its areas, diameters and "
-            "contact figures are not the nerve's. Add seed points on the nerve in that stretch, or measure the nerve "
+    return [f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
+            "across): there it has run into the tissue around the nerve, where no fat plane parts them, and its areas, "
+            "diameters and contact figures are not the nerve's. Add seed points on the nerve in that stretch, or measure the nerve "
             "on a T2 fat-saturated MR."]
 
 
@@ -888,9 +902,8 @@ def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance,
     thin = np.nan_to_num(contrast, nan=np.inf) < THIN_FAT_PLANE_CONTRAST * (appearance.nerve_level - CT_FAT_REFERENCE_HU)
     if np.mean(thin) < THIN_FAT_PLANE_SHARE:
         return []
-    return [f"Over {np.mean(thin):.0%} of the traced length ({s_mm[thin].min():.0f}-{s_mm[thin].max():.0f} mm along "
-            "it) the nerve abuts muscle with a fat plane thinner than the CT resolves: there its outline is drawn "
-            "too small and the diameters and areas are underestimated. Check the outline on the images, or measure "
+    return [f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
+            "its outline is drawn too small and the diameters and areas are underestimated. Check the outline on the images, or measure "
             "the nerve on a T2 fat-saturated MR."]
 
 
@@ -949,9 +962,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
                                      RECENTRING_RAY_COUNT, RECENTRING_RAY_STEP_MM)
         # A section wider than any sciatic nerve has run into the tissue around it: its
         # centroid says nothing of where the nerve is, so that station stays put.
-        plausible = np.sqrt(4.0 * sections.area / np.pi) <= MAX_NERVE_DIAMETER_MM
+        plausible = equivalent_diameter_mm(sections.area) <= MAX_NERVE_DIAMETER_MM
         targets = np.where(plausible[:, None], sections.centroids, points)
-        centred = smooth_polyline(_near_path(targets, points, path_tree), CENTRELINE_SMOOTHING_MM,
+        centred = smooth_polyline(_near_path(targets, path_tree), CENTRELINE_SMOOTHING_MM,
                                   STATION_SPACING_MM, keep_ends=False)
         shift = float(np.max(np.linalg.norm(centred - points, axis=1)))
         points = resample_polyline(centred, STATION_SPACING_MM)
@@ -974,6 +987,6 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     report(progress, 1.0, "Nerve traced")
     return NerveTrace(
         side=side, modality=modality, points_ras=points, s_mm=s_mm, area_mm2=sections.area,
-        diameter_mm=np.sqrt(4.0 * sections.area / np.pi), min_diameter_mm=sections.min_width,
+        diameter_mm=equivalent_diameter_mm(sections.area), min_diameter_mm=sections.min_width,
         max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask_block=block_mask,
         mask_slices=block, volume_shape=full_shape, warnings=warnings)

@@ -644,7 +644,7 @@ class HOSciaticAnalysis:
             if row.get("area_mm2") is None and result.area_mm2 is not None:
                 area = float(result.area_mm2[n])
                 row["area_mm2"] = area
-                row["diameter_mm"] = float(np.sqrt(4.0 * area / np.pi))
+                row["diameter_mm"] = float(nerve.equivalent_diameter_mm(area))
             rows.append(row)
         return rows
 
