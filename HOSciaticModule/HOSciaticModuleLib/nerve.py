@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .defaults import CT_FAT_HU
 from .errors import InputError
 from .geometry import VolumeGeometry
 from .progress import ProgressCallback, report
@@ -68,7 +69,6 @@ SECTION_WORKERS = min(4, os.cpu_count() or 1)
 MIN_STATIONS_PER_PART = 40
 #: CT tissue windows used to read levels near the seeds.
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
-CT_FAT_HU = (-190.0, -30.0)
 CT_AIR_HU = -400.0
 #: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
 #: 20 mm): an outline wider than that over half the traced length has run into muscle.

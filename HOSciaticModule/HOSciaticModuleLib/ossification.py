@@ -58,7 +58,7 @@ from scipy import ndimage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
+from .defaults import CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
 from .errors import InputError
 from .geometry import VolumeGeometry, bounding_slices
 from .progress import ProgressCallback, report
@@ -128,7 +128,6 @@ OUTSIDE_BODY_AIR_FRACTION = 0.75
 SUBCUTANEOUS_SEARCH_MM = 80.0
 SUBCUTANEOUS_FAT_SHARE = 0.9
 SUBCUTANEOUS_RING_FAT_SHARE = 0.75
-FAT_HU = (-190.0, -30.0)
 SKIN_MM = 4.0
 #: Normal bony prominences (ischial spine, trochanters, iliac spines) come in pairs, HO
 #: seldom mirrors itself: a fused island whose mirror image across the body's midline
@@ -575,7 +574,7 @@ def _free_mass(component: np.ndarray, block, all_bone, geometry: VolumeGeometry,
     if plane is None:
         return True
     centre = geometry.kji_to_ras_points(np.argwhere(component).mean(axis=0) + [s.start for s in block])[0]
-    if abs(float(centre @ plane.normal) - plane.offset) <= MIDLINE_ISLAND_MM:
+    if abs(float(plane.signed_distance(centre))) <= MIDLINE_ISLAND_MM:
         return False
     return not mirrored_in_bone(component, block, all_bone(), geometry, plane)
 
@@ -747,8 +746,12 @@ class MirrorPlane:
     normal: np.ndarray
     offset: float
 
+    def signed_distance(self, ras) -> np.ndarray:
+        """Distance (mm) of RAS points from the plane, positive towards the patient's right."""
+        return np.asarray(ras, float) @ self.normal - self.offset
+
     def mirror(self, ras: np.ndarray) -> np.ndarray:
-        return ras - 2.0 * ((ras @ self.normal) - self.offset)[:, None] * self.normal[None, :]
+        return ras - 2.0 * self.signed_distance(ras)[:, None] * self.normal[None, :]
 
 
 def _midline_sampling_steps(geometry: VolumeGeometry) -> np.ndarray:
@@ -785,7 +788,7 @@ def _candidate_midlines_r(ras: np.ndarray) -> list[float]:
 
 def _lateral_share(ras: np.ndarray, plane: MirrorPlane) -> float:
     """The smaller share of the points lying more than MIRROR_MIN_LATERAL_MM out on one side."""
-    signed = ras @ plane.normal - plane.offset
+    signed = plane.signed_distance(ras)
     return float(min(np.mean(signed > MIRROR_MIN_LATERAL_MM), np.mean(signed < -MIRROR_MIN_LATERAL_MM)))
 
 
@@ -849,7 +852,7 @@ def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | N
     """The patient's side ('right' or 'left') the points lie on, judged by their median,
     and their distance (mm) from the midline; the side is None within
     MIDLINE_SIDE_MARGIN_MM of it. The plane's normal points to the patient's right (+R)."""
-    signed = float(np.median(np.atleast_2d(points_ras) @ plane.normal - plane.offset))
+    signed = float(np.median(plane.signed_distance(np.atleast_2d(points_ras))))
     if abs(signed) < MIDLINE_SIDE_MARGIN_MM:
         return None, abs(signed)
     return ("right" if signed > 0 else "left"), abs(signed)
@@ -1076,6 +1079,11 @@ def _streak_warning(numbers) -> str:
             "the images.")
 
 
+def fat_share(hu: np.ndarray) -> float:
+    """Share of the values in the fat range (0 for none)."""
+    return float(np.mean((hu >= CT_FAT_HU[0]) & (hu <= CT_FAT_HU[1]))) if hu.size else 0.0
+
+
 def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float) -> bool:
     """Whether the shortest way from an island's centre out of the body (to air)
     crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE)."""
@@ -1099,7 +1107,7 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
         start = (left[0] if len(left) else reach) + int(np.ceil(SURROUND_RING_MM / step))
         way = ray[start:max(start, reach - int(np.ceil(SKIN_MM / step)))]
         best_reach = steps[reach]
-        fatty = (not len(way)) or float(np.mean((way >= FAT_HU[0]) & (way <= FAT_HU[1]))) >= SUBCUTANEOUS_FAT_SHARE
+        fatty = (not len(way)) or fat_share(way) >= SUBCUTANEOUS_FAT_SHARE
     return fatty
 
 
@@ -1185,7 +1193,7 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
 def _midline_islands(results, plane: MirrorPlane) -> list[int]:
     """Numbers of the islands whose centre lies on the body's midline."""
     return [result.label for result in results
-            if abs(float(np.asarray(result.centroid_ras) @ plane.normal) - plane.offset) <= MIDLINE_ISLAND_MM]
+            if abs(float(plane.signed_distance(result.centroid_ras))) <= MIDLINE_ISLAND_MM]
 
 
 def _paired_islands_beside_native_bone(results, islands, native, filled_bone, geometry,
@@ -1347,7 +1355,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         tube, width, length = vessel_like(island, depth, island_geometry)
         dense_end_hu[number] = float(np.percentile(values, 95))
         around = ct_block[island_block][_surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)]
-        ring_fat_share[number] = float(np.mean((around >= FAT_HU[0]) & (around <= FAT_HU[1]))) if around.size else 0.0
+        ring_fat_share[number] = fat_share(around)
         if tube:
             vessel_shaped.append((number, width, length, dense_end_hu[number]))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
