@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .defaults import SIDES
 from .errors import InputError
 
 REQUIRED_COLUMNS = ("case", "image")
@@ -32,6 +33,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 SUMMARY_NAME = "summary.csv"
 #: Status of a case in the summary.
 DONE, DONE_EARLIER, REFUSED, FAILED, NOT_RUN = "done", "done earlier", "refused", "failed", "not run"
+ANALYSED = (DONE, DONE_EARLIER)
 NERVE_FIGURES = ("length_mm", "mean_diameter_mm", "encasement_class", "max_encasement_deg", "contact_length_mm",
                  "min_distance_mm", "thickening_ratio")
 
@@ -136,7 +138,7 @@ def _check_unique(cases: list[BatchCase], path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # The summary
 # ---------------------------------------------------------------------------------------
-def summary_columns(sides=("right", "left")) -> list[str]:
+def summary_columns(sides=SIDES) -> list[str]:
     return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml"]
             + [f"{side}_{figure}" for side in sides for figure in NERVE_FIGURES] + ["warnings"])
 

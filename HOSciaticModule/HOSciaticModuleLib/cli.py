@@ -282,6 +282,14 @@ def _load_in_background(module_name: str) -> threading.Thread:
     return thread
 
 
+def _output_folder(path) -> Path:
+    """``--out`` as a folder path, refused when it names an existing file."""
+    out_dir = Path(path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
+    return out_dir
+
+
 def _create_output_folder(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,9 +307,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
     from .mrml_app import create_headless_slicer
     from .pipeline import HOSciaticAnalysis
 
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
+    out_dir = _output_folder(args.out)
     volume_writer = None
     scene = None
     try:
@@ -423,9 +429,7 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
     from . import batch
 
     cases = batch.read_case_list(args.cases)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
+    out_dir = _output_folder(args.out)
     _create_output_folder(out_dir)
     summary_path = out_dir / batch.SUMMARY_NAME
     shared = ["--bone-threshold", repr(args.bone_threshold), "--min-island-ml", repr(args.min_island_ml),
@@ -438,9 +442,10 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
         if earlier is not None:
             rows[index] = batch.summary_row(case, batch.DONE_EARLIER, "", case_dir, earlier)
         else:
-            progress.for_stage(f"Case {index + 1}/{len(cases)} {case.name}")(0.0, "starting")
+            stage = f"Case {index + 1}/{len(cases)} {case.name}"
+            progress.for_stage(stage)(0.0, "starting")
             rows[index] = _run_case(case, out_dir, shared, progress)
-            progress.for_stage(f"Case {index + 1}/{len(cases)} {case.name}")(1.0, rows[index]["status"])
+            progress.for_stage(stage)(1.0, rows[index]["status"])
         batch.write_summary(summary_path, rows)
     return summary_path, rows
 
@@ -478,10 +483,10 @@ def _metrics_of(case_dir: Path) -> dict | None:
 def _batch_summary(summary_path: Path, rows: list[dict]) -> str:
     from . import batch
 
-    analysed = sum(row["status"] in (batch.DONE, batch.DONE_EARLIER) for row in rows)
+    analysed = sum(row["status"] in batch.ANALYSED for row in rows)
     lines = [f"{analysed} of {len(rows)} cases analysed; summary in {summary_path.resolve()}"]
     for row in rows:
-        if row["status"] not in (batch.DONE, batch.DONE_EARLIER):
+        if row["status"] not in batch.ANALYSED:
             lines.append(f"  {row['case']}: {row['status']}: {row['message']}")
     return "\n".join(lines)
 
@@ -528,9 +533,11 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         progress = _ConsoleProgress(getattr(args, "quiet", False))
         if args.command == "batch":
+            from .batch import ANALYSED
+
             summary_path, rows = run_batch(args, progress)
             print(_batch_summary(summary_path, rows))
-            return 0 if all(row["status"] in ("done", "done earlier") for row in rows) else BATCH_INCOMPLETE_STATUS
+            return 0 if all(row["status"] in ANALYSED for row in rows) else BATCH_INCOMPLETE_STATUS
         out_dir = run_demo(args, progress) if args.command == "demo" else run_analyze(args, progress)
         print(_summary(out_dir))
         return 0
