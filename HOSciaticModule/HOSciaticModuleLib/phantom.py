@@ -458,6 +458,7 @@ def write_named_label_map(path, labels: np.ndarray, geometry: VolumeGeometry, na
     import struct
     import tempfile
 
+    from .bonelabels import NIFTI1_HEADER_BYTES
     from .imageio import write_volume
 
     with tempfile.TemporaryDirectory() as folder:
@@ -471,8 +472,9 @@ def write_named_label_map(path, labels: np.ndarray, geometry: VolumeGeometry, na
              f"{entries}</LabelTable></VolumeInformation></CaretExtension>").encode()
     table += b" " * (-(len(table) + 8) % 16)  # an extension's size is a multiple of 16 bytes
     extension = struct.pack("<ii", len(table) + 8, 0) + table
-    header = bytearray(data[:348])
-    header[108:112] = struct.pack("<f", float(352 + len(extension)))
+    header = bytearray(data[:NIFTI1_HEADER_BYTES])
+    # The header, the 4-byte extension flag, then the extension.
+    header[108:112] = struct.pack("<f", float(NIFTI1_HEADER_BYTES + 4 + len(extension)))
     content = bytes(header) + b"\x01\x00\x00\x00" + extension + data[voxel_offset:]
     Path(path).write_bytes(gzip.compress(content) if str(path).endswith(".gz") else content)
 
