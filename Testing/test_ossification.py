@@ -590,3 +590,27 @@ def test_bones_of_a_hand_in_the_field_are_flagged():
     named = {int(n) for n in re.findall(r"HO (\d+)", warning.split(" are ")[0])}
     hand_labels = {i.label for i in result.islands if i.volume_ml < 1.0}
     assert named == hand_labels and len(named) == len(hand)
+
+
+@pytest.mark.parametrize("with_gas", [True, False])
+def test_dense_pool_against_gas_is_named(with_gas):
+    """Oral contrast pooled in a bowel loop under a gas bubble (an air-fluid level,
+    gas uppermost in a supine patient) is bone-dense and unfused; the gas against it
+    names it as likely bowel content. The same pool without gas, like the phantom's HO,
+    is not named."""
+    phantom = generate_phantom(PhantomSpec(), spacing_ijk=(1.0, 1.0, 2.0), fov_mm=(140.0, 120.0, 150.0))
+    centre = np.asarray(PhantomSpec().center_ras) + (16.0, -40.0, 20.0)
+    offset = phantom.geometry.voxel_ras_grid() - centre
+    lumen = np.linalg.norm(offset / (8.0, 7.0, 10.0), axis=-1) <= 1.0
+    image = phantom.image.copy()
+    image[lumen] = 350.0
+    if with_gas:
+        image[lumen & (offset[..., 1] >= 3.0)] = -900.0
+    result = segment_ossifications(image, phantom.geometry)
+    pool = [i.label for i in result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 8.0]
+    assert len(pool) == 1 and len(result.islands) == len(phantom.islands) + 1
+    flagged = [w for w in result.warnings if "touch" in w and "gas" in w]
+    if with_gas:
+        assert len(flagged) == 1 and [int(n) for n in re.findall(r"HO (\d+)", flagged[0].split(" touch")[0])] == pool
+    else:
+        assert flagged == []

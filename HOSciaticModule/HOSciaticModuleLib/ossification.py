@@ -129,6 +129,13 @@ SUBCUTANEOUS_SEARCH_MM = 80.0
 SUBCUTANEOUS_FAT_SHARE = 0.9
 SUBCUTANEOUS_RING_FAT_SHARE = 0.75
 SKIN_MM = 4.0
+#: HO forms in muscle and around joints, where there is no gas. An unfused dense object
+#: with gas (below OUTSIDE_BODY_HU) on at least this share of the ring around it, but not
+#: surrounded by it, lies against bowel gas (oral or rectal contrast, dense stool, swallowed
+#: tablets), gas in a wound, or the air against the skin (an object on the skin). Even a
+#: small bubble above a contrast level covers this much of a 2.5 mm ring; fat and muscle,
+#: noise included, never reach -500 HU.
+GAS_RING_MIN_SHARE = 0.05
 #: Normal bony prominences (ischial spine, trochanters, iliac spines) come in pairs, HO
 #: seldom mirrors itself: a fused island whose mirror image across the body's midline
 #: lies in bone is flagged as possibly normal anatomy. A midline counts when at least
@@ -713,7 +720,7 @@ def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: Volu
 def outside_body(ct_hu, ring: np.ndarray) -> bool:
     """Whether the ring around an island (see :func:`_surrounding_ring`) is mostly air:
     an object outside the patient."""
-    return bool(ring.any()) and float(np.mean(ct_hu[ring] < OUTSIDE_BODY_HU)) >= OUTSIDE_BODY_AIR_FRACTION
+    return bool(ring.any()) and gas_share(ct_hu[ring]) >= OUTSIDE_BODY_AIR_FRACTION
 
 
 def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_threshold_hu) -> np.ndarray:
@@ -1084,6 +1091,11 @@ def fat_share(hu: np.ndarray) -> float:
     return float(np.mean((hu >= CT_FAT_HU[0]) & (hu <= CT_FAT_HU[1]))) if hu.size else 0.0
 
 
+def gas_share(hu: np.ndarray) -> float:
+    """Share of the values below OUTSIDE_BODY_HU: gas or air (0 for none)."""
+    return float(np.mean(hu < OUTSIDE_BODY_HU)) if hu.size else 0.0
+
+
 def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float) -> bool:
     """Whether the shortest way from an island's centre out of the body (to air)
     crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE)."""
@@ -1137,6 +1149,15 @@ def _subcutaneous_warning(numbers) -> str:
             f"through fat alone): {'it is' if one else 'they are'} more likely a calcified injection granuloma or fat "
             "necrosis, common in the buttocks, than HO, which forms in muscle and around the joint. Check on the "
             f"images; if so, delete {'the segment' if one else 'those segments'}.")
+
+
+def _gas_warning(numbers) -> str:
+    one = len(numbers) == 1
+    return (f"{_island_names(numbers)} {'touches' if one else 'touch'} gas (below {OUTSIDE_BODY_HU:.0f} HU on at "
+            f"least {100 * GAS_RING_MIN_SHARE:.0f} % of the tissue around {'it' if one else 'them'}): HO forms in "
+            "muscle, where there is no gas, so this is more likely dense bowel content (oral or rectal contrast, "
+            "stool, tablets), a gas-filled wound, or an object against the skin. Check on the images; if it is not "
+            f"HO, delete {'the segment' if one else 'those segments'} and recompute contact.")
 
 
 def _on_midline_warning(numbers) -> str:
@@ -1336,6 +1357,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     vessel_shaped = []
     dense_end_hu: dict = {}
     ring_fat_share: dict = {}
+    ring_gas_share: dict = {}
     near_metal_immature = []
     labelmap_block = labelmap[block]
     for number, (island_block, island) in enumerate(islands, start=1):
@@ -1356,6 +1378,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         dense_end_hu[number] = float(np.percentile(values, 95))
         around = ct_block[island_block][_surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)]
         ring_fat_share[number] = fat_share(around)
+        ring_gas_share[number] = gas_share(around)
         if tube:
             vessel_shaped.append((number, width, length, dense_end_hu[number]))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
@@ -1407,6 +1430,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                     and in_subcutaneous_fat(ct_hu, geometry, result.centroid_ras, bone_threshold_hu)]
     if subcutaneous:
         warnings.append(_subcutaneous_warning(subcutaneous))
+    against_gas = [result.label for result in results
+                   if not result.fused_to_native_bone and ring_gas_share[result.label] >= GAS_RING_MIN_SHARE]
+    if against_gas:
+        warnings.append(_gas_warning(against_gas))
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane)
