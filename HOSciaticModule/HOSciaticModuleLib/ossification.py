@@ -1165,7 +1165,8 @@ def _on_midline_warning(numbers) -> str:
     return (f"{_island_names(numbers)} {'lies' if one else 'lie'} on the body's midline (within "
             f"{MIDLINE_ISLAND_MM:.0f} mm): at the coccyx, the sacrum or the pubic symphysis, "
             f"{'it is' if one else 'they are'} more likely a normal bone or ossicle than HO of the hip, which forms "
-            "beside the pelvis. Check it; if it is normal anatomy, delete the segment and recompute contact.")
+            "beside the pelvis; without a cortex, contrast excreted into the bladder or given into the rectum. "
+            "Check it; if it is not HO, delete the segment and recompute contact.")
 
 
 def _mirror_warning(numbers) -> str:
