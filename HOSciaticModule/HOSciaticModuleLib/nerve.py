@@ -33,6 +33,7 @@ from scipy.spatial import cKDTree
 from .defaults import CT_FAT_HU
 from .errors import InputError
 from .geometry import VolumeGeometry
+from .ossification import looks_like_ct
 from .progress import ProgressCallback, report
 
 STATION_SPACING_MM = 1.0
@@ -919,6 +920,10 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         raise InputError(f"Modality must be 'ct' or 'mr'; got '{modality}'.")
     if exclusion_mask is not None and exclusion_mask.shape != image.shape:
         raise InputError("The HO mask does not match the volume's grid; resample it onto the volume.")
+    if modality == "mr" and looks_like_ct(image):
+        raise InputError("The image looks like a CT in Hounsfield units (fat near -100 HU, and air near -1000 HU or "
+                         "cortical bone), but the modality is MR. Trace it with modality 'ct' (--modality ct on the "
+                         "command line).")
     warnings: list[str] = []
     report(progress, 0.0, "Checking seed points")
     seeds = validate_seeds(seeds_ras, image, geometry, modality)

@@ -66,6 +66,8 @@ from .progress import ProgressCallback, report
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
 #: the densest cortical bone (about 1900 HU).
 METAL_THRESHOLD_HU = 2500.0
+#: Below this even fat (down to -190 HU) would pass for bone: no threshold is useful there.
+MIN_BONE_THRESHOLD_HU = -200.0
 #: Beam-hardening and blooming make bone-like values around metal.
 METAL_MARGIN_MM = 3.0
 #: A native hip-region bone inside a hip CT (femur, hip bone, sacrum, a lumbar vertebra)
@@ -109,9 +111,17 @@ CORTICAL_HU = 600.0
 CORTEX_MARROW_CONTRAST_HU = 300.0
 #: Depth of the rim whose density is compared with the interior: a typical HO cortex.
 CORTEX_RIM_MM = 2.0
-#: A CT in Hounsfield units of any body region holds fat (-190..-30 HU) or air
-#: (-1000 HU); MR signal and other units are not negative.
-HU_FAT_OR_AIR = -50.0
+#: A CT in Hounsfield units of the hip region holds fat (-190..-30 HU: subcutaneous,
+#: between the muscles, around the nerve), and air around the body (about -1000 HU) or,
+#: in a field of view inside the body, the cortex of the femur and pelvis. MR signal has
+#: no such levels; a CT without its rescale intercept has them 1024 higher (a padding
+#: value outside the field of view, -2000 or so, lies below all of them).
+CT_AIR_RANGE_HU = (-1100.0, -900.0)
+#: Dense cortical bone (femoral shaft, acetabulum) measures 1000-1900 HU, even in an
+#: osteoporotic patient; a shifted or normalised MR seldom reaches it.
+CT_DENSE_CORTEX_HU = 1000.0
+CT_MIN_FAT_SHARE = 0.005
+CT_MIN_AIR_OR_CORTEX_SHARE = 0.0005
 #: Tissue around an island whose level sets the island's edge and tells where it lies.
 SURROUND_RING_MM = 2.5
 #: HO forms in soft tissue. A bone-dense object surrounded mostly by air (air and the
@@ -270,21 +280,58 @@ def _ct_sample(ct_hu: np.ndarray) -> np.ndarray:
     return ct_hu[::4, ::4, ::4] if ct_hu.size > 4_000_000 else ct_hu
 
 
+@dataclass(frozen=True)
+class HounsfieldEvidence:
+    """Shares of an image's voxels at the levels every body CT in HU shows."""
+
+    fat: float      # CT_FAT_HU
+    air: float      # CT_AIR_RANGE_HU
+    cortex: float   # at least CT_DENSE_CORTEX_HU
+
+    @property
+    def is_ct(self) -> bool:
+        return self.fat >= CT_MIN_FAT_SHARE and max(self.air, self.cortex) >= CT_MIN_AIR_OR_CORTEX_SHARE
+
+
+def hounsfield_evidence(ct_hu: np.ndarray) -> HounsfieldEvidence:
+    """Fat, air and cortical-bone shares of a sample of the image's voxels. A padding
+    value below air outside the scanner's circular field of view (-2000, -3024) counts
+    as none of them, so it cannot pass for fat or air."""
+    sample = _ct_sample(ct_hu)
+    if sample.size == 0:
+        return HounsfieldEvidence(0.0, 0.0, 0.0)
+
+    def share(low, high=np.inf):
+        return float(np.count_nonzero((sample >= low) & (sample <= high))) / sample.size
+
+    return HounsfieldEvidence(share(*CT_FAT_HU), share(*CT_AIR_RANGE_HU), share(CT_DENSE_CORTEX_HU))
+
+
 def looks_like_ct(ct_hu: np.ndarray) -> bool:
-    """Whether an image holds fat or air in Hounsfield units, as every body CT does."""
-    return ct_hu.size > 0 and float(_ct_sample(ct_hu).min()) <= HU_FAT_OR_AIR
+    """Whether an image holds fat in Hounsfield units, and air near -1000 HU or cortical
+    bone, as every CT of the hip region does."""
+    return hounsfield_evidence(ct_hu).is_ct
 
 
 def check_looks_like_ct(ct_hu: np.ndarray) -> None:
     """Refuse images whose values cannot be Hounsfield units of a body CT."""
-    if not looks_like_ct(ct_hu):
-        sample = _ct_sample(ct_hu)
-        low, high = float(sample.min()), float(sample.max())
-        raise InputError(
-            f"The image values range from {low:.0f} to {high:.0f}, with no fat or air (below {HU_FAT_OR_AIR:.0f}); "
-            "this does not look like a CT in Hounsfield units (an MR image?). HO segmentation needs a CT; for an MR "
-            "use the nerve tracing with modality 'mr'. A CT stored without its rescale intercept (air near 0, soft "
-            "tissue near 1024) must be converted to HU first: subtract the intercept, usually 1024.")
+    evidence = hounsfield_evidence(ct_hu)
+    if evidence.is_ct:
+        return
+    sample = _ct_sample(ct_hu)
+    low, high = (float(v) for v in np.percentile(sample, [1, 99])) if sample.size else (0.0, 0.0)
+    if evidence.fat < CT_MIN_FAT_SHARE:
+        seen = f"no fat ({CT_FAT_HU[0]:.0f} to {CT_FAT_HU[1]:.0f} HU)"
+    else:
+        seen = (f"fat-like values but neither air (near -1000 HU) nor dense cortical bone "
+                f"(above {CT_DENSE_CORTEX_HU:.0f} HU), "
+                "as in an MR image whose values were shifted or normalised")
+    raise InputError(
+        f"The image values (1st to 99th percentile {low:.0f} to {high:.0f}) show {seen}: this does not look like a "
+        "CT in Hounsfield units (an MR image?). HO segmentation needs a CT; for an MR use the nerve tracing with "
+        "modality 'mr'. A CT stored without its rescale intercept (air near 0, soft tissue near 1024, perhaps with "
+        "a padding value such as -2000 outside the field of view) must be converted to HU first: subtract the "
+        "intercept, usually 1024 (importing the DICOM series applies it).")
 
 
 def _check_mask(mask, shape, what):
@@ -1250,9 +1297,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     geometry.validate("The CT")
     if ct_hu.shape != geometry.shape_kji:
         raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
-    if not np.isfinite(bone_threshold_hu) or not -200.0 <= bone_threshold_hu < METAL_THRESHOLD_HU:
+    if not np.isfinite(bone_threshold_hu) or not MIN_BONE_THRESHOLD_HU <= bone_threshold_hu < METAL_THRESHOLD_HU:
         raise InputError(f"The bone threshold {bone_threshold_hu} HU is outside the useful range "
-                         f"(-200 to {METAL_THRESHOLD_HU:.0f} HU); {DEFAULT_BONE_THRESHOLD_HU:.0f} HU suits most CTs.")
+                         f"({MIN_BONE_THRESHOLD_HU:.0f} to {METAL_THRESHOLD_HU:.0f} HU); "
+                         f"{DEFAULT_BONE_THRESHOLD_HU:.0f} HU suits most CTs.")
     if not np.isfinite(min_island_ml) or min_island_ml < 0:
         raise InputError(f"The minimum island size must be a non-negative number of mL; got {min_island_ml}.")
     native_bone_mask = _check_mask(native_bone_mask, ct_hu.shape, "native-bone mask")
