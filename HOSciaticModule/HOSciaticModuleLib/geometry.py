@@ -17,6 +17,11 @@ from .errors import InputError
 
 #: Tolerance on the orthonormality of the direction matrix (dot products and norms).
 DIRECTION_ORTHOGONALITY_TOLERANCE = 1e-3
+#: Voxel sizes of CT and MR of the hip: 0.3-1 mm in plane, slices up to 5 mm (old MR
+#: protocols up to 10). A spacing a thousand times off is a header in metres or
+#: micrometres; voxels larger than the sciatic nerve is wide resolve neither it nor HO.
+MIN_SPACING_MM = 0.05
+MAX_SPACING_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,20 @@ class VolumeGeometry:
         spacing = self.spacing_ijk
         if np.any(spacing <= 1e-6):
             raise InputError(
-                f"{what} has zero or negative voxel spacing {tuple(np.round(spacing, 4))} mm; "
+                f"{what} has zero or negative voxel spacing {_millimetres(spacing)} mm; "
                 "fix the spacing in the image header."
+            )
+        if np.any(spacing < MIN_SPACING_MM):
+            raise InputError(
+                f"{what} has voxels of {_millimetres(spacing)} mm, far finer than any CT or MR of the hip "
+                "(0.3 mm and more): the header's spacing is probably in another unit (metres, micrometres). "
+                "Fix the spacing in the image header (in mm)."
+            )
+        if np.any(spacing > MAX_SPACING_MM):
+            raise InputError(
+                f"{what} has voxels of {_millimetres(spacing)} mm: larger than {MAX_SPACING_MM:.0f} mm, they cannot "
+                "resolve the sciatic nerve (about 10 mm wide) nor measure HO. Use a reconstruction with slices of "
+                "5 mm or thinner (or check the spacing in the image header)."
             )
         gram = self.directions.T @ self.directions
         if np.max(np.abs(gram - np.eye(3))) > DIRECTION_ORTHOGONALITY_TOLERANCE:
@@ -174,6 +191,10 @@ class VolumeGeometry:
                 "Resample it onto an orthogonal grid first (for example with Slicer's Resample Scalar Volume "
                 "or by harden-transforming a sheared acquisition)."
             )
+
+
+def _millimetres(values) -> str:
+    return " x ".join(f"{float(v):.4g}" for v in values)
 
 
 def bounding_slices(mask: np.ndarray):

@@ -464,7 +464,8 @@ def box_mask_on_grid(center_ras, axes_ras: np.ndarray, size_mm, geometry: Volume
     """Mask of an oriented box (columns of ``axes_ras`` = box axes) on the grid."""
     size_mm = np.asarray(size_mm, float)
     if not np.all(np.isfinite(size_mm)) or np.any(size_mm <= 0):
-        raise InputError(f"The ROI has zero or negative size {tuple(np.round(size_mm, 2))} mm. Resize the ROI so "
+        size_text = ", ".join(f"{float(v):.2f}" for v in size_mm)
+        raise InputError(f"The ROI has zero or negative size ({size_text}) mm. Resize the ROI so "
                          "that it encloses the hip region to analyse.")
     axes = np.asarray(axes_ras, float)
     axes = axes / np.linalg.norm(axes, axis=0, keepdims=True)
