@@ -21,12 +21,19 @@ import zipfile
 from pathlib import Path
 
 from . import __version__, measurements
-from .defaults import DEFAULT_CONTACT_TOLERANCE_MM
+from .defaults import DEFAULT_CONTACT_TOLERANCE_MM, SIDES
+from .errors import InputError
 
 SCHEMA = "hosciatic-metrics/1"
 ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
 #: Scheduling niceness of the thread compressing the bundle's CT (0 = as the analysis).
 WRITER_NICENESS = 10
+#: Every file a run may write into its output folder.
+RESULT_NAMES = ("metrics.json", "segmentation.seg.nrrd", "scene.mrb",
+                *(f"nerve_{side}.mrk.json" for side in SIDES), *(f"stations_{side}.csv" for side in SIDES))
+#: The names the last run wrote into a folder: the next run there removes those it does
+#: not write again, so no result of another image is left beside the new ones.
+RESULTS_MANIFEST = ".hosciatic-results.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,7 +287,8 @@ class BackgroundVolumeWriter:
     def result(self) -> Path:
         self._thread.join()
         if self._error is not None:
-            raise OSError(f"Writing the CT into the scene bundle failed ({self._error}); check free disk space.")
+            reason = str(self._error).strip().splitlines()[-1] if str(self._error).strip() else type(self._error).__name__
+            raise OSError(f"Writing the CT into the scene bundle failed ({reason}); check free disk space.")
         return self.path
 
     def discard(self) -> None:
@@ -303,7 +311,8 @@ def write_results(folder: Path, scene, segmentation_node, nerves, document, with
 
 
 def publish(out_dir: Path, write) -> None:
-    """Run ``write(folder)`` on a private folder inside ``out_dir``, then move its files in.
+    """Run ``write(folder)`` on a private folder inside ``out_dir``, then move its files in,
+    and remove the results an earlier run left there that this one did not write.
 
     A failure leaves ``out_dir`` as it was (apart from being created).
     """
@@ -312,10 +321,57 @@ def publish(out_dir: Path, write) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-", dir=out_dir))
     try:
         write(staging)
+        written = sorted(item.name for item in staging.iterdir())
+        earlier = _earlier_results(out_dir)
+        (staging / RESULTS_MANIFEST).write_text(json.dumps(written) + "\n")
         for item in sorted(staging.iterdir()):
             target = out_dir / item.name
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(item, target)
+        for name in sorted(earlier - set(written)):
+            (out_dir / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _earlier_results(out_dir: Path) -> set:
+    """Result files the last run wrote into ``out_dir`` (from its manifest)."""
+    try:
+        names = json.loads((out_dir / RESULTS_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {name for name in names if isinstance(name, str) and name in RESULT_NAMES} if isinstance(names, list) else set()
+
+
+def check_inputs_not_overwritten(out_dir: Path, input_paths) -> None:
+    """Refuse a run whose results would replace one of its own input files (an output
+    folder holding the inputs, with a seed file named like the traced curve). Names
+    are compared without case, as on the file systems of Windows and macOS."""
+    folder = Path(out_dir).resolve()
+    results = {name.casefold() for name in RESULT_NAMES}
+    for path in input_paths:
+        path = Path(path).resolve()
+        if path.parent == folder and path.name.casefold() in results:
+            raise InputError(f"The input file '{path}' would be overwritten by the result of the same name in the "
+                             "output folder. Choose another output folder (--out), or rename or move the input.")
+
+
+def prepare_output_folder(out_dir: Path) -> bool:
+    """Create ``out_dir`` if needed and make sure files can be written there, before
+    any work; returns whether it was created (a refused run removes it again)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise InputError(f"Nothing can be written into the output folder '{out_dir}' ({error.strerror or error}). "
+                         "Choose a folder you can write to, on a disk with free space.") from None
+    return created
