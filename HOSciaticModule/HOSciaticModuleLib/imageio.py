@@ -6,6 +6,7 @@ This is the only module that converts between the two for images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -83,17 +84,30 @@ def _dicom_series_in(folder: Path) -> dict:
         return {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), sid)
                 for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or []}
 
-    found = listed(folder)
-    if found:
-        return found
-    for visited, (directory, subfolders, file_names) in enumerate(os.walk(folder)):
-        subfolders.sort()
-        if visited >= DICOM_MAX_FOLDERS:
-            break
-        if Path(directory) != folder and file_names:
-            relative = Path(directory).relative_to(folder).as_posix()
-            found.update({f"{relative}: {sid}": names for sid, names in listed(Path(directory)).items()})
+    # A folder without a series is no news here (ITK would say so on the console each time).
+    with _itk_warnings_silenced():
+        found = listed(folder)
+        if found:
+            return found
+        for visited, (directory, subfolders, file_names) in enumerate(os.walk(folder)):
+            subfolders.sort()
+            if visited >= DICOM_MAX_FOLDERS:
+                break
+            if Path(directory) != folder and file_names:
+                relative = Path(directory).relative_to(folder).as_posix()
+                found.update({f"{relative}: {sid}": names for sid, names in listed(Path(directory)).items()})
     return found
+
+
+@contextlib.contextmanager
+def _itk_warnings_silenced():
+    sitk = _sitk()
+    showed_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(showed_warnings)
 
 
 def _read_dicom_series(folder: Path):
@@ -113,12 +127,8 @@ def _read_dicom_series(folder: Path):
     reader.SetFileNames(file_names)
     reader.MetaDataDictionaryArrayUpdateOn()
     # ITK's own remarks on uneven slices go to the console; they are checked and answered below.
-    showed_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
+    with _itk_warnings_silenced():
         image = reader.Execute()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(showed_warnings)
     description = f"DICOM series {best} ({len(series_ids)} series in folder)"
     warnings = [_other_series_warning(files, best)] if len(series_ids) > 1 else []
     slices = dicom_slice_geometry(reader, len(file_names), folder)
@@ -368,14 +378,22 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"The {what} '{path}' does not exist. Check the path.")
+    if path.suffix.lower() in (".fcsv", ".csv"):
+        raise InputError(f"The {what} '{path}' is a {path.suffix} point list; this needs Slicer's markups JSON. "
+                         "Load it into Slicer and save the points as .mrk.json.")
     try:
-        document = json.loads(path.read_text())
-        markups = document["markups"]
-        if not isinstance(markups, list) or not markups:
-            raise KeyError("markups")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        # A byte-order mark, as some editors on Windows write, is no reason to refuse.
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise InputError(f"The {what} '{path}' is not a text file. Save the points from Slicer as .mrk.json.") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"The {what} '{path}' is not valid JSON ({error.msg} at line {error.lineno}, column "
+                         f"{error.colno}): the file may be cut short or edited by hand. Save the points from "
+                         "Slicer again as .mrk.json.") from None
+    markups = document.get("markups") if isinstance(document, dict) else None
+    if not isinstance(markups, list) or not markups:
         raise InputError(f"The {what} '{path}' is not a Slicer markups JSON file (no 'markups' list). "
-                         "Save the points from Slicer as .mrk.json.") from None
+                         "Save the points from Slicer as .mrk.json.")
     result = []
     for markup in markups:
         try:
@@ -396,7 +414,7 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
                 roi = {"center_ras": center, "size_mm": size, "axes": flip @ orientation}
             result.append(MarkupsPoints(str(markup.get("name", path.stem)), points, str(path),
                                         str(markup.get("type", "")), roi))
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise InputError(f"The {what} '{path}' has a malformed markup ({error}). "
                              "Re-save it from Slicer's Markups module.") from None
     return result
