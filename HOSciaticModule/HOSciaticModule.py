@@ -34,6 +34,7 @@ from HOSciaticModuleLib.defaults import (
     DEFAULT_BONE_THRESHOLD_HU,
     DEFAULT_CONTACT_TOLERANCE_MM,
     DEFAULT_MIN_ISLAND_ML,
+    MAX_CONTACT_TOLERANCE_MM,
     MODALITIES,
     REQUIRED_PACKAGES,
     SIDES,
@@ -74,7 +75,7 @@ class HOSciaticModuleParameterNode:
     side: Annotated[str, Choice(list(SIDES))] = SIDES[0]
     modality: Annotated[str, Choice(list(MODALITIES))] = MODALITIES[0]
     seeds: vtkMRMLMarkupsFiducialNode
-    contactToleranceMm: Annotated[float, WithinRange(0.0, 10.0)] = DEFAULT_CONTACT_TOLERANCE_MM
+    contactToleranceMm: Annotated[float, WithinRange(0.0, MAX_CONTACT_TOLERANCE_MM)] = DEFAULT_CONTACT_TOLERANCE_MM
     exportDirectory: pathlib.Path
     segmentation: vtkMRMLSegmentationNode
     islandsTable: vtkMRMLTableNode

@@ -73,11 +73,15 @@ def read_case_list(path) -> list[BatchCase]:
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"The case list '{path}' cannot be read as a CSV text file ({error}). Save it as CSV "
                          "(UTF-8) from the spreadsheet.") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    # Lines are numbered as a text editor shows them, empty ones included.
+    rows = [(number, row) for number, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
     if not rows:
         raise InputError(f"The case list '{path}' is empty. Give a header row (case,image,nerve_seeds,...) and "
                          "one row per case.")
-    header = [cell.strip().lower() for cell in rows[0]]
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    # Spreadsheets save empty columns after the last named one: they are no columns.
+    while header and not header[-1]:
+        header.pop()
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     unknown = [name for name in header if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown or len(set(header)) != len(header):
@@ -89,8 +93,13 @@ def read_case_list(path) -> list[BatchCase]:
             + f". The columns are {', '.join(REQUIRED_COLUMNS)} (required) and {', '.join(OPTIONAL_COLUMNS)}.")
     if len(rows) == 1:
         raise InputError(f"The case list '{path}' has a header but no case. Add one row per case.")
+    for number, row in rows[1:]:
+        if any(cell.strip() for cell in row[len(header):]):
+            raise InputError(f"Line {number} of the case list '{path}' has more cells than the header row "
+                             f"({len(header)}): a path holding the column separator must be put in double "
+                             "quotes.")
     cases = [_case_from_row(dict(zip(header, (cell.strip() for cell in row))), number, path.parent)
-             for number, row in enumerate(rows[1:], start=2)]
+             for number, row in rows[1:]]
     _check_unique(cases, path)
     return cases
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__, bonelabels, export, measurements, ossification
 from . import contact as contact_module
+from .defaults import MAX_CONTACT_TOLERANCE_MM
 from .errors import AnalysisCancelled, InputError
 from .imageio import read_markups_json, read_volume
 
@@ -66,6 +67,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _float_within(low: float, high: float):
+    """An option type: a number from ``low`` to ``high``, checked before any case runs."""
+    def parse(text: str) -> float:
+        value = _finite_float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"'{text}' is outside {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise InputError(f"{message}. Run '{self.prog} --help' for the options.")
@@ -73,11 +85,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_shared_options(command) -> None:
     """The analysis settings ``analyze`` and ``batch`` both take."""
-    command.add_argument("--bone-threshold", type=_finite_float, default=ossification.DEFAULT_BONE_THRESHOLD_HU,
+    command.add_argument("--bone-threshold", type=_float_within(ossification.MIN_BONE_THRESHOLD_HU,
+                                                                 ossification.METAL_THRESHOLD_HU), default=ossification.DEFAULT_BONE_THRESHOLD_HU,
                          metavar="HU", help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
     command.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
                          metavar="ML", help=f"smallest HO island (default {ossification.DEFAULT_MIN_ISLAND_ML:g} mL)")
-    command.add_argument("--contact-tolerance", type=_positive_float,
+    command.add_argument("--contact-tolerance", type=_float_within(0.0, MAX_CONTACT_TOLERANCE_MM),
                          default=contact_module.DEFAULT_CONTACT_TOLERANCE_MM, metavar="MM",
                          help=f"contact tolerance (default {contact_module.DEFAULT_CONTACT_TOLERANCE_MM:g} mm)")
     command.add_argument("--no-scene", action="store_true", help="do not write scene.mrb (faster for batch runs)")
@@ -110,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch_command.add_argument("--out", required=True, help="output folder: one folder per case and summary.csv")
     _add_shared_options(batch_command)
     batch_command.add_argument("--skip-existing", action="store_true",
-                               help="keep cases whose folder already holds metrics.json (resume a batch)")
+                               help="keep cases whose folder already holds the metrics.json of the same inputs and "
+                                    "settings (resume a batch)")
 
     demo = commands.add_parser("demo", help="generate the synthetic demo case and analyse it")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -220,6 +234,10 @@ def _add_bones_node(scene, path, reference_node):
                              "Save it from Slicer as .seg.nrrd, or give a label map (NRRD/NIfTI).")
         return node
     loaded = read_volume(path, "native-bone label map")
+    if ossification.looks_like_ct(loaded.array):
+        raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
+                         "levels), not a segmentation or label map. Give the bones' segmentation (for example "
+                         "TotalSegmentator's output for this CT), or leave --bones out to have them estimated.")
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
     scene_io.replace_segments(node, label_map_segments(loaded.array, bonelabels.nifti_label_names(path)),
                               loaded.geometry, scene_io.BONE_COLOR)
@@ -282,22 +300,6 @@ def _load_in_background(module_name: str) -> threading.Thread:
     return thread
 
 
-def _output_folder(path) -> Path:
-    """``--out`` as a folder path, refused when it names an existing file."""
-    out_dir = Path(path)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
-    return out_dir
-
-
-def _create_output_folder(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"The output folder '{out_dir}' cannot be created ({error.strerror or error}). "
-                         "Choose a folder you can write to for --out.") from None
-
-
 def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, release_scene: bool = False) -> Path:
     """Run the whole analysis for parsed ``args``; ``timings`` (optional) receives
     seconds per stage: read, ossification, nerve, metrics, write. With
@@ -307,9 +309,12 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
     from .mrml_app import create_headless_slicer
     from .pipeline import HOSciaticAnalysis
 
-    out_dir = _output_folder(args.out)
+    out_dir = Path(args.out)
+    export.check_inputs_not_overwritten(out_dir, [p for p in (args.image, args.roi, args.bones, *args.nerve_seeds) if p])
+    created = export.prepare_output_folder(out_dir)
     volume_writer = None
     scene = None
+    finished = False
     try:
         with _stage(timings, "read"):
             # Slicer's libraries load on another thread while the image is read.
@@ -322,7 +327,6 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
                 # The bundle's copy of the CT is compressed from now on, while the
                 # libraries load and the analysis runs, in a private folder of the
                 # output folder (where the bundle will go).
-                _create_output_folder(out_dir)
                 volume_writer = export.BackgroundVolumeWriter(image.sitk_image, out_dir)
             loader.join()
 
@@ -336,9 +340,14 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
                                                           copy=False, memory_owner=image.sitk_image)
         _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir,
                            {volume_node.GetID(): volume_writer} if volume_writer else {})
+        finished = True
     finally:
         if volume_writer is not None:
             volume_writer.discard()
+        if created and not finished:
+            # A refused run leaves no empty folder behind.
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
         if release_scene and scene is not None:
             scene.Clear(True)
     return out_dir
@@ -414,9 +423,14 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
 
     # Everything is computed: write into a private folder, then move into place.
     with _stage(timings, "write"):
-        export.publish(out_dir, lambda folder: export.write_results(
-            folder, scene, segmentation_node, nerves, document, with_scene=not args.no_scene,
-            prewritten={node_id: writer.result() for node_id, writer in writers.items()}))
+        try:
+            export.publish(out_dir, lambda folder: export.write_results(
+                folder, scene, segmentation_node, nerves, document, with_scene=not args.no_scene,
+                prewritten={node_id: writer.result() for node_id, writer in writers.items()}))
+        except OSError as error:
+            raise InputError(f"The results could not be written into '{out_dir}' ({error.strerror or error}). "
+                             "Check that the folder is writable and the disk has free space, and run again; the "
+                             "folder holds what it held before.") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,8 +443,8 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
     from . import batch
 
     cases = batch.read_case_list(args.cases)
-    out_dir = _output_folder(args.out)
-    _create_output_folder(out_dir)
+    out_dir = Path(args.out)
+    export.prepare_output_folder(out_dir)
     summary_path = out_dir / batch.SUMMARY_NAME
     shared = ["--bone-threshold", repr(args.bone_threshold), "--min-island-ml", repr(args.min_island_ml),
               "--contact-tolerance", repr(args.contact_tolerance)] + (["--no-scene"] if args.no_scene else [])
@@ -438,7 +452,7 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
     batch.write_summary(summary_path, rows)
     for index, case in enumerate(cases):
         case_dir = out_dir / case.folder_name
-        earlier = _metrics_of(case_dir) if args.skip_existing else None
+        earlier = _same_earlier_result(case, case_dir, args) if args.skip_existing else None
         if earlier is not None:
             rows[index] = batch.summary_row(case, batch.DONE_EARLIER, "", case_dir, earlier)
         else:
@@ -472,12 +486,25 @@ def _run_case(case, out_dir: Path, shared: list, progress: _ConsoleProgress) -> 
                                                      "case alone with HOSCIATIC_DEBUG=1 for the details and report them")
 
 
-def _metrics_of(case_dir: Path) -> dict | None:
-    """The metrics document a case's folder holds from an earlier run, if readable."""
+def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
+    """The metrics document a case's folder holds from an earlier run of the same
+    inputs and settings (None otherwise: a corrected case list runs the case again)."""
     try:
-        return json.loads((case_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+        document = json.loads((case_dir / "metrics.json").read_text())
+        recorded, parameters = document["input"], document["parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+
+    def resolved(path):
+        return str(Path(path).resolve()) if path else None
+
+    expected = {"image": resolved(case.image), "modality": case.modality, "roi": resolved(case.roi),
+                "bones": resolved(case.bones), "nerve_seeds": [resolved(p) for p in case.nerve_seeds]}
+    same_inputs = all(recorded.get(key) == value for key, value in expected.items())
+    same_settings = parameters == export.default_parameters(args.bone_threshold, args.min_island_ml,
+                                                            args.contact_tolerance)
+    complete = args.no_scene or (case_dir / "scene.mrb").is_file()
+    return document if same_inputs and same_settings and complete else None
 
 
 def _batch_summary(summary_path: Path, rows: list[dict]) -> str:
@@ -498,6 +525,7 @@ def run_demo(args, progress) -> Path:
     from .phantom import generate_phantom, write_phantom_case
 
     out_dir = Path(args.out)
+    export.prepare_output_folder(out_dir)
     case_dir = out_dir / "demo_case"
     if not (case_dir / "ct.nrrd").exists():
         progress.for_stage("Demo case")(0.0, "generating the synthetic hip CT")

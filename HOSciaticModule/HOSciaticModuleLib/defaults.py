@@ -12,6 +12,8 @@ DEFAULT_BONE_THRESHOLD_HU = 200.0
 DEFAULT_MIN_ISLAND_ML = 0.05
 #: About one CT voxel: closer than this, HO and nerve cannot be told apart from touching.
 DEFAULT_CONTACT_TOLERANCE_MM = 1.0
+#: A wider tolerance would call a nerve in contact with bone a finger's width away.
+MAX_CONTACT_TOLERANCE_MM = 10.0
 #: Fat on CT, the nerve's sheath and the subcutaneous layer alike.
 CT_FAT_HU = (-190.0, -30.0)
 SIDES = ("right", "left")

@@ -19,7 +19,7 @@ import numpy as np
 from . import contact as contact_module
 from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
-from .defaults import MODALITIES, SIDES
+from .defaults import MAX_CONTACT_TOLERANCE_MM, MODALITIES, SIDES
 from .errors import InputError
 from .geometry import bounding_slices
 from .progress import ProgressCallback, report, sub_progress
@@ -499,8 +499,9 @@ class HOSciaticAnalysis:
         Editor without re-running segmentation or tracing.
         """
         side = _check_choice(side, SIDES, "Side")
-        if not np.isfinite(tolerance_mm) or not 0.0 <= float(tolerance_mm) <= 10.0:
-            raise InputError(f"The contact tolerance must be between 0 and 10 mm; got {tolerance_mm}.")
+        if not np.isfinite(tolerance_mm) or not 0.0 <= float(tolerance_mm) <= MAX_CONTACT_TOLERANCE_MM:
+            raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:.0f} mm; "
+                             f"got {tolerance_mm}.")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
         if segmentation_node is None or centreline_node is None:
