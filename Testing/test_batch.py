@@ -76,6 +76,19 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     assert resumed["p01"]["ho_total_ml"] == first["ho_total_ml"]
     assert (out / "p01" / "metrics.json").stat().st_mtime_ns == stamp
 
+    # The list corrected: p01's image is another file. Its earlier result is not of this
+    # image, so p01 runs again; the unchanged case is kept.
+    import shutil
+
+    shutil.copy(case_list.parent / "images" / "ct.nrrd", case_list.parent / "images" / "ct_corrected.nrrd")
+    corrected = case_list.parent / "corrected.csv"
+    corrected.write_text(case_list.read_text().replace("p01,images/ct.nrrd", "p01,images/ct_corrected.nrrd"))
+    cli.main(["batch", str(corrected), "--out", str(out), "--no-scene", "--quiet", "--skip-existing"])
+    rerun = _summary(out)
+    assert [rerun[name]["status"] for name in ("p01", "p 02/b")] == ["done", "done earlier"]
+    recorded = json.loads((out / "p01" / "metrics.json").read_text())["input"]["image"]
+    assert recorded == str((case_list.parent / "images" / "ct_corrected.nrrd").resolve())
+
 
 def test_case_list_saved_with_semicolons_or_tabs(tmp_path):
     """Spreadsheets in many locales save CSV with semicolons: the header row tells the
@@ -91,6 +104,15 @@ def test_case_list_saved_with_semicolons_or_tabs(tmp_path):
         assert case.nerve_seeds == [str(tmp_path / "right.mrk.json"), str(tmp_path / "left.mrk.json")]
 
 
+def test_empty_columns_a_spreadsheet_adds_are_ignored(tmp_path):
+    from HOSciaticModuleLib.batch import read_case_list
+
+    case_list = tmp_path / "cases.csv"
+    case_list.write_text("case,image,nerve_seeds,,\r\np1,ct.nrrd,right.mrk.json,,\r\n")
+    (case,) = read_case_list(case_list)
+    assert case.name == "p1" and case.nerve_seeds == [str(tmp_path / "right.mrk.json")]
+
+
 @pytest.mark.parametrize("text, phrases", [
     ("", ["is empty"]),
     ("case,image\n", ["no case"]),
@@ -100,6 +122,8 @@ def test_case_list_saved_with_semicolons_or_tabs(tmp_path):
     ("case,image\nsummary.csv,ct.nrrd\n", ["would share the output folder"]),
     ("case,image,modality\np1,ct.nrrd,pet\n", ["modality 'pet'"]),
     ("case,image\n,ct.nrrd\n", ["line 2", "no case name"]),
+    # Lines numbered as an editor shows them; a path with an unquoted comma.
+    ("case,image\n\np1,ct.nrrd\n\np2,my,ct.nrrd\n", ["line 5", "more cells than the header"]),
 ])
 def test_bad_case_list_is_refused_before_any_case_runs(tmp_path, text, phrases):
     case_list = tmp_path / "cases.csv"

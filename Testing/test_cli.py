@@ -148,7 +148,7 @@ def test_bad_inputs_exit_2_with_message(tmp_path, case):
     bad_seeds.write_text("{not json")
     _assert_clean_refusal(_run_cli_subprocess(
         ["analyze", str(paths["image"]), "--out", str(out), "--nerve-seeds", str(bad_seeds)], tmp_path),
-        out, "markups")
+        out, "not valid JSON", ".mrk.json")
 
 
 def test_nan_and_2d_images_refused(tmp_path):

@@ -73,6 +73,8 @@ def _nrrd_with_header(path: Path, sizes, spacings=None, directions=None, dimensi
     ("inf", ["infinite"]),
     ("zero_spacing", ["spacing"]),
     ("sheared", ["non-orthogonal"]),
+    ("spacing_in_metres", ["another unit"]),
+    ("huge_voxels", ["larger than 10 mm"]),
 ])
 def test_bad_image_files(tmp_path, case, phrases):
     image = tmp_path / "image.nrrd"
@@ -93,6 +95,10 @@ def test_bad_image_files(tmp_path, case, phrases):
         _nrrd_with_header(image, (4, 4, 4), directions=[(0, 0, 0), (0, 1, 0), (0, 0, 1)])
     elif case == "sheared":
         _nrrd_with_header(image, (4, 4, 4), directions=[(1, 0, 0), (0.7, 0.7, 0), (0, 0, 1)])
+    elif case == "spacing_in_metres":
+        _nrrd_with_header(image, (4, 4, 4), spacings=(0.0008, 0.0008, 0.001))
+    elif case == "huge_voxels":
+        _nrrd_with_header(image, (4, 4, 4), spacings=(20, 20, 20))
     out = tmp_path / "out"
     assert_refused(run_cli("analyze", image, "--out", out), out, *phrases)
 
@@ -118,7 +124,7 @@ def test_output_folder_that_cannot_be_created_is_refused(tmp_path, ct_case):
     blocker = tmp_path / "a file"
     blocker.write_text("in the way")
     result = run_cli("analyze", paths["image"], "--out", blocker / "out")
-    assert result.returncode == 2 and "cannot be created" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "output folder" in result.stderr and "Traceback" not in result.stderr
     assert blocker.read_text() == "in the way"
 
 
@@ -260,6 +266,17 @@ def test_malformed_markups_and_roi_files(tmp_path, ct_case):
     broken = tmp_path / "broken.mrk.json"
     broken.write_text(json.dumps({"markups": [{"type": "Fiducial", "controlPoints": [{"position": ["a", 1]}]}]}))
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", broken), out, "malformed")
+    not_objects = tmp_path / "not_objects.mrk.json"
+    not_objects.write_text(json.dumps({"markups": [1, 2]}))
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", not_objects), out, "malformed")
+    cut_short = tmp_path / "cut_short.mrk.json"
+    cut_short.write_text(Path(paths["seeds"]).read_text()[:-40])
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", cut_short), out,
+                   "not valid JSON", "line")
+    old_format = tmp_path / "seeds.fcsv"
+    old_format.write_text("# Markups fiducial file version = 4.11\n1,80,-20,-120,0,0,0,1,1,1,0,F-1,,\n")
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", old_format), out,
+                   ".fcsv", ".mrk.json")
     no_roi = tmp_path / "points.mrk.json"
     write_markups_points_json(no_roi, np.zeros((2, 3)), "points")
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", no_roi), out, "no markups ROI")
@@ -410,3 +427,78 @@ def test_native_bone_segmentation_file(tmp_path, ct_case, slicer_scene):
     document = json.loads((out / "metrics.json").read_text())
     assert document["ossifications"]["count"] == len(phantom.islands)
     assert sum(i["fused_to_native_bone"] for i in document["ossifications"]["islands"]) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Values that are not what they claim
+# ---------------------------------------------------------------------------------------
+def test_ct_without_rescale_or_shifted_mr_is_refused_for_ho():
+    """A CT stored without its rescale intercept (HU + 1024) with the scanner's padding
+    value (-2000) outside its circular field of view, and an MR whose values were shifted
+    below zero or normalised, do not pass for a CT: the padding is below air, and the MR
+    has neither air near -1000 HU nor dense cortex."""
+    from HOSciaticModuleLib.ossification import segment_ossifications
+
+    ct = generate_phantom(**SMALL)
+    raw = ct.image + 1024.0
+    k, j, i = np.indices(raw.shape)
+    centre = (np.asarray(raw.shape[1:]) - 1) / 2.0
+    raw[(j - centre[0]) ** 2 + (i - centre[1]) ** 2 > (0.48 * raw.shape[1]) ** 2] = -2000.0
+    mr = generate_phantom(modality="mr", **SMALL).image
+    for image in (raw, mr - 100.0, (mr - mr.mean()) / mr.std()):
+        with pytest.raises(InputError, match="rescale intercept"):
+            segment_ossifications(image, ct.geometry)
+    # The CT itself, padded the same way in HU, is a CT.
+    padded = ct.image.copy()
+    padded[raw == -2000.0] = -3024.0
+    assert len(segment_ossifications(padded, ct.geometry).islands) == len(ct.islands)
+
+
+def test_ct_traced_as_mr_is_refused(ct_case):
+    from HOSciaticModuleLib.nerve import trace_nerve
+
+    phantom, _ = ct_case
+    with pytest.raises(InputError, match="modality 'ct'"):
+        trace_nerve(phantom.image, phantom.geometry, _visible_ends(phantom), modality="mr")
+
+
+def test_ct_given_as_native_bones_is_refused(tmp_path, ct_case):
+    _, paths = ct_case
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--bones", paths["image"], "--no-scene"), out,
+                   "Hounsfield", "not a segmentation")
+
+
+# ---------------------------------------------------------------------------------------
+# The output folder
+# ---------------------------------------------------------------------------------------
+def test_result_that_would_replace_an_input_is_refused(tmp_path, ct_case):
+    """--out is the case's own folder, and the seed file is named as the traced curve
+    will be (names compared without case): refused before any work, the seeds intact."""
+    _, paths = ct_case
+    folder = tmp_path / "case"
+    folder.mkdir()
+    seeds = folder / "Nerve_Right.mrk.json"
+    seeds.write_text(Path(paths["seeds"]).read_text())
+    before = seeds.read_text()
+    result = run_cli("analyze", paths["image"], "--out", folder, "--nerve-seeds", seeds)
+    assert result.returncode == 2 and "would be overwritten" in " ".join(result.stderr.split()), result.stderr
+    assert seeds.read_text() == before and sorted(p.name for p in folder.iterdir()) == [seeds.name]
+
+
+def test_results_of_an_earlier_run_not_written_again_are_removed(tmp_path, ct_case):
+    """A second run into the same folder leaves no result of the first beside its own:
+    the scene bundle of a run with a scene goes when the next has none. Files the tool
+    did not write stay, even when named like a result (a seed file for the other side)."""
+    _, paths = ct_case
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "nerve_left.mrk.json").write_text("{}")
+    assert run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", paths["seeds"]).returncode == 0
+    assert (out / "scene.mrb").is_file() and (out / "nerve_right.mrk.json").is_file()
+    result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == ["metrics.json", "nerve_left.mrk.json", "notes.txt", "segmentation.seg.nrrd"]
+    assert json.loads((out / "metrics.json").read_text())["nerves"] == []
