@@ -502,3 +502,23 @@ def test_results_of_an_earlier_run_not_written_again_are_removed(tmp_path, ct_ca
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["metrics.json", "nerve_left.mrk.json", "notes.txt", "segmentation.seg.nrrd"]
     assert json.loads((out / "metrics.json").read_text())["nerves"] == []
+
+
+@pytest.mark.parametrize("with_qform", [True, False])
+def test_nifti_with_sheared_sform_is_refused(tmp_path, with_qform):
+    """A gantry-tilted CT converted to NIfTI without tilt correction: a sheared sform,
+    perhaps beside an orthogonal qform the reader would silently fall back to."""
+    import struct
+
+    import SimpleITK as sitk
+
+    image = tmp_path / "tilted.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 6, 6), np.int16)), str(image))
+    header = bytearray(image.read_bytes())
+    row_y = list(struct.unpack("<4f", header[296:312]))
+    row_y[2] += 0.4  # y moves with the slice index: the tilt's shear
+    header[296:312] = struct.pack("<4f", *row_y)
+    header[252:256] = struct.pack("<hh", 1 if with_qform else 0, 1)
+    image.write_bytes(bytes(header))
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", image, "--out", out), out, "sheared", "tilt")

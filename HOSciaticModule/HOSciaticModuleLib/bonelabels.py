@@ -107,29 +107,39 @@ _LABEL_ENTRY = re.compile(r'<Label\s+Key="(\d+)"[^>]*>\s*(?:<!\[CDATA\[(.*?)\]\]
 NIFTI1_HEADER_BYTES = 348
 
 
-def nifti_label_names(path) -> dict[int, str]:
-    """Label value -> name from a NIfTI-1 header extension holding a label table
-    (TotalSegmentator writes its multi-label files so); empty when there is none."""
+def nifti1_header(path):
+    """(header bytes, byte order '<' or '>', extension bytes) of a NIfTI-1 file (.nii or
+    .nii.gz); None for any other file or one that cannot be read."""
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return {}
+        return None
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as stream:
             header = stream.read(NIFTI1_HEADER_BYTES + 4)
             if len(header) < NIFTI1_HEADER_BYTES + 4:
-                return {}
+                return None
             for endian in "<>":
                 if struct.unpack(endian + "i", header[:4])[0] == NIFTI1_HEADER_BYTES:
                     break
             else:
-                return {}  # NIfTI-2 or not NIfTI: no names
+                return None  # NIfTI-2 or not NIfTI
             voxel_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            if header[NIFTI1_HEADER_BYTES] == 0 or voxel_offset <= NIFTI1_HEADER_BYTES + 4:
-                return {}
-            extensions = stream.read(voxel_offset - NIFTI1_HEADER_BYTES - 4)
+            extensions = b""
+            if header[NIFTI1_HEADER_BYTES] != 0 and voxel_offset > NIFTI1_HEADER_BYTES + 4:
+                extensions = stream.read(voxel_offset - NIFTI1_HEADER_BYTES - 4)
     except (OSError, EOFError, struct.error):
+        return None
+    return header, endian, extensions
+
+
+def nifti_label_names(path) -> dict[int, str]:
+    """Label value -> name from a NIfTI-1 header extension holding a label table
+    (TotalSegmentator writes its multi-label files so); empty when there is none."""
+    read = nifti1_header(path)
+    if read is None:
         return {}
+    _, endian, extensions = read
     names = {}
     position = 0
     while position + 8 <= len(extensions):

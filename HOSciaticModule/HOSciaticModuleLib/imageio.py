@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from . import bonelabels
 from .errors import InputError
-from .geometry import VolumeGeometry
+from .geometry import DIRECTION_ORTHOGONALITY_TOLERANCE, VolumeGeometry
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Folders searched below a DICOM folder that holds no series itself: a study's export
@@ -327,6 +329,7 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
     else:
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")
+        _check_nifti_sform(path, what)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
@@ -354,6 +357,30 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
     if share_memory:
         return LoadedImage(array, geometry, str(path), description, image, warnings)
     return LoadedImage(np.array(array), geometry, str(path), description, warnings=warnings)
+
+
+def _check_nifti_sform(path: Path, what: str) -> None:
+    """Refuse a NIfTI file whose sform is sheared (a gantry-tilted CT converted without
+    tilt correction): its reader then falls back to the orthogonal qform without a word,
+    which places every slice where it was not acquired."""
+    read = bonelabels.nifti1_header(path)
+    if read is None:
+        return
+    header, endian, _ = read
+    sform_code = struct.unpack(endian + "h", header[254:256])[0]
+    if sform_code <= 0:
+        return
+    rows = np.array([struct.unpack(endian + "4f", header[offset:offset + 16]) for offset in (280, 296, 312)])
+    columns = rows[:, :3]
+    lengths = np.linalg.norm(columns, axis=0)
+    if not np.all(np.isfinite(columns)) or np.any(lengths <= 0):
+        return  # left to the reader's own checks
+    unit = columns / lengths
+    if np.max(np.abs(unit.T @ unit - np.eye(3))) > DIRECTION_ORTHOGONALITY_TOLERANCE:
+        raise InputError(f"The {what} '{path}' has a sheared (non-orthogonal) sform, as written for a CT acquired "
+                         "with a gantry tilt and converted without tilt correction; read through its qform instead, "
+                         "its slices would lie where they were not acquired. Convert the DICOM series again with "
+                         "tilt correction (or give the DICOM folder itself, which is corrected here).")
 
 
 def write_volume(path, array: np.ndarray, geometry: VolumeGeometry, compress: bool = True) -> None:
