@@ -68,6 +68,10 @@ RECENTRING_CONVERGED_MM = 0.1
 #: Threads measuring cross-sections, and the fewest stations worth a thread.
 SECTION_WORKERS = min(4, os.cpu_count() or 1)
 MIN_STATIONS_PER_PART = 40
+#: On MR the nerve's level near the seeds is this percentile of the values there, less
+#: the amount by which voxel noise lifts that percentile of a uniform tissue (its z-score).
+NERVE_LEVEL_PERCENTILE = 90.0
+NERVE_LEVEL_PERCENTILE_Z = 1.2816
 #: CT tissue windows used to read levels near the seeds.
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
 CT_AIR_HU = -400.0
@@ -238,7 +242,11 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         nerve_level = float(np.median(soft)) if soft.size >= 5 else 35.0
         fat_level = float(np.median(fat)) if fat.size >= 5 else -100.0
         return _Appearance(nerve_level, fat_level, bone_threshold_hu)
-    nerve_level = float(np.percentile(near, 90))
+    # A high percentile stays on the nerve when a click is off centre, but noise lifts it
+    # by about NERVE_LEVEL_PERCENTILE_Z noise deviations: that much is taken off, or a
+    # noisy series sets the boundary too high and draws the outline inside the nerve.
+    nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * voxel_noise(
+        image, geometry)
     surround = float(np.median(ring))
     if nerve_level <= surround * 1.15:
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
