@@ -403,3 +403,23 @@ def test_tracing_is_fast():
     seconds = time.perf_counter() - start
     assert trace.length_mm > 120.0
     assert seconds <= 2.0 * trace.length_mm / 250.0 + 0.5, seconds
+
+
+def test_a_stretch_far_wider_than_the_rest_of_the_nerve_is_named():
+    """Bright tissue touching the nerve (fluid, a haematoma, an enhanced vessel) widens
+    the outline over a stretch; so does a swollen nerve. Either way the reader checks
+    it: 1.6 times the median calibre and 6 mm more over 5 mm is named with its place; a
+    thickening of 1.3 times, as next to HO, and a single wide station are not."""
+    from HOSciaticModuleLib.nerve import bulge_warnings
+
+    s_mm = np.arange(120.0)
+    width = np.full(120, 10.0)
+    width[60:65] = 16.0
+    (warning,) = bulge_warnings(np.pi * width ** 2 / 4.0, s_mm)
+    assert "(60-64 mm along it)" in warning and "16 mm across" in warning and "10 mm along the rest" in warning
+    thickened = np.full(120, 10.0)
+    thickened[40:80] = 13.0
+    assert bulge_warnings(np.pi * thickened ** 2 / 4.0, s_mm) == []
+    single = np.full(120, 10.0)
+    single[30] = 18.0
+    assert bulge_warnings(np.pi * single ** 2 / 4.0, s_mm) == []

@@ -84,6 +84,14 @@ MAX_NERVE_DIAMETER_MM = 20.0
 #: than MAX_NERVE_DIAMETER_MM is refused).
 TOO_WIDE_STRETCH_MM = 25.0
 TOO_WIDE_SHARE = 0.05
+#: A stretch of at least BULGE_MIN_STATIONS stations wider than BULGE_FACTOR times the
+#: nerve's median calibre, and at least BULGE_MIN_EXCESS_MM more, is named for a check:
+#: a compressed nerve swells (a pseudo-neuroma), but bright tissue touching the nerve
+#: (fluid, a haematoma, an enhanced vessel) widens an outline just as much. A thickening
+#: ratio of 1.3, common next to HO, is not named.
+BULGE_FACTOR = 1.5
+BULGE_MIN_EXCESS_MM = 3.0
+BULGE_MIN_STATIONS = 3
 #: Fat (about -100 HU) the CT resolves around the nerve keeps the tissue just outside the
 #: outline far below the nerve's level. Where it stays less than halfway down towards
 #: fat, the fat plane is thinner than the CT's blur (the nerve abuts muscle) and the
@@ -904,6 +912,21 @@ def too_wide_stretch_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[st
             "on a T2 fat-saturated MR."]
 
 
+def bulge_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
+    """A warning naming the stretch where the outline is far wider than along the rest
+    of the nerve (see BULGE_FACTOR), short of the too-wide stretch's width."""
+    width = equivalent_diameter_mm(area_mm2)
+    typical = float(np.median(width)) if len(width) else 0.0
+    bulging = (width > max(BULGE_FACTOR * typical, typical + BULGE_MIN_EXCESS_MM)) & (width <= TOO_WIDE_STRETCH_MM)
+    if np.count_nonzero(bulging) < BULGE_MIN_STATIONS:
+        return []
+    return [f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
+            f"{typical:.0f} mm along the rest of the nerve: the nerve may be swollen there (as where it is "
+            "compressed), or its outline has run into bright tissue touching it (fluid, a haematoma, a vessel, fat "
+            "left bright by failed fat suppression on MR). Check the outline on the images there before reading "
+            "its calibre."]
+
+
 def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance, s_mm: np.ndarray) -> list[str]:
     """A warning where the tissue just outside the outline is barely darker than the
     nerve on a CT: no resolved fat plane, so the outline is drawn too small."""
@@ -990,6 +1013,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     across_mm = voxel_size_across_nerve(geometry, points)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)))
     warnings += too_wide_stretch_warnings(sections.area, s_mm)
+    warnings += bulge_warnings(sections.area, s_mm)
     warnings += thick_across_nerve_warnings(across_mm, s_mm)
     if modality == "ct":
         warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
