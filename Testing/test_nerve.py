@@ -423,3 +423,21 @@ def test_a_stretch_far_wider_than_the_rest_of_the_nerve_is_named():
     single = np.full(120, 10.0)
     single[30] = 18.0
     assert bulge_warnings(np.pi * single ** 2 / 4.0, s_mm) == []
+
+
+def test_stretch_near_metal_is_named_on_ct():
+    """An implant 20-30 mm from the nerve: its streaks move the outline, so the stretch
+    within 50 mm of the metal is named; the same CT without metal names nothing."""
+    phantom = _phantom("ct", "axial")
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    middle = phantom.centreline_ras[len(phantom.centreline_ras) // 2]
+    image = phantom.image.copy()
+    screw = np.linalg.norm(phantom.geometry.voxel_ras_grid() - (middle + [25.0, 0.0, 0.0]), axis=-1) <= 3.0
+    image[screw] = 3000.0
+    trace = trace_nerve(image, phantom.geometry, seeds, exclusion_mask=phantom.ho_labels > 0)
+    (warning,) = [w for w in trace.warnings if "metal" in w]
+    nearest = float(cKDTree(phantom.geometry.voxel_ras_grid()[screw]).query(trace.points_ras)[0].min())
+    assert f"nearest {nearest:.0f} mm" in warning
+    assert not any("metal" in w for w in trace_nerve(phantom.image, phantom.geometry, seeds,
+                                                       exclusion_mask=phantom.ho_labels > 0).warnings)

@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 from .defaults import CT_FAT_HU
 from .errors import InputError
 from .geometry import VolumeGeometry
-from .ossification import looks_like_ct
+from .ossification import METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, looks_like_ct
 from .progress import ProgressCallback, report
 
 STATION_SPACING_MM = 1.0
@@ -927,6 +927,25 @@ def bulge_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
             "its calibre."]
 
 
+def metal_nearby_warnings(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np.ndarray,
+                          s_mm: np.ndarray) -> list[str]:
+    """A warning naming the stretch of nerve within STREAK_REACH_MM of metal (an
+    implant), whose streaks shift CT values by a hundred HU and more."""
+    block = geometry.bounding_slices_of_ras_box(points, STREAK_REACH_MM)
+    metal = at_least(ct_hu[block], METAL_THRESHOLD_HU)
+    if not metal.any():
+        return []
+    metal_ras = geometry.cropped(block).kji_to_ras_points(np.argwhere(metal))
+    distance = cKDTree(metal_ras).query(points)[0]
+    near = distance <= STREAK_REACH_MM
+    if not near.any():
+        return []
+    return [f"{_stretch(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
+            f"{float(distance.min()):.0f} mm): its streaks shift CT values by a hundred HU and more, which moves the "
+            "outline, so the calibre and contact figures there are less reliable. A metal-artefact-reduction "
+            "reconstruction, or an MR, measures the nerve better there."]
+
+
 def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance, s_mm: np.ndarray) -> list[str]:
     """A warning where the tissue just outside the outline is barely darker than the
     nerve on a CT: no resolved fat plane, so the outline is drawn too small."""
@@ -959,6 +978,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     report(progress, 0.0, "Checking seed points")
     seeds = validate_seeds(seeds_ras, image, geometry, modality)
     full_shape = image.shape
+    full_image, full_geometry = image, geometry
     # Everything happens near the seeds: work on that block only, in float32.
     block = geometry.bounding_slices_of_ras_box(seeds, SEARCH_MARGIN_MM + MAX_RAY_MM)
     geometry = geometry.cropped(block)
@@ -1017,6 +1037,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     warnings += thick_across_nerve_warnings(across_mm, s_mm)
     if modality == "ct":
         warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
+        warnings += metal_nearby_warnings(full_image, full_geometry, points, s_mm)
     report(progress, 0.9, "Building the nerve segment")
     block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
     if exclusion_mask is not None:
