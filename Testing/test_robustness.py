@@ -277,6 +277,15 @@ def test_malformed_markups_and_roi_files(tmp_path, ct_case):
     old_format.write_text("# Markups fiducial file version = 4.11\n1,80,-20,-120,0,0,0,1,1,1,0,F-1,,\n")
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", old_format), out,
                    ".fcsv", ".mrk.json")
+    roi = _roi_file(tmp_path / "roi.mrk.json", (0.0, 0.0, 0.0), (50, 50, 50))
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", roi), out, "holds an ROI")
+    unplaced = tmp_path / "unplaced_right.mrk.json"
+    document = json.loads(Path(paths["seeds"]).read_text())
+    for control_point in document["markups"][0]["controlPoints"][1:]:
+        control_point["positionStatus"] = "undefined"
+    unplaced.write_text(json.dumps(document))
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", unplaced), out,
+                   "1 placed point(s)", "without a position")
     no_roi = tmp_path / "points.mrk.json"
     write_markups_points_json(no_roi, np.zeros((2, 3)), "points")
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", no_roi), out, "no markups ROI")

@@ -186,7 +186,15 @@ def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str 
     seeds = []
     for path in paths:
         markups = read_markups_json(path, "seed-point file")
-        points = np.concatenate([m.points_ras for m in markups if m.roi is None] or [np.zeros((0, 3))])
+        if all(m.roi is not None for m in markups):
+            raise InputError(f"The seed-point file '{path}' holds an ROI, not points along the nerve. Give the "
+                             "nerve's seed points (Markups > Point list or Curve, saved as .mrk.json).")
+        points = np.concatenate([m.points_ras for m in markups if m.roi is None])
+        unplaced = sum(m.unplaced for m in markups)
+        if len(points) < 2 and unplaced:
+            raise InputError(f"The seed-point file '{path}' has {len(points)} placed point(s) and {unplaced} without "
+                             "a position (added to the list but never placed). Place them on the nerve in Slicer "
+                             "and save again.")
         side, warning = _side_of(markups[0], points, midline) if len(points) else ("right", None)
         seeds.append((side, points, warning))
     sides = [s[0] for s in seeds]

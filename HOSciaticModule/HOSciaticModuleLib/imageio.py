@@ -398,6 +398,7 @@ class MarkupsPoints:
     source: str
     kind: str                    # markups type as written in the file
     roi: dict | None = None      # for ROI markups: center_ras, size_mm, axes (3x3 columns)
+    unplaced: int = 0            # control points without a position (positionStatus not "defined")
 
 
 def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
@@ -428,8 +429,8 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
             flip = LPS_TO_RAS if system == "LPS" else np.eye(3)
             if system not in ("LPS", "RAS"):
                 raise ValueError(f"unknown coordinate system {system}")
-            positions = [cp["position"] for cp in markup.get("controlPoints", [])
-                         if cp.get("positionStatus", "defined") == "defined"]
+            control_points = markup.get("controlPoints", [])
+            positions = [cp["position"] for cp in control_points if cp.get("positionStatus", "defined") == "defined"]
             points = np.asarray(positions, float).reshape(-1, 3) @ flip.T
             if not np.all(np.isfinite(points)):
                 raise ValueError("non-finite coordinates")
@@ -440,7 +441,7 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
                 orientation = np.asarray(markup.get("orientation", np.eye(3).ravel()), float).reshape(3, 3)
                 roi = {"center_ras": center, "size_mm": size, "axes": flip @ orientation}
             result.append(MarkupsPoints(str(markup.get("name", path.stem)), points, str(path),
-                                        str(markup.get("type", "")), roi))
+                                        str(markup.get("type", "")), roi, len(control_points) - len(positions)))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise InputError(f"The {what} '{path}' has a malformed markup ({error}). "
                              "Re-save it from Slicer's Markups module.") from None
