@@ -401,19 +401,27 @@ def test_side_is_read_from_the_body_midline():
     assert ct_body_midline(one_hip.image, one_hip.geometry) is None
 
 
-def test_island_on_the_midline_is_flagged():
+def test_island_on_the_midline_is_set_apart():
     # Both hips imaged and a coccyx-like bone (6 mL, free) on the body's midline behind
-    # the pelvis: it is named as probably normal anatomy; the hip's HO islands are not.
+    # the pelvis: normal anatomy, not hip HO, it is set apart with its volume; the hip's
+    # HO islands are reported as before.
     spec = PhantomSpec()
     coccyx = BoneSpec("ellipsoid", center_offset=(-45.0, -40.0, 40.0), semi_axes=(12.0, 8.0, 15.0), cortex_mm=1.5)
     phantom = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec) + (coccyx,)),
                                spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
     result = segment_ossifications(phantom.image, phantom.geometry)
     centre = np.asarray(phantom.spec.center_ras) + [-45.0, -40.0, 40.0]
-    on_midline = [i.label for i in result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 5.0]
-    assert len(on_midline) == 1 and len(result.islands) == len(phantom.islands) + 1
+    assert len(result.islands) == len(phantom.islands)
+    assert all(np.linalg.norm(np.asarray(i.centroid_ras) - centre) > 20.0 for i in result.islands)
+    set_apart = result.on_midline_block
+    assert set_apart is not None
+    offset = [s.start for s in result.native_bone_slices]
+    apart_centre = phantom.geometry.kji_to_ras_points(np.argwhere(set_apart).mean(axis=0)[None] + offset)[0]
+    assert np.linalg.norm(apart_centre - centre) < 3.0
+    coccyx_ml = 4.0 / 3.0 * np.pi * 12.0 * 8.0 * 15.0 / 1000.0
     (warning,) = [w for w in result.warnings if "midline" in w]
-    assert re.findall(r"HO (\d+)", warning.split(" lie")[0]) == [str(on_midline[0])]
+    measured_ml = float(re.search(r"\(([\d.]+) mL\)", warning).group(1))
+    assert warning.startswith("1 bone-dense object") and measured_ml == pytest.approx(coccyx_ml, rel=0.12)
 
 
 def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():

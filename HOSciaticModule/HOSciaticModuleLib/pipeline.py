@@ -318,6 +318,9 @@ class HOSciaticAnalysis:
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
+        self._show_set_apart(segmentation_node, ossification.MIDLINE_SEGMENT_NAME, result.on_midline_block,
+                             tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block)),
+                             geometry)
         for island, segment_id in zip(result.islands, segment_ids):
             # Kept with the segment (and its file): the native skeleton it was judged
             # against is not, and re-measuring after an edit still knows the answer.
@@ -331,6 +334,17 @@ class HOSciaticAnalysis:
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
         return OssificationOutputs(segmentation_node, islands_table_node, result)
+
+    @staticmethod
+    def _show_set_apart(segmentation_node, name, block_mask, offset, geometry):
+        """Bone-dense parts not counted as HO, as a segment to review; a stale one of an
+        earlier run goes when there are none."""
+        if block_mask is None:
+            stale = scene_io.segment_id_by_name(segmentation_node, name)
+            if stale is not None:
+                segmentation_node.GetSegmentation().RemoveSegment(stale)
+            return
+        scene_io.replace_segments(segmentation_node, {name: (block_mask, offset)}, geometry, scene_io.REVIEW_COLOR)
 
     def _fill_islands_table(self, table_node, islands):
         table_node = self._existing(table_node, "vtkMRMLTableNode", ISLANDS_TABLE_NAME)
@@ -587,14 +601,11 @@ class HOSciaticAnalysis:
         """The bone outside the HO segments that wraps the nerve, as a segment to review
         (renamed 'HO <n>', it counts as HO); removed once nothing wraps the nerve."""
         name = wrapping_bone_name(side)
+        offset = (tuple(w.start + b.start for w, b in zip(window, result.wrapping_bone_slices))
+                  if result.wrapping_bone_block is not None else None)
+        self._show_set_apart(segmentation_node, name, result.wrapping_bone_block, offset, geometry)
         if result.wrapping_bone_block is None:
-            stale = scene_io.segment_id_by_name(segmentation_node, name)
-            if stale is not None:
-                segmentation_node.GetSegmentation().RemoveSegment(stale)
             return
-        offset = tuple(w.start + b.start for w, b in zip(window, result.wrapping_bone_slices))
-        scene_io.replace_segments(segmentation_node, {name: (result.wrapping_bone_block, offset)}, geometry,
-                                  scene_io.REVIEW_COLOR)
         # The reader finds it by name in the scene.
         result.warnings[:] = [f"{w} That bone is shown as the segment '{name}'; renamed 'HO <n>', it counts as HO."
                               for w in result.warnings]
