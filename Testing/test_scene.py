@@ -194,6 +194,11 @@ def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
 
     bundle = tmp_path / "scene.mrb"
     write_scene_bundle(slicer_scene, bundle)
+    # The results were never saved to files of their own: Slicer's Save dialog still
+    # offers them after the bundle is written (and their file names are as before).
+    for node in (oss.segmentation_node, traced.centreline_node):
+        assert node.GetModifiedSinceRead()
+        assert not node.GetStorageNode().GetFileName()
     fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
     assert fresh.ReadFromMRB(str(bundle))
     segmentation = fresh.GetFirstNodeByClass("vtkMRMLSegmentationNode")
@@ -386,3 +391,34 @@ def test_bone_a_few_millimetres_out_is_not_taken_for_wrapping(slicer_scene):
     wide = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right", tolerance_mm=5.0)
     assert np.nanmax(wide.contact.bone_encasement_deg) >= 250.0
     assert wide.contact.warnings == [] and wide.contact.wrapping_bone_block is None
+
+
+def test_bone_on_the_midline_is_shown_as_its_own_segment_and_not_as_ho(slicer_scene):
+    """A coccyx-like bone on the body's midline is set apart from the HO segments into a
+    segment to review; a later run without it removes that segment."""
+    import dataclasses
+
+    from HOSciaticModuleLib.ossification import MIDLINE_SEGMENT_NAME
+    from HOSciaticModuleLib.phantom import BoneSpec, other_hip_bones
+
+    spec = PhantomSpec()
+    coccyx = BoneSpec("ellipsoid", center_offset=(-45.0, -40.0, 40.0), semi_axes=(12.0, 8.0, 15.0), cortex_mm=1.5)
+    grid = dict(spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    with_coccyx = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec) + (coccyx,)), **grid)
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, with_coccyx.image, with_coccyx.geometry, "CT")
+    oss = analysis.segment_ossifications(volume)
+    segmentation = oss.segmentation_node
+    names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in scene_io.segment_ids(segmentation)]
+    assert MIDLINE_SEGMENT_NAME in names and sum(n.startswith("HO ") for n in names) == len(with_coccyx.islands)
+    segment_mask = scene_io.segment_mask_on_grid(
+        segmentation, scene_io.segment_id_by_name(segmentation, MIDLINE_SEGMENT_NAME), with_coccyx.geometry)
+    centre = np.asarray(spec.center_ras) + [-45.0, -40.0, 40.0]
+    found = with_coccyx.geometry.kji_to_ras_points(np.argwhere(segment_mask).mean(axis=0)[None])[0]
+    assert np.linalg.norm(found - centre) < 3.0
+
+    without = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec)), **grid)
+    second = scene_io.volume_node_from_array(slicer_scene, without.image, without.geometry, "CT plain")
+    analysis.segment_ossifications(second, segmentation_node=segmentation)
+    names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in scene_io.segment_ids(segmentation)]
+    assert MIDLINE_SEGMENT_NAME not in names

@@ -192,10 +192,15 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> Non
         data.mkdir(parents=True)
         original_url, original_root = scene.GetURL(), scene.GetRootDirectory()
         original_names: dict = {}
+        # Writing marks a node as saved; what was unsaved before must still be offered by
+        # Slicer's Save dialog afterwards, for its own files.
+        unsaved: list = []
         try:
             used: set = set()
             for node in _bundled_nodes(scene):
                 storage = node.GetStorageNode()
+                if node.GetModifiedSinceRead() or not storage.GetFileName():
+                    unsaved.append(node)
                 original_names[storage] = [storage.GetFileName()] + [
                     storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())]
                 storage.ResetFileNameList()
@@ -217,6 +222,8 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> Non
                 storage.SetFileName(names[0] or "")
                 for name in names[1:]:
                     storage.AddFileName(name or "")
+            for node in unsaved:
+                node.StorableModified()
         partial = Path(work) / path.name
         # Members are stored: the volume and segmentation files inside are gzip-compressed already.
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
