@@ -137,6 +137,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.logic.forgetResults()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -155,7 +156,12 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # connectGui returns no tag in Slicer 5.8.x (fixed in 5.10), so its connections could
+            # never be undone and piled up on every visit, resetting the combo boxes;
+            # connectParametersToGui returns the tag in every version.
+            widgets = {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
+                       if hasattr(widget, "property") and widget.property("SlicerParameterName")}
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(widgets)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
 
@@ -172,8 +178,10 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.jumpClosestButton.enabled = bool(p.contactTable) and not self._busy
         self.ui.jumpMaxEncasementButton.enabled = bool(p.centreline) and not self._busy
         self.ui.showPlotButton.enabled = bool(p.chart)
-        self.ui.islandsTableView.setMRMLTableNode(p.islandsTable)
-        self.ui.contactTableView.setMRMLTableNode(p.contactTable)
+        # Setting a table rebuilds its view: only when it changed, not at every spin-box step.
+        for view, table in ((self.ui.islandsTableView, p.islandsTable), (self.ui.contactTableView, p.contactTable)):
+            if view.mrmlTableNode() is not table:
+                view.setMRMLTableNode(table)
 
     def onSeedsChanged(self, node) -> None:
         self.ui.seedsPlaceWidget.setCurrentNode(node)
@@ -269,6 +277,18 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return HOSciaticModuleParameterNode(super().getParameterNode())
 
+    def forgetResults(self) -> None:
+        """Drop this session's results (the scene that held them is closing): an export
+        or a jump after it must not reach into the previous case."""
+        self._latest = {}
+        self._analysis = None
+
+    @staticmethod
+    def _sideNode(node, name: str):
+        """``node`` when it is the current side's own (by its name), else None: the step
+        then finds or creates that side's node, and the other side's results stay."""
+        return node if node is not None and node.GetName() == name else None
+
     @staticmethod
     def missingPackages() -> list:
         return [package for module, package in REQUIRED_PACKAGES.items() if importlib.util.find_spec(module) is None]
@@ -305,10 +325,13 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def traceNerve(self, p, progress=None):
+        from HOSciaticModuleLib.pipeline import centreline_name, stations_table_name
+
         volume = p.mrVolume if p.modality == "mr" and p.mrVolume else p.ctVolume
         outputs = self.analysis.trace_nerve(
             volume, p.seeds, side=p.side, modality=p.modality, segmentation_node=p.segmentation,
-            centreline_node=p.centreline, stations_table_node=p.stationsTable,
+            centreline_node=self._sideNode(p.centreline, centreline_name(p.side)),
+            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side)),
             bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.segmentation = outputs.segmentation_node
         p.centreline = outputs.centreline_node
@@ -318,9 +341,13 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def computeContact(self, p, progress=None):
+        from HOSciaticModuleLib.pipeline import centreline_name, chart_name, stations_table_name
+
         outputs = self.analysis.compute_contact(
-            p.segmentation, p.centreline, side=p.side, tolerance_mm=p.contactToleranceMm,
-            contact_table_node=p.contactTable, stations_table_node=p.stationsTable, chart_node=p.chart,
+            p.segmentation, self._sideNode(p.centreline, centreline_name(p.side)), side=p.side,
+            tolerance_mm=p.contactToleranceMm, contact_table_node=p.contactTable,
+            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side)),
+            chart_node=self._sideNode(p.chart, chart_name(p.side)),
             islands_table_node=p.islandsTable, bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.contactTable = outputs.contact_table_node
         if outputs.islands_table_node is not None:
