@@ -210,6 +210,11 @@ ASYMMETRY_CORE_MM = 6.0
 ASYMMETRY_MIN_RADIUS_MM = 4.0
 ASYMMETRY_EDGE_MM = 2.0
 ASYMMETRY_MAX_SHARE = 0.3
+#: A mass's skirt, from where it stands ASYMMETRY_CORE_MM off the other side's bone down
+#: to where it meets it (ASYMMETRY_EDGE_MM), spans at most this much around its core.
+#: Farther, a surface a few mm off its counterpart is left-right variation of normal
+#: bone: on a real pelvis it ran on along the whole hip bone (57 mL instead of 8).
+ASYMMETRY_SKIRT_MM = 10.0
 #: Contrast-filled or calcified vessels are bone-dense tubes: the iliac and femoral
 #: arteries and veins are 5-14 mm wide; a stretch at least 30 mm long and four times
 #: longer along its axis than across is vessel-shaped.
@@ -1040,7 +1045,7 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     core = _ball_distance(distance > ASYMMETRY_CORE_MM, component_geometry) >= ASYMMETRY_MIN_RADIUS_MM
     if not core.any():
         return None
-    apart = distance > ASYMMETRY_EDGE_MM
+    apart = (distance > ASYMMETRY_EDGE_MM) & (distance_outside(core, component_geometry) <= ASYMMETRY_SKIRT_MM)
     labels, count, sizes = _components(apart)
     keep = np.zeros(count + 1, bool)
     keep[np.unique(labels[core & (labels > 0)])] = True
