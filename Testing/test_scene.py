@@ -422,3 +422,38 @@ def test_bone_on_the_midline_is_shown_as_its_own_segment_and_not_as_ho(slicer_sc
     analysis.segment_ossifications(second, segmentation_node=segmentation)
     names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in scene_io.segment_ids(segmentation)]
     assert MIDLINE_SEGMENT_NAME not in names
+
+
+def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene):
+    """On a contrast-enhanced CT an enhanced branch running along the nerve is found as an
+    island without a cortex at the vessels' level: the HO step names it, tags its
+    segment, and the contact step names it again, as it touches the nerve and counts in
+    the contact figures. The HO sleeve touching the nerve is not named."""
+    from scipy import ndimage
+
+    from HOSciaticModuleLib.pipeline import DOUBT_TAG
+
+    contrast = generate_phantom(PhantomSpec(contrast_artery_hu=320.0), spacing_ijk=(0.8, 0.8, 1.5))
+    s_mm, points = contrast.centreline_s_mm, contrast.geometry.voxel_ras_grid()
+    start, end = (contrast.centreline_ras[np.searchsorted(s_mm, s)] + [-7.0, 0.0, 0.0] for s in (25.0, 45.0))
+    along = np.clip(((points - start) @ (end - start)) / np.sum((end - start) ** 2), 0.0, 1.0)
+    branch = np.linalg.norm(points - (start + along[..., None] * (end - start)), axis=-1) <= 3.0
+    branch &= ~contrast.nerve_mask & (contrast.ho_labels == 0)
+    assert (ndimage.binary_dilation(branch) & contrast.nerve_mask).any()  # it touches the nerve
+    image = contrast.image.copy()
+    image[branch] = 320.0
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, image, contrast.geometry, "CT")
+    seeds = scene_io.points_node_from_array(slicer_scene, contrast.seeds_ras([5.0, 70.0, s_mm[-1] - 5]), "seeds")
+    oss = analysis.segment_ossifications(volume)
+    centre = 0.5 * (start + end) + [-3.0, 0.0, 0.0]
+    (label,) = [i.label for i in oss.result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 6.0]
+    segment = oss.segmentation_node.GetSegmentation().GetSegment(
+        scene_io.segment_id_by_name(oss.segmentation_node, f"HO {label}"))
+    assert "contrast-filled vessels' level" in scene_io.segment_tag(segment, DOUBT_TAG)
+    traced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    named = [w for w in contact.contact.warnings if "possibly not HO" in w]
+    assert len(named) == 1 and named[0].startswith(f"HO {label} touches the nerve")
+    touching = {i.label for i in contact.contact.islands if i.contact_length_mm > 0}
+    assert label in touching and len(touching) == 2

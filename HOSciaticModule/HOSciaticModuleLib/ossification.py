@@ -278,6 +278,9 @@ class OssificationResult:
     #: Bone-dense parts on the body's midline, set apart from the islands (not HO of the
     #: hip), inside ``native_bone_slices``; None when there are none.
     on_midline_block: np.ndarray | None = None
+    #: Island number -> why it may not be HO (short phrases from the warnings), for
+    #: the contact step to name when such an island touches the nerve.
+    doubts: dict = field(default_factory=dict)
 
     @property
     def native_bone_mask(self) -> np.ndarray:
@@ -1276,6 +1279,11 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
     return found
 
 
+def _doubt(doubts: dict, numbers, reason: str) -> None:
+    for number in numbers:
+        doubts.setdefault(number, []).append(reason)
+
+
 def _on_midline(island: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane | None) -> bool:
     """Whether an island's centre (``island`` a mask on ``geometry``) lies on the body's
     midline (False without a known midline)."""
@@ -1469,8 +1477,10 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                         "(the table, a positioning aid or an external device), not in soft tissue where HO forms.")
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
+    doubts: dict = {}
     if vessel_shaped:
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
+        _doubt(doubts, [number for number, *_ in vessel_shaped], "shaped like a vessel")
         contrast_levels = [hu for *_, hu in vessel_shaped if hu <= CONTRAST_MAX_HU]
         vessel_level = max(contrast_levels, default=None)
         tubes = {number for number, *_ in vessel_shaped}
@@ -1480,17 +1490,21 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                            and dense_end_hu[result.label] <= vessel_level + VESSEL_LEVEL_MARGIN_HU]
         if at_vessel_level:
             warnings.append(_vessel_level_warning(at_vessel_level, vessel_level))
+            _doubt(doubts, at_vessel_level, "without a cortex at the contrast-filled vessels' level")
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
+        _doubt(doubts, near_metal_immature, "without a cortex near metal (a streak?)")
     # Both checks need the body's midline, found when both hips are imaged.
     plane = midline() if results or on_midline else None
     if plane is not None:
         mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, plane)
         if mirrored:
             warnings.append(_mirror_warning(mirrored))
+            _doubt(doubts, mirrored, "mirrored by bone on the other side (a normal prominence?)")
         paired = _paired_islands_beside_native_bone(results, islands, fused_to, filled_bone, block_geometry, plane)
         if paired:
             warnings.append(_growth_centre_warning(paired))
+            _doubt(doubts, paired, "possibly native bone (a growth centre or a split-off piece)")
     unpaired = [result.label for result, (island_block, island) in zip(results, islands)
                 if asymmetric is not None
                 and np.count_nonzero(island & asymmetric[island_block]) >= 0.5 * np.count_nonzero(island)]
@@ -1502,16 +1516,19 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     hand = clustered_small_islands(results)
     if hand:
         warnings.append(_hand_warning(hand))
+        _doubt(doubts, hand, "clustered like a hand's bones")
     subcutaneous = [result.label for result in results
                     if not result.fused_to_native_bone and ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
                     and in_subcutaneous_fat(ct_hu, geometry, result.centroid_ras, bone_threshold_hu)]
     if subcutaneous:
         warnings.append(_subcutaneous_warning(subcutaneous))
+        _doubt(doubts, subcutaneous, "in the subcutaneous fat")
     against_gas = [result.label for result in results
                    if not result.fused_to_native_bone and ring_gas_share[result.label] >= GAS_RING_MIN_SHARE]
     if against_gas:
         warnings.append(_gas_warning(against_gas))
+        _doubt(doubts, against_gas, "touching gas")
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane,
-                              on_midline_block)
+                              on_midline_block, doubts)

@@ -40,6 +40,8 @@ NERVE_WARNINGS = "HOSciatic.NerveWarnings"
 CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 #: Segment tag saying whether an HO segment was found fused to the native skeleton.
 FUSED_TAG = "HOSciatic.FusedToNativeBone"
+#: Why the HO step doubted a segment is HO (kept with the segment and its file).
+DOUBT_TAG = "HOSciatic.Doubt"
 #: Margin around the nerve and HO segments kept when measuring contact.
 WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
@@ -324,8 +326,10 @@ class HOSciaticAnalysis:
         for island, segment_id in zip(result.islands, segment_ids):
             # Kept with the segment (and its file): the native skeleton it was judged
             # against is not, and re-measuring after an edit still knows the answer.
-            segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(
-                FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
+            segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+            segment.SetTag(FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
+            if island.label in result.doubts:
+                segment.SetTag(DOUBT_TAG, "; ".join(result.doubts[island.label]))
         islands_table_node = self._fill_islands_table(islands_table_node, result.islands)
         if result.body_midline is not None:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
@@ -563,6 +567,7 @@ class HOSciaticAnalysis:
             ho_mesh = ho_mesh_job.result() if ho_mesh_job is not None else None
 
         self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
+        result.warnings += self._doubted_contact_warnings(segmentation_node, names, result)
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.
@@ -596,6 +601,22 @@ class HOSciaticAnalysis:
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
                               islands_table_node if islands is not None else None)
+
+    @staticmethod
+    def _doubted_contact_warnings(segmentation_node, names: dict, result) -> list:
+        """A warning for each segment touching the nerve that the HO step named as
+        possibly not HO: the contact figures stand on it."""
+        warnings = []
+        for island in result.islands:
+            touching = island.contact_length_mm > 0 or island.min_distance_mm <= result.tolerance_mm
+            segment_id = scene_io.segment_id_by_name(segmentation_node, names.get(island.label, ""))
+            doubt = (scene_io.segment_tag(segmentation_node.GetSegmentation().GetSegment(segment_id), DOUBT_TAG)
+                     if touching and segment_id is not None else None)
+            if doubt:
+                warnings.append(f"{names[island.label]} touches the nerve but was named as possibly not HO ({doubt}); "
+                                "the contact figures count it. Check it on the images; if it is not HO, delete the "
+                                "segment and compute contact again.")
+        return warnings
 
     def _show_wrapping_bone(self, segmentation_node, side, result, geometry, window):
         """The bone outside the HO segments that wraps the nerve, as a segment to review
