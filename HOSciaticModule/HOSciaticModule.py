@@ -303,6 +303,12 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
                 "required, takes a minute)?"):
             raise ValueError("The required Python packages are not installed; the step was not run.")
         slicer.util.pip_install(" ".join(missing))
+        # Packages installed while Slicer runs are found only once the import caches are renewed.
+        importlib.invalidate_caches()
+        stillMissing = self.missingPackages()
+        if stillMissing:
+            raise ValueError(f"Installing {', '.join(stillMissing)} failed; see the Python console for pip's message, "
+                             "or install them from the Python console with slicer.util.pip_install.")
 
     @property
     def analysis(self):
