@@ -136,6 +136,9 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # A step running while the scene closes stops at its next progress report, before
+        # it writes into nodes that are gone.
+        self._cancelRequested = self._cancelRequested or self._busy
         self.setParameterNode(None)
         self.logic.forgetResults()
 
@@ -203,6 +206,9 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelRequested = False
         self._busy = True
         self._updateButtons()
+        # The panel keeps drawing during a step (progress, Cancel): its settings stay out
+        # of reach until the step ends, so the step works on the inputs it started with.
+        self._setSectionsEnabled(False)
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.cancelButton.setVisible(True)
@@ -221,9 +227,16 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.statusLabel.text = f"{title}: cancelled; earlier results are unchanged."
         finally:
             self._busy = False
+            self._setSectionsEnabled(True)
             self.ui.progressBar.setVisible(False)
             self.ui.cancelButton.setVisible(False)
             self._updateButtons()
+
+    def _setSectionsEnabled(self, enabled: bool) -> None:
+        for section in (self.ui.inputsCollapsibleButton, self.ui.ossificationsCollapsibleButton,
+                        self.ui.nerveCollapsibleButton, self.ui.contactCollapsibleButton,
+                        self.ui.exportCollapsibleButton, self.ui.outputsCollapsibleButton):
+            section.enabled = enabled
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
