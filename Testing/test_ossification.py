@@ -15,8 +15,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
-from HOSciaticModuleLib.ossification import (body_midline, ct_body_midline, segment_ossifications,
-                                             side_of_midline)
+from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, body_midline, ct_body_midline,
+                                             segment_ossifications, side_of_midline)
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -413,8 +413,7 @@ def test_island_on_the_midline_is_set_apart():
     centre = np.asarray(phantom.spec.center_ras) + [-45.0, -40.0, 40.0]
     assert len(result.islands) == len(phantom.islands)
     assert all(np.linalg.norm(np.asarray(i.centroid_ras) - centre) > 20.0 for i in result.islands)
-    set_apart = result.on_midline_block
-    assert set_apart is not None
+    set_apart = result.set_apart[MIDLINE_SEGMENT_NAME]
     offset = [s.start for s in result.native_bone_slices]
     apart_centre = phantom.geometry.kji_to_ras_points(np.argwhere(set_apart).mean(axis=0)[None] + offset)[0]
     assert np.linalg.norm(apart_centre - centre) < 3.0
@@ -622,3 +621,25 @@ def test_dense_pool_against_gas_is_named(with_gas):
         assert len(flagged) == 1 and [int(n) for n in re.findall(r"HO (\d+)", flagged[0].split(" touch")[0])] == pool
     else:
         assert flagged == []
+
+
+def test_bone_wholly_above_the_hip_bones_is_set_apart():
+    """An abdominal CT reaches the lower ribs: a rib 55 mm above the top of the hip bones
+    (iliac wings 120 mm from the midline) is set apart with its volume; the hip's HO
+    islands are reported as before."""
+    spec = PhantomSpec(body_semi_axes=(170.0, 90.0))
+    midline = spec.body_center_offset[0]
+    wings = tuple(BoneSpec("ellipsoid", center_offset=(midline + side * 120.0, 0.0, 60.0), semi_axes=(8.0, 35.0, 35.0),
+                           cortex_mm=2.0) for side in (1, -1))
+    ends = ((midline + 40.0, -30.0, 160.0), (midline + 85.0, 10.0, 150.0))
+    rib = BoneSpec("capsule", axis=ends, radius_mm=5.0, cortex_mm=1.2, interior="fatty_marrow")
+    phantom = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec) + wings + (rib,)),
+                               spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(380.0, 200.0, 360.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands)
+    assert_matches_truth(phantom, result)
+    (set_apart,) = result.set_apart.values()
+    rib_ml = np.pi * 5.0 ** 2 * (np.linalg.norm(np.subtract(*ends)) + 4.0 / 3.0 * 5.0) / 1000.0
+    assert np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml == pytest.approx(rib_ml, rel=0.12)
+    (warning,) = [w for w in result.warnings if "above the top of the hip bones" in w]
+    assert f"({np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml:.1f} mL)" in warning

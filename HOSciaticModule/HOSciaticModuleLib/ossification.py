@@ -174,6 +174,17 @@ GROWTH_PLATE_GAP_MM = 5.0
 MIDLINE_ISLAND_MM = 20.0
 #: Such parts are set apart from the islands, shown as this segment for review.
 MIDLINE_SEGMENT_NAME = "On the midline (not counted as HO)"
+#: The iliac wings reach 100-140 mm from the body's midline, while the sacrum, the lumbar
+#: spine and the necks of ribs that partial volume joins to it lie within about 70 mm:
+#: the highest native bone beyond this is the top of the hip bones, the iliac crests when
+#: the image reaches them.
+HIP_BONE_LATERAL_MM = 90.0
+#: Bone lying wholly this far above the top of the hip bones is the ribs or the spine of
+#: an abdominal CT, not HO of the hip (whose highest reach is the gluteal muscles'
+#: attachment on the iliac crest).
+ABOVE_HIP_BONES_MM = 20.0
+ABOVE_HIP_SEGMENT_NAME = "Above the hip bones (not counted as HO)"
+SET_APART_SEGMENT_NAMES = (MIDLINE_SEGMENT_NAME, ABOVE_HIP_SEGMENT_NAME)
 #: A nerve within this distance of the midline is not clearly on one side (the sciatic
 #: nerves run 70-120 mm either side of it at the hip).
 MIDLINE_SIDE_MARGIN_MM = 20.0
@@ -275,9 +286,10 @@ class OssificationResult:
     native_bone_slices: tuple | None = None
     #: The body's midline, when there were islands to check against it and it was found.
     body_midline: "MirrorPlane | None" = None
-    #: Bone-dense parts on the body's midline, set apart from the islands (not HO of the
-    #: hip), inside ``native_bone_slices``; None when there are none.
-    on_midline_block: np.ndarray | None = None
+    #: Bone-dense parts set apart from the islands as not HO of the hip, by the name of
+    #: the segment that shows them (see SET_APART_SEGMENT_NAMES): masks inside
+    #: ``native_bone_slices``; only the kinds found.
+    set_apart: dict = field(default_factory=dict)
     #: Island number -> why it may not be HO (short phrases from the warnings), for
     #: the contact step to name when such an island touches the nerve.
     doubts: dict = field(default_factory=dict)
@@ -1226,6 +1238,16 @@ def _gas_warning(numbers) -> str:
             f"HO, delete {'the segment' if one else 'those segments'} and recompute contact.")
 
 
+def _above_hip_bones_warning(count: int, volume_ml: float) -> str:
+    one = count == 1
+    return (f"{count} bone-dense object{'' if one else 's'} ({volume_ml:.1f} mL) lying wholly {ABOVE_HIP_BONES_MM:.0f} "
+            f"mm or more above the top of the hip bones {'is' if one else 'are'} not counted as HO: on an abdominal "
+            "CT these are the lower ribs, the spine's processes or contrast-filled vessels and bowel, while HO of "
+            "the hip reaches no higher than the iliac crest. "
+            f"{'It is' if one else 'They are'} shown as the segment '{ABOVE_HIP_SEGMENT_NAME}'; a part of it renamed "
+            "'HO <n>' counts as HO.")
+
+
 def _on_midline_warning(count: int, volume_ml: float) -> str:
     one = count == 1
     return (f"{count} bone-dense object{'' if one else 's'} ({volume_ml:.1f} mL) on the body's midline (centre "
@@ -1277,6 +1299,32 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
         if part is not None:
             found[block] |= part
     return found
+
+
+def _union(parts, shape) -> np.ndarray:
+    """One mask of ``shape`` from (block, mask) parts."""
+    union = np.zeros(shape, bool)
+    for block, mask in parts:
+        union[block] |= mask
+    return union
+
+
+def _top_of_hip_bones(native: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane | None) -> float | None:
+    """S (mm) of the highest native bone more than HIP_BONE_LATERAL_MM from the body's
+    midline; None without a midline or such bone."""
+    if plane is None or not native.any():
+        return None
+    points = _bone_points(native, geometry)
+    lateral = np.abs(plane.signed_distance(points)) > HIP_BONE_LATERAL_MM
+    return float(points[lateral, 2].max()) if lateral.any() else None
+
+
+def _above(island: np.ndarray, geometry: VolumeGeometry, top_s: float | None) -> bool:
+    """Whether all of an island lies ABOVE_HIP_BONES_MM or more above ``top_s`` (False
+    when it is None)."""
+    if top_s is None:
+        return False
+    return float(geometry.kji_to_ras_points(np.argwhere(island))[:, 2].min()) >= top_s + ABOVE_HIP_BONES_MM
 
 
 def _doubt(doubts: dict, numbers, reason: str) -> None:
@@ -1409,6 +1457,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         sizes = np.where(in_roi, sizes, 0)
     islands = []
     on_midline = []
+    above_hip_bones = []
+    top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(excluded, block_geometry, midline()))
     outside_count, outside_ml = 0, 0.0
     blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):
@@ -1428,6 +1478,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             continue
         if _on_midline(island, island_geometry, midline()):
             on_midline.append((island_block, island))
+            continue
+        if _above(island, island_geometry, top_of_hip_bones()):
+            above_hip_bones.append((island_block, island))
             continue
         islands.append((island_block, island))
 
@@ -1464,13 +1517,12 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             vessel_shaped.append((number, width, length, dense_end_hu[number]))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
-    on_midline_block = None
-    if on_midline:
-        on_midline_block = np.zeros(labelmap_block.shape, bool)
-        for island_block, island in on_midline:
-            on_midline_block[island_block] |= island
-        warnings.append(_on_midline_warning(len(on_midline),
-                                            np.count_nonzero(on_midline_block) * geometry.voxel_volume_ml))
+    set_apart = {}
+    for name, parts, warning in ((MIDLINE_SEGMENT_NAME, on_midline, _on_midline_warning),
+                                 (ABOVE_HIP_SEGMENT_NAME, above_hip_bones, _above_hip_bones_warning)):
+        if parts:
+            set_apart[name] = _union(parts, labelmap_block.shape)
+            warnings.append(warning(len(parts), np.count_nonzero(set_apart[name]) * geometry.voxel_volume_ml))
     if outside_count:
         warnings.append(f"{outside_count} bone-dense object{'s' if outside_count > 1 else ''} surrounded by air "
                         f"({outside_ml:.1f} mL) {'were' if outside_count > 1 else 'was'} left out: outside the body "
@@ -1495,7 +1547,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append(_streak_warning(near_metal_immature))
         _doubt(doubts, near_metal_immature, "without a cortex near metal (a streak?)")
     # Both checks need the body's midline, found when both hips are imaged.
-    plane = midline() if results or on_midline else None
+    plane = midline() if results or set_apart else None
     if plane is not None:
         mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, plane)
         if mirrored:
@@ -1531,4 +1583,4 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane,
-                              on_midline_block, doubts)
+                              set_apart, doubts)

@@ -320,9 +320,10 @@ class HOSciaticAnalysis:
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
-        self._show_set_apart(segmentation_node, ossification.MIDLINE_SEGMENT_NAME, result.on_midline_block,
-                             tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block)),
-                             geometry)
+        for name in ossification.SET_APART_SEGMENT_NAMES:
+            self._show_set_apart(segmentation_node, name, result.set_apart.get(name),
+                                 tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block)),
+                                 geometry)
         for island, segment_id in zip(result.islands, segment_ids):
             # Kept with the segment (and its file): the native skeleton it was judged
             # against is not, and re-measuring after an edit still knows the answer.
