@@ -1238,24 +1238,24 @@ def _gas_warning(numbers) -> str:
             f"HO, delete {'the segment' if one else 'those segments'} and recompute contact.")
 
 
-def _above_hip_bones_warning(count: int, volume_ml: float) -> str:
+def _set_apart_warning(count: int, volume_ml: float, where: str, why: str, segment_name: str) -> str:
     one = count == 1
-    return (f"{count} bone-dense object{'' if one else 's'} ({volume_ml:.1f} mL) lying wholly {ABOVE_HIP_BONES_MM:.0f} "
-            f"mm or more above the top of the hip bones {'is' if one else 'are'} not counted as HO: on an abdominal "
-            "CT these are the lower ribs, the spine's processes or contrast-filled vessels and bowel, while HO of "
-            "the hip reaches no higher than the iliac crest. "
-            f"{'It is' if one else 'They are'} shown as the segment '{ABOVE_HIP_SEGMENT_NAME}'; a part of it renamed "
-            "'HO <n>' counts as HO.")
+    return (f"{count} bone-dense object{'' if one else 's'} ({volume_ml:.1f} mL) {where} {'is' if one else 'are'} not "
+            f"counted as HO: {why} {'It is' if one else 'They are'} shown as the segment '{segment_name}'; a part of "
+            "it renamed 'HO <n>' counts as HO.")
 
 
-def _on_midline_warning(count: int, volume_ml: float) -> str:
-    one = count == 1
-    return (f"{count} bone-dense object{'' if one else 's'} ({volume_ml:.1f} mL) on the body's midline (centre "
-            f"within {MIDLINE_ISLAND_MM:.0f} mm) {'is' if one else 'are'} not counted as HO: HO of the hip forms "
-            "beside the pelvis, while the midline holds the coccyx, the sacrum's and the spine's processes and the "
-            "pubic symphysis (or, without a cortex, contrast in the bladder or the rectum). "
-            f"{'It is' if one else 'They are'} shown as the segment '{MIDLINE_SEGMENT_NAME}'; a part of it renamed "
-            "'HO <n>' counts as HO.")
+#: Where each kind of set-apart object lies, and why it is not HO of the hip.
+_SET_APART_REASONS = {
+    MIDLINE_SEGMENT_NAME: (
+        f"on the body's midline (centre within {MIDLINE_ISLAND_MM:.0f} mm)",
+        "HO of the hip forms beside the pelvis, while the midline holds the coccyx, the sacrum's and the spine's "
+        "processes and the pubic symphysis (or, without a cortex, contrast in the bladder or the rectum)."),
+    ABOVE_HIP_SEGMENT_NAME: (
+        f"lying wholly {ABOVE_HIP_BONES_MM:.0f} mm or more above the top of the hip bones",
+        "on an abdominal CT these are the lower ribs, the spine's processes or contrast-filled vessels and bowel, "
+        "while HO of the hip reaches no higher than the iliac crest."),
+}
 
 
 def _mirror_warning(numbers) -> str:
@@ -1518,11 +1518,11 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
 
     set_apart = {}
-    for name, parts, warning in ((MIDLINE_SEGMENT_NAME, on_midline, _on_midline_warning),
-                                 (ABOVE_HIP_SEGMENT_NAME, above_hip_bones, _above_hip_bones_warning)):
+    for name, parts in ((MIDLINE_SEGMENT_NAME, on_midline), (ABOVE_HIP_SEGMENT_NAME, above_hip_bones)):
         if parts:
             set_apart[name] = _union(parts, labelmap_block.shape)
-            warnings.append(warning(len(parts), np.count_nonzero(set_apart[name]) * geometry.voxel_volume_ml))
+            warnings.append(_set_apart_warning(len(parts), np.count_nonzero(set_apart[name]) * geometry.voxel_volume_ml,
+                                               *_SET_APART_REASONS[name], name))
     if outside_count:
         warnings.append(f"{outside_count} bone-dense object{'s' if outside_count > 1 else ''} surrounded by air "
                         f"({outside_ml:.1f} mL) {'were' if outside_count > 1 else 'was'} left out: outside the body "
