@@ -85,9 +85,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_shared_options(command) -> None:
     """The analysis settings ``analyze`` and ``batch`` both take."""
-    command.add_argument("--bone-threshold", type=_float_within(ossification.MIN_BONE_THRESHOLD_HU,
-                                                                 ossification.METAL_THRESHOLD_HU), default=ossification.DEFAULT_BONE_THRESHOLD_HU,
-                         metavar="HU", help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
+    command.add_argument("--bone-threshold",
+                         type=_float_within(ossification.MIN_BONE_THRESHOLD_HU, ossification.METAL_THRESHOLD_HU),
+                         default=ossification.DEFAULT_BONE_THRESHOLD_HU, metavar="HU",
+                         help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
     command.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
                          metavar="ML", help=f"smallest HO island (default {ossification.DEFAULT_MIN_ISLAND_ML:g} mL)")
     command.add_argument("--contact-tolerance", type=_float_within(0.0, MAX_CONTACT_TOLERANCE_MM),

@@ -294,7 +294,8 @@ class BackgroundVolumeWriter:
     def result(self) -> Path:
         self._thread.join()
         if self._error is not None:
-            reason = str(self._error).strip().splitlines()[-1] if str(self._error).strip() else type(self._error).__name__
+            text = str(self._error).strip()
+            reason = text.splitlines()[-1] if text else type(self._error).__name__
             raise OSError(f"Writing the CT into the scene bundle failed ({reason}); check free disk space.")
         return self.path
 
@@ -348,7 +349,9 @@ def _earlier_results(out_dir: Path) -> set:
         names = json.loads((out_dir / RESULTS_MANIFEST).read_text())
     except (OSError, ValueError):
         return set()
-    return {name for name in names if isinstance(name, str) and name in RESULT_NAMES} if isinstance(names, list) else set()
+    if not isinstance(names, list):
+        return set()
+    return {name for name in names if isinstance(name, str) and name in RESULT_NAMES}
 
 
 def check_inputs_not_overwritten(out_dir: Path, input_paths) -> None:
