@@ -120,6 +120,7 @@ def test_mr_run_traces_nerve_only(tmp_path):
                      "--out", str(out), "--quiet", "--no-scene"]) == 0
     document = json.loads((out / "metrics.json").read_text())
     assert document["ossifications"] is None
+    assert document["parameters"] == {}  # no HO or contact setting is read on an MR
     assert len(document["nerves"]) == 1 and document["nerves"][0]["length_mm"] > 100
 
 

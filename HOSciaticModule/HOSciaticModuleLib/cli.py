@@ -427,7 +427,8 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
         "bones": str(Path(args.bones).resolve()) if args.bones else None,
         "nerve_seeds": [str(Path(p).resolve()) for p in args.nerve_seeds],
     }
-    parameters = export.default_parameters(args.bone_threshold, args.min_island_ml, args.contact_tolerance)
+    parameters = export.default_parameters(args.bone_threshold, args.min_island_ml, args.contact_tolerance,
+                                           args.modality)
     document = export.metrics_document(input_info, parameters, oss_outputs, nerves, contacts, warnings)
 
     # Everything is computed: write into a private folder, then move into place.
@@ -511,7 +512,7 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
                 "bones": resolved(case.bones), "nerve_seeds": [resolved(p) for p in case.nerve_seeds]}
     same_inputs = all(recorded.get(key) == value for key, value in expected.items())
     same_settings = parameters == export.default_parameters(args.bone_threshold, args.min_island_ml,
-                                                            args.contact_tolerance)
+                                                            args.contact_tolerance, case.modality)
     complete = args.no_scene or (case_dir / "scene.mrb").is_file()
     return document if same_inputs and same_settings and complete else None
 

@@ -128,7 +128,12 @@ def metrics_document(input_info: dict, parameters: dict, oss_outputs, nerves, co
     return document
 
 
-def default_parameters(bone_threshold_hu, min_island_ml, contact_tolerance_mm=DEFAULT_CONTACT_TOLERANCE_MM) -> dict:
+def default_parameters(bone_threshold_hu, min_island_ml, contact_tolerance_mm=DEFAULT_CONTACT_TOLERANCE_MM,
+                       modality: str = "ct") -> dict:
+    """The settings a run used: an MR run traces the nerve only, so the HO and contact
+    settings, which it never reads, are not recorded for it."""
+    if modality == "mr":
+        return {}
     return {"bone_threshold_hu": float(bone_threshold_hu), "min_island_ml": float(min_island_ml),
             "contact_tolerance_mm": float(contact_tolerance_mm)}
 
