@@ -190,6 +190,7 @@ def test_outputs_under_a_non_linear_transform_are_refused_before_any_change(slic
 
 def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
     _, _, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    assert not any("contrast-enhanced" in w for w in traced.trace.warnings)  # a plain CT
     from HOSciaticModuleLib.export import write_scene_bundle
 
     bundle = tmp_path / "scene.mrb"
@@ -452,6 +453,8 @@ def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene):
         scene_io.segment_id_by_name(oss.segmentation_node, f"HO {label}"))
     assert "contrast-filled vessels' level" in scene_io.segment_tag(segment, DOUBT_TAG)
     traced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    # The tracing says what enhanced vessels beside the nerve do to its calibre.
+    assert any(w.startswith("The CT is contrast-enhanced (vessels up to") for w in traced.trace.warnings)
     contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
     named = [w for w in contact.contact.warnings if "possibly not HO" in w]
     assert len(named) == 1 and named[0].startswith(f"HO {label} touches the nerve")

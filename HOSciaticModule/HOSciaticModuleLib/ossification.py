@@ -293,6 +293,8 @@ class OssificationResult:
     #: Island number -> why it may not be HO (short phrases from the warnings), for
     #: the contact step to name when such an island touches the nerve.
     doubts: dict = field(default_factory=dict)
+    #: The contrast-filled vessels' level (HU) when tubes show the CT is enhanced.
+    contrast_level_hu: float | None = None
 
     @property
     def native_bone_mask(self) -> np.ndarray:
@@ -1530,6 +1532,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
     doubts: dict = {}
+    vessel_level = None
     if vessel_shaped:
         warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
         _doubt(doubts, [number for number, *_ in vessel_shaped], "shaped like a vessel")
@@ -1583,4 +1586,4 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane,
-                              set_apart, doubts)
+                              set_apart, doubts, vessel_level)

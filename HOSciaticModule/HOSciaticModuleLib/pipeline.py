@@ -42,6 +42,8 @@ CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 FUSED_TAG = "HOSciatic.FusedToNativeBone"
 #: Why the HO step doubted a segment is HO (kept with the segment and its file).
 DOUBT_TAG = "HOSciatic.Doubt"
+#: The contrast-filled vessels' level (HU) the HO step found, on the segmentation.
+CONTRAST_LEVEL_ATTRIBUTE = "HOSciatic.ContrastLevelHU"
 #: Margin around the nerve and HO segments kept when measuring contact.
 WORKING_MARGIN_MM = 15.0
 #: Bone around an ROI looked at to tell native bone cut by the ROI from HO.
@@ -125,6 +127,14 @@ def stations_table_name(side: str) -> str:
 
 def chart_name(side: str) -> str:
     return f"Encasement and diameter {side}"
+
+
+def enhanced_vessels_warning(level_hu: str) -> str:
+    return (f"The CT is contrast-enhanced (vessels up to {level_hu} HU, found by the HO step): enhanced vessels "
+            "running along the nerve (the inferior gluteal artery and its veins accompany it) are drawn into its "
+            "outline where they touch it and lie below the bone threshold, reading its calibre 1-2 mm large there; "
+            "denser ones are HO islands, named where they touch the nerve. A non-contrast CT or a T2 fat-saturated "
+            "MR measures the calibre better.")
 
 
 def wrapping_bone_name(side: str) -> str:
@@ -336,6 +346,10 @@ class HOSciaticAnalysis:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
         result.warnings[:0] = thick_slice_warnings(geometry) + native_warnings
         self._record_warnings(segmentation_node, OSSIFICATION_WARNINGS, result.warnings)
+        if result.contrast_level_hu is not None:
+            segmentation_node.SetAttribute(CONTRAST_LEVEL_ATTRIBUTE, f"{result.contrast_level_hu:.0f}")
+        else:
+            segmentation_node.RemoveAttribute(CONTRAST_LEVEL_ATTRIBUTE)
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
         return OssificationOutputs(segmentation_node, islands_table_node, result)
@@ -403,6 +417,9 @@ class HOSciaticAnalysis:
         if modality == "ct":
             midline = self.body_midline(volume_node, image, geometry, bone_threshold_hu)
             trace.warnings += side_mismatch_warnings(midline, trace.points_ras, side)
+            level = segmentation_node.GetAttribute(CONTRAST_LEVEL_ATTRIBUTE) if segmentation_node is not None else None
+            if level:
+                trace.warnings.append(enhanced_vessels_warning(level))
 
         report(progress, 0.92, "Writing nerve outputs")
         segmentation_node = scene_io.ensure_segmentation_node(
