@@ -441,3 +441,13 @@ def test_stretch_near_metal_is_named_on_ct():
     assert f"nearest {nearest:.0f} mm" in warning
     assert not any("metal" in w for w in trace_nerve(phantom.image, phantom.geometry, seeds,
                                                        exclusion_mask=phantom.ho_labels > 0).warnings)
+
+
+def test_an_outline_thinner_than_any_sciatic_nerve_is_named():
+    """A trace that followed a thin bright strip beside the nerve (as on a real T2 MR
+    without fat suppression, 4.3 mm across) is named; a nerve 6 mm across is not."""
+    from HOSciaticModuleLib.nerve import too_thin_warnings
+
+    (warning,) = too_thin_warnings(np.full(40, np.pi * 4.3 ** 2 / 4.0))
+    assert "only 4.3 mm across" in warning
+    assert too_thin_warnings(np.full(40, np.pi * 6.0 ** 2 / 4.0)) == []

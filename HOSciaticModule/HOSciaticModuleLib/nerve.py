@@ -78,6 +78,10 @@ CT_AIR_HU = -400.0
 #: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
 #: 20 mm): an outline wider than that over half the traced length has run into muscle.
 MAX_NERVE_DIAMETER_MM = 20.0
+#: An adult sciatic nerve's cross-section at the hip and thigh is 35-80 mm^2 (7-10 mm
+#: across), over 20 mm^2 (5 mm) even when flattened by compression: an outline thinner
+#: than this over most of the traced length is not the nerve's.
+MIN_NERVE_DIAMETER_MM = 5.0
 #: An outline wider than this (equivalent diameter) over a stretch of TOO_WIDE_SHARE of
 #: the length or more has left the nerve: a quarter above MAX_NERVE_DIAMETER_MM, so a
 #: swollen nerve at the top of its range is not taken for one (most of the length wider
@@ -912,6 +916,19 @@ def too_wide_stretch_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[st
             "on a T2 fat-saturated MR."]
 
 
+def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
+    """A warning when the outline is thinner than any adult sciatic nerve over most of
+    its length (see MIN_NERVE_DIAMETER_MM)."""
+    typical = float(np.median(equivalent_diameter_mm(area_mm2))) if len(area_mm2) else 0.0
+    if typical >= MIN_NERVE_DIAMETER_MM:
+        return []
+    return [f"The traced outline is only {typical:.1f} mm across on average (equivalent diameter), thinner than any "
+            f"adult sciatic nerve (over {MIN_NERVE_DIAMETER_MM:.0f} mm even when flattened by compression): the "
+            "trace may follow a thin structure beside the nerve (a vessel, a band of fluid or tissue), or draw the "
+            "outline inside it (a fat plane thinner than the CT resolves, an MR without fat suppression). Check "
+            "that the seed points lie on the nerve and the outline on the images."]
+
+
 def bulge_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
     """A warning naming the stretch where the outline is far wider than along the rest
     of the nerve (see BULGE_FACTOR), short of the too-wide stretch's width."""
@@ -1034,6 +1051,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     check_plausible_width(sections.area, modality, float(np.median(across_mm)))
     warnings += too_wide_stretch_warnings(sections.area, s_mm)
     warnings += bulge_warnings(sections.area, s_mm)
+    warnings += too_thin_warnings(sections.area)
     warnings += thick_across_nerve_warnings(across_mm, s_mm)
     if modality == "ct":
         warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
