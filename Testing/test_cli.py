@@ -248,3 +248,27 @@ def test_side_from_the_body_midline_and_a_wrong_side_flagged(tmp_path):
     mislabelled = analyse("nerve left")
     assert mislabelled["nerves"][0]["side"] == "left"
     assert any("traced as the left sciatic nerve" in w and "patient's right" in w for w in mislabelled["warnings"])
+
+
+def test_a_full_disk_while_writing_is_bad_input_and_leaves_the_folder_as_it_was(case, tmp_path, monkeypatch, capsys):
+    """A disk that fills up while the results are written is the machine's state, not a
+    defect: exit 2 with a message naming the folder, and an earlier run's results there
+    stay whole."""
+    import errno
+
+    from HOSciaticModuleLib import export
+
+    _, paths = case
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--no-scene", "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(folder, *args, **kwargs):
+        (folder / "metrics.json").write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "write_results", disk_full)
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--no-scene", "--quiet"]) == 2
+    message = "".join(capsys.readouterr().err.split())  # the message is wrapped at 100 characters
+    assert "Nospaceleftondevice" in message and str(out) in message and "freespace" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
