@@ -922,7 +922,7 @@ def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
     typical = float(np.median(equivalent_diameter_mm(area_mm2))) if len(area_mm2) else 0.0
     if typical >= MIN_NERVE_DIAMETER_MM:
         return []
-    return [f"The traced outline is only {typical:.1f} mm across on average (equivalent diameter), thinner than any "
+    return [f"The traced outline is only {typical:.1f} mm across (median equivalent diameter), thinner than any "
             f"adult sciatic nerve (over {MIN_NERVE_DIAMETER_MM:.0f} mm even when flattened by compression): the "
             "trace may follow a thin structure beside the nerve (a vessel, a band of fluid or tissue), or draw the "
             "outline inside it (a fat plane thinner than the CT resolves, an MR without fat suppression). Check "
