@@ -199,6 +199,22 @@ def test_scene_bundle_holds_the_ct(case, analysed):
     assert fresh.GetFirstNodeByName("HO islands") is not None
 
 
+def test_scene_bundle_from_a_relative_output_folder_loads(case, tmp_path):
+    """``--out results`` (relative, as in the README's demo command): the bundle's files
+    are found when it is opened, not looked for in the working folder it was built in."""
+    from HOSciaticModuleLib.mrml_app import create_headless_slicer
+
+    _, paths = case
+    result = _run_cli_subprocess(["analyze", str(paths["image"]), "--out", "results", "--quiet"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(tmp_path / "results" / "scene.mrb"))
+    volume = fresh.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    assert volume is not None and volume.GetImageData() is not None
+    segmentation = fresh.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    assert segmentation is not None and segmentation.GetSegmentation().GetNumberOfSegments() > 0
+
+
 def test_tilted_dicom_series_gives_true_figures(case, analysed, tmp_path):
     """A CT acquired with a 15 degree gantry tilt, read from its DICOM slices: once the
     slices are put on a grid at right angles, the HO and nerve figures match the

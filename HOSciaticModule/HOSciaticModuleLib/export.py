@@ -190,6 +190,10 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> Non
     instead of written again. The scene's own file names are restored afterwards.
     """
     prewritten = dict(prewritten or {})
+    # Slicer stores the files' paths relative to the scene's root folder only when both
+    # are absolute: from a relative output folder (--out results) the bundle would point
+    # at the working folder, gone once it is written.
+    path = Path(path).resolve()
     # Work beside the bundle: a full CT is not copied between file systems.
     with tempfile.TemporaryDirectory(prefix=".hosciatic-partial-mrb-", dir=path.parent) as work:
         root = Path(work) / path.stem
@@ -329,7 +333,7 @@ def publish(out_dir: Path, write) -> None:
 
     A failure leaves ``out_dir`` as it was (apart from being created).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-", dir=out_dir))
     try:
