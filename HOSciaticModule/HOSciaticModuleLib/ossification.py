@@ -660,8 +660,7 @@ def _free_mass(component: np.ndarray, block, all_bone, geometry: VolumeGeometry,
     plane = midline()
     if plane is None:
         return True
-    centre = geometry.kji_to_ras_points(np.argwhere(component).mean(axis=0) + [s.start for s in block])[0]
-    if abs(float(plane.signed_distance(centre))) <= MIDLINE_ISLAND_MM:
+    if _on_midline(component, geometry.cropped(block), plane):
         return False
     return not mirrored_in_bone(component, block, all_bone(), geometry, plane)
 
