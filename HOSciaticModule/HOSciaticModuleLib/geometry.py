@@ -184,13 +184,17 @@ class VolumeGeometry:
                 "resolve the sciatic nerve (about 10 mm wide) nor measure HO. Use a reconstruction with slices of "
                 "5 mm or thinner (or check the spacing in the image header)."
             )
-        gram = self.directions.T @ self.directions
-        if np.max(np.abs(gram - np.eye(3))) > DIRECTION_ORTHOGONALITY_TOLERANCE:
+        if not orthonormal(self.directions):
             raise InputError(
                 f"{what} has a non-orthogonal (sheared) direction matrix; distances and angles would be wrong. "
                 "Resample it onto an orthogonal grid first (for example with Slicer's Resample Scalar Volume "
                 "or by harden-transforming a sheared acquisition)."
             )
+
+
+def orthonormal(directions: np.ndarray) -> bool:
+    """Whether unit axis columns are at right angles (within DIRECTION_ORTHOGONALITY_TOLERANCE)."""
+    return float(np.max(np.abs(directions.T @ directions - np.eye(3)))) <= DIRECTION_ORTHOGONALITY_TOLERANCE
 
 
 def _millimetres(values) -> str:

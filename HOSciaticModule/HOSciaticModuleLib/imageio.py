@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from . import bonelabels
 from .errors import InputError
-from .geometry import DIRECTION_ORTHOGONALITY_TOLERANCE, VolumeGeometry
+from .geometry import VolumeGeometry, orthonormal
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Folders searched below a DICOM folder that holds no series itself: a study's export
@@ -375,8 +375,7 @@ def _check_nifti_sform(path: Path, what: str) -> None:
     lengths = np.linalg.norm(columns, axis=0)
     if not np.all(np.isfinite(columns)) or np.any(lengths <= 0):
         return  # left to the reader's own checks
-    unit = columns / lengths
-    if np.max(np.abs(unit.T @ unit - np.eye(3))) > DIRECTION_ORTHOGONALITY_TOLERANCE:
+    if not orthonormal(columns / lengths):
         raise InputError(f"The {what} '{path}' has a sheared (non-orthogonal) sform, as written for a CT acquired "
                          "with a gantry tilt and converted without tilt correction; read through its qform instead, "
                          "its slices would lie where they were not acquired. Convert the DICOM series again with "
