@@ -28,10 +28,11 @@ The chain, each step a small function below:
 7. **Checks** — bone-dense objects surrounded by air lie outside the body (the
    table, external devices) and are left out; an island at the edge of the image,
    a fused island whose mirror image across the body's midline is bone (a normal
-   prominence comes in pairs), an island on the midline (coccyx, symphysis), an
-   island shaped like a vessel, an island without a cortex near metal (a streak?), an
-   island in the subcutaneous fat or touching gas (bowel content) and many small bones
-   close together (a hand in the field) are named in warnings for the reader.
+   prominence comes in pairs), an island shaped like a vessel, an island without a
+   cortex near metal (a streak?), an island in the subcutaneous fat or touching gas
+   (bowel content) and many small bones close together (a hand in the field) are named
+   in warnings for the reader. Bone on the body's midline (coccyx, sacrum, symphysis)
+   or wholly above the hip bones (ribs, spine) is set apart, not counted as HO.
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native

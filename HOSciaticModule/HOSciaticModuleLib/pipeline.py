@@ -330,10 +330,9 @@ class HOSciaticAnalysis:
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
+        set_apart_offset = tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block))
         for name in ossification.SET_APART_SEGMENT_NAMES:
-            self._show_set_apart(segmentation_node, name, result.set_apart.get(name),
-                                 tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block)),
-                                 geometry)
+            self._show_set_apart(segmentation_node, name, result.set_apart.get(name), set_apart_offset, geometry)
         for island, segment_id in zip(result.islands, segment_ids):
             # Kept with the segment (and its file): the native skeleton it was judged
             # against is not, and re-measuring after an edit still knows the answer.
@@ -626,10 +625,12 @@ class HOSciaticAnalysis:
         possibly not HO: the contact figures stand on it."""
         warnings = []
         for island in result.islands:
-            touching = island.contact_length_mm > 0 or island.min_distance_mm <= result.tolerance_mm
+            if island.contact_length_mm <= 0 and island.min_distance_mm > result.tolerance_mm:
+                continue  # not touching the nerve
             segment_id = scene_io.segment_id_by_name(segmentation_node, names.get(island.label, ""))
-            doubt = (scene_io.segment_tag(segmentation_node.GetSegmentation().GetSegment(segment_id), DOUBT_TAG)
-                     if touching and segment_id is not None else None)
+            if segment_id is None:
+                continue
+            doubt = scene_io.segment_tag(segmentation_node.GetSegmentation().GetSegment(segment_id), DOUBT_TAG)
             if doubt:
                 warnings.append(f"{names[island.label]} touches the nerve but was named as possibly not HO ({doubt}); "
                                 "the contact figures count it. Check it on the images; if it is not HO, delete the "
