@@ -336,7 +336,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
                 # The bundle's copy of the CT is compressed from now on, while the
                 # libraries load and the analysis runs, in a private folder of the
                 # output folder (where the bundle will go).
-                volume_writer = export.BackgroundVolumeWriter(image.sitk_image, out_dir)
+                volume_writer = export.BackgroundVolumeWriter(image, out_dir)
             loader.join()
 
         with _stage(timings, "read"):

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import __version__, measurements
 from .defaults import DEFAULT_CONTACT_TOLERANCE_MM, SIDES
 from .errors import InputError
+from .imageio import sitk_image_from_array, write_nrrd_fast
 
 SCHEMA = "hosciatic-metrics/1"
 ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
@@ -269,14 +270,15 @@ def _bundle_file_name(node_name: str | None, extension: str, used: set) -> str:
 
 
 class BackgroundVolumeWriter:
-    """Writes a volume file (compressed NRRD) on a worker thread.
+    """Writes a volume file (compressed NRRD) of a read image on a worker thread.
 
-    SimpleITK releases Python's lock while it compresses, so a full CT is written
-    into the scene bundle's format while the analysis runs on the other core instead
-    of after it. :meth:`result` waits for the file; :meth:`discard` waits and removes it.
+    The compressor (ISA-L's, or SimpleITK's without it) releases Python's lock, so a
+    full CT is written into the scene bundle's format while the analysis runs on the
+    other core instead of after it. :meth:`result` waits for the file; :meth:`discard`
+    waits and removes it.
     """
 
-    def __init__(self, sitk_image, folder: Path | None = None):
+    def __init__(self, image, folder: Path | None = None):
         import SimpleITK as sitk
 
         self._folder = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-volume-", dir=folder))
@@ -293,7 +295,9 @@ class BackgroundVolumeWriter:
             with contextlib.suppress(AttributeError, OSError):
                 os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
             try:
-                sitk.WriteImage(sitk_image, str(self.path), True)
+                if not write_nrrd_fast(self.path, image.array, image.geometry):
+                    sitk.WriteImage(image.sitk_image or sitk_image_from_array(image.array, image.geometry),
+                                    str(self.path), True)
             except Exception as error:  # reported by result()
                 self._error = error
 

@@ -387,6 +387,57 @@ def write_volume(path, array: np.ndarray, geometry: VolumeGeometry, compress: bo
     sitk.WriteImage(sitk_image_from_array(array, geometry), str(path), compress)
 
 
+#: NRRD's names of the voxel types a CT or MR arrives in.
+NRRD_TYPES = {"int8": "signed char", "uint8": "uchar", "int16": "short", "uint16": "ushort", "int32": "int",
+              "uint32": "uint", "int64": "longlong", "uint64": "ulonglong", "float32": "float", "float64": "double"}
+#: ISA-L's deflate at level 3 packs a CT as tightly as zlib at level 2 (ITK's NRRD
+#: default) in a third of the time (measured: 51.6 % against 51.3 % of a 512 x 512 x 400
+#: CT, 0.53 s against 1.8 s; 64.1 % against 64.2 % on a real 3 mm CT).
+FAST_GZIP_LEVEL = 3
+_GZIP_CHUNK_BYTES = 1 << 24
+
+
+def nrrd_header(dtype, geometry: VolumeGeometry, encoding: str) -> bytes:
+    """The header of an NRRD file holding a (k, j, i) array of ``dtype`` on ``geometry``,
+    in the LPS space Slicer and ITK write."""
+    dtype = np.dtype(dtype)
+    if dtype.name not in NRRD_TYPES:
+        raise ValueError(f"NRRD holds no voxels of type {dtype.name}")
+    to_lps = LPS_TO_RAS @ geometry.ijk_to_ras[:3]
+
+    def vector(values):
+        return "(" + ",".join(repr(float(v)) for v in values) + ")"
+
+    lines = ["NRRD0004", f"type: {NRRD_TYPES[dtype.name]}", "dimension: 3", "space: left-posterior-superior",
+             "sizes: " + " ".join(str(n) for n in geometry.shape_kji[::-1]),
+             "space directions: " + " ".join(vector(to_lps[:, axis]) for axis in range(3)),
+             "kinds: domain domain domain",
+             f"endian: {'big' if dtype.byteorder == '>' else 'little'}",
+             f"encoding: {encoding}", f"space origin: {vector(to_lps[:, 3])}"]
+    return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+def write_nrrd_fast(path, array: np.ndarray, geometry: VolumeGeometry) -> bool:
+    """Write a gzip-compressed NRRD (as Slicer reads and writes it) compressed by ISA-L
+    at :data:`FAST_GZIP_LEVEL`, chunk by chunk, without a copy of the voxels. Returns
+    False, writing nothing, when ISA-L is not installed (the caller writes otherwise)."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return False
+    if array.shape != geometry.shape_kji:
+        raise ValueError(f"array of shape {array.shape} on a grid of shape {geometry.shape_kji}")
+    voxels = memoryview(np.ascontiguousarray(array)).cast("B")
+    # wbits 16 + 15: a gzip stream, which NRRD's "gzip" encoding is.
+    compressor = isal_zlib.compressobj(FAST_GZIP_LEVEL, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+    with open(path, "wb") as file:
+        file.write(nrrd_header(array.dtype, geometry, "gzip"))
+        for start in range(0, len(voxels), _GZIP_CHUNK_BYTES):
+            file.write(compressor.compress(voxels[start:start + _GZIP_CHUNK_BYTES]))
+        file.write(compressor.flush())
+    return True
+
+
 # ---------------------------------------------------------------------------------------
 # Markups JSON
 # ---------------------------------------------------------------------------------------
