@@ -423,6 +423,31 @@ def test_island_on_the_midline_is_set_apart():
     assert warning.startswith("1 bone-dense object") and measured_ml == pytest.approx(coccyx_ml, rel=0.12)
 
 
+@pytest.mark.parametrize("from_midline_mm, set_apart", [(32.0, True), (58.0, False)])
+def test_calcification_near_the_midline_is_set_apart_and_bone_where_hip_ho_forms_is_not(from_midline_mm, set_apart):
+    # A dense nodule (a calcified iliac artery or prostate, 0.9 mL) 32 mm from the body's
+    # midline is set apart; the same nodule 58 mm out, where the sciatic nerve leaves the
+    # pelvis and hip HO can form, is an HO island.
+    spec = PhantomSpec()
+    offset = (-45.0 + from_midline_mm, -40.0, 40.0)  # the phantom's midline lies 45 mm left of its centre
+    nodule = BoneSpec("ellipsoid", center_offset=offset, semi_axes=(6.0, 5.0, 7.0), cortex_mm=1.5)
+    phantom = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec) + (nodule,)),
+                               spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    centre = np.asarray(phantom.spec.center_ras) + offset
+    nodule_ml = 4.0 / 3.0 * np.pi * 6.0 * 5.0 * 7.0 / 1000.0
+    at_nodule = [i for i in result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 3.0]
+    assert len(result.islands) == len(phantom.islands) + (0 if set_apart else 1)
+    if set_apart:
+        (warning,) = [w for w in result.warnings if "midline" in w]
+        measured_ml = float(re.search(r"\(([\d.]+) mL\)", warning).group(1))
+        assert not at_nodule and measured_ml == pytest.approx(nodule_ml, rel=0.2)
+    else:
+        assert MIDLINE_SEGMENT_NAME not in result.set_apart
+        (island,) = at_nodule
+        assert island.volume_ml == pytest.approx(nodule_ml, rel=0.2)
+
+
 def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():
     # Contrast raises the artery to 320 HU: a 6 mm tube along the whole field of view.
     # A band of HO along a muscle plane (6 x 24 x 80 mm) is long too, but flat.

@@ -31,8 +31,9 @@ The chain, each step a small function below:
    prominence comes in pairs), an island shaped like a vessel, an island without a
    cortex near metal (a streak?), an island in the subcutaneous fat or touching gas
    (bowel content) and many small bones close together (a hand in the field) are named
-   in warnings for the reader. Bone on the body's midline (coccyx, sacrum, symphysis)
-   or wholly above the hip bones (ribs, spine) is set apart, not counted as HO.
+   in warnings for the reader. Bone on or near the body's midline (coccyx, sacrum,
+   symphysis, calcified iliac arteries, prostate) or wholly above the hip bones (ribs,
+   spine) is set apart, not counted as HO.
 
 Limits (also in the README): without a native-bone segmentation, an outgrowth
 thicker than the ball (about 20 mm) fused to native bone stays part of the native
@@ -169,10 +170,13 @@ PROMINENCE_MAX_ML = 10.0
 #: thick on CT; a thin osteoporotic cortex split by the threshold leaves gaps as narrow.
 #: Bone this close to native bone, unfused, and mirrored on the other side, may be native.
 GROWTH_PLATE_GAP_MM = 5.0
-#: HO of the hip forms beside the pelvis, 60 mm or more from the body's midline; an island
-#: centred within this distance of it is the coccyx, a piece of the sacrum or an ossicle
-#: at the pubic symphysis: normal anatomy to the reader's eye, not hip HO.
-MIDLINE_ISLAND_MM = 20.0
+#: HO of the hip forms around the joint, whose centre lies 80-100 mm from the body's
+#: midline in adults (femoral heads 160-200 mm apart); the acetabulum's inner wall lies
+#: 55 mm or more out, and the sciatic nerve leaves the pelvis 55-80 mm out. An island
+#: centred within this distance of the midline is something else: the coccyx, pieces of
+#: the sacrum and spine, an ossicle at the pubic symphysis, calcified iliac arteries at
+#: the aortic bifurcation, calcifications of the prostate, bladder or uterus.
+MIDLINE_ISLAND_MM = 40.0
 #: Such parts are set apart from the islands, shown as this segment for review.
 MIDLINE_SEGMENT_NAME = "On the midline (not counted as HO)"
 #: The iliac wings reach 100-140 mm from the body's midline, while the sacrum, the lumbar
@@ -1250,9 +1254,11 @@ def _set_apart_warning(count: int, volume_ml: float, where: str, why: str, segme
 #: Where each kind of set-apart object lies, and why it is not HO of the hip.
 _SET_APART_REASONS = {
     MIDLINE_SEGMENT_NAME: (
-        f"on the body's midline (centre within {MIDLINE_ISLAND_MM:.0f} mm)",
-        "HO of the hip forms beside the pelvis, while the midline holds the coccyx, the sacrum's and the spine's "
-        "processes and the pubic symphysis (or, without a cortex, contrast in the bladder or the rectum)."),
+        f"on or near the body's midline (centre within {MIDLINE_ISLAND_MM:.0f} mm)",
+        "HO of the hip forms around the joint, 55 mm or more from the midline, while near the midline lie the "
+        "coccyx, the sacrum's and the spine's processes, the pubic symphysis, calcified iliac arteries at the "
+        "aortic bifurcation and calcifications of the prostate, bladder or uterus (or, without a cortex, contrast "
+        "in the bladder or the rectum)."),
     ABOVE_HIP_SEGMENT_NAME: (
         f"lying wholly {ABOVE_HIP_BONES_MM:.0f} mm or more above the top of the hip bones",
         "on an abdominal CT these are the lower ribs, the spine's processes or contrast-filled vessels and bowel, "
