@@ -296,8 +296,10 @@ class BackgroundVolumeWriter:
                 os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
             try:
                 if not write_nrrd_fast(self.path, image.array, image.geometry):
-                    sitk.WriteImage(image.sitk_image or sitk_image_from_array(image.array, image.geometry),
-                                    str(self.path), True)
+                    itk_image = image.sitk_image
+                    if itk_image is None:
+                        itk_image = sitk_image_from_array(image.array, image.geometry)
+                    sitk.WriteImage(itk_image, str(self.path), True)
             except Exception as error:  # reported by result()
                 self._error = error
 
