@@ -119,12 +119,20 @@ SHADING_GRID_MM = 6.0
 SHADING_ITERATIONS = (30, 20)
 SHADING_TISSUE_FRACTION = 0.1
 #: Below this contrast-to-noise ratio (nerve level against its surround, over the
-#: voxel noise) a noisy voxel at a section's core or along a ray cuts the outline
-#: short (a low-dose or obese-patient CT): the block is then smoothed by a Gaussian of
+#: voxel noise) noise breaks the outline (a low-dose or obese-patient CT): a noisy
+#: voxel at a section's core or along a ray cuts it short (at 45 HU of noise single
+#: sections collapsed to 0.3 mm), and blobs of correlated noise open the fat plane
+#: between the nerve and the muscle beside it, as dense as the nerve, so that the path
+#: runs off into the muscle (at 30 HU of noise correlated over 0.7 mm, on a phantom
+#: whose fat lies 130 HU below its nerve). The block is then smoothed by a Gaussian of
 #: NOISE_SMOOTHING_MM first, which narrows a 7 x 12 mm nerve's half-way outline by
-#: about 0.3 mm in diameter (at 45 HU of noise single sections collapsed to 0.3 mm).
-MIN_CONTRAST_TO_NOISE = 3.0
+#: about 0.3 mm in diameter.
+MIN_CONTRAST_TO_NOISE = 4.0
 NOISE_SMOOTHING_MM = 0.6
+#: CT reconstruction kernels and MR zero-filled interpolation correlate the noise of
+#: voxels up to about a millimetre apart, so neighbours differ by less than the noise
+#: is; voxels this far apart differ by all of it.
+NOISE_LAG_MM = 2.0
 #: A section whose median ray is under this share of its neighbours' (5 stations
 #: either side) started from a core outside the nerve.
 COLLAPSED_SECTION_FRACTION = 0.3
@@ -133,6 +141,14 @@ COLLAPSE_WINDOW_STATIONS = 5
 #: thick, and blurred by 1.5 mm (thick slices) it reaches 95 % of its level 4 mm past
 #: the point where the blur first passes the bone threshold.
 BONE_PLATEAU_MM = 4.0
+#: On CT, unenhanced soft tissue stays within this much of the nerve's own level (nerve
+#: 20-50 HU, muscle and blood 40-60, a fresh haematoma up to 90), while contrast-filled
+#: veins reach 120-200 HU and arteries more: tissue this much denser than the nerve is
+#: not nerve, and the outline ends where the nerve meets it, as it does against bone.
+CT_DENSER_THAN_NERVE_HU = 80.0
+#: ... but never within this many deviations of the voxel noise above the nerve's level,
+#: or noise inside the nerve would stop its rays.
+CT_DENSE_NOISE_DEVIATIONS = 4.0
 #: A nerve swells over centimetres too (a pseudo-neuroma is 1-3 cm long): a section
 #: whose area is over SWOLLEN_SECTION_FACTOR times its neighbours' (the same window)
 #: ran out of the nerve with a few rays, along a bright rim such as the blurred edge
@@ -178,7 +194,10 @@ class NerveTrace:
 class _Appearance:
     nerve_level: float
     surround_level: float
-    bone_level: float | None  # CT only: at or above this it is bone
+    #: CT only: at or above this it is bone.
+    bone_level: float | None
+    #: CT only: at or above this, tissue is denser than any nerve (bone, contrast in a vessel).
+    dense_level: float | None
 
     @property
     def boundary_level(self) -> float:
@@ -253,7 +272,8 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         fat = ring[(ring >= CT_FAT_HU[0]) & (ring <= CT_FAT_HU[1])]
         nerve_level = float(np.median(soft)) if soft.size >= 5 else 35.0
         fat_level = float(np.median(fat)) if fat.size >= 5 else -100.0
-        return _Appearance(nerve_level, fat_level, bone_threshold_hu)
+        denser = max(CT_DENSER_THAN_NERVE_HU, CT_DENSE_NOISE_DEVIATIONS * voxel_noise(image, geometry))
+        return _Appearance(nerve_level, fat_level, bone_threshold_hu, min(bone_threshold_hu, nerve_level + denser))
     # A high percentile stays on the nerve when a click is off centre, but noise lifts it
     # by about NERVE_LEVEL_PERCENTILE_Z noise deviations: that much is taken off, or a
     # noisy series sets the boundary too high and draws the outline inside the nerve.
@@ -264,7 +284,7 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
-    return _Appearance(nerve_level, surround, None)
+    return _Appearance(nerve_level, surround, None, None)
 
 
 def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
@@ -301,13 +321,16 @@ def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarra
 
 
 def voxel_noise(block: np.ndarray, geometry: VolumeGeometry) -> float:
-    """Standard deviation of the voxel noise: from the differences of neighbouring
-    voxels along the finest axis (robust: a median, edges are a minority), read on
-    every fourth layer along each of the other axes."""
+    """Standard deviation of the voxel noise: from the differences of voxels
+    NOISE_LAG_MM apart along the finest axis (robust: a median, edges are a minority),
+    read on every fourth layer along each of the other axes."""
     fine = int(np.argmin(geometry.spacing_kji))
+    lag = max(1, int(round(NOISE_LAG_MM / geometry.spacing_kji[fine])))
     index = [slice(None, None, 4)] * 3
     index[fine] = slice(None)
-    differences = np.diff(block[tuple(index)], axis=fine).ravel()
+    layers = block[tuple(index)]
+    differences = (np.take(layers, np.arange(lag, layers.shape[fine]), axis=fine)
+                   - np.take(layers, np.arange(layers.shape[fine] - lag), axis=fine)).ravel()
     if differences.size == 0:
         return 0.0
     return float(1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0))
@@ -326,6 +349,9 @@ def smooth_if_noisy(block: np.ndarray, geometry: VolumeGeometry, appearance: _Ap
 
 def nerve_like_tissue(image_block, appearance: _Appearance, excluded_block) -> np.ndarray:
     tissue = image_block > appearance.boundary_level
+    # Only bone bars the path, not the denser-than-nerve cut of the sections: a bright
+    # streak from metal lifts the nerve itself over that cut along a stretch, and the
+    # path would leave it there for the muscle beside it.
     if appearance.bone_level is not None:
         tissue &= image_block < appearance.bone_level
     if excluded_block is not None:
@@ -561,8 +587,8 @@ class _IndexSampler:
 
 def _inside(values, masks, appearance, level=None):
     inside = values > (appearance.boundary_level if level is None else level)
-    if appearance.bone_level is not None:
-        inside &= values < appearance.bone_level
+    if appearance.dense_level is not None:
+        inside &= values < appearance.dense_level
     if masks is not None:
         inside &= ~masks
     return inside
@@ -623,8 +649,8 @@ def _local_levels(values, masks, appearance, radii, steps):
     outer = (depth >= r + 1.0) & (depth <= r + 2.5)
     if masks is not None:
         outer &= ~masks
-    if appearance.bone_level is not None:
-        outer &= values < appearance.bone_level
+    if appearance.dense_level is not None:
+        outer &= values < appearance.dense_level
     levels = np.full(len(values), appearance.boundary_level)
     outside = np.full(len(values), np.nan)
     for n in range(len(values)):
@@ -650,24 +676,26 @@ def _crossings(values, masks, appearance, level, step_mm=RAY_STEP_MM, inside_mm=
     before = values[rows, cols, first_out - 1]
     after = values[rows, cols, first_out]
     level = level[:, :, 0]
-    # Sub-sample position of the half-way crossing; a stop at bone/HO lies half a step out.
+    # Sub-sample position of the half-way crossing; a stop at an HO mask lies half a step out.
     crossing = np.where(
         (after <= level) & (before > level), (before - level) / np.maximum(before - after, 1e-6), 0.5)
     radii = (first_out - 1 + np.clip(crossing, 0.0, 1.0)) * step_mm
-    if appearance.bone_level is not None:
-        radii = _edge_against_bone(values, masks, appearance, first_out, radii, step_mm)
+    if appearance.dense_level is not None:
+        radii = _edge_against_denser_tissue(values, masks, appearance, first_out, radii, step_mm)
     return radii
 
 
-def _edge_against_bone(values, masks, appearance, first_out, radii, step_mm):
-    """Rays stopped by bone end where the nerve meets it: half-way between the nerve's
-    level and the bone's plateau just ahead (as an HO segment's edge is half-way
-    between its bone and the soft tissue), not where the blur first reaches the bone
-    threshold, which lies short of it against dense cortex."""
+def _edge_against_denser_tissue(values, masks, appearance, first_out, radii, step_mm):
+    """Rays stopped by tissue denser than any nerve (bone, or contrast in a vessel) end
+    where the nerve meets it: half-way between the nerve's level and that tissue's
+    plateau just ahead, as an HO segment's edge is half-way between its bone and the
+    soft tissue. Against dense cortex that point lies beyond where the blur first
+    passes the cut, against a vessel of 150 HU before it."""
     steps_count = values.shape[-1]
     rows = np.arange(values.shape[0])[:, None]
     cols = np.arange(values.shape[1])[None, :]
-    stopped = values[rows, cols, first_out] >= appearance.bone_level
+    at_stop = values[rows, cols, first_out]
+    stopped = at_stop >= appearance.dense_level
     if masks is not None:
         stopped &= ~masks[rows, cols, first_out]
     if not stopped.any():
@@ -675,13 +703,17 @@ def _edge_against_bone(values, masks, appearance, first_out, radii, step_mm):
     ahead = first_out[..., None] + np.arange(int(np.ceil(BONE_PLATEAU_MM / step_mm)) + 1)
     plateau = np.take_along_axis(values, np.minimum(ahead, steps_count - 1), axis=-1).max(axis=-1)
     edge_level = 0.5 * (appearance.nerve_level + plateau)
-    stopped &= edge_level > appearance.bone_level
     steps = np.arange(steps_count)
     reached = (values >= edge_level[..., None]) & (steps >= first_out[..., None])
     if masks is not None:
         reached |= masks & (steps >= first_out[..., None])
     reached |= steps == steps_count - 1
-    edge = np.argmax(reached, axis=-1)
+    edge_ahead = np.argmax(reached, axis=-1)
+    below = (values < edge_level[..., None]) & (steps < first_out[..., None])
+    edge_behind = steps_count - np.argmax(below[..., ::-1], axis=-1)  # just after the last step below
+    behind = at_stop >= edge_level
+    stopped &= ~behind | below.any(axis=-1)
+    edge = np.clip(np.where(behind, edge_behind, edge_ahead), 1, steps_count - 1)
     before = values[rows, cols, edge - 1]
     after = values[rows, cols, edge]
     by_value = (after >= edge_level) & (before < edge_level)
@@ -882,9 +914,11 @@ def thick_across_nerve_warnings(across_mm: np.ndarray, s_mm: np.ndarray) -> list
             f"with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner."]
 
 
-def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float = 0.0) -> None:
+def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float = 0.0,
+                          contrast_to_noise: float | None = None) -> None:
     """Refuse an outline wider than any sciatic nerve over most of its length;
-    ``across_mm`` is the typical voxel size across the nerve (a likely cause if large)."""
+    ``across_mm`` is the typical voxel size across the nerve and ``contrast_to_noise``
+    the nerve's contrast over the noise where that was low (each a likely cause)."""
     width = float(np.median(equivalent_diameter_mm(area_mm2)))
     if width <= MAX_NERVE_DIAMETER_MM:
         return
@@ -898,6 +932,12 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
                          "along it, as in a coronal or sagittal series), which blurs it into the tissue around it",
                          f"Trace on an axial series, or a reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm "
                          "or thinner")
+    elif contrast_to_noise is not None:
+        cause, remedy = (f"most likely because of noise: the nerve's contrast with the tissue around it is only "
+                         f"{contrast_to_noise:.1f} times the noise, which breaks the fat plane that parts the nerve "
+                         "from the muscle beside it", "Trace on a soft-tissue reconstruction with a smoother kernel "
+                         "or thicker slices (2-3 mm), add seed points along the nerve, or trace on a T2 "
+                         "fat-saturated MR")
     raise InputError(f"The traced outline is {width:.0f} mm wide on average, wider than any sciatic nerve (about "
                      f"{MAX_NERVE_DIAMETER_MM:.0f} mm at most, even swollen): the nerve could not be told apart "
                      f"from the tissue around it, {cause}. {remedy}.")
@@ -1011,9 +1051,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
         warnings.append(f"The image is noisy around the nerve (its contrast with the surrounding tissue is only "
                         f"{contrast_to_noise:.1f} times the voxel noise): it was smoothed by {NOISE_SMOOTHING_MM} mm "
-                        "before tracing, so the outline follows the nerve rather than single noisy voxels; its "
-                        "calibre may read a few tenths of a mm small. A smoother (soft-tissue) reconstruction or a "
-                        "higher dose gives a sharper outline.")
+                        "before tracing, so the outline follows the nerve rather than noise; its calibre may read a "
+                        "few tenths of a mm small. A smoother (soft-tissue) reconstruction or a higher dose gives a "
+                        "sharper outline.")
 
     report(progress, 0.1, "Following the nerve between the seeds")
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
@@ -1048,7 +1088,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     across_mm = voxel_size_across_nerve(geometry, points)
-    check_plausible_width(sections.area, modality, float(np.median(across_mm)))
+    check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
     warnings += too_wide_stretch_warnings(sections.area, s_mm)
     warnings += bulge_warnings(sections.area, s_mm)
     warnings += too_thin_warnings(sections.area)

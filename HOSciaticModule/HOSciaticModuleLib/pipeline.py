@@ -130,11 +130,12 @@ def chart_name(side: str) -> str:
 
 
 def enhanced_vessels_warning(level_hu: str) -> str:
-    return (f"The CT is contrast-enhanced (vessels up to {level_hu} HU, found by the HO step): enhanced vessels "
-            "running along the nerve (the inferior gluteal artery and its veins accompany it) are drawn into its "
-            "outline where they touch it and lie below the bone threshold, reading its calibre 1-2 mm large there; "
-            "denser ones are HO islands, named where they touch the nerve. A non-contrast CT or a T2 fat-saturated "
-            "MR measures the calibre better.")
+    return (f"The CT is contrast-enhanced (vessels up to {level_hu} HU, found by the HO step): of the vessels "
+            "running along the nerve (the inferior gluteal artery and its veins accompany it), those 80 HU or more "
+            "denser than the nerve (more on a noisy CT) are left out of its outline, but a vein enhanced less than "
+            "that is drawn into it where it touches the nerve, reading its calibre up to 1-2 mm large there; vessels "
+            "above the bone threshold are HO islands, named where they touch the nerve. A non-contrast CT or a T2 "
+            "fat-saturated MR measures the calibre better.")
 
 
 def wrapping_bone_name(side: str) -> str:
