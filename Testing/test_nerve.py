@@ -140,6 +140,21 @@ def test_voxel_noise_matches_the_noise_added(sigma):
     assert voxel_noise(block.astype(np.float32), geometry) == pytest.approx(sigma, rel=0.05)
 
 
+def _traced_against_truth(phantom, image, modality="ct"):
+    """Trace ``image`` of ``phantom`` between seeds near its ends: the trace, each
+    station's distance to the true centreline, and the calibre errors (mm) outside the
+    contact zone."""
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(image, phantom.geometry, seeds, modality=modality, exclusion_mask=phantom.ho_labels > 0)
+    distance, index = cKDTree(phantom.centreline_ras).query(trace.points_ras)
+    low, high = _contact_span(phantom)
+    true_s = phantom.centreline_s_mm[index]
+    free = (true_s < low) | (true_s > high)
+    error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
+    return trace, distance, error[free]
+
+
 def _correlated_noise(shape, geometry, sigma, correlation_mm=0.7):
     """Noise as a CT reconstruction kernel leaves it: white noise blurred by a Gaussian
     of ``correlation_mm``, scaled to a standard deviation of ``sigma``."""
@@ -163,16 +178,9 @@ def test_ct_with_correlated_noise_is_smoothed_and_the_nerve_followed():
     # measured within 0.8 mm.
     phantom = generate_phantom(PhantomSpec(noise_sigma=0.0), spacing_ijk=(1.0, 1.0, 2.0))
     image = phantom.image + _correlated_noise(phantom.image.shape, phantom.geometry, 30.0)
-    length = phantom.centreline_s_mm[-1]
-    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
-    trace = trace_nerve(image, phantom.geometry, seeds, exclusion_mask=phantom.ho_labels > 0)
-    distance, index = cKDTree(phantom.centreline_ras).query(trace.points_ras)
+    trace, distance, error = _traced_against_truth(phantom, image)
     assert distance.mean() <= 1.0 and distance.max() <= 2.5
-    low, high = _contact_span(phantom)
-    true_s = phantom.centreline_s_mm[index]
-    free = (true_s < low) | (true_s > high)
-    error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
-    assert abs(np.median(error[free])) <= 0.8, np.median(error[free])
+    assert abs(np.median(error)) <= 0.8, np.median(error)
     assert any("smoothed by 0.6 mm" in warning for warning in trace.warnings)
 
 
@@ -182,20 +190,13 @@ def test_noisy_ct_is_smoothed_before_tracing_and_says_so():
     # noisy voxel (before, single sections read 0.3 mm wide), and the calibre stays
     # within 1.5 mm of the truth.
     phantom = generate_phantom(PhantomSpec(noise_sigma=50.0, integrate_voxels=True), spacing_ijk=(0.8, 0.8, 1.5))
-    length = phantom.centreline_s_mm[-1]
-    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
-    trace = trace_nerve(phantom.image, phantom.geometry, seeds, exclusion_mask=phantom.ho_labels > 0)
-    distance, index = cKDTree(phantom.centreline_ras).query(trace.points_ras)
+    trace, distance, error = _traced_against_truth(phantom, phantom.image)
     assert distance.mean() <= 1.0 and distance.max() <= 2.5
-    low, high = _contact_span(phantom)
-    true_s = phantom.centreline_s_mm[index]
-    free = (true_s < low) | (true_s > high)
-    error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
-    assert abs(np.median(error[free])) <= 0.8 and np.abs(error[free]).max() <= 1.5, error[free]
+    assert abs(np.median(error)) <= 0.8 and np.abs(error).max() <= 1.5, error
     assert any("noisy" in warning and "smoothed by 0.6 mm" in warning for warning in trace.warnings)
     # At ordinary noise (12 HU) nothing is smoothed.
     plain = _phantom("ct", "axial")
-    assert not any("noisy" in w for w in trace_nerve(plain.image, plain.geometry, seeds).warnings)
+    assert not any("noisy" in w for w in _traced_against_truth(plain, plain.image)[0].warnings)
 
 
 @pytest.mark.parametrize("signal_to_noise", [4.0, 3.0])
@@ -205,16 +206,9 @@ def test_very_noisy_mr_reads_the_nerve_level_and_calibre_right(signal_to_noise):
     3.4 mm small at a signal-to-noise ratio of 3, without a warning."""
     spec = PhantomSpec(noise_sigma=520.0 / signal_to_noise / 1.5)  # the MR phantom's noise is 1.5 times the spec's
     phantom = generate_phantom(spec, modality="mr", spacing_ijk=(1.0, 1.0, 2.0))
-    length = phantom.centreline_s_mm[-1]
-    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
-    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr", exclusion_mask=phantom.ho_labels > 0)
-    distance, index = cKDTree(phantom.centreline_ras).query(trace.points_ras)
+    _, distance, error = _traced_against_truth(phantom, phantom.image, modality="mr")
     assert np.percentile(distance, 95) <= 1.0
-    low, high = _contact_span(phantom)
-    true_s = phantom.centreline_s_mm[index]
-    free = (true_s < low) | (true_s > high)
-    error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
-    assert abs(np.median(error[free])) <= 0.8 and np.percentile(np.abs(error[free]), 95) <= 1.6, error[free]
+    assert abs(np.median(error)) <= 0.8 and np.percentile(np.abs(error), 95) <= 1.6, error
 
 
 def test_section_started_in_a_noisy_voxel_is_measured_again():
