@@ -579,6 +579,23 @@ def test_metal_is_excluded_and_reported():
     assert re.findall(r"HO (\d+)", flagged[0]) == [str(streak_islands[0])]
 
 
+def test_bone_cement_beside_an_implant_is_named():
+    # A blob of bone cement (1800 HU throughout, 1.6 mL) pressed out 4 mm from a screw:
+    # dense but without a cortex over a marrow, it is named with the metal's possible
+    # artefacts, with its volume; the phantom's HO islands, far from the metal, are not.
+    phantom = generate_phantom(**BASE)
+    offset = phantom.geometry.voxel_ras_grid() - phantom.spec.center_ras
+    screw = ((offset[..., 0] + 20.0) ** 2 + (offset[..., 1] - 30.0) ** 2 <= 9.0) & (np.abs(offset[..., 2]) <= 20.0)
+    cement = ((offset[..., 0] + 9.0) ** 2 / 16.0 + (offset[..., 1] - 30.0) ** 2 / 16.0 + offset[..., 2] ** 2 / 576.0) <= 1.0
+    phantom.image[screw] = 7000.0
+    phantom.image[cement] = 1800.0
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    (at_cement,) = [n for n in result.islands if np.any((result.labelmap == n.label) & cement)]
+    assert at_cement.volume_ml == pytest.approx(4.0 / 3.0 * np.pi * 4.0 * 4.0 * 24.0 / 1000.0, rel=0.15)
+    (named,) = [w for w in result.warnings if "bone cement" in w]
+    assert re.findall(r"HO (\d+)", named) == [str(at_cement.label)]
+
+
 def test_mr_image_is_refused_as_ct():
     phantom = generate_phantom(modality="mr", **BASE)
     with pytest.raises(InputError, match="MR"):

@@ -1167,9 +1167,10 @@ def _large_mass_warning(islands) -> str:
 def _streak_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'lies' if one else 'lie'} within {STREAK_REACH_MM:.0f} mm of metal and "
-            f"{'has' if one else 'have'} no cortex: {'it' if one else 'they'} may be streak artefacts from the metal "
-            "rather than HO. Check on a metal-artefact-reduction reconstruction, or against the streaks' direction on "
-            "the images.")
+            f"{'has' if one else 'have'} no cortex: {'it' if one else 'they'} may be streak artefacts from the metal, "
+            "or bone cement pressed out of an implant's bed (dense throughout, without a marrow), rather than HO. "
+            "Check on a metal-artefact-reduction reconstruction, against the streaks' direction on the images, and "
+            "for cement against the operation notes.")
 
 
 def fat_share(hu: np.ndarray) -> float:
