@@ -29,7 +29,7 @@ The chain, each step a small function below:
    table, external devices) and are left out; an island at the edge of the image,
    a fused island whose mirror image across the body's midline is bone (a normal
    prominence comes in pairs), an island shaped like a vessel, an island without a
-   cortex near metal (a streak?), an island in the subcutaneous fat or touching gas
+   cortex near metal (a streak, or cement?), an island in the subcutaneous fat or touching gas
    (bowel content) and many small bones close together (a hand in the field) are named
    in warnings for the reader. Bone on or near the body's midline (coccyx, sacrum,
    symphysis, calcified iliac arteries, prostate) or wholly above the hip bones (ribs,
@@ -1557,7 +1557,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
             _doubt(doubts, at_vessel_level, "without a cortex at the contrast-filled vessels' level")
     if near_metal_immature:
         warnings.append(_streak_warning(near_metal_immature))
-        _doubt(doubts, near_metal_immature, "without a cortex near metal (a streak?)")
+        _doubt(doubts, near_metal_immature, "without a cortex near metal (a streak or bone cement?)")
     # Both checks need the body's midline, found when both hips are imaged.
     plane = midline() if results or set_apart else None
     if plane is not None:
