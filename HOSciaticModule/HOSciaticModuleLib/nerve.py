@@ -198,6 +198,8 @@ class _Appearance:
     bone_level: float | None
     #: CT only: at or above this, tissue is denser than any nerve (bone, contrast in a vessel).
     dense_level: float | None
+    #: The voxel noise of the block the levels were read on (see :func:`voxel_noise`).
+    noise: float
 
     @property
     def boundary_level(self) -> float:
@@ -267,24 +269,25 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     click (half a nerve width plus a click 2-3 mm off centre) and 6-15 mm out (the
     perineural fat sheath and what lies beyond it)."""
     near, ring = _values_near_seeds(image, geometry, seeds, 4.0, (6.0, 15.0))
+    noise = voxel_noise(image, geometry)
     if modality == "ct":
         soft = near[(near >= CT_SOFT_TISSUE_HU[0]) & (near <= CT_SOFT_TISSUE_HU[1])]
         fat = ring[(ring >= CT_FAT_HU[0]) & (ring <= CT_FAT_HU[1])]
         nerve_level = float(np.median(soft)) if soft.size >= 5 else 35.0
         fat_level = float(np.median(fat)) if fat.size >= 5 else -100.0
-        denser = max(CT_DENSER_THAN_NERVE_HU, CT_DENSE_NOISE_DEVIATIONS * voxel_noise(image, geometry))
-        return _Appearance(nerve_level, fat_level, bone_threshold_hu, min(bone_threshold_hu, nerve_level + denser))
+        denser = max(CT_DENSER_THAN_NERVE_HU, CT_DENSE_NOISE_DEVIATIONS * noise)
+        return _Appearance(nerve_level, fat_level, bone_threshold_hu, min(bone_threshold_hu, nerve_level + denser),
+                           noise)
     # A high percentile stays on the nerve when a click is off centre, but noise lifts it
     # by about NERVE_LEVEL_PERCENTILE_Z noise deviations: that much is taken off, or a
     # noisy series sets the boundary too high and draws the outline inside the nerve.
-    nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * voxel_noise(
-        image, geometry)
+    nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
     if nerve_level <= surround * 1.15:
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
-    return _Appearance(nerve_level, surround, None, None)
+    return _Appearance(nerve_level, surround, None, None, noise)
 
 
 def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
@@ -338,8 +341,9 @@ def voxel_noise(block: np.ndarray, geometry: VolumeGeometry) -> float:
 
 def smooth_if_noisy(block: np.ndarray, geometry: VolumeGeometry, appearance: _Appearance):
     """The block smoothed by NOISE_SMOOTHING_MM when the nerve's contrast is below
-    MIN_CONTRAST_TO_NOISE times the noise; with that ratio (None when left as is)."""
-    noise = voxel_noise(block, geometry)
+    MIN_CONTRAST_TO_NOISE times the noise; with that ratio (None when left as is).
+    ``appearance`` must have been read on ``block``: its noise is used."""
+    noise = appearance.noise
     contrast = abs(appearance.nerve_level - appearance.surround_level)
     if noise <= 0 or contrast >= MIN_CONTRAST_TO_NOISE * noise:
         return block, None
