@@ -378,6 +378,24 @@ def test_midline_needs_both_sides():
     assert not any("mirror image" in w for w in segment_ossifications(phantom.image, phantom.geometry).warnings)
 
 
+def _no_midline_warnings(result):
+    return [w for w in result.warnings if w.startswith("The body's midline was not found")]
+
+
+def test_checks_skipped_without_a_midline_are_named():
+    # One hip imaged: the checks comparing both sides cannot run, and the reader is told
+    # which, and what lets them run. With the native bone given, only the set-apart and
+    # prominence checks are missing; with both hips imaged, nothing is.
+    one_hip = generate_phantom(**BASE)
+    (warning,) = _no_midline_warnings(segment_ossifications(one_hip.image, one_hip.geometry))
+    assert "thicker than the 20 mm outgrowth ball stays native bone" in warning and "--bones" in warning
+    given = segment_ossifications(one_hip.image, one_hip.geometry, native_bone_mask=one_hip.native_bone_mask)
+    (warning,) = _no_midline_warnings(given)
+    assert "not set apart" in warning and "outgrowth ball" not in warning and "--bones" not in warning
+    both_hips = _both_hips()
+    assert _no_midline_warnings(segment_ossifications(both_hips.image, both_hips.geometry)) == []
+
+
 def both_hips_off_centre():
     spec = PhantomSpec(center_ras=(-60.0, -20.0, -120.0))
     return dataclasses.replace(spec, extra_bones=other_hip_bones(spec))

@@ -1289,6 +1289,22 @@ def _growth_centre_warning(numbers) -> str:
             f"{'the' if one else 'its'} segment (or give a native-bone segmentation) and recompute contact.")
 
 
+def _no_midline_warning(native_given: bool) -> str:
+    skipped = ("bone-dense objects on the midline (spine, sacrum, pubic symphysis, calcified iliac arteries, pelvic "
+               "calcifications) and above the hip bones (ribs) are not set apart, and normal bony prominences and "
+               "growth centres are not named")
+    if native_given:
+        return (f"The body's midline was not found, so the checks that need it did not run: {skipped}. The image "
+                "probably holds one hip only, or the patient lies turned or tilted by more than "
+                f"{MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands on the images.")
+    return (f"The body's midline was not found, so the checks that compare both sides did not run: {skipped}; and HO "
+            f"fused to native bone and thicker than the {2 * NATIVE_BALL_RADIUS_MM:.0f} mm outgrowth ball stays "
+            "native bone, unreported. The image probably holds one hip only, or the patient lies turned or tilted by more "
+            f"than {MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands and the native bone on the images; a CT of "
+            "both hips, or a native-bone segmentation (--bones, or the panel's native-bone input, such as "
+            "TotalSegmentator's bones), lets every check run.")
+
+
 def _unpaired_mass_warning(numbers) -> str:
     one = len(numbers) == 1
     return (f"{_island_names(numbers)} {'is' if one else 'are'} fused to native bone and thicker than an outgrowth: "
@@ -1594,5 +1610,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         _doubt(doubts, against_gas, "touching gas")
     if cut_by_edge:
         warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
+    # With native bone estimated the midline was always looked for (the thick-mass
+    # check needs it); with native bone given, only when there were islands to check.
+    if midline.cache_info().currsize and midline() is None:
+        warnings.append(_no_midline_warning(native_given=native_bone_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane,
                               set_apart, doubts, vessel_level)
