@@ -1397,18 +1397,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     Returns a label map (island n = n, largest first), one
     :class:`OssificationIsland` per island, the native skeleton used and warnings.
     """
-    geometry.validate("The CT")
-    if ct_hu.shape != geometry.shape_kji:
-        raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
-    if not np.isfinite(bone_threshold_hu) or not MIN_BONE_THRESHOLD_HU <= bone_threshold_hu < METAL_THRESHOLD_HU:
-        raise InputError(f"The bone threshold {bone_threshold_hu} HU is outside the useful range "
-                         f"({MIN_BONE_THRESHOLD_HU:.0f} to {METAL_THRESHOLD_HU:.0f} HU); "
-                         f"{DEFAULT_BONE_THRESHOLD_HU:.0f} HU suits most CTs.")
-    if not np.isfinite(min_island_ml) or min_island_ml < 0:
-        raise InputError(f"The minimum island size must be a non-negative number of mL; got {min_island_ml}.")
-    native_bone_mask = _check_mask(native_bone_mask, ct_hu.shape, "native-bone mask")
-    roi_mask = _check_mask(roi_mask, ct_hu.shape, "ROI mask")
-    check_looks_like_ct(ct_hu)
+    native_bone_mask, roi_mask = _checked_inputs(ct_hu, geometry, bone_threshold_hu, min_island_ml,
+                                                 native_bone_mask, roi_mask)
     parameters = {"bone_threshold_hu": float(bone_threshold_hu), "min_island_ml": float(min_island_ml),
                   "native_bone": "given" if native_bone_mask is not None else "estimated"}
     warnings: list[str] = []
@@ -1426,168 +1416,253 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         # ROI); islands are reported where they meet the ROI.
         bone_block, metal, metal_distance = bone_and_metal_masks(ct_block, block_geometry, bone_threshold_hu, None)
         if metal_distance is not None:
-            warnings.append(f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, "
-                            f"{np.count_nonzero(metal) * geometry.voxel_volume_ml:.1f} mL) was found and excluded "
-                            f"with a {METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to metal may be missed "
-                            "because of artefacts; a metal-artefact-reduction reconstruction, where the scanner "
-                            "offers one, gives the most reliable HO near an implant.")
-    if block is None or not bone_block.any() or (roi_mask is not None and not np.any(bone_block & roi_mask[block])):
+            warnings.append(_metal_warning(np.count_nonzero(metal) * geometry.voxel_volume_ml))
+    roi_block = roi_mask[block] if roi_mask is not None and block is not None else None
+    if block is None or not bone_block.any() or (roi_block is not None and not np.any(bone_block & roi_block)):
         warnings.append(f"No voxel reaches the bone threshold ({bone_threshold_hu:.0f} HU) in the analysed region: "
                         "no bone, so no HO.")
         return OssificationResult(labelmap, [], warnings, parameters)
     min_voxels = max(min_island_ml / geometry.voxel_volume_ml, MIN_ISLAND_VOXELS)
-    # The body's midline from all bone, found once: the native-bone estimate and two
-    # checks use it.
-    midline = functools.cache(lambda: body_midline(filled_bone, block_geometry))
 
     report(progress, 0.2, "Finding native bone")
-    if native_bone_mask is not None:
-        native_block = native_bone_mask[block]
-        # Resampled segmentations miss the cortex by a voxel or so.
-        native_zone = (_ball_distance(~native_block, block_geometry) <= GIVEN_NATIVE_TOLERANCE_MM
-                       if native_block.any() else native_block)
-        native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, block_geometry)
-        candidates = fill_island_marrow(bone_block & ~native_zone, block_geometry)
-        filled_bone = bone_block | native_block
-        fused_to = native_zone
-        native_used = native_block
-        excluded = native_zone
-        asymmetric = None
+    native_block = native_bone_mask[block] if native_bone_mask is not None else None
+    filled_bone = bone_block | native_block if native_block is not None else fill_bone_cavities(bone_block)
+    # The body's midline from all bone, found once and only when asked for: the
+    # native-bone estimate and several checks use it.
+    midline = functools.cache(lambda: body_midline(filled_bone, block_geometry))
+    if native_block is not None:
+        split = _split_given_native_bone(bone_block, native_block, block_geometry)
     else:
-        filled_bone = fill_bone_cavities(bone_block)
-        labels, count, sizes = _components(filled_bone)
-        component_blocks = ndimage.find_objects(labels)
-        is_native = estimate_native_components(labels, count, sizes, component_blocks, block_geometry, midline)
-        native_used = is_native[labels]
-        report(progress, 0.4, "Separating HO fused to native bone")
-        for label in np.flatnonzero(is_native):
-            padded = pad_block(component_blocks[label - 1], native_used.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
-            component = labels[padded] == label
-            edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
-                                    ct_hu.shape)
-            # An outgrowth lies within its own component: taking it out leaves the others as they are.
-            native_used[padded] &= ~fused_outgrowths(component, block_geometry.cropped(padded), min_voxels, edge)
-        # What the ball left in the native bone: the masses too thick for it.
-        asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, block_geometry, midline(),
-                                        min_voxels) & native_used
-        native_used &= ~asymmetric
-        # The mass's marrow, open towards the bone it grew from, is in the part already.
-        candidates = fill_island_marrow(bone_block & ~native_used, block_geometry) | asymmetric
-        excluded = native_used
-        fused_to = native_used
+        split = _split_estimated_native_bone(filled_bone, bone_block, block, ct_hu.shape, block_geometry, midline,
+                                             min_voxels, progress)
 
     report(progress, 0.6, "Measuring islands")
-    labels, count, sizes = _components(candidates)
-    if roi_mask is not None:
+    top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(split.excluded, block_geometry, midline()))
+    found = _collect_islands(split, ct_block, bone_block, block_geometry, roi_block, min_voxels, bone_threshold_hu,
+                             midline, top_of_hip_bones)
+    labelmap_block = labelmap[block]
+    results, result_blocks, facts = _measure_islands(found.islands, labelmap_block, ct_block, bone_block, split,
+                                                     block, block_geometry, ct_hu.shape, metal_distance, progress)
+
+    set_apart = {}
+    for name, parts in ((MIDLINE_SEGMENT_NAME, found.on_midline), (ABOVE_HIP_SEGMENT_NAME, found.above_hip_bones)):
+        if parts:
+            set_apart[name] = _union(parts, labelmap_block.shape)
+            warnings.append(_set_apart_warning(len(parts), np.count_nonzero(set_apart[name]) * geometry.voxel_volume_ml,
+                                               *_SET_APART_REASONS[name], name))
+    if found.outside_count:
+        warnings.append(_outside_body_warning(found.outside_count, found.outside_ml))
+    if not results:
+        warnings.append("No heterotopic ossification was found in the analysed region.")
+    # Both-sides checks need the body's midline, found when both hips are imaged.
+    plane = midline() if results or set_apart else None
+    doubts: dict = {}
+    vessel_level = _name_doubtful_islands(results, found.islands, facts, split, filled_bone, block_geometry, plane,
+                                          ct_hu, geometry, bone_threshold_hu, warnings, doubts)
+    if facts.cut_by_edge:
+        warnings.append(_edge_warning(facts.cut_by_edge, roi_mask is not None))
+    # With native bone estimated the midline was always looked for (the thick-mass
+    # check needs it); with native bone given, only when there were islands to check.
+    if midline.cache_info().currsize and midline() is None:
+        warnings.append(_no_midline_warning(native_given=native_bone_mask is not None))
+    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, split.native, block, plane,
+                              set_apart, doubts, vessel_level)
+
+
+def _checked_inputs(ct_hu, geometry, bone_threshold_hu, min_island_ml, native_bone_mask, roi_mask):
+    """The native-bone and ROI masks as booleans, after refusing inputs the HO step
+    cannot work on."""
+    geometry.validate("The CT")
+    if ct_hu.shape != geometry.shape_kji:
+        raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
+    if not np.isfinite(bone_threshold_hu) or not MIN_BONE_THRESHOLD_HU <= bone_threshold_hu < METAL_THRESHOLD_HU:
+        raise InputError(f"The bone threshold {bone_threshold_hu} HU is outside the useful range "
+                         f"({MIN_BONE_THRESHOLD_HU:.0f} to {METAL_THRESHOLD_HU:.0f} HU); "
+                         f"{DEFAULT_BONE_THRESHOLD_HU:.0f} HU suits most CTs.")
+    if not np.isfinite(min_island_ml) or min_island_ml < 0:
+        raise InputError(f"The minimum island size must be a non-negative number of mL; got {min_island_ml}.")
+    native_bone_mask = _check_mask(native_bone_mask, ct_hu.shape, "native-bone mask")
+    roi_mask = _check_mask(roi_mask, ct_hu.shape, "ROI mask")
+    check_looks_like_ct(ct_hu)
+    return native_bone_mask, roi_mask
+
+
+@dataclass
+class _NativeSplit:
+    """Native bone and the bone that may be HO, as masks over the bone's block."""
+    #: Bone outside the native skeleton, with the marrow of islands: where HO is looked for.
+    candidates: np.ndarray
+    #: The native skeleton used.
+    native: np.ndarray
+    #: What islands must stay out of (the native skeleton, given masks with a tolerance).
+    excluded: np.ndarray
+    #: An island touching this is fused to native bone.
+    fused_to: np.ndarray
+    #: Thick fused masses found as bone without a counterpart across the midline
+    #: (None when the native skeleton was given).
+    asymmetric: np.ndarray | None
+
+
+def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry) -> _NativeSplit:
+    # Resampled segmentations miss the cortex by a voxel or so.
+    native_zone = (_ball_distance(~native_block, geometry) <= GIVEN_NATIVE_TOLERANCE_MM
+                   if native_block.any() else native_block)
+    native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, geometry)
+    candidates = fill_island_marrow(bone_block & ~native_zone, geometry)
+    return _NativeSplit(candidates, native_block, native_zone, native_zone, None)
+
+
+def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, geometry: VolumeGeometry, midline,
+                                 min_voxels, progress) -> _NativeSplit:
+    """Native bones told from HO by size and shape: big components are native, less
+    what stands out of their smooth envelope and what the other side lacks."""
+    labels, count, sizes = _components(filled_bone)
+    component_blocks = ndimage.find_objects(labels)
+    is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline)
+    native = is_native[labels]
+    report(progress, 0.4, "Separating HO fused to native bone")
+    for label in np.flatnonzero(is_native):
+        padded = pad_block(component_blocks[label - 1], native.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
+        component = labels[padded] == label
+        edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
+                                image_shape)
+        # An outgrowth lies within its own component: taking it out leaves the others as they are.
+        native[padded] &= ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
+    # What the ball left in the native bone: the masses too thick for it.
+    asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
+                                    min_voxels) & native
+    native &= ~asymmetric
+    # The mass's marrow, open towards the bone it grew from, is in the part already.
+    candidates = fill_island_marrow(bone_block & ~native, geometry) | asymmetric
+    return _NativeSplit(candidates, native, native, native, asymmetric)
+
+
+@dataclass
+class _FoundIslands:
+    """The candidates' components that stay islands, and those set aside, each as
+    (block, mask) over the bone's block."""
+    islands: list
+    on_midline: list
+    above_hip_bones: list
+    outside_count: int
+    outside_ml: float
+
+
+def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: VolumeGeometry, roi_block, min_voxels,
+                     bone_threshold_hu, midline, top_of_hip_bones) -> _FoundIslands:
+    """Components of the candidates large enough, inside the body, their edges moved to
+    the half step, less those on the midline or above the hip bones; largest first."""
+    labels, count, sizes = _components(split.candidates)
+    if roi_block is not None:
         in_roi = np.zeros(count + 1, bool)
-        in_roi[np.unique(labels[roi_mask[block] & (labels > 0)])] = True
+        in_roi[np.unique(labels[roi_block & (labels > 0)])] = True
         sizes = np.where(in_roi, sizes, 0)
-    islands = []
-    on_midline = []
-    above_hip_bones = []
-    top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(excluded, block_geometry, midline()))
-    outside_count, outside_ml = 0, 0.0
+    found = _FoundIslands([], [], [], 0, 0.0)
     blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):
         if sizes[label] < min_voxels:
             continue
         island_block = pad_block(blocks[label - 1], labels.shape, 4)
         island = labels[island_block] == label
-        island_geometry = block_geometry.cropped(island_block)
+        island_geometry = geometry.cropped(island_block)
         ring = _surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)
         if outside_body(ct_block[island_block], ring):
-            outside_ml += np.count_nonzero(island) * geometry.voxel_volume_ml
-            outside_count += 1
+            found.outside_ml += np.count_nonzero(island) * geometry.voxel_volume_ml
+            found.outside_count += 1
             continue
         island = refine_boundary(ct_block[island_block], island, ring, island_geometry,
-                                 bone_threshold_hu) & ~excluded[island_block]
+                                 bone_threshold_hu) & ~split.excluded[island_block]
         if np.count_nonzero(island) < min_voxels:
             continue
         if _on_midline(island, island_geometry, midline()):
-            on_midline.append((island_block, island))
-            continue
-        if _above(island, island_geometry, top_of_hip_bones()):
-            above_hip_bones.append((island_block, island))
-            continue
-        islands.append((island_block, island))
+            found.on_midline.append((island_block, island))
+        elif _above(island, island_geometry, top_of_hip_bones()):
+            found.above_hip_bones.append((island_block, island))
+        else:
+            found.islands.append((island_block, island))
+    found.islands.sort(key=lambda item: -np.count_nonzero(item[1]))
+    return found
 
-    islands.sort(key=lambda item: -np.count_nonzero(item[1]))
+
+@dataclass
+class _IslandFacts:
+    """What the checks after measuring need to know of the islands, by number."""
+    cut_by_edge: list = field(default_factory=list)
+    near_metal_immature: list = field(default_factory=list)
+    #: (number, width mm, length mm, 95th percentile HU) of the vessel-shaped ones.
+    vessel_shaped: list = field(default_factory=list)
+    dense_end_hu: dict = field(default_factory=dict)
+    ring_fat_share: dict = field(default_factory=dict)
+    ring_gas_share: dict = field(default_factory=dict)
+
+
+def _measure_islands(islands, labelmap_block, ct_block, bone_block, split: _NativeSplit, block,
+                     geometry: VolumeGeometry, image_shape, metal_distance, progress):
+    """Number the islands into ``labelmap_block`` and measure each: their figures, their
+    bounding slices on the whole image, and the facts the checks use."""
     results = []
     result_blocks = []
-    cut_by_edge = []
-    vessel_shaped = []
-    dense_end_hu: dict = {}
-    ring_fat_share: dict = {}
-    ring_gas_share: dict = {}
-    near_metal_immature = []
-    labelmap_block = labelmap[block]
+    facts = _IslandFacts()
     for number, (island_block, island) in enumerate(islands, start=1):
         target = labelmap_block[island_block]
         target[island & (target == 0)] = number
         values = ct_block[island_block][island]
-        island_geometry = block_geometry.cropped(island_block)
+        island_geometry = geometry.cropped(island_block)
         figures, depth = measure_island(number, ct_block[island_block], island, island_geometry,
-                                        _touches(island, fused_to, island_block, block_geometry))
+                                        _touches(island, split.fused_to, island_block, geometry))
         results.append(figures)
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
-        if _reaches_image_edge(island, result_blocks[-1], ct_hu.shape):
-            cut_by_edge.append(number)
-        if (metal_distance is not None and results[-1].maturity == "immature"
+        if _reaches_image_edge(island, result_blocks[-1], image_shape):
+            facts.cut_by_edge.append(number)
+        if (metal_distance is not None and figures.maturity == "immature"
                 and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
-            near_metal_immature.append(number)
+            facts.near_metal_immature.append(number)
         tube, width, length = vessel_like(island, depth, island_geometry)
-        dense_end_hu[number] = float(np.percentile(values, 95))
+        facts.dense_end_hu[number] = float(np.percentile(values, 95))
         around = ct_block[island_block][_surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)]
-        ring_fat_share[number] = fat_share(around)
-        ring_gas_share[number] = gas_share(around)
+        facts.ring_fat_share[number] = fat_share(around)
+        facts.ring_gas_share[number] = gas_share(around)
         if tube:
-            vessel_shaped.append((number, width, length, dense_end_hu[number]))
+            facts.vessel_shaped.append((number, width, length, facts.dense_end_hu[number]))
         report(progress, 0.6 + 0.4 * number / max(len(islands), 1), f"Island {number} of {len(islands)}")
+    return results, result_blocks, facts
 
-    set_apart = {}
-    for name, parts in ((MIDLINE_SEGMENT_NAME, on_midline), (ABOVE_HIP_SEGMENT_NAME, above_hip_bones)):
-        if parts:
-            set_apart[name] = _union(parts, labelmap_block.shape)
-            warnings.append(_set_apart_warning(len(parts), np.count_nonzero(set_apart[name]) * geometry.voxel_volume_ml,
-                                               *_SET_APART_REASONS[name], name))
-    if outside_count:
-        warnings.append(f"{outside_count} bone-dense object{'s' if outside_count > 1 else ''} surrounded by air "
-                        f"({outside_ml:.1f} mL) {'were' if outside_count > 1 else 'was'} left out: outside the body "
-                        "(the table, a positioning aid or an external device), not in soft tissue where HO forms.")
-    if not results:
-        warnings.append("No heterotopic ossification was found in the analysed region.")
-    doubts: dict = {}
+
+def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _NativeSplit, filled_bone,
+                           geometry: VolumeGeometry, plane, ct_hu, image_geometry: VolumeGeometry, bone_threshold_hu,
+                           warnings: list, doubts: dict):
+    """Name, in ``warnings``, the islands that may not be HO, and keep why in ``doubts``
+    (island number -> short reasons). Returns the contrast-filled vessels' level (HU),
+    when tubes show the CT is enhanced."""
     vessel_level = None
-    if vessel_shaped:
-        warnings.append(_vessel_warning(vessel_shaped, bone_threshold_hu))
-        _doubt(doubts, [number for number, *_ in vessel_shaped], "shaped like a vessel")
-        contrast_levels = [hu for *_, hu in vessel_shaped if hu <= CONTRAST_MAX_HU]
+    if facts.vessel_shaped:
+        warnings.append(_vessel_warning(facts.vessel_shaped, bone_threshold_hu))
+        _doubt(doubts, [number for number, *_ in facts.vessel_shaped], "shaped like a vessel")
+        contrast_levels = [hu for *_, hu in facts.vessel_shaped if hu <= CONTRAST_MAX_HU]
         vessel_level = max(contrast_levels, default=None)
-        tubes = {number for number, *_ in vessel_shaped}
+        tubes = {number for number, *_ in facts.vessel_shaped}
         at_vessel_level = [result.label for result in results
                            if vessel_level is not None and result.label not in tubes
                            and result.maturity == "immature"
-                           and dense_end_hu[result.label] <= vessel_level + VESSEL_LEVEL_MARGIN_HU]
+                           and facts.dense_end_hu[result.label] <= vessel_level + VESSEL_LEVEL_MARGIN_HU]
         if at_vessel_level:
             warnings.append(_vessel_level_warning(at_vessel_level, vessel_level))
             _doubt(doubts, at_vessel_level, "without a cortex at the contrast-filled vessels' level")
-    if near_metal_immature:
-        warnings.append(_streak_warning(near_metal_immature))
-        _doubt(doubts, near_metal_immature, "without a cortex near metal (a streak or bone cement?)")
-    # Both checks need the body's midline, found when both hips are imaged.
-    plane = midline() if results or set_apart else None
+    if facts.near_metal_immature:
+        warnings.append(_streak_warning(facts.near_metal_immature))
+        _doubt(doubts, facts.near_metal_immature, "without a cortex near metal (a streak or bone cement?)")
     if plane is not None:
-        mirrored = _mirrored_fused_islands(results, islands, filled_bone, block_geometry, plane)
+        mirrored = _mirrored_fused_islands(results, islands, filled_bone, geometry, plane)
         if mirrored:
             warnings.append(_mirror_warning(mirrored))
             _doubt(doubts, mirrored, "mirrored by bone on the other side (a normal prominence?)")
-        paired = _paired_islands_beside_native_bone(results, islands, fused_to, filled_bone, block_geometry, plane)
+        paired = _paired_islands_beside_native_bone(results, islands, split.fused_to, filled_bone, geometry, plane)
         if paired:
             warnings.append(_growth_centre_warning(paired))
             _doubt(doubts, paired, "possibly native bone (a growth centre or a split-off piece)")
     unpaired = [result.label for result, (island_block, island) in zip(results, islands)
-                if asymmetric is not None
-                and np.count_nonzero(island & asymmetric[island_block]) >= 0.5 * np.count_nonzero(island)]
+                if split.asymmetric is not None
+                and np.count_nonzero(island & split.asymmetric[island_block]) >= 0.5 * np.count_nonzero(island)]
     if unpaired:
         warnings.append(_unpaired_mass_warning(unpaired))
     large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
@@ -1598,21 +1673,28 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         warnings.append(_hand_warning(hand))
         _doubt(doubts, hand, "clustered like a hand's bones")
     subcutaneous = [result.label for result in results
-                    if not result.fused_to_native_bone and ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
-                    and in_subcutaneous_fat(ct_hu, geometry, result.centroid_ras, bone_threshold_hu)]
+                    if not result.fused_to_native_bone and facts.ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
+                    and in_subcutaneous_fat(ct_hu, image_geometry, result.centroid_ras, bone_threshold_hu)]
     if subcutaneous:
         warnings.append(_subcutaneous_warning(subcutaneous))
         _doubt(doubts, subcutaneous, "in the subcutaneous fat")
     against_gas = [result.label for result in results
-                   if not result.fused_to_native_bone and ring_gas_share[result.label] >= GAS_RING_MIN_SHARE]
+                   if not result.fused_to_native_bone and facts.ring_gas_share[result.label] >= GAS_RING_MIN_SHARE]
     if against_gas:
         warnings.append(_gas_warning(against_gas))
         _doubt(doubts, against_gas, "touching gas")
-    if cut_by_edge:
-        warnings.append(_edge_warning(cut_by_edge, roi_mask is not None))
-    # With native bone estimated the midline was always looked for (the thick-mass
-    # check needs it); with native bone given, only when there were islands to check.
-    if midline.cache_info().currsize and midline() is None:
-        warnings.append(_no_midline_warning(native_given=native_bone_mask is not None))
-    return OssificationResult(labelmap, results, warnings, parameters, result_blocks, native_used, block, plane,
-                              set_apart, doubts, vessel_level)
+    return vessel_level
+
+
+def _metal_warning(volume_ml: float) -> str:
+    return (f"Metal (> {METAL_THRESHOLD_HU:.0f} HU, {volume_ml:.1f} mL) was found and excluded with a "
+            f"{METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to metal may be missed because of artefacts; "
+            "a metal-artefact-reduction reconstruction, where the scanner offers one, gives the most reliable HO near "
+            "an implant.")
+
+
+def _outside_body_warning(count: int, volume_ml: float) -> str:
+    many = count > 1
+    return (f"{count} bone-dense object{'s' if many else ''} surrounded by air ({volume_ml:.1f} mL) "
+            f"{'were' if many else 'was'} left out: outside the body (the table, a positioning aid or an external "
+            "device), not in soft tissue where HO forms.")
