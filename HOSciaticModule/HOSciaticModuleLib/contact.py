@@ -514,6 +514,36 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
     return VoxelBoxes(nerve_surface, geometry), crop, cached[1]
 
 
+class _RayDistances:
+    """Distances from the points of the nerve's section outlines (stations x rays) to
+    a surface, measured on the smoothed mask within the block around the nerve."""
+
+    def __init__(self, sections: _Sections, block_geometry: VolumeGeometry):
+        self.shape = sections.boundary.shape[:2]
+        self.points = sections.boundary.reshape(-1, 3)
+        self.block_geometry = block_geometry
+
+    def to_mask(self, mask_in_block: np.ndarray) -> np.ndarray:
+        """To the smooth surface of a mask over the block; infinity where it lies beyond
+        the block's reach (the surface there may be cut by the block)."""
+        near = (SmoothSurface(smoothed_field(mask_in_block), self.block_geometry).distance(self.points,
+                                                                                          CONTACT_MARGIN_MM)
+                if mask_in_block.any() else np.full(len(self.points), np.inf))
+        near[~(near < CONTACT_MARGIN_MM - 2.0)] = np.inf
+        return near.reshape(self.shape)
+
+    def completed_beyond_block(self, near: np.ndarray, boxes: VoxelBoxes) -> np.ndarray:
+        """``near`` (from :meth:`to_mask`) with the distance to ``boxes`` where it is
+        infinite. Far from HO only the station's smallest distance is reported: every
+        FAR_RAY_STRIDE-th ray is enough (12 deg apart, < 0.1 mm off at that range)."""
+        distance = near.copy()
+        sparse = ~np.isfinite(distance)
+        sparse[:, np.arange(self.shape[1]) % FAR_RAY_STRIDE != 0] = False
+        if sparse.any():
+            distance[sparse] = boxes.distance(self.points[sparse.ravel()], half_extent=0.0)[0]
+        return distance
+
+
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
                     ct_hu: np.ndarray | None = None, bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
@@ -524,106 +554,39 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     no HO segment is measured per station too, and such bone wrapped around the nerve
     is named in a warning: it is HO the segments miss.
     """
-    nerve_mask = np.asarray(nerve_mask, bool)
-    if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji or (
-            ct_hu is not None and ct_hu.shape != geometry.shape_kji):
-        raise InputError("The nerve and HO masks do not match the volume grid; resample them onto the CT.")
-    if not nerve_mask.any():
-        raise InputError("The nerve segment is empty. Trace the nerve again or paint it in the Segment Editor.")
-    centreline = np.asarray(centreline_ras, float).reshape(-1, 3)
-    if len(centreline) < 2:
-        raise InputError("The nerve centreline has fewer than two points. Trace the nerve again.")
-    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
-        raise InputError(f"The contact tolerance must be a non-negative number of mm; got {tolerance_mm}.")
-    tolerance = float(tolerance_mm)
-
+    nerve_mask, centreline, tolerance = _checked_contact_inputs(nerve_mask, ho_labelmap, geometry, centreline_ras,
+                                                                tolerance_mm, ct_hu)
     report(progress, 0.05, "Sampling nerve cross-sections")
     points = resample_polyline(centreline, STATION_SPACING_MM)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     nerve_boxes, crop, sections = _nerve_geometry(nerve_mask, geometry, points)
-    crop_geometry = geometry.cropped(crop)
-    flat_boundary = sections.boundary.reshape(-1, 3)
+    rays = _RayDistances(sections, geometry.cropped(crop))
 
     report(progress, 0.3, "Measuring distances to HO")
-    islands_found = []
-    blocks = ndimage.find_objects(ho_labelmap)
-    for label, block in enumerate(blocks, start=1):
-        if block is None:
-            continue
-        surface = surface_voxels(ho_labelmap[block] == label) + [s.start for s in block]
-        if len(surface):
-            islands_found.append((label, VoxelBoxes(surface, geometry)))
-    all_kji = np.vstack([boxes.kji for _, boxes in islands_found]) if islands_found else np.zeros((0, 3))
-    all_ho = VoxelBoxes(all_kji, geometry)
+    island_blocks = ndimage.find_objects(ho_labelmap)
+    islands_found = _island_surfaces(ho_labelmap, island_blocks, geometry)
+    all_ho = VoxelBoxes(np.vstack([boxes.kji for _, boxes in islands_found]) if islands_found else np.zeros((0, 3)),
+                        geometry)
     ho_crop = ho_labelmap[crop]
-
-    def boundary_distance(ho_mask_crop, boxes=None, near=None):
-        """Smooth-surface distance near the nerve; voxel-box distance (``boxes``) beyond the
-        block, or infinity where only contact matters. ``near``: the smooth-surface part,
-        when already measured for the same mask."""
-        shape = sections.boundary.shape[:2]
-        if near is None:
-            near = (SmoothSurface(smoothed_field(ho_mask_crop), crop_geometry).distance(flat_boundary,
-                                                                                        CONTACT_MARGIN_MM)
-                    if ho_mask_crop.any() else np.full(len(flat_boundary), np.inf))
-        near = np.array(near, float)
-        unusable = ~(near < CONTACT_MARGIN_MM - 2.0)
-        near[unusable] = np.inf
-        if boxes is not None and unusable.any():
-            # Far from HO only the station's smallest distance is reported: every
-            # FAR_RAY_STRIDE-th ray is enough (12 deg apart, < 0.1 mm off at that range).
-            sparse = unusable.reshape(shape).copy()
-            sparse[:, np.arange(shape[1]) % FAR_RAY_STRIDE != 0] = False
-            sparse = sparse.ravel()
-            near[sparse] = boxes.distance(flat_boundary[sparse], half_extent=0.0)[0]
-        return near.reshape(shape)
-
-    all_near = boundary_distance(ho_crop > 0)
-    distance = boundary_distance(None, all_ho, near=all_near.ravel())
-    # An island alone in the nerve's block has the same surface there as all HO.
-    in_crop = [label for label, block in enumerate(blocks, start=1)
-               if block is not None and all(b.start < c.stop and c.start < b.stop for b, c in zip(block, crop))]
+    all_near = rays.to_mask(ho_crop > 0)
+    distance = rays.completed_beyond_block(all_near, all_ho)
     min_distance, closest = _closest_pair(nerve_boxes, all_ho)
     min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
     encasement, contact_arc, in_contact, runs = _summary(distance, sections, points, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
     surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
-
-    bone_encasement = None
-    # Beyond the tolerance plus a few voxels, bone cannot count as contact.
-    other_bone = (unsegmented_bone(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop_geometry, bone_threshold_hu,
-                                   tolerance + 3.0 * max(geometry.spacing_kji)) if ct_hu is not None else None)
-    wrapping_block, wrapping_slices = None, None
-    wrap_encasement = None
-    if other_bone is not None:
-        bone_distance = boundary_distance(other_bone)
-        bone_encasement = _summary(bone_distance, sections, points, s_mm, tolerance)[0]
-        wrap_encasement = _summary(bone_distance, sections, points, s_mm,
-                                   min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM))[0]
-        wrapped = wrap_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
-        if wrapped.any():
-            wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)
-            wrapping_slices = tuple(slice(c.start + w.start, c.start + w.stop) for c, w in zip(crop, wrapping_slices))
+    other = (_bone_outside_segments(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop, geometry, rays, sections, points,
+                                    s_mm, tolerance, bone_threshold_hu) if ct_hu is not None else _OtherBone())
 
     report(progress, 0.7, "Per-island figures")
-    island_results = []
-    for label, boxes in islands_found:
-        island_min, island_closest = _closest_pair(nerve_boxes, boxes)
-        island_min, island_closest = refine_gap(nerve_mask, lambda block, label=label: ho_labelmap[block] == label,
-                                                geometry, island_closest, island_min)
-        # An island farther than the tolerance (plus a voxel's worth) cannot touch the nerve.
-        if island_min > tolerance + max(geometry.spacing_kji):
-            island_distance = np.full(distance.shape, np.inf)
-        else:
-            island_distance = (all_near if in_crop == [label] else boundary_distance(ho_crop == label))
-        island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance)
-        island_max = float(island_enc.max()) if len(island_enc) else 0.0
-        island_results.append(IslandContact(
-            label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
-            contact_area_mm2=float(island_arc.sum() * STATION_SPACING_MM),
-            contact_length_mm=float(island_in.sum() * STATION_SPACING_MM), max_encasement_deg=island_max,
-            encasement_class=classify(island_min, island_max, tolerance)))
+    # An island alone in the nerve's block has the same surface there as all HO.
+    in_crop = [label for label, block in enumerate(island_blocks, start=1)
+               if block is not None and all(b.start < c.stop and c.start < b.stop for b, c in zip(block, crop))]
+    island_results = [
+        _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry, tolerance, rays,
+                        all_near if in_crop == [label] else None, ho_crop, sections, points, s_mm)
+        for label, boxes in islands_found]
 
     report(progress, 1.0, "Contact measured")
     station_distance = distance.min(axis=1)
@@ -636,9 +599,88 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         longest_contact_mm=float(max((b - a for a, b in runs), default=0.0)), contact_runs_mm=runs,
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
-        islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=bone_encasement,
-        warnings=unsegmented_bone_warnings(s_mm, wrap_encasement), wrapping_bone_block=wrapping_block,
-        wrapping_bone_slices=wrapping_slices)
+        islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=other.encasement,
+        warnings=unsegmented_bone_warnings(s_mm, other.wrap_encasement), wrapping_bone_block=other.wrapping_block,
+        wrapping_bone_slices=other.wrapping_slices)
+
+
+def _checked_contact_inputs(nerve_mask, ho_labelmap, geometry: VolumeGeometry, centreline_ras, tolerance_mm, ct_hu):
+    """The nerve mask as booleans, the centreline as (N, 3) and the tolerance, after
+    refusing inputs contact cannot be measured on."""
+    nerve_mask = np.asarray(nerve_mask, bool)
+    if nerve_mask.shape != geometry.shape_kji or ho_labelmap.shape != geometry.shape_kji or (
+            ct_hu is not None and ct_hu.shape != geometry.shape_kji):
+        raise InputError("The nerve and HO masks do not match the volume grid; resample them onto the CT.")
+    if not nerve_mask.any():
+        raise InputError("The nerve segment is empty. Trace the nerve again or paint it in the Segment Editor.")
+    centreline = np.asarray(centreline_ras, float).reshape(-1, 3)
+    if len(centreline) < 2:
+        raise InputError("The nerve centreline has fewer than two points. Trace the nerve again.")
+    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
+        raise InputError(f"The contact tolerance must be a non-negative number of mm; got {tolerance_mm}.")
+    return nerve_mask, centreline, float(tolerance_mm)
+
+
+def _island_surfaces(ho_labelmap: np.ndarray, blocks: list, geometry: VolumeGeometry) -> list:
+    """(label, surface voxel boxes) of each island of the label map (``blocks``: their
+    bounding slices, island n at index n - 1)."""
+    found = []
+    for label, block in enumerate(blocks, start=1):
+        if block is None:
+            continue
+        surface = surface_voxels(ho_labelmap[block] == label) + [s.start for s in block]
+        if len(surface):
+            found.append((label, VoxelBoxes(surface, geometry)))
+    return found
+
+
+def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry, tolerance, rays: _RayDistances,
+                    near, ho_crop, sections, points, s_mm) -> IslandContact:
+    """One island's contact figures; ``near``: its ray distances when already measured."""
+    island_min, island_closest = _closest_pair(nerve_boxes, boxes)
+    island_min, island_closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] == label,
+                                            geometry, island_closest, island_min)
+    # An island farther than the tolerance (plus a voxel's worth) cannot touch the nerve.
+    if island_min > tolerance + max(geometry.spacing_kji):
+        island_distance = np.full(rays.shape, np.inf)
+    else:
+        island_distance = near if near is not None else rays.to_mask(ho_crop == label)
+    island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance)
+    island_max = float(island_enc.max()) if len(island_enc) else 0.0
+    return IslandContact(
+        label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
+        contact_area_mm2=float(island_arc.sum() * STATION_SPACING_MM),
+        contact_length_mm=float(island_in.sum() * STATION_SPACING_MM), max_encasement_deg=island_max,
+        encasement_class=classify(island_min, island_max, tolerance))
+
+
+@dataclass
+class _OtherBone:
+    """The nerve's encasement by bone in no HO segment: per station, at the tolerance
+    and at the wrap tolerance, and that bone where it wraps the nerve (all None when
+    not measured or none)."""
+    encasement: np.ndarray | None = None
+    wrap_encasement: np.ndarray | None = None
+    wrapping_block: np.ndarray | None = None
+    wrapping_slices: tuple | None = None
+
+
+def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: VolumeGeometry, rays: _RayDistances,
+                           sections, points, s_mm, tolerance, bone_threshold_hu) -> _OtherBone:
+    crop_geometry = geometry.cropped(crop)
+    # Beyond the tolerance plus a few voxels, bone cannot count as contact.
+    other_bone = unsegmented_bone(ct_crop, ho_in_crop, nerve_in_crop, crop_geometry, bone_threshold_hu,
+                                  tolerance + 3.0 * max(geometry.spacing_kji))
+    if other_bone is None:
+        return _OtherBone()
+    bone_distance = rays.to_mask(other_bone)
+    found = _OtherBone(_summary(bone_distance, sections, points, s_mm, tolerance)[0],
+                       _summary(bone_distance, sections, points, s_mm, min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM))[0])
+    wrapped = found.wrap_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
+    if wrapped.any():
+        found.wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)
+        found.wrapping_slices = tuple(slice(c.start + w.start, c.start + w.stop) for c, w in zip(crop, wrapping_slices))
+    return found
 
 
 def bone_at_stations(bone: np.ndarray, geometry: VolumeGeometry, points: np.ndarray, stations: np.ndarray):
