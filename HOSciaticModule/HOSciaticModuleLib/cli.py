@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "segmentation (TotalSegmentator) only the segments named as bones are used")
     analyze.add_argument("--nerve-seeds", action="append", default=[], metavar="SEEDS.mrk.json",
                          help="points along one sciatic nerve (repeat for the other side); the side is read from "
-                              "the markup name ('right'/'left') or, failing that, from the sign of R")
+                              "the markup or file name ('right'/'left'), else from the points' side of the body's "
+                              "midline on a CT of both hips, else from the sign of R")
     _add_shared_options(analyze)
 
     batch_command = commands.add_parser(
