@@ -1022,6 +1022,52 @@ def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance,
 # ---------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------
+def _prepared_for_tracing(image, geometry, seeds, modality, bone_threshold_hu):
+    """The block as it is traced (an MR's coil shading divided out, a noisy block
+    smoothed), the nerve's appearance read on it, and the contrast-to-noise ratio
+    that had the block smoothed (None when it was not)."""
+    appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
+    if modality == "mr":
+        # Read again once the shading is gone: the levels near the seeds then hold all along.
+        image = flatten_mr_shading(image, geometry)
+        appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
+    image, contrast_to_noise = smooth_if_noisy(image, geometry, appearance)
+    if contrast_to_noise is not None:
+        appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
+    return image, appearance, contrast_to_noise
+
+
+def _smoothed_warning(contrast_to_noise: float) -> str:
+    return (f"The image is noisy around the nerve (its contrast with the surrounding tissue is only "
+            f"{contrast_to_noise:.1f} times the voxel noise): it was smoothed by {NOISE_SMOOTHING_MM} mm "
+            "before tracing, so the outline follows the nerve rather than noise; its calibre may read a "
+            "few tenths of a mm small. A smoother (soft-tissue) reconstruction or a higher dose gives a "
+            "sharper outline.")
+
+
+def recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress=None) -> np.ndarray:
+    """Stations every STATION_SPACING_MM along the minimal path, moved to the centroids
+    of their cross-sections and smoothed, until they settle (RECENTRING_PASSES at most)."""
+    points = smooth_polyline(resample_polyline(path, STATION_SPACING_MM), CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM)
+    path_tree = cKDTree(points)
+    # The clicks may be off centre: the ends are re-centred like every other station.
+    for iteration in range(RECENTRING_PASSES):
+        report(progress, 0.4 + 0.4 * iteration / RECENTRING_PASSES, "Re-centring on the nerve")
+        sections, _ = cross_sections(image, geometry, points, appearance, exclusion_mask,
+                                     RECENTRING_RAY_COUNT, RECENTRING_RAY_STEP_MM)
+        # A section wider than any sciatic nerve has run into the tissue around it: its
+        # centroid says nothing of where the nerve is, so that station stays put.
+        plausible = equivalent_diameter_mm(sections.area) <= MAX_NERVE_DIAMETER_MM
+        targets = np.where(plausible[:, None], sections.centroids, points)
+        centred = smooth_polyline(_near_path(targets, path_tree), CENTRELINE_SMOOTHING_MM,
+                                  STATION_SPACING_MM, keep_ends=False)
+        shift = float(np.max(np.linalg.norm(centred - points, axis=1)))
+        points = resample_polyline(centred, STATION_SPACING_MM)
+        if shift < RECENTRING_CONVERGED_MM:
+            break
+    return points
+
+
 def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modality: str = "ct",
                 side: str = "right", bone_threshold_hu: float = 200.0,
                 exclusion_mask: np.ndarray | None = None, progress: ProgressCallback = None) -> NerveTrace:
@@ -1045,19 +1091,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     geometry = geometry.cropped(block)
     image = np.ascontiguousarray(image[block], dtype=np.float32)
     exclusion_mask = np.ascontiguousarray(exclusion_mask[block]) if exclusion_mask is not None else None
-    appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
-    if modality == "mr":
-        # Read again once the shading is gone: the levels near the seeds then hold all along.
-        image = flatten_mr_shading(image, geometry)
-        appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
-    image, contrast_to_noise = smooth_if_noisy(image, geometry, appearance)
+    image, appearance, contrast_to_noise = _prepared_for_tracing(image, geometry, seeds, modality, bone_threshold_hu)
     if contrast_to_noise is not None:
-        appearance = estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu)
-        warnings.append(f"The image is noisy around the nerve (its contrast with the surrounding tissue is only "
-                        f"{contrast_to_noise:.1f} times the voxel noise): it was smoothed by {NOISE_SMOOTHING_MM} mm "
-                        "before tracing, so the outline follows the nerve rather than noise; its calibre may read a "
-                        "few tenths of a mm small. A smoother (soft-tissue) reconstruction or a higher dose gives a "
-                        "sharper outline.")
+        warnings.append(_smoothed_warning(contrast_to_noise))
 
     report(progress, 0.1, "Following the nerve between the seeds")
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
@@ -1069,24 +1105,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     if outside_fraction > 0.1:
         warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
                         "tissue; check the centreline there and add a seed point if it strays.")
-
-    points = smooth_polyline(resample_polyline(path, STATION_SPACING_MM), CENTRELINE_SMOOTHING_MM, STATION_SPACING_MM)
-    path_tree = cKDTree(points)
-    # The clicks may be off centre: the ends are re-centred like every other station.
-    for iteration in range(RECENTRING_PASSES):
-        report(progress, 0.4 + 0.4 * iteration / RECENTRING_PASSES, "Re-centring on the nerve")
-        sections, _ = cross_sections(image, geometry, points, appearance, exclusion_mask,
-                                     RECENTRING_RAY_COUNT, RECENTRING_RAY_STEP_MM)
-        # A section wider than any sciatic nerve has run into the tissue around it: its
-        # centroid says nothing of where the nerve is, so that station stays put.
-        plausible = equivalent_diameter_mm(sections.area) <= MAX_NERVE_DIAMETER_MM
-        targets = np.where(plausible[:, None], sections.centroids, points)
-        centred = smooth_polyline(_near_path(targets, path_tree), CENTRELINE_SMOOTHING_MM,
-                                  STATION_SPACING_MM, keep_ends=False)
-        shift = float(np.max(np.linalg.norm(centred - points, axis=1)))
-        points = resample_polyline(centred, STATION_SPACING_MM)
-        if shift < RECENTRING_CONVERGED_MM:
-            break
+    points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
 
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
