@@ -198,13 +198,26 @@ def worker_scene(image: str, seeds: str) -> dict:
     trace_seconds = time.perf_counter() - start
     analysis.compute_contact(oss.segmentation_node, traced.centreline_node)
 
-    # A user's edit: grow "HO 1" by one voxel, as the Segment Editor's margin effect would.
-    segment_id = scene_io.segment_id_by_name(oss.segmentation_node, "HO 1")
-    grown = ndimage.binary_dilation(scene_io.segment_mask_on_grid(oss.segmentation_node, segment_id, loaded.geometry))
-    scene_io.replace_segments(oss.segmentation_node, {"HO 1": grown}, loaded.geometry, scene_io.BONE_COLOR)
-    start = time.perf_counter()
-    result = analysis.compute_contact(oss.segmentation_node, traced.centreline_node)
-    recompute_seconds = time.perf_counter() - start
+    # A user's edits, as the Segment Editor's margin and erase effects would make them,
+    # each followed by a recompute: "HO 1" grown by one voxel, the upper half of "HO 2"
+    # erased, "HO 1" shrunk by one voxel again.
+    def edited(name, change):
+        segment_id = scene_io.segment_id_by_name(oss.segmentation_node, name)
+        mask = change(scene_io.segment_mask_on_grid(oss.segmentation_node, segment_id, loaded.geometry))
+        scene_io.replace_segments(oss.segmentation_node, {name: mask}, loaded.geometry, scene_io.BONE_COLOR)
+
+    def upper_half_erased(mask):
+        slices = np.flatnonzero(mask.any(axis=(1, 2)))
+        mask[slices[len(slices) // 2]:] = False
+        return mask
+
+    recompute_seconds = []
+    for name, change in (("HO 1", ndimage.binary_dilation), ("HO 2", upper_half_erased),
+                         ("HO 1", ndimage.binary_erosion)):
+        edited(name, change)
+        start = time.perf_counter()
+        result = analysis.compute_contact(oss.segmentation_node, traced.centreline_node)
+        recompute_seconds.append(time.perf_counter() - start)
     return {"trace_seconds": trace_seconds, "nerve_length_mm": traced.trace.length_mm,
             "recompute_seconds": recompute_seconds, "max_encasement_deg": result.contact.max_encasement_deg}
 
@@ -297,8 +310,9 @@ def main() -> None:
     scene = run_worker("scene", str(case["image"]), str(seeds))
     print(f"\nTracing {scene['nerve_length_mm']:.0f} mm of nerve: {scene['trace_seconds']:.2f} s "
           f"(target <= {TARGETS['trace_s']} s)")
-    print(f"Metrics recompute after an HO segment edit: {scene['recompute_seconds']:.2f} s "
-          f"(target <= {TARGETS['recompute_s']} s)")
+    edits = scene["recompute_seconds"]
+    print(f"Metrics recompute after an HO segment edit: {float(np.median(edits)):.2f} s, median of 3 edits "
+          f"({', '.join(f'{s:.2f}' for s in edits)} s; target <= {TARGETS['recompute_s']} s)")
 
     print("\nCost growth (analyze on the central slab of the same CT):")
     print(f"  {'slices':>6} {'voxels (M)':>11} {'seconds':>8} {'ns/voxel':>9} {'peak GB':>8}")
