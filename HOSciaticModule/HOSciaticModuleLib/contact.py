@@ -669,6 +669,8 @@ class _OtherBone:
 
 def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: VolumeGeometry, rays: _RayDistances,
                            sections, points, s_mm, tolerance, bone_threshold_hu) -> _OtherBone:
+    """The nerve's encasement by the CT's bone in no HO segment (``crop``: the block
+    around the nerve, over which the other masks lie)."""
     crop_geometry = geometry.cropped(crop)
     # Beyond the tolerance plus a few voxels, bone cannot count as contact.
     other_bone = unsegmented_bone(ct_crop, ho_in_crop, nerve_in_crop, crop_geometry, bone_threshold_hu,
@@ -676,8 +678,9 @@ def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: V
     if other_bone is None:
         return _OtherBone()
     bone_distance = rays.to_mask(other_bone)
+    wrap_tolerance = min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM)
     found = _OtherBone(_summary(bone_distance, sections, points, s_mm, tolerance)[0],
-                       _summary(bone_distance, sections, points, s_mm, min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM))[0])
+                       _summary(bone_distance, sections, points, s_mm, wrap_tolerance)[0])
     wrapped = found.wrap_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
     if wrapped.any():
         found.wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)

@@ -1299,9 +1299,9 @@ def _no_midline_warning(native_given: bool) -> str:
                 f"{MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands on the images.")
     return (f"The body's midline was not found, so the checks that compare both sides did not run: {skipped}; and HO "
             f"fused to native bone and thicker than the {2 * NATIVE_BALL_RADIUS_MM:.0f} mm outgrowth ball stays "
-            "native bone, unreported. The image probably holds one hip only, or the patient lies turned or tilted by more "
-            f"than {MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands and the native bone on the images; a CT of "
-            "both hips, or a native-bone segmentation (--bones, or the panel's native-bone input, such as "
+            "native bone, unreported. The image probably holds one hip only, or the patient lies turned or tilted by "
+            f"more than {MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands and the native bone on the images; a CT "
+            "of both hips, or a native-bone segmentation (--bones, or the panel's native-bone input, such as "
             "TotalSegmentator's bones), lets every check run.")
 
 
@@ -1504,6 +1504,8 @@ class _NativeSplit:
 
 
 def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry) -> _NativeSplit:
+    """The given native skeleton, widened by the cortex a resampled mask misses; all
+    other bone may be HO."""
     # Resampled segmentations miss the cortex by a voxel or so.
     native_zone = (_ball_distance(~native_block, geometry) <= GIVEN_NATIVE_TOLERANCE_MM
                    if native_block.any() else native_block)
@@ -1673,7 +1675,8 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
         warnings.append(_hand_warning(hand))
         _doubt(doubts, hand, "clustered like a hand's bones")
     subcutaneous = [result.label for result in results
-                    if not result.fused_to_native_bone and facts.ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
+                    if not result.fused_to_native_bone
+                    and facts.ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
                     and in_subcutaneous_fat(ct_hu, image_geometry, result.centroid_ras, bone_threshold_hu)]
     if subcutaneous:
         warnings.append(_subcutaneous_warning(subcutaneous))
