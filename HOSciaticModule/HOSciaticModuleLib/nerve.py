@@ -47,7 +47,10 @@ NERVE_HALF_THICKNESS_MM = 3.0
 MAX_NERVE_HALF_THICKNESS_MM = 8.0
 #: Longest boundary ray: the largest swollen sciatic nerve is about 25 mm wide.
 MAX_RAY_MM = 15.0
-RAY_STEP_MM = 0.25
+#: Rays are sampled on the trilinearly interpolated image and their crossing of the
+#: half-way level interpolated between samples: 0.5 mm steps, finer than the voxels,
+#: gave calibres within 0.01 mm of 0.25 mm steps.
+RAY_STEP_MM = 0.5
 RAY_COUNT = 90
 #: Re-centring needs each section's centroid only: a coarser star of rays finds it.
 RECENTRING_RAY_COUNT = 30
