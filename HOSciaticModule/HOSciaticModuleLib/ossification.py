@@ -1290,19 +1290,16 @@ def _growth_centre_warning(numbers) -> str:
 
 
 def _no_midline_warning(native_given: bool) -> str:
-    skipped = ("bone-dense objects on the midline (spine, sacrum, pubic symphysis, calcified iliac arteries, pelvic "
-               "calcifications) and above the hip bones (ribs) are not set apart, and normal bony prominences and "
-               "growth centres are not named")
+    cause = ("The body's midline was not found (the image probably holds one hip only, or the patient lies turned "
+             f"or tilted by more than {MIRROR_MAX_TILT_DEG:.0f} degrees), so the checks that need it did not run: "
+             "bone on the midline (spine, sacrum, pubic symphysis, pelvic and iliac-artery calcifications) and above "
+             "the hip bones (ribs) is not set apart, and normal prominences and growth centres are not named")
     if native_given:
-        return (f"The body's midline was not found, so the checks that need it did not run: {skipped}. The image "
-                "probably holds one hip only, or the patient lies turned or tilted by more than "
-                f"{MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands on the images.")
-    return (f"The body's midline was not found, so the checks that compare both sides did not run: {skipped}; and HO "
-            f"fused to native bone and thicker than the {2 * NATIVE_BALL_RADIUS_MM:.0f} mm outgrowth ball stays "
-            "native bone, unreported. The image probably holds one hip only, or the patient lies turned or tilted by "
-            f"more than {MIRROR_MAX_TILT_DEG:.0f} degrees. Check the islands and the native bone on the images; a CT "
-            "of both hips, or a native-bone segmentation (--bones, or the panel's native-bone input, such as "
-            "TotalSegmentator's bones), lets every check run.")
+        return f"{cause}. Check the islands on the images."
+    return (f"{cause}; HO fused to native bone and thicker than the {2 * NATIVE_BALL_RADIUS_MM:.0f} mm outgrowth ball "
+            "stays native. Check the islands and the native bone on the images; a CT of both hips, or a native-bone "
+            "segmentation (--bones, or the panel's native-bone input, such as TotalSegmentator's bones), lets every "
+            "check run.")
 
 
 def _unpaired_mass_warning(numbers) -> str:
