@@ -446,19 +446,21 @@ def test_a_stretch_far_wider_than_the_rest_of_the_nerve_is_named():
     the outline over a stretch; so does a swollen nerve. Either way the reader checks
     it: 1.6 times the median calibre and 6 mm more over 5 mm is named with its place; a
     thickening of 1.3 times, as next to HO, and a single wide station are not."""
-    from HOSciaticModuleLib.nerve import bulge_warnings
+    from HOSciaticModuleLib.nerve import bulge_caveats
 
     s_mm = np.arange(120.0)
     width = np.full(120, 10.0)
     width[60:65] = 16.0
-    (warning,) = bulge_warnings(np.pi * width ** 2 / 4.0, s_mm)
-    assert "(60-64 mm along it)" in warning and "16 mm across" in warning and "10 mm along the rest" in warning
+    (caveat,) = bulge_caveats(np.pi * width ** 2 / 4.0, s_mm)
+    assert "(60-64 mm along it)" in caveat.warning and "16 mm across" in caveat.warning
+    assert "10 mm along the rest" in caveat.warning
+    np.testing.assert_array_equal(np.flatnonzero(caveat.stations), np.arange(60, 65))
     thickened = np.full(120, 10.0)
     thickened[40:80] = 13.0
-    assert bulge_warnings(np.pi * thickened ** 2 / 4.0, s_mm) == []
+    assert bulge_caveats(np.pi * thickened ** 2 / 4.0, s_mm) == []
     single = np.full(120, 10.0)
     single[30] = 18.0
-    assert bulge_warnings(np.pi * single ** 2 / 4.0, s_mm) == []
+    assert bulge_caveats(np.pi * single ** 2 / 4.0, s_mm) == []
 
 
 def test_stretch_near_metal_is_named_on_ct():
@@ -473,10 +475,16 @@ def test_stretch_near_metal_is_named_on_ct():
     image[screw] = 3000.0
     trace = trace_nerve(image, phantom.geometry, seeds, exclusion_mask=phantom.ho_labels > 0)
     (warning,) = [w for w in trace.warnings if "metal" in w]
-    nearest = float(cKDTree(phantom.geometry.voxel_ras_grid()[screw]).query(trace.points_ras)[0].min())
-    assert f"nearest {nearest:.0f} mm" in warning
-    assert not any("metal" in w for w in trace_nerve(phantom.image, phantom.geometry, seeds,
-                                                       exclusion_mask=phantom.ho_labels > 0).warnings)
+    to_screw = cKDTree(phantom.geometry.voxel_ras_grid()[screw]).query(trace.points_ras)[0]
+    assert f"nearest {float(to_screw.min()):.0f} mm" in warning
+    # Each station says so itself, for the stations table: those within 50 mm of the
+    # screw (give or take a voxel of the screw's edge), and no other.
+    flagged = np.array(["near metal" in caveat for caveat in trace.station_caveats])
+    assert len(flagged) == len(trace.points_ras)
+    assert flagged[to_screw <= 49.0].all() and not flagged[to_screw > 51.0].any()
+    clean = trace_nerve(phantom.image, phantom.geometry, seeds, exclusion_mask=phantom.ho_labels > 0)
+    assert not any("metal" in w for w in clean.warnings)
+    assert not any("near metal" in caveat for caveat in clean.station_caveats)
 
 
 def test_an_outline_thinner_than_any_sciatic_nerve_is_named():

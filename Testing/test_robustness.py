@@ -204,6 +204,52 @@ def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
     assert any("metal" in warning.lower() for warning in document["warnings"])
 
 
+def test_stations_near_metal_carry_their_caveat_in_every_output(tmp_path):
+    # The same stem, with the nerve traced: each station within 50 mm of the metal says
+    # "near metal" in the stations CSV and in metrics.json, and still does once the
+    # scene is saved, reloaded and measured again (the caveats are kept on the curve).
+    import csv
+
+    from scipy.spatial import cKDTree
+
+    from HOSciaticModuleLib import export
+    from HOSciaticModuleLib.mrml_app import create_headless_slicer
+    from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
+
+    phantom = generate_phantom(**SMALL)
+    centre = phantom.geometry.ras_to_kji_points(np.asarray(phantom.spec.center_ras) + [36.0, 15.0, -35.0])[0]
+    k, j, i = np.ogrid[:phantom.image.shape[0], :phantom.image.shape[1], :phantom.image.shape[2]]
+    spacing = phantom.geometry.spacing_kji
+    stem = ((k - centre[0]) * spacing[0]) ** 2 / 900 + ((j - centre[1]) * spacing[1]) ** 2 / 36 + \
+           ((i - centre[2]) * spacing[2]) ** 2 / 36 <= 1.0
+    phantom.image[stem] = 8000.0
+    paths = write_phantom_case(phantom, tmp_path / "case")
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", paths["seeds"])
+    assert result.returncode == 0, result.stderr
+    to_metal = cKDTree(phantom.geometry.kji_to_ras_points(np.argwhere(stem)))
+
+    def assert_near_metal_flagged(points, caveats):
+        distance = to_metal.query(np.asarray(points, float))[0]
+        flagged = np.array(["near metal" in caveat for caveat in caveats])
+        assert distance.min() < 45.0 and distance.max() > 55.0  # both kinds of station are there
+        assert flagged[distance <= 48.5].all() and not flagged[distance > 51.5].any()
+
+    document = json.loads((out / "metrics.json").read_text())
+    stations = document["nerves"][0]["stations"]
+    assert_near_metal_flagged([s["ras"] for s in stations], [s["caveats"] for s in stations])
+    with open(out / "stations_right.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["caveats"] for row in rows] == [s["caveats"] for s in stations]
+
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str((out / "scene.mrb").resolve()))
+    analysis = HOSciaticAnalysis(fresh)
+    oss, nerves, contacts = analysis.analysis_from_scene(fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    reloaded = export.station_rows(nerves[0][1], contacts[0][1])
+    assert_near_metal_flagged([s["ras"] for s in reloaded], [s["caveats"] for s in reloaded])
+
+
 def test_thick_slices_give_a_result_with_a_warning(tmp_path):
     # 5 mm slices that average their slab, as a scanner's do: the three islands and the
     # encasement (270 deg sleeve) survive, and the reader is told what thick slices cost.

@@ -46,11 +46,11 @@ def station_rows(nerve_outputs, contact_outputs) -> list[dict]:
 
     analysis = HOSciaticAnalysis(nerve_outputs.centreline_node.GetScene())
     if contact_outputs is None:
-        return [measurements.as_dict(measurements.STATION_MEASURES, row)
+        return [measurements.as_dict(measurements.STATION_MEASURES + [measurements.STATION_CAVEATS], row)
                 for row in analysis.station_rows(nerve_outputs.trace)]
     rows = analysis.stations_with_contact(nerve_outputs.centreline_node, contact_outputs.contact)
-    return [measurements.as_dict(measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES, row)
-            for row in rows]
+    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES + [measurements.STATION_CAVEATS]
+    return [measurements.as_dict(measures, row) for row in rows]
 
 
 def _point_pair(pair):
@@ -143,7 +143,7 @@ def default_parameters(bone_threshold_hu, min_island_ml, contact_tolerance_mm=DE
 # Files
 # ---------------------------------------------------------------------------------------
 def write_stations_csv(path: Path, stations: list[dict]) -> None:
-    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES
+    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES + [measurements.STATION_CAVEATS]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         header = []

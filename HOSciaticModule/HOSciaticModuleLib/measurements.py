@@ -102,6 +102,13 @@ STATION_CONTACT_MEASURES = [
             lambda s: s.get("bone_encasement_deg"), 1),
 ]
 
+#: Last among the station columns, after the figures it qualifies.
+STATION_CAVEATS = Measure(
+    "caveats", "Caveats", "", "str",
+    "Why this station's figures are less reliable, as named in the tracing's warnings: near metal, slices along "
+    "the nerve, no fat plane, swollen or widened, wider than a nerve (empty: none)",
+    lambda s: s.get("caveats") or "")
+
 NERVE_MEASURES = [
     Measure("side", "Side", "", "str", "Body side of the nerve", lambda n: n["side"]),
     Measure("length_mm", "Length", "mm", "float", "Traced centreline length", lambda n: n["length_mm"], 1),

@@ -166,6 +166,15 @@ COLLAPSE_MIN_RAY_MM = 1.0
 
 
 @dataclass
+class StationCaveat:
+    """Why the figures of some stations are less reliable: a short reason for the
+    stations table, the stations it covers, and the warning naming their stretch."""
+    reason: str
+    stations: np.ndarray
+    warning: str
+
+
+@dataclass
 class NerveTrace:
     side: str
     modality: str
@@ -180,6 +189,8 @@ class NerveTrace:
     mask_slices: tuple
     volume_shape: tuple
     warnings: list = field(default_factory=list)
+    #: Per station, the reasons (joined by "; ") of the caveats that cover it ("" for none).
+    station_caveats: list = field(default_factory=list)
 
     @property
     def length_mm(self) -> float:
@@ -910,15 +921,15 @@ def voxel_size_across_nerve(geometry: VolumeGeometry, points: np.ndarray) -> np.
     return across.max(axis=1)
 
 
-def thick_across_nerve_warnings(across_mm: np.ndarray, s_mm: np.ndarray) -> list[str]:
-    """A warning where the voxels are too long across the nerve to measure its calibre."""
+def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]:
+    """Where the voxels are too long across the nerve to measure its calibre."""
     thick = np.asarray(across_mm) > THICK_ACROSS_NERVE_MM
     if np.mean(thick) < THICK_ACROSS_NERVE_SHARE:
         return []
-    return [f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
+    return [StationCaveat("slices along the nerve", thick, f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
             "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred and the areas and "
             "diameters, the smallest diameter most, are unreliable. Trace on an axial series, or a reconstruction, "
-            f"with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner."]
+            f"with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner.")]
 
 
 def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float = 0.0,
@@ -950,17 +961,17 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
                      f"from the tissue around it, {cause}. {remedy}.")
 
 
-def too_wide_stretch_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
-    """A warning naming the stretch where the outline is wider than any sciatic nerve
-    (see TOO_WIDE_STRETCH_MM)."""
+def too_wide_stretch_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]:
+    """The stretch where the outline is wider than any sciatic nerve (see
+    TOO_WIDE_STRETCH_MM)."""
     width = equivalent_diameter_mm(area_mm2)
     wide = width > TOO_WIDE_STRETCH_MM
     if np.mean(wide) < TOO_WIDE_SHARE:
         return []
-    return [f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
+    return [StationCaveat("wider than a nerve", wide, f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
             "across): there it has run into the tissue around the nerve, where no fat plane parts them, and its areas, "
             "diameters and contact figures are not the nerve's. Add seed points on the nerve in that stretch, or measure the nerve "
-            "on a T2 fat-saturated MR."]
+            "on a T2 fat-saturated MR.")]
 
 
 def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
@@ -976,25 +987,25 @@ def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
             "that the seed points lie on the nerve and the outline on the images."]
 
 
-def bulge_warnings(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[str]:
-    """A warning naming the stretch where the outline is far wider than along the rest
-    of the nerve (see BULGE_FACTOR), short of the too-wide stretch's width."""
+def bulge_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]:
+    """The stretch where the outline is far wider than along the rest of the nerve (see
+    BULGE_FACTOR), short of the too-wide stretch's width."""
     width = equivalent_diameter_mm(area_mm2)
     typical = float(np.median(width)) if len(width) else 0.0
     bulging = (width > max(BULGE_FACTOR * typical, typical + BULGE_MIN_EXCESS_MM)) & (width <= TOO_WIDE_STRETCH_MM)
     if np.count_nonzero(bulging) < BULGE_MIN_STATIONS:
         return []
-    return [f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
+    return [StationCaveat("swollen or widened", bulging, f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
             f"{typical:.0f} mm along the rest of the nerve: the nerve may be swollen there (as where it is "
             "compressed), or its outline has run into bright tissue touching it (fluid, a haematoma, a vessel, fat "
             "left bright by failed fat suppression on MR). Check the outline on the images there before reading "
-            "its calibre."]
+            "its calibre.")]
 
 
-def metal_nearby_warnings(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np.ndarray,
-                          s_mm: np.ndarray) -> list[str]:
-    """A warning naming the stretch of nerve within STREAK_REACH_MM of metal (an
-    implant), whose streaks shift CT values by a hundred HU and more."""
+def metal_nearby_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np.ndarray,
+                         s_mm: np.ndarray) -> list[StationCaveat]:
+    """The stretch of nerve within STREAK_REACH_MM of metal (an implant), whose streaks
+    shift CT values by a hundred HU and more."""
     block = geometry.bounding_slices_of_ras_box(points, STREAK_REACH_MM)
     metal = at_least(ct_hu[block], METAL_THRESHOLD_HU)
     if not metal.any():
@@ -1004,22 +1015,23 @@ def metal_nearby_warnings(ct_hu: np.ndarray, geometry: VolumeGeometry, points: n
     near = distance <= STREAK_REACH_MM
     if not near.any():
         return []
-    return [f"{_stretch(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
+    return [StationCaveat("near metal", near, f"{_stretch(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
             f"{float(distance.min()):.0f} mm): its streaks shift CT values by a hundred HU and more, which moves the "
             "outline, so the calibre and contact figures there are less reliable. A metal-artefact-reduction "
-            "reconstruction, or an MR, measures the nerve better there."]
+            "reconstruction, or an MR, measures the nerve better there.")]
 
 
-def thin_fat_plane_warnings(outside_levels: np.ndarray, appearance: _Appearance, s_mm: np.ndarray) -> list[str]:
-    """A warning where the tissue just outside the outline is barely darker than the
-    nerve on a CT: no resolved fat plane, so the outline is drawn too small."""
+def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
+                           s_mm: np.ndarray) -> list[StationCaveat]:
+    """Where the tissue just outside the outline is barely darker than the nerve on a
+    CT: no resolved fat plane, so the outline is drawn too small."""
     contrast = appearance.nerve_level - np.asarray(outside_levels, float)
     thin = np.nan_to_num(contrast, nan=np.inf) < THIN_FAT_PLANE_CONTRAST * (appearance.nerve_level - CT_FAT_REFERENCE_HU)
     if np.mean(thin) < THIN_FAT_PLANE_SHARE:
         return []
-    return [f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
+    return [StationCaveat("no fat plane", thin, f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
             "its outline is drawn too small and the diameters and areas are underestimated. Check the outline on the images, or measure "
-            "the nerve on a T2 fat-saturated MR."]
+            "the nerve on a T2 fat-saturated MR.")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1115,13 +1127,14 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     across_mm = voxel_size_across_nerve(geometry, points)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
-    warnings += too_wide_stretch_warnings(sections.area, s_mm)
-    warnings += bulge_warnings(sections.area, s_mm)
-    warnings += too_thin_warnings(sections.area)
-    warnings += thick_across_nerve_warnings(across_mm, s_mm)
+    outline_caveats = too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
+    image_caveats = thick_across_nerve_caveats(across_mm, s_mm)
     if modality == "ct":
-        warnings += thin_fat_plane_warnings(sections.outside_levels, appearance, s_mm)
-        warnings += metal_nearby_warnings(full_image, full_geometry, points, s_mm)
+        image_caveats += (thin_fat_plane_caveats(sections.outside_levels, appearance, s_mm)
+                          + metal_nearby_caveats(full_image, full_geometry, points, s_mm))
+    caveats = outline_caveats + image_caveats
+    warnings += ([caveat.warning for caveat in outline_caveats] + too_thin_warnings(sections.area)
+                 + [caveat.warning for caveat in image_caveats])
     report(progress, 0.9, "Building the nerve segment")
     block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
     if exclusion_mask is not None:
@@ -1131,4 +1144,5 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         side=side, modality=modality, points_ras=points, s_mm=s_mm, area_mm2=sections.area,
         diameter_mm=equivalent_diameter_mm(sections.area), min_diameter_mm=sections.min_width,
         max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask_block=block_mask,
-        mask_slices=block, volume_shape=full_shape, warnings=warnings)
+        mask_slices=block, volume_shape=full_shape, warnings=warnings,
+        station_caveats=["; ".join(c.reason for c in caveats if c.stations[n]) for n in range(len(points))])

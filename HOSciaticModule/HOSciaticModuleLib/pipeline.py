@@ -10,6 +10,7 @@ instead of piling up new ones.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ WARNING_SEPARATOR = " | "
 OSSIFICATION_WARNINGS = "HOSciatic.OssificationWarnings"
 NERVE_WARNINGS = "HOSciatic.NerveWarnings"
 CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
+#: Per station of a traced nerve, its caveats (a JSON list of strings), on the curve.
+STATION_CAVEATS_ATTRIBUTE = "HOSciatic.StationCaveats"
 #: Segment tag saying whether an HO segment was found fused to the native skeleton.
 FUSED_TAG = "HOSciatic.FusedToNativeBone"
 #: Why the HO step doubted a segment is HO (kept with the segment and its file).
@@ -437,6 +440,7 @@ class HOSciaticAnalysis:
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
+        centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps(list(trace.station_caveats)))
         scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
                                  [segmentation_node, centreline_node, stations_table_node])
         report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm")
@@ -459,7 +463,8 @@ class HOSciaticAnalysis:
             area_mm2=figures["area_mm2"], diameter_mm=figures["diameter_mm"],
             min_diameter_mm=figures["min_diameter_mm"], max_diameter_mm=figures["max_diameter_mm"],
             boundary_ras=[], mask_block=np.zeros((0, 0, 0), bool), mask_slices=(slice(0, 0),) * 3, volume_shape=(0, 0, 0),
-            warnings=self._warnings_of(centreline_node, NERVE_WARNINGS))
+            warnings=self._warnings_of(centreline_node, NERVE_WARNINGS),
+            station_caveats=self._station_caveats_of(centreline_node, len(points)))
         segment_id = (scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
                       if segmentation_node is not None else None)
         return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side)),
@@ -500,12 +505,24 @@ class HOSciaticAnalysis:
 
     @staticmethod
     def station_rows(trace) -> list[dict]:
+        caveats = trace.station_caveats if len(trace.station_caveats) == len(trace.s_mm) else [""] * len(trace.s_mm)
         return [
             {"s_mm": float(trace.s_mm[n]), "ras": trace.points_ras[n].tolist(), "area_mm2": float(trace.area_mm2[n]),
              "diameter_mm": float(trace.diameter_mm[n]), "min_diameter_mm": float(trace.min_diameter_mm[n]),
-             "max_diameter_mm": float(trace.max_diameter_mm[n])}
+             "max_diameter_mm": float(trace.max_diameter_mm[n]), "caveats": caveats[n]}
             for n in range(len(trace.s_mm))
         ]
+
+    @staticmethod
+    def _station_caveats_of(centreline_node, count: int) -> list[str]:
+        """The stations' caveats kept on a traced nerve's curve ("" each when there are
+        none, or when the curve's points no longer match them)."""
+        try:
+            caveats = json.loads(centreline_node.GetAttribute(STATION_CAVEATS_ATTRIBUTE) or "[]")
+        except ValueError:
+            caveats = []
+        usable = isinstance(caveats, list) and len(caveats) == count and all(isinstance(c, str) for c in caveats)
+        return caveats if usable else [""] * count
 
     @staticmethod
     def _station_arrays(stations: list[dict], with_contact: bool = False) -> dict:
@@ -516,7 +533,7 @@ class HOSciaticAnalysis:
 
     def _fill_stations_table(self, table_node, side, stations, with_contact):
         station_measures = measurements.STATION_MEASURES + (
-            measurements.STATION_CONTACT_MEASURES if with_contact else [])
+            measurements.STATION_CONTACT_MEASURES if with_contact else []) + [measurements.STATION_CAVEATS]
         return scene_io.fill_table(self.scene, table_node, stations_table_name(side),
                                    [m.column() for m in station_measures],
                                    [measurements.as_table_row(station_measures, s) for s in stations])
@@ -598,6 +615,8 @@ class HOSciaticAnalysis:
         arrays = self._station_arrays(stations, with_contact=True)
         scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
                                        np.array([s["ras"] for s in stations]), arrays)
+        # The curve now holds the contact's stations: its caveats follow them.
+        centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps([s["caveats"] for s in stations]))
         scene_io.colour_curve_by(centreline_node, "encasement_deg", (0.0, 360.0))
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=True)
@@ -683,6 +702,7 @@ class HOSciaticAnalysis:
         traced = {m.key: scene_io.curve_measurement(centreline_node, m.key)
                   for m in measurements.STATION_MEASURES if m.kind == "float" and m.key != "s_mm"}
         s_traced = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))] if len(points) else np.zeros(0)
+        caveats = self._station_caveats_of(centreline_node, len(points))
         rows = []
         for n, s in enumerate(np.asarray(result.s_mm, float)):
             nearest = int(np.argmin(np.abs(s_traced - s))) if len(s_traced) else 0
@@ -694,6 +714,7 @@ class HOSciaticAnalysis:
             for key, values in traced.items():
                 usable = values is not None and len(values) == len(points)
                 row[key] = float(values[nearest]) if usable else None
+            row["caveats"] = caveats[nearest] if caveats else ""
             if row.get("area_mm2") is None and result.area_mm2 is not None:
                 area = float(result.area_mm2[n])
                 row["area_mm2"] = area
