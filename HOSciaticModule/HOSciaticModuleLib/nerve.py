@@ -926,10 +926,11 @@ def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray) -> list[
     thick = np.asarray(across_mm) > THICK_ACROSS_NERVE_MM
     if np.mean(thick) < THICK_ACROSS_NERVE_SHARE:
         return []
-    return [StationCaveat("slices along the nerve", thick, f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
-            "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred and the areas and "
-            "diameters, the smallest diameter most, are unreliable. Trace on an axial series, or a reconstruction, "
-            f"with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner.")]
+    return [StationCaveat("slices along the nerve", thick, (
+        f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
+        "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred and the areas and "
+        "diameters, the smallest diameter most, are unreliable. Trace on an axial series, or a reconstruction, "
+        f"with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner."))]
 
 
 def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float = 0.0,
@@ -968,10 +969,11 @@ def too_wide_stretch_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[Sta
     wide = width > TOO_WIDE_STRETCH_MM
     if np.mean(wide) < TOO_WIDE_SHARE:
         return []
-    return [StationCaveat("wider than a nerve", wide, f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
-            "across): there it has run into the tissue around the nerve, where no fat plane parts them, and its areas, "
-            "diameters and contact figures are not the nerve's. Add seed points on the nerve in that stretch, or measure the nerve "
-            "on a T2 fat-saturated MR.")]
+    return [StationCaveat("wider than a nerve", wide, (
+        f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
+        "across): there it has run into the tissue around the nerve, where no fat plane parts them, and its areas, "
+        "diameters and contact figures are not the nerve's. Add seed points on the nerve in that stretch, or "
+        "measure the nerve on a T2 fat-saturated MR."))]
 
 
 def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
@@ -995,11 +997,12 @@ def bulge_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]
     bulging = (width > max(BULGE_FACTOR * typical, typical + BULGE_MIN_EXCESS_MM)) & (width <= TOO_WIDE_STRETCH_MM)
     if np.count_nonzero(bulging) < BULGE_MIN_STATIONS:
         return []
-    return [StationCaveat("swollen or widened", bulging, f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
-            f"{typical:.0f} mm along the rest of the nerve: the nerve may be swollen there (as where it is "
-            "compressed), or its outline has run into bright tissue touching it (fluid, a haematoma, a vessel, fat "
-            "left bright by failed fat suppression on MR). Check the outline on the images there before reading "
-            "its calibre.")]
+    return [StationCaveat("swollen or widened", bulging, (
+        f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
+        f"{typical:.0f} mm along the rest of the nerve: the nerve may be swollen there (as where it is "
+        "compressed), or its outline has run into bright tissue touching it (fluid, a haematoma, a vessel, fat "
+        "left bright by failed fat suppression on MR). Check the outline on the images there before reading "
+        "its calibre."))]
 
 
 def metal_nearby_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np.ndarray,
@@ -1015,10 +1018,11 @@ def metal_nearby_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np
     near = distance <= STREAK_REACH_MM
     if not near.any():
         return []
-    return [StationCaveat("near metal", near, f"{_stretch(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
-            f"{float(distance.min()):.0f} mm): its streaks shift CT values by a hundred HU and more, which moves the "
-            "outline, so the calibre and contact figures there are less reliable. A metal-artefact-reduction "
-            "reconstruction, or an MR, measures the nerve better there.")]
+    return [StationCaveat("near metal", near, (
+        f"{_stretch(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
+        f"{float(distance.min()):.0f} mm): its streaks shift CT values by a hundred HU and more, which moves the "
+        "outline, so the calibre and contact figures there are less reliable. A metal-artefact-reduction "
+        "reconstruction, or an MR, measures the nerve better there."))]
 
 
 def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
@@ -1029,9 +1033,10 @@ def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
     thin = np.nan_to_num(contrast, nan=np.inf) < THIN_FAT_PLANE_CONTRAST * (appearance.nerve_level - CT_FAT_REFERENCE_HU)
     if np.mean(thin) < THIN_FAT_PLANE_SHARE:
         return []
-    return [StationCaveat("no fat plane", thin, f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
-            "its outline is drawn too small and the diameters and areas are underestimated. Check the outline on the images, or measure "
-            "the nerve on a T2 fat-saturated MR.")]
+    return [StationCaveat("no fat plane", thin, (
+        f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
+        "its outline is drawn too small and the diameters and areas are underestimated. Check the outline on the "
+        "images, or measure the nerve on a T2 fat-saturated MR."))]
 
 
 # ---------------------------------------------------------------------------------------
