@@ -185,15 +185,21 @@ def test_ct_without_bone_or_ho_is_a_valid_empty_result(tmp_path):
     assert document["nerves"][0]["contact_length_mm"] == 0.0
 
 
-def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
+def _phantom_with_a_stem():
+    """The small phantom with a metal stem inside the femur, away from the HO islands;
+    and the stem's mask."""
     phantom = generate_phantom(**SMALL)
-    # A stem inside the femur, away from the HO islands.
     centre = phantom.geometry.ras_to_kji_points(np.asarray(phantom.spec.center_ras) + [36.0, 15.0, -35.0])[0]
     k, j, i = np.ogrid[:phantom.image.shape[0], :phantom.image.shape[1], :phantom.image.shape[2]]
     spacing = phantom.geometry.spacing_kji
     stem = ((k - centre[0]) * spacing[0]) ** 2 / 900 + ((j - centre[1]) * spacing[1]) ** 2 / 36 + \
            ((i - centre[2]) * spacing[2]) ** 2 / 36 <= 1.0
     phantom.image[stem] = 8000.0
+    return phantom, stem
+
+
+def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
+    phantom, _ = _phantom_with_a_stem()
     paths = write_phantom_case(phantom, tmp_path / "case")
     out = tmp_path / "out"
     result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
@@ -216,13 +222,7 @@ def test_stations_near_metal_carry_their_caveat_in_every_output(tmp_path):
     from HOSciaticModuleLib.mrml_app import create_headless_slicer
     from HOSciaticModuleLib.pipeline import HOSciaticAnalysis
 
-    phantom = generate_phantom(**SMALL)
-    centre = phantom.geometry.ras_to_kji_points(np.asarray(phantom.spec.center_ras) + [36.0, 15.0, -35.0])[0]
-    k, j, i = np.ogrid[:phantom.image.shape[0], :phantom.image.shape[1], :phantom.image.shape[2]]
-    spacing = phantom.geometry.spacing_kji
-    stem = ((k - centre[0]) * spacing[0]) ** 2 / 900 + ((j - centre[1]) * spacing[1]) ** 2 / 36 + \
-           ((i - centre[2]) * spacing[2]) ** 2 / 36 <= 1.0
-    phantom.image[stem] = 8000.0
+    phantom, stem = _phantom_with_a_stem()
     paths = write_phantom_case(phantom, tmp_path / "case")
     out = tmp_path / "out"
     result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", paths["seeds"])
