@@ -46,11 +46,10 @@ def station_rows(nerve_outputs, contact_outputs) -> list[dict]:
 
     analysis = HOSciaticAnalysis(nerve_outputs.centreline_node.GetScene())
     if contact_outputs is None:
-        return [measurements.as_dict(measurements.STATION_MEASURES + [measurements.STATION_CAVEATS], row)
+        return [measurements.as_dict(measurements.station_measures(with_contact=False), row)
                 for row in analysis.station_rows(nerve_outputs.trace)]
     rows = analysis.stations_with_contact(nerve_outputs.centreline_node, contact_outputs.contact)
-    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES + [measurements.STATION_CAVEATS]
-    return [measurements.as_dict(measures, row) for row in rows]
+    return [measurements.as_dict(measurements.station_measures(with_contact=True), row) for row in rows]
 
 
 def _point_pair(pair):
@@ -143,7 +142,7 @@ def default_parameters(bone_threshold_hu, min_island_ml, contact_tolerance_mm=DE
 # Files
 # ---------------------------------------------------------------------------------------
 def write_stations_csv(path: Path, stations: list[dict]) -> None:
-    measures = measurements.STATION_MEASURES + measurements.STATION_CONTACT_MEASURES + [measurements.STATION_CAVEATS]
+    measures = measurements.station_measures(with_contact=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         header = []

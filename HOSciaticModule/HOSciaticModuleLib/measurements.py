@@ -109,6 +109,13 @@ STATION_CAVEATS = Measure(
     "the nerve, no fat plane, swollen or widened, wider than a nerve (empty: none)",
     lambda s: s.get("caveats") or "")
 
+
+def station_measures(with_contact: bool) -> list:
+    """The columns of a nerve's stations, in the order every table and file shows them:
+    the traced figures, the contact figures once contact is measured, the caveats last."""
+    return STATION_MEASURES + (STATION_CONTACT_MEASURES if with_contact else []) + [STATION_CAVEATS]
+
+
 NERVE_MEASURES = [
     Measure("side", "Side", "", "str", "Body side of the nerve", lambda n: n["side"]),
     Measure("length_mm", "Length", "mm", "float", "Traced centreline length", lambda n: n["length_mm"], 1),

@@ -532,8 +532,7 @@ class HOSciaticAnalysis:
         return {m.key: (m.unit, m.description, [m.read(s) for s in stations]) for m in measures}
 
     def _fill_stations_table(self, table_node, side, stations, with_contact):
-        station_measures = measurements.STATION_MEASURES + (
-            measurements.STATION_CONTACT_MEASURES if with_contact else []) + [measurements.STATION_CAVEATS]
+        station_measures = measurements.station_measures(with_contact)
         return scene_io.fill_table(self.scene, table_node, stations_table_name(side),
                                    [m.column() for m in station_measures],
                                    [measurements.as_table_row(station_measures, s) for s in stations])
