@@ -52,6 +52,9 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     truth_total = sum(island["volume_ml"] for island in phantom.islands)
     assert int(first["ho_islands"]) == document["ossifications"]["count"] == len(phantom.islands)
     assert float(first["ho_total_ml"]) == pytest.approx(truth_total, rel=0.10)
+    # The phantom's islands are all HO: none is doubted.
+    assert [i["doubts"] for i in document["ossifications"]["islands"]] == [""] * len(phantom.islands)
+    assert first["ho_doubted"] == "0"
     (nerve,) = document["nerves"]
     assert first["right_encasement_class"] == nerve["encasement_class"] == "encasement"
     assert float(first["right_max_encasement_deg"]) == nerve["max_encasement_deg"]
@@ -65,7 +68,7 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
 
     third = summary["p03"]
     assert third["status"] == "refused" and "missing.nrrd" in third["message"]
-    assert third["ho_islands"] == "" and not (out / "p03").exists()
+    assert third["ho_islands"] == third["ho_doubted"] == "" and not (out / "p03").exists()
 
     # Resumed: the analysed cases are kept as they are, the failed one is tried again.
     stamp = (out / "p01" / "metrics.json").stat().st_mtime_ns

@@ -612,6 +612,10 @@ def test_bone_cement_beside_an_implant_is_named():
     assert at_cement.volume_ml == pytest.approx(4.0 / 3.0 * np.pi * 4.0 * 4.0 * 24.0 / 1000.0, rel=0.15)
     (named,) = [w for w in result.warnings if "bone cement" in w]
     assert re.findall(r"HO (\d+)", named) == [str(at_cement.label)]
+    # The island's own doubts say the same (the blob, 48 mm long and 8 mm wide, is
+    # also shaped like a vessel), and no other island has any.
+    assert "without a cortex near metal (a streak or bone cement?)" in at_cement.doubts.split("; ")
+    assert [i.doubts for i in result.islands if i is not at_cement] == [""] * (len(result.islands) - 1)
 
 
 def test_mr_image_is_refused_as_ct():

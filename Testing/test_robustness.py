@@ -199,15 +199,28 @@ def _phantom_with_a_stem():
 
 
 def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
+    # With a blob of bone cement (1800 HU throughout) 20 mm from the stem's axis, outside
+    # the femur: it is reported as an island with its doubt, in metrics.json and in the
+    # summary the command prints. The mature islands (cortex and marrow) have none.
     phantom, _ = _phantom_with_a_stem()
+    offset = phantom.geometry.voxel_ras_grid() - (np.asarray(phantom.spec.center_ras) + [36.0, 35.0, -35.0])
+    cement = np.sum((offset / [4.0, 4.0, 8.0]) ** 2, axis=-1) <= 1.0
+    phantom.image[cement] = 1800.0
     paths = write_phantom_case(phantom, tmp_path / "case")
     out = tmp_path / "out"
     result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
     assert result.returncode == 0, result.stderr
     document = json.loads((out / "metrics.json").read_text())
-    assert document["ossifications"]["count"] == len(phantom.islands)
-    assert all(island["max_hu"] < 2500 for island in document["ossifications"]["islands"])
+    islands = document["ossifications"]["islands"]
+    assert document["ossifications"]["count"] == len(phantom.islands) + 1
+    assert all(island["max_hu"] < 2500 for island in islands)
     assert any("metal" in warning.lower() for warning in document["warnings"])
+    centre = phantom.geometry.kji_to_ras_points(np.argwhere(cement).mean(axis=0))[0]
+    (at_cement,) = [i for i in islands if np.linalg.norm(np.asarray(i["centroid_ras"]) - centre) < 2.0]
+    assert "without a cortex near metal (a streak or bone cement?)" in at_cement["doubts"].split("; ")
+    assert all(island["doubts"] == "" for island in islands if island["maturity"] == "mature")
+    doubted = sum(bool(island["doubts"]) for island in islands)
+    assert f"{doubted} named as possibly not HO" in result.stdout
 
 
 def test_stations_near_metal_carry_their_caveat_in_every_output(tmp_path):

@@ -425,13 +425,16 @@ def test_bone_on_the_midline_is_shown_as_its_own_segment_and_not_as_ho(slicer_sc
     assert MIDLINE_SEGMENT_NAME not in names
 
 
-def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene):
+def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene, tmp_path):
     """On a contrast-enhanced CT an enhanced branch running along the nerve is found as an
     island without a cortex at the vessels' level: the HO step names it, tags its
     segment, and the contact step names it again, as it touches the nerve and counts in
-    the contact figures. The HO sleeve touching the nerve is not named."""
+    the contact figures. The HO sleeve touching the nerve is not named. The islands
+    table's doubts column says the same after the recompute, and after the scene is
+    saved and loaded again."""
     from scipy import ndimage
 
+    from HOSciaticModuleLib import export
     from HOSciaticModuleLib.pipeline import DOUBT_TAG
 
     contrast = generate_phantom(PhantomSpec(contrast_artery_hu=320.0), spacing_ijk=(0.8, 0.8, 1.5))
@@ -460,3 +463,23 @@ def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene):
     assert len(named) == 1 and named[0].startswith(f"HO {label} touches the nerve")
     touching = {i.label for i in contact.contact.islands if i.contact_length_mm > 0}
     assert label in touching and len(touching) == 2
+
+    def doubts_by_segment(table_node):
+        columns = scene_io.table_columns(table_node)
+        return dict(zip(columns["Segment"], columns["Doubts"]))
+
+    expected = {f"HO {i.label}": i.doubts for i in oss.result.islands}
+    assert expected[f"HO {label}"] == "without a cortex at the contrast-filled vessels' level"
+    sleeve = f"HO {(touching - {label}).pop()}"
+    assert expected[sleeve] == ""
+    assert doubts_by_segment(oss.islands_table_node) == expected
+    # Recomputed from the segments as they are now.
+    assert doubts_by_segment(contact.islands_table_node) == expected
+    bundle = tmp_path / "scene.mrb"
+    export.write_scene_bundle(slicer_scene, bundle)
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(bundle))
+    saved_oss, _, contacts = HOSciaticAnalysis(fresh).analysis_from_scene(
+        fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    document = export.metrics_document({}, {}, saved_oss, [], contacts, [])
+    assert {i["segment"]: i["doubts"] for i in document["ossifications"]["islands"]} == expected

@@ -148,7 +148,7 @@ def _check_unique(cases: list[BatchCase], path: Path) -> None:
 # The summary
 # ---------------------------------------------------------------------------------------
 def summary_columns(sides=SIDES) -> list[str]:
-    return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml"]
+    return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml", "ho_doubted"]
             + [f"{side}_{figure}" for side in sides for figure in NERVE_FIGURES] + ["warnings"])
 
 
@@ -162,12 +162,19 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
         ossifications = document.get("ossifications") or {}
         row["ho_islands"] = ossifications.get("count", "")
         row["ho_total_ml"] = ossifications.get("total_volume_ml", "")
+        if "islands" in ossifications:
+            row["ho_doubted"] = doubted_count(ossifications["islands"])
         for entry in document.get("nerves", []):
             for figure in NERVE_FIGURES:
                 value = entry.get(figure)
                 row[f"{entry['side']}_{figure}"] = "" if value is None else value
         row["warnings"] = len(document.get("warnings", []))
     return row
+
+
+def doubted_count(islands: list[dict]) -> int:
+    """How many of a ``metrics.json`` document's islands the HO step named as possibly not HO."""
+    return sum(bool(island.get("doubts")) for island in islands)
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

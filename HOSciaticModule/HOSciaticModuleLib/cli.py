@@ -549,13 +549,18 @@ def run_demo(args, progress) -> Path:
 
 
 def _summary(out_dir: Path) -> str:
+    from .batch import doubted_count
+
     document = json.loads((out_dir / "metrics.json").read_text())
     lines = [f"Results in {out_dir.resolve()}"]
     for name in sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")):
         lines.append(f"  {name}")
     oss = document.get("ossifications")
     if oss:
-        lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL")
+        doubted = doubted_count(oss["islands"])
+        lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL"
+                     + (f"; {doubted} named as possibly not HO (see each island's doubts and the warnings)"
+                        if doubted else ""))
     for entry in document["nerves"]:
         lines.append(f"Sciatic nerve {entry['side']}: length {entry['length_mm']} mm, mean diameter "
                      f"{entry['mean_diameter_mm']} mm"

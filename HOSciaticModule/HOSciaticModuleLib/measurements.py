@@ -75,6 +75,12 @@ ISLAND_MEASURES = [
     Measure("maturity", "Maturity", "", "str",
             "mature: cortex and marrow (corticomedullary differentiation); immature: amorphous mineralisation",
             _attribute("maturity")),
+    # Last, after the figures it qualifies.
+    Measure("doubts", "Doubts", "", "str",
+            "Why the island may not be HO, as the HO step's warnings name it: shaped like a vessel, at the "
+            "contrast-filled vessels' level, near metal, mirrored by bone on the other side, possibly native bone, "
+            "clustered like a hand's bones, in the subcutaneous fat, touching gas (empty: none)",
+            lambda i: i.doubts or ""),
 ]
 
 STATION_MEASURES = [

@@ -262,6 +262,8 @@ STREAK_REACH_MM = 50.0
 #: 0.8 x 0.8 x 1 mm, but 0.2 mL at 3 mm, where a contrast-enhanced abdominal CT held
 #: 250 such specks above 200 HU.
 MIN_ISLAND_VOXELS = 8
+#: Between the short reasons of an island's doubts.
+DOUBT_SEPARATOR = "; "
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -276,6 +278,9 @@ class OssificationIsland:
     #: None when it cannot be judged (a segment added by hand, no native skeleton known).
     fused_to_native_bone: bool | None
     maturity: str
+    #: Why the island may not be HO, as short reasons separated by "; " (the warnings
+    #: that name it say more); empty when nothing speaks against it.
+    doubts: str = ""
 
 
 @dataclass
@@ -1456,6 +1461,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     doubts: dict = {}
     vessel_level = _name_doubtful_islands(results, found.islands, facts, split, filled_bone, block_geometry, plane,
                                           ct_hu, geometry, bone_threshold_hu, warnings, doubts)
+    for result in results:
+        result.doubts = DOUBT_SEPARATOR.join(doubts.get(result.label, []))
     if facts.cut_by_edge:
         warnings.append(_edge_warning(facts.cut_by_edge, roi_mask is not None))
     # With native bone estimated the midline was always looked for (the thick-mass

@@ -342,8 +342,8 @@ class HOSciaticAnalysis:
             # against is not, and re-measuring after an edit still knows the answer.
             segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
             segment.SetTag(FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
-            if island.label in result.doubts:
-                segment.SetTag(DOUBT_TAG, "; ".join(result.doubts[island.label]))
+            if island.doubts:
+                segment.SetTag(DOUBT_TAG, island.doubts)
         islands_table_node = self._fill_islands_table(islands_table_node, result.islands)
         if result.body_midline is not None:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline
@@ -389,6 +389,9 @@ class HOSciaticAnalysis:
             fused = scene_io.segment_tag(segment, FUSED_TAG)
             figures, _ = ossification.measure_island(label, ct[padded], island, geometry.cropped(padded),
                                                      None if fused is None else fused == "yes")
+            # The HO step's doubts stay with the segment through edits and saving; a
+            # segment added by hand has none.
+            figures.doubts = scene_io.segment_tag(segment, DOUBT_TAG) or ""
             islands.append(figures)
         return islands
 
