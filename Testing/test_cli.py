@@ -40,7 +40,8 @@ def analysed(case, tmp_path_factory):
 def test_outputs_written(analysed):
     _, out, document = analysed
     names = {p.name for p in out.iterdir()}
-    assert {"segmentation.seg.nrrd", "metrics.json", "scene.mrb", "nerve_right.mrk.json", "stations_right.csv"} <= names
+    assert {"segmentation.seg.nrrd", "metrics.json", "scene.mrb", "islands.csv", "nerve_right.mrk.json",
+            "stations_right.csv"} <= names
     assert not any(name.startswith(".hosciatic-partial") for name in names)
     assert document["schema"] == "hosciatic-metrics/1"
     assert set(document) >= {"input", "parameters", "ossifications", "nerves"}
@@ -58,7 +59,28 @@ def test_ossification_figures_match_truth(analysed):
     assert sum(i["fused_to_native_bone"] for i in oss["islands"]) == 1
     for island in oss["islands"]:
         assert {"id", "segment", "volume_ml", "mean_hu", "max_hu", "centroid_ras", "fused_to_native_bone",
-                "maturity", "min_distance_to_nerve_mm", "contact_area_mm2", "encasement_class"} <= set(island)
+                "maturity", "doubts", "min_distance_to_nerve_mm", "contact_area_mm2", "encasement_class",
+                "nearest_nerve"} <= set(island)
+
+
+def test_islands_csv_holds_what_metrics_json_holds(analysed):
+    import csv
+
+    _, out, document = analysed
+    with open(out / "islands.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    islands = document["ossifications"]["islands"]
+    assert [row["segment"] for row in rows] == [island["segment"] for island in islands]
+    for row, island in zip(rows, islands):
+        assert float(row["volume_ml"]) == island["volume_ml"]
+        assert [float(row[f"centroid_ras_{axis}"]) for axis in "ras"] == island["centroid_ras"]
+        assert row["fused_to_native_bone"] == ("yes" if island["fused_to_native_bone"] else "no")
+        assert row["doubts"] == island["doubts"] and row["nearest_nerve"] == "right"
+        assert float(row["min_distance_to_nerve_mm"]) == island["min_distance_to_nerve_mm"]
+        assert row["encasement_class"] == island["encasement_class"]
+    # The sleeve (the largest island) wraps the nerve; the other two lie well away from it.
+    assert (float(rows[0]["min_distance_to_nerve_mm"]), rows[0]["encasement_class"]) == (0.0, "encasement")
+    assert all(float(row["min_distance_to_nerve_mm"]) > 5.0 and row["encasement_class"] == "none" for row in rows[1:])
 
 
 def test_nerve_and_contact_figures(case, analysed):
@@ -119,7 +141,7 @@ def test_mr_run_traces_nerve_only(tmp_path):
     assert cli.main(["analyze", str(paths["image"]), "--modality", "mr", "--nerve-seeds", str(paths["seeds"]),
                      "--out", str(out), "--quiet", "--no-scene"]) == 0
     document = json.loads((out / "metrics.json").read_text())
-    assert document["ossifications"] is None
+    assert document["ossifications"] is None and not (out / "islands.csv").exists()
     assert document["parameters"] == {}  # no HO or contact setting is read on an MR
     assert len(document["nerves"]) == 1 and document["nerves"][0]["length_mm"] > 100
 

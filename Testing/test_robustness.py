@@ -568,7 +568,7 @@ def test_results_of_an_earlier_run_not_written_again_are_removed(tmp_path, ct_ca
     result = run_cli("analyze", paths["image"], "--out", out, "--no-scene")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert names == ["metrics.json", "nerve_left.mrk.json", "notes.txt", "segmentation.seg.nrrd"]
+    assert names == ["islands.csv", "metrics.json", "nerve_left.mrk.json", "notes.txt", "segmentation.seg.nrrd"]
     assert json.loads((out / "metrics.json").read_text())["nerves"] == []
 
 

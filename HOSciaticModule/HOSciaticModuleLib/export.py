@@ -2,7 +2,7 @@
 
 Shared by the command line and the panel's Export section, so both write the
 same ``metrics.json``, ``segmentation.seg.nrrd``, ``nerve_<side>.mrk.json``,
-``stations_<side>.csv`` and ``scene.mrb``. Files are written into a private
+``islands.csv``, ``stations_<side>.csv`` and ``scene.mrb``. Files are written into a private
 folder inside the destination and moved into place only when all are complete.
 """
 
@@ -30,7 +30,7 @@ ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
 #: Scheduling niceness of the thread compressing the bundle's CT (0 = as the analysis).
 WRITER_NICENESS = 10
 #: Every file a run may write into its output folder.
-RESULT_NAMES = ("metrics.json", "segmentation.seg.nrrd", "scene.mrb",
+RESULT_NAMES = ("metrics.json", "segmentation.seg.nrrd", "scene.mrb", "islands.csv",
                 *(f"nerve_{side}.mrk.json" for side in SIDES), *(f"stations_{side}.csv" for side in SIDES))
 #: The names the last run wrote into a folder: the next run there removes those it does
 #: not write again, so no result of another image is left beside the new ones.
@@ -96,10 +96,11 @@ def island_entries(islands, contacts) -> list[dict]:
                 per_nerve.append((side, match))
         if per_nerve:
             closest_side, closest = min(per_nerve, key=lambda item: item[1].min_distance_mm)
-            entry["min_distance_to_nerve_mm"] = measurements.rounded(closest.min_distance_mm, 2)
-            entry["contact_area_mm2"] = measurements.rounded(sum(c.contact_area_mm2 for _, c in per_nerve), 1)
-            entry["encasement_class"] = max((c.encasement_class for _, c in per_nerve), key=ENCASEMENT_ORDER.index)
-            entry["nearest_nerve"] = closest_side
+            entry.update(measurements.as_dict(measurements.ISLAND_CONTACT_MEASURES, {
+                "min_distance_mm": closest.min_distance_mm,
+                "contact_area_mm2": sum(c.contact_area_mm2 for _, c in per_nerve),
+                "encasement_class": max((c.encasement_class for _, c in per_nerve), key=ENCASEMENT_ORDER.index),
+                "nearest_nerve": closest_side}))
         entries.append(entry)
     return entries
 
@@ -141,8 +142,10 @@ def default_parameters(bone_threshold_hu, min_island_ml, contact_tolerance_mm=DE
 # ---------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------
-def write_stations_csv(path: Path, stations: list[dict]) -> None:
-    measures = measurements.station_measures(with_contact=True)
+def write_measures_csv(path: Path, measures: list, entries: list[dict]) -> None:
+    """``entries`` (dicts keyed by the measures' keys, as in ``metrics.json``) as CSV, one
+    column per measure: a point as three (``_r``, ``_a``, ``_s``), a yes/no as ``yes`` or
+    ``no``; a missing value is an empty cell."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         header = []
@@ -150,17 +153,30 @@ def write_stations_csv(path: Path, stations: list[dict]) -> None:
             if m.kind == "point":
                 header += [f"{m.key}_{axis}" for axis in ("r", "a", "s")]
             else:
-                header.append(f"{m.key}" + (f" ({m.unit})" if m.unit and m.unit not in m.key else ""))
+                # A unit the key already names (volume_ml, area_mm2) is not repeated.
+                header.append(m.key + (f" ({m.unit})" if m.unit and m.unit.lower() not in m.key.lower() else ""))
         writer.writerow(header)
-        for station in stations:
+        for entry in entries:
             row = []
             for m in measures:
-                value = station.get(m.key)
+                value = entry.get(m.key)
                 if m.kind == "point":
                     row += list(value) if value is not None else ["", "", ""]
+                elif m.kind == "bool" and value is not None:
+                    row.append("yes" if value else "no")
                 else:
                     row.append("" if value is None else value)
             writer.writerow(row)
+
+
+def write_stations_csv(path: Path, stations: list[dict]) -> None:
+    write_measures_csv(path, measurements.station_measures(with_contact=True), stations)
+
+
+def write_islands_csv(path: Path, islands: list[dict]) -> None:
+    """The islands of a ``metrics.json`` document; the contact columns stay empty until
+    contact is measured."""
+    write_measures_csv(path, measurements.ISLAND_MEASURES + measurements.ISLAND_CONTACT_MEASURES, islands)
 
 
 def _write_with(storage_class: str, node, path: Path) -> None:
@@ -324,6 +340,8 @@ def write_results(folder: Path, scene, segmentation_node, nerves, document, with
     ``prewritten`` as in :func:`write_scene_bundle`."""
     if segmentation_node is not None:
         _write_with("vtkMRMLSegmentationStorageNode", segmentation_node, folder / "segmentation.seg.nrrd")
+    if document["ossifications"] is not None:
+        write_islands_csv(folder / "islands.csv", document["ossifications"]["islands"])
     for (side, outputs), entry in zip(nerves, document["nerves"]):
         _write_with("vtkMRMLMarkupsJsonStorageNode", outputs.centreline_node, folder / f"nerve_{side}.mrk.json")
         write_stations_csv(folder / f"stations_{side}.csv", entry["stations"])

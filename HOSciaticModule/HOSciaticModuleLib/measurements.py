@@ -83,6 +83,19 @@ ISLAND_MEASURES = [
             lambda i: i.doubts or ""),
 ]
 
+#: Each island against the nearest traced nerve (once contact is measured), after its own figures.
+ISLAND_CONTACT_MEASURES = [
+    Measure("min_distance_to_nerve_mm", "Min distance to nerve", "mm", "float",
+            "Smallest distance between the island and the nearest traced nerve", lambda e: e["min_distance_mm"], 2),
+    Measure("contact_area_mm2", "Contact area", "mm2", "float",
+            "Nerve surface within the contact tolerance of the island, over every traced nerve",
+            lambda e: e["contact_area_mm2"], 1),
+    Measure("encasement_class", "Class", "", "str", "The highest class against any traced nerve",
+            lambda e: e["encasement_class"]),
+    Measure("nearest_nerve", "Nearest nerve", "", "str", "Side of the nearest traced nerve",
+            lambda e: e["nearest_nerve"]),
+]
+
 STATION_MEASURES = [
     Measure("s_mm", "s", "mm", "float", "Arc length along the centreline from its first point", lambda s: s["s_mm"], 1),
     Measure("ras", "Position (RAS)", "mm", "point", "Station centre in RAS coordinates", lambda s: s["ras"], 2),
