@@ -97,7 +97,7 @@ def island_entries(islands, contacts) -> list[dict]:
         if per_nerve:
             closest_side, closest = min(per_nerve, key=lambda item: item[1].min_distance_mm)
             entry.update(measurements.as_dict(measurements.ISLAND_CONTACT_MEASURES, {
-                "min_distance_mm": closest.min_distance_mm,
+                "min_distance_to_nerve_mm": closest.min_distance_mm,
                 "contact_area_mm2": sum(c.contact_area_mm2 for _, c in per_nerve),
                 "encasement_class": max((c.encasement_class for _, c in per_nerve), key=ENCASEMENT_ORDER.index),
                 "nearest_nerve": closest_side}))

@@ -86,7 +86,8 @@ ISLAND_MEASURES = [
 #: Each island against the nearest traced nerve (once contact is measured), after its own figures.
 ISLAND_CONTACT_MEASURES = [
     Measure("min_distance_to_nerve_mm", "Min distance to nerve", "mm", "float",
-            "Smallest distance between the island and the nearest traced nerve", lambda e: e["min_distance_mm"], 2),
+            "Smallest distance between the island and the nearest traced nerve",
+            lambda e: e["min_distance_to_nerve_mm"], 2),
     Measure("contact_area_mm2", "Contact area", "mm2", "float",
             "Nerve surface within the contact tolerance of the island, over every traced nerve",
             lambda e: e["contact_area_mm2"], 1),

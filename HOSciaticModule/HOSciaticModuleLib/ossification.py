@@ -300,9 +300,6 @@ class OssificationResult:
     #: the segment that shows them (see SET_APART_SEGMENT_NAMES): masks inside
     #: ``native_bone_slices``; only the kinds found.
     set_apart: dict = field(default_factory=dict)
-    #: Island number -> why it may not be HO (short phrases from the warnings), for
-    #: the contact step to name when such an island touches the nerve.
-    doubts: dict = field(default_factory=dict)
     #: The contrast-filled vessels' level (HU) when tubes show the CT is enhanced.
     contrast_level_hu: float | None = None
 
@@ -1470,7 +1467,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     if midline.cache_info().currsize and midline() is None:
         warnings.append(_no_midline_warning(native_given=native_bone_mask is not None))
     return OssificationResult(labelmap, results, warnings, parameters, result_blocks, split.native, block, plane,
-                              set_apart, doubts, vessel_level)
+                              set_apart, vessel_level)
 
 
 def _checked_inputs(ct_hu, geometry, bone_threshold_hu, min_island_ml, native_bone_mask, roi_mask):
