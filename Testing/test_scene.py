@@ -34,6 +34,18 @@ def _run_chain(scene, phantom):
     return analysis, volume, seeds, oss, traced, contact
 
 
+def _analysis_saved_and_reloaded(scene, folder):
+    """The scene written to a bundle and read into a fresh scene: the analysis found
+    there (HO outputs, nerves, contacts), as an export of the reloaded scene sees it."""
+    from HOSciaticModuleLib import export
+
+    bundle = folder / "scene.mrb"
+    export.write_scene_bundle(scene, bundle)
+    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    assert fresh.ReadFromMRB(str(bundle))
+    return HOSciaticAnalysis(fresh).analysis_from_scene(fresh.GetFirstNodeByName("HOSciatic segmentation"))
+
+
 def test_outputs_are_native_nodes(slicer_scene, phantom):
     _, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
     segmentation = oss.segmentation_node
@@ -283,12 +295,7 @@ def test_reloaded_scene_reports_each_warning_once(slicer_scene, phantom, tmp_pat
     # Leave the HO shell out of the segments: the contact step then warns.
     oss.segmentation_node.GetSegmentation().RemoveSegment(scene_io.segment_id_by_name(oss.segmentation_node, "HO 1"))
     analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
-    bundle = tmp_path / "scene.mrb"
-    export.write_scene_bundle(slicer_scene, bundle)
-    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
-    assert fresh.ReadFromMRB(str(bundle))
-    saved_oss, nerves, contacts = HOSciaticAnalysis(fresh).analysis_from_scene(
-        fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    saved_oss, nerves, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     document = export.metrics_document({}, {}, saved_oss, nerves, contacts, saved_oss.result.warnings)
     assert sum("no HO segment surrounds the nerve" in w for w in document["warnings"]) == 1
 
@@ -353,21 +360,16 @@ def test_island_figures_follow_edits_of_the_ho_segments(slicer_scene, phantom):
 def test_export_of_a_reloaded_scene_matches_the_session(slicer_scene, phantom, tmp_path):
     from HOSciaticModuleLib import export
 
-    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    _, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
     session = export.metrics_document({}, {}, oss, [("right", traced)], [("right", contact)], oss.result.warnings)
-    bundle = tmp_path / "scene.mrb"
-    export.write_scene_bundle(slicer_scene, bundle)
-    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
-    assert fresh.ReadFromMRB(str(bundle))
-    reloaded = HOSciaticAnalysis(fresh)
-    saved_oss, nerves, contacts = reloaded.analysis_from_scene(fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    saved_oss, nerves, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     assert [side for side, _ in nerves] == ["right"] and [side for side, _ in contacts] == ["right"]
     document = export.metrics_document({}, {}, saved_oss, nerves, contacts, saved_oss.result.warnings)
     before, after = session["ossifications"], document["ossifications"]
     assert after["count"] == before["count"] and after["total_volume_ml"] == pytest.approx(before["total_volume_ml"])
     for mine, theirs in zip(after["islands"], before["islands"]):
-        assert {k: mine[k] for k in ("segment", "maturity", "fused_to_native_bone", "encasement_class")} == \
-               {k: theirs[k] for k in ("segment", "maturity", "fused_to_native_bone", "encasement_class")}
+        kept = ("segment", "maturity", "fused_to_native_bone", "doubts", "encasement_class")
+        assert {k: mine[k] for k in kept} == {k: theirs[k] for k in kept}
     (nerve_now,), (nerve_then,) = document["nerves"], session["nerves"]
     assert nerve_now["length_mm"] == pytest.approx(nerve_then["length_mm"], abs=1.0)
     assert nerve_now["mean_diameter_mm"] == pytest.approx(nerve_then["mean_diameter_mm"], abs=0.2)
@@ -375,8 +377,9 @@ def test_export_of_a_reloaded_scene_matches_the_session(slicer_scene, phantom, t
     assert nerve_now["encasement_class"] == nerve_then["encasement_class"]
     assert sorted(document["warnings"]) == sorted(session["warnings"])
     export.publish(tmp_path / "export", lambda folder: export.write_results(
-        folder, fresh, saved_oss.segmentation_node, nerves, document, with_scene=False))
-    assert {"metrics.json", "segmentation.seg.nrrd", "nerve_right.mrk.json", "stations_right.csv"} <= {
+        folder, saved_oss.segmentation_node.GetScene(), saved_oss.segmentation_node, nerves, document,
+        with_scene=False))
+    assert {"metrics.json", "segmentation.seg.nrrd", "islands.csv", "nerve_right.mrk.json", "stations_right.csv"} <= {
         p.name for p in (tmp_path / "export").iterdir()}
 
 
@@ -475,11 +478,6 @@ def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene, tmp_
     assert doubts_by_segment(oss.islands_table_node) == expected
     # Recomputed from the segments as they are now.
     assert doubts_by_segment(contact.islands_table_node) == expected
-    bundle = tmp_path / "scene.mrb"
-    export.write_scene_bundle(slicer_scene, bundle)
-    fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
-    assert fresh.ReadFromMRB(str(bundle))
-    saved_oss, _, contacts = HOSciaticAnalysis(fresh).analysis_from_scene(
-        fresh.GetFirstNodeByName("HOSciatic segmentation"))
+    saved_oss, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     document = export.metrics_document({}, {}, saved_oss, [], contacts, [])
     assert {i["segment"]: i["doubts"] for i in document["ossifications"]["islands"]} == expected
