@@ -23,6 +23,7 @@ from . import scene as scene_io
 from .defaults import MAX_CONTACT_TOLERANCE_MM, MODALITIES, SIDES
 from .errors import InputError
 from .geometry import bounding_slices
+from .memorypages import with_small_memory_pages
 from .progress import ProgressCallback, report, sub_progress
 
 HO_SEGMENT_PREFIX = "HO"
@@ -297,6 +298,7 @@ class HOSciaticAnalysis:
         return self.paste_labels(blocks, geometry), {label: name for label, name, _, _ in blocks}
 
     # -- step 1: ossifications ------------------------------------------------------
+    @with_small_memory_pages
     def segment_ossifications(self, ct_volume_node, *, roi_node=None, native_bone_segmentation_node=None,
                               bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU,
                               min_island_ml=ossification.DEFAULT_MIN_ISLAND_ML,
@@ -396,6 +398,7 @@ class HOSciaticAnalysis:
         return islands
 
     # -- step 2: nerve --------------------------------------------------------------
+    @with_small_memory_pages
     def trace_nerve(self, volume_node, seeds_node, *, side="right", modality="ct", segmentation_node=None,
                     centreline_node=None, stations_table_node=None,
                     bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU,
@@ -473,6 +476,7 @@ class HOSciaticAnalysis:
         return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side)),
                             segmentation_node, segment_id, trace)
 
+    @with_small_memory_pages
     def analysis_from_scene(self, segmentation_node, *, tolerance_mm=contact_module.DEFAULT_CONTACT_TOLERANCE_MM,
                             bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU, reference_volume_node=None):
         """The analysis the scene holds, when its steps ran in an earlier session: the HO
@@ -541,6 +545,7 @@ class HOSciaticAnalysis:
                                    [measurements.as_table_row(station_measures, s) for s in stations])
 
     # -- step 3: contact ------------------------------------------------------------
+    @with_small_memory_pages
     def compute_contact(self, segmentation_node, centreline_node, *, side="right",
                         tolerance_mm=contact_module.DEFAULT_CONTACT_TOLERANCE_MM,
                         contact_table_node=None, stations_table_node=None, chart_node=None,
