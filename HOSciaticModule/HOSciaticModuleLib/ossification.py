@@ -264,6 +264,9 @@ STREAK_REACH_MM = 50.0
 MIN_ISLAND_VOXELS = 8
 #: Between the short reasons of an island's doubts.
 DOUBT_SEPARATOR = "; "
+#: A fixed point of the world (RAS, mm) from which coarse samplings of the bone are laid
+#: out (see :func:`lattice_phase`); off the round numbers a grid's origin often has.
+LATTICE_ANCHOR_RAS = (0.3183, 0.5772, 0.7071)
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -854,10 +857,40 @@ def _midline_sampling_steps(geometry: VolumeGeometry) -> np.ndarray:
     return np.maximum(1, np.floor(0.5 * MIRROR_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
 
 
+def lattice_phase(geometry: VolumeGeometry, steps) -> np.ndarray:
+    """First index (k, j, i) of a lattice ``steps`` voxels apart laid out from a fixed
+    point of the world, LATTICE_ANCHOR_RAS, rather than from the array's first voxel: a CT
+    stored flipped or with its axes in another order, or cut to another block, is then
+    sampled at the same voxels."""
+    anchor = np.floor(geometry.ras_to_kji_points(np.array([LATTICE_ANCHOR_RAS]))[0] + 0.5).astype(int)
+    return np.mod(anchor, steps)
+
+
+def _lattice_voxels(mask: np.ndarray, geometry: VolumeGeometry, steps) -> np.ndarray:
+    """Indices (k, j, i) of the voxels of ``mask`` on the world-anchored lattice
+    ``steps`` voxels apart (see :func:`lattice_phase`)."""
+    steps = np.asarray(steps, int)
+    phase = lattice_phase(geometry, steps)
+    return np.argwhere(mask[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]) * steps + phase
+
+
 def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """RAS points of ``bone`` about half a midline-search cell apart."""
-    steps = _midline_sampling_steps(geometry)
-    return geometry.kji_to_ras_points(np.argwhere(bone[::steps[0], ::steps[1], ::steps[2]]) * steps)
+    return geometry.kji_to_ras_points(_lattice_voxels(bone, geometry, _midline_sampling_steps(geometry)))
+
+
+def sample_by_position(ras: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of the points, picked by a hash of where they lie (to 0.01 mm),
+    in an order set by that hash too: the same points in any storage order of the
+    volume's axes give the same sample, so a fit on it does not change when a CT is
+    stored flipped or with its axes swapped."""
+    if len(ras) <= count:
+        return ras[np.lexsort(np.rint(ras * 100.0).T)]
+    keys = np.rint(ras * 100.0).astype(np.int64)
+    hashed = (keys[:, 0] * 73856093) ^ (keys[:, 1] * 19349663) ^ (keys[:, 2] * 83492791)
+    hashed = (hashed * 2654435761) & 0xFFFFFFFF
+    chosen = np.argpartition(hashed, count - 1)[:count]
+    return ras[chosen[np.lexsort((*np.rint(ras[chosen] * 100.0).T, hashed[chosen]))]]
 
 
 def _candidate_midlines_r(ras: np.ndarray) -> list[float]:
@@ -923,7 +956,7 @@ def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | No
     ras = _bone_points(bone, geometry)
     if len(ras) < 1000:
         return None
-    sample = ras[:: max(1, len(ras) // MIRROR_FIT_POINTS)]
+    sample = sample_by_position(ras, MIRROR_FIT_POINTS)
     tree = cKDTree(sample)
     for midline_r in _candidate_midlines_r(ras):
         plane = _fit_plane(sample, tree, MirrorPlane(np.array([1.0, 0.0, 0.0]), midline_r))
@@ -938,9 +971,10 @@ def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
     """The body's midline from the skeleton of a whole CT (None unless both sides of a
     pelvis are imaged), read on a grid as coarse as the midline search allows."""
     steps = _midline_sampling_steps(geometry)
-    sampled = ct_hu[::steps[0], ::steps[1], ::steps[2]]
+    start = tuple(slice(int(first), None) for first in lattice_phase(geometry, steps))
+    sampled = ct_hu[start][::steps[0], ::steps[1], ::steps[2]]
     bone = at_least(sampled, bone_threshold_hu) & ~at_least(sampled, METAL_THRESHOLD_HU)
-    return body_midline(bone, geometry.strided(steps))
+    return body_midline(bone, geometry.cropped(start).strided(steps))
 
 
 def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | None, float]:
@@ -989,8 +1023,7 @@ class BoneAcrossMidline:
     def fit(self, ras: np.ndarray):
         """The rigid motion (rotation, shift) taking the mirror image of ``ras`` onto bone
         across the midline, or None when no trustworthy fit exists."""
-        rng = np.random.default_rng(0)
-        source = self.plane.mirror(ras[rng.permutation(len(ras))[:ASYMMETRY_FIT_POINTS]])
+        source = self.plane.mirror(sample_by_position(ras, ASYMMETRY_FIT_POINTS))
         rotation, shift = np.eye(3), np.zeros(3)
         residual = np.inf
         # First the closest pairs, then the bone that matches alone, so that HO on the
@@ -1045,10 +1078,10 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     component_geometry = geometry.cropped(block)
     offset = np.array([s.start for s in block])
     steps = np.maximum(1, np.rint(ASYMMETRY_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
-    coarse = np.argwhere(component[::steps[0], ::steps[1], ::steps[2]])
+    coarse = _lattice_voxels(component, component_geometry, steps)
     if len(coarse) < 100:
         return None
-    ras = geometry.kji_to_ras_points(coarse * steps + offset)
+    ras = geometry.kji_to_ras_points(coarse + offset)
     motion = across.fit(ras)
     if motion is None:
         return None
@@ -1057,7 +1090,7 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     if np.count_nonzero(unmatched) * np.prod(steps) < min_voxels:
         return None
     # Read voxel by voxel around what the coarse grid found.
-    near = coarse[unmatched] * steps
+    near = coarse[unmatched]
     reach = tuple(slice(max(int(low) - int(e), 0), min(int(high) + st + int(e), n))
                   for low, high, st, e, n in zip(near.min(axis=0), near.max(axis=0), steps,
                                                  np.ceil(ASYMMETRY_CORE_MM / np.asarray(geometry.spacing_kji)),
