@@ -265,7 +265,7 @@ MIN_ISLAND_VOXELS = 8
 #: Between the short reasons of an island's doubts.
 DOUBT_SEPARATOR = "; "
 #: A fixed point of the world (RAS, mm) from which coarse samplings of the bone are laid
-#: out (see :func:`lattice_phase`); off the round numbers a grid's origin often has.
+#: out (see :func:`_lattice_phase`); off the round numbers a grid's origin often has.
 LATTICE_ANCHOR_RAS = (0.3183, 0.5772, 0.7071)
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
@@ -857,7 +857,7 @@ def _midline_sampling_steps(geometry: VolumeGeometry) -> np.ndarray:
     return np.maximum(1, np.floor(0.5 * MIRROR_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
 
 
-def lattice_phase(geometry: VolumeGeometry, steps) -> np.ndarray:
+def _lattice_phase(geometry: VolumeGeometry, steps) -> np.ndarray:
     """First index (k, j, i) of a lattice ``steps`` voxels apart laid out from a fixed
     point of the world, LATTICE_ANCHOR_RAS, rather than from the array's first voxel: a CT
     stored flipped or with its axes in another order, or cut to another block, is then
@@ -868,9 +868,9 @@ def lattice_phase(geometry: VolumeGeometry, steps) -> np.ndarray:
 
 def _lattice_voxels(mask: np.ndarray, geometry: VolumeGeometry, steps) -> np.ndarray:
     """Indices (k, j, i) of the voxels of ``mask`` on the world-anchored lattice
-    ``steps`` voxels apart (see :func:`lattice_phase`)."""
+    ``steps`` voxels apart (see :func:`_lattice_phase`)."""
     steps = np.asarray(steps, int)
-    phase = lattice_phase(geometry, steps)
+    phase = _lattice_phase(geometry, steps)
     return np.argwhere(mask[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]) * steps + phase
 
 
@@ -879,18 +879,18 @@ def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     return geometry.kji_to_ras_points(_lattice_voxels(bone, geometry, _midline_sampling_steps(geometry)))
 
 
-def sample_by_position(ras: np.ndarray, count: int) -> np.ndarray:
+def _sample_by_position(ras: np.ndarray, count: int) -> np.ndarray:
     """At most ``count`` of the points, picked by a hash of where they lie (to 0.01 mm),
     in an order set by that hash too: the same points in any storage order of the
     volume's axes give the same sample, so a fit on it does not change when a CT is
     stored flipped or with its axes swapped."""
-    if len(ras) <= count:
-        return ras[np.lexsort(np.rint(ras * 100.0).T)]
     keys = np.rint(ras * 100.0).astype(np.int64)
+    if len(ras) <= count:
+        return ras[np.lexsort(keys.T)]
     hashed = (keys[:, 0] * 73856093) ^ (keys[:, 1] * 19349663) ^ (keys[:, 2] * 83492791)
     hashed = (hashed * 2654435761) & 0xFFFFFFFF
     chosen = np.argpartition(hashed, count - 1)[:count]
-    return ras[chosen[np.lexsort((*np.rint(ras[chosen] * 100.0).T, hashed[chosen]))]]
+    return ras[chosen[np.lexsort((*keys[chosen].T, hashed[chosen]))]]
 
 
 def _candidate_midlines_r(ras: np.ndarray) -> list[float]:
@@ -956,7 +956,7 @@ def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | No
     ras = _bone_points(bone, geometry)
     if len(ras) < 1000:
         return None
-    sample = sample_by_position(ras, MIRROR_FIT_POINTS)
+    sample = _sample_by_position(ras, MIRROR_FIT_POINTS)
     tree = cKDTree(sample)
     for midline_r in _candidate_midlines_r(ras):
         plane = _fit_plane(sample, tree, MirrorPlane(np.array([1.0, 0.0, 0.0]), midline_r))
@@ -971,7 +971,7 @@ def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
     """The body's midline from the skeleton of a whole CT (None unless both sides of a
     pelvis are imaged), read on a grid as coarse as the midline search allows."""
     steps = _midline_sampling_steps(geometry)
-    start = tuple(slice(int(first), None) for first in lattice_phase(geometry, steps))
+    start = tuple(slice(int(first), None) for first in _lattice_phase(geometry, steps))
     sampled = ct_hu[start][::steps[0], ::steps[1], ::steps[2]]
     bone = at_least(sampled, bone_threshold_hu) & ~at_least(sampled, METAL_THRESHOLD_HU)
     return body_midline(bone, geometry.cropped(start).strided(steps))
@@ -1023,7 +1023,7 @@ class BoneAcrossMidline:
     def fit(self, ras: np.ndarray):
         """The rigid motion (rotation, shift) taking the mirror image of ``ras`` onto bone
         across the midline, or None when no trustworthy fit exists."""
-        source = self.plane.mirror(sample_by_position(ras, ASYMMETRY_FIT_POINTS))
+        source = self.plane.mirror(_sample_by_position(ras, ASYMMETRY_FIT_POINTS))
         rotation, shift = np.eye(3), np.zeros(3)
         residual = np.inf
         # First the closest pairs, then the bone that matches alone, so that HO on the
