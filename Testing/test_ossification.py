@@ -15,6 +15,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
+from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, body_midline, ct_body_midline,
                                              segment_ossifications, side_of_midline)
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
@@ -351,8 +352,6 @@ def test_thick_fused_mass_without_counterpart_is_ho():
 def _stored_otherwise(image, geometry, axes_kji, flipped):
     """The same voxels at the same places, stored with the array's axes in the order
     ``axes_kji`` (new axis n = old axis axes_kji[n]), then reversed along ``flipped``."""
-    from HOSciaticModuleLib.geometry import VolumeGeometry
-
     stored = np.flip(np.transpose(image, axes_kji), flipped).copy()
     new_to_old = np.eye(4)
     new_to_old[:3, :3] = 0.0
@@ -391,6 +390,15 @@ def test_figures_do_not_depend_on_how_the_axes_are_stored():
         assert other_islands == islands and other_warnings == warnings
         assert np.allclose(other_plane.normal, plane.normal, atol=1e-9)
         assert other_plane.offset == pytest.approx(plane.offset, abs=1e-6)
+    # The same CT with its origin elsewhere (another scanner's table position, another
+    # converter): the same findings, moved with it.
+    shift = np.array([37.31, -112.77, 251.13])
+    moved = geometry.ijk_to_ras.copy()
+    moved[:3, 3] += shift
+    moved_islands, moved_warnings, moved_plane = findings(image, VolumeGeometry(moved, geometry.shape_kji))
+    assert [(v, tuple(np.round(np.asarray(c) - shift, 2)), *rest) for v, c, *rest in moved_islands] == islands
+    assert moved_warnings == warnings and np.allclose(moved_plane.normal, plane.normal, atol=1e-9)
+    assert moved_plane.offset - plane.offset == pytest.approx(float(shift @ plane.normal), abs=1e-6)
 
 
 def _femur_turned(femur: BoneSpec, abduct_deg: float, flex_deg: float) -> BoneSpec:

@@ -264,9 +264,10 @@ STREAK_REACH_MM = 50.0
 MIN_ISLAND_VOXELS = 8
 #: Between the short reasons of an island's doubts.
 DOUBT_SEPARATOR = "; "
-#: A fixed point of the world (RAS, mm) from which coarse samplings of the bone are laid
-#: out (see :func:`_lattice_phase`); off the round numbers a grid's origin often has.
-LATTICE_ANCHOR_RAS = (0.3183, 0.5772, 0.7071)
+#: Where coarse samplings of the bone are laid out from, from the centre of the sampled
+#: grid (RAS, mm; see :func:`_lattice_phase`): off the centre by a fraction of a voxel, so
+#: that rounding it to a voxel never falls on a tie.
+LATTICE_ANCHOR_OFFSET_RAS = (0.3183, 0.5772, 0.7071)
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -858,12 +859,13 @@ def _midline_sampling_steps(geometry: VolumeGeometry) -> np.ndarray:
 
 
 def _lattice_phase(geometry: VolumeGeometry, steps) -> np.ndarray:
-    """First index (k, j, i) of a lattice ``steps`` voxels apart laid out from a fixed
-    point of the world, LATTICE_ANCHOR_RAS, rather than from the array's first voxel: a CT
-    stored flipped or with its axes in another order, or cut to another block, is then
-    sampled at the same voxels."""
-    anchor = np.floor(geometry.ras_to_kji_points(np.array([LATTICE_ANCHOR_RAS]))[0] + 0.5).astype(int)
-    return np.mod(anchor, steps)
+    """First index (k, j, i) of a lattice ``steps`` voxels apart laid out from the grid's
+    centre in the world (moved by LATTICE_ANCHOR_OFFSET_RAS), rather than from the array's
+    first voxel: a CT stored flipped or with its axes in another order, or moved, is then
+    sampled at the same voxels of its anatomy."""
+    centre = geometry.kji_to_ras_points((np.asarray(geometry.shape_kji, float) - 1.0) / 2.0)[0]
+    anchor = geometry.ras_to_kji_points(centre + np.asarray(LATTICE_ANCHOR_OFFSET_RAS))[0]
+    return np.mod(np.floor(anchor + 0.5).astype(int), steps)
 
 
 def _lattice_voxels(mask: np.ndarray, geometry: VolumeGeometry, steps) -> np.ndarray:
@@ -880,11 +882,12 @@ def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
 
 
 def _sample_by_position(ras: np.ndarray, count: int) -> np.ndarray:
-    """At most ``count`` of the points, picked by a hash of where they lie (to 0.01 mm),
-    in an order set by that hash too: the same points in any storage order of the
-    volume's axes give the same sample, so a fit on it does not change when a CT is
-    stored flipped or with its axes swapped."""
-    keys = np.rint(ras * 100.0).astype(np.int64)
+    """At most ``count`` of the points, picked by a hash of where they lie (to 0.01 mm,
+    from the corner of their bounding box), in an order set by that hash too: the same
+    points in any storage order of the volume's axes, or all moved together, give the
+    same sample, so a fit on it does not change when a CT is stored flipped or with its
+    axes swapped, or has its origin elsewhere."""
+    keys = np.rint((ras - ras.min(axis=0)) * 100.0).astype(np.int64)
     if len(ras) <= count:
         return ras[np.lexsort(keys.T)]
     hashed = (keys[:, 0] * 73856093) ^ (keys[:, 1] * 19349663) ^ (keys[:, 2] * 83492791)
