@@ -476,8 +476,16 @@ def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene, tmp_
     sleeve = f"HO {(touching - {label}).pop()}"
     assert expected[sleeve] == ""
     assert doubts_by_segment(oss.islands_table_node) == expected
+    # Drawn grey, apart from the credible islands.
+    colours = {name: oss.segmentation_node.GetSegmentation().GetSegment(
+        scene_io.segment_id_by_name(oss.segmentation_node, name)).GetColor() for name in expected}
+    assert {name: colour == pytest.approx(scene_io.DOUBTED_COLOR) for name, colour in colours.items()} == {
+        name: bool(doubts) for name, doubts in expected.items()}
     # Recomputed from the segments as they are now.
     assert doubts_by_segment(contact.islands_table_node) == expected
     saved_oss, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     document = export.metrics_document({}, {}, saved_oss, [], contacts, [])
     assert {i["segment"]: i["doubts"] for i in document["ossifications"]["islands"]} == expected
+    saved = saved_oss.segmentation_node
+    assert saved.GetSegmentation().GetSegment(scene_io.segment_id_by_name(saved, f"HO {label}")).GetColor() == \
+        pytest.approx(scene_io.DOUBTED_COLOR)

@@ -346,6 +346,7 @@ class HOSciaticAnalysis:
             segment.SetTag(FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
             if island.doubts:
                 segment.SetTag(DOUBT_TAG, island.doubts)
+                segment.SetColor(*scene_io.DOUBTED_COLOR)
         islands_table_node = self._fill_islands_table(islands_table_node, result.islands)
         if result.body_midline is not None:
             self._midlines[self._midline_key(ct_volume_node, bone_threshold_hu)] = result.body_midline

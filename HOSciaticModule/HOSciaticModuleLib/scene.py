@@ -20,6 +20,9 @@ BONE_COLOR = (0.945, 0.839, 0.569)
 NERVE_COLOR = (0.91, 0.85, 0.15)
 #: Segments the reader should look at (bone wrapping the nerve outside the HO segments).
 REVIEW_COLOR = (0.95, 0.45, 0.1)
+#: HO segments the HO step named as possibly not HO: the bone colour without its hue, so
+#: they stand apart from the others in the views and the segment list.
+DOUBTED_COLOR = (0.75, 0.75, 0.75)
 
 
 def _slicer():
