@@ -79,6 +79,14 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     assert resumed["p01"]["ho_total_ml"] == first["ho_total_ml"]
     assert (out / "p01" / "metrics.json").stat().st_mtime_ns == stamp
 
+    # A folder without islands.csv (written by a version before it existed) runs again;
+    # its summary row counts the doubted islands again.
+    (out / "p01" / "islands.csv").unlink()
+    cli.main(["batch", str(case_list), "--out", str(out), "--no-scene", "--quiet", "--skip-existing"])
+    again = _summary(out)
+    assert [again[name]["status"] for name in ("p01", "p 02/b")] == ["done", "done earlier"]
+    assert (out / "p01" / "islands.csv").is_file() and again["p01"]["ho_doubted"] == "0"
+
     # The list corrected: p01's image is another file. Its earlier result is not of this
     # image, so p01 runs again; the unchanged case is kept.
     import shutil
@@ -91,6 +99,22 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     assert [rerun[name]["status"] for name in ("p01", "p 02/b")] == ["done", "done earlier"]
     recorded = json.loads((out / "p01" / "metrics.json").read_text())["input"]["image"]
     assert recorded == str((case_list.parent / "images" / "ct_corrected.nrrd").resolve())
+
+
+def test_summary_counts_doubted_islands_only_where_the_document_says():
+    from HOSciaticModuleLib.batch import BatchCase, summary_row
+
+    case = BatchCase("p", "p", "ct.nrrd")
+
+    def row(document):
+        return summary_row(case, "done", document=document)
+
+    islands = [{"doubts": ""}, {"doubts": "touching gas"}, {"doubts": "shaped like a vessel; touching gas"}]
+    assert row({"ossifications": {"count": 3, "islands": islands}})["ho_doubted"] == 2
+    # Written before islands had doubts: not known, so not 0.
+    assert row({"ossifications": {"count": 1, "islands": [{"volume_ml": 1.0}]}})["ho_doubted"] == ""
+    # An MR run has no HO step.
+    assert row({"ossifications": None, "nerves": []})["ho_doubted"] == ""
 
 
 def test_case_list_saved_with_semicolons_or_tabs(tmp_path):

@@ -162,8 +162,8 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
         ossifications = document.get("ossifications") or {}
         row["ho_islands"] = ossifications.get("count", "")
         row["ho_total_ml"] = ossifications.get("total_volume_ml", "")
-        if "islands" in ossifications:
-            row["ho_doubted"] = doubted_count(ossifications["islands"])
+        doubted = doubted_count(ossifications["islands"]) if "islands" in ossifications else None
+        row["ho_doubted"] = "" if doubted is None else doubted
         for entry in document.get("nerves", []):
             for figure in NERVE_FIGURES:
                 value = entry.get(figure)
@@ -172,9 +172,12 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
     return row
 
 
-def doubted_count(islands: list[dict]) -> int:
-    """How many of a ``metrics.json`` document's islands the HO step named as possibly not HO."""
-    return sum(bool(island.get("doubts")) for island in islands)
+def doubted_count(islands: list[dict]) -> int | None:
+    """How many of a ``metrics.json`` document's islands the HO step named as possibly not
+    HO; None when the document does not say (written before islands had doubts)."""
+    if any("doubts" not in island for island in islands):
+        return None
+    return sum(bool(island["doubts"]) for island in islands)
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:
