@@ -479,6 +479,38 @@ def test_analysis_inside_roi_node(slicer_scene, ct_case):
     assert abs(oss.result.islands[0].volume_ml - truth["volume_ml"]) < 0.15 * truth["volume_ml"]
 
 
+def test_roi_around_one_hip_still_compares_both_sides(slicer_scene):
+    """An ROI drawn around one hip of a CT of both: the HO step also reads the region
+    mirrored across the body's midline, so a thick mass fused to the femur (found only
+    by comparing both sides) is found as on the whole CT, and no warning says the
+    midline is missing. Without that region it stayed native bone, silently."""
+    import dataclasses
+
+    from HOSciaticModuleLib.phantom import IslandSpec, other_hip_bones
+
+    thick = IslandSpec("thick", "ellipsoid", True, center_offset=(48.0, -6.0, -10.0), semi_axes=(14.0, 12.0, 18.0))
+    spec = PhantomSpec(islands=PhantomSpec().islands + (thick,), extra_bones=other_hip_bones(PhantomSpec()))
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    centre = np.asarray(spec.center_ras) + thick.center_offset
+    whole = HOSciaticAnalysis(slicer_scene).segment_ossifications(volume).result
+    roi = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
+    roi.SetCenterWorld(*centre)
+    roi.SetSize(70.0, 70.0, 70.0)
+    inside = HOSciaticAnalysis(slicer_scene).segment_ossifications(volume, roi_node=roi).result
+
+    def at_mass(result):
+        (island,) = [i for i in result.islands if np.linalg.norm(np.asarray(i.centroid_ras) - centre) < 10.0]
+        return island
+
+    truth = next(i for i in phantom.islands if i["name"] == "thick")
+    assert at_mass(whole).volume_ml >= 0.7 * truth["volume_ml"]
+    assert at_mass(inside).volume_ml == pytest.approx(at_mass(whole).volume_ml, rel=0.05)
+    assert inside.body_midline is not None
+    assert not any("midline was not found" in w for w in inside.warnings)
+    assert dataclasses.astuple(at_mass(inside))[5:] == dataclasses.astuple(at_mass(whole))[5:]
+
+
 def test_native_bone_segmentation_file(tmp_path, ct_case, slicer_scene):
     """A Slicer .seg.nrrd of the native skeleton (as TotalSegmentator gives) is honoured."""
     import slicer

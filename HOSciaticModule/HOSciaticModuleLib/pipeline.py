@@ -310,17 +310,13 @@ class HOSciaticAnalysis:
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
         self._check_output_placement(self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME))
         roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
-        analysed_voxels = int(np.count_nonzero(roi_mask)) if roi_mask is not None else geometry.voxel_count
-        check_memory_budget(analysed_voxels, f"The CT '{ct_volume_node.GetName()}'" + (" inside the ROI" if roi_mask is not None else ""))
+        # Inside an ROI only a block around it is analysed: memory and time follow the ROI.
+        block = (self._roi_context_block(ct_volume_node, ct, geometry, roi_mask, bone_threshold_hu)
+                 if roi_mask is not None else tuple(slice(0, n) for n in geometry.shape_kji))
+        check_memory_budget(int(np.prod([s.stop - s.start for s in block])),
+                            f"The CT '{ct_volume_node.GetName()}'" + (" around the ROI" if roi_mask is not None else ""))
         native, native_warnings = (self._native_bone_mask(native_bone_segmentation_node, geometry)
                                    if native_bone_segmentation_node is not None else (None, []))
-        # Inside an ROI only its bounding block, with some context to recognise native
-        # bone cut by the ROI, is analysed: memory and time follow the ROI.
-        block = tuple(slice(0, n) for n in geometry.shape_kji)
-        if roi_mask is not None:
-            roi_block = bounding_slices(roi_mask)
-            corners = geometry.kji_to_ras_points([[s.start for s in roi_block], [s.stop - 1 for s in roi_block]])
-            block = geometry.bounding_slices_of_ras_box(corners, ROI_CONTEXT_MM)
         result = ossification.segment_ossifications(
             ct[block], geometry.cropped(block), bone_threshold_hu=bone_threshold_hu, min_island_ml=min_island_ml,
             native_bone_mask=native[block] if native is not None else None,
@@ -359,6 +355,20 @@ class HOSciaticAnalysis:
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
         return OssificationOutputs(segmentation_node, islands_table_node, result)
+
+    def _roi_context_block(self, ct_volume_node, ct, geometry, roi_mask, bone_threshold_hu):
+        """The block analysed for an ROI: the ROI with ROI_CONTEXT_MM around it (to tell
+        native bone cut by the ROI from HO), and the same region mirrored across the
+        body's midline, so that the checks comparing both sides (thick fused masses,
+        prominences, growth centres) run as on the whole CT."""
+        roi_block = bounding_slices(roi_mask)
+        corners = geometry.kji_to_ras_points([[k, j, i] for k in (roi_block[0].start, roi_block[0].stop - 1)
+                                              for j in (roi_block[1].start, roi_block[1].stop - 1)
+                                              for i in (roi_block[2].start, roi_block[2].stop - 1)])
+        plane = self.body_midline(ct_volume_node, ct, geometry, bone_threshold_hu)
+        if plane is not None:
+            corners = np.vstack([corners, plane.mirror(corners)])
+        return geometry.bounding_slices_of_ras_box(corners, ROI_CONTEXT_MM)
 
     @staticmethod
     def _show_set_apart(segmentation_node, name, block_mask, offset, geometry):
