@@ -1487,6 +1487,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                                                *_SET_APART_REASONS[name], name))
     if found.outside_count:
         warnings.append(_outside_body_warning(found.outside_count, found.outside_ml))
+    if found.whole_bones_missing_ml:
+        warnings.append(_missing_native_bones_warning(found.whole_bones_missing_ml))
     if not results:
         warnings.append("No heterotopic ossification was found in the analysed region.")
     # Both-sides checks need the body's midline, found when both hips are imaged.
@@ -1538,6 +1540,8 @@ class _NativeSplit:
     #: Thick fused masses found as bone without a counterpart across the midline
     #: (None when the native skeleton was given).
     asymmetric: np.ndarray | None
+    #: Whether the native skeleton was given (a segmentation) rather than estimated.
+    given: bool = False
 
 
 def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry) -> _NativeSplit:
@@ -1548,7 +1552,7 @@ def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry)
                    if native_block.any() else native_block)
     native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, geometry)
     candidates = fill_island_marrow(bone_block & ~native_zone, geometry)
-    return _NativeSplit(candidates, native_block, native_zone, native_zone, None)
+    return _NativeSplit(candidates, native_block, native_zone, native_zone, None, given=True)
 
 
 def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, geometry: VolumeGeometry, midline,
@@ -1585,6 +1589,9 @@ class _FoundIslands:
     above_hip_bones: list
     outside_count: int
     outside_ml: float
+    #: Volumes (mL) of the pieces of bone outside a given native skeleton that are as
+    #: large as a whole native bone: bones the segmentation lacks.
+    whole_bones_missing_ml: list = field(default_factory=list)
 
 
 def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: VolumeGeometry, roi_block, min_voxels,
@@ -1597,6 +1604,10 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
         in_roi[np.unique(labels[roi_block & (labels > 0)])] = True
         sizes = np.where(in_roi, sizes, 0)
     found = _FoundIslands([], [], [], 0, 0.0)
+    if split.given:
+        found.whole_bones_missing_ml = sorted(
+            (float(size * geometry.voxel_volume_ml) for size in sizes[1:]
+             if size * geometry.voxel_volume_ml >= NATIVE_WHOLE_MIN_ML), reverse=True)
     blocks = ndimage.find_objects(labels)
     for label in range(1, count + 1):
         if sizes[label] < min_voxels:
@@ -1731,6 +1742,17 @@ def _metal_warning(volume_ml: float) -> str:
             f"{METAL_MARGIN_MM:.0f} mm margin: it is not HO. Bone next to metal may be missed because of artefacts; "
             "a metal-artefact-reduction reconstruction, where the scanner offers one, gives the most reliable HO near "
             "an implant.")
+
+
+def _missing_native_bones_warning(volumes_ml: list) -> str:
+    pieces = (f"a piece of {volumes_ml[0]:.0f} mL, as large as" if len(volumes_ml) == 1
+              else f"{len(volumes_ml)} pieces ({', '.join(f'{v:.0f}' for v in volumes_ml)} mL), each as large as")
+    return (f"Bone outside the given native-bone segmentation includes {pieces} a whole native bone "
+            f"({NATIVE_WHOLE_MIN_ML:.0f} mL or more; HO masses are seldom that large): the segmentation most "
+            "likely lacks bones of this image (its task or field of view did not include the hip bones, sacrum or "
+            "femora). HO fused to such a bone cannot be told from it, and the bone itself is reported as HO or set "
+            "apart. Give a segmentation holding every bone of the image, or run without one (native bone is then "
+            "estimated from the CT).")
 
 
 def _outside_body_warning(count: int, volume_ml: float) -> str:
