@@ -1328,7 +1328,8 @@ def _growth_centre_warning(numbers) -> str:
 
 
 def _no_midline_warning(native_given: bool) -> str:
-    cause = ("The body's midline was not found (the image probably holds one hip only, or the patient lies turned "
+    cause = ("The body's midline was not found (the image probably holds one hip only, or no hip at all, as a slab "
+             "of the abdomen; or the patient lies turned "
              f"or tilted by more than {MIRROR_MAX_TILT_DEG:.0f} degrees), so the checks that need it did not run: "
              "bone on the midline (spine, sacrum, pubic symphysis, pelvic and iliac-artery calcifications) and above "
              "the hip bones (ribs) is not set apart, and normal prominences and growth centres are not named")
