@@ -104,10 +104,14 @@ def test_bad_image_files(tmp_path, case, phrases):
 
 
 def test_volume_over_memory_budget_is_refused_with_advice(tmp_path, ct_case):
-    _, paths = ct_case
+    phantom, paths = ct_case
     out = tmp_path / "out"
     result = run_cli("analyze", paths["image"], "--out", out, env={"HOSCIATIC_MEMORY_GB": "0.001"})
-    assert_refused(result, out, "budget", "ROI")
+    assert_refused(result, out, "budget", "Give an ROI around the hip")
+    # With an ROI already given, the advice is about the ROI.
+    roi = _roi_file(tmp_path / "roi.mrk.json", np.asarray(phantom.spec.center_ras), (60, 60, 60))
+    result = run_cli("analyze", paths["image"], "--out", out, "--roi", roi, env={"HOSCIATIC_MEMORY_GB": "0.001"})
+    assert_refused(result, out, "budget", "read for the ROI", "make the ROI smaller")
 
 
 def test_output_path_that_is_a_file_is_refused(tmp_path, ct_case):

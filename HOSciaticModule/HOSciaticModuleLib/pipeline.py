@@ -74,14 +74,21 @@ def memory_budget_bytes() -> float:
         return 8.0 * 1024.0 ** 3
 
 
-def check_memory_budget(voxel_count: int, what: str) -> None:
+#: What to do when the analysed region is over the memory budget, without and with an ROI.
+OVER_BUDGET_ADVICE = ("Give an ROI around the hip (the analysis then works inside it), or crop/resample the volume "
+                      "(Crop Volume module), and run again.")
+OVER_BUDGET_ROI_ADVICE = (f"The region read for an ROI is the ROI with {ROI_CONTEXT_MM:.0f} mm around it and the same "
+                          "region mirrored across the body's midline: make the ROI smaller (about the hip and the "
+                          "stretch of nerve to analyse), or resample the volume (Crop Volume module), and run again.")
+
+
+def check_memory_budget(voxel_count: int, what: str, advice: str = OVER_BUDGET_ADVICE) -> None:
     needed = voxel_count * BYTES_PER_ANALYSED_VOXEL
     budget = memory_budget_bytes()
     if needed > budget:
         raise InputError(
             f"{what} has {voxel_count / 1e6:.0f} million voxels; analysing it needs about {needed / 1024 ** 3:.1f} GB, "
-            f"more than the {budget / 1024 ** 3:.1f} GB budget. Give an ROI around the hip (the analysis then works "
-            "inside it), or crop/resample the volume (Crop Volume module), and run again.")
+            f"more than the {budget / 1024 ** 3:.1f} GB budget. {advice}")
 
 
 def thick_slice_warnings(geometry) -> list[str]:
@@ -313,8 +320,12 @@ class HOSciaticAnalysis:
         # Inside an ROI only a block around it is analysed: memory and time follow the ROI.
         block = (self._roi_context_block(ct_volume_node, ct, geometry, roi_mask, bone_threshold_hu)
                  if roi_mask is not None else tuple(slice(0, n) for n in geometry.shape_kji))
-        check_memory_budget(int(np.prod([s.stop - s.start for s in block])),
-                            f"The CT '{ct_volume_node.GetName()}'" + (" around the ROI" if roi_mask is not None else ""))
+        if roi_mask is None:
+            check_memory_budget(geometry.voxel_count, f"The CT '{ct_volume_node.GetName()}'")
+        else:
+            check_memory_budget(int(np.prod([s.stop - s.start for s in block])),
+                                f"The region of the CT '{ct_volume_node.GetName()}' read for the ROI",
+                                OVER_BUDGET_ROI_ADVICE)
         native, native_warnings = (self._native_bone_mask(native_bone_segmentation_node, geometry)
                                    if native_bone_segmentation_node is not None else (None, []))
         result = ossification.segment_ossifications(
