@@ -1541,8 +1541,11 @@ class _NativeSplit:
     #: Thick fused masses found as bone without a counterpart across the midline
     #: (None when the native skeleton was given).
     asymmetric: np.ndarray | None
-    #: Whether the native skeleton was given (a segmentation) rather than estimated.
-    given: bool = False
+
+    @property
+    def given(self) -> bool:
+        """Whether the native skeleton was given (a segmentation) rather than estimated."""
+        return self.asymmetric is None
 
 
 def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry) -> _NativeSplit:
@@ -1553,7 +1556,7 @@ def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry)
                    if native_block.any() else native_block)
     native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, geometry)
     candidates = fill_island_marrow(bone_block & ~native_zone, geometry)
-    return _NativeSplit(candidates, native_block, native_zone, native_zone, None, given=True)
+    return _NativeSplit(candidates, native_block, native_zone, native_zone, None)
 
 
 def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, geometry: VolumeGeometry, midline,
