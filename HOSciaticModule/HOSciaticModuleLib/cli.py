@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", required=True, help="output folder (created if missing)")
     analyze.add_argument("--modality", choices=("ct", "mr"), default="ct",
                          help="ct (default): HO segmentation + nerve; mr: nerve tracing only")
-    analyze.add_argument("--roi", help="markups ROI (.mrk.json) limiting the HO search")
+    analyze.add_argument("--roi", help="markups ROI (.mrk.json) limiting the HO search: islands meeting it are "
+                                       "reported; the bone around it and its mirror image across the body's midline "
+                                       "are read for context")
     analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
                          "segmentation (TotalSegmentator) only the segments named as bones are used")
     analyze.add_argument("--nerve-seeds", action="append", default=[], metavar="SEEDS.mrk.json",
