@@ -371,6 +371,44 @@ def test_thick_fused_mass_without_counterpart_is_ho():
         assert other.volume_ml == pytest.approx(expected, rel=0.1)
 
 
+def _both_hips_lying_turned(turn_deg: float, tilt_deg: float):
+    """Both hips and the thick mass, the patient turned about the body's long axis by
+    ``turn_deg`` and tilted sideways (one hip higher) by ``tilt_deg``: the case sampled on
+    a grid turned the other way, then stored as an ordinary axial CT. Returns the phantom
+    (voxel truths unchanged) and the midline's normal in RAS."""
+    turned = Rotation.from_euler("zy", [turn_deg, tilt_deg], degrees=True).as_matrix()
+    spec = PhantomSpec(islands=PhantomSpec().islands + (THICK_MASS,), extra_bones=other_hip_bones(PhantomSpec()))
+    # Wider front to back than _both_hips: a turned pelvis spans more of it.
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 240.0, 150.0),
+                               directions_ras=turned)
+    geometry = phantom.geometry
+    axial = VolumeGeometry.from_spacing_origin_directions(geometry.shape_kji, geometry.spacing_ijk,
+                                                          geometry.ijk_to_ras[:3, 3], np.eye(3))
+    # The body's R axis, seen on the axial grid.
+    return dataclasses.replace(phantom, geometry=axial), turned[0]
+
+
+@pytest.mark.parametrize("turn_deg, tilt_deg", [(25.0, 0.0), (-30.0, 0.0), (20.0, -12.0)])
+def test_patient_lying_turned_or_tilted_still_has_a_midline(turn_deg, tilt_deg):
+    # Patients with HO often cannot lie straight (contractures after a brain or spinal
+    # cord injury, a stiff hip). Beyond about 15 degrees the midline, searched across R,
+    # was not found, and the 12.6 mL thick mass fused to the femur stayed native bone.
+    # The midline is now searched turned and tilted as well, and each bone's counterpart
+    # is looked for wherever it lies in the image, not only inside the bones' bounding box.
+    phantom, body_r = _both_hips_lying_turned(turn_deg, tilt_deg)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert result.body_midline is not None
+    assert np.degrees(np.arccos(abs(result.body_midline.normal @ body_r))) <= 3.0
+    assert len(result.islands) == len(phantom.islands)
+    assert_matches_truth(phantom, result)
+    island = _matching_island(phantom, result, "thick")
+    truth = next(i for i in phantom.islands if i["name"] == "thick")
+    assert 0.8 * truth["volume_ml"] <= island.volume_ml <= 1.03 * truth["volume_ml"], (island.volume_ml, truth)
+    (warning,) = [w for w in result.warnings if "without a counterpart" in w]
+    assert warning.startswith(f"HO {island.label} is fused")
+    assert not any(w.startswith("The body's midline was not found") for w in result.warnings)
+
+
 def _stored_otherwise(image, geometry, axes_kji, flipped):
     """The same voxels at the same places, stored with the array's axes in the order
     ``axes_kji`` (new axis n = old axis axes_kji[n]), then reversed along ``flipped``."""
@@ -451,6 +489,14 @@ def test_midline_needs_both_sides():
     phantom = generate_phantom(**BASE)
     assert body_midline(phantom.image >= 200, phantom.geometry) is None
     assert not any("mirror image" in w for w in segment_ossifications(phantom.image, phantom.geometry).warnings)
+    # One hip and, 110 mm medial to the femur, a bone as big as the sacrum (111 mL): the
+    # femur and ischium mirrored across a plane turned by 11 degrees land inside it, 70 %
+    # of the bone's volume "matched". Its surface does not match, so there is no midline
+    # (that false one set the free HO island apart as lying on it).
+    sacrum_like = BoneSpec("ellipsoid", center_offset=(-75.0, 40.0, 0.0), semi_axes=(22.0, 20.0, 60.0))
+    with_sacrum = generate_phantom(PhantomSpec(extra_bones=(sacrum_like,)), fov_mm=(220.0, 160.0, 150.0), **BASE)
+    assert body_midline(with_sacrum.image >= 200, with_sacrum.geometry) is None
+    assert ct_body_midline(with_sacrum.image, with_sacrum.geometry) is None
 
 
 def _no_midline_warnings(result):

@@ -156,6 +156,12 @@ GAS_RING_MIN_SHARE = 0.05
 #: about its own axis, a pelvis about its midline).
 MIRROR_GRID_MM = 4.0
 MIRROR_MIN_SYMMETRY = 0.5
+#: Bone is sampled through its volume, so a small bone mirrored into a large one counts as
+#: matched (on an image of one hip and the sacrum, the femur and ischium mirrored into the
+#: sacrum made 70 % of the bone "symmetric"): the plane must also send at least 55 % of
+#: the bone's surface within 4 mm of surface (a pelvis: 70-93 % on 0.8-3 mm voxels; that
+#: false plane: 40 %).
+MIRROR_MIN_SURFACE_SYMMETRY = 0.55
 MIRROR_MIN_LATERAL_MM = 50.0
 MIRROR_MIN_LATERAL_SHARE = 0.2
 #: Left-right differences of normal anatomy and of the patient's position: an island is
@@ -195,14 +201,23 @@ SET_APART_SEGMENT_NAMES = (MIDLINE_SEGMENT_NAME, ABOVE_HIP_SEGMENT_NAME)
 MIDLINE_SIDE_MARGIN_MM = 20.0
 #: The midline is first searched across R on an 8 mm grid (the best 3 planes), then
 #: turned and tilted to the skeleton (a patient lies up to several degrees turned or
-#: tilted): 10 000 bone points paired with bone within 15 mm of their mirror images,
+#: tilted): 10 000 bone points paired with bone near their mirror images, first within
+#: 15 mm, then within 0.7 times that at each fit down to the 4 mm of the symmetry test,
 #: 20 fits at most, a turn of at most 15 degrees.
 MIRROR_SEARCH_CELL_MM = 8.0
 MIRROR_CANDIDATES = 3
 MIRROR_FIT_POINTS = 10_000
 MIRROR_FIT_REACH_MM = 15.0
 MIRROR_FIT_ITERATIONS = 20
+MIRROR_FIT_REACH_SHRINK = 0.7
 MIRROR_MAX_TILT_DEG = 15.0
+#: A patient who cannot lie straight (contractures after a brain or spinal cord injury, a
+#: stiff or painful hip) may lie turned on the table, or with one side higher, by more
+#: than that fit turns. When no midline is found across R, planes turned about S by up to
+#: 40 degrees and tilted about A by up to 20 degrees, 10 degrees apart (within the fit's
+#: reach of each other), are searched as well, and the best 3 of them fitted.
+MIRROR_TURNS_DEG = (-40.0, -30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0, 40.0)
+MIRROR_TILTS_DEG = (-20.0, -10.0, 0.0, 10.0, 20.0)
 #: HO fused to native bone and thicker than the fused-outgrowth ball (Brooker III-IV masses
 #: bridging pelvis and femur) is found, when both hips are imaged, as bone without a
 #: counterpart across the midline. Each native bone's mirror image is first fitted
@@ -896,12 +911,23 @@ def _sample_by_position(ras: np.ndarray, count: int) -> np.ndarray:
     return ras[chosen[np.lexsort((*keys[chosen].T, hashed[chosen]))]]
 
 
-def _candidate_midlines_r(ras: np.ndarray) -> list[float]:
-    """R coordinates of the sagittal planes (normal along R) across which the points are
-    most symmetric, best first, with bone far out on both sides. Searched on a coarse
-    grid, so a patient lying a few degrees turned still shows a clear best plane."""
-    origin = ras.min(axis=0)
-    cells = np.floor((ras - origin) / MIRROR_SEARCH_CELL_MM).astype(int)
+def _turned_frame(turn_deg: float, tilt_deg: float) -> np.ndarray:
+    """The RAS axes turned about S by ``turn_deg`` (the body turned on the table), then
+    tilted about A by ``tilt_deg`` (one side higher): columns are the turned R, A and S."""
+    turn, tilt = np.radians(turn_deg), np.radians(tilt_deg)
+    about_s = np.array([[np.cos(turn), -np.sin(turn), 0.0], [np.sin(turn), np.cos(turn), 0.0], [0.0, 0.0, 1.0]])
+    about_a = np.array([[np.cos(tilt), 0.0, -np.sin(tilt)], [0.0, 1.0, 0.0], [np.sin(tilt), 0.0, np.cos(tilt)]])
+    return about_s @ about_a
+
+
+def _candidate_midlines(ras: np.ndarray, frame: np.ndarray = np.eye(3)) -> list[tuple[float, MirrorPlane]]:
+    """The planes across ``frame``'s first axis (its R) across which the points are most
+    symmetric, best first, with bone far out on both sides; each with the share of the
+    occupied cells its mirror image covers. Searched on a coarse grid, so a patient lying
+    a few degrees turned from the frame still shows a clear best plane."""
+    local = ras @ frame
+    origin = local.min(axis=0)
+    cells = np.floor((local - origin) / MIRROR_SEARCH_CELL_MM).astype(int)
     grid = np.zeros(cells.max(axis=0) + 1, np.float32)
     grid[tuple(cells.T)] = 1.0
     # Mirroring across R = origin + (m + 1) * cell / 2 sends cell k to cell m - k along R,
@@ -909,11 +935,13 @@ def _candidate_midlines_r(ras: np.ndarray) -> list[float]:
     size = 2 * grid.shape[0] - 1
     spectrum = np.fft.rfft(grid, n=size, axis=0)
     overlap = np.fft.irfft(spectrum * spectrum, n=size, axis=0).sum(axis=(1, 2))
+    occupied = float(grid.sum())
+    normal = frame[:, 0].copy()
     candidates = []
     for m in np.argsort(overlap)[::-1][:MIRROR_CANDIDATES]:
-        midline = float(origin[0] + (m + 1) * MIRROR_SEARCH_CELL_MM / 2.0)
-        if _lateral_share(ras, MirrorPlane(np.array([1.0, 0.0, 0.0]), midline)) >= MIRROR_MIN_LATERAL_SHARE:
-            candidates.append(midline)
+        plane = MirrorPlane(normal, float(origin[0] + (m + 1) * MIRROR_SEARCH_CELL_MM / 2.0))
+        if _lateral_share(ras, plane) >= MIRROR_MIN_LATERAL_SHARE:
+            candidates.append((float(overlap[m]) / occupied, plane))
     return candidates
 
 
@@ -934,8 +962,12 @@ def _fit_plane(sample: np.ndarray, tree: cKDTree, plane: MirrorPlane) -> MirrorP
     degrees turned or tilted): each bone point is paired with the bone nearest its
     mirror image, the plane is fitted to the pairs, and so on a few times."""
     fitted = plane
-    for _ in range(MIRROR_FIT_ITERATIONS):
-        distance, nearest = tree.query(fitted.mirror(sample), distance_upper_bound=MIRROR_FIT_REACH_MM)
+    for iteration in range(MIRROR_FIT_ITERATIONS):
+        # Pairs are sought far out while the plane may be a few degrees off, then ever
+        # closer: bone without a counterpart (cut by the field of view on one side only,
+        # HO, a leg held otherwise) stops pulling the plane off the skeleton's symmetry.
+        reach = max(MIRROR_GRID_MM, MIRROR_FIT_REACH_MM * MIRROR_FIT_REACH_SHRINK ** iteration)
+        distance, nearest = tree.query(fitted.mirror(sample), distance_upper_bound=reach)
         paired = np.isfinite(distance)
         if np.count_nonzero(paired) < 100:
             return plane
@@ -947,7 +979,7 @@ def _fit_plane(sample: np.ndarray, tree: cKDTree, plane: MirrorPlane) -> MirrorP
         moved = MirrorPlane(normal, float(np.mean(0.5 * (first + second) @ normal)))
         change = abs(moved.offset - fitted.offset) + np.degrees(np.arccos(min(1.0, float(normal @ fitted.normal))))
         fitted = moved
-        if change < 0.05:
+        if change < 0.05 and reach == MIRROR_GRID_MM:
             break
     tilt = np.degrees(np.arccos(min(1.0, abs(float(fitted.normal @ plane.normal)))))
     return fitted if tilt <= MIRROR_MAX_TILT_DEG else plane
@@ -959,14 +991,48 @@ def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | No
     ras = _bone_points(bone, geometry)
     if len(ras) < 1000:
         return None
+    # Worked on from the bone's own corner, rounded far below a voxel: the fits then do
+    # the same sums wherever the image lies in the world, and find the same plane.
+    corner = ras.min(axis=0)
+    ras = np.round(ras - corner, 6)
     sample = _sample_by_position(ras, MIRROR_FIT_POINTS)
     tree = cKDTree(sample)
-    for midline_r in _candidate_midlines_r(ras):
-        plane = _fit_plane(sample, tree, MirrorPlane(np.array([1.0, 0.0, 0.0]), midline_r))
+    surface = functools.cache(lambda: _surface_sample(bone, geometry, corner))
+    plane = _first_symmetric_plane([plane for _, plane in _candidate_midlines(ras)], sample, tree, surface)
+    if plane is None:
+        # Not across R: perhaps the patient lies turned or tilted beyond what the fit turns
+        # (searched on the sample: 44 directions cost what one does on all the points).
+        turned = [candidate for turn_deg, tilt_deg in itertools.product(MIRROR_TURNS_DEG, MIRROR_TILTS_DEG)
+                  if turn_deg or tilt_deg
+                  for candidate in _candidate_midlines(sample, _turned_frame(turn_deg, tilt_deg))]
+        turned.sort(key=lambda candidate: -candidate[0])
+        plane = _first_symmetric_plane([plane for _, plane in turned[:MIRROR_CANDIDATES]], sample, tree, surface)
+    return None if plane is None else MirrorPlane(plane.normal, plane.offset + float(plane.normal @ corner))
+
+
+def _first_symmetric_plane(planes, sample: np.ndarray, tree: cKDTree, surface) -> MirrorPlane | None:
+    """The first of the starting ``planes`` that, fitted to the skeleton, it is symmetric
+    across, in its bone and on its surface (``surface()``: a sample of it and its tree)."""
+    for start in planes:
+        plane = _fit_plane(sample, tree, start)
         if (_symmetry(sample, tree, plane) >= MIRROR_MIN_SYMMETRY
-                and _lateral_share(sample, plane) >= MIRROR_MIN_LATERAL_SHARE):
+                and _lateral_share(sample, plane) >= MIRROR_MIN_LATERAL_SHARE
+                and _symmetry(*surface(), plane) >= MIRROR_MIN_SURFACE_SYMMETRY):
             return plane
     return None
+
+
+def _surface_sample(bone: np.ndarray, geometry: VolumeGeometry, corner) -> tuple[np.ndarray, cKDTree]:
+    """RAS points, from ``corner``, of the surface of ``bone`` on the midline-search
+    lattice (bone with a lattice neighbour outside it; where the image cuts the bone is
+    no surface), at most MIRROR_FIT_POINTS of them, and their tree."""
+    steps = _midline_sampling_steps(geometry)
+    phase = _lattice_phase(geometry, steps)
+    lattice = bone[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]
+    surface = lattice & ~ndimage.binary_erosion(lattice, border_value=1)
+    ras = np.round(geometry.kji_to_ras_points(np.argwhere(surface) * steps + phase) - corner, 6)
+    points = _sample_by_position(ras, MIRROR_FIT_POINTS)
+    return points, cKDTree(points)
 
 
 def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
@@ -1016,12 +1082,23 @@ def mirrored_in_bone(island: np.ndarray, island_slices, bone: np.ndarray, geomet
 
 class BoneAcrossMidline:
     """The bone of a block seen from the other side of the body: where each native
-    bone's counterpart should be, and how far a point is from bone there."""
+    bone's counterpart should be, and how far a point is from bone there.
 
-    def __init__(self, bone: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane):
+    ``block`` is where ``bone`` lies in the image of ``image_shape``: all the image's
+    bone is in the block, the rest of the image is imaged soft tissue and air. With the
+    patient turned on the table, a bone's counterpart may lie outside the bone's own
+    bounding box yet well inside the image.
+    """
+
+    def __init__(self, bone: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane, block=None,
+                 image_shape=None):
         self.bone, self.geometry, self.plane = bone, geometry, plane
         self.points = _bone_points(bone, geometry)
         self.tree = cKDTree(self.points)
+        start = np.array([s.start for s in block]) if block is not None else np.zeros(3, int)
+        shape = np.asarray(image_shape if image_shape is not None else bone.shape)
+        # The image's first and last voxel, in the block's indices.
+        self.image_first, self.image_last = -start, shape - start - 1
 
     def fit(self, ras: np.ndarray):
         """The rigid motion (rotation, shift) taking the mirror image of ``ras`` onto bone
@@ -1060,17 +1137,22 @@ class BoneAcrossMidline:
         return self.plane.mirror(ras) @ rotation.T + shift
 
     def inside(self, ras: np.ndarray) -> np.ndarray:
-        """Whether points lie in the block (where the other side was imaged)."""
+        """Whether points lie in the image (where the other side was imaged)."""
         index = self.geometry.ras_to_kji_points(ras)
-        return np.all((index >= -0.5) & (index <= np.asarray(self.bone.shape) - 0.5), axis=1)
+        return np.all((index >= self.image_first - 0.5) & (index <= self.image_last + 0.5), axis=1)
 
     def coarse_distance(self, ras: np.ndarray) -> np.ndarray:
         """Distance (mm) to the nearest bone point (2 mm apart) across the midline."""
         return self.tree.query(ras)[0]
 
     def fine_distance(self, ras: np.ndarray) -> np.ndarray:
-        """Distance (mm) to bone on the voxel grid (inf off the grid)."""
-        return distance_to_bone_at(ras, self.bone, self.geometry, ASYMMETRY_CORE_MM)
+        """Distance (mm) to bone on the voxel grid; off the block, where the image holds
+        no bone, to the nearest bone point."""
+        distance = distance_to_bone_at(ras, self.bone, self.geometry, ASYMMETRY_CORE_MM)
+        off_block = np.isinf(distance)
+        if off_block.any():
+            distance[off_block] = self.coarse_distance(ras[off_block])
+        return distance
 
 
 def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline, geometry: VolumeGeometry,
@@ -1349,13 +1431,15 @@ def _unpaired_mass_warning(numbers) -> str:
             "healed fracture is asymmetric too; if it is native anatomy, delete the segment and recompute contact.")
 
 
-def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels) -> np.ndarray:
+def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block=None,
+                       image_shape=None) -> np.ndarray:
     """The parts of the native components (``labels`` whose ``is_native``) without a
-    counterpart across the midline ``plane`` (none without a plane)."""
+    counterpart across the midline ``plane`` (none without a plane). ``bone_block`` is
+    where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`)."""
     found = np.zeros(labels.shape, bool)
     if plane is None or not is_native.any():
         return found
-    across = BoneAcrossMidline(filled_bone, geometry, plane)
+    across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape)
     for label in np.flatnonzero(is_native):
         block = blocks[label - 1]
         part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels)
@@ -1577,7 +1661,7 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
         native[padded] &= ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
     # What the ball left in the native bone: the masses too thick for it.
     asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
-                                    min_voxels) & native
+                                    min_voxels, block, image_shape) & native
     native &= ~asymmetric
     # The mass's marrow, open towards the bone it grew from, is in the part already.
     candidates = fill_island_marrow(bone_block & ~native, geometry) | asymmetric
