@@ -131,6 +131,14 @@ SURROUND_RING_MM = 2.5
 #: body: the table, a positioning aid, an external device.
 OUTSIDE_BODY_HU = -500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
+#: A sharp (bone) reconstruction kernel overshoots where tissue meets air: the skin and
+#: the walls of gas-filled bowel become rims a voxel or two thick above the bone
+#: threshold (the real example CT sharpened: 55 such islands, each with all its voxels
+#: within reach of air; its HO: at most 4 %). HO forms in muscle, never as a rim on air:
+#: an island with at least half its voxels within 2 mm (or one and a half of the finest
+#: voxel side) of air or gas is left out.
+AIR_RIM_REACH_MM = 2.0
+AIR_RIM_MIN_SHARE = 0.5
 #: HO forms in muscle and around joints. An unfused dense object wrapped in fat and
 #: reached from the skin through fat alone lies in the subcutaneous fat: in the buttock
 #: of an older or long-ill patient mostly a calcified injection granuloma or fat
@@ -203,7 +211,7 @@ MIDLINE_SIDE_MARGIN_MM = 20.0
 #: turned and tilted to the skeleton (a patient lies up to several degrees turned or
 #: tilted): 10 000 bone points paired with bone near their mirror images, first within
 #: 15 mm, then within 0.7 times that at each fit down to the 4 mm of the symmetry test,
-#: 20 fits at most, a turn of at most 15 degrees.
+#: 20 fits at most, a turn of at most 15 degrees from where the search started.
 MIRROR_SEARCH_CELL_MM = 8.0
 MIRROR_CANDIDATES = 3
 MIRROR_FIT_POINTS = 10_000
@@ -277,6 +285,24 @@ STREAK_REACH_MM = 50.0
 #: 0.8 x 0.8 x 1 mm, but 0.2 mL at 3 mm, where a contrast-enhanced abdominal CT held
 #: 250 such specks above 200 HU.
 MIN_ISLAND_VOXELS = 8
+#: Bone is found by a threshold about 150 HU above muscle (50 HU). A sharp (bone)
+#: reconstruction kernel or a low dose gives soft tissue 50-150 HU of voxel noise, and
+#: specks of noise then pass the threshold by the thousand (the real example CT at
+#: 1.5 mm with 80 HU of noise: 328 islands, and no midline). When the noise exceeds a
+#: quarter of that margin, bone is looked for on the CT smoothed just enough to bring it
+#: there (Gaussian, 0.5-2 mm); the islands' HU figures are read on the CT as it is.
+MUSCLE_HU = 50.0
+BONE_MARGIN_NOISE_SIGMAS = 4.0
+BONE_SMOOTHING_MM = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+#: The noise is read on a central block of at most 96 voxels a side (the body's centre,
+#: where a CT is noisiest), as the spread of soft-tissue voxels about their local mean
+#: (a Gaussian of 3 mm): voxels in SOFT_TISSUE_HU whose local mean lies in
+#: SOFT_TISSUE_MEAN_HU (fat to unenhanced vessels). Differences of neighbours would miss
+#: the part of the noise a sharp kernel spreads over a voxel or two.
+NOISE_SAMPLE_VOXELS = 96
+NOISE_LOCAL_MEAN_MM = 3.0
+SOFT_TISSUE_HU = (-250.0, 350.0)
+SOFT_TISSUE_MEAN_HU = (-250.0, 200.0)
 #: Between the short reasons of an island's doubts.
 DOUBT_SEPARATOR = "; "
 #: Where coarse samplings of the bone are laid out from, from the centre of the sampled
@@ -372,6 +398,67 @@ def looks_like_ct(ct_hu: np.ndarray) -> bool:
     """Whether an image holds fat in Hounsfield units, and air near -1000 HU or cortical
     bone, as every CT of the hip region does."""
     return hounsfield_evidence(ct_hu).is_ct
+
+
+def _central_block(shape) -> tuple:
+    return tuple(slice(max(0, (n - NOISE_SAMPLE_VOXELS) // 2), max(0, (n - NOISE_SAMPLE_VOXELS) // 2)
+                       + NOISE_SAMPLE_VOXELS) for n in shape)
+
+
+def soft_tissue_noise_hu(sample: np.ndarray, geometry: VolumeGeometry, smoothing_mm: float = 0.0) -> float:
+    """Standard deviation (HU) of the voxel noise in the soft tissue of ``sample`` (a
+    float32 block), once smoothed by ``smoothing_mm``: the spread of its soft-tissue
+    voxels about their local mean, read as a median of absolute deviations so that the
+    edges between tissues, a minority, do not count. 0 without enough soft tissue."""
+    spacing = np.asarray(geometry.spacing_kji)
+    local_mean = ndimage.gaussian_filter(sample, NOISE_LOCAL_MEAN_MM / spacing, mode="nearest")
+    smoothed = ndimage.gaussian_filter(sample, smoothing_mm / spacing, mode="nearest") if smoothing_mm else sample
+    soft = ((local_mean > SOFT_TISSUE_MEAN_HU[0]) & (local_mean < SOFT_TISSUE_MEAN_HU[1])
+            & (sample > SOFT_TISSUE_HU[0]) & (sample < SOFT_TISSUE_HU[1]))
+    if np.count_nonzero(soft) < 1000:
+        return 0.0
+    residual = (smoothed - local_mean)[soft]
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
+
+
+@dataclass(frozen=True)
+class BoneSmoothing:
+    """How a noisy CT was smoothed before bone was looked for on it."""
+    noise_hu: float
+    sigma_mm: float
+    noise_after_hu: float
+
+
+def smoothed_for_bone(ct_hu: np.ndarray, geometry: VolumeGeometry, bone_threshold_hu: float):
+    """``ct_hu`` as it is when its soft-tissue noise is under a quarter of the bone
+    threshold's margin above muscle, else smoothed just enough (see
+    BONE_MARGIN_NOISE_SIGMAS); with a :class:`BoneSmoothing`, or None when left as is."""
+    allowed = (bone_threshold_hu - MUSCLE_HU) / BONE_MARGIN_NOISE_SIGMAS
+    centre = _central_block(ct_hu.shape)
+    sample, sample_geometry = ct_hu[centre].astype(np.float32), geometry.cropped(centre)
+    noise = soft_tissue_noise_hu(sample, sample_geometry)
+    if allowed <= 0 or noise <= allowed:
+        return ct_hu, None
+    for sigma_mm in BONE_SMOOTHING_MM:
+        after = soft_tissue_noise_hu(sample, sample_geometry, sigma_mm)
+        if after <= allowed:
+            break
+    smoothed = ndimage.gaussian_filter(ct_hu.astype(np.float32), sigma_mm / np.asarray(geometry.spacing_kji),
+                                       mode="nearest")
+    return smoothed, BoneSmoothing(noise, sigma_mm, after)
+
+
+def _smoothed_ct_warning(smoothing: BoneSmoothing, bone_threshold_hu: float) -> str:
+    warning = (f"The CT is noisy (about {smoothing.noise_hu:.0f} HU of voxel noise in soft tissue, as with a sharp bone "
+               f"kernel or a low dose): bone was looked for on the CT smoothed by {smoothing.sigma_mm:.2g} mm, so that "
+               f"specks of noise do not pass the {bone_threshold_hu:.0f} HU bone threshold; the islands' HU figures are "
+               "read on the CT as it is. Islands of a few voxels may be missed, and thin cortices read thicker. A "
+               "soft-tissue kernel reconstruction of the same scan, where one exists, gives the most reliable HO.")
+    allowed = (bone_threshold_hu - MUSCLE_HU) / BONE_MARGIN_NOISE_SIGMAS
+    if smoothing.noise_after_hu > allowed:
+        warning += (f" Even smoothed, the noise (about {smoothing.noise_after_hu:.0f} HU) stays high for that threshold: "
+                    "small islands may be noise.")
+    return warning
 
 
 def check_looks_like_ct(ct_hu: np.ndarray) -> None:
@@ -822,6 +909,18 @@ def vessel_like(island: np.ndarray, depth: np.ndarray, geometry: VolumeGeometry)
 def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """The tissue within SURROUND_RING_MM of an island, other bone left out."""
     return (_ball_distance(~island, geometry) <= SURROUND_RING_MM) & ~island & ~other_bone
+
+
+def rim_along_air(ct_hu, island: np.ndarray, geometry: VolumeGeometry) -> bool:
+    """Whether most of an island (a mask over the block ``ct_hu``, with a margin of
+    background) lies against air or gas: a sharp kernel's overshoot at the skin or a
+    bowel wall (see AIR_RIM_MIN_SHARE)."""
+    air = ct_hu < OUTSIDE_BODY_HU
+    if not air.any():
+        return False
+    reach = max(AIR_RIM_REACH_MM, 1.5 * min(geometry.spacing_kji))
+    against_air = distance_outside(air, geometry)[island] <= reach
+    return bool(np.mean(against_air) >= AIR_RIM_MIN_SHARE)
 
 
 def outside_body(ct_hu, ring: np.ndarray) -> bool:
@@ -1411,8 +1510,9 @@ def _growth_centre_warning(numbers) -> str:
 
 def _no_midline_warning(native_given: bool) -> str:
     cause = ("The body's midline was not found (the image probably holds one hip only, or no hip at all, as a slab "
-             "of the abdomen; or the patient lies turned "
-             f"or tilted by more than {MIRROR_MAX_TILT_DEG:.0f} degrees), so the checks that need it did not run: "
+             f"of the abdomen; or the patient lies turned by more than about {MIRROR_TURNS_DEG[-1] + 10:.0f} degrees "
+             f"or tilted sideways by more than about {MIRROR_TILTS_DEG[-1] + 10:.0f}), so the checks that need it did "
+             "not run: "
              "bone on the midline (spine, sacrum, pubic symphysis, pelvic and iliac-artery calcifications) and above "
              "the hip bones (ribs) is not set apart, and normal prominences and growth centres are not named")
     if native_given:
@@ -1525,6 +1625,13 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     labelmap = np.zeros(ct_hu.shape, np.uint16)
 
     report(progress, 0.05, "Thresholding bone")
+    # Bone is found on a smoothed CT when the noise would pass the threshold; the
+    # islands' HU figures are read on the CT as given.
+    figures_ct = ct_hu
+    ct_hu, smoothing = smoothed_for_bone(ct_hu, geometry, bone_threshold_hu)
+    if smoothing is not None:
+        warnings.append(_smoothed_ct_warning(smoothing, bone_threshold_hu))
+        parameters["bone_smoothing_mm"] = smoothing.sigma_mm
     # Work inside the block that holds bone (metal is denser still, so it lies inside
     # too): the rest of the volume is soft tissue and air.
     bone_extent = extent_at_least(ct_hu, bone_threshold_hu)
@@ -1561,8 +1668,9 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     found = _collect_islands(split, ct_block, bone_block, block_geometry, roi_block, min_voxels, bone_threshold_hu,
                              midline, top_of_hip_bones)
     labelmap_block = labelmap[block]
-    results, result_blocks, facts = _measure_islands(found.islands, labelmap_block, ct_block, bone_block, split,
-                                                     block, block_geometry, ct_hu.shape, metal_distance, progress)
+    results, result_blocks, facts = _measure_islands(found.islands, labelmap_block, ct_block, figures_ct[block],
+                                                     bone_block, split, block, block_geometry, ct_hu.shape,
+                                                     metal_distance, progress)
 
     set_apart = {}
     for name, parts in ((MIDLINE_SEGMENT_NAME, found.on_midline), (ABOVE_HIP_SEGMENT_NAME, found.above_hip_bones)):
@@ -1572,6 +1680,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                                                *_SET_APART_REASONS[name], name))
     if found.outside_count:
         warnings.append(_outside_body_warning(found.outside_count, found.outside_ml))
+    if found.air_rims_count:
+        warnings.append(_air_rims_warning(found.air_rims_count, found.air_rims_ml))
     if found.whole_bones_missing_ml:
         warnings.append(_missing_native_bones_warning(found.whole_bones_missing_ml))
     if not results:
@@ -1677,6 +1787,9 @@ class _FoundIslands:
     above_hip_bones: list
     outside_count: int
     outside_ml: float
+    #: Rims along air or gas (a sharp kernel's overshoot), left out.
+    air_rims_count: int = 0
+    air_rims_ml: float = 0.0
     #: Volumes (mL) of the pieces of bone outside a given native skeleton that are as
     #: large as a whole native bone: bones the segmentation lacks.
     whole_bones_missing_ml: list = field(default_factory=list)
@@ -1708,6 +1821,10 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
             found.outside_ml += np.count_nonzero(island) * geometry.voxel_volume_ml
             found.outside_count += 1
             continue
+        if rim_along_air(ct_block[island_block], island, island_geometry):
+            found.air_rims_ml += np.count_nonzero(island) * geometry.voxel_volume_ml
+            found.air_rims_count += 1
+            continue
         island = refine_boundary(ct_block[island_block], island, ring, island_geometry,
                                  bone_threshold_hu) & ~split.excluded[island_block]
         if np.count_nonzero(island) < min_voxels:
@@ -1734,10 +1851,11 @@ class _IslandFacts:
     ring_gas_share: dict = field(default_factory=dict)
 
 
-def _measure_islands(islands, labelmap_block, ct_block, bone_block, split: _NativeSplit, block,
+def _measure_islands(islands, labelmap_block, ct_block, figures_ct_block, bone_block, split: _NativeSplit, block,
                      geometry: VolumeGeometry, image_shape, metal_distance, progress):
-    """Number the islands into ``labelmap_block`` and measure each: their figures, their
-    bounding slices on the whole image, and the facts the checks use."""
+    """Number the islands into ``labelmap_block`` and measure each: their figures (on
+    ``figures_ct_block``, the CT as given), their bounding slices on the whole image, and
+    the facts the checks use (on ``ct_block``, the CT bone was found on)."""
     results = []
     result_blocks = []
     facts = _IslandFacts()
@@ -1746,7 +1864,7 @@ def _measure_islands(islands, labelmap_block, ct_block, bone_block, split: _Nati
         target[island & (target == 0)] = number
         values = ct_block[island_block][island]
         island_geometry = geometry.cropped(island_block)
-        figures, depth = measure_island(number, ct_block[island_block], island, island_geometry,
+        figures, depth = measure_island(number, figures_ct_block[island_block], island, island_geometry,
                                         _touches(island, split.fused_to, island_block, geometry))
         results.append(figures)
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
@@ -1841,6 +1959,14 @@ def _missing_native_bones_warning(volumes_ml: list) -> str:
             "femora). HO fused to such a bone cannot be told from it, and the bone itself is reported as HO or set "
             "apart. Give a segmentation holding every bone of the image, or run without one (native bone is then "
             "estimated from the CT).")
+
+
+def _air_rims_warning(count: int, volume_ml: float) -> str:
+    many = count > 1
+    return (f"{count} bone-dense rim{'s' if many else ''} along air or gas ({volume_ml:.1f} mL) "
+            f"{'were' if many else 'was'} left out: at least half of {'each' if many else 'it'} lies within "
+            f"{AIR_RIM_REACH_MM:.0f} mm of air, where a sharp (bone) reconstruction kernel overshoots at the skin and at "
+            "the walls of gas-filled bowel; HO forms in muscle. A soft-tissue kernel reconstruction avoids them.")
 
 
 def _outside_body_warning(count: int, volume_ml: float) -> str:
