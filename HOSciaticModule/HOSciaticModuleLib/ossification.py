@@ -296,7 +296,7 @@ BONE_MARGIN_NOISE_SIGMAS = 4.0
 BONE_SMOOTHING_MM = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 #: The noise is read on a central block of at most 96 voxels a side (the body's centre,
 #: where a CT is noisiest), as the spread of soft-tissue voxels about their local mean
-#: (a Gaussian of 3 mm): voxels in SOFT_TISSUE_HU whose local mean lies in
+#: (over a box reaching 3 mm, rounded to whole voxels, either way): voxels in SOFT_TISSUE_HU whose local mean lies in
 #: SOFT_TISSUE_MEAN_HU (fat to unenhanced vessels). Differences of neighbours would miss
 #: the part of the noise a sharp kernel spreads over a voxel or two.
 NOISE_SAMPLE_VOXELS = 96
@@ -411,13 +411,15 @@ def soft_tissue_noise_hu(sample: np.ndarray, geometry: VolumeGeometry, smoothing
     voxels about their local mean, read as a median of absolute deviations so that the
     edges between tissues, a minority, do not count. 0 without enough soft tissue."""
     spacing = np.asarray(geometry.spacing_kji)
-    local_mean = ndimage.gaussian_filter(sample, NOISE_LOCAL_MEAN_MM / spacing, mode="nearest")
+    box = 2 * np.maximum(1, np.rint(NOISE_LOCAL_MEAN_MM / spacing)).astype(int) + 1
+    local_mean = ndimage.uniform_filter(sample, box, mode="nearest")
     smoothed = ndimage.gaussian_filter(sample, smoothing_mm / spacing, mode="nearest") if smoothing_mm else sample
     soft = ((local_mean > SOFT_TISSUE_MEAN_HU[0]) & (local_mean < SOFT_TISSUE_MEAN_HU[1])
             & (sample > SOFT_TISSUE_HU[0]) & (sample < SOFT_TISSUE_HU[1]))
     if np.count_nonzero(soft) < 1000:
         return 0.0
-    residual = (smoothed - local_mean)[soft]
+    # Every few voxels suffice for a median; neighbours share their noise anyway.
+    residual = (smoothed - local_mean)[soft][::4]
     return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
 
 
@@ -1141,8 +1143,11 @@ def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
     steps = _midline_sampling_steps(geometry)
     start = tuple(slice(int(first), None) for first in _lattice_phase(geometry, steps))
     sampled = ct_hu[start][::steps[0], ::steps[1], ::steps[2]]
+    sampled_geometry = geometry.cropped(start).strided(steps)
+    # Specks of noise would pass the threshold all over a noisy CT, as in the HO step.
+    sampled, _ = smoothed_for_bone(sampled, sampled_geometry, bone_threshold_hu)
     bone = at_least(sampled, bone_threshold_hu) & ~at_least(sampled, METAL_THRESHOLD_HU)
-    return body_midline(bone, geometry.cropped(start).strided(steps))
+    return body_midline(bone, sampled_geometry)
 
 
 def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | None, float]:
