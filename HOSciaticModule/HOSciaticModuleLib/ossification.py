@@ -1089,16 +1089,20 @@ def _fit_plane(sample: np.ndarray, tree: cKDTree, plane: MirrorPlane) -> MirrorP
 def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | None:
     """The mid-sagittal plane across which ``bone`` is most symmetric, or None when the
     image does not hold both sides of a pelvis."""
-    ras = _bone_points(bone, geometry)
-    if len(ras) < 1000:
+    steps = _midline_sampling_steps(geometry)
+    phase = _lattice_phase(geometry, steps)
+    lattice = bone[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]
+    cells = np.argwhere(lattice)
+    if len(cells) < 1000:
         return None
+    ras = geometry.kji_to_ras_points(cells * steps + phase)
     # Worked on from the bone's own corner, rounded far below a voxel: the fits then do
     # the same sums wherever the image lies in the world, and find the same plane.
     corner = ras.min(axis=0)
     ras = np.round(ras - corner, 6)
     sample = _sample_by_position(ras, MIRROR_FIT_POINTS)
     tree = cKDTree(sample)
-    surface = functools.cache(lambda: _surface_sample(bone, geometry, corner))
+    surface = functools.cache(lambda: _surface_sample(lattice, cells, ras))
     plane = _first_symmetric_plane([plane for _, plane in _candidate_midlines(ras)], sample, tree, surface)
     if plane is None:
         # Not across R: perhaps the patient lies turned or tilted beyond what the fit turns
@@ -1123,16 +1127,18 @@ def _first_symmetric_plane(planes, sample: np.ndarray, tree: cKDTree, surface) -
     return None
 
 
-def _surface_sample(bone: np.ndarray, geometry: VolumeGeometry, corner) -> tuple[np.ndarray, cKDTree]:
-    """RAS points, from ``corner``, of the surface of ``bone`` on the midline-search
-    lattice (bone with a lattice neighbour outside it; where the image cuts the bone is
-    no surface), at most MIRROR_FIT_POINTS of them, and their tree."""
-    steps = _midline_sampling_steps(geometry)
-    phase = _lattice_phase(geometry, steps)
-    lattice = bone[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]
-    surface = lattice & ~ndimage.binary_erosion(lattice, border_value=1)
-    ras = np.round(geometry.kji_to_ras_points(np.argwhere(surface) * steps + phase) - corner, 6)
-    points = _sample_by_position(ras, MIRROR_FIT_POINTS)
+def _surface_sample(lattice: np.ndarray, cells: np.ndarray, ras: np.ndarray) -> tuple[np.ndarray, cKDTree]:
+    """The points of the bone's surface on the midline-search ``lattice``: of its bone
+    ``cells`` (at points ``ras``), those with a lattice neighbour outside the bone (where
+    the image cuts the bone is no surface); at most MIRROR_FIT_POINTS, and their tree."""
+    inside = np.pad(lattice, 1, constant_values=True)
+    on_surface = np.zeros(len(cells), bool)
+    for axis in range(3):
+        for step in (-1, 1):
+            neighbour = cells + 1
+            neighbour[:, axis] += step
+            on_surface |= ~inside[tuple(neighbour.T)]
+    points = _sample_by_position(ras[on_surface], MIRROR_FIT_POINTS)
     return points, cKDTree(points)
 
 
