@@ -133,7 +133,7 @@ OUTSIDE_BODY_HU = -500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
 #: A sharp (bone) reconstruction kernel overshoots where tissue meets air: the skin and
 #: the walls of gas-filled bowel become rims a voxel or two thick above the bone
-#: threshold (the real example CT sharpened: 55 such islands, each with all its voxels
+#: threshold (the real example CT sharpened: 49 such islands, each with all its voxels
 #: within reach of air; its HO: at most 4 %). HO forms in muscle, never as a rim on air:
 #: an island with at least half its voxels within 2 mm (or one and a half of the finest
 #: voxel side) of air or gas is left out.
@@ -296,9 +296,9 @@ BONE_MARGIN_NOISE_SIGMAS = 4.0
 BONE_SMOOTHING_MM = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 #: The noise is read on a central block of at most 96 voxels a side (the body's centre,
 #: where a CT is noisiest), as the spread of soft-tissue voxels about their local mean
-#: (over a box reaching 3 mm, rounded to whole voxels, either way): voxels in SOFT_TISSUE_HU whose local mean lies in
-#: SOFT_TISSUE_MEAN_HU (fat to unenhanced vessels). Differences of neighbours would miss
-#: the part of the noise a sharp kernel spreads over a voxel or two.
+#: (over a box reaching 3 mm either way, in whole voxels): voxels in SOFT_TISSUE_HU whose
+#: local mean lies in SOFT_TISSUE_MEAN_HU (fat to unenhanced vessels). Differences of
+#: neighbours would miss the part of the noise a sharp kernel spreads over a voxel or two.
 NOISE_SAMPLE_VOXELS = 96
 NOISE_LOCAL_MEAN_MM = 3.0
 SOFT_TISSUE_HU = (-250.0, 350.0)
