@@ -263,6 +263,26 @@ def test_rim_along_the_skin_from_a_sharp_kernel_is_left_out():
     assert 0.8 * rim_ml <= float(re.search(r"\(([\d.]+) mL\)", warning).group(1)) <= 1.5 * rim_ml
 
 
+def test_tissue_around_an_island_is_read_on_a_coarse_grid():
+    # The tissue around an island sets its edge (half way to its bone) and tells whether it
+    # lies outside the body, in fat or against gas. It was read within 2.5 mm only: on a
+    # 3 mm grid (a resampled CT) no voxel lies that close, so none of it was read, and the
+    # real example CT's largest island kept its threshold edge, 10.2 mL against 4.4 mL
+    # on the same CT at 1.5 mm. The voxels next to an island now always count.
+    from HOSciaticModuleLib.ossification import _surrounding_ring
+
+    for spacing in ((3.0, 3.0, 3.0), (0.7, 0.7, 3.0), (1.0, 1.0, 1.0)):
+        geometry = VolumeGeometry.from_spacing_origin_directions((9, 9, 9), spacing, (0.0, 0.0, 0.0))
+        island = np.zeros((9, 9, 9), bool)
+        island[3:6, 3:6, 3:6] = True
+        ring = _surrounding_ring(island, np.zeros_like(island), geometry)
+        face_neighbours = ndimage.binary_dilation(island) & ~island
+        assert np.all(ring[face_neighbours]) and not np.any(ring & island)
+        # Within 2.5 mm as before where voxels are that fine.
+        within = distance_outside(island, geometry) <= 2.5
+        assert np.all(ring[within & ~island])
+
+
 def _mirrored_r(offset_r: float) -> float:
     """The default phantom's body midline lies 45 mm to the left of its centre."""
     return -90.0 - offset_r

@@ -124,7 +124,9 @@ CT_AIR_RANGE_HU = (-1100.0, -900.0)
 CT_DENSE_CORTEX_HU = 1000.0
 CT_MIN_FAT_SHARE = 0.005
 CT_MIN_AIR_OR_CORTEX_SHARE = 0.0005
-#: Tissue around an island whose level sets the island's edge and tells where it lies.
+#: Tissue around an island whose level sets the island's edge and tells where it lies:
+#: within 2.5 mm, and at least the voxels next to it (on a 3 mm grid none lies within
+#: 2.5 mm, and the edge, the air, fat and gas around islands went unread there).
 SURROUND_RING_MM = 2.5
 #: HO forms in soft tissue. A bone-dense object surrounded mostly by air (air and the
 #: table's foam pad are below -500 HU; fat is never below -190 HU) lies outside the
@@ -909,8 +911,10 @@ def vessel_like(island: np.ndarray, depth: np.ndarray, geometry: VolumeGeometry)
 
 
 def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
-    """The tissue within SURROUND_RING_MM of an island, other bone left out."""
-    return (_ball_distance(~island, geometry) <= SURROUND_RING_MM) & ~island & ~other_bone
+    """The tissue within SURROUND_RING_MM of an island, and at least the voxels next to
+    it, other bone left out."""
+    near = (_ball_distance(~island, geometry) <= SURROUND_RING_MM) | ndimage.binary_dilation(island)
+    return near & ~island & ~other_bone
 
 
 def rim_along_air(ct_hu, island: np.ndarray, geometry: VolumeGeometry) -> bool:
