@@ -136,7 +136,7 @@ OUTSIDE_BODY_AIR_FRACTION = 0.75
 #: A sharp (bone) reconstruction kernel overshoots where tissue meets air: the skin and
 #: the walls of gas-filled bowel become rims a voxel or two thick above the bone
 #: threshold (the real example CT sharpened: 49 such islands, each with all its voxels
-#: within reach of air; its HO: at most 4 %). HO forms in muscle, never as a rim on air:
+#: within reach of air; its islands: at most 2 %). HO forms in muscle, never as a rim on air:
 #: an island with at least half its voxels within 2 mm (or one and a half of the finest
 #: voxel side) of air or gas is left out.
 AIR_RIM_REACH_MM = 2.0
