@@ -283,6 +283,17 @@ def test_tissue_around_an_island_is_read_on_a_coarse_grid():
         assert np.all(ring[within & ~island])
 
 
+def test_maturity_is_read_on_a_coarse_grid():
+    # The cortex is the island's outer 2 mm. On a grid of 2.5 mm in every direction no
+    # voxel lies that close to the outside, the rim was empty, and mature HO was called
+    # immature; the outermost layer of voxels now always counts as the rim.
+    phantom = generate_phantom(spacing_ijk=(2.5, 2.5, 2.5))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    for truth in phantom.islands:
+        island = _matching_island(phantom, result, truth["name"])
+        assert island.maturity == ("mature" if truth["mature"] else "immature"), truth["name"]
+
+
 def _mirrored_r(offset_r: float) -> float:
     """The default phantom's body midline lies 45 mm to the left of its centre."""
     return -90.0 - offset_r

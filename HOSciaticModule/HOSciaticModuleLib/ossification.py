@@ -111,7 +111,8 @@ SLICE_MARROW_MAX_RADIUS_MM = 2.5
 #: marrow (fatty -100..100 HU, red marrow up to ~300 HU).
 CORTICAL_HU = 600.0
 CORTEX_MARROW_CONTRAST_HU = 300.0
-#: Depth of the rim whose density is compared with the interior: a typical HO cortex.
+#: Depth of the rim whose density is compared with the interior: a typical HO cortex
+#: (and at least the island's outermost layer of voxels).
 CORTEX_RIM_MM = 2.0
 #: A CT in Hounsfield units of the hip region holds fat (-190..-30 HU: subcutaneous,
 #: between the muscles, around the nerve), and air around the body (about -1000 HU) or,
@@ -1337,7 +1338,9 @@ def measure_island(label: int, ct_hu: np.ndarray, island: np.ndarray, geometry: 
 def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, depth: np.ndarray) -> str:
     """'mature' when a cortical rim is clearly denser than the interior (marrow);
     ``depth`` is each island voxel's distance (mm) to the outside."""
-    rim = island & (depth <= CORTEX_RIM_MM)
+    # At least the outermost layer of voxels: on a grid of 2 mm or coarser in every
+    # direction no voxel lies within CORTEX_RIM_MM, and every island was called immature.
+    rim = island & (depth <= max(CORTEX_RIM_MM, float(depth[island].min())))
     interior = island & ~rim
     if np.count_nonzero(interior) < 0.05 * np.count_nonzero(island) or not rim.any():
         return "immature"
