@@ -43,7 +43,7 @@ from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
-from .ossification import METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct
+from .ossification import METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct, within_or_next_to
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
@@ -69,7 +69,7 @@ NATIVE_BONE_MAX_ENCASEMENT_DEG = 180.0
 NATIVE_BONE_WRAP_TOLERANCE_MM = 2.0
 #: An HO segment's edge sits at half its cortex's level: the blurred voxels just outside
 #: it (a CT's blur, one or two voxels) are still above the bone threshold, and are that
-#: HO's, not other bone.
+#: HO's, not other bone: those within this reach, and at least the voxels next to it.
 HO_RIM_MM = 2.0
 #: Stations on each side of a contact run used to fit the undeflected course.
 DEFLECTION_FIT_MM = (3.0, 25.0)
@@ -710,7 +710,7 @@ def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndar
     bone = at_least(ct_hu, bone_threshold_hu) & ~at_least(ct_hu, METAL_THRESHOLD_HU)
     bone &= distance_outside(nerve_mask, geometry) <= reach_mm
     if ho_mask.any() and bone.any():
-        bone &= distance_outside(ho_mask, geometry) > HO_RIM_MM
+        bone &= ~within_or_next_to(ho_mask, geometry, HO_RIM_MM)
     return bone
 
 

@@ -90,7 +90,7 @@ LARGE_HO_MIN_FILL = 0.5
 #: mostly thinner, so the ball does not reach into them.
 NATIVE_BALL_RADIUS_MM = 10.0
 #: A given native-bone segmentation may miss the cortex by this much (resampling,
-#: a model's boundary); bone this close to it is native.
+#: a model's boundary), or by a voxel on a coarser grid; bone this close to it is native.
 GIVEN_NATIVE_TOLERANCE_MM = 2.0
 #: Bone rims thinner than this against a given native mask are missed cortex, not HO.
 MISSED_CORTEX_MM = 3.0
@@ -511,6 +511,12 @@ def distance_outside(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     return _ball_distance(~np.asarray(mask, bool), geometry)
 
 
+def within_or_next_to(mask: np.ndarray, geometry: VolumeGeometry, reach_mm: float) -> np.ndarray:
+    """Voxels within ``reach_mm`` of ``mask`` (its own included), and at least those next
+    to it: on a grid coarser than the reach, none other lies within it."""
+    return (_ball_distance(~np.asarray(mask, bool), geometry) <= reach_mm) | ndimage.binary_dilation(mask)
+
+
 def fill_cavities(mask: np.ndarray) -> np.ndarray:
     """Fill background pockets fully enclosed in 3D (marrow inside a closed cortex);
     the background is 6-connected."""
@@ -914,8 +920,7 @@ def vessel_like(island: np.ndarray, depth: np.ndarray, geometry: VolumeGeometry)
 def _surrounding_ring(island: np.ndarray, other_bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """The tissue within SURROUND_RING_MM of an island, and at least the voxels next to
     it, other bone left out."""
-    near = (_ball_distance(~island, geometry) <= SURROUND_RING_MM) | ndimage.binary_dilation(island)
-    return near & ~island & ~other_bone
+    return within_or_next_to(island, geometry, SURROUND_RING_MM) & ~island & ~other_bone
 
 
 def rim_along_air(ct_hu, island: np.ndarray, geometry: VolumeGeometry) -> bool:
@@ -1764,7 +1769,7 @@ def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry)
     """The given native skeleton, widened by the cortex a resampled mask misses; all
     other bone may be HO."""
     # Resampled segmentations miss the cortex by a voxel or so.
-    native_zone = (_ball_distance(~native_block, geometry) <= GIVEN_NATIVE_TOLERANCE_MM
+    native_zone = (within_or_next_to(native_block, geometry, GIVEN_NATIVE_TOLERANCE_MM)
                    if native_block.any() else native_block)
     native_zone |= missed_cortex(bone_block & ~native_zone, native_zone, geometry)
     candidates = fill_island_marrow(bone_block & ~native_zone, geometry)
