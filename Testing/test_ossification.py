@@ -283,15 +283,21 @@ def test_tissue_around_an_island_is_read_on_a_coarse_grid():
         assert np.all(ring[within & ~island])
 
 
-def test_maturity_is_read_on_a_coarse_grid():
-    # The cortex is the island's outer 2 mm. On a grid of 2.5 mm in every direction no
-    # voxel lies that close to the outside, the rim was empty, and mature HO was called
-    # immature; the outermost layer of voxels now always counts as the rim.
-    phantom = generate_phantom(spacing_ijk=(2.5, 2.5, 2.5))
+@pytest.mark.parametrize("spacing_mm", [2.0, 2.5])
+def test_islands_are_measured_on_a_coarse_grid(spacing_mm):
+    # Bands a fixed number of mm wide held no voxel on grids this coarse in every
+    # direction. The cortex (the outer 2 mm) was empty, and mature HO was called immature
+    # at 2.5 mm. The fused outgrowth's skin (1.5 mm), taken off to part it from the
+    # envelope, was never given back: the 2.7 mL fused island read 1.3 mL at 2 mm and
+    # 0.8 mL at 2.5 mm. Each band now holds at least the next layer of voxels.
+    phantom = generate_phantom(spacing_ijk=(spacing_mm,) * 3)
     result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands)
     for truth in phantom.islands:
         island = _matching_island(phantom, result, truth["name"])
         assert island.maturity == ("mature" if truth["mature"] else "immature"), truth["name"]
+        assert island.fused_to_native_bone == truth["fused_to_native_bone"], truth["name"]
+        assert island.volume_ml == pytest.approx(truth["volume_ml"], rel=0.15), truth["name"]
 
 
 def _mirrored_r(offset_r: float) -> float:

@@ -852,7 +852,7 @@ def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min
 def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxels, region_edge):
     """Residual parts kept as fused HO (see :func:`fused_outgrowths`)."""
     skin = RESIDUAL_SKIN_MM
-    opened = (_ball_distance(~residual_core, geometry) <= skin) & residual
+    opened = within_or_next_to(residual_core, geometry, skin) & residual
     depth = _ball_distance(~envelope, geometry)
     labels, count, sizes = _components(opened)
     keep = np.zeros(count + 1, bool)
@@ -872,7 +872,7 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
     if not kept.any():
         return kept
     # Give back the outgrowth's own surface voxels that the opening took.
-    return (_ball_distance(~kept, geometry) <= skin) & residual
+    return within_or_next_to(kept, geometry, skin) & residual
 
 
 def _within_one_thick_layer(part: np.ndarray, geometry: VolumeGeometry) -> bool:
