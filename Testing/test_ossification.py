@@ -300,6 +300,27 @@ def test_islands_are_measured_on_a_coarse_grid(spacing_mm):
         assert island.volume_ml == pytest.approx(truth["volume_ml"], rel=0.15), truth["name"]
 
 
+def test_island_split_by_its_edge_keeps_the_same_piece_in_any_storage_order():
+    # Moving an island's edge to the half step can part it into pieces; the largest is
+    # kept. Between two of the same size the first in the array was kept, so a CT stored
+    # flipped kept the other one (a real CT's 0.2 mL island moved 7 mm). The denser is kept.
+    from HOSciaticModuleLib.ossification import refine_boundary
+
+    geometry = VolumeGeometry.from_spacing_origin_directions((9, 9, 15), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    ct = np.full((9, 9, 15), 40.0, np.float32)
+    island = np.zeros(ct.shape, bool)
+    island[3:6, 3:6, 2:13] = True
+    ct[island] = 300.0              # a bridge above the threshold, below the half step
+    ct[3:6, 3:6, 2:5] = 800.0
+    ct[3:6, 3:6, 10:13] = 900.0     # the denser end
+    ring = ndimage.binary_dilation(island, iterations=2) & ~island
+    for flipped in (False, True):
+        values, mask, around = (np.flip(a, 2) if flipped else a for a in (ct, island, ring))
+        kept = refine_boundary(values, mask, around, geometry, 200.0)
+        kept = np.flip(kept, 2) if flipped else kept
+        assert np.count_nonzero(kept) == 27 and np.all(kept[3:6, 3:6, 10:13])
+
+
 def _mirrored_r(offset_r: float) -> float:
     """The default phantom's body midline lies 45 mm to the left of its centre."""
     return -90.0 - offset_r

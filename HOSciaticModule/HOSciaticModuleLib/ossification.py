@@ -961,7 +961,12 @@ def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_
         return island
     refined = fill_island_marrow(refined, geometry)
     labels, count, sizes = _components(refined)
-    return labels == int(np.argmax(sizes)) if count > 1 else refined
+    if count <= 1:
+        return refined
+    # Pieces of equal size are told apart by their content, not by which comes first in
+    # the array (that depends on how the CT's axes are stored).
+    content = np.bincount(labels[refined], weights=ct_hu[refined].astype(np.float64), minlength=count + 1)
+    return labels == int(np.lexsort((content[1:], sizes[1:]))[-1]) + 1
 
 
 @dataclass(frozen=True)
