@@ -321,6 +321,39 @@ def test_island_split_by_its_edge_keeps_the_same_piece_in_any_storage_order():
         assert np.count_nonzero(kept) == 27 and np.all(kept[3:6, 3:6, 10:13])
 
 
+def test_island_cut_by_the_circular_field_of_view_is_named_as_cut():
+    # Outside its circular field of view a scanner writes a padding value (-3024 HU). An
+    # island the circle cuts was taken for one touching gas (bowel content?) and not named
+    # as cut; bone the circle cuts was not taken for cut either. Padding is not gas, and
+    # what it meets is cut as at the image's edge.
+    phantom = generate_phantom(**BASE)
+    label = next(i["label"] for i in phantom.islands if i["name"] == "free")
+    centre_kji = np.argwhere(phantom.ho_labels == label).mean(axis=0)
+    middle = (np.asarray(phantom.image.shape[1:]) - 1) / 2.0
+    rows, columns = np.mgrid[:phantom.image.shape[1], :phantom.image.shape[2]]
+    radius = np.hypot(*(centre_kji[1:] - middle))  # the circle runs through the free island
+    image = phantom.image.copy()
+    image[:, np.hypot(rows - middle[0], columns - middle[1]) > radius] = -3024.0
+    result = segment_ossifications(image, phantom.geometry)
+    assert not any("gas" in island.doubts for island in result.islands)
+    (cut,) = [w for w in result.warnings if "reach" in w and "edge of the image" in w]
+    free = _matching_island(phantom, result, "free")
+    assert f"HO {free.label}" in cut.split(" reach")[0]
+
+
+def test_counterpart_outside_the_field_of_view_is_not_compared():
+    from HOSciaticModuleLib.ossification import BoneAcrossMidline, MirrorPlane
+
+    geometry = VolumeGeometry.from_spacing_origin_directions((10, 10, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    bone = np.zeros((10, 10, 40), bool)
+    bone[3:7, 3:7, 2:8] = True
+    unimaged = np.zeros_like(bone)
+    unimaged[:, :, 30:] = True
+    across = BoneAcrossMidline(bone, geometry, MirrorPlane(np.array([1.0, 0.0, 0.0]), 20.0), unimaged=unimaged)
+    points = np.array([[25.0, 5.0, 5.0], [35.0, 5.0, 5.0], [45.0, 5.0, 5.0]])  # imaged, padding, off the image
+    assert across.inside(points).tolist() == [True, False, False]
+
+
 def _mirrored_r(offset_r: float) -> float:
     """The default phantom's body midline lies 45 mm to the left of its centre."""
     return -90.0 - offset_r

@@ -133,6 +133,10 @@ SURROUND_RING_MM = 2.5
 #: table's foam pad are below -500 HU; fat is never below -190 HU) lies outside the
 #: body: the table, a positioning aid, an external device.
 OUTSIDE_BODY_HU = -500.0
+#: Below any tissue, and below air (-1000 HU, noise included): the value a scanner writes
+#: outside its circular field of view (-2048 or -3024 once rescaled). Such voxels were not
+#: imaged: they are neither air nor gas, and an island next to them is cut there.
+FIELD_OF_VIEW_PADDING_HU = -1500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
 #: A sharp (bone) reconstruction kernel overshoots where tissue meets air: the skin and
 #: the walls of gas-filled bowel become rims a voxel or two thick above the bone
@@ -656,6 +660,21 @@ def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
                for s, offset, n in zip(extent, island_slices, shape))
 
 
+def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
+    """The voxels outside the scanner's circular field of view (see
+    FIELD_OF_VIEW_PADDING_HU), or None when the image has none (found on a coarse sample:
+    that padding fills the corners of every slice)."""
+    if not np.any(ct_hu[::4, ::4, ::4] < FIELD_OF_VIEW_PADDING_HU):
+        return None
+    return ct_hu < FIELD_OF_VIEW_PADDING_HU
+
+
+def _next_to_field_of_view_edge(ct_hu: np.ndarray, island: np.ndarray) -> bool:
+    """Whether an island (a mask over the block ``ct_hu``) touches the padding outside the
+    scanner's circular field of view: it is cut there as at the image's edge."""
+    return bool(np.any(ndimage.binary_dilation(island) & (ct_hu < FIELD_OF_VIEW_PADDING_HU)))
+
+
 def _component_thickness_mm(labels: np.ndarray, label: int, block, geometry: VolumeGeometry) -> float:
     """Twice the depth of the deepest voxel of one labelled component (in ``block``).
 
@@ -750,11 +769,13 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
     return (touching & thin)[labels]
 
 
-def estimate_native_components(labels, count, sizes, blocks, geometry, midline=lambda: None) -> np.ndarray:
+def estimate_native_components(labels, count, sizes, blocks, geometry, midline=lambda: None,
+                               cut_zone: np.ndarray | None = None) -> np.ndarray:
     """Which components (index 0..count) are native bones: big ones, unless a compact
     mass off the midline and whole in the image (large free HO), and thick bone cut by
     the region edge. ``blocks`` are the components' bounding slices; ``midline()`` gives
-    the body's midline (or None), asked for only when needed."""
+    the body's midline (or None), asked for only when needed; a component meeting
+    ``cut_zone`` (next to the padding outside the field of view) is cut there too."""
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
@@ -762,7 +783,9 @@ def estimate_native_components(labels, count, sizes, blocks, geometry, midline=l
     for label in range(1, count + 1):
         if blocks[label - 1] is None:
             continue
-        cut = _touches_border(blocks[label - 1], labels.shape)
+        block = blocks[label - 1]
+        cut = _touches_border(block, labels.shape) or (
+            cut_zone is not None and bool(np.any(cut_zone[block] & (labels[block] == label))))
         if native[label]:
             if not cut and sizes[label] * geometry.voxel_volume_ml < NATIVE_WHOLE_MIN_ML:
                 native[label] = not _free_mass(labels[blocks[label - 1]] == label, blocks[label - 1], all_bone,
@@ -927,7 +950,7 @@ def rim_along_air(ct_hu, island: np.ndarray, geometry: VolumeGeometry) -> bool:
     """Whether most of an island (a mask over the block ``ct_hu``, with a margin of
     background) lies against air or gas: a sharp kernel's overshoot at the skin or a
     bowel wall (see AIR_RIM_MIN_SHARE)."""
-    air = ct_hu < OUTSIDE_BODY_HU
+    air = is_gas(ct_hu)
     if not air.any():
         return False
     reach = max(AIR_RIM_REACH_MM, 1.5 * min(geometry.spacing_kji))
@@ -1212,11 +1235,12 @@ class BoneAcrossMidline:
     ``block`` is where ``bone`` lies in the image of ``image_shape``: all the image's
     bone is in the block, the rest of the image is imaged soft tissue and air. With the
     patient turned on the table, a bone's counterpart may lie outside the bone's own
-    bounding box yet well inside the image.
+    bounding box yet well inside the image. ``unimaged`` (over the image) is the padding
+    outside the field of view, where nothing was imaged.
     """
 
     def __init__(self, bone: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane, block=None,
-                 image_shape=None):
+                 image_shape=None, unimaged=None):
         self.bone, self.geometry, self.plane = bone, geometry, plane
         self.points = _bone_points(bone, geometry)
         self.tree = cKDTree(self.points)
@@ -1224,6 +1248,7 @@ class BoneAcrossMidline:
         shape = np.asarray(image_shape if image_shape is not None else bone.shape)
         # The image's first and last voxel, in the block's indices.
         self.image_first, self.image_last = -start, shape - start - 1
+        self.unimaged = unimaged
 
     def fit(self, ras: np.ndarray):
         """The rigid motion (rotation, shift) taking the mirror image of ``ras`` onto bone
@@ -1262,9 +1287,14 @@ class BoneAcrossMidline:
         return self.plane.mirror(ras) @ rotation.T + shift
 
     def inside(self, ras: np.ndarray) -> np.ndarray:
-        """Whether points lie in the image (where the other side was imaged)."""
+        """Whether points lie in the image, within its field of view (where the other side
+        was imaged)."""
         index = self.geometry.ras_to_kji_points(ras)
-        return np.all((index >= self.image_first - 0.5) & (index <= self.image_last + 0.5), axis=1)
+        inside = np.all((index >= self.image_first - 0.5) & (index <= self.image_last + 0.5), axis=1)
+        if self.unimaged is not None and inside.any():
+            voxel = np.clip(np.rint(index[inside] - self.image_first).astype(int), 0, self.image_last - self.image_first)
+            inside[inside] = ~self.unimaged[tuple(voxel.T)]
+        return inside
 
     def coarse_distance(self, ras: np.ndarray) -> np.ndarray:
         """Distance (mm) to the nearest bone point (2 mm apart) across the midline."""
@@ -1425,9 +1455,15 @@ def fat_share(hu: np.ndarray) -> float:
     return float(np.mean((hu >= CT_FAT_HU[0]) & (hu <= CT_FAT_HU[1]))) if hu.size else 0.0
 
 
+def is_gas(hu: np.ndarray) -> np.ndarray:
+    """Which values are gas or air: below OUTSIDE_BODY_HU, but not the padding outside
+    the field of view."""
+    return (hu < OUTSIDE_BODY_HU) & (hu >= FIELD_OF_VIEW_PADDING_HU)
+
+
 def gas_share(hu: np.ndarray) -> float:
-    """Share of the values below OUTSIDE_BODY_HU: gas or air (0 for none)."""
-    return float(np.mean(hu < OUTSIDE_BODY_HU)) if hu.size else 0.0
+    """Share of the values that are gas or air (0 for none)."""
+    return float(np.mean(is_gas(hu))) if hu.size else 0.0
 
 
 def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float) -> bool:
@@ -1442,6 +1478,8 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
     # Beyond the image nothing is known: such a way out does not count.
     values = ndimage.map_coordinates(ct_hu, kji, output=np.float32, order=1, mode="constant",
                                      cval=np.nan).reshape(len(directions), len(steps))
+    # Nor is anything known beyond the scanner's field of view.
+    values[values < FIELD_OF_VIEW_PADDING_HU] = np.nan
     best_reach = np.inf
     fatty = False
     for ray in values:
@@ -1560,14 +1598,14 @@ def _unpaired_mass_warning(numbers) -> str:
 
 
 def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block=None,
-                       image_shape=None) -> np.ndarray:
+                       image_shape=None, unimaged=None) -> np.ndarray:
     """The parts of the native components (``labels`` whose ``is_native``) without a
     counterpart across the midline ``plane`` (none without a plane). ``bone_block`` is
     where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`)."""
     found = np.zeros(labels.shape, bool)
     if plane is None or not is_native.any():
         return found
-    across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape)
+    across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape, unimaged)
     for label in np.flatnonzero(is_native):
         block = blocks[label - 1]
         part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels)
@@ -1689,7 +1727,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         split = _split_given_native_bone(bone_block, native_block, block_geometry)
     else:
         split = _split_estimated_native_bone(filled_bone, bone_block, block, ct_hu.shape, block_geometry, midline,
-                                             min_voxels, progress)
+                                             min_voxels, progress, field_of_view_padding(figures_ct))
 
     report(progress, 0.6, "Measuring islands")
     top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(split.excluded, block_geometry, midline()))
@@ -1782,12 +1820,15 @@ def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry)
 
 
 def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, geometry: VolumeGeometry, midline,
-                                 min_voxels, progress) -> _NativeSplit:
+                                 min_voxels, progress, unimaged=None) -> _NativeSplit:
     """Native bones told from HO by size and shape: big components are native, less
-    what stands out of their smooth envelope and what the other side lacks."""
+    what stands out of their smooth envelope and what the other side lacks. ``unimaged``
+    is the padding outside the field of view (over the whole image), or None."""
     labels, count, sizes = _components(filled_bone)
     component_blocks = ndimage.find_objects(labels)
-    is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline)
+    # Bone next to the padding is cut by the field of view, as at the image's edge.
+    cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
+    is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline, cut_zone)
     native = is_native[labels]
     report(progress, 0.4, "Separating HO fused to native bone")
     for label in np.flatnonzero(is_native):
@@ -1795,11 +1836,13 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
         component = labels[padded] == label
         edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
                                 image_shape)
+        if cut_zone is not None:
+            edge |= cut_zone[padded]
         # An outgrowth lies within its own component: taking it out leaves the others as they are.
         native[padded] &= ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
     # What the ball left in the native bone: the masses too thick for it.
     asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
-                                    min_voxels, block, image_shape) & native
+                                    min_voxels, block, image_shape, unimaged) & native
     native &= ~asymmetric
     # The mass's marrow, open towards the bone it grew from, is in the part already.
     candidates = fill_island_marrow(bone_block & ~native, geometry) | asymmetric
@@ -1896,7 +1939,8 @@ def _measure_islands(islands, labelmap_block, ct_block, figures_ct_block, bone_b
                                         _touches(island, split.fused_to, island_block, geometry))
         results.append(figures)
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
-        if _reaches_image_edge(island, result_blocks[-1], image_shape):
+        if (_reaches_image_edge(island, result_blocks[-1], image_shape)
+                or _next_to_field_of_view_edge(figures_ct_block[island_block], island)):
             facts.cut_by_edge.append(number)
         if (metal_distance is not None and figures.maturity == "immature"
                 and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
