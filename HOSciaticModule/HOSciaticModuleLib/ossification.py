@@ -438,11 +438,17 @@ class BoneSmoothing:
     noise_after_hu: float
 
 
+def _allowed_noise_hu(bone_threshold_hu: float) -> float:
+    """The soft-tissue noise (HU) under which specks of it stay below the bone threshold:
+    a quarter of the threshold's margin above muscle (see BONE_MARGIN_NOISE_SIGMAS)."""
+    return (bone_threshold_hu - MUSCLE_HU) / BONE_MARGIN_NOISE_SIGMAS
+
+
 def smoothed_for_bone(ct_hu: np.ndarray, geometry: VolumeGeometry, bone_threshold_hu: float):
-    """``ct_hu`` as it is when its soft-tissue noise is under a quarter of the bone
-    threshold's margin above muscle, else smoothed just enough (see
-    BONE_MARGIN_NOISE_SIGMAS); with a :class:`BoneSmoothing`, or None when left as is."""
-    allowed = (bone_threshold_hu - MUSCLE_HU) / BONE_MARGIN_NOISE_SIGMAS
+    """``ct_hu`` as it is when its soft-tissue noise is under the allowed noise (see
+    :func:`_allowed_noise_hu`), else smoothed just enough; with a
+    :class:`BoneSmoothing`, or None when left as is."""
+    allowed = _allowed_noise_hu(bone_threshold_hu)
     centre = _central_block(ct_hu.shape)
     sample, sample_geometry = ct_hu[centre].astype(np.float32), geometry.cropped(centre)
     noise = soft_tissue_noise_hu(sample, sample_geometry)
@@ -463,8 +469,7 @@ def _smoothed_ct_warning(smoothing: BoneSmoothing, bone_threshold_hu: float) -> 
                f"specks of noise do not pass the {bone_threshold_hu:.0f} HU bone threshold; the islands' HU figures are "
                "read on the CT as it is. Islands of a few voxels may be missed, and thin cortices read thicker. A "
                "soft-tissue kernel reconstruction of the same scan, where one exists, gives the most reliable HO.")
-    allowed = (bone_threshold_hu - MUSCLE_HU) / BONE_MARGIN_NOISE_SIGMAS
-    if smoothing.noise_after_hu > allowed:
+    if smoothing.noise_after_hu > _allowed_noise_hu(bone_threshold_hu):
         warning += (f" Even smoothed, the noise (about {smoothing.noise_after_hu:.0f} HU) stays high for that threshold: "
                     "small islands may be noise.")
     return warning
@@ -669,10 +674,10 @@ def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
     return ct_hu < FIELD_OF_VIEW_PADDING_HU
 
 
-def _next_to_field_of_view_edge(ct_hu: np.ndarray, island: np.ndarray) -> bool:
-    """Whether an island (a mask over the block ``ct_hu``) touches the padding outside the
-    scanner's circular field of view: it is cut there as at the image's edge."""
-    return bool(np.any(ndimage.binary_dilation(island) & (ct_hu < FIELD_OF_VIEW_PADDING_HU)))
+def _next_to_field_of_view_edge(unimaged: np.ndarray, island: np.ndarray) -> bool:
+    """Whether an island touches the padding outside the scanner's circular field of view
+    (``unimaged``, over the island's block): it is cut there as at the image's edge."""
+    return bool(np.any(ndimage.binary_dilation(island) & unimaged))
 
 
 def _component_thickness_mm(labels: np.ndarray, label: int, block, geometry: VolumeGeometry) -> float:
@@ -1022,12 +1027,19 @@ def _lattice_phase(geometry: VolumeGeometry, steps) -> np.ndarray:
     return np.mod(np.floor(anchor + 0.5).astype(int), steps)
 
 
+def _lattice(mask: np.ndarray, geometry: VolumeGeometry, steps) -> tuple[np.ndarray, np.ndarray]:
+    """``mask`` on the world-anchored lattice ``steps`` voxels apart (a view), and the
+    lattice's first index (k, j, i) (see :func:`_lattice_phase`)."""
+    phase = _lattice_phase(geometry, steps)
+    return mask[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]], phase
+
+
 def _lattice_voxels(mask: np.ndarray, geometry: VolumeGeometry, steps) -> np.ndarray:
     """Indices (k, j, i) of the voxels of ``mask`` on the world-anchored lattice
     ``steps`` voxels apart (see :func:`_lattice_phase`)."""
     steps = np.asarray(steps, int)
-    phase = _lattice_phase(geometry, steps)
-    return np.argwhere(mask[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]) * steps + phase
+    lattice, phase = _lattice(mask, geometry, steps)
+    return np.argwhere(lattice) * steps + phase
 
 
 def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
@@ -1128,8 +1140,7 @@ def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | No
     """The mid-sagittal plane across which ``bone`` is most symmetric, or None when the
     image does not hold both sides of a pelvis."""
     steps = _midline_sampling_steps(geometry)
-    phase = _lattice_phase(geometry, steps)
-    lattice = bone[phase[0]::steps[0], phase[1]::steps[1], phase[2]::steps[2]]
+    lattice, phase = _lattice(bone, geometry, steps)
     cells = np.argwhere(lattice)
     if len(cells) < 1000:
         return None
@@ -1694,6 +1705,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     # Bone is found on a smoothed CT when the noise would pass the threshold; the
     # islands' HU figures are read on the CT as given.
     figures_ct = ct_hu
+    unimaged = field_of_view_padding(figures_ct)
     ct_hu, smoothing = smoothed_for_bone(ct_hu, geometry, bone_threshold_hu)
     if smoothing is not None:
         warnings.append(_smoothed_ct_warning(smoothing, bone_threshold_hu))
@@ -1727,7 +1739,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         split = _split_given_native_bone(bone_block, native_block, block_geometry)
     else:
         split = _split_estimated_native_bone(filled_bone, bone_block, block, ct_hu.shape, block_geometry, midline,
-                                             min_voxels, progress, field_of_view_padding(figures_ct))
+                                             min_voxels, progress, unimaged)
 
     report(progress, 0.6, "Measuring islands")
     top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(split.excluded, block_geometry, midline()))
@@ -1736,7 +1748,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     labelmap_block = labelmap[block]
     results, result_blocks, facts = _measure_islands(found.islands, labelmap_block, ct_block, figures_ct[block],
                                                      bone_block, split, block, block_geometry, ct_hu.shape,
-                                                     metal_distance, progress)
+                                                     metal_distance, progress,
+                                                     unimaged[block] if unimaged is not None else None)
 
     set_apart = {}
     for name, parts in ((MIDLINE_SEGMENT_NAME, found.on_midline), (ABOVE_HIP_SEGMENT_NAME, found.above_hip_bones)):
@@ -1923,10 +1936,11 @@ class _IslandFacts:
 
 
 def _measure_islands(islands, labelmap_block, ct_block, figures_ct_block, bone_block, split: _NativeSplit, block,
-                     geometry: VolumeGeometry, image_shape, metal_distance, progress):
+                     geometry: VolumeGeometry, image_shape, metal_distance, progress, unimaged_block=None):
     """Number the islands into ``labelmap_block`` and measure each: their figures (on
     ``figures_ct_block``, the CT as given), their bounding slices on the whole image, and
-    the facts the checks use (on ``ct_block``, the CT bone was found on)."""
+    the facts the checks use (on ``ct_block``, the CT bone was found on; an island
+    touching ``unimaged_block``, the padding outside the field of view, is cut there)."""
     results = []
     result_blocks = []
     facts = _IslandFacts()
@@ -1939,8 +1953,8 @@ def _measure_islands(islands, labelmap_block, ct_block, figures_ct_block, bone_b
                                         _touches(island, split.fused_to, island_block, geometry))
         results.append(figures)
         result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
-        if (_reaches_image_edge(island, result_blocks[-1], image_shape)
-                or _next_to_field_of_view_edge(figures_ct_block[island_block], island)):
+        if _reaches_image_edge(island, result_blocks[-1], image_shape) or (
+                unimaged_block is not None and _next_to_field_of_view_edge(unimaged_block[island_block], island)):
             facts.cut_by_edge.append(number)
         if (metal_distance is not None and figures.maturity == "immature"
                 and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
