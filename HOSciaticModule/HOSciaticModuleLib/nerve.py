@@ -114,6 +114,9 @@ THIN_FAT_PLANE_SHARE = 0.1
 #: benchmark CT with 80 HU (1.3 times), 361 mm long for 300, 18 mm wide for 9, with no
 #: fat plane along 49 % and wider than a nerve along 8 %.
 NOISY_NO_FAT_PLANE_MAX_SHARE = 0.5
+#: The short reasons of the station caveats that rule reads.
+NO_FAT_PLANE_REASON = "no fat plane"
+WIDER_THAN_NERVE_REASON = "wider than a nerve"
 #: A voxel longer than this across the nerve (in its cross-section's plane) blurs its
 #: outline over more than a third of a 9-12 mm nerve: a coronal or sagittal series of
 #: 4-5 mm slices, the nerve running along the slices, reads its calibre a quarter small.
@@ -979,7 +982,7 @@ def too_wide_stretch_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[Sta
     wide = width > TOO_WIDE_STRETCH_MM
     if np.mean(wide) < TOO_WIDE_SHARE:
         return []
-    return [StationCaveat("wider than a nerve", wide, (
+    return [StationCaveat(WIDER_THAN_NERVE_REASON, wide, (
         f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
         "across): there it has run into the tissue around the nerve, where no fat plane parts them, and its areas, "
         "diameters and contact figures are not the nerve's. Add seed points on the nerve in that stretch, or "
@@ -1039,7 +1042,7 @@ def check_told_from_muscle(caveats, contrast_to_noise: float | None) -> None:
     """Refuse a trace on a CT smoothed for its noise that found no fat plane, or ran
     wider than a nerve, along most of its length (from ``caveats``, those of
     :func:`thin_fat_plane_caveats` and :func:`too_wide_stretch_caveats`)."""
-    lost = [caveat.stations for caveat in caveats if caveat.reason in ("no fat plane", "wider than a nerve")]
+    lost = [caveat.stations for caveat in caveats if caveat.reason in (NO_FAT_PLANE_REASON, WIDER_THAN_NERVE_REASON)]
     if contrast_to_noise is None or not lost:
         return
     share = float(np.mean(np.logical_or.reduce(lost)))
@@ -1060,7 +1063,7 @@ def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
     thin = np.nan_to_num(contrast, nan=np.inf) < THIN_FAT_PLANE_CONTRAST * (appearance.nerve_level - CT_FAT_REFERENCE_HU)
     if np.mean(thin) < THIN_FAT_PLANE_SHARE:
         return []
-    return [StationCaveat("no fat plane", thin, (
+    return [StationCaveat(NO_FAT_PLANE_REASON, thin, (
         f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
         "its outline is drawn too small and the diameters and areas are underestimated. Check the outline on the "
         "images, or measure the nerve on a T2 fat-saturated MR."))]
