@@ -156,11 +156,12 @@ def _traced_against_truth(phantom, image, modality="ct"):
     return trace, distance, error[free]
 
 
-def _correlated_noise(shape, geometry, sigma, correlation_mm=0.7):
+def _correlated_noise(shape, geometry, sigma, correlation_mm=0.7, seed=11):
     """Noise as a CT reconstruction kernel leaves it: white noise blurred by a Gaussian
-    of ``correlation_mm``, scaled to a standard deviation of ``sigma``."""
-    noise = ndimage.gaussian_filter(np.random.default_rng(11).normal(0.0, 1.0, shape),
-                                    correlation_mm / np.asarray(geometry.spacing_kji))
+    of ``correlation_mm`` (one figure, or one per axis k, j, i), scaled to a standard
+    deviation of ``sigma``."""
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0.0, 1.0, shape),
+                                    np.asarray(correlation_mm) / np.asarray(geometry.spacing_kji))
     return (noise * sigma / noise.std()).astype(np.float32)
 
 
@@ -201,8 +202,9 @@ def test_noisy_ct_is_smoothed_before_tracing_and_says_so():
 
 
 def _with_kernel_noise(phantom, sigma_hu):
-    noise = ndimage.gaussian_filter(np.random.default_rng(5).normal(0.0, 1.0, phantom.image.shape), 0.6)
-    return phantom.image + noise * (sigma_hu / noise.std())
+    """Noise spread over 0.6 of a voxel along each axis, as a sharp kernel leaves it."""
+    spread_mm = 0.6 * np.asarray(phantom.geometry.spacing_kji)
+    return phantom.image + _correlated_noise(phantom.image.shape, phantom.geometry, sigma_hu, spread_mm, seed=5)
 
 
 def test_ct_too_noisy_to_part_nerve_from_muscle_is_refused():
