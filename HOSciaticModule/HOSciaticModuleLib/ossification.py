@@ -2051,8 +2051,9 @@ def _air_rims_warning(count: int, volume_ml: float) -> str:
     many = count > 1
     return (f"{count} bone-dense rim{'s' if many else ''} along air or gas ({volume_ml:.1f} mL) "
             f"{'were' if many else 'was'} left out: at least half of {'each' if many else 'it'} lies within "
-            f"{AIR_RIM_REACH_MM:.0f} mm of air, where a sharp (bone) reconstruction kernel overshoots at the skin and at "
-            "the walls of gas-filled bowel; HO forms in muscle. A soft-tissue kernel reconstruction avoids them.")
+            f"{AIR_RIM_REACH_MM:.0f} mm of air (a voxel and a half on a coarser grid), where a sharp (bone) "
+            "reconstruction kernel overshoots at the skin and at the walls of gas-filled bowel; HO forms in muscle. A "
+            "soft-tissue kernel reconstruction avoids them.")
 
 
 def _outside_body_warning(count: int, volume_ml: float) -> str:
