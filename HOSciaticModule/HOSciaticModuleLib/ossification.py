@@ -2047,17 +2047,21 @@ def _missing_native_bones_warning(volumes_ml: list) -> str:
             "estimated from the CT).")
 
 
-def _air_rims_warning(count: int, volume_ml: float) -> str:
+def _left_out_warning(count: int, volume_ml: float, noun: str, where: str, reason: str) -> str:
     many = count > 1
-    return (f"{count} bone-dense rim{'s' if many else ''} along air or gas ({volume_ml:.1f} mL) "
-            f"{'were' if many else 'was'} left out: at least half of {'each' if many else 'it'} lies within "
-            f"{AIR_RIM_REACH_MM:.0f} mm of air (a voxel and a half on a coarser grid), where a sharp (bone) "
-            "reconstruction kernel overshoots at the skin and at the walls of gas-filled bowel; HO forms in muscle. A "
-            "soft-tissue kernel reconstruction avoids them.")
+    return (f"{count} bone-dense {noun}{'s' if many else ''} {where} ({volume_ml:.1f} mL) "
+            f"{'were' if many else 'was'} left out: {reason}")
+
+
+def _air_rims_warning(count: int, volume_ml: float) -> str:
+    return _left_out_warning(
+        count, volume_ml, "rim", "along air or gas",
+        f"at least half of {'each' if count > 1 else 'it'} lies within {AIR_RIM_REACH_MM:.0f} mm of air (a voxel and "
+        "a half on a coarser grid), where a sharp (bone) reconstruction kernel overshoots at the skin and at the walls "
+        "of gas-filled bowel; HO forms in muscle. A soft-tissue kernel reconstruction avoids them.")
 
 
 def _outside_body_warning(count: int, volume_ml: float) -> str:
-    many = count > 1
-    return (f"{count} bone-dense object{'s' if many else ''} surrounded by air ({volume_ml:.1f} mL) "
-            f"{'were' if many else 'was'} left out: outside the body (the table, a positioning aid or an external "
-            "device), not in soft tissue where HO forms.")
+    return _left_out_warning(count, volume_ml, "object", "surrounded by air",
+                             "outside the body (the table, a positioning aid or an external device), not in soft "
+                             "tissue where HO forms.")
