@@ -2,12 +2,13 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from HOSciaticModuleLib import cli
+from HOSciaticModuleLib import __version__, cli
 from HOSciaticModuleLib.phantom import generate_phantom, write_phantom_case
 
 SMALL = dict(spacing_ijk=(1.2, 1.2, 2.0), fov_mm=(110.0, 110.0, 120.0))
@@ -86,6 +87,18 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     again = _summary(out)
     assert [again[name]["status"] for name in ("p01", "p 02/b")] == ["done", "done earlier"]
     assert (out / "p01" / "islands.csv").is_file() and again["p01"]["ho_doubted"] == "0"
+
+    # A seed file saved again since (a corrected click), and the results of another
+    # version, are made again.
+    written = (out / "p01" / "metrics.json").stat().st_mtime_ns
+    os.utime(case_list.parent / "images" / "nerve_seeds_right.mrk.json", ns=(written + 1000, written + 1000))
+    older = out / "p_02_b" / "metrics.json"
+    older.write_text(older.read_text().replace(f'"version": "{__version__}"', '"version": "0.0.1"'))
+    assert '"0.0.1"' in older.read_text()
+    cli.main(["batch", str(case_list), "--out", str(out), "--no-scene", "--quiet", "--skip-existing"])
+    remade = _summary(out)
+    assert [remade[name]["status"] for name in ("p01", "p 02/b")] == ["done", "done"]
+    assert json.loads(older.read_text())["software"]["version"] == __version__
 
     # The list corrected: p01's image is another file. Its earlier result is not of this
     # image, so p01 runs again; the unchanged case is kept.

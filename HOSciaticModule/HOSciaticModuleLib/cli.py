@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shared_options(batch_command)
     batch_command.add_argument("--skip-existing", action="store_true",
                                help="keep cases whose folder already holds the metrics.json of the same inputs and "
-                                    "settings (resume a batch)")
+                                    "settings, made by this version after the inputs were last saved (resume a "
+                                    "batch)")
 
     demo = commands.add_parser("demo", help="generate the synthetic demo case and analyse it")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -516,10 +517,27 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
     same_inputs = all(recorded.get(key) == value for key, value in expected.items())
     same_settings = parameters == export.default_parameters(args.bone_threshold, args.min_island_ml,
                                                             args.contact_tolerance, case.modality)
+    # Another version's figures may differ: its results are made again, as are those of
+    # an input saved again since (a corrected seed file, a re-exported series).
+    same_version = document.get("software", {}).get("version") == __version__
+    inputs = [p for p in (case.image, case.roi, case.bones, *case.nerve_seeds) if p]
+    fresh = _latest_change_ns(inputs) <= (case_dir / "metrics.json").stat().st_mtime_ns
     # A folder missing a file this version writes (an earlier version's) runs again.
     complete = ((args.no_scene or (case_dir / "scene.mrb").is_file())
                 and (case.modality != "ct" or (case_dir / "islands.csv").is_file()))
-    return document if same_inputs and same_settings and complete else None
+    return document if same_inputs and same_settings and same_version and fresh and complete else None
+
+
+def _latest_change_ns(paths) -> int:
+    """When the newest of these files (or of the files in these folders, a DICOM series)
+    was last written, in ns since the epoch."""
+    latest = 0
+    for path in map(Path, paths):
+        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+        for file in files:
+            with contextlib.suppress(OSError):
+                latest = max(latest, file.stat().st_mtime_ns)
+    return latest
 
 
 def _batch_summary(summary_path: Path, rows: list[dict]) -> str:
