@@ -41,6 +41,10 @@ STATION_SPACING_MM = 1.0
 SEARCH_MARGIN_MM = 25.0
 #: Grid of the minimal-path search: fine enough for a 5-8 mm thick nerve.
 PATH_GRID_MM = 1.5
+#: A stretch between two seeds is judged on its own (whether its path keeps to
+#: nerve-like tissue) over at least this much path beyond the seeds' reach; shorter
+#: stretches (seeds clicked close together) only count towards the whole path's share.
+JUDGED_STRETCH_MM = 10.0
 #: Half the thickness of a normal flattened sciatic nerve (5-8 mm thick).
 NERVE_HALF_THICKNESS_MM = 3.0
 #: Half the thickness of a markedly swollen nerve; tissue deeper than this is muscle.
@@ -65,6 +69,16 @@ RAY_LEAK_FACTOR = 1.8
 #: often 2-3 mm off centre).
 CORE_SEARCH_MM = 5.0
 CORE_GRID_MM = 1.25
+#: A section's core is the candidate deepest in nerve-like tissue less this much per mm
+#: from the current point: of two equally deep places, the nearer.
+CORE_OFFSET_PENALTY = 0.15
+#: Seeds are moved onto the nerve in the plane across the seeds' course, read between
+#: the seeds this far either side; moved seeds closer together than MIN_SEED_GAP_MM are one.
+SEED_COURSE_MM = 15.0
+MIN_SEED_GAP_MM = 1.0
+#: Half-width of the plane read around a seed: a flat band of a nerve 20 mm wide whose
+#: centre lies CORE_SEARCH_MM from the click stays within it.
+SEED_PLANE_REACH_MM = CORE_SEARCH_MM + MAX_RAY_MM
 #: Smoothing of the centreline (Gaussian along the arc, mm): the sciatic nerve bends
 #: gently; shorter wiggles are noise of the path on a voxel grid.
 CENTRELINE_SMOOTHING_MM = 3.0
@@ -426,9 +440,13 @@ def minimal_path(cost: np.ndarray, spacing_kji, start_kji, end_kji) -> np.ndarra
 
 
 def trace_path(image, geometry, seeds, appearance, excluded) -> tuple[np.ndarray, float]:
-    """Minimal path through all seeds (RAS points) and its fraction outside nerve-like tissue."""
+    """Minimal path through all seeds (RAS points) and its fraction outside nerve-like
+    tissue, judged beyond CORE_SEARCH_MM of the seeds: a click beside the nerve (in
+    its fat sheath) is reached through fat, which says nothing of whether the nerve
+    was followed. That fraction is the largest of a stretch between two seeds (one
+    with at least JUDGED_STRETCH_MM so judged) and of the whole path."""
     points = []
-    outside = []
+    counted = []
     for a, b in zip(seeds[:-1], seeds[1:]):
         block = geometry.bounding_slices_of_ras_box(np.vstack([a, b]), SEARCH_MARGIN_MM)
         block_geometry = geometry.cropped(block)
@@ -444,9 +462,17 @@ def trace_path(image, geometry, seeds, appearance, excluded) -> tuple[np.ndarray
         segment = block_geometry.kji_to_ras_points(fine_kji)
         segment[0], segment[-1] = a, b
         on_tissue = ndimage.map_coordinates(tissue.astype(np.float32), fine_kji.T, order=1, mode="nearest")
-        outside.append(np.mean(on_tissue < 0.5))
+        beyond_seeds = np.minimum(np.linalg.norm(segment - a, axis=1), np.linalg.norm(segment - b, axis=1)) > CORE_SEARCH_MM
+        steps_mm = np.linalg.norm(np.diff(segment, axis=0), axis=1)
+        step_mm = np.r_[steps_mm, 0.0] / 2 + np.r_[0.0, steps_mm] / 2
+        off_nerve = (on_tissue < 0.5) & beyond_seeds
+        counted.append((float(np.sum(step_mm * off_nerve)), float(np.sum(step_mm * beyond_seeds))))
         points.append(segment if not points else segment[1:])
-    return np.vstack(points), float(np.max(outside))
+    off_mm, judged_mm = np.array(counted).T
+    judged = judged_mm >= JUDGED_STRETCH_MM
+    fractions = [off_mm.sum() / judged_mm.sum()] if judged_mm.sum() > 0 else [0.0]
+    fractions += list(off_mm[judged] / judged_mm[judged])
+    return np.vstack(points), float(np.max(fractions))
 
 
 # ---------------------------------------------------------------------------------------
@@ -544,9 +570,7 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
 
     def measure(stations):
         # Core: the most central nerve-like point of the section near the current point.
-        candidates, depth, offset_mm = _section_depth(sampler, points[stations], u[stations], v[stations], appearance)
-        best = np.argmax(depth - 0.15 * offset_mm[None, :], axis=1)
-        cores = candidates[np.arange(len(stations)), best]
+        cores = _most_central(*_section_depth(sampler, points[stations], u[stations], v[stations], appearance))
         return (cores,) + _ray_radii(sampler, cores, directions[stations], appearance, ray_step_mm)
 
     # Sections are independent and their sampling releases the GIL: long nerves are
@@ -628,18 +652,21 @@ def _inside(values, masks, appearance, level=None):
     return inside
 
 
-def _section_depth(sampler, points, u, v, appearance):
+def _section_depth(sampler, points, u, v, appearance, reach_mm=CORE_SEARCH_MM + MAX_NERVE_HALF_THICKNESS_MM,
+                   enclosed_only=False):
     """Candidate cores within CORE_SEARCH_MM of each point, on a CORE_GRID_MM grid in
     the section plane, and their in-plane depth inside nerve-like tissue (mm, capped
     at MAX_NERVE_HALF_THICKNESS_MM).
 
-    The plane is sampled once per station on a grid reaching beyond the candidates
-    by the largest depth of interest; depth is its 2D Euclidean distance transform.
+    The plane is sampled once per station on a grid reaching ``reach_mm`` (beyond the
+    candidates by the largest depth of interest); depth is its 2D Euclidean distance
+    transform. With ``enclosed_only``, tissue that reaches the edge of that grid (the
+    muscle beside a nerve, on CT) has no depth: only a tube enclosed in the plane is.
     Returns (candidates (N, C, 3) RAS, depth (N, C), offset of each candidate (C,) mm).
     """
     import edt
 
-    reach = int(np.ceil((CORE_SEARCH_MM + MAX_NERVE_HALF_THICKNESS_MM) / CORE_GRID_MM))
+    reach = int(np.ceil(reach_mm / CORE_GRID_MM))
     offsets = np.arange(-reach, reach + 1) * CORE_GRID_MM
     du, dv = (grid.ravel() for grid in np.meshgrid(offsets, offsets, indexing="ij"))
     plane = points[:, None, :] + du[None, :, None] * u[:, None, :] + dv[None, :, None] * v[:, None, :]
@@ -651,6 +678,12 @@ def _section_depth(sampler, points, u, v, appearance):
     values, masks = sampler.at_index(plane_kji)
     inside = _inside(values, masks, appearance)
     inside = inside.reshape(len(points), len(offsets), len(offsets))
+    if enclosed_only:
+        in_plane = np.zeros((3, 3, 3), bool)
+        in_plane[1] = ndimage.generate_binary_structure(2, 1)
+        pieces, _ = ndimage.label(inside, structure=in_plane)
+        edge = np.unique(np.concatenate([pieces[:, [0, -1], :].ravel(), pieces[:, :, [0, -1]].ravel()]))
+        inside &= ~np.isin(pieces, edge[edge > 0])
     # A huge spacing between stations keeps the transform within each plane.
     depth = edt.edt(np.ascontiguousarray(inside, np.uint8), anisotropy=(1e6, CORE_GRID_MM, CORE_GRID_MM),
                     black_border=True).reshape(len(points), -1)
@@ -658,6 +691,46 @@ def _section_depth(sampler, points, u, v, appearance):
     candidate = offset_mm <= CORE_SEARCH_MM + 1e-9
     return (plane[:, candidate], np.minimum(depth[:, candidate], MAX_NERVE_HALF_THICKNESS_MM + 1.0),
             offset_mm[candidate])
+
+
+def _most_central(candidates, depth, offset_mm) -> np.ndarray:
+    """Per section, the candidate deepest in nerve-like tissue, nearer ones preferred."""
+    best = np.argmax(depth - CORE_OFFSET_PENALTY * offset_mm[None, :], axis=1)
+    return candidates[np.arange(len(candidates)), best]
+
+
+def seeds_on_the_nerve(image, geometry: VolumeGeometry, seeds: np.ndarray, appearance, excluded) -> np.ndarray:
+    """Each seed moved to the nerve's core within CORE_SEARCH_MM, found as every
+    cross-section's core is, in the plane across the seeds' course there (read over
+    SEED_COURSE_MM either side, so that close clicks off centre do not tilt it), among
+    nerve-like tissue enclosed in that plane (a nerve in its fat sheath, or in HO; not
+    the muscle beside it, which is nerve-like on CT too). A click in the nerve's fat
+    sheath, at its edge or in the bone around it then starts and ends the path on the
+    nerve, instead of forcing a detour: between clicks 4.5 mm apart and 4 mm off centre
+    the path ran through the muscle beside the nerve, 10 mm off it. A seed on
+    nerve-like tissue already stays where it was clicked (the sections centre it), as
+    does one with no enclosed tissue within reach (a nerve touching muscle without a fat
+    plane); seeds that meet are merged."""
+    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(seeds, axis=0), axis=1))]
+    before = [seeds[arc <= a - SEED_COURSE_MM][-1] if np.any(arc <= a - SEED_COURSE_MM) else seeds[0] for a in arc]
+    after = [seeds[arc >= a + SEED_COURSE_MM][0] if np.any(arc >= a + SEED_COURSE_MM) else seeds[-1] for a in arc]
+    course = np.array(after) - np.array(before)
+    course /= np.linalg.norm(course, axis=1, keepdims=True)
+    helper = np.where(np.abs(course[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    u = np.cross(course, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(course, u)
+    sampler = _IndexSampler(image, excluded, geometry)
+    candidates, depth, offset_mm = _section_depth(sampler, seeds, u, v, appearance, SEED_PLANE_REACH_MM,
+                                                  enclosed_only=True)
+    values, masks = sampler.at_index(geometry.ras_to_kji_points(seeds))
+    on_tissue = _inside(values, masks, appearance)
+    reached = (depth.max(axis=1) > 0) & ~on_tissue
+    moved = np.where(reached[:, None], _most_central(candidates, depth, offset_mm), seeds)
+    moved = sort_seeds_along_nerve(moved)
+    apart = np.r_[True, np.linalg.norm(np.diff(moved, axis=0), axis=1) >= MIN_SEED_GAP_MM]
+    apart[-1] = True
+    return moved[apart]
 
 
 def _ray_radii(sampler, cores, directions, appearance, step_mm=RAY_STEP_MM, inside_mm=0.0):
@@ -1173,6 +1246,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         warnings.append(_smoothed_warning(contrast_to_noise))
 
     report(progress, 0.1, "Following the nerve between the seeds")
+    seeds = seeds_on_the_nerve(image, geometry, seeds, appearance, exclusion_mask)
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
     if outside_fraction > 0.35:
         raise InputError(
