@@ -927,6 +927,25 @@ def test_bones_of_a_hand_in_the_field_are_flagged():
     assert named == hand_labels and len(named) == len(hand)
 
 
+def test_flecks_of_early_ho_in_one_muscle_are_not_taken_for_a_hand():
+    # Ten flecks of immature HO (0.18 mL of amorphous mineral at 380 HU, no cortex), 15-20 mm
+    # apart in the gluteal muscles, as early HO often shows: each is found and measured,
+    # and none is doubted (a hand's bones have a cortex).
+    centres = [(21.0, -16.0, 56.0), (15.0, -19.0, -15.0), (20.0, -17.0, 27.0), (12.0, -36.0, 48.0),
+               (23.0, -16.0, 7.0), (8.0, -20.0, 50.0), (10.0, -32.0, 2.0), (24.0, -26.0, 39.0),
+               (7.0, -31.0, 21.0), (20.0, -29.0, 63.0)]
+    flecks = tuple(IslandSpec(f"fleck {n}", "ellipsoid", False, center_offset=centre, semi_axes=(3.5, 3.0, 4.0))
+                   for n, centre in enumerate(centres))
+    phantom = generate_phantom(PhantomSpec(islands=PhantomSpec().islands[:1] + flecks), **BASE)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    found = [i for i in result.islands if i.maturity == "immature"]
+    assert len(found) == len(flecks) and len(result.islands) == len(flecks) + 1
+    truth = phantom.islands[1]["analytic_volume_ml"]
+    assert all(abs(i.volume_ml - truth) <= 0.15 * truth for i in found), [i.volume_ml for i in found]
+    assert not any(i.doubts for i in result.islands), [i.doubts for i in result.islands]
+    assert not any("hand" in w for w in result.warnings)
+
+
 @pytest.mark.parametrize("with_gas", [True, False])
 def test_dense_pool_against_gas_is_named(with_gas):
     """Oral contrast pooled in a bowel loop under a gas bubble (an air-fluid level,

@@ -283,6 +283,10 @@ CONTRAST_MAX_HU = 600.0
 HAND_MIN_BONES = 8
 HAND_MAX_BONE_ML = 5.0
 HAND_BONE_LINK_MM = 40.0
+#: A hand's bones have a cortex (1500-2000 HU): even 3 mm voxels, which average a 1 mm
+#: cortex with the marrow beside it, reach 600 HU. Early, immature HO comes as flecks
+#: of amorphous mineral (200-500 HU), often many in one muscle: they are not a hand.
+HAND_BONE_MIN_PEAK_HU = 600.0
 #: Bright streaks from an implant (beam hardening, photon starvation) reach several
 #: centimetres and look like immature bone, without a cortex.
 STREAK_REACH_MM = 50.0
@@ -493,7 +497,9 @@ def check_looks_like_ct(ct_hu: np.ndarray) -> None:
         "CT in Hounsfield units (an MR image?). HO segmentation needs a CT; for an MR use the nerve tracing with "
         "modality 'mr'. A CT stored without its rescale intercept (air near 0, soft tissue near 1024, perhaps with "
         "a padding value such as -2000 outside the field of view) must be converted to HU first: subtract the "
-        "intercept, usually 1024 (importing the DICOM series applies it).")
+        "intercept, usually 1024; one whose values were scaled (a rescale slope other than 1 left out or applied "
+        "twice: air then reads near -100 or -10000) must be multiplied back by that slope. Importing the DICOM "
+        "series applies both.")
 
 
 def _check_mask(mask, shape, what):
@@ -1507,9 +1513,10 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
 
 
 def clustered_small_islands(results) -> list[int]:
-    """Numbers of the small islands lying in a chain of at least HAND_MIN_BONES, each
-    within HAND_BONE_LINK_MM of the next: the pattern of a hand's bones."""
-    small = [r for r in results if r.volume_ml <= HAND_MAX_BONE_ML]
+    """Numbers of the small, corticated islands lying in a chain of at least
+    HAND_MIN_BONES, each within HAND_BONE_LINK_MM of the next: the pattern of a hand's
+    bones."""
+    small = [r for r in results if r.volume_ml <= HAND_MAX_BONE_ML and r.max_hu >= HAND_BONE_MIN_PEAK_HU]
     if len(small) < HAND_MIN_BONES:
         return []
     centres = np.array([r.centroid_ras for r in small])
