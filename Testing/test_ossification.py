@@ -16,8 +16,8 @@ from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, body_midline, ct_body_midline, distance_outside,
-                                             segment_ossifications, side_of_midline)
+from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, body_midline, bridges_two_bones, ct_body_midline,
+                                             distance_outside, segment_ossifications, side_of_midline)
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -925,6 +925,49 @@ def test_bones_of_a_hand_in_the_field_are_flagged():
     named = {int(n) for n in re.findall(r"HO (\d+)", warning.split(" are ")[0])}
     hand_labels = {i.label for i in result.islands if i.volume_ml < 1.0}
     assert named == hand_labels and len(named) == len(hand)
+
+
+@pytest.mark.parametrize("spacing_ijk", [(1.0, 1.0, 2.0), (0.7, 0.7, 1.0)])
+def test_bar_of_ho_from_femur_to_ischium_is_found_with_one_hip_imaged(spacing_ijk):
+    # Brooker IV: a mature bar 10 mm thick, 110 mm long, runs from the femur behind the
+    # nerve to the ischium, joining them. Thinner than the ball and eleven times longer
+    # than thick, it was taken for a native bone's edge and missed; it is all that joins
+    # two bones, from one to the other, so it is fused HO.
+    bar = IslandSpec("bar", "bar", True, path=((37.0, 15.0, 10.0), (28.0, -19.0, 15.0), (-8.0, -19.0, 30.0),
+                                               (-28.0, 5.0, 40.0)), radius_mm=5.0)
+    base = PhantomSpec()
+    phantom = generate_phantom(dataclasses.replace(base, islands=(base.islands[1], bar)), spacing_ijk=spacing_ijk)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    truth = phantom.islands[1]
+    overlap = np.bincount(result.labelmap[phantom.ho_labels == truth["label"]], minlength=len(result.islands) + 1)
+    found = result.islands[int(np.argmax(overlap[1:]))]
+    assert overlap[1:].max() >= 0.8 * np.count_nonzero(phantom.ho_labels == truth["label"])
+    assert found.fused_to_native_bone and found.maturity == "mature"
+    assert found.volume_ml == pytest.approx(truth["volume_ml"], rel=0.15), (found.volume_ml, truth["volume_ml"])
+    assert len(result.islands) == 2
+
+
+def test_only_a_bar_from_one_bone_to_another_bridges_them():
+    # Two 40 mm blocks of bone (64 mL each) 30 mm apart on a 1 mm grid.
+    geometry = VolumeGeometry.from_spacing_origin_directions((60, 60, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    bones = np.zeros((60, 60, 120), bool)
+    bones[10:50, 10:50, 5:45] = bones[10:50, 10:50, 75:115] = True
+    bar = np.zeros_like(bones)
+    bar[27:33, 27:33, 45:75] = True                  # from one block's face to the other's
+    assert bridges_two_bones(bones | bar, bar, geometry)
+    # A joint fused along its line (blocks 2 mm apart, joined over their whole 40 mm
+    # face): it meets both along its length, its two contacts side by side.
+    fused = np.zeros_like(bones)
+    fused[10:50, 10:50, 5:45] = fused[10:50, 10:50, 47:87] = True
+    plate = np.zeros_like(bones)
+    plate[10:50, 28:32, 45:47] = True
+    assert not bridges_two_bones(fused | plate, plate, geometry)
+    # A process standing out of a bone leaves one bone when taken away.
+    one_bone = np.zeros_like(bones)
+    one_bone[10:50, 10:50, 5:45] = True
+    process = np.zeros_like(bones)
+    process[27:33, 27:33, 45:75] = True
+    assert not bridges_two_bones(one_bone | process, process, geometry)
 
 
 def test_flecks_of_early_ho_in_one_muscle_are_not_taken_for_a_hand():

@@ -101,8 +101,11 @@ FUSED_MIN_PROTRUSION_MM = 3.0
 #: Residual skins thinner than twice this (or one voxel thick) are partial volume along
 #: the envelope.
 RESIDUAL_SKIN_MM = 1.5
-#: A residual longer than this many times its thickness is a native edge or process.
+#: A residual longer than this many times its thickness is a native edge or process,
+#: unless it is a bar joining two bones (HO bridging the hip joint): one that meets
+#: them at places at least this share of its length apart.
 FUSED_MAX_ELONGATION = 5.0
+BRIDGE_MIN_SPAN = 0.5
 #: Marrow sealed only within slices (thick slices miss a thin cortical cap) is filled when
 #: thinner than this: wider than the marrow in the wall of an HO shell, narrower than the
 #: thinnest compressed sciatic nerve (about 5 mm), which a ring of HO must never swallow.
@@ -878,13 +881,45 @@ def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min
     work = _bounding_block(residual_core, 1, 2.0 * skin + FUSED_MIN_PROTRUSION_MM, geometry)
     work_geometry = geometry.cropped(work)
     outgrowths = np.zeros_like(residual)
+
+    def joins_two_bones(part_in_work):
+        removed = np.zeros_like(native_component)
+        removed[work] = part_in_work
+        return bridges_two_bones(native_component, removed, geometry)
+
     outgrowths[work] = _outgrowths_near_core(residual_core[work], residual[work], envelope[work], work_geometry,
-                                             min_voxels, region_edge[work])
+                                             min_voxels, region_edge[work], joins_two_bones)
     return outgrowths
 
 
-def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxels, region_edge):
-    """Residual parts kept as fused HO (see :func:`fused_outgrowths`)."""
+def bridges_two_bones(component: np.ndarray, part: np.ndarray, geometry: VolumeGeometry) -> bool:
+    """Whether ``part`` is a bar from one bone to another in ``component``: without it
+    the component falls apart into two or more pieces each of a native bone's size
+    (NATIVE_MIN_ML), and the part runs from one to the other (where it meets them lies
+    BRIDGE_MIN_SPAN of its length apart). A bar of HO from the femur to the pelvis
+    (Brooker IV ankylosis) does; a native bone's edge or process, taken away, leaves one
+    bone, and a joint fused along its line (a sacroiliac joint on coarse voxels) meets
+    both bones along its whole length, its two contacts side by side."""
+    pieces, _, sizes = _components(component & ~part)
+    bones = np.flatnonzero(sizes * geometry.voxel_volume_ml >= NATIVE_MIN_ML)
+    if len(bones) < 2:
+        return False
+    near = _bounding_block(part, 1)
+    local_part, local_pieces = part[near], pieces[near]
+    first, second = bones[np.argsort(sizes[bones])[-2:]]
+    contacts = [local_part & ndimage.binary_dilation(local_pieces == bone) for bone in (first, second)]
+    if not all(contact.any() for contact in contacts):
+        return False
+    centres = [geometry.cropped(near).kji_to_ras_points(np.argwhere(contact).mean(axis=0)[None])[0]
+               for contact in contacts]
+    return float(np.linalg.norm(centres[0] - centres[1])) >= BRIDGE_MIN_SPAN * _extent_mm(part, geometry)
+
+
+def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxels, region_edge,
+                          joins_two_bones=lambda part: False):
+    """Residual parts kept as fused HO (see :func:`fused_outgrowths`); a part as long
+    as a native edge or process is kept when ``joins_two_bones(part)`` (the part with its
+    skin, over the whole block) says it bridges two bones."""
     skin = RESIDUAL_SKIN_MM
     opened = within_or_next_to(residual_core, geometry, skin) & residual
     depth = _ball_distance(~envelope, geometry)
@@ -902,6 +937,10 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
         thickness = _component_thickness_mm(labels, label, block, geometry)
         extent = _extent_mm(part, geometry)
         keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
+        if not keep[label]:
+            whole = np.zeros_like(residual)
+            whole[block] = part
+            keep[label] = joins_two_bones(within_or_next_to(whole, geometry, skin) & residual)
     kept = keep[labels]
     if not kept.any():
         return kept

@@ -43,8 +43,9 @@ MR_T2FS_VALUES = {
 
 @dataclass
 class IslandSpec:
-    """One HO island. ``kind`` is 'ellipsoid' (centre, semi_axes) or 'shell'
-    (a sector of a sleeve around the nerve: start/stop arc length, angle)."""
+    """One HO island. ``kind`` is 'ellipsoid' (centre, semi_axes), 'shell' (a sector
+    of a sleeve around the nerve: start/stop arc length, angle) or 'bar' (a rod of
+    ``radius_mm`` along the polyline ``path``, as HO bridging femur and pelvis)."""
 
     name: str
     kind: str
@@ -58,6 +59,8 @@ class IslandSpec:
     gap_mm: float = 0.0                       # shell: clearance from the nerve surface
     thickness_mm: float = 6.0
     cortex_mm: float = 2.0
+    path: tuple = ()                          # bar: polyline relative to center_ras
+    radius_mm: float = 5.0                    # bar: radius
 
 
 @dataclass
@@ -306,6 +309,10 @@ def _paint_block(spec: PhantomSpec, frame: _NerveFrame, points: np.ndarray, valu
     for index, island in enumerate(spec.islands, start=1):
         if island.kind == "shell":
             distance = _shell_signed_distance(island, s, angle, nerve_distance, mean_radius)
+        elif island.kind == "bar":
+            distance = np.min([_segment_signed_distance(points, center + np.asarray(a), center + np.asarray(b),
+                                                        island.radius_mm)
+                               for a, b in zip(island.path[:-1], island.path[1:])], axis=0)
         else:
             distance = _ellipsoid_signed_distance(points, center + np.asarray(island.center_offset), island.semi_axes)
         inside = (distance <= 0) & ~native
