@@ -21,7 +21,7 @@ from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.nerve import (TOO_WIDE_STRETCH_MM, StationCaveat, check_plausible_width,
                                       check_told_from_muscle, flatten_mr_shading, sort_seeds_along_nerve,
                                       trace_nerve, voxel_noise)
-from HOSciaticModuleLib.phantom import PhantomSpec, _dense_nerve_curve, generate_phantom
+from HOSciaticModuleLib.phantom import PhantomSpec, _dense_nerve_curve, generate_phantom, make_shell_spec
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
 FLIPPED = np.diag([-1.0, 1.0, -1.0])
@@ -300,6 +300,22 @@ def test_clicks_beside_the_nerve_are_moved_onto_it(count, off_mm):
     trace = trace_nerve(phantom.image, phantom.geometry, clicks, modality="ct", exclusion_mask=phantom.ho_labels > 0)
     assert_follows_truth(phantom, trace, clicks)
     assert not any("nerve-like" in w for w in trace.warnings), trace.warnings
+
+
+@pytest.mark.parametrize("spacing_ijk", [(0.8, 0.8, 1.5), (0.7, 0.7, 3.0)])
+def test_nerve_in_a_tunnel_of_ho_with_a_fat_plane_keeps_its_calibre(spacing_ijk):
+    # A 10 mm nerve in a 20 mm tunnel of HO with 2 mm of fat around it: the fat next to
+    # the bone, lifted by the bone's blur, was read as the tissue outside the nerve, so
+    # the outline was drawn 1.5 mm small and the fat plane said to be missing.
+    phantom = generate_phantom(make_shell_spec(360.0, gap_mm=2.0, length_mm=20.0), spacing_ijk=spacing_ijk,
+                               fov_mm=(60.0, 60.0, 100.0))
+    length = phantom.centreline_s_mm[-1]
+    trace = trace_nerve(phantom.image, phantom.geometry, phantom.seeds_ras([8.0, length - 8.0]),
+                        exclusion_mask=phantom.ho_labels > 0)
+    true_s = phantom.centreline_s_mm[cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]]
+    in_tunnel = np.abs(true_s - length / 2) < 10.0
+    assert np.median(trace.diameter_mm[in_tunnel]) == pytest.approx(10.0, abs=0.6)
+    assert not any("fat plane" in w for w in trace.warnings), trace.warnings
 
 
 def test_seed_order_does_not_matter():
