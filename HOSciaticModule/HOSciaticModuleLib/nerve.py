@@ -465,7 +465,8 @@ def trace_path(image, geometry, seeds, appearance, excluded) -> tuple[np.ndarray
         segment = block_geometry.kji_to_ras_points(fine_kji)
         segment[0], segment[-1] = a, b
         on_tissue = ndimage.map_coordinates(tissue.astype(np.float32), fine_kji.T, order=1, mode="nearest")
-        beyond_seeds = np.minimum(np.linalg.norm(segment - a, axis=1), np.linalg.norm(segment - b, axis=1)) > CORE_SEARCH_MM
+        from_seeds = np.minimum(np.linalg.norm(segment - a, axis=1), np.linalg.norm(segment - b, axis=1))
+        beyond_seeds = from_seeds > CORE_SEARCH_MM
         steps_mm = np.linalg.norm(np.diff(segment, axis=0), axis=1)
         step_mm = np.r_[steps_mm, 0.0] / 2 + np.r_[0.0, steps_mm] / 2
         off_nerve = (on_tissue < 0.5) & beyond_seeds
@@ -719,8 +720,8 @@ def seeds_on_the_nerve(image, geometry: VolumeGeometry, seeds: np.ndarray, appea
     after = [seeds[arc >= a + SEED_COURSE_MM][0] if np.any(arc >= a + SEED_COURSE_MM) else seeds[-1] for a in arc]
     course = np.array(after) - np.array(before)
     course /= np.linalg.norm(course, axis=1, keepdims=True)
-    helper = np.where(np.abs(course[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
-    u = np.cross(course, helper)
+    not_along = np.where(np.abs(course[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    u = np.cross(course, not_along)
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     v = np.cross(course, u)
     sampler = _IndexSampler(image, excluded, geometry)
@@ -764,9 +765,8 @@ def _local_levels(values, masks, appearance, radii, steps):
     dense = np.zeros(values.shape, bool) if masks is None else masks.copy()
     if appearance.dense_level is not None:
         dense |= values >= appearance.dense_level
-    first_dense = np.where(dense.any(axis=-1), np.argmax(dense, axis=-1), values.shape[-1])
-    outer &= depth < steps[np.minimum(first_dense, len(steps) - 1)][..., None] - DENSE_BLUR_MM
-    outer &= ~dense
+    dense_at_mm = np.where(dense.any(axis=-1), steps[np.argmax(dense, axis=-1)], np.inf)
+    outer &= depth < dense_at_mm[..., None] - DENSE_BLUR_MM
     levels = np.full(len(values), appearance.boundary_level)
     outside = np.full(len(values), np.nan)
     for n in range(len(values)):
