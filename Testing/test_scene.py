@@ -235,6 +235,27 @@ def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
     assert curve is not None and scene_io.curve_measurement(curve, "encasement_deg") is not None
 
 
+def test_segmentation_with_surfaces_as_its_source_is_written_and_saved(slicer_scene, phantom, tmp_path):
+    # A segmentation whose source representation is a closed surface (a model imported
+    # into it) given to the steps: the label maps they wrote were derived data, shown as
+    # no surface, measured as nothing (contact 'none') and lost in the bundle.
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    seeds = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([5.0, phantom.centreline_s_mm[-1] - 5]),
+                                            "seeds")
+    given = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "HOSciatic segmentation")
+    given.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    oss = analysis.segment_ossifications(volume, segmentation_node=given)
+    traced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=given)
+    contact = analysis.compute_contact(given, traced.centreline_node, side="right")
+    assert given.GetSegmentation().GetSourceRepresentationName() == "Binary labelmap"
+    assert contact.contact.encasement_class == "encasement"
+    _, nerves, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
+    assert [side for side, _ in nerves] == ["right"]
+    assert contacts and contacts[0][1].contact.encasement_class == "encasement"
+    assert len(oss.result.islands) == len(phantom.islands)
+
+
 def test_warnings_are_kept_on_the_nodes_and_survive_the_bundle(slicer_scene, tmp_path):
     thick = generate_phantom(spacing_ijk=(1.0, 1.0, 3.5))
     analysis = HOSciaticAnalysis(slicer_scene)

@@ -339,10 +339,30 @@ def ensure_segmentation_node(scene, segmentation_node, name: str, reference_volu
     return segmentation_node
 
 
+def use_binary_labelmap_as_source(segmentation_node) -> None:
+    """Make the binary label map the segmentation's source representation, its segments
+    converted to it first, as Slicer's Segment Editor does before an edit. Label maps
+    written into a segmentation whose source is a closed surface (a model imported into
+    it) are derived data: they were neither shown as surfaces nor saved."""
+    slicer = _slicer()
+    segmentation = segmentation_node.GetSegmentation()
+    binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
+        else segmentation.GetMasterRepresentationName()
+    if source == binary_name:
+        return
+    segmentation_node.CreateBinaryLabelmapRepresentation()
+    if hasattr(segmentation, "SetSourceRepresentationName"):
+        segmentation.SetSourceRepresentationName(binary_name)
+    else:
+        segmentation.SetMasterRepresentationName(binary_name)
+
+
 def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeometry, color, remove_prefix: str | None = None):
     """Put each ``name -> mask`` (or ``name -> (block_mask, offset_kji)``) on ``geometry``
     (world RAS) into the segmentation, replacing segments of the same name. Under a
     parent transform the segments are stored so that they lie where the masks are.
+    The segmentation's source representation becomes the binary label map.
 
     With ``remove_prefix`` every other segment whose name starts with it is removed
     too (a re-run with fewer islands must not leave stale ``HO n`` segments).
@@ -350,6 +370,7 @@ def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeo
     """
     # Checked before anything changes: a non-linear parent transform is refused here.
     to_node = world_to_node(segmentation_node, "Segmentation")
+    use_binary_labelmap_as_source(segmentation_node)
     if not np.allclose(to_node, np.eye(4)):
         geometry = VolumeGeometry(to_node @ geometry.ijk_to_ras, geometry.shape_kji)
     segmentation = segmentation_node.GetSegmentation()
