@@ -256,6 +256,27 @@ def test_segmentation_with_surfaces_as_its_source_is_written_and_saved(slicer_sc
     assert len(oss.result.islands) == len(phantom.islands)
 
 
+def test_volume_with_nan_voxels_or_without_voxel_values_is_refused(slicer_scene, phantom):
+    # NaN left by a resampling in a float CT: the trace ran into them and read sections
+    # under 1 mm across; an image without scalars ended in an AttributeError.
+    import vtk
+
+    analysis = HOSciaticAnalysis(slicer_scene)
+    image = phantom.image.astype(np.float32)
+    image[:5] = np.nan
+    volume = scene_io.volume_node_from_array(slicer_scene, image, phantom.geometry, "CT")
+    seeds = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([5.0, 70.0]), "seeds")
+    for step in (lambda: analysis.segment_ossifications(volume), lambda: analysis.trace_nerve(volume, seeds)):
+        with pytest.raises(InputError, match="NaN or infinite voxel values"):
+            step()
+    empty = slicer_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no voxels")
+    data = vtk.vtkImageData()
+    data.SetDimensions(10, 10, 10)
+    empty.SetAndObserveImageData(data)
+    with pytest.raises(InputError, match="without voxel values"):
+        analysis.segment_ossifications(empty)
+
+
 def test_warnings_are_kept_on_the_nodes_and_survive_the_bundle(slicer_scene, tmp_path):
     thick = generate_phantom(spacing_ijk=(1.0, 1.0, 3.5))
     analysis = HOSciaticAnalysis(slicer_scene)

@@ -95,8 +95,18 @@ def array_from_volume(volume_node, what: str = "Volume") -> tuple[np.ndarray, Vo
     if image.GetNumberOfScalarComponents() != 1:
         raise InputError(f"{what} '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} components; "
                          "a scalar CT or MR volume is required.")
-    array = _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars()).reshape(geometry.shape_kji)
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        raise InputError(f"{what} '{volume_node.GetName()}' has an image without voxel values. Select a loaded "
+                         "volume, or load the image again.")
+    array = _numpy_support().vtk_to_numpy(scalars).reshape(geometry.shape_kji)
     array.flags.writeable = False
+    if array.dtype.kind == "f":
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(f"{what} '{volume_node.GetName()}' holds {bad} NaN or infinite voxel values (left by a "
+                             "resampling or a conversion outside the image, for example). Set them to a value outside "
+                             "the body (-1000 on a CT, 0 on an MR), or resample it again with a default value.")
     return array, geometry
 
 
