@@ -402,6 +402,32 @@ def test_island_figures_follow_edits_of_the_ho_segments(slicer_scene, phantom):
         found["HO 1"].volume_ml + found["HO 3"].volume_ml + painted.volume_ml, abs=1e-3)
 
 
+def test_hand_named_ho_segments_get_numbers_of_their_own(slicer_scene, phantom):
+    # Painted segments named 'HO 0' (read as background), a second 'HO 3' (merged with
+    # the first), 'HO 09' (shown as 'HO 9' in one table and 'HO 09' in the other) and
+    # 'HO 70000' (beyond a 16-bit label map: a traceback).
+    import slicer
+
+    analysis, _, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    segmentation = oss.segmentation_node.GetSegmentation()
+    for number, name in enumerate(("HO 0", "HO 3", "HO 09", "HO 70000")):
+        segment_id = segmentation.AddEmptySegment("", name, [1.0, 1.0, 0.0])
+        block = np.zeros(phantom.image.shape, bool)
+        block[2:4, 5 + 6 * number:9 + 6 * number, 5:9] = True
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            scene_io.oriented_image_from_mask(block, phantom.geometry), oss.segmentation_node, segment_id,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    edited = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    names = sorted(segmentation.GetSegment(sid).GetName() for sid in analysis.ho_segment_ids(oss.segmentation_node))
+    assert names == ["HO 1", "HO 2", "HO 3", "HO 4", "HO 5", "HO 6", "HO 9"]
+    table = edited.islands_table_node
+    assert sorted(table.GetCellText(row, 1) for row in range(table.GetNumberOfRows())) == names
+    assert sorted(edited.island_segment_names.values()) == names and len(edited.islands) == 7
+    (renamed,) = [w for w in edited.contact.warnings if "renamed" in w]
+    for old, new in (("HO 0", "HO 4"), ("HO 3", "HO 5"), ("HO 09", "HO 9"), ("HO 70000", "HO 6")):
+        assert f"'{old}' is now '{new}'" in renamed
+
+
 def test_export_of_a_reloaded_scene_matches_the_session(slicer_scene, phantom, tmp_path):
     from HOSciaticModuleLib import export
 

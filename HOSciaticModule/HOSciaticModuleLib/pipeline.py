@@ -10,6 +10,7 @@ instead of piling up new ones.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from .memorypages import with_small_memory_pages
 from .progress import ProgressCallback, report, sub_progress
 
 HO_SEGMENT_PREFIX = "HO"
+#: Island numbers are the labels of a 16-bit label map.
+MAX_ISLAND_NUMBER = 65535
 SEGMENTATION_NAME = "HOSciatic segmentation"
 ISLANDS_TABLE_NAME = "HO islands"
 CONTACT_TABLE_NAME = "HO–nerve contact"
@@ -274,15 +277,47 @@ class HOSciaticAnalysis:
         return [sid for sid in scene_io.segment_ids(segmentation_node)
                 if scene_io._has_numbered_prefix(segmentation.GetSegment(sid).GetName(), HO_SEGMENT_PREFIX)]
 
+    def ho_segment_numbers(self, segmentation_node) -> dict[str, int]:
+        """Segment ID -> island number of every ``HO n`` segment: the number in its name,
+        unless that is 0, beyond a label map's range or taken by a segment before it (a
+        segment painted and named by hand); those get the lowest free numbers."""
+        segmentation = segmentation_node.GetSegmentation()
+        numbers, pending = {}, []
+        for segment_id in self.ho_segment_ids(segmentation_node):
+            number = int(segmentation.GetSegment(segment_id).GetName()[len(HO_SEGMENT_PREFIX):])
+            if 1 <= number <= MAX_ISLAND_NUMBER and number not in numbers.values():
+                numbers[segment_id] = number
+            else:
+                pending.append(segment_id)
+        free = (n for n in itertools.count(1) if n not in set(numbers.values()))
+        for segment_id in pending:
+            numbers[segment_id] = next(free)
+        return numbers
+
+    def renumber_ho_segments(self, segmentation_node) -> list[str]:
+        """Rename the ``HO n`` segments whose name is not that of their island number
+        ('HO 0', a second 'HO 3', 'HO 09'), so tables, warnings and segments agree;
+        a sentence for the reader when any was renamed."""
+        segmentation = segmentation_node.GetSegmentation()
+        renamed = []
+        for segment_id, number in self.ho_segment_numbers(segmentation_node).items():
+            segment = segmentation.GetSegment(segment_id)
+            if segment.GetName() != f"{HO_SEGMENT_PREFIX} {number}":
+                renamed.append(f"'{segment.GetName()}' is now '{HO_SEGMENT_PREFIX} {number}'")
+                segment.SetName(f"{HO_SEGMENT_PREFIX} {number}")
+        if not renamed:
+            return []
+        return [f"HO segments were renamed so that each has a number of its own: {'; '.join(renamed)}."]
+
     def ho_blocks(self, segmentation_node, geometry) -> list[tuple[int, str, np.ndarray, tuple]]:
         """(label, segment name, block mask, block slices) of every ``HO n`` segment on ``geometry``."""
         segmentation = segmentation_node.GetSegmentation()
         result = []
-        for segment_id in self.ho_segment_ids(segmentation_node):
+        for segment_id, number in self.ho_segment_numbers(segmentation_node).items():
             name = segmentation.GetSegment(segment_id).GetName()
             found = scene_io.segment_block_on_grid(segmentation_node, segment_id, geometry)
             if found is not None:
-                result.append((int(name[len(HO_SEGMENT_PREFIX):]), name, found[0], found[1]))
+                result.append((number, name, found[0], found[1]))
         return sorted(result, key=lambda item: item[0])
 
     @staticmethod
@@ -604,6 +639,7 @@ class HOSciaticAnalysis:
         if nerve is None:
             raise InputError(f"The segment '{nerve_segment_name(side)}' is empty. Trace the nerve again or paint it "
                              "in the Segment Editor.")
+        renamed = self.renumber_ho_segments(segmentation_node)
         ho_blocks = self.ho_blocks(segmentation_node, full_geometry)
         names = {label: name for label, name, _, _ in ho_blocks}
         # Only the region holding the nerve and the HO (plus a margin) is needed: the
@@ -631,7 +667,7 @@ class HOSciaticAnalysis:
             ho_mesh = ho_mesh_job.result() if ho_mesh_job is not None else None
 
         self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
-        result.warnings += self._doubted_contact_warnings(segmentation_node, names, result)
+        result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.

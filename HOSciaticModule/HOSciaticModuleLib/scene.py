@@ -402,7 +402,7 @@ def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeo
 
 
 def _has_numbered_prefix(name: str, prefix: str) -> bool:
-    return name.startswith(prefix) and name[len(prefix):].strip().isdigit()
+    return name.startswith(prefix) and name[len(prefix):].strip().isdecimal()
 
 
 # ---------------------------------------------------------------------------------------
