@@ -256,6 +256,43 @@ def test_segmentation_with_surfaces_as_its_source_is_written_and_saved(slicer_sc
     assert len(oss.result.islands) == len(phantom.islands)
 
 
+@pytest.mark.parametrize("mr_first", [False, True])
+def test_nerve_traced_on_an_mr_of_other_voxels_leaves_the_ho_segments_as_they_are(slicer_scene, phantom, mr_first,
+                                                                                   tmp_path):
+    # A coronal MR of 0.8 x 0.8 x 4 mm voxels: its nerve, written into the layer the CT's
+    # HO segments shared, resampled them onto the MR's grid (a 6.0 mL island read 5.4 mL),
+    # or, traced first, was resampled onto the CT's; saving the scene resampled one grid
+    # onto the other again. Every segment now lies on the CT's grid, in either order.
+    coronal = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    mr = generate_phantom(modality="mr", spacing_ijk=(0.8, 0.8, 4.0), directions_ras=coronal,
+                          fov_mm=(120.0, 150.0, 120.0))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    ct = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    mr_node = scene_io.volume_node_from_array(slicer_scene, mr.image.astype(np.float32), mr.geometry, "MR")
+    seeds = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([5.0, 70.0, phantom.centreline_s_mm[-1] - 5]),
+                                            "seeds")
+    if mr_first:
+        traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr")
+        oss = analysis.segment_ossifications(ct, segmentation_node=traced.segmentation_node)
+    else:
+        oss = analysis.segment_ossifications(ct)
+        traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    for island, found in zip(contact.islands, oss.result.islands):
+        assert island.volume_ml == pytest.approx(found.volume_ml, rel=1e-9)
+    assert contact.contact.encasement_class == "encasement"
+    segmentation = oss.segmentation_node
+    nerve = scene_io.segment_mask_on_grid(segmentation, scene_io.segment_id_by_name(
+        segmentation, "Sciatic nerve right"), phantom.geometry)
+    dice = 2 * np.count_nonzero(nerve & phantom.nerve_mask) / (nerve.sum() + phantom.nerve_mask.sum())
+    assert dice >= 0.75, dice     # 0.79-0.80: traced across 4 mm slices
+    # Saved and read again, nothing is resampled.
+    _, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
+    reloaded = contacts[0][1]
+    assert [i.volume_ml for i in reloaded.islands] == [i.volume_ml for i in contact.islands]
+    assert reloaded.contact.max_encasement_deg == pytest.approx(contact.contact.max_encasement_deg)
+
+
 def test_volume_with_nan_voxels_or_without_voxel_values_is_refused(slicer_scene, phantom):
     # NaN left by a resampling in a float CT: the trace ran into them and read sections
     # under 1 mm across; an image without scalars ended in an AttributeError.

@@ -960,6 +960,18 @@ def radii_about_centreline(points: np.ndarray, boundary: np.ndarray) -> np.ndarr
     return result
 
 
+def nerve_block_on_grid(trace: NerveTrace, geometry: VolumeGeometry) -> tuple[np.ndarray, tuple]:
+    """The traced nerve's voxels on another grid (the CT's, for a nerve traced on an MR
+    of other voxels) as a block and its slices of that grid: its cross-sections
+    voxelised there, rather than its mask resampled."""
+    points = trace.points_ras
+    radii = radii_about_centreline(points, np.asarray(trace.boundary_ras))
+    block = geometry.bounding_slices_of_ras_box(points, float(np.max(radii)) + 1.0)
+    if any(s.stop <= s.start for s in block):
+        return np.zeros(tuple(max(s.stop - s.start, 0) for s in block), bool), block
+    return voxelise_sections(geometry.cropped(block), points, radii), block
+
+
 def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     """Voxels inside the star-shaped cross-sections swept along the centreline.
 

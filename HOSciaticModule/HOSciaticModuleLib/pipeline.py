@@ -245,6 +245,29 @@ class HOSciaticAnalysis:
             if node is not None:
                 scene_io.world_to_node(node, "Output node")
 
+    def _segmentation_grid(self, segmentation_node, traced_geometry):
+        """The grid the segmentation's segments lie on: its reference volume's (the CT's
+        once the HO step has run), else the traced volume's. One grid for all segments:
+        Slicer keeps a segmentation's label maps on one grid when it saves it, and
+        resampled the CT's HO segments onto the voxels of an MR nerve saved with them."""
+        reference = self._reference_volume(segmentation_node)
+        if reference is None or reference.GetImageData() is None:
+            return (traced_geometry,)
+        return (scene_io.volume_geometry(reference, "Reference volume"),)
+
+    def _nerve_on_segmentation_grid(self, trace, traced_geometry, segmentation_node, has_ho):
+        """The nerve's voxels as (block, offset) on the segmentation's grid: voxelised
+        there from its cross-sections when that grid is not the traced volume's (an MR
+        of other voxels than the CT's), HO segments left out as on the traced grid."""
+        (grid,) = self._segmentation_grid(segmentation_node, traced_geometry)
+        if grid.shape_kji == traced_geometry.shape_kji and np.allclose(grid.ijk_to_ras, traced_geometry.ijk_to_ras,
+                                                                       atol=1e-6):
+            return trace.mask_block, tuple(b.start for b in trace.mask_slices)
+        block_mask, block = nerve.nerve_block_on_grid(trace, grid)
+        if has_ho and block_mask.size:
+            block_mask &= self.paste_labels(self.ho_blocks(segmentation_node, grid), grid, block) == 0
+        return block_mask, tuple(b.start for b in block)
+
     def _reference_volume(self, segmentation_node):
         """The volume the segmentation was made on (stored as a node reference)."""
         reference = segmentation_node.GetNodeReference(
@@ -371,6 +394,9 @@ class HOSciaticAnalysis:
         report(progress, 0.9, "Writing HO segments")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         segmentation_node = scene_io.ensure_segmentation_node(self.scene, segmentation_node, SEGMENTATION_NAME, ct_volume_node)
+        # A nerve traced before on an MR of other voxels joins the CT's grid, where the
+        # HO segments will lie.
+        scene_io.move_segments_onto_grid(segmentation_node, geometry)
         masks = {}
         for island, island_block in zip(result.islands, result.island_blocks):
             masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
@@ -491,9 +517,9 @@ class HOSciaticAnalysis:
         segmentation_node = scene_io.ensure_segmentation_node(
             self.scene, segmentation_node, SEGMENTATION_NAME, volume_node if segmentation_node is None else None)
         segment_id = scene_io.replace_segments(
-            segmentation_node,
-            {nerve_segment_name(side): (trace.mask_block, tuple(b.start for b in trace.mask_slices))},
-            geometry, scene_io.NERVE_COLOR)[0]
+            segmentation_node, {nerve_segment_name(side): self._nerve_on_segmentation_grid(
+                trace, geometry, segmentation_node, exclusion is not None)},
+            *self._segmentation_grid(segmentation_node, geometry), scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
         centreline_node = scene_io.fill_centreline_curve(
