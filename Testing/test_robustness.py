@@ -515,18 +515,24 @@ def test_roi_around_one_hip_still_compares_both_sides(slicer_scene):
     assert dataclasses.astuple(at_mass(inside))[5:] == dataclasses.astuple(at_mass(whole))[5:]
 
 
-def test_native_bone_segmentation_file(tmp_path, ct_case, slicer_scene):
-    """A Slicer .seg.nrrd of the native skeleton (as TotalSegmentator gives) is honoured."""
+@pytest.mark.parametrize("file_name", ["bones.seg.nrrd", "BONES.SEG.NRRD", "bones_saved_as.nrrd"])
+def test_native_bone_segmentation_file(tmp_path, ct_case, slicer_scene, file_name):
+    """A Slicer segmentation of the native skeleton (as TotalSegmentator gives) is
+    honoured, segment names included, whatever the case of its extension or, for a plain
+    .nrrd name, by its header (read as a label map, the muscle holding HO was bone)."""
     import slicer
 
     phantom, paths = ct_case
     node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "bones")
-    scene_io.replace_segments(node, {"femur and hip": phantom.native_bone_mask}, phantom.geometry, scene_io.BONE_COLOR)
+    free = next(i["label"] for i in phantom.islands if i["name"] == "free")
+    scene_io.replace_segments(node, {"femur and hip": phantom.native_bone_mask,
+                                     "gluteus_maximus_right": phantom.ho_labels == free},
+                              phantom.geometry, scene_io.BONE_COLOR)
     storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(tmp_path / "bones.seg.nrrd"))
+    storage.SetFileName(str(tmp_path / file_name))
     assert storage.WriteData(node)
     out = tmp_path / "out"
-    result = run_cli("analyze", paths["image"], "--out", out, "--bones", tmp_path / "bones.seg.nrrd", "--no-scene")
+    result = run_cli("analyze", paths["image"], "--out", out, "--bones", tmp_path / file_name, "--no-scene")
     assert result.returncode == 0, result.stderr
     document = json.loads((out / "metrics.json").read_text())
     assert document["ossifications"]["count"] == len(phantom.islands)

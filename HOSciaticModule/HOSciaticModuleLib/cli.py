@@ -235,7 +235,7 @@ def _add_bones_node(scene, path, reference_node):
     path = Path(path)
     if not path.exists():
         raise InputError(f"The native-bone segmentation '{path}' does not exist. Check the path.")
-    if path.name.endswith(".seg.nrrd"):
+    if _is_slicer_segmentation_file(path):
         import slicer
 
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Native bone")
@@ -255,6 +255,21 @@ def _add_bones_node(scene, path, reference_node):
     scene_io.replace_segments(node, label_map_segments(loaded.array, bonelabels.nifti_label_names(path)),
                               loaded.geometry, scene_io.BONE_COLOR)
     return node
+
+
+def _is_slicer_segmentation_file(path: Path) -> bool:
+    """A Slicer segmentation file, by its name (.seg.nrrd in any case) or, for another
+    NRRD name, by the segment fields of its header: read as a plain label map it would
+    lose the segments' names and layers."""
+    name = path.name.lower()
+    if name.endswith(".seg.nrrd"):
+        return True
+    if not name.endswith(".nrrd"):
+        return False
+    with contextlib.suppress(OSError), path.open("rb") as handle:
+        header = handle.read(65536).split(b"\n\n", 1)[0]
+        return b"\nSegment0_ID:=" in header
+    return False
 
 
 def label_map_segments(labels: np.ndarray, names: dict) -> dict:
