@@ -354,6 +354,39 @@ def test_malformed_markups_and_roi_files(tmp_path, ct_case):
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", no_roi), out, "no markups ROI")
 
 
+def test_seed_file_holding_other_markups_or_micrometres(tmp_path, ct_case):
+    # Seeds saved with a line measured elsewhere and an ROI named for the other side (the
+    # file's name names no side): the line's points were joined to the seeds (the trace
+    # then refused as too wide), and the ROI's name set the side. Micrometres were read as
+    # millimetres. Two point lists cannot be told apart and are refused.
+    _, paths = ct_case
+    seeds = json.loads(Path(paths["seeds"]).read_text())["markups"][0]
+    line = {"type": "Line", "coordinateSystem": "LPS", "name": "L",
+            "controlPoints": [{"position": [0.0, 0.0, 0.0]}, {"position": [0.0, 300.0, 0.0]}]}
+    roi = {"type": "ROI", "coordinateSystem": "LPS", "name": "left hip crop", "center": [0.0, 0.0, 0.0],
+           "size": [10.0, 10.0, 10.0], "controlPoints": []}
+    in_micrometres = json.loads(json.dumps(seeds))
+    in_micrometres["coordinateUnits"] = "um"
+    for point in in_micrometres["controlPoints"]:
+        point["position"] = [1000.0 * v for v in point["position"]]
+    lengths = {}
+    for name, markups in (("plain", [seeds]), ("mixed", [roi, line, seeds]), ("micrometres", [in_micrometres])):
+        path = tmp_path / f"{name}.mrk.json"
+        path.write_text(json.dumps({"markups": markups}))
+        out = tmp_path / f"{name}_out"
+        result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", path, "--no-scene")
+        assert result.returncode == 0, result.stderr
+        (nerve,) = json.loads((out / "metrics.json").read_text())["nerves"]
+        assert nerve["side"] == "right"
+        lengths[name] = nerve["length_mm"]
+    assert lengths["mixed"] == lengths["micrometres"] == lengths["plain"]
+    twice = tmp_path / "twice.mrk.json"
+    twice.write_text(json.dumps({"markups": [seeds, dict(seeds, name="other points")]}))
+    out = tmp_path / "twice_out"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", twice), out,
+                   "2 point lists or curves", "one file per nerve")
+
+
 def _roi_file(path: Path, center_ras, size):
     center_lps = [-center_ras[0], -center_ras[1], center_ras[2]]
     document = {"markups": [{"type": "ROI", "coordinateSystem": "LPS", "name": "R", "center": center_lps,

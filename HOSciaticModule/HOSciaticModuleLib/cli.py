@@ -187,6 +187,11 @@ def _side_of(markup, points_ras: np.ndarray, midline) -> tuple[str, str | None]:
                   "patient's right), which assumes the scanner's origin lies near the body's midline.")
 
 
+#: Markups that hold points along a nerve (lines, angles and planes do not); a file
+#: without a type is read as points.
+SEED_MARKUP_TYPES = ("Fiducial", "Curve", "ClosedCurve", "")
+
+
 def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str | None]]:
     seeds = []
     for path in paths:
@@ -194,8 +199,18 @@ def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str 
         if all(m.roi is not None for m in markups):
             raise InputError(f"The seed-point file '{path}' holds an ROI, not points along the nerve. Give the "
                              "nerve's seed points (Markups > Point list or Curve, saved as .mrk.json).")
-        points = np.concatenate([m.points_ras for m in markups if m.roi is None])
-        unplaced = sum(m.unplaced for m in markups)
+        along = [m for m in markups if m.roi is None and m.kind in SEED_MARKUP_TYPES]
+        if not along:
+            raise InputError(f"The seed-point file '{path}' holds no point list or curve (only "
+                             f"{', '.join(sorted({m.kind or 'untyped' for m in markups}))}). Give the nerve's seed "
+                             "points (Markups > Point list or Curve, saved as .mrk.json).")
+        if len(along) > 1:
+            raise InputError(f"The seed-point file '{path}' holds {len(along)} point lists or curves "
+                             f"({', '.join(repr(m.name) for m in along)}): which are the nerve's is not clear. "
+                             "Save the nerve's seed points alone, one file per nerve.")
+        markups = along
+        points = markups[0].points_ras
+        unplaced = markups[0].unplaced
         if len(points) < 2 and unplaced:
             raise InputError(f"The seed-point file '{path}' has {len(points)} placed point(s) and {unplaced} without "
                              "a position (added to the list but never placed). Place them on the nerve in Slicer "

@@ -451,6 +451,10 @@ class MarkupsPoints:
     unplaced: int = 0            # control points without a position (positionStatus not "defined")
 
 
+#: Millimetres per coordinate unit of a markups file.
+MARKUPS_UNITS_MM = {"mm": 1.0, "um": 0.001}
+
+
 def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
     """Read every markup in a Slicer ``.mrk.json`` file; coordinates returned in RAS."""
     path = Path(path)
@@ -479,15 +483,20 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
             flip = LPS_TO_RAS if system == "LPS" else np.eye(3)
             if system not in ("LPS", "RAS"):
                 raise ValueError(f"unknown coordinate system {system}")
+            # The markups format allows micrometres; everything here is in mm.
+            units = str(markup.get("coordinateUnits", "mm")).lower()
+            if units not in MARKUPS_UNITS_MM:
+                raise ValueError(f"unknown coordinate units '{units}' (mm or um)")
+            to_ras_mm = flip * MARKUPS_UNITS_MM[units]
             control_points = markup.get("controlPoints", [])
             positions = [cp["position"] for cp in control_points if cp.get("positionStatus", "defined") == "defined"]
-            points = np.asarray(positions, float).reshape(-1, 3) @ flip.T
+            points = np.asarray(positions, float).reshape(-1, 3) @ to_ras_mm.T
             if not np.all(np.isfinite(points)):
                 raise ValueError("non-finite coordinates")
             roi = None
             if markup.get("type") == "ROI":
-                center = np.asarray(markup["center"], float) @ flip.T
-                size = np.asarray(markup["size"], float)
+                center = np.asarray(markup["center"], float) @ to_ras_mm.T
+                size = np.asarray(markup["size"], float) * MARKUPS_UNITS_MM[units]
                 orientation = np.asarray(markup.get("orientation", np.eye(3).ravel()), float).reshape(3, 3)
                 roi = {"center_ras": center, "size_mm": size, "axes": flip @ orientation}
             result.append(MarkupsPoints(str(markup.get("name", path.stem)), points, str(path),
