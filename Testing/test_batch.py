@@ -153,6 +153,18 @@ def test_empty_columns_a_spreadsheet_adds_are_ignored(tmp_path):
     assert case.name == "p1" and case.nerve_seeds == [str(tmp_path / "right.mrk.json")]
 
 
+def test_case_names_in_any_script_keep_their_letters_in_folder_names(tmp_path):
+    # Only A-Z and 0-9 were kept: two Chinese or two Greek names became one folder, and
+    # the list was refused as if two cases had one name.
+    from HOSciaticModuleLib.batch import read_case_list
+
+    case_list = tmp_path / "cases.csv"
+    case_list.write_text("case,image\n张伟,ct.nrrd\n李娜,ct.nrrd\nα-1,ct.nrrd\nβ-1,ct.nrrd\nJosé/2,ct.nrrd\n",
+                         encoding="utf-8")
+    folders = [case.folder_name for case in read_case_list(case_list)]
+    assert folders == ["张伟", "李娜", "α-1", "β-1", "José_2"]
+
+
 @pytest.mark.parametrize("text, phrases", [
     ("", ["is empty"]),
     ("case,image\n", ["no case"]),

@@ -14,6 +14,7 @@ import csv
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,9 @@ OPTIONAL_COLUMNS = ("nerve_seeds", "roi", "bones", "modality")
 SEED_SEPARATORS = re.compile(r"[;|]")
 #: Column separators a case list may use: the header row tells which.
 COLUMN_SEPARATORS = (",", ";", "\t")
-#: A case name becomes a folder name: other characters are replaced by "_".
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+#: A case name becomes a folder name: characters other than letters and digits of any
+#: script, ".", "_" and "-" are replaced by "_" (a Chinese or Greek name keeps its letters).
+_UNSAFE_NAME = re.compile(r"[^\w.-]")
 
 #: The summary's file name, beside the cases' folders.
 SUMMARY_NAME = "summary.csv"
@@ -129,7 +131,7 @@ def _case_from_row(row: dict, line: int, base: Path) -> BatchCase:
         return str(candidate if candidate.is_absolute() else base / candidate)
 
     seeds = [located(part.strip()) for part in SEED_SEPARATORS.split(row.get("nerve_seeds") or "") if part.strip()]
-    return BatchCase(name=name, folder_name=_UNSAFE_NAME.sub("_", name).strip("._") or "case", image=located(image),
+    return BatchCase(name=name, folder_name=_UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name)).strip("._") or "case", image=located(image),
                      nerve_seeds=seeds, roi=located(row.get("roi")), bones=located(row.get("bones")),
                      modality=modality)
 
