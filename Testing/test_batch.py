@@ -153,6 +153,20 @@ def test_empty_columns_a_spreadsheet_adds_are_ignored(tmp_path):
     assert case.name == "p1" and case.nerve_seeds == [str(tmp_path / "right.mrk.json")]
 
 
+def test_results_written_inside_a_dicom_folder_are_not_taken_for_a_newer_input(tmp_path):
+    # A case named as its DICOM folder, with --out beside it: its results land among the
+    # slices, and the bundle written after metrics.json counted as an input saved since.
+    series = tmp_path / "P1"
+    series.mkdir()
+    (series / "slice1.dcm").write_bytes(b"0")
+    results = series / "results"
+    results.mkdir()
+    (results / "scene.mrb").write_bytes(b"1")
+    slice_time = (series / "slice1.dcm").stat().st_mtime_ns
+    os.utime(results / "scene.mrb", ns=(slice_time + 10**9, slice_time + 10**9))
+    assert cli._latest_change_ns([str(series)], results) == slice_time
+
+
 def test_case_names_in_any_script_keep_their_letters_in_folder_names(tmp_path):
     # Only A-Z and 0-9 were kept: two Chinese or two Greek names became one folder, and
     # the list was refused as if two cases had one name.

@@ -551,20 +551,24 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
     # an input saved again since (a corrected seed file, a re-exported series).
     same_version = document.get("software", {}).get("version") == __version__
     inputs = [p for p in (case.image, case.roi, case.bones, *case.nerve_seeds) if p]
-    fresh = _latest_change_ns(inputs) <= (case_dir / "metrics.json").stat().st_mtime_ns
+    fresh = _latest_change_ns(inputs, case_dir) <= (case_dir / "metrics.json").stat().st_mtime_ns
     # A folder missing a file this version writes (an earlier version's) runs again.
     complete = ((args.no_scene or (case_dir / "scene.mrb").is_file())
                 and (case.modality != "ct" or (case_dir / "islands.csv").is_file()))
     return document if same_inputs and same_settings and same_version and fresh and complete else None
 
 
-def _latest_change_ns(paths) -> int:
+def _latest_change_ns(paths, results_dir: Path) -> int:
     """When the newest of these files (or of the files in these folders, a DICOM series)
-    was last written, in ns since the epoch."""
+    was last written, in ns since the epoch; the results' own folder, were it inside an
+    input folder, is no input."""
     latest = 0
+    results_dir = results_dir.resolve()
     for path in map(Path, paths):
         files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
         for file in files:
+            if results_dir in file.resolve().parents:
+                continue
             with contextlib.suppress(OSError):
                 latest = max(latest, file.stat().st_mtime_ns)
     return latest
