@@ -310,3 +310,34 @@ def test_a_full_disk_while_writing_is_bad_input_and_leaves_the_folder_as_it_was(
     message = "".join(capsys.readouterr().err.split())  # the message is wrapped at 100 characters
     assert "Nospaceleftondevice" in message and str(out) in message and "freespace" in message
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_terminated_run_leaves_no_output_and_its_stale_copy_is_cleared(case, tmp_path, monkeypatch):
+    # SIGTERM, as a job scheduler's time limit sends, during the HO step: the run stopped
+    # without its clean-up, leaving a compressed copy of the whole CT in the output folder,
+    # which later runs into that folder kept.
+    import os
+    import signal
+
+    from HOSciaticModuleLib import export, ossification
+
+    _, paths = case
+    segment = ossification.segment_ossifications
+
+    def terminated_meanwhile(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(ossification, "segment_ossifications", terminated_meanwhile)
+    previous = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--quiet"]) == 143
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is previous
+    monkeypatch.setattr(ossification, "segment_ossifications", segment)
+    # A run killed outright (SIGKILL) cannot clean up: the next run into the folder does.
+    stale = out / f"{export.PARTIAL_VOLUME_PREFIX}killed"
+    stale.mkdir(parents=True)
+    (stale / "volume.nrrd").write_bytes(b"0" * 1000)
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--quiet", "--no-scene"]) == 0
+    assert not stale.exists() and (out / "metrics.json").is_file()

@@ -24,6 +24,7 @@ import functools
 import importlib
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -627,7 +628,26 @@ def _summary(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's time limit, or `kill`): stopped as Ctrl-C stops a run,
+    its partial files removed."""
+
+
+def _stop_on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv=None) -> int:
     debug = bool(os.environ.get("HOSCIATIC_DEBUG"))
     try:
         args = build_parser().parse_args(argv)
@@ -651,6 +671,9 @@ def main(argv=None) -> int:
         sys.stderr.write("\nhosciatic: the volume does not fit in memory. Give an ROI (--roi) around the hip or "
                          "crop the volume, and run again.\n")
         return 2
+    except Terminated:
+        sys.stderr.write("\nhosciatic: terminated; no output was written.\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("\nhosciatic: interrupted; no output was written.\n")
         return 130

@@ -30,6 +30,8 @@ ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
 #: Scheduling niceness of the thread compressing the bundle's CT (0 = as the analysis).
 WRITER_NICENESS = 10
 #: Every file a run may write into its output folder.
+#: Private folder in the output folder where the bundle's copy of the CT is compressed.
+PARTIAL_VOLUME_PREFIX = ".hosciatic-partial-volume-"
 RESULT_NAMES = ("metrics.json", "segmentation.seg.nrrd", "scene.mrb", "islands.csv",
                 *(f"nerve_{side}.mrk.json" for side in SIDES), *(f"stations_{side}.csv" for side in SIDES))
 #: The names the last run wrote into a folder: the next run there removes those it does
@@ -296,7 +298,7 @@ class BackgroundVolumeWriter:
     def __init__(self, image, folder: Path | None = None):
         import SimpleITK as sitk
 
-        self._folder = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-volume-", dir=folder))
+        self._folder = Path(tempfile.mkdtemp(prefix=PARTIAL_VOLUME_PREFIX, dir=folder))
         self.path = self._folder / "volume.nrrd"
         self._error: Exception | None = None
 
@@ -416,4 +418,8 @@ def prepare_output_folder(out_dir: Path) -> bool:
                 out_dir.rmdir()
         raise InputError(f"Nothing can be written into the output folder '{out_dir}' ({error.strerror or error}). "
                          "Choose a folder you can write to, on a disk with free space.") from None
+    # A run killed outright (SIGKILL, a power cut) leaves the bundle's partial copy of its
+    # CT behind: no run's output, and as large as the CT.
+    for stale in out_dir.glob(f"{PARTIAL_VOLUME_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return created
