@@ -293,6 +293,19 @@ def test_nerve_traced_on_an_mr_of_other_voxels_leaves_the_ho_segments_as_they_ar
     assert reloaded.contact.max_encasement_deg == pytest.approx(contact.contact.max_encasement_deg)
 
 
+def test_the_other_sides_nodes_are_refused_before_anything_changes(slicer_scene, phantom):
+    # From the console: the right centreline given with side='left' was measured as the
+    # left nerve, its arrays overwritten, or renamed as the left one by a trace.
+    analysis, volume, seeds, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    right = traced.centreline_node
+    points = right.GetNumberOfControlPoints()
+    with pytest.raises(InputError, match="belongs to the right nerve"):
+        analysis.compute_contact(oss.segmentation_node, right, side="left")
+    with pytest.raises(InputError, match="belongs to the right nerve"):
+        analysis.trace_nerve(volume, seeds, side="left", segmentation_node=oss.segmentation_node, centreline_node=right)
+    assert right.GetName() == "Sciatic nerve right centreline" and right.GetNumberOfControlPoints() == points
+
+
 def test_volume_with_nan_voxels_or_without_voxel_values_is_refused(slicer_scene, phantom):
     # NaN left by a resampling in a float CT: the trace ran into them and read sections
     # under 1 mm across; an image without scalars ended in an AttributeError.

@@ -194,6 +194,18 @@ class ContactOutputs:
     islands_table_node: object = None
 
 
+def _check_node_of_side(node, side: str, name_of, what: str) -> None:
+    """Refuse a node named as the other side's: this side's results would overwrite it
+    (a right centreline measured as the left nerve, and renamed)."""
+    if node is None:
+        return
+    for other in SIDES:
+        if other != side and node.GetName() == name_of(other):
+            raise InputError(f"The {what} '{node.GetName()}' belongs to the {other} nerve, but the side is {side}. "
+                             f"Give the {side} nerve's {what} (or none: it is found by its name), or set the side "
+                             f"to {other}.")
+
+
 def _check_choice(value: str, choices, what: str) -> str:
     value = str(value).lower()
     if value not in choices:
@@ -488,6 +500,8 @@ class HOSciaticAnalysis:
                     progress: ProgressCallback = None) -> NerveOutputs:
         side = _check_choice(side, SIDES, "Side")
         modality = _check_choice(modality, MODALITIES, "Modality")
+        _check_node_of_side(centreline_node, side, centreline_name, "centreline")
+        _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
         if volume_node is None:
             raise InputError("No volume selected for nerve tracing. Select the CT or MR volume.")
         if seeds_node is None:
@@ -642,6 +656,9 @@ class HOSciaticAnalysis:
         Editor without re-running segmentation or tracing.
         """
         side = _check_choice(side, SIDES, "Side")
+        _check_node_of_side(centreline_node, side, centreline_name, "centreline")
+        _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
+        _check_node_of_side(chart_node, side, chart_name, "chart")
         if not np.isfinite(tolerance_mm) or not 0.0 <= float(tolerance_mm) <= MAX_CONTACT_TOLERANCE_MM:
             raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:.0f} mm; "
                              f"got {tolerance_mm}.")
