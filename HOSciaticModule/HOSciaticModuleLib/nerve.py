@@ -69,6 +69,9 @@ RAY_LEAK_FACTOR = 1.8
 #: often 2-3 mm off centre).
 CORE_SEARCH_MM = 5.0
 CORE_GRID_MM = 1.25
+#: A section whose centroid lies farther than this from the core its rays started from
+#: is read again from that centroid.
+OFF_CENTRE_CORE_MM = 1.0
 #: A section's core is the candidate deepest in nerve-like tissue less this much per mm
 #: from the current point: of two equally deep places, the nearer.
 CORE_OFFSET_PENALTY = 0.15
@@ -598,6 +601,15 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
         wider = np.median(retry, axis=1) > np.median(radii[collapsed], axis=1)
         rows = np.flatnonzero(collapsed)[wider]
         cores[rows], radii[rows], outside_levels[rows] = points[rows], retry[wider], retry_outside[wider]
+    # A core far from its section's centre (in a flat band 4 mm thick, equally deep all
+    # across, it may sit near one tip) sends the far tip's rays past the clip: those
+    # sections are read again from their centroid.
+    _, centroid_uv, _, _ = _polygon_figures(_clip_leaks(radii, angles), angles)
+    off_centre = np.hypot(centroid_uv[:, 0], centroid_uv[:, 1]) > OFF_CENTRE_CORE_MM
+    if off_centre.any():
+        centres = cores[off_centre] + centroid_uv[off_centre, :1] * u[off_centre] + centroid_uv[off_centre, 1:] * v[off_centre]
+        again, again_outside = _ray_radii(sampler, centres, directions[off_centre], appearance, ray_step_mm)
+        cores[off_centre], radii[off_centre], outside_levels[off_centre] = centres, again, again_outside
     radii = _hold_swollen_sections(_clip_leaks(radii, angles))
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
@@ -888,14 +900,16 @@ def _hold_swollen_sections(radii: np.ndarray) -> np.ndarray:
 def section_ellipse_radii(radii: np.ndarray, angles: np.ndarray, fitted: np.ndarray) -> np.ndarray:
     """Per section (row), the ray lengths at ``angles`` of the ellipse centred on the
     rays' origin and fitted to the rays marked in ``fitted`` (least squares on 1/r^2,
-    which is linear in the ellipse's three coefficients); NaN where no ellipse fits."""
+    which is linear in the ellipse's three coefficients, each ray weighted by r^4 so
+    that its relative error counts: unweighted, the short rays' half-step sampling
+    error swamped the long axis of a flat band); NaN where no ellipse fits."""
     cos, sin = np.cos(angles), np.sin(angles)
     design = np.stack([cos * cos, 2.0 * cos * sin, sin * sin], axis=1)
-    weights = (fitted & (radii > 0)).astype(float)
+    weights = np.where(fitted & (radii > 0), radii, 0.0) ** 4
     inverse_square = np.where(radii > 0, 1.0 / np.maximum(radii, 1e-6) ** 2, 0.0)
     normal = np.einsum("nr,ri,rj->nij", weights, design, design)
     right = np.einsum("nr,ri,nr->ni", weights, design, inverse_square)
-    solvable = (weights.sum(axis=1) >= 6) & (np.abs(np.linalg.det(normal)) > 1e-12)
+    solvable = (np.count_nonzero(weights, axis=1) >= 6) & (np.abs(np.linalg.det(normal)) > 1e-12)
     coefficients = np.zeros((len(radii), 3))
     if solvable.any():
         coefficients[solvable] = np.linalg.solve(normal[solvable], right[solvable][..., None])[..., 0]
@@ -909,10 +923,13 @@ def _clip_leaks(radii: np.ndarray, angles: np.ndarray) -> np.ndarray:
     median = np.median(radii, axis=1, keepdims=True)
     ellipse = section_ellipse_radii(radii, angles, radii <= RAY_LEAK_FACTOR * median)
     clipped = np.minimum(radii, RAY_LEAK_FACTOR * np.fmax(median, ellipse))
-    # A second, local look: a ray far longer than its neighbours' median ran into muscle.
+    # A second, local look: a ray far longer than its neighbours' median ran into muscle,
+    # unless the fitted ellipse reaches as far (the tips of a flat band are as narrow
+    # as its rays' median over 36 degrees is short: they were clipped, by more on the
+    # side farther from an off-centre core, which held the centreline off the centre).
     padded = np.concatenate([clipped[:, -4:], clipped, clipped[:, :4]], axis=1)
     local = ndimage.median_filter(padded, size=(1, 9))[:, 4:-4]
-    return np.minimum(clipped, 1.4 * local)
+    return np.minimum(clipped, 1.4 * np.fmax(local, ellipse))
 
 
 def star_polygon_area_centroid(radii, angles):
