@@ -149,7 +149,9 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.ctVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # A label map is a scalar volume too, but never the CT (the selector hides them).
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            firstVolume = next((v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if firstVolume:
                 self._parameterNode.ctVolume = firstVolume
 
@@ -172,13 +174,13 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        traceVolume = p.mrVolume if p.modality == "mr" and p.mrVolume else p.ctVolume
+        traceVolume = p.mrVolume if p.modality == "mr" else p.ctVolume
         self.ui.segmentButton.enabled = bool(p.ctVolume) and not self._busy
         self.ui.traceButton.enabled = bool(traceVolume and p.seeds) and not self._busy
         self.ui.computeButton.enabled = bool(p.segmentation and p.centreline) and not self._busy
-        self.ui.analyzeAllButton.enabled = bool(p.ctVolume and p.seeds) and not self._busy
+        self.ui.analyzeAllButton.enabled = bool(p.ctVolume and traceVolume and p.seeds) and not self._busy
         self.ui.exportButton.enabled = bool(p.segmentation) and not self._busy
-        self.ui.jumpClosestButton.enabled = bool(p.contactTable) and not self._busy
+        self.ui.jumpClosestButton.enabled = bool(p.contactTable or p.centreline) and not self._busy
         self.ui.jumpMaxEncasementButton.enabled = bool(p.centreline) and not self._busy
         self.ui.showPlotButton.enabled = bool(p.chart)
         # Setting a table rebuilds its view: only when it changed, not at every spin-box step.
@@ -346,7 +348,10 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
     def traceNerve(self, p, progress=None):
         from HOSciaticModuleLib.pipeline import centreline_name, stations_table_name
 
-        volume = p.mrVolume if p.modality == "mr" and p.mrVolume else p.ctVolume
+        volume = p.mrVolume if p.modality == "mr" else p.ctVolume
+        if volume is None:
+            raise ValueError("Select the MR volume to trace the nerve on (or set the modality to CT)."
+                             if p.modality == "mr" else "Select the CT volume.")
         outputs = self.analysis.trace_nerve(
             volume, p.seeds, side=p.side, modality=p.modality, segmentation_node=p.segmentation,
             centreline_node=self._sideNode(p.centreline, centreline_name(p.side)),
@@ -390,10 +395,17 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
             self.computeContact(p, sub_progress(progress, 0.8, 1.0))
 
     def closestPoint(self, p):
+        """The nerve's point closest to HO: exact from this session's contact, else (a
+        scene saved earlier) the centreline station nearest to HO."""
+        from HOSciaticModuleLib import scene as scene_io
+
         contact = self._latest.get("contacts", {}).get(p.side)
-        if contact is None or contact.contact.closest_points_ras is None:
+        if contact is not None and contact.contact.closest_points_ras is not None:
+            return contact.contact.closest_points_ras[0]
+        nearest = scene_io.station_nearest_to_ho(p.centreline) if p.centreline else None
+        if nearest is None:
             raise ValueError("Compute contact first (there is no HO near this nerve otherwise).")
-        return contact.contact.closest_points_ras[0]
+        return nearest
 
     def maxEncasementPoint(self, p):
         from HOSciaticModuleLib import scene as scene_io
@@ -424,7 +436,12 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Nothing to export yet: run the analysis first.")
         volume = p.ctVolume or p.mrVolume
         inputInfo = {"image": volume.GetName() if volume else None, "modality": p.modality}
-        parameters = export.default_parameters(p.boneThresholdHU, p.minIslandMl, p.contactToleranceMm)
+        if p.modality == "mr" and p.mrVolume:
+            inputInfo["nerve_image"] = p.mrVolume.GetName()
+        # The HO and contact settings are the run's when the HO step ran (on the CT); a
+        # nerve traced alone on an MR used none of them.
+        parameters = export.default_parameters(p.boneThresholdHU, p.minIslandMl, p.contactToleranceMm,
+                                               "ct" if oss is not None else p.modality)
         warnings = list(oss.result.warnings) if oss is not None else []
         document = export.metrics_document(inputInfo, parameters, oss, nerves, contacts, warnings)
         export.publish(folder, lambda staging: export.write_results(

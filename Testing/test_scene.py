@@ -233,6 +233,13 @@ def test_scene_bundle_round_trip(slicer_scene, phantom, tmp_path):
     assert table is not None and table.GetNumberOfRows() == len(phantom.islands)
     curve = fresh.GetFirstNodeByName("Sciatic nerve right centreline")
     assert curve is not None and scene_io.curve_measurement(curve, "encasement_deg") is not None
+    # The panel's jump to the point nearest HO works on the reloaded scene too: on the
+    # station touching the HO wrap.
+    from scipy.spatial import cKDTree
+
+    nearest = scene_io.station_nearest_to_ho(curve)
+    ho_voxels = phantom.geometry.kji_to_ras_points(np.argwhere(phantom.ho_labels > 0))
+    assert cKDTree(ho_voxels).query(nearest)[0] <= max(phantom.spec.nerve_semi_axes) + 1.0
 
 
 def test_segmentation_with_surfaces_as_its_source_is_written_and_saved(slicer_scene, phantom, tmp_path):

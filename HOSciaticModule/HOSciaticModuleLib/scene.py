@@ -657,6 +657,16 @@ def curve_measurement(curve_node, array_name: str) -> np.ndarray | None:
     return None
 
 
+def station_nearest_to_ho(curve_node) -> np.ndarray | None:
+    """The centreline point (world RAS) whose station lies nearest to HO, from the
+    curve's distance_to_ho_mm array (saved with the scene); None before contact was
+    computed, or with no HO."""
+    distances = curve_measurement(curve_node, "distance_to_ho_mm")
+    if distances is None or len(distances) == 0 or not np.isfinite(distances).any():
+        return None
+    return control_points_world(curve_node)[int(np.nanargmin(np.where(np.isfinite(distances), distances, np.nan)))]
+
+
 def colour_curve_by(curve_node, array_name: str, value_range) -> None:
     """Show the curve coloured by one of its per-point arrays."""
     display = curve_node.GetDisplayNode()
