@@ -126,6 +126,38 @@ def test_flat_band_bent_around_ho_is_followed_through_its_centre(modality):
     assert np.median(trace.max_diameter_mm[along]) == pytest.approx(14.0, abs=1.5)
 
 
+def test_outline_wider_than_a_normal_nerve_all_along_is_named():
+    # Failed fat suppression over most of an MR's field, or a nerve swollen all along:
+    # no stretch stands out from the rest (just as wide), so only the width itself tells.
+    spec = PhantomSpec(nerve_semi_axes=(8.0, 7.5), islands=(), thickening_center_s_mm=None)
+    phantom = generate_phantom(spec, modality="mr", spacing_ijk=(0.8, 0.8, 1.5), fov_mm=(120.0, 120.0, 150.0))
+    length = phantom.centreline_s_mm[-1]
+    trace = trace_nerve(phantom.image, phantom.geometry, phantom.seeds_ras([8.0, length - 8.0]), modality="mr")
+    (warning,) = [w for w in trace.warnings if "wider than a normal sciatic nerve" in w]
+    assert "failed" in warning and np.median(trace.diameter_mm) == pytest.approx(15.5, abs=1.0)
+
+
+def test_contact_on_questioned_stations_is_named():
+    from HOSciaticModuleLib.pipeline import caveated_contact_warnings
+
+    rows = [dict(s_mm=float(n), encasement_deg=120.0 if 10 <= n < 20 else 0.0,
+                 caveats="swollen or widened" if 15 <= n < 30 else "") for n in range(40)]
+    (warning,) = caveated_contact_warnings(rows)
+    assert "(15-19 mm along it), 5 station(s)" in warning and "swollen or widened" in warning
+    assert not caveated_contact_warnings([dict(row, caveats="") for row in rows])
+
+
+def test_thickening_on_mr_next_to_ho_is_named_as_possibly_oedema():
+    from types import SimpleNamespace
+
+    from HOSciaticModuleLib.pipeline import mr_thickening_warnings
+
+    assert mr_thickening_warnings("mr", SimpleNamespace(thickening_ratio=1.6))
+    assert not mr_thickening_warnings("ct", SimpleNamespace(thickening_ratio=1.6))
+    assert not mr_thickening_warnings("mr", SimpleNamespace(thickening_ratio=1.1))
+    assert not mr_thickening_warnings("mr", SimpleNamespace(thickening_ratio=None))
+
+
 @pytest.mark.parametrize("modality", ["ct", "mr"])
 def test_jittered_clicks_in_any_order(modality):
     phantom = _phantom(modality, "axial")

@@ -101,6 +101,12 @@ CT_AIR_HU = -400.0
 #: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
 #: 20 mm): an outline wider than that over half the traced length has run into muscle.
 MAX_NERVE_DIAMETER_MM = 20.0
+#: A normal adult sciatic nerve at the hip is 7-11 mm across (equivalent diameter of a
+#: 40-90 mm^2 section): an outline wider than this along most of its length is either a
+#: nerve swollen all along (a neuropathy) or bright tissue around it taken for nerve
+#: (failed fat suppression on MR: over 80 mm of a trace it read 15.8 mm for 9.2, and no
+#: stretch stood out from the rest, just as wide).
+WIDE_NERVE_MEDIAN_MM = 13.0
 #: An adult sciatic nerve's cross-section at the hip and thigh is 35-80 mm^2 (7-10 mm
 #: across), over 20 mm^2 (5 mm) even when flattened by compression: an outline thinner
 #: than this over most of the traced length is not the nerve's.
@@ -1124,6 +1130,21 @@ def too_wide_stretch_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[Sta
         "measure the nerve on a T2 fat-saturated MR."))]
 
 
+def wider_than_normal_warnings(area_mm2: np.ndarray, modality: str) -> list[str]:
+    """A warning when the outline is wider than a normal sciatic nerve along most of its
+    length (see WIDE_NERVE_MEDIAN_MM), short of the refusal's width: a stretch compared
+    with the rest cannot show it, as the rest is just as wide."""
+    typical = float(np.median(equivalent_diameter_mm(area_mm2))) if len(area_mm2) else 0.0
+    if typical <= WIDE_NERVE_MEDIAN_MM:
+        return []
+    around = ("fat left bright where fat suppression failed, or oedema or fluid around the nerve" if modality == "mr"
+              else "muscle touching it without a fat plane")
+    return [f"The traced outline is {typical:.1f} mm across along most of its length (median equivalent diameter), "
+            f"wider than a normal sciatic nerve (about 7-11 mm): either the whole nerve is swollen, or bright tissue "
+            f"around it is taken for nerve all along ({around}). Check the outline on the images before reading its "
+            "calibre and thickening."]
+
+
 def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
     """A warning when the outline is thinner than any adult sciatic nerve over most of
     its length (see MIN_NERVE_DIAMETER_MM)."""
@@ -1309,6 +1330,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         image_caveats += fat_plane_caveats + metal_nearby_caveats(full_image, full_geometry, points, s_mm)
     caveats = outline_caveats + image_caveats
     warnings += ([caveat.warning for caveat in outline_caveats] + too_thin_warnings(sections.area)
+                 + wider_than_normal_warnings(sections.area, modality)
                  + [caveat.warning for caveat in image_caveats])
     report(progress, 0.9, "Building the nerve segment")
     block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))

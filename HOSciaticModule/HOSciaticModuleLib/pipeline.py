@@ -194,6 +194,39 @@ class ContactOutputs:
     islands_table_node: object = None
 
 
+def caveated_contact_warnings(stations: list[dict]) -> list[str]:
+    """A warning when stations in contact with HO carry tracing caveats (an outline
+    widened by fluid, no fat plane, metal nearby...): the contact figures there stand on
+    that outline. Fluid against the nerve on MR pulled the centreline 3-3.6 mm into it,
+    and with HO opposite the contact step read a deflection of 4.4-5.6 mm for 0.7."""
+    touched = [row for row in stations if row["encasement_deg"] > 0 and row["caveats"]]
+    if not touched:
+        return []
+    reasons = sorted({reason for row in touched for reason in row["caveats"].split("; ")})
+    span = (min(row["s_mm"] for row in touched), max(row["s_mm"] for row in touched))
+    return [f"Where HO touches the nerve ({span[0]:.0f}-{span[1]:.0f} mm along it), {len(touched)} station(s) carry "
+            f"tracing caveats ({', '.join(reasons)}): the contact figures there (encasement, deflection, "
+            "thickening) stand on an outline the tracing warnings question. Check the outline on the images there."]
+
+
+#: A thickening ratio from this up, on a nerve traced on MR, may hold oedema.
+MR_OEDEMA_THICKENING_RATIO = 1.2
+
+
+def mr_thickening_warnings(modality, result) -> list[str]:
+    """On MR, oedema in the muscle around HO, and fluid, are about as bright as the nerve
+    (T2 fat-saturated): where they touch it, the outline takes them in, and a rim of
+    oedema 3 mm thick read as a thickening of 1.6 on a nerve of even calibre, just as a
+    true swelling of 1.6 did. The thickening is named as possibly oedema."""
+    ratio = result.thickening_ratio
+    if modality != "mr" or ratio is None or ratio < MR_OEDEMA_THICKENING_RATIO:
+        return []
+    return [f"The nerve reads {ratio:.2f} times thicker where HO touches it than elsewhere, traced on MR: oedema in "
+            "the muscle around HO, or fluid, is about as bright as the nerve there and is taken into its outline "
+            "where it touches it. Compare the outline with the nerve on the images (its fascicles) or on the CT "
+            "before reading this as swelling of the nerve."]
+
+
 def _check_node_of_side(node, side: str, name_of, what: str) -> None:
     """Refuse a node named as the other side's: this side's results would overwrite it
     (a right centreline measured as the left nerve, and renamed)."""
@@ -711,6 +744,7 @@ class HOSciaticAnalysis:
 
         self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
         result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
+        result.warnings += mr_thickening_warnings(centreline_node.GetAttribute("HOSciatic.Modality"), result)
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.
@@ -720,6 +754,7 @@ class HOSciaticAnalysis:
             islands_table_node = self._fill_islands_table(islands_table_node, islands)
         report(progress, 0.9, "Writing contact outputs")
         stations = self.stations_with_contact(centreline_node, result)
+        result.warnings += caveated_contact_warnings(stations)
         arrays = self._station_arrays(stations, with_contact=True)
         scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
                                        np.array([s["ras"] for s in stations]), arrays)
