@@ -297,14 +297,14 @@ class HOSciaticAnalysis:
         resampled the CT's HO segments onto the voxels of an MR nerve saved with them."""
         reference = self._reference_volume(segmentation_node)
         if reference is None or reference.GetImageData() is None:
-            return (traced_geometry,)
-        return (scene_io.volume_geometry(reference, "Reference volume"),)
+            return traced_geometry
+        return scene_io.volume_geometry(reference, "Reference volume")
 
     def _nerve_on_segmentation_grid(self, trace, traced_geometry, segmentation_node, has_ho):
         """The nerve's voxels as (block, offset) on the segmentation's grid: voxelised
         there from its cross-sections when that grid is not the traced volume's (an MR
         of other voxels than the CT's), HO segments left out as on the traced grid."""
-        (grid,) = self._segmentation_grid(segmentation_node, traced_geometry)
+        grid = self._segmentation_grid(segmentation_node, traced_geometry)
         if grid.shape_kji == traced_geometry.shape_kji and np.allclose(grid.ijk_to_ras, traced_geometry.ijk_to_ras,
                                                                        atol=1e-6):
             return trace.mask_block, tuple(b.start for b in trace.mask_slices)
@@ -566,7 +566,7 @@ class HOSciaticAnalysis:
         segment_id = scene_io.replace_segments(
             segmentation_node, {nerve_segment_name(side): self._nerve_on_segmentation_grid(
                 trace, geometry, segmentation_node, exclusion is not None)},
-            *self._segmentation_grid(segmentation_node, geometry), scene_io.NERVE_COLOR)[0]
+            self._segmentation_grid(segmentation_node, geometry), scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
         centreline_node = scene_io.fill_centreline_curve(
