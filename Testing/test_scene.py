@@ -313,6 +313,29 @@ def test_the_other_sides_nodes_are_refused_before_anything_changes(slicer_scene,
     assert right.GetName() == "Sciatic nerve right centreline" and right.GetNumberOfControlPoints() == points
 
 
+def test_segments_written_on_another_grid_leave_the_others_as_they_are(slicer_scene):
+    # Segments of one label-map layer share its grid: a segment written on other voxels
+    # into that layer resampled every segment in it.
+    from HOSciaticModuleLib.geometry import VolumeGeometry
+
+    fine = VolumeGeometry.from_spacing_origin_directions((40, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    coarse = VolumeGeometry.from_spacing_origin_directions((10, 40, 40), (0.8, 0.8, 4.0), (0.3, 0.1, 0.0))
+    ball = np.linalg.norm(fine.voxel_ras_grid() - 20.0, axis=-1) <= 7.3
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "layers")
+    scene_io.replace_segments(node, {"ball": ball}, fine, scene_io.BONE_COLOR)
+    slab = np.zeros(coarse.shape_kji, bool)
+    slab[2:4, 5:30, 5:30] = True
+    scene_io.replace_segments(node, {"slab": slab}, coarse, scene_io.NERVE_COLOR)
+    kept = scene_io.segment_mask_on_grid(node, scene_io.segment_id_by_name(node, "ball"), fine)
+    assert np.array_equal(kept, ball)
+    assert np.array_equal(scene_io.segment_mask_on_grid(node, scene_io.segment_id_by_name(node, "slab"), coarse), slab)
+    # A third segment on the first grid joins the first one's layer, not a layer of its own.
+    scene_io.replace_segments(node, {"small ball": np.linalg.norm(fine.voxel_ras_grid() - 8.0, axis=-1) <= 3.0},
+                              fine, scene_io.BONE_COLOR)
+    assert node.GetSegmentation().GetNumberOfLayers() == 2
+    assert np.array_equal(scene_io.segment_mask_on_grid(node, scene_io.segment_id_by_name(node, "ball"), fine), ball)
+
+
 def test_volume_with_nan_voxels_or_without_voxel_values_is_refused(slicer_scene, phantom):
     # NaN left by a resampling in a float CT: the trace ran into them and read sections
     # under 1 mm across; an image without scalars ended in an AttributeError.
