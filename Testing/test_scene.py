@@ -162,6 +162,35 @@ def test_chain_under_a_registration_transform(slicer_scene, phantom):
     assert np.linalg.norm(world["patch"].mean(axis=0) - plain["patch"].mean(axis=0)) < 2.0  # a station or two of a 30 mm patch
 
 
+def test_outputs_follow_the_cts_registration_when_it_is_refined(slicer_scene, phantom):
+    # The outputs the steps make lie under the CT's transform: refining the registration
+    # moves them with the CT. Made outside it, they stayed where the CT had been, and a
+    # recompute read the islands' HU from the moved CT (mean HU 649 -> 200).
+    import vtk
+
+    to_world = np.eye(4)
+    to_world[:3, 3] = (10.0, 0.0, 0.0)
+    transform = _linear_transform(slicer_scene, to_world)
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    seeds_local = phantom.seeds_ras([5.0, 70.0, phantom.centreline_s_mm[-1] - 5])
+    seeds = scene_io.points_node_from_array(slicer_scene, seeds_local + to_world[:3, 3], "seeds")
+    oss = analysis.segment_ossifications(volume)
+    traced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    before = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    for node in (oss.segmentation_node, traced.centreline_node, before.contact_patch_model_node,
+                 before.ho_distance_model_node):
+        assert node.GetParentTransformNode() is transform, node.GetName()
+    refined = vtk.vtkMatrix4x4()
+    refined.SetElement(0, 3, 14.0)
+    refined.SetElement(1, 3, -3.0)
+    transform.SetMatrixTransformToParent(refined)
+    after = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    assert [i.mean_hu for i in after.islands] == pytest.approx([i.mean_hu for i in before.islands], rel=1e-6)
+    assert after.contact.max_encasement_deg == pytest.approx(before.contact.max_encasement_deg, abs=1e-6)
+
+
 def _model_points_in_world(model_node) -> np.ndarray:
     import vtk
 

@@ -570,7 +570,8 @@ class HOSciaticAnalysis:
         stations = self.station_rows(trace)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
         centreline_node = scene_io.fill_centreline_curve(
-            self.scene, centreline_node, centreline_name(side), trace.points_ras, self._station_arrays(stations))
+            self.scene, centreline_node, centreline_name(side), trace.points_ras, self._station_arrays(stations),
+            placed_like=segmentation_node)
         centreline_node.SetAttribute("HOSciatic.Side", side)
         centreline_node.SetAttribute("HOSciatic.Modality", modality)
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
@@ -772,8 +773,9 @@ class HOSciaticAnalysis:
             self.scene, chart_node, chart_name(side), stations_table_node, "s",
             ["Encasement", "Diameter"] + (["Bone encasement (not HO)"] if result.bone_encasement_deg is not None else []),
             "Encasement (deg) / diameter (mm)")
-        contact_patch_model_node = self._contact_patch_model(contact_patch_model_node, side, nerve_mesh, result.tolerance_mm)
-        ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh)
+        contact_patch_model_node = self._contact_patch_model(contact_patch_model_node, side, nerve_mesh,
+                                                             result.tolerance_mm, segmentation_node)
+        ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh, segmentation_node)
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
         self._record_warnings(centreline_node, CONTACT_WARNINGS, result.warnings)
@@ -885,7 +887,7 @@ class HOSciaticAnalysis:
                              **measurements.as_table_row(measurements.CONTACT_MEASURES, island)))
         return scene_io.fill_table(self.scene, table_node, CONTACT_TABLE_NAME, columns, rows)
 
-    def _contact_patch_model(self, model_node, side, nerve_mesh, tolerance_mm):
+    def _contact_patch_model(self, model_node, side, nerve_mesh, tolerance_mm, placed_like=None):
         vertices, faces, distance = nerve_mesh
         in_contact = faces[np.all(distance[faces] <= tolerance_mm, axis=1)] if len(faces) else faces
         used = np.unique(in_contact)
@@ -893,16 +895,17 @@ class HOSciaticAnalysis:
         remap[used] = np.arange(len(used))
         polydata = scene_io.polydata_from_mesh(vertices[used], remap[in_contact],
                                                {"distance_to_ho_mm": distance[used]})
-        return scene_io.fill_model(self.scene, model_node, contact_patch_name(side), polydata, color=(0.9, 0.1, 0.1))
+        return scene_io.fill_model(self.scene, model_node, contact_patch_name(side), polydata, color=(0.9, 0.1, 0.1),
+                                   placed_like=placed_like)
 
-    def _ho_distance_model(self, model_node, side, ho_mesh):
+    def _ho_distance_model(self, model_node, side, ho_mesh, placed_like=None):
         if ho_mesh is None:
             vertices, faces, distance = np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros(0)
         else:
             vertices, faces, distance = ho_mesh[:3]
         polydata = scene_io.polydata_from_mesh(vertices, faces, {"distance_to_nerve_mm": distance})
         return scene_io.fill_model(self.scene, model_node, ho_distance_model_name(side), polydata,
-                                   scalar_name="distance_to_nerve_mm", scalar_range=(0.0, 10.0))
+                                   scalar_name="distance_to_nerve_mm", scalar_range=(0.0, 10.0), placed_like=placed_like)
 
     @staticmethod
     def _record_warnings(node, attribute: str, warnings) -> None:

@@ -339,9 +339,19 @@ def oriented_image_from_mask(mask: np.ndarray, geometry: VolumeGeometry, offset_
     return image
 
 
+def place_like(node, reference_node) -> None:
+    """Put a newly made output node under the parent transform of the node it was made
+    from, when that is linear: refining a registration then moves the results with the
+    CT, instead of leaving them where the CT was when they were made."""
+    transform = reference_node.GetParentTransformNode() if reference_node is not None else None
+    if transform is not None and transform.IsLinear():
+        node.SetAndObserveTransformNodeID(transform.GetID())
+
+
 def ensure_segmentation_node(scene, segmentation_node, name: str, reference_volume_node):
     if segmentation_node is None:
         segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        place_like(segmentation_node, reference_volume_node)
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
     if reference_volume_node is not None:
@@ -600,18 +610,21 @@ def _double_array(name: str, values):
     return array
 
 
-def fill_centreline_curve(scene, curve_node, name: str, points_ras: np.ndarray, measurements: dict):
+def fill_centreline_curve(scene, curve_node, name: str, points_ras: np.ndarray, measurements: dict,
+                          placed_like=None):
     """Write a centreline as a markups curve with one control point per station.
 
     ``measurements`` maps array name -> (unit, description, values per station);
     each becomes a static per-control-point measurement, which the curve also
-    interpolates onto its curve points so it can be coloured by it.
+    interpolates onto its curve points so it can be coloured by it. A new curve goes
+    under the parent transform of ``placed_like`` (see :func:`place_like`).
     """
     slicer = _slicer()
     from vtkmodules.vtkCommonCore import vtkPoints
 
     if curve_node is None:
         curve_node = scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", name)
+        place_like(curve_node, placed_like)
     was_modifying = curve_node.StartModify()
     curve_node.SetName(name)
     curve_node.SetCurveTypeToLinear()
@@ -735,11 +748,13 @@ def polydata_from_mesh(vertices_ras: np.ndarray, faces: np.ndarray, point_arrays
 
 
 def fill_model(scene, model_node, name: str, polydata, color=None, scalar_name: str | None = None,
-               scalar_range=None, color_node_id: str = "vtkMRMLColorTableNodeRainbow"):
+               scalar_range=None, color_node_id: str = "vtkMRMLColorTableNodeRainbow", placed_like=None):
     """Show ``polydata`` (points in world RAS) in a model node, placed where its points
-    are even if the node is under a parent transform."""
+    are even if the node is under a parent transform; a new model goes under the parent
+    transform of ``placed_like`` (see :func:`place_like`)."""
     if model_node is None:
         model_node = scene.AddNewNodeByClass("vtkMRMLModelNode", name)
+        place_like(model_node, placed_like)
     to_node = world_to_node(model_node, "Model")
     if not np.allclose(to_node, np.eye(4)) and polydata.GetNumberOfPoints():
         points = _numpy_support().vtk_to_numpy(polydata.GetPoints().GetData())
