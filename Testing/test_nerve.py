@@ -396,14 +396,20 @@ def test_ho_wrap_without_exclusion_mask_is_still_avoided():
     ("coincident", "coincide"),
     ("outside", "outside the volume"),
     ("air", "air"),
+    # Two clicks either side of the nerve at one level (as when marking its width): a
+    # trace 0.1-0.5 mm long was accepted without a word.
+    ("across", "across the nerve at one level"),
 ])
 def test_bad_seeds_are_refused(case, message):
     phantom = _phantom("ct", "axial")
     ends = phantom.seeds_ras([END_MARGIN_MM, 120.0])
     corner_air = phantom.geometry.kji_to_ras_points([[5, 2, phantom.image.shape[2] - 3]])[0]
+    s, points, _, normals, _ = _dense_nerve_curve(phantom.spec)
+    level = int(np.argmin(np.abs(s - 40.0)))
     seeds = {"one": ends[:1], "coincident": np.vstack([ends[0], ends[0] + 0.5]),
              "outside": np.vstack([ends[0], ends[1] + [0.0, 0.0, 400.0]]),
-             "air": np.vstack([ends[0], corner_air])}[case]
+             "air": np.vstack([ends[0], corner_air]),
+             "across": np.vstack([points[level] + 5.0 * normals[level], points[level] - 5.0 * normals[level]])}[case]
     with pytest.raises(InputError, match=message):
         trace_nerve(phantom.image, phantom.geometry, seeds)
 

@@ -1316,6 +1316,11 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
                         "tissue; check the centreline there and add a seed point if it strays.")
     points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
+    traced_mm = float(np.sum(np.linalg.norm(np.diff(points, axis=0), axis=1)))
+    if traced_mm < MIN_SEED_SPREAD_MM:
+        raise InputError(f"The traced nerve is only {traced_mm:.1f} mm long: the seed points lie across the nerve at "
+                         "one level (or on one spot of it) rather than along it. Place them along the nerve, at least "
+                         f"{MIN_SEED_SPREAD_MM:.0f} mm apart along it, one near each end of the stretch to analyse.")
 
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
