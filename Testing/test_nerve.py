@@ -341,6 +341,23 @@ def test_section_started_in_a_noisy_voxel_is_measured_again():
     assert np.abs(error[free]).max() <= 1.5, np.abs(error[free]).max()
 
 
+def test_a_click_between_the_nerve_and_a_vessel_goes_to_the_nearer():
+    # A flattened nerve (8 x 4 mm) and a vessel 6 mm across, both in fat, 2 mm apart; a
+    # click in the fat between them, nearer the nerve. The vessel's centre is deeper in
+    # nerve-like tissue than the nerve's, yet the click meant the nerve.
+    from HOSciaticModuleLib.nerve import _Appearance, seeds_on_the_nerve
+
+    geometry = VolumeGeometry(np.diag([0.5, 0.5, 1.0, 1.0]), (60, 60, 60))
+    k, j, i = np.indices(geometry.shape_kji, dtype=np.float32)
+    x, y = i * 0.5 - 15.0, j * 0.5 - 15.0
+    image = np.full(geometry.shape_kji, -100.0, np.float32)
+    image[(x / 4.0) ** 2 + (y / 2.0) ** 2 <= 1.0] = 30.0
+    image[np.hypot(x - 9.0, y) <= 3.0] = 40.0
+    seeds = np.array([[19.3, 15.0, 10.0], [19.3, 15.0, 50.0]])      # x = 4.3: 0.3 mm from the nerve, 1.7 from the vessel
+    moved = seeds_on_the_nerve(image, geometry, seeds, _Appearance(30.0, -100.0, 200.0, 150.0, 5.0), None)
+    assert np.all(np.abs(moved[:, 0] - 15.0) <= 1.0), moved     # on the nerve's centre (x = 0), not the vessel's (9)
+
+
 @pytest.mark.parametrize("count, off_mm", [(30, 4.0), (4, 6.0)])
 def test_clicks_beside_the_nerve_are_moved_onto_it(count, off_mm):
     # Clicks off the nerve's centre (in its fat sheath, or in the muscle beside it):

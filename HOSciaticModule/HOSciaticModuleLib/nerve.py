@@ -683,7 +683,8 @@ def _section_depth(sampler, points, u, v, appearance, reach_mm=CORE_SEARCH_MM + 
     The plane is sampled once per station on a grid reaching ``reach_mm`` (beyond the
     candidates by the largest depth of interest); depth is its 2D Euclidean distance
     transform. With ``enclosed_only``, tissue that reaches the edge of that grid (the
-    muscle beside a nerve, on CT) has no depth: only a tube enclosed in the plane is.
+    muscle beside a nerve, on CT) has no depth: only a tube enclosed in the plane is,
+    and of several such tubes only the one nearest the point.
     Returns (candidates (N, C, 3) RAS, depth (N, C), offset of each candidate (C,) mm).
     """
     import edt
@@ -706,6 +707,13 @@ def _section_depth(sampler, points, u, v, appearance, reach_mm=CORE_SEARCH_MM + 
         pieces, _ = ndimage.label(inside, structure=in_plane)
         edge = np.unique(np.concatenate([pieces[:, [0, -1], :].ravel(), pieces[:, :, [0, -1]].ravel()]))
         inside &= ~np.isin(pieces, edge[edge > 0])
+        # Of several enclosed pieces (the nerve, a vessel beside it) the one nearest the
+        # point is meant: a deeper one farther off is not.
+        distance = np.hypot(*np.meshgrid(offsets, offsets, indexing="ij"))
+        for n in range(len(points)):
+            if inside[n].any():
+                nearest = pieces[n][np.unravel_index(np.argmin(np.where(inside[n], distance, np.inf)), distance.shape)]
+                inside[n] &= pieces[n] == nearest
     # A huge spacing between stations keeps the transform within each plane.
     depth = edt.edt(np.ascontiguousarray(inside, np.uint8), anisotropy=(1e6, CORE_GRID_MM, CORE_GRID_MM),
                     black_border=True).reshape(len(points), -1)
