@@ -610,13 +610,16 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
     # A core far from its section's centre (in a flat band 4 mm thick, equally deep all
     # across, it may sit near one tip) sends the far tip's rays past the clip: those
     # sections are read again from their centroid.
-    _, centroid_uv, _, _ = _polygon_figures(_clip_leaks(radii, angles), angles)
+    # Each section's rays are clipped on their own: only the sections read again need it again.
+    clipped = _clip_leaks(radii, angles)
+    _, centroid_uv, _, _ = _polygon_figures(clipped, angles)
     off_centre = np.hypot(centroid_uv[:, 0], centroid_uv[:, 1]) > OFF_CENTRE_CORE_MM
     if off_centre.any():
         centres = cores[off_centre] + centroid_uv[off_centre, :1] * u[off_centre] + centroid_uv[off_centre, 1:] * v[off_centre]
         again, again_outside = _ray_radii(sampler, centres, directions[off_centre], appearance, ray_step_mm)
-        cores[off_centre], radii[off_centre], outside_levels[off_centre] = centres, again, again_outside
-    radii = _hold_swollen_sections(_clip_leaks(radii, angles))
+        cores[off_centre], outside_levels[off_centre] = centres, again_outside
+        clipped[off_centre] = _clip_leaks(again, angles)
+    radii = _hold_swollen_sections(clipped)
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
@@ -1324,15 +1327,14 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
                         "tissue; check the centreline there and add a seed point if it strays.")
     points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
-    traced_mm = float(np.sum(np.linalg.norm(np.diff(points, axis=0), axis=1)))
-    if traced_mm < MIN_SEED_SPREAD_MM:
-        raise InputError(f"The traced nerve is only {traced_mm:.1f} mm long: the seed points lie across the nerve at "
+    s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    if s_mm[-1] < MIN_SEED_SPREAD_MM:
+        raise InputError(f"The traced nerve is only {s_mm[-1]:.1f} mm long: the seed points lie across the nerve at "
                          "one level (or on one spot of it) rather than along it. Place them along the nerve, at least "
                          f"{MIN_SEED_SPREAD_MM:.0f} mm apart along it, one near each end of the stretch to analyse.")
 
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
-    s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     across_mm = voxel_size_across_nerve(geometry, points)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
     outline_caveats = too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
