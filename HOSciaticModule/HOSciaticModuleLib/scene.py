@@ -202,14 +202,18 @@ def segment_description(segmentation_node, segment_id: str) -> tuple[str, str, s
     return segment.GetName(), segment_id, terminology or ""
 
 
+def _source_representation_name(segmentation) -> str:
+    """The segmentation's source representation (named 'master' before Slicer 5.4)."""
+    return (segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName")
+            else segmentation.GetMasterRepresentationName())
+
+
 def _binary_labelmap_name(segmentation_node) -> str:
     """The binary label-map representation's name, created from the source one if needed."""
     slicer = _slicer()
     segmentation = segmentation_node.GetSegmentation()
-    master = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
-        else segmentation.GetMasterRepresentationName()
     binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if master != binary_name and not segmentation.ContainsRepresentation(binary_name):
+    if _source_representation_name(segmentation) != binary_name and not segmentation.ContainsRepresentation(binary_name):
         segmentation_node.CreateBinaryLabelmapRepresentation()
     return binary_name
 
@@ -367,9 +371,7 @@ def use_binary_labelmap_as_source(segmentation_node) -> None:
     slicer = _slicer()
     segmentation = segmentation_node.GetSegmentation()
     binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
-        else segmentation.GetMasterRepresentationName()
-    if source == binary_name:
+    if _source_representation_name(segmentation) == binary_name:
         return
     segmentation_node.CreateBinaryLabelmapRepresentation()
     if hasattr(segmentation, "SetSourceRepresentationName"):
