@@ -300,11 +300,10 @@ class HOSciaticAnalysis:
             return traced_geometry
         return scene_io.volume_geometry(reference, "Reference volume")
 
-    def _nerve_on_segmentation_grid(self, trace, traced_geometry, segmentation_node, has_ho):
-        """The nerve's voxels as (block, offset) on the segmentation's grid: voxelised
+    def _nerve_on_segmentation_grid(self, trace, traced_geometry, grid, segmentation_node, has_ho):
+        """The nerve's voxels as (block, offset) on ``grid``, the segmentation's: voxelised
         there from its cross-sections when that grid is not the traced volume's (an MR
         of other voxels than the CT's), HO segments left out as on the traced grid."""
-        grid = self._segmentation_grid(segmentation_node, traced_geometry)
         if grid.shape_kji == traced_geometry.shape_kji and np.allclose(grid.ijk_to_ras, traced_geometry.ijk_to_ras,
                                                                        atol=1e-6):
             return trace.mask_block, tuple(b.start for b in trace.mask_slices)
@@ -357,7 +356,8 @@ class HOSciaticAnalysis:
                 numbers[segment_id] = number
             else:
                 pending.append(segment_id)
-        free = (n for n in itertools.count(1) if n not in set(numbers.values()))
+        taken = set(numbers.values())
+        free = (n for n in itertools.count(1) if n not in taken)
         for segment_id in pending:
             numbers[segment_id] = next(free)
         return numbers
@@ -563,10 +563,11 @@ class HOSciaticAnalysis:
         report(progress, 0.92, "Writing nerve outputs")
         segmentation_node = scene_io.ensure_segmentation_node(
             self.scene, segmentation_node, SEGMENTATION_NAME, volume_node if segmentation_node is None else None)
+        grid = self._segmentation_grid(segmentation_node, geometry)
         segment_id = scene_io.replace_segments(
             segmentation_node, {nerve_segment_name(side): self._nerve_on_segmentation_grid(
-                trace, geometry, segmentation_node, exclusion is not None)},
-            self._segmentation_grid(segmentation_node, geometry), scene_io.NERVE_COLOR)[0]
+                trace, geometry, grid, segmentation_node, exclusion is not None)},
+            grid, scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
         centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
         centreline_node = scene_io.fill_centreline_curve(
