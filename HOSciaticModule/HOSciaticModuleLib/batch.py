@@ -131,9 +131,9 @@ def _case_from_row(row: dict, line: int, base: Path) -> BatchCase:
         return str(candidate if candidate.is_absolute() else base / candidate)
 
     seeds = [located(part.strip()) for part in SEED_SEPARATORS.split(row.get("nerve_seeds") or "") if part.strip()]
-    return BatchCase(name=name, folder_name=_UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name)).strip("._") or "case", image=located(image),
-                     nerve_seeds=seeds, roi=located(row.get("roi")), bones=located(row.get("bones")),
-                     modality=modality)
+    folder_name = _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name)).strip("._") or "case"
+    return BatchCase(name=name, folder_name=folder_name, image=located(image), nerve_seeds=seeds,
+                     roi=located(row.get("roi")), bones=located(row.get("bones")), modality=modality)
 
 
 def _check_unique(cases: list[BatchCase], path: Path) -> None:

@@ -209,14 +209,13 @@ def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str 
             raise InputError(f"The seed-point file '{path}' holds {len(along)} point lists or curves "
                              f"({', '.join(repr(m.name) for m in along)}): which are the nerve's is not clear. "
                              "Save the nerve's seed points alone, one file per nerve.")
-        markups = along
-        points = markups[0].points_ras
-        unplaced = markups[0].unplaced
+        (seed_markup,) = along
+        points, unplaced = seed_markup.points_ras, seed_markup.unplaced
         if len(points) < 2 and unplaced:
             raise InputError(f"The seed-point file '{path}' has {len(points)} placed point(s) and {unplaced} without "
                              "a position (added to the list but never placed). Place them on the nerve in Slicer "
                              "and save again.")
-        side, warning = _side_of(markups[0], points, midline) if len(points) else ("right", None)
+        side, warning = _side_of(seed_markup, points, midline) if len(points) else ("right", None)
         seeds.append((side, points, warning))
     sides = [s[0] for s in seeds]
     if len(set(sides)) != len(sides):

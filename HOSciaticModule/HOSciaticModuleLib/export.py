@@ -29,9 +29,9 @@ SCHEMA = "hosciatic-metrics/1"
 ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
 #: Scheduling niceness of the thread compressing the bundle's CT (0 = as the analysis).
 WRITER_NICENESS = 10
-#: Every file a run may write into its output folder.
 #: Private folder in the output folder where the bundle's copy of the CT is compressed.
 PARTIAL_VOLUME_PREFIX = ".hosciatic-partial-volume-"
+#: Every file a run may write into its output folder.
 RESULT_NAMES = ("metrics.json", "segmentation.seg.nrrd", "scene.mrb", "islands.csv",
                 *(f"nerve_{side}.mrk.json" for side in SIDES), *(f"stations_{side}.csv" for side in SIDES))
 #: The names the last run wrote into a folder: the next run there removes those it does
