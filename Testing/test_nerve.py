@@ -431,6 +431,18 @@ def test_bad_seeds_are_refused(case, message):
         trace_nerve(phantom.image, phantom.geometry, seeds)
 
 
+def test_mr_seed_on_a_signal_void_is_refused_as_such():
+    # On MR a flow void, a tendon or cortex is as dark as air: the message names them all.
+    phantom = _phantom("mr", "axial")
+    ends = phantom.seeds_ras([END_MARGIN_MM, 120.0])
+    void = ends[1] + [12.0, 0.0, 0.0]
+    image = phantom.image.copy()
+    k, j, i = np.round(phantom.geometry.ras_to_kji_points(void[None])[0]).astype(int)
+    image[k - 2:k + 3, j - 2:j + 3, i - 2:i + 3] = 0.0
+    with pytest.raises(InputError, match="Seed point 2 lies on a signal void .*flowing blood"):
+        trace_nerve(image, phantom.geometry, np.vstack([ends[0], void]), modality="mr")
+
+
 def _two_separate_tubes(gap_mm):
     """Fat (-100 HU) holding two collinear soft-tissue tubes (30 HU, 4 mm radius) along
     S, separated by ``gap_mm`` of fat: no nerve runs from one to the other."""

@@ -1,6 +1,6 @@
 """Sciatic nerve tracing on CT or MRI from a few clicked points.
 
-1. **Seeds** — validated (two or more, inside the volume, not in air, not all in one
+1. **Seeds** — validated (two or more, inside the volume, not in air or on an MR signal void, not all in one
    spot) and sorted along the nerve.
 2. **Appearance** — the nerve's own level is read near the seeds and its surround
    further out; the nerve boundary is the half-way level between them (full width at
@@ -98,6 +98,8 @@ NERVE_LEVEL_PERCENTILE_Z = 1.2816
 #: CT tissue windows used to read levels near the seeds.
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
 CT_AIR_HU = -400.0
+#: On MR a seed darker than this share of the image's 99th percentile lies on a signal void.
+MR_SIGNAL_VOID_SHARE = 0.05
 #: The widest sciatic nerve, even swollen, is about 25 x 15 mm (equivalent diameter near
 #: 20 mm): an outline wider than that over half the traced length has run into muscle.
 MAX_NERVE_DIAMETER_MM = 20.0
@@ -297,10 +299,14 @@ def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) ->
                          "outside the volume. Move it onto the nerve in this image (check that the points were "
                          "placed on this volume and not on another series).")
     values = ndimage.map_coordinates(image, geometry.ras_to_kji_points(seeds).T, order=1, mode="nearest")
-    air = values < (CT_AIR_HU if modality == "ct" else 0.05 * float(np.percentile(image[::3, ::3, ::3], 99)))
-    if air.any():
-        n = int(np.flatnonzero(air)[0])
-        raise InputError(f"Seed point {n + 1} lies in air (value {values[n]:.0f}). Move it onto the sciatic nerve.")
+    dark = values < (CT_AIR_HU if modality == "ct" else MR_SIGNAL_VOID_SHARE * float(np.percentile(image[::3, ::3, ::3], 99)))
+    if dark.any():
+        n = int(np.flatnonzero(dark)[0])
+        # On MR air, cortex, tendon and flowing blood are all dark: name what it may be.
+        where = (f"in air (value {values[n]:.0f} HU)" if modality == "ct" else
+                 f"on a signal void (value {values[n]:.0f}, under {MR_SIGNAL_VOID_SHARE:.0%} of the image's brightest "
+                 "tissue): air, cortical bone, a tendon or flowing blood")
+        raise InputError(f"Seed point {n + 1} lies {where}. Move it onto the sciatic nerve.")
     return sort_seeds_along_nerve(seeds)
 
 
