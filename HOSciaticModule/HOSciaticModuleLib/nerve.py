@@ -1,7 +1,7 @@
 """Sciatic nerve tracing on CT or MRI from a few clicked points.
 
-1. **Seeds** — validated (two or more, inside the volume, not in air or on an MR signal void, not all in one
-   spot) and sorted along the nerve.
+1. **Seeds** — validated (two or more, inside the volume, not in air or on an MR signal
+   void, not all in one spot) and sorted along the nerve.
 2. **Appearance** — the nerve's own level is read near the seeds and its surround
    further out; the nerve boundary is the half-way level between them (full width at
    half maximum). On CT the nerve is soft tissue (20-50 HU) in a fat sheath
