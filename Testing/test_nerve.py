@@ -443,6 +443,23 @@ def test_mr_seed_on_a_signal_void_is_refused_as_such():
         trace_nerve(image, phantom.geometry, np.vstack([ends[0], void]), modality="mr")
 
 
+@pytest.mark.parametrize("header_roundoff_mm", [1e-5, -1e-5])
+def test_search_block_ignores_a_header_stored_in_single_precision(header_roundoff_mm):
+    # A click in a slice view lies on a slice's centre and the margin is a whole number of
+    # voxels: the block's edges fall on whole indices. The same series read from DICOM
+    # and from NIfTI (origin in single precision) must give the same block, else the
+    # levels and shading read in it, and a trace through unclear tissue, differ.
+    from HOSciaticModuleLib.nerve import MAX_RAY_MM, SEARCH_MARGIN_MM
+
+    shape, spacing, origin = (40, 320, 320), (0.625, 0.625, 2.5), np.array([-100.0, -90.0, -50.0])
+    geometry = VolumeGeometry.from_spacing_origin_directions(shape, spacing, origin)
+    seed = geometry.kji_to_ras_points([[20, 150, 160]])
+    moved = VolumeGeometry.from_spacing_origin_directions(shape, spacing, origin + header_roundoff_mm * np.array([1, -1, 1]))
+    margin = SEARCH_MARGIN_MM + MAX_RAY_MM
+    assert moved.bounding_slices_of_ras_box(seed, margin) == geometry.bounding_slices_of_ras_box(seed, margin)
+    assert geometry.bounding_slices_of_ras_box(seed, margin) == (slice(4, 37), slice(86, 215), slice(96, 225))
+
+
 def _two_separate_tubes(gap_mm):
     """Fat (-100 HU) holding two collinear soft-tissue tubes (30 HU, 4 mm radius) along
     S, separated by ``gap_mm`` of fat: no nerve runs from one to the other."""

@@ -22,6 +22,11 @@ DIRECTION_ORTHOGONALITY_TOLERANCE = 1e-3
 #: micrometres; voxels larger than the sciatic nerve is wide resolve neither it nor HO.
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 10.0
+#: A block edge this close (in voxels) to a whole index is taken as lying on it. Seeds
+#: clicked in a slice view lie on a slice's centre, and margins are whole numbers of
+#: slices, so edges fall on whole indices; a header stored in single precision (NIfTI)
+#: moves them by 1e-5 voxel, which must not move the block by a voxel.
+INDEX_ROUNDOFF_VOXELS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,8 @@ class VolumeGeometry:
         ras_points = np.atleast_2d(np.asarray(ras_points, dtype=float))
         kji = self.ras_to_kji_points(ras_points)
         margin_voxels = margin_mm / np.asarray(self.spacing_kji)
-        low = np.floor(kji.min(axis=0) - margin_voxels).astype(int)
-        high = np.ceil(kji.max(axis=0) + margin_voxels).astype(int) + 1
+        low = np.floor(kji.min(axis=0) - margin_voxels + INDEX_ROUNDOFF_VOXELS).astype(int)
+        high = np.ceil(kji.max(axis=0) + margin_voxels - INDEX_ROUNDOFF_VOXELS).astype(int) + 1
         low = np.clip(low, 0, self.shape_kji)
         high = np.clip(high, 0, self.shape_kji)
         return tuple(slice(int(a), int(b)) for a, b in zip(low, high))

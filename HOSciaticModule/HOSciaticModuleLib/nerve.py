@@ -299,7 +299,9 @@ def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) ->
                          "outside the volume. Move it onto the nerve in this image (check that the points were "
                          "placed on this volume and not on another series).")
     values = ndimage.map_coordinates(image, geometry.ras_to_kji_points(seeds).T, order=1, mode="nearest")
-    dark = values < (CT_AIR_HU if modality == "ct" else MR_SIGNAL_VOID_SHARE * float(np.percentile(image[::3, ::3, ::3], 99)))
+    darkest_seed_value = (CT_AIR_HU if modality == "ct"
+                          else MR_SIGNAL_VOID_SHARE * float(np.percentile(image[::3, ::3, ::3], 99)))
+    dark = values < darkest_seed_value
     if dark.any():
         n = int(np.flatnonzero(dark)[0])
         # On MR air, cortex, tendon and flowing blood are all dark: name what it may be.
