@@ -354,6 +354,13 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     return _Appearance(nerve_level, surround, None, None, noise)
 
 
+def spacing_without_roundoff(spacing) -> tuple:
+    """Voxel spacing to 0.1 um: a header stored in single precision (NIfTI) and one in
+    decimal (DICOM) then give the same figures to the steps that turn on tiny
+    differences (a shading fit, a choice among equally good paths)."""
+    return tuple(round(float(s), 4) for s in spacing)
+
+
 def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """The MR block divided by its smooth shading, estimated with N4 (SimpleITK) on a
     coarse copy. Surface coils make a nerve brighter at one end of a long stretch than
@@ -361,7 +368,9 @@ def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarra
     smoother than a nerve, so the nerve's own brightness and width are kept."""
     import SimpleITK as sitk
 
-    spacing_ijk = tuple(float(s) for s in geometry.spacing_kji[::-1])
+    # N4's fit turns on a header's round-off (the same series as DICOM or as NIfTI, its
+    # spacing 1e-7 mm apart, gave shadings 10 % apart).
+    spacing_ijk = spacing_without_roundoff(geometry.spacing_kji)[::-1]
     factors = [max(1, int(round(SHADING_GRID_MM / s))) for s in spacing_ijk]
     image = sitk.GetImageFromArray(np.ascontiguousarray(block, np.float32))
     image.SetSpacing(spacing_ijk)
@@ -471,11 +480,16 @@ def trace_path(image, geometry, seeds, appearance, excluded) -> tuple[np.ndarray
         block = geometry.bounding_slices_of_ras_box(np.vstack([a, b]), SEARCH_MARGIN_MM)
         block_geometry = geometry.cropped(block)
         tissue = nerve_like_tissue(image[block], appearance, excluded[block] if excluded is not None else None)
-        cost = path_cost(tissue, block_geometry.spacing_kji)
-        factors = [max(1, int(round(PATH_GRID_MM / s))) for s in block_geometry.spacing_kji]
+        # Many paths along a nerve cost about the same: a header's round-off (a spacing of
+        # 3.6 or 3.6000001 mm) must not choose among them.
+        spacing_kji = spacing_without_roundoff(block_geometry.spacing_kji)
+        cost = path_cost(tissue, spacing_kji)
+        factors = [max(1, int(round(PATH_GRID_MM / s))) for s in spacing_kji]
         coarse = _pool(cost, factors)
-        coarse_spacing = tuple(s * f for s, f in zip(block_geometry.spacing_kji, factors))
-        to_coarse = lambda p: np.clip(np.floor(block_geometry.ras_to_kji_points(p)[0] / factors + 0.0), 0,
+        coarse_spacing = tuple(s * f for s, f in zip(spacing_kji, factors))
+        # The coarse cell holding the voxel the point lies in (a point on a voxel's centre
+        # stays in its cell whatever the header's round-off).
+        to_coarse = lambda p: np.clip(np.rint(block_geometry.ras_to_kji_points(p)[0]) // factors, 0,
                                       np.array(coarse.shape) - 1)
         path = minimal_path(coarse, coarse_spacing, to_coarse(a), to_coarse(b))
         fine_kji = path * factors + (np.asarray(factors) - 1) / 2.0
@@ -1290,10 +1304,23 @@ def recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progre
         centred = smooth_polyline(_near_path(targets, path_tree), CENTRELINE_SMOOTHING_MM,
                                   STATION_SPACING_MM, keep_ends=False)
         shift = float(np.max(np.linalg.norm(centred - points, axis=1)))
-        points = resample_polyline(centred, STATION_SPACING_MM)
+        points = _without_loops(resample_polyline(centred, STATION_SPACING_MM), STATION_SPACING_MM)
         if shift < RECENTRING_CONVERGED_MM:
             break
     return points
+
+
+def _without_loops(points: np.ndarray, step_mm: float) -> np.ndarray:
+    """Stations ``step_mm`` apart with none doubled. Where the path reached a click beside
+    the nerve sideways, the sections there all centre on one level of the nerve and the
+    centreline loops on itself: two stations then lie a fraction of a step apart. The
+    second of each such pair goes and the rest is spaced again. The last step is the
+    remainder of the length, short by design, and stays."""
+    gaps = np.linalg.norm(np.diff(points[:-1], axis=0), axis=1)
+    close = np.flatnonzero(gaps < 0.5 * step_mm)
+    if len(close) == 0:
+        return points
+    return resample_polyline(np.delete(points, close + 1, axis=0), step_mm)
 
 
 def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modality: str = "ct",
@@ -1336,10 +1363,14 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
                         "tissue; check the centreline there and add a seed point if it strays.")
     points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    if s_mm[-1] < MIN_SEED_SPREAD_MM:
-        raise InputError(f"The traced nerve is only {s_mm[-1]:.1f} mm long: the seed points lie across the nerve at "
-                         "one level (or on one spot of it) rather than along it. Place them along the nerve, at least "
-                         f"{MIN_SEED_SPREAD_MM:.0f} mm apart along it, one near each end of the stretch to analyse.")
+    # Seeds clicked across the nerve meet it at one level, however far the re-centred
+    # stations run on from there along it.
+    seeds_along_mm = float(np.ptp(s_mm[cKDTree(points).query(seeds)[1]]))
+    if min(s_mm[-1], seeds_along_mm) < MIN_SEED_SPREAD_MM:
+        raise InputError(f"The seed points lie within {min(s_mm[-1], seeds_along_mm):.1f} mm of each other along the "
+                         "traced nerve: they lie across the nerve at one level (or on one spot of it) rather than "
+                         f"along it. Place them along the nerve, at least {MIN_SEED_SPREAD_MM:.0f} mm apart along it, "
+                         "one near each end of the stretch to analyse.")
 
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
