@@ -206,6 +206,22 @@ def test_mr_shading_ignores_a_header_stored_in_single_precision():
     np.testing.assert_array_equal(flatten_mr_shading(shaded, single), flatten_mr_shading(shaded, double))
 
 
+def test_nerve_clicked_on_a_t1_weighted_mr_is_named(monkeypatch):
+    # T1: the nerve as grey as muscle, the fat around it bright. The clicks on the nerve
+    # lie on tissue darker than the level read near them (the fat's), and the trace ran
+    # 5 mm off the nerve, in the fat, with no word of it.
+    import HOSciaticModuleLib.phantom as phantom_module
+
+    t1_values = dict(phantom_module.MR_T2FS_VALUES, fat=900.0, fatty_marrow=900.0, muscle=300.0, nerve=310.0)
+    monkeypatch.setattr(phantom_module, "MR_T2FS_VALUES", t1_values)
+    phantom = generate_phantom(PhantomSpec(islands=(), noise_sigma=12.0), modality="mr", spacing_ijk=(0.8, 0.8, 1.5))
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length / 2, length - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr")
+    assert any("None of the 3 seed points lies on tissue as bright" in w and "T1-weighted" in w
+               for w in trace.warnings), trace.warnings
+
+
 def test_mr_that_n4_cannot_fit_is_traced_as_it_is(monkeypatch):
     import SimpleITK as sitk
 
@@ -334,9 +350,12 @@ def test_very_noisy_mr_reads_the_nerve_level_and_calibre_right(signal_to_noise):
     3.4 mm small at a signal-to-noise ratio of 3, without a warning."""
     spec = PhantomSpec(noise_sigma=520.0 / signal_to_noise / 1.5)  # the MR phantom's noise is 1.5 times the spec's
     phantom = generate_phantom(spec, modality="mr", spacing_ijk=(1.0, 1.0, 2.0))
-    _, distance, error = _traced_against_truth(phantom, phantom.image, modality="mr")
+    trace, distance, error = _traced_against_truth(phantom, phantom.image, modality="mr")
     assert np.percentile(distance, 95) <= 1.0
     assert abs(np.median(error)) <= 0.8 and np.percentile(np.abs(error), 95) <= 1.6, error
+    # The advice is an MR's (signal), not a CT's (dose, kernel).
+    (smoothed,) = [w for w in trace.warnings if "smoothed" in w]
+    assert "more signal" in smoothed and "dose" not in smoothed
 
 
 def test_section_started_in_a_noisy_voxel_is_measured_again():

@@ -173,6 +173,9 @@ NOISE_SMOOTHING_MM = 0.6
 #: Below this contrast-to-noise ratio the smoothed outline still reads up to about 1 mm
 #: small (see :func:`_smoothed_warning`).
 NOISY_CALIBRE_CONTRAST_TO_NOISE = 2.0
+#: What lowers the noise of the image around the nerve, by modality.
+NOISE_REMEDIES = {"ct": "A smoother (soft-tissue) reconstruction or a higher dose",
+                  "mr": "A series with more signal (more averages, a surface coil over the buttock and thigh)"}
 #: CT reconstruction kernels and MR zero-filled interpolation correlate the noise of
 #: voxels up to about a millimetre apart, so neighbours differ by less than the noise
 #: is; voxels this far apart differ by all of it.
@@ -788,6 +791,23 @@ def seeds_on_the_nerve(image, geometry: VolumeGeometry, seeds: np.ndarray, appea
     return moved[apart]
 
 
+def seeds_off_bright_tissue_warnings(image, geometry: VolumeGeometry, seeds: np.ndarray, appearance,
+                                     excluded) -> list[str]:
+    """On MR the tracing follows tissue brighter than its surroundings. When not one seed
+    lies on such tissue, the clicks marked a structure no brighter than what lies around
+    it: the nerve on a T1-weighted series, or on one whose fat is not suppressed (the fat
+    beside the nerve is then followed, 5 mm off it on a phantom, without another word),
+    or every click beside the nerve."""
+    values, masks = _IndexSampler(image, excluded, geometry).at_index(geometry.ras_to_kji_points(seeds))
+    if np.any(_inside(values, masks, appearance)):
+        return []
+    return [f"None of the {len(seeds)} seed points lies on tissue as bright as the traced nerve: the trace follows "
+            f"the brightest tissue near them (up to {CORE_SEARCH_MM:.0f} mm away). If the nerve is not brighter "
+            "than its surroundings in this series (T1-weighted, or fat not suppressed, when the fat beside it is "
+            "followed instead), trace on a T2-weighted fat-suppressed or STIR series. If the points were placed "
+            "beside the nerve, check that the trace follows it."]
+
+
 def _ray_radii(sampler, cores, directions, appearance, step_mm=RAY_STEP_MM, inside_mm=0.0):
     """Boundary distance along each ray, at the half-way level between this section's
     own nerve plateau and the tissue just outside it (a local full width at half
@@ -1276,7 +1296,7 @@ def _prepared_for_tracing(image, geometry, seeds, modality, bone_threshold_hu):
     return image, appearance, contrast_to_noise
 
 
-def _smoothed_warning(contrast_to_noise: float) -> str:
+def _smoothed_warning(contrast_to_noise: float, modality: str) -> str:
     # Dips of noise inside the nerve still end some rays early: on a phantom the calibre
     # read 0.1 mm small at a ratio of 2.3, 0.5 mm at 1.7 and 1.1 mm at 1.4.
     shortfall = ("up to about 1 mm small" if contrast_to_noise < NOISY_CALIBRE_CONTRAST_TO_NOISE
@@ -1284,7 +1304,7 @@ def _smoothed_warning(contrast_to_noise: float) -> str:
     return (f"The image is noisy around the nerve (its contrast with the surrounding tissue is only "
             f"{contrast_to_noise:.1f} times the voxel noise): it was smoothed by {NOISE_SMOOTHING_MM} mm "
             f"before tracing, so the outline follows the nerve rather than noise; its calibre may read "
-            f"{shortfall}. A smoother (soft-tissue) reconstruction or a higher dose gives a sharper outline.")
+            f"{shortfall}. {NOISE_REMEDIES[modality]} gives a sharper outline.")
 
 
 def recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress=None) -> np.ndarray:
@@ -1348,9 +1368,11 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     exclusion_mask = np.ascontiguousarray(exclusion_mask[block]) if exclusion_mask is not None else None
     image, appearance, contrast_to_noise = _prepared_for_tracing(image, geometry, seeds, modality, bone_threshold_hu)
     if contrast_to_noise is not None:
-        warnings.append(_smoothed_warning(contrast_to_noise))
+        warnings.append(_smoothed_warning(contrast_to_noise, modality))
 
     report(progress, 0.1, "Following the nerve between the seeds")
+    if modality == "mr":
+        warnings += seeds_off_bright_tissue_warnings(image, geometry, seeds, appearance, exclusion_mask)
     seeds = seeds_on_the_nerve(image, geometry, seeds, appearance, exclusion_mask)
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
     if outside_fraction > 0.35:
