@@ -189,6 +189,31 @@ def test_mr_shading_from_the_coils_is_flattened(axis):
     assert trace.warnings == []
 
 
+def test_fourfold_mr_shading_along_the_nerve_is_flattened():
+    # A fourfold shading along 150 mm of nerve (half the level at one end, twice at the
+    # other): N4 stopped at 0.75 and 1.4 of the level, and the dim end's outline read
+    # 1-3 mm for a 9 mm nerve, with no caveat.
+    phantom = _phantom("mr", "axial")
+    position = np.arange(phantom.image.shape[0], dtype=np.float32)[:, None, None] / (phantom.image.shape[0] - 1)
+    shaded = dataclasses.replace(phantom, image=phantom.image * np.exp(np.log(4.0) * (position - 0.5)))
+    trace, distance, error = _traced_against_truth(shaded, shaded.image, modality="mr")
+    assert distance.max() <= 1.0 and np.abs(error).max() <= 1.0, (distance.max(), error)
+
+
+def test_step_in_mr_brightness_along_the_nerve_is_named():
+    # Where two coils (or two stations of a series) meet, the brightness can double over
+    # 10 mm: too abrupt for the shading correction. More seeds do not help; the refusal
+    # says what is wrong.
+    phantom = _phantom("mr", "axial")
+    k = np.arange(phantom.image.shape[0], dtype=np.float32)[:, None, None]
+    middle = phantom.image.shape[0] / 2
+    step = 1.0 + 1.0 / (1.0 + np.exp(-(k - middle) / (2.5 / phantom.geometry.spacing_kji[0])))
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length / 2, length - END_MARGIN_MM])
+    with pytest.raises(InputError, match=r"could not be followed.* times as bright as near another"):
+        trace_nerve(phantom.image * step, phantom.geometry, seeds, modality="mr")
+
+
 def test_mr_shading_ignores_a_header_stored_in_single_precision():
     # The same series as DICOM (slices 3.6 mm apart) and as NIfTI (3.6000001 mm, single
     # precision): N4's fit turned on the difference, shadings 10 % apart.
