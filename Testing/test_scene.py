@@ -188,7 +188,8 @@ def test_outputs_follow_the_cts_registration_when_it_is_refined(slicer_scene, ph
     transform.SetMatrixTransformToParent(refined)
     after = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
     assert [i.mean_hu for i in after.islands] == pytest.approx([i.mean_hu for i in before.islands], rel=1e-6)
-    assert after.contact.max_encasement_deg == pytest.approx(before.contact.max_encasement_deg, abs=1e-6)
+    # The same figures, to round-off (the curve's points pass through another matrix).
+    assert after.contact.max_encasement_deg == pytest.approx(before.contact.max_encasement_deg, abs=1e-4)
 
 
 def _model_points_in_world(model_node) -> np.ndarray:
