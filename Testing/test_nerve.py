@@ -719,6 +719,13 @@ def test_a_stretch_far_wider_than_the_rest_of_the_nerve_is_named():
     single = np.full(120, 10.0)
     single[30] = 18.0
     assert bulge_caveats(np.pi * single ** 2 / 4.0, s_mm) == []
+    # The stretch reaches on over its tapering edges (29-45 % wide at the edges of failed
+    # fat suppression were left unnamed), not over a thickening beside it of under 1.2.
+    tapered = width.copy()
+    tapered[56:60] = tapered[65:68] = 13.5
+    tapered[50:56] = 11.5
+    (caveat,) = bulge_caveats(np.pi * tapered ** 2 / 4.0, s_mm)
+    np.testing.assert_array_equal(np.flatnonzero(caveat.stations), np.arange(56, 68))
 
 
 def test_stretch_near_metal_is_named_on_ct():

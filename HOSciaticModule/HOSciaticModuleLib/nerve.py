@@ -127,6 +127,10 @@ TOO_WIDE_SHARE = 0.05
 BULGE_FACTOR = 1.5
 BULGE_MIN_EXCESS_MM = 3.0
 BULGE_MIN_STATIONS = 3
+#: A named stretch reaches on along the stations next to it that are still this much
+#: wider than the median: bright tissue and swelling taper off (the stations at the
+#: edges of failed fat suppression read 29-45 % wide, unnamed).
+BULGE_EDGE_FACTOR = 1.2
 #: Fat (about -100 HU) the CT resolves around the nerve keeps the tissue just outside the
 #: outline far below the nerve's level. Where it stays less than halfway down towards
 #: fat, the fat plane is thinner than the CT's blur (the nerve abuts muscle) and the
@@ -1225,6 +1229,8 @@ def bulge_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]
     bulging = (width > max(BULGE_FACTOR * typical, typical + BULGE_MIN_EXCESS_MM)) & (width <= TOO_WIDE_STRETCH_MM)
     if np.count_nonzero(bulging) < BULGE_MIN_STATIONS:
         return []
+    tapering, _ = ndimage.label((width > BULGE_EDGE_FACTOR * typical) & (width <= TOO_WIDE_STRETCH_MM))
+    bulging = np.isin(tapering, np.unique(tapering[bulging]))
     return [StationCaveat("swollen or widened", bulging, (
         f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
         f"{typical:.0f} mm along the rest of the nerve: the nerve may be swollen there (as where it is "
