@@ -492,6 +492,20 @@ def test_bad_seeds_are_refused(case, message):
         trace_nerve(phantom.image, phantom.geometry, seeds)
 
 
+def test_mr_stored_with_an_offset_is_traced_as_without():
+    # A series whose values carry a constant offset (+3000): the nerve is as much brighter
+    # than its surroundings as before, but the ratio of the two fell under the test's and
+    # the trace was refused as "not brighter than its surroundings".
+    phantom = _phantom("mr", "axial")
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    plain = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr")
+    offset = trace_nerve(phantom.image + 3000.0, phantom.geometry, seeds, modality="mr")
+    assert len(offset.s_mm) == len(plain.s_mm)
+    assert np.abs(offset.points_ras - plain.points_ras).max() <= 0.3
+    assert np.median(offset.diameter_mm) == pytest.approx(np.median(plain.diameter_mm), abs=0.2)
+
+
 def test_mr_seed_on_a_signal_void_is_refused_as_such():
     # On MR a flow void, a tendon or cortex is as dark as air: the message names them all.
     phantom = _phantom("mr", "axial")

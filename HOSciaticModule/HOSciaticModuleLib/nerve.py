@@ -360,7 +360,11 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     # noisy series sets the boundary too high and draws the outline inside the nerve.
     nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
-    if nerve_level <= surround * 1.15:
+    # Brightness is read above the image's dark floor (air, suppressed fat, cortex): a
+    # series stored with an offset (+2300 and more) read as a nerve no brighter than
+    # its surroundings.
+    floor = min(max(float(np.percentile(image[::2, ::2, ::2], 1)), 0.0), surround)
+    if nerve_level - floor <= (surround - floor) * 1.15:
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
