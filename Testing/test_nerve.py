@@ -247,6 +247,20 @@ def test_nerve_clicked_on_a_t1_weighted_mr_is_named(monkeypatch):
                for w in trace.warnings), trace.warnings
 
 
+def test_noise_is_read_along_the_same_axis_whatever_the_headers_round_off():
+    # Two axes of 0.625 mm, one stored as 0.6250000000000001: the noise was read along the
+    # other axis, the nerve's level moved, and the trace through unclear tissue with it.
+    from HOSciaticModuleLib.nerve import voxel_noise
+
+    rng = np.random.default_rng(3)
+    block = rng.normal(0.0, 10.0, (12, 40, 40)).astype(np.float32)
+    block += np.linspace(0.0, 200.0, 40, dtype=np.float32)[None, :, None]     # a gradient along j only
+    exact = VolumeGeometry.from_spacing_origin_directions(block.shape, (0.625, 0.625, 3.6), (0.0, 0.0, 0.0))
+    rounded = VolumeGeometry.from_spacing_origin_directions(block.shape, (0.625, 0.6250000000000001, 3.6),
+                                                            (0.0, 0.0, 0.0))
+    assert voxel_noise(block, rounded) == voxel_noise(block, exact)
+
+
 def test_mr_that_n4_cannot_fit_is_traced_as_it_is(monkeypatch):
     import SimpleITK as sitk
 

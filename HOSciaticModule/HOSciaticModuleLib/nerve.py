@@ -417,7 +417,8 @@ def voxel_noise(block: np.ndarray, geometry: VolumeGeometry) -> float:
     """Standard deviation of the voxel noise: from the differences of voxels
     NOISE_LAG_MM apart along the finest axis (robust: a median, edges are a minority),
     read on every fourth layer along each of the other axes."""
-    fine = int(np.argmin(geometry.spacing_kji))
+    # Of two axes equally fine, the first, whatever the header's round-off.
+    fine = int(np.argmin(spacing_without_roundoff(geometry.spacing_kji)))
     lag = max(1, int(round(NOISE_LAG_MM / geometry.spacing_kji[fine])))
     index = [slice(None, None, 4)] * 3
     index[fine] = slice(None)
