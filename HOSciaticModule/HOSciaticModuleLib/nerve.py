@@ -95,6 +95,10 @@ MIN_STATIONS_PER_PART = 40
 #: the amount by which voxel noise lifts that percentile of a uniform tissue (its z-score).
 NERVE_LEVEL_PERCENTILE = 90.0
 NERVE_LEVEL_PERCENTILE_Z = 1.2816
+#: The nerve's level is read within this of a click (half a nerve width plus a click
+#: 2-3 mm off centre), its surround in this ring (its fat sheath and what lies beyond).
+NEAR_SEED_MM = 4.0
+SEED_RING_MM = (6.0, 15.0)
 #: CT tissue windows used to read levels near the seeds.
 CT_SOFT_TISSUE_HU = (-30.0, 150.0)
 CT_AIR_HU = -400.0
@@ -345,7 +349,7 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     """Nerve and surround levels read from the image near the seeds: within 4 mm of a
     click (half a nerve width plus a click 2-3 mm off centre) and 6-15 mm out (the
     perineural fat sheath and what lies beyond it)."""
-    near, ring = _values_near_seeds(image, geometry, seeds, 4.0, (6.0, 15.0))
+    near, ring = _values_near_seeds(image, geometry, seeds, NEAR_SEED_MM, SEED_RING_MM)
     noise = voxel_noise(image, geometry)
     if modality == "ct":
         soft = near[(near >= CT_SOFT_TISSUE_HU[0]) & (near <= CT_SOFT_TISSUE_HU[1])]
@@ -796,14 +800,19 @@ def seeds_on_the_nerve(image, geometry: VolumeGeometry, seeds: np.ndarray, appea
     sampler = _IndexSampler(image, excluded, geometry)
     candidates, depth, offset_mm = _section_depth(sampler, seeds, u, v, appearance, SEED_PLANE_REACH_MM,
                                                   enclosed_only=True)
-    values, masks = sampler.at_index(geometry.ras_to_kji_points(seeds))
-    on_tissue = _inside(values, masks, appearance)
+    on_tissue = _on_nerve_like_tissue(sampler, geometry, seeds, appearance)
     reached = (depth.max(axis=1) > 0) & ~on_tissue
     moved = np.where(reached[:, None], _most_central(candidates, depth, offset_mm), seeds)
     moved = sort_seeds_along_nerve(moved)
     apart = np.r_[True, np.linalg.norm(np.diff(moved, axis=0), axis=1) >= MIN_SEED_GAP_MM]
     apart[-1] = True
     return moved[apart]
+
+
+def _on_nerve_like_tissue(sampler, geometry: VolumeGeometry, points: np.ndarray, appearance) -> np.ndarray:
+    """Whether each RAS point lies on nerve-like tissue (see :func:`_inside`)."""
+    values, masks = sampler.at_index(geometry.ras_to_kji_points(points))
+    return _inside(values, masks, appearance)
 
 
 def seeds_off_bright_tissue_warnings(image, geometry: VolumeGeometry, seeds: np.ndarray, appearance,
@@ -813,8 +822,7 @@ def seeds_off_bright_tissue_warnings(image, geometry: VolumeGeometry, seeds: np.
     it: the nerve on a T1-weighted series, or on one whose fat is not suppressed (the fat
     beside the nerve is then followed, 5 mm off it on a phantom, without another word),
     or every click beside the nerve."""
-    values, masks = _IndexSampler(image, excluded, geometry).at_index(geometry.ras_to_kji_points(seeds))
-    if np.any(_inside(values, masks, appearance)):
+    if np.any(_on_nerve_like_tissue(_IndexSampler(image, excluded, geometry), geometry, seeds, appearance)):
         return []
     return [f"None of the {len(seeds)} seed points lies on tissue as bright as the traced nerve: the trace follows "
             f"the brightest tissue near them (up to {CORE_SEARCH_MM:.0f} mm away). If the nerve is not brighter "
@@ -1319,7 +1327,7 @@ def _uneven_brightness_hint(image, geometry, seeds, modality) -> str:
     series meet) is too sharp for the shading correction, and seeds do not help."""
     if modality != "mr":
         return ""
-    levels = [float(np.percentile(_values_near_seeds(image, geometry, seed[None], 4.0, (6.0, 15.0))[0],
+    levels = [float(np.percentile(_values_near_seeds(image, geometry, seed[None], NEAR_SEED_MM, SEED_RING_MM)[0],
                                   NERVE_LEVEL_PERCENTILE)) for seed in seeds]
     if min(levels) <= 0 or max(levels) / min(levels) < UNEVEN_NERVE_BRIGHTNESS:
         return ""
