@@ -654,21 +654,31 @@ def _components(mask: np.ndarray):
 
 def _touches(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry) -> bool:
     """Whether native bone lies within one and a half voxels of the island (fused)."""
-    return _native_within(island, native, island_block, geometry, 1.5 * max(geometry.spacing_kji))
+    return _native_within(island, native, island_block, geometry, _touch_reach_mm(geometry))
+
+
+def _touch_reach_mm(geometry: VolumeGeometry) -> float:
+    """How near native bone an island must come to be fused to it: one and a half voxels."""
+    return 1.5 * max(geometry.spacing_kji)
+
+
+def _near_native(native: np.ndarray, island_block, geometry: VolumeGeometry, reach_mm: float):
+    """The voxels of ``island_block`` (slices of ``native``'s grid) within ``reach_mm``
+    of native bone, or None when no native bone lies that near the block."""
+    around = pad_block(island_block, native.shape, int(np.ceil(reach_mm / min(geometry.spacing_kji))))
+    near_native = native[around]
+    if not near_native.any():
+        return None
+    inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
+    return (_ball_distance(~near_native, geometry) <= reach_mm)[inner]
 
 
 def _native_within(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry,
                    reach_mm: float) -> bool:
     """Whether native bone lies within ``reach_mm`` of the island (a mask over
     ``island_block`` of ``native``'s grid)."""
-    reach = int(np.ceil(reach_mm / min(geometry.spacing_kji)))
-    around = pad_block(island_block, native.shape, reach)
-    near_native = native[around]
-    if not near_native.any():
-        return False
-    inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
-    zone = _ball_distance(~near_native, geometry) <= reach_mm
-    return bool(np.any(island & zone[inner]))
+    zone = _near_native(native, island_block, geometry, reach_mm)
+    return zone is not None and bool(np.any(island & zone))
 
 
 def _fused_at_both_ends(island: np.ndarray, island_block, native: np.ndarray, geometry: VolumeGeometry) -> bool:
@@ -676,16 +686,15 @@ def _fused_at_both_ends(island: np.ndarray, island_block, native: np.ndarray, ge
     both ends of its main axis and nowhere along its middle half: a bar from one bone to
     another (Brooker IV), whether or not the two bones also meet at the joint, as on
     coarse voxels. A vessel beside a bone lies against it along its length, if at all."""
-    reach_mm = 1.5 * max(geometry.spacing_kji)
-    around = pad_block(island_block, native.shape, int(np.ceil(reach_mm / min(geometry.spacing_kji))))
-    inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
-    near_native = _ball_distance(~native[around], geometry.cropped(around))[inner] <= reach_mm
+    zone = _near_native(native, island_block, geometry, _touch_reach_mm(geometry))
+    if zone is None:
+        return False
     points = np.argwhere(island) * np.asarray(geometry.spacing_kji)
     axis = np.linalg.eigh(np.cov(points.T))[1][:, -1]
     along = (points - points.mean(axis=0)) @ axis
     low, high = np.percentile(along, [2, 98])
     position = (along - low) / max(high - low, 1e-6)
-    contact = position[near_native[island]]
+    contact = position[zone[island]]
     return bool(contact.size and contact.min() <= 0.25 and contact.max() >= 0.75
                 and not np.any((contact > 0.25) & (contact < 0.75)))
 
