@@ -520,6 +520,22 @@ def test_mr_stored_with_an_offset_is_traced_as_without():
     assert np.median(offset.diameter_mm) == pytest.approx(np.median(plain.diameter_mm), abs=0.2)
 
 
+@pytest.mark.parametrize("scale, offset", [(3.0, -200.0), (3.0, -500.0)])
+def test_mr_stored_with_fat_at_ct_levels_is_traced_as_mr(scale, offset):
+    # Stored as signed int16 with an offset (suppressed fat at -65, the nerve at 1360), or
+    # a NIfTI's slope 3 and intercept -500 (muscle near -20, the nerve at 1060): fat-like
+    # values and a nerve above cortex's 1000 HU had it refused as a CT. Its muscle lies far
+    # above soft tissue's HU, or its nerve reads as dense as bone, which no CT's does.
+    phantom = _phantom("mr", "axial")
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    plain = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr")
+    stored = np.round(phantom.image * scale + offset).astype(np.int16)
+    traced = trace_nerve(stored, phantom.geometry, seeds, modality="mr")
+    assert np.abs(traced.points_ras - plain.points_ras[:len(traced.points_ras)]).max() <= 0.3
+    assert np.median(traced.diameter_mm) == pytest.approx(np.median(plain.diameter_mm), abs=0.2)
+
+
 def test_mr_seed_on_a_signal_void_is_refused_as_such():
     # On MR a flow void, a tendon or cortex is as dark as air: the message names them all.
     phantom = _phantom("mr", "axial")

@@ -579,7 +579,9 @@ def test_ct_without_rescale_or_shifted_mr_is_refused_for_ho():
     """A CT stored without its rescale intercept (HU + 1024) with the scanner's padding
     value (-2000) outside its circular field of view, and an MR whose values were shifted
     below zero or normalised, do not pass for a CT: the padding is below air, and the MR
-    has neither air near -1000 HU nor dense cortex."""
+    has neither air near -1000 HU nor dense cortex; nor does one shifted and scaled so that
+    its suppressed fat reads as fat and its nerve as cortex, whose muscle lies far above
+    soft tissue's HU."""
     from HOSciaticModuleLib.ossification import segment_ossifications
 
     ct = generate_phantom(**SMALL)
@@ -588,7 +590,7 @@ def test_ct_without_rescale_or_shifted_mr_is_refused_for_ho():
     centre = (np.asarray(raw.shape[1:]) - 1) / 2.0
     raw[(j - centre[0]) ** 2 + (i - centre[1]) ** 2 > (0.48 * raw.shape[1]) ** 2] = -2000.0
     mr = generate_phantom(modality="mr", **SMALL).image
-    for image in (raw, mr - 100.0, (mr - mr.mean()) / mr.std()):
+    for image in (raw, mr - 100.0, (mr - mr.mean()) / mr.std(), np.round(mr * 3.0 - 200.0)):
         with pytest.raises(InputError, match="rescale intercept"):
             segment_ossifications(image, ct.geometry)
     # The CT itself, padded the same way in HU, is a CT.

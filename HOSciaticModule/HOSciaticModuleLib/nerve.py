@@ -345,6 +345,24 @@ def _values_near_seeds(image, geometry, seeds_ras, inner_mm, ring_mm):
     return np.concatenate(near).astype(np.float32), np.concatenate(ring).astype(np.float32)
 
 
+def ct_given_as_mr(image, geometry: VolumeGeometry, seeds_ras, bone_threshold_hu: float) -> bool:
+    """Whether an image to be traced as MR is a CT in Hounsfield units: it shows a CT's
+    levels (see :func:`looks_like_ct`) and the clicked nerve reads as soft tissue, below
+    the bone threshold. On CT a nerve is 20-50 HU; on a T2 fat-saturated MR it is the
+    brightest tissue near the clicks, so an MR whose offset and scale put its fat at fat's
+    HU and its nerve at cortex's (int16 with fat at -65 and the nerve at 1360) shows its
+    nerve as dense as bone, which no nerve is. Seeds outside the volume say nothing."""
+    if not looks_like_ct(image):
+        return False
+    seeds = np.asarray(seeds_ras, float).reshape(-1, 3)
+    seeds = seeds[np.all(np.isfinite(seeds), axis=1)]
+    seeds = seeds[geometry.contains_ras(seeds)] if len(seeds) else seeds
+    if len(seeds) == 0:
+        return True
+    near, _ = _values_near_seeds(image, geometry, seeds, NEAR_SEED_MM, SEED_RING_MM)
+    return near.size == 0 or float(np.median(near)) < bone_threshold_hu
+
+
 def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> _Appearance:
     """Nerve and surround levels read from the image near the seeds: within 4 mm of a
     click (half a nerve width plus a click 2-3 mm off centre) and 6-15 mm out (the
@@ -1393,10 +1411,10 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         raise InputError(f"Modality must be 'ct' or 'mr'; got '{modality}'.")
     if exclusion_mask is not None and exclusion_mask.shape != image.shape:
         raise InputError("The HO mask does not match the volume's grid; resample it onto the volume.")
-    if modality == "mr" and looks_like_ct(image):
-        raise InputError("The image looks like a CT in Hounsfield units (fat near -100 HU, and air near -1000 HU or "
-                         "cortical bone), but the modality is MR. Trace it with modality 'ct' (--modality ct on the "
-                         "command line).")
+    if modality == "mr" and ct_given_as_mr(image, geometry, seeds_ras, bone_threshold_hu):
+        raise InputError("The image looks like a CT in Hounsfield units (fat near -100 HU, soft tissue near 50 HU "
+                         "with the nerve among it, and air near -1000 HU or cortical bone), but the modality is MR. "
+                         "Trace it with modality 'ct' (--modality ct on the command line).")
     warnings: list[str] = []
     report(progress, 0.0, "Checking seed points")
     seeds = validate_seeds(seeds_ras, image, geometry, modality)

@@ -128,6 +128,15 @@ CT_AIR_RANGE_HU = (-1100.0, -900.0)
 CT_DENSE_CORTEX_HU = 1000.0
 CT_MIN_FAT_SHARE = 0.005
 CT_MIN_AIR_OR_CORTEX_SHARE = 0.0005
+#: Most of what is denser than fat in a body CT is soft tissue (muscle 40-60 HU, blood,
+#: nerve, organs, unenhanced up to about 150 HU), not bone: even a field of view close
+#: around the hip holds more muscle than bone, so the lower quartile of the voxels
+#: denser than fat lies in soft tissue (42 HU on the phantom and the benchmark pelvis,
+#: 24 HU with 80 HU of noise). An MR whose offset and scale put its suppressed fat in
+#: the fat range has its muscle far above (stored as int16 with fat at -65: muscle at
+#: 280, lower quartile 228), while its nerve passes for cortex.
+CT_SOFT_TISSUE_MAX_HU = 150.0
+CT_SOFT_TISSUE_QUANTILE = 25.0
 #: Tissue around an island whose level sets the island's edge and tells where it lies:
 #: within 2.5 mm, and at least the voxels next to it (on a 3 mm grid none lies within
 #: 2.5 mm, and the edge, the air, fat and gas around islands went unread there).
@@ -392,21 +401,32 @@ def _ct_sample(ct_hu: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class HounsfieldEvidence:
-    """Shares of an image's voxels at the levels every body CT in HU shows."""
+    """Shares of an image's voxels at the levels every body CT in HU shows, and the
+    level of its tissue denser than fat."""
 
     fat: float      # CT_FAT_HU
     air: float      # CT_AIR_RANGE_HU
     cortex: float   # at least CT_DENSE_CORTEX_HU
+    #: Lower quartile (CT_SOFT_TISSUE_QUANTILE) of the voxels denser than fat; NaN for none.
+    denser_than_fat: float = float("nan")
+
+    @property
+    def soft_tissue_in_hu(self) -> bool:
+        """Whether the tissue denser than fat is mostly soft tissue in HU (see
+        CT_SOFT_TISSUE_MAX_HU); with none at all nothing speaks against it."""
+        return not self.denser_than_fat > CT_SOFT_TISSUE_MAX_HU
 
     @property
     def is_ct(self) -> bool:
-        return self.fat >= CT_MIN_FAT_SHARE and max(self.air, self.cortex) >= CT_MIN_AIR_OR_CORTEX_SHARE
+        return (self.fat >= CT_MIN_FAT_SHARE and self.soft_tissue_in_hu
+                and max(self.air, self.cortex) >= CT_MIN_AIR_OR_CORTEX_SHARE)
 
 
 def hounsfield_evidence(ct_hu: np.ndarray) -> HounsfieldEvidence:
-    """Fat, air and cortical-bone shares of a sample of the image's voxels. A padding
-    value below air outside the scanner's circular field of view (-2000, -3024) counts
-    as none of them, so it cannot pass for fat or air."""
+    """Fat, air and cortical-bone shares of a sample of the image's voxels, and the
+    level of its tissue denser than fat. A padding value below air outside the
+    scanner's circular field of view (-2000, -3024) counts as none of them, so it
+    cannot pass for fat or air."""
     sample = _ct_sample(ct_hu)
     if sample.size == 0:
         return HounsfieldEvidence(0.0, 0.0, 0.0)
@@ -414,12 +434,15 @@ def hounsfield_evidence(ct_hu: np.ndarray) -> HounsfieldEvidence:
     def share(low, high=np.inf):
         return float(np.count_nonzero((sample >= low) & (sample <= high))) / sample.size
 
-    return HounsfieldEvidence(share(*CT_FAT_HU), share(*CT_AIR_RANGE_HU), share(CT_DENSE_CORTEX_HU))
+    denser = sample[sample > CT_FAT_HU[1]]
+    level = float(np.percentile(denser, CT_SOFT_TISSUE_QUANTILE)) if denser.size else float("nan")
+    return HounsfieldEvidence(share(*CT_FAT_HU), share(*CT_AIR_RANGE_HU), share(CT_DENSE_CORTEX_HU), level)
 
 
 def looks_like_ct(ct_hu: np.ndarray) -> bool:
-    """Whether an image holds fat in Hounsfield units, and air near -1000 HU or cortical
-    bone, as every CT of the hip region does."""
+    """Whether an image holds fat in Hounsfield units, soft tissue as most of what is
+    denser than fat, and air near -1000 HU or cortical bone, as every CT of the hip
+    region does."""
     return hounsfield_evidence(ct_hu).is_ct
 
 
@@ -500,6 +523,10 @@ def check_looks_like_ct(ct_hu: np.ndarray) -> None:
     low, high = (float(v) for v in np.percentile(sample, [1, 99])) if sample.size else (0.0, 0.0)
     if evidence.fat < CT_MIN_FAT_SHARE:
         seen = f"no fat ({CT_FAT_HU[0]:.0f} to {CT_FAT_HU[1]:.0f} HU)"
+    elif not evidence.soft_tissue_in_hu:
+        seen = (f"fat-like values but tissue denser than fat far above soft tissue (three quarters of it above "
+                f"{evidence.denser_than_fat:.0f}, where muscle is 40-60 HU), as in an MR image whose values were "
+                "shifted and scaled")
     else:
         seen = (f"fat-like values but neither air (near -1000 HU) nor dense cortical bone "
                 f"(above {CT_DENSE_CORTEX_HU:.0f} HU), "
