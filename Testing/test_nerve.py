@@ -834,3 +834,24 @@ def test_contrast_filled_vein_hugging_the_nerve_is_left_out_of_its_outline(vesse
     beside = (true_s >= start + 5.0) & (true_s <= start + 35.0)
     error = trace.diameter_mm[beside] - phantom.true_equivalent_diameter_mm[index[beside]]
     assert beside.sum() >= 25 and abs(float(np.median(error))) <= 0.5, np.median(error)
+
+
+def test_mr_outline_collapsed_at_a_dark_band_across_the_nerve_is_named():
+    # Two slices (4 mm) where the nerve is as dark as its fat (a ghost or a flow artefact
+    # across it): there no reading finds the nerve, and its stations read a millimetre or
+    # two across between stations of 9 mm with no caveat, which reads as a severe
+    # compression. They must carry a caveat, and a warning name them.
+    phantom = _phantom("mr", "axial")
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    image = phantom.image.copy()
+    middle = int(np.rint(phantom.geometry.ras_to_kji_points(phantom.seeds_ras([length / 2]))[0, 0]))
+    band = np.zeros(image.shape, bool)
+    band[middle:middle + 2] = True
+    image[band & phantom.nerve_mask] = 45.0
+    trace = trace_nerve(image, phantom.geometry, seeds, modality="mr")
+    thin = trace.diameter_mm < 0.5 * np.median(trace.diameter_mm)
+    assert thin.any()
+    assert all("outline collapsed" in trace.station_caveats[n] for n in np.flatnonzero(thin)), \
+        [(trace.s_mm[n], trace.diameter_mm[n], trace.station_caveats[n]) for n in np.flatnonzero(thin)]
+    assert any("outline collapsed to under half the width" in w for w in trace.warnings), trace.warnings

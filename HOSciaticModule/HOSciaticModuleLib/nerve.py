@@ -153,6 +153,7 @@ NOISY_NO_FAT_PLANE_MAX_SHARE = 0.5
 #: The short reasons of the station caveats that rule reads.
 NO_FAT_PLANE_REASON = "no fat plane"
 WIDER_THAN_NERVE_REASON = "wider than a nerve"
+COLLAPSED_REASON = "outline collapsed"
 #: A voxel longer than this across the nerve (in its cross-section's plane) blurs its
 #: outline over more than a third of a 9-12 mm nerve: a coronal or sagittal series of
 #: 4-5 mm slices, the nerve running along the slices, reads its calibre a quarter small.
@@ -198,6 +199,11 @@ NOISE_LAG_MM = 2.0
 #: either side) started from a core outside the nerve.
 COLLAPSED_SECTION_FRACTION = 0.3
 COLLAPSE_WINDOW_STATIONS = 5
+#: A section whose median ray, as finally read, is under this share of its neighbours'
+#: (the same window) is not the nerve's: a compression narrows the nerve over 1-3 cm, by
+#: a fraction of its width over 5 mm, never to half of it. Its figures carry a caveat
+#: (a section read again with rays forced COLLAPSE_MIN_RAY_MM long stays near 0.3).
+COLLAPSED_OUTLINE_FRACTION = 0.5
 #: Against bone a ray looks this far ahead for the bone's own level: a cortex is 1-4 mm
 #: thick, and blurred by 1.5 mm (thick slices) it reaches 95 % of its level 4 mm past
 #: the point where the blur first passes the bone threshold.
@@ -628,6 +634,8 @@ class _Sections:
     min_width: np.ndarray
     max_width: np.ndarray
     outside_levels: np.ndarray  # (N,) the tissue just outside the boundary (median, HU or signal)
+    #: (N,) sections still collapsed once read again (see COLLAPSED_OUTLINE_FRACTION).
+    collapsed: np.ndarray = None
 
 
 def _ray_directions(u, v, count):
@@ -659,16 +667,7 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
     cores = np.concatenate([m[0] for m in measured])
     radii = np.concatenate([m[1] for m in measured])
     outside_levels = np.concatenate([m[2] for m in measured])
-    # A section a few tenths of a mm wide between normal ones started in a noisy voxel
-    # (a dip inside the nerve, or a speck beside it): measured again from the
-    # centreline point, its rays leaving no sooner than a nerve's narrowest half-width.
-    collapsed = _collapsed_sections(radii)
-    if collapsed.any():
-        retry, retry_outside = _ray_radii(sampler, points[collapsed], directions[collapsed], appearance, ray_step_mm,
-                                          COLLAPSE_MIN_RAY_MM)
-        wider = np.median(retry, axis=1) > np.median(radii[collapsed], axis=1)
-        rows = np.flatnonzero(collapsed)[wider]
-        cores[rows], radii[rows], outside_levels[rows] = points[rows], retry[wider], retry_outside[wider]
+    _read_collapsed_again(sampler, points, directions, appearance, ray_step_mm, cores, radii, outside_levels)
     # A core far from its section's centre (in a flat band 4 mm thick, equally deep all
     # across, it may sit near one tip) sends the far tip's rays past the clip: those
     # sections are read again from their centroid.
@@ -681,11 +680,36 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
         again, again_outside = _ray_radii(sampler, centres, directions[off_centre], appearance, ray_step_mm)
         cores[off_centre], outside_levels[off_centre] = centres, again_outside
         clipped[off_centre] = _clip_leaks(again, angles)
+    # A centroid, too, may lie in a dip of noise inside the nerve: read from there, all
+    # rays stopped at once (one station 0.7 mm across between stations of 6.6-8.5 mm,
+    # where the noise was four times the image's median).
+    rows = _read_collapsed_again(sampler, points, directions, appearance, ray_step_mm, cores, clipped, outside_levels)
+    clipped[rows] = _clip_leaks(clipped[rows], angles)
+    collapsed = _collapsed_sections(clipped, COLLAPSED_OUTLINE_FRACTION)
     radii = _hold_swollen_sections(clipped)
     boundary = cores[:, None, :] + radii[:, :, None] * directions
     area, centroid_uv, min_width, max_width = _polygon_figures(radii, angles)
     centroids = cores + centroid_uv[:, :1] * u + centroid_uv[:, 1:] * v
-    return _Sections(centroids, radii, cores, area, min_width, max_width, outside_levels), boundary
+    return _Sections(centroids, radii, cores, area, min_width, max_width, outside_levels, collapsed), boundary
+
+
+def _read_collapsed_again(sampler, points, directions, appearance, ray_step_mm, cores, radii,
+                          outside_levels) -> np.ndarray:
+    """Sections a few tenths of a mm wide between normal ones (see
+    :func:`_collapsed_sections`) started in a noisy voxel (a dip inside the nerve, or a
+    speck beside it): measured again from the centreline point, their rays leaving no
+    sooner than a nerve's narrowest half-width, and kept where that reads wider.
+    ``cores``, ``radii`` and ``outside_levels`` are updated in place; returns the rows
+    replaced."""
+    collapsed = _collapsed_sections(radii)
+    if not collapsed.any():
+        return np.zeros(0, int)
+    retry, retry_outside = _ray_radii(sampler, points[collapsed], directions[collapsed], appearance, ray_step_mm,
+                                      COLLAPSE_MIN_RAY_MM)
+    wider = np.median(retry, axis=1) > np.median(radii[collapsed], axis=1)
+    rows = np.flatnonzero(collapsed)[wider]
+    cores[rows], radii[rows], outside_levels[rows] = points[rows], retry[wider], retry_outside[wider]
+    return rows
 
 
 class _IndexSampler:
@@ -954,15 +978,15 @@ def _neighbourhood_median(per_station: np.ndarray) -> np.ndarray:
     return ndimage.median_filter(per_station, size=2 * COLLAPSE_WINDOW_STATIONS + 1, mode="nearest")
 
 
-def _collapsed_sections(radii: np.ndarray) -> np.ndarray:
-    """Sections whose median ray is under COLLAPSED_SECTION_FRACTION of the median of
-    their neighbours' (within COLLAPSE_WINDOW_STATIONS either side): a nerve narrows
-    over centimetres, not from one millimetre to the next."""
+def _collapsed_sections(radii: np.ndarray, fraction: float = COLLAPSED_SECTION_FRACTION) -> np.ndarray:
+    """Sections whose median ray is under ``fraction`` of the median of their
+    neighbours' (within COLLAPSE_WINDOW_STATIONS either side): a nerve narrows over
+    centimetres, not from one millimetre to the next."""
     typical = np.median(radii, axis=1)
     if len(typical) < 3:
         return np.zeros(len(typical), bool)
     around = _neighbourhood_median(typical)
-    return typical < COLLAPSED_SECTION_FRACTION * around
+    return typical < fraction * around
 
 
 def _near_path(centroids: np.ndarray, path_tree) -> np.ndarray:
@@ -1307,6 +1331,21 @@ def check_told_from_muscle(caveats, contrast_to_noise: float | None) -> None:
             "thicker slices (2-3 mm), add seed points along the nerve, or trace on a T2 fat-saturated MR.")
 
 
+def collapsed_section_caveats(collapsed: np.ndarray | None, s_mm: np.ndarray) -> list[StationCaveat]:
+    """The stations whose outline stayed collapsed when read again (see
+    COLLAPSED_OUTLINE_FRACTION): their figures are not the nerve's, and a surgeon
+    would read them as a severe compression."""
+    if collapsed is None or not np.any(collapsed):
+        return []
+    where = ", ".join(f"{s:.0f}" for s in np.asarray(s_mm)[collapsed][:8]) + (", ..." if np.sum(collapsed) > 8 else "")
+    return [StationCaveat(COLLAPSED_REASON, np.asarray(collapsed, bool), (
+        f"At {int(np.sum(collapsed))} station(s) ({where} mm along the nerve) the outline collapsed to under "
+        "half the width of the stations around it, even when read again: a nerve "
+        "narrows over centimetres, not from one millimetre to the next, so noise or a dark spot inside the nerve "
+        "cut the outline short there. Their figures are not the nerve's and do not show a compression: read the "
+        "calibre from the stations around them, and check the outline on the images."))]
+
+
 def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
                            s_mm: np.ndarray) -> list[StationCaveat]:
     """Where the tissue just outside the outline is barely darker than the nerve on a
@@ -1457,7 +1496,8 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
     across_mm = voxel_size_across_nerve(geometry, points)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
-    outline_caveats = too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
+    outline_caveats = (too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
+                       + collapsed_section_caveats(sections.collapsed, s_mm))
     image_caveats = thick_across_nerve_caveats(across_mm, s_mm)
     if modality == "ct":
         fat_plane_caveats = thin_fat_plane_caveats(sections.outside_levels, appearance, s_mm)
