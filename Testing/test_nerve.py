@@ -836,6 +836,34 @@ def test_contrast_filled_vein_hugging_the_nerve_is_left_out_of_its_outline(vesse
     assert beside.sum() >= 25 and abs(float(np.median(error))) <= 0.5, np.median(error)
 
 
+def _mr_with_a_band_of_noise(spacing_ijk, band_noise_factor, seed=5):
+    """A T2 fat-saturated MR phantom with Rician noise whose deviation is the nerve's level
+    over 15, raised band_noise_factor-fold in a band across the field of view (sigma 8 %
+    of it in A-P) where the nerve runs: a parallel-imaging g-factor band."""
+    phantom = generate_phantom(PhantomSpec(islands=(), noise_sigma=0.0), modality="mr", spacing_ijk=spacing_ijk)
+    j = np.indices(phantom.image.shape, dtype=np.float32)[1] / (phantom.image.shape[1] - 1)
+    sigma = 520.0 / 15.0 * (1.0 + (band_noise_factor - 1.0) * np.exp(-((j - 0.5) ** 2) / (2 * 0.08 ** 2)))
+    rng = np.random.default_rng(seed)
+    real = phantom.image + rng.normal(0.0, 1.0, phantom.image.shape) * sigma
+    imaginary = rng.normal(0.0, 1.0, phantom.image.shape) * sigma
+    return phantom, np.hypot(real, imaginary).astype(np.float32)
+
+
+def test_mr_noise_band_across_the_nerve_is_smoothed_and_named():
+    # Fourfold noise in a band where the nerve runs, the block's median noise a third of
+    # it: the nerve's contrast read 8.6 times the noise, not 3.3, and its outline was left
+    # unsmoothed, 25 % small at many stations and 0.7 mm across at one (9.2 mm true),
+    # without a word. Tolerance: every station within 20 % of the true calibre.
+    phantom, image = _mr_with_a_band_of_noise((0.8, 0.8, 1.5), 4.0)
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length / 2, length - END_MARGIN_MM])
+    trace = trace_nerve(image, phantom.geometry, seeds, modality="mr")
+    index = cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]
+    relative = trace.diameter_mm / phantom.true_equivalent_diameter_mm[index] - 1.0
+    assert any("noisy around the nerve" in w and "smoothed" in w for w in trace.warnings), trace.warnings
+    assert np.abs(relative).max() <= 0.2, (np.abs(relative).max(), trace.s_mm[np.argmax(np.abs(relative))])
+
+
 def test_mr_outline_collapsed_at_a_dark_band_across_the_nerve_is_named():
     # Two slices (4 mm) where the nerve is as dark as its fat (a ghost or a flow artefact
     # across it): there no reading finds the nerve, and its stations read a millimetre or

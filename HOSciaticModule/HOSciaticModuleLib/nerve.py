@@ -195,6 +195,19 @@ NOISE_REMEDIES = {"ct": "A smoother (soft-tissue) reconstruction or a higher dos
 #: voxels up to about a millimetre apart, so neighbours differ by less than the noise
 #: is; voxels this far apart differ by all of it.
 NOISE_LAG_MM = 2.0
+#: Parallel imaging (SENSE, GRAPPA) makes an MR's noise vary several-fold across the
+#: field of view (the g-factor), highest in bands and at the centre: the noise read over
+#: the whole block, a median over mostly quiet tissue, then misses the noise where the
+#: nerve lies (47 for about 125 in a band of fourfold noise across it: stations read up
+#: to a quarter small, unsmoothed, without a word). Once traced, the noise is read again
+#: inside the nerve, from voxels NOISE_LAG_MM apart straddling its centreline, their
+#: middles within this of each station (well inside a nerve 5-7 mm thick), and the
+#: outline is measured on the block smoothed when that noise calls for it.
+NERVE_NOISE_REACH_MM = 1.0
+#: ... and it counts where it is this many times the block's: in even noise the block's
+#: reading runs up to a quarter low (a magnitude image's dark tissue, air and suppressed
+#: fat, holds less spread than the noise has), which is no sign of uneven noise.
+UNEVEN_NOISE_FACTOR = 1.5
 #: A section whose median ray is under this share of its neighbours' (5 stations
 #: either side) started from a core outside the nerve.
 COLLAPSED_SECTION_FRACTION = 0.3
@@ -468,6 +481,46 @@ def smooth_if_noisy(block: np.ndarray, geometry: VolumeGeometry, appearance: _Ap
         return block, None
     sigma = NOISE_SMOOTHING_MM / np.asarray(geometry.spacing_kji)
     return ndimage.gaussian_filter(block, sigma, mode="nearest"), contrast / noise
+
+
+def noise_inside_nerve(block: np.ndarray, geometry: VolumeGeometry, points: np.ndarray) -> float:
+    """Standard deviation of the voxel noise inside the nerve whose centreline
+    ``points`` (RAS) are: from the differences of voxels NOISE_LAG_MM apart along the
+    finest axis, each pair straddling a voxel within NERVE_NOISE_REACH_MM of a station
+    (a robust median, as :func:`voxel_noise`). Voxels are read as they are, not
+    interpolated, which would average part of the noise away. 0 without pairs."""
+    spacing = np.asarray(spacing_without_roundoff(geometry.spacing_kji))
+    fine = int(np.argmin(spacing))
+    lag = max(1, int(round(NOISE_LAG_MM / spacing[fine])))
+    reach = np.maximum(0, np.floor(NERVE_NOISE_REACH_MM / spacing + 1e-6)).astype(int)
+    offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), axis=-1).reshape(-1, 3)
+    step = np.zeros(3, int)
+    step[fine] = lag
+    middles = (np.rint(geometry.ras_to_kji_points(points)).astype(int)[:, None, :] + offsets[None]).reshape(-1, 3)
+    first = middles - step // 2
+    second = first + step
+    shape = np.asarray(block.shape)
+    inside = np.all((first >= 0) & (first < shape) & (second >= 0) & (second < shape), axis=1)
+    if not inside.any():
+        return 0.0
+    differences = (block[tuple(second[inside].T)].astype(np.float64) - block[tuple(first[inside].T)])
+    return float(1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0))
+
+
+def smoothed_where_the_nerve_is_noisy(block, geometry, seeds, points, appearance, modality, bone_threshold_hu):
+    """On MR, the block smoothed as :func:`smooth_if_noisy` does when the noise inside
+    the traced nerve (see NERVE_NOISE_REACH_MM), well above the block's (see
+    UNEVEN_NOISE_FACTOR), leaves its contrast under MIN_CONTRAST_TO_NOISE times the
+    noise: with the appearance read again on it and that ratio (None, and all as given,
+    otherwise)."""
+    if modality != "mr":
+        return block, appearance, None
+    noise = noise_inside_nerve(block, geometry, points)
+    contrast = abs(appearance.nerve_level - appearance.surround_level)
+    if noise <= UNEVEN_NOISE_FACTOR * appearance.noise or contrast >= MIN_CONTRAST_TO_NOISE * noise:
+        return block, appearance, None
+    smoothed = ndimage.gaussian_filter(block, NOISE_SMOOTHING_MM / np.asarray(geometry.spacing_kji), mode="nearest")
+    return smoothed, estimate_appearance(smoothed, geometry, seeds, modality, bone_threshold_hu), contrast / noise
 
 
 def nerve_like_tissue(image_block, appearance: _Appearance, excluded_block) -> np.ndarray:
@@ -1482,6 +1535,11 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
                         "tissue; check the centreline there and add a seed point if it strays.")
     points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
+    if contrast_to_noise is None:
+        image, appearance, contrast_to_noise = smoothed_where_the_nerve_is_noisy(
+            image, geometry, seeds, points, appearance, modality, bone_threshold_hu)
+        if contrast_to_noise is not None:
+            warnings.append(_smoothed_warning(contrast_to_noise, modality))
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     # Seeds clicked across the nerve meet it at one level, however far the re-centred
     # stations run on from there along it.
