@@ -700,8 +700,11 @@ CORONAL = np.column_stack([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 @pytest.mark.parametrize("spacing_ijk, thick_across", [((0.8, 0.8, 5.0), True), ((0.8, 0.8, 1.5), False)])
 def test_slices_cut_along_the_nerve_are_flagged(spacing_ijk, thick_across):
     """A coronal MR: the nerve runs within the slices, so their thickness lies across it.
-    Slices of 5 mm read the nerve's calibre about a quarter small, and a warning says so;
-    1.5 mm slices measure it well and give no warning."""
+    On 5 mm slices a warning names the stretch and says the calibre was read from the
+    nerve's partial volume; 1.5 mm slices measure the outline well and give no warning.
+    Either way the calibre is within 0.6 mm of the truth (on 5 mm slices the outline
+    alone read it 1.5 mm small on this phantom, whose voxels show the anatomy at their
+    centres: see the next test for slices that average it)."""
     phantom = generate_phantom(modality="mr", spacing_ijk=spacing_ijk, directions_ras=CORONAL,
                                fov_mm=(120.0, 150.0, 120.0))
     seeds = phantom.seeds_ras([END_MARGIN_MM, phantom.centreline_s_mm[-1] - END_MARGIN_MM])
@@ -711,9 +714,46 @@ def test_slices_cut_along_the_nerve_are_flagged(spacing_ijk, thick_across):
     error = np.median(trace.diameter_mm - phantom.true_equivalent_diameter_mm[index])
     if thick_across:
         assert len(flagged) == 1 and "5.0 mm" in flagged[0] and "Over 100%" in flagged[0]
-        assert error < -1.0, error  # the reason for the warning
+        assert "partial volume" in flagged[0]
     else:
-        assert flagged == [] and abs(error) <= 0.6, error
+        assert flagged == []
+    assert abs(error) <= 0.6, error
+
+
+#: A sagittal series: rows run down the patient, slices step from right to left.
+SAGITTAL = np.column_stack([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("directions, slice_mm, width_tolerance_mm", [(CORONAL, 5.0, 0.6), (CORONAL, 3.5, 0.6),
+                                                                       (SAGITTAL, 5.0, 1.5)])
+def test_calibre_on_slices_cut_along_the_nerve_is_read_from_its_partial_volume(directions, slice_mm,
+                                                                               width_tolerance_mm):
+    """Slices that average the anatomy through their thickness (as an MR slice does),
+    cut along a 12 x 7 mm nerve: the half-way outline fades at the nerve's edges and
+    tips, and read the calibre a fifth (3.5 mm coronal slices) to a third (5 mm) small
+    in area, 0.7-1.9 mm in equivalent diameter. Read from the partial volume, the
+    median diameter is within 0.4 mm and nine stations in ten within 25 % in area. The
+    outline keeps the half-way outline's shape: the widest and smallest diameters are
+    within 0.6 mm in the median on coronal slices, which cut the nerve's thin axis; on
+    sagittal ones, across its wide axis, whose outline the half-way level keeps nearly
+    whole, the widest reads about 1 mm large."""
+    spec = PhantomSpec(islands=(), integrate_voxels=True)
+    # A field of view just wide enough for the nerve and its surroundings keeps it quick.
+    phantom = generate_phantom(spec, modality="mr", spacing_ijk=(0.8, 0.8, slice_mm), directions_ras=directions,
+                               fov_mm=(64.0, 150.0, 64.0))
+    seeds = phantom.seeds_ras([END_MARGIN_MM, 70.0, phantom.centreline_s_mm[-1] - END_MARGIN_MM])
+    trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr")
+    index = cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]
+    semi_axes = phantom.semi_axes_mm[index]
+    inner = slice(3, -3)  # the ends' sections reach past the seeds
+    diameter_error = (trace.diameter_mm - phantom.true_equivalent_diameter_mm[index])[inner]
+    area_error = (trace.area_mm2 / (np.pi * semi_axes[:, 0] * semi_axes[:, 1]) - 1.0)[inner]
+    assert abs(np.median(diameter_error)) <= 0.4, np.median(diameter_error)
+    assert np.percentile(np.abs(area_error), 90) <= 0.25, np.percentile(np.abs(area_error), 90)
+    widest_error = np.median((trace.max_diameter_mm - 2.0 * semi_axes[:, 0])[inner])
+    smallest_error = np.median((trace.min_diameter_mm - 2.0 * semi_axes[:, 1])[inner])
+    assert max(abs(widest_error), abs(smallest_error)) <= width_tolerance_mm, (widest_error, smallest_error)
+    assert any("partial volume" in w for w in trace.warnings)
 
 
 def test_thick_slices_across_the_nerve_are_named_as_the_cause_of_a_refusal():
