@@ -20,7 +20,7 @@ from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.nerve import (TOO_WIDE_STRETCH_MM, StationCaveat, check_plausible_width,
                                       check_told_from_muscle, flatten_mr_shading, sort_seeds_along_nerve,
-                                      trace_nerve, voxel_noise)
+                                      thick_across_nerve_caveats, trace_nerve, voxel_noise)
 from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec, _dense_nerve_curve, generate_phantom, make_shell_spec
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -754,6 +754,21 @@ def test_calibre_on_slices_cut_along_the_nerve_is_read_from_its_partial_volume(d
     smallest_error = np.median((trace.min_diameter_mm - 2.0 * semi_axes[:, 1])[inner])
     assert max(abs(widest_error), abs(smallest_error)) <= width_tolerance_mm, (widest_error, smallest_error)
     assert any("partial volume" in w for w in trace.warnings)
+
+
+def test_slices_along_the_nerve_warning_says_where_the_calibre_is_read_from():
+    """Stations sized by the nerve's partial volume are named as such; those whose
+    outline meets an HO segment (not so sized) are named with their stretch; on CT,
+    where nothing is so sized, the warning says the figures are unreliable."""
+    s_mm = np.arange(100.0)
+    across_mm = np.full(100, 5.0)
+    sized = s_mm < 70.0
+    caveat, = thick_across_nerve_caveats(across_mm, s_mm, sized)
+    assert caveat.stations.all() and "partial volume" in caveat.warning
+    assert "HO segment (70-99 mm along the nerve)" in caveat.warning
+    caveat, = thick_across_nerve_caveats(across_mm, s_mm)
+    assert "unreliable" in caveat.warning and "partial volume" not in caveat.warning
+    assert thick_across_nerve_caveats(np.full(100, 2.0), s_mm, np.zeros(100, bool)) == []
 
 
 def test_thick_slices_across_the_nerve_are_named_as_the_cause_of_a_refusal():

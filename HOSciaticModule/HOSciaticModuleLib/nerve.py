@@ -1411,16 +1411,17 @@ def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray,
         return [StationCaveat("slices along the nerve", thick, (
             f"{where} and the areas and diameters, the smallest diameter most, are unreliable. {remedy}"))]
     unsized = thick & ~sized
-    left = (f" Where the outline meets an HO segment ({np.mean(unsized[thick]):.0%} of that stretch) it could not "
-            "be so read and reads small, up to a quarter at 5 mm." if unsized.any() else "")
+    left = (f" Where the outline meets an HO segment ({s_mm[unsized].min():.0f}-{s_mm[unsized].max():.0f} mm along "
+            "the nerve) it could not be so read and reads small, up to a third in area at 5 mm."
+            if unsized.any() else "")
     # On slab-averaged MR phantoms (coronal, sagittal, oblique; 3.5-5 mm slices): median
-    # area within 5 %, nine stations in ten within 20 % (the half-way outline alone read
-    # the calibre a quarter small at 5 mm); the widest and smallest diameter within 0.6 mm
-    # in the median.
+    # area within 6 %, nine stations in ten within 25 % (the half-way outline alone read
+    # the area a fifth to a third small); the widest and smallest diameters within 0.6 mm
+    # in the median on coronal slices, the widest 1 mm large on sagittal ones.
     return [StationCaveat("slices along the nerve", thick, (
         f"{where}, so the calibre there was read from the nerve's partial volume in the voxels (how much brighter "
         "than its surroundings they are) rather than from the outline alone, which reads it small (a quarter at "
-        "5 mm). Along a stretch the area is then expected within about 5 %, at single stations within about 20 %; "
+        "5 mm). Along a stretch the area is then expected within about 6 %, nine stations in ten within 25 %; "
         "the shape of the outline across the slices, and so the smallest and widest diameters, are less certain, "
         "and a nerve brighter or darker in places than where its level was read (near the seed points) reads "
         f"larger or smaller.{left} {remedy}"))]
