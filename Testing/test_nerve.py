@@ -725,13 +725,13 @@ SAGITTAL = np.column_stack([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 
 
 @pytest.mark.parametrize("directions, slice_mm, width_tolerance_mm", [(CORONAL, 5.0, 0.6), (CORONAL, 3.5, 0.6),
-                                                                       (SAGITTAL, 5.0, 1.5)])
+                                                                       (CORONAL, 2.5, 0.6), (SAGITTAL, 5.0, 1.5)])
 def test_calibre_on_slices_cut_along_the_nerve_is_read_from_its_partial_volume(directions, slice_mm,
                                                                                width_tolerance_mm):
     """Slices that average the anatomy through their thickness (as an MR slice does),
     cut along a 12 x 7 mm nerve: the half-way outline fades at the nerve's edges and
-    tips, and read the calibre a fifth (3.5 mm coronal slices) to a third (5 mm) small
-    in area, 0.7-1.9 mm in equivalent diameter. Read from the partial volume, the
+    tips, and read the calibre a tenth (2.5 mm coronal slices) to a third (5 mm) small
+    in area, 0.5-1.9 mm in equivalent diameter. Read from the partial volume, the
     median diameter is within 0.4 mm and nine stations in ten within 25 % in area. The
     outline keeps the half-way outline's shape: the widest and smallest diameters are
     within 0.6 mm in the median on coronal slices, which cut the nerve's thin axis; on
@@ -753,7 +753,8 @@ def test_calibre_on_slices_cut_along_the_nerve_is_read_from_its_partial_volume(d
     widest_error = np.median((trace.max_diameter_mm - 2.0 * semi_axes[:, 0])[inner])
     smallest_error = np.median((trace.min_diameter_mm - 2.0 * semi_axes[:, 1])[inner])
     assert max(abs(widest_error), abs(smallest_error)) <= width_tolerance_mm, (widest_error, smallest_error)
-    assert any("partial volume" in w for w in trace.warnings)
+    # Slices of 3 mm or thinner are measured well enough to need no warning.
+    assert any("partial volume" in w for w in trace.warnings) == (slice_mm > 3.0)
 
 
 def test_slices_along_the_nerve_warning_says_where_the_calibre_is_read_from():
