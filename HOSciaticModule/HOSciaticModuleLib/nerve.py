@@ -15,7 +15,9 @@
    message; it never falls back to straight lines.
 4. **Cross-sections** — every 1 mm, in the plane orthogonal to the centreline, rays
    from the nerve's core find the boundary; leaks into touching muscle are clipped.
-   The centreline is moved to the section centroids and smoothed, twice.
+   The centreline is moved to the section centroids and smoothed, twice. On MR slices
+   cut along the nerve (voxels 2 mm or longer across it) the outline fades at the
+   nerve's edges: each section is sized by the nerve's partial volume in its voxels.
 5. **Figures and segment** — area, equivalent diameter, min/max caliper width per
    station; the nerve segment is the union of the cross-sections.
 """
@@ -170,7 +172,7 @@ PARTIAL_VOLUME_STEP_MM = 0.25
 #: The sections are so read where a voxel is this long or longer across the nerve (a fifth
 #: of a 9-12 mm nerve): there the half-way outline alone reads small by more than the
 #: partial volume's own error (on a slab-averaged coronal phantom the diameter read 0.3 mm
-#: small at 2 mm, 0.5 mm at 2.5 mm and 0.9 mm at 3 mm, against 0.1 mm); an axial series'
+#: small at 2 mm, 0.5 mm at 2.5 mm and 0.9 mm at 3 mm, against 0.2 mm at 1.5 mm); an axial series'
 #: in-plane voxels (0.6-1 mm) stay well below it.
 PARTIAL_VOLUME_ACROSS_MM = 2.0
 #: Along the fine direction an in-plane voxel and point spread under 1 mm leave the
