@@ -1627,14 +1627,16 @@ def _uneven_brightness_hint(image, geometry, seeds, modality) -> str:
             "sensitivity (the scanner's intensity normalisation).")
 
 
-def _smoothed_warning(contrast_to_noise: float, modality: str) -> str:
+def _smoothed_warning(contrast_to_noise: float, modality: str, where: str = "before tracing") -> str:
+    """``where``: the step the smoothed image served (the noise read inside the traced
+    nerve smooths the outline's measurement only)."""
     # Dips of noise inside the nerve still end some rays early: on a phantom the calibre
     # read 0.1 mm small at a ratio of 2.3, 0.5 mm at 1.7 and 1.1 mm at 1.4.
     shortfall = ("up to about 1 mm small" if contrast_to_noise < NOISY_CALIBRE_CONTRAST_TO_NOISE
                  else "a few tenths of a mm small")
     return (f"The image is noisy around the nerve (its contrast with the surrounding tissue is only "
             f"{contrast_to_noise:.1f} times the voxel noise): it was smoothed by {NOISE_SMOOTHING_MM} mm "
-            f"before tracing, so the outline follows the nerve rather than noise; its calibre may read "
+            f"{where}, so the outline follows the nerve rather than noise; its calibre may read "
             f"{shortfall}. {NOISE_REMEDIES[modality]} gives a sharper outline.")
 
 
@@ -1719,7 +1721,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         image, appearance, contrast_to_noise = smoothed_where_the_nerve_is_noisy(
             image, geometry, seeds, points, appearance, modality, bone_threshold_hu)
         if contrast_to_noise is not None:
-            warnings.append(_smoothed_warning(contrast_to_noise, modality))
+            warnings.append(_smoothed_warning(contrast_to_noise, modality, "before the nerve's outline was measured"))
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     # Seeds clicked across the nerve meet it at one level, however far the re-centred
     # stations run on from there along it.
