@@ -117,6 +117,31 @@ def test_trabecular_marrow_of_fused_ho_is_kept(spacing_ijk, monkeypatch):
     assert result.contrast_level_hu is None
 
 
+@pytest.mark.parametrize("stalk_radius_mm, clearance_mm, fused", [(1.5, 8.0, True), (None, 6.0, False)])
+def test_outgrowth_on_a_stalk_thinner_than_the_voxels_is_fused(stalk_radius_mm, clearance_mm, fused):
+    """A mature head (16 mm ball) on a stalk 3 mm thick and 8 mm long from the back of
+    the femur, on 3 mm voxels: the stalk reads below the head's half step (partial
+    volume), so the measured head stood two voxels off the bone and was called unfused,
+    although the bone at the threshold runs on from the femur into the head. The same
+    head 6 mm clear of the femur, two voxels of muscle, stays unfused."""
+    back = 15.0 - 13.0                               # the femur's posterior surface (A) at z = 0
+    head = IslandSpec("head", "ellipsoid", True, center_offset=(37.0, back - clearance_mm - 8.0, 0.0),
+                      semi_axes=(8.0, 8.0, 8.0))
+    islands = (head,)
+    if stalk_radius_mm is not None:
+        islands = (IslandSpec("stalk", "bar", True, path=((37.0, 10.0, 0.0), (37.0, back - clearance_mm - 2.0, 0.0)),
+                              radius_mm=stalk_radius_mm), head)
+    phantom = generate_phantom(PhantomSpec(islands=islands, integrate_voxels=True), spacing_ijk=(3.0, 3.0, 3.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    island = _matching_island(phantom, result, "head")
+    assert island.fused_to_native_bone == fused
+    assert island.maturity == "mature" and island.doubts == "", (island.maturity, island.doubts)
+    # The head (2.14 mL) and the stalk outside bone (0.06 mL): the volume is still read
+    # at the half step.
+    stalk_ml = np.pi * stalk_radius_mm ** 2 * clearance_mm / 1000.0 if stalk_radius_mm else 0.0
+    assert island.volume_ml == pytest.approx(4.0 / 3.0 * np.pi * 8.0 ** 3 / 1000.0 + stalk_ml, rel=0.15)
+
+
 def test_faint_immature_ho_is_measured_at_its_half_step_whatever_the_threshold(monkeypatch):
     # Early HO without a cortex, 250 HU in muscle of 50: its half step (150 HU) lies
     # outside the threshold's edge (200 HU), in the blur around it. The edge stayed at the
