@@ -1019,6 +1019,42 @@ def test_bar_of_ho_from_femur_to_ischium_is_found_with_one_hip_imaged(spacing_ij
     assert len(result.islands) == 2
 
 
+def _point_on_axis(axis, s_mm):
+    """The point of a phantom bone's axis (two points, relative to the centre) at height ``s_mm``."""
+    start, stop = np.asarray(axis, float)
+    return start + (s_mm - start[2]) / (stop[2] - start[2]) * (stop - start)
+
+
+@pytest.mark.parametrize("from_femur", [True, False])
+def test_bar_stopping_short_of_both_bones_is_no_vessel(from_femur):
+    """A mature bar 8 mm thick from the femur to the ischium, stopping 3 mm short of
+    each across soft tissue (a gap at each end, Brooker III), on 1 mm voxels: unfused
+    and rod-shaped, it was doubted as shaped like a vessel, although it runs from one
+    bone to the other. A rod as thick leaving the ischium, 3 mm off it, and ending 35 mm
+    further in the muscle is still doubted."""
+    spec = PhantomSpec()
+    ischium = _point_on_axis(spec.ischium_axis, 0.0)
+    radius, gap = 4.0, 3.0
+    if from_femur:
+        femur = _point_on_axis(spec.femur_axis, 0.0)
+        towards = (ischium - femur) / np.linalg.norm(ischium - femur)
+        start = femur + towards * (spec.femur_radius_mm + gap + radius)
+    else:
+        towards = np.array([1.0, 0.0, 0.0])
+        start = ischium - towards * (spec.ischium_radius_mm + gap + radius + 35.0)
+    stop = ischium - towards * (spec.ischium_radius_mm + gap + radius)
+    bar = IslandSpec("bar", "bar", True, path=(tuple(start), tuple(stop)), radius_mm=radius)
+    phantom = generate_phantom(dataclasses.replace(spec, islands=(bar,)), spacing_ijk=(1.0, 1.0, 1.0),
+                               fov_mm=(190.0, 80.0, 60.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    (island,) = result.islands
+    length = float(np.linalg.norm(stop - start))
+    assert island.volume_ml == pytest.approx(np.pi * radius ** 2 * (length + 4.0 / 3.0 * radius) / 1000.0, rel=0.10)
+    assert not island.fused_to_native_bone and island.maturity == "mature"
+    assert ("shaped like a vessel" in island.doubts) != from_femur, island.doubts
+    assert result.contrast_level_hu is None
+
+
 def test_only_a_bar_from_one_bone_to_another_bridges_them():
     # Two 40 mm blocks of bone (64 mL each) 30 mm apart on a 1 mm grid.
     geometry = VolumeGeometry.from_spacing_origin_directions((60, 60, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))

@@ -106,6 +106,11 @@ RESIDUAL_SKIN_MM = 1.5
 #: them at places at least this share of its length apart.
 FUSED_MAX_ELONGATION = 5.0
 BRIDGE_MIN_SPAN = 0.5
+#: A bar of HO from one bone to the other may stop short of them, a fibrous gap at
+#: each end: Brooker grade III leaves under 1 cm between the opposing bone surfaces,
+#: about half of it at each end of a bar. Within this of bone at both ends, and as
+#: clear of it between, a rod is such a bar, not a vessel.
+BAR_END_GAP_MM = 5.0
 #: Marrow sealed only within slices (thick slices miss a thin cortical cap) is filled when
 #: thinner than this: wider than the marrow in the wall of an HO shell, narrower than the
 #: thinnest compressed sciatic nerve (about 5 mm), which a ring of HO must never swallow.
@@ -726,12 +731,11 @@ def _native_within(island: np.ndarray, native: np.ndarray, island_block, geometr
     return zone is not None and bool(np.any(island & zone))
 
 
-def _fused_at_both_ends(island: np.ndarray, island_block, native: np.ndarray, geometry: VolumeGeometry) -> bool:
-    """Whether the island meets native bone (within the reach of :func:`_touches`) at
-    both ends of its main axis and nowhere along its middle half: a bar from one bone to
-    another (Brooker IV), whether or not the two bones also meet at the joint, as on
-    coarse voxels. A vessel beside a bone lies against it along its length, if at all."""
-    zone = _near_native(native, island_block, geometry, _touch_reach_mm(geometry))
+def _meets_bone_at_both_ends(island: np.ndarray, island_block, native: np.ndarray, geometry: VolumeGeometry,
+                             reach_mm: float) -> bool:
+    """Whether native bone lies within ``reach_mm`` of the island at both ends of its
+    main axis and nowhere along its middle half."""
+    zone = _near_native(native, island_block, geometry, reach_mm)
     if zone is None:
         return False
     points = np.argwhere(island) * np.asarray(geometry.spacing_kji)
@@ -742,6 +746,19 @@ def _fused_at_both_ends(island: np.ndarray, island_block, native: np.ndarray, ge
     contact = position[zone[island]]
     return bool(contact.size and contact.min() <= 0.25 and contact.max() >= 0.75
                 and not np.any((contact > 0.25) & (contact < 0.75)))
+
+
+def _bar_between_bones(island: np.ndarray, island_block, native: np.ndarray, geometry: VolumeGeometry) -> bool:
+    """Whether the island is a bar from one bone to another (Brooker III-IV): it meets
+    native bone at both ends of its main axis and nowhere along its middle half, fused
+    to both (within the reach of :func:`_touches`) or stopping short of them across a
+    gap (within BAR_END_GAP_MM of each, and as clear of bone between), whether or not
+    the two bones also meet at the joint, as on coarse voxels. A vessel beside a bone
+    lies against it along its length, if at all, and one leaving a bone runs on into
+    the soft tissue."""
+    touch = _touch_reach_mm(geometry)
+    return any(_meets_bone_at_both_ends(island, island_block, native, geometry, reach)
+               for reach in sorted({touch, max(touch, BAR_END_GAP_MM)}))
 
 
 def _touches_border(block, shape) -> bool:
@@ -2106,10 +2123,9 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
                 and float(metal_distance[island_block][island].min()) <= STREAK_REACH_MM):
             facts.near_metal_immature.append(number)
         tube, width, length = vessel_like(island, depth, island_geometry)
-        # A bar fused from one bone to another (Brooker IV) is a rod too, but no vessel:
+        # A bar from one bone to another (Brooker III-IV) is a rod too, but no vessel:
         # named one, its 95th percentile also set a "contrast" level that doubted others.
-        tube = tube and not (figures.fused_to_native_bone
-                             and _fused_at_both_ends(island, island_block, split.fused_to, geometry))
+        tube = tube and not _bar_between_bones(island, island_block, split.fused_to, geometry)
         facts.dense_end_hu[number] = float(np.percentile(values, 95))
         around = ct_block[island_block][_surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)]
         facts.ring_fat_share[number] = fat_share(around)
