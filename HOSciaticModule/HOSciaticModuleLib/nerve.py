@@ -402,6 +402,14 @@ def _values_near_seeds(image, geometry, seeds_ras, inner_mm, ring_mm):
     return np.concatenate(near).astype(np.float32), np.concatenate(ring).astype(np.float32)
 
 
+def _nerve_levels_at_seeds(image, geometry, seeds_ras) -> np.ndarray:
+    """Per seed, the NERVE_LEVEL_PERCENTILE of the values within NEAR_SEED_MM of it
+    (before any allowance for noise)."""
+    return np.array([float(np.percentile(_values_near_seeds(image, geometry, seed[None], NEAR_SEED_MM,
+                                                            SEED_RING_MM)[0], NERVE_LEVEL_PERCENTILE))
+                     for seed in np.asarray(seeds_ras, float).reshape(-1, 3)])
+
+
 def ct_given_as_mr(image, geometry: VolumeGeometry, seeds_ras, bone_threshold_hu: float) -> bool:
     """Whether an image to be traced as MR is a CT in Hounsfield units: it shows a CT's
     levels (see :func:`looks_like_ct`) and the clicked nerve reads as soft tissue, below
@@ -437,7 +445,11 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     # A high percentile stays on the nerve when a click is off centre, but noise lifts it
     # by about NERVE_LEVEL_PERCENTILE_Z noise deviations: that much is taken off, or a
     # noisy series sets the boundary too high and draws the outline inside the nerve.
-    nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
+    # Each click is read on its own and the median taken: a nerve compressed by HO is
+    # brighter on T2 where it is compressed (oedema), and a click there, pooled with the
+    # others, lifted the level above the rest of the nerve (twice as bright over 40 mm,
+    # the trace was refused as leaving nerve-like tissue).
+    nerve_level = float(np.median(_nerve_levels_at_seeds(image, geometry, seeds))) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
     # Brightness is read above the image's dark floor (air, suppressed fat, cortex): a
     # series stored with an offset (+2300 and more) read as a nerve no brighter than
@@ -1659,14 +1671,14 @@ def _uneven_brightness_hint(image, geometry, seeds, modality) -> str:
     series meet) is too sharp for the shading correction, and seeds do not help."""
     if modality != "mr":
         return ""
-    levels = [float(np.percentile(_values_near_seeds(image, geometry, seed[None], NEAR_SEED_MM, SEED_RING_MM)[0],
-                                  NERVE_LEVEL_PERCENTILE)) for seed in seeds]
+    levels = _nerve_levels_at_seeds(image, geometry, seeds)
     if min(levels) <= 0 or max(levels) / min(levels) < UNEVEN_NERVE_BRIGHTNESS:
         return ""
     return (f" Near one seed point the nerve is {max(levels) / min(levels):.1f} times as bright as near another, "
             "a change too abrupt for the correction of the coils' uneven sensitivity (as where two coils or two "
             "stations of the series meet): trace each evenly lit stretch on its own, or use a series with even "
-            "sensitivity (the scanner's intensity normalisation).")
+            "sensitivity (the scanner's intensity normalisation). Where the nerve itself is brighter over a stretch "
+            "(oedema where it is compressed), place most seed points on the nerve beside that stretch.")
 
 
 def _smoothed_warning(contrast_to_noise: float, modality: str, where: str = "before tracing") -> str:
