@@ -222,6 +222,7 @@ def test_doubling_of_mr_brightness_along_the_nerve_is_followed():
     distance, index = cKDTree(phantom.centreline_ras).query(trace.points_ras)
     assert distance.max() <= 0.5, distance.max()
     assert abs(np.median(trace.diameter_mm - phantom.true_equivalent_diameter_mm[index])) <= 0.5
+    assert any("times as bright near one seed point" in w for w in trace.warnings), trace.warnings
 
 
 def test_step_in_mr_brightness_along_the_nerve_is_named():
@@ -990,9 +991,10 @@ def test_mr_nerve_bright_where_compressed_is_traced_with_a_seed_on_that_stretch(
     """On T2 a compressed nerve is brighter where it is compressed (oedema), and that is
     where a user clicks. A nerve twice as bright over 40 mm, with one of three seeds on
     it: the clicks' pooled level was lifted above the rest of the nerve, and the trace was
-    refused as leaving nerve-like tissue. It is now followed (within 0.5 mm of the true
-    centreline) and its calibre read within 0.5 mm in the median, on the bright stretch
-    and beside it."""
+    refused as leaving nerve-like tissue. The level is now read per click and the median
+    taken: the nerve is followed (within 0.5 mm of the true centreline), its calibre read
+    within 0.5 mm in the median, on the bright stretch and beside it, and a warning says
+    how uneven the brightness is."""
     from HOSciaticModuleLib import phantom as phantom_module
 
     spec = PhantomSpec(islands=())
@@ -1011,3 +1013,4 @@ def test_mr_nerve_bright_where_compressed_is_traced_with_a_seed_on_that_stretch(
     error = trace.diameter_mm - phantom.true_equivalent_diameter_mm[index]
     on_stretch = (phantom.centreline_s_mm[index] >= 65.0) & (phantom.centreline_s_mm[index] <= 95.0)
     assert abs(np.median(error[on_stretch])) <= 0.5 and abs(np.median(error[~on_stretch])) <= 0.5, error
+    assert any("2.0 times as bright near one seed point" in w for w in trace.warnings), trace.warnings

@@ -332,6 +332,10 @@ class _Appearance:
     dense_level: float | None
     #: The voxel noise of the block the levels were read on (see :func:`voxel_noise`).
     noise: float
+    #: MR only: how many times brighter the nerve is near the brightest click than near
+    #: the dimmest, where the level had to be read per click (see
+    #: :func:`estimate_appearance`); None where the clicks' pooled level served.
+    uneven_brightness: float | None = None
 
     @property
     def boundary_level(self) -> float:
@@ -445,12 +449,18 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     # A high percentile stays on the nerve when a click is off centre, but noise lifts it
     # by about NERVE_LEVEL_PERCENTILE_Z noise deviations: that much is taken off, or a
     # noisy series sets the boundary too high and draws the outline inside the nerve.
-    # Each click is read on its own and the median taken: a nerve compressed by HO is
-    # brighter on T2 where it is compressed (oedema), and a click there, pooled with the
-    # others, lifted the level above the rest of the nerve (twice as bright over 40 mm,
-    # the trace was refused as leaving nerve-like tissue).
-    nerve_level = float(np.median(_nerve_levels_at_seeds(image, geometry, seeds))) - NERVE_LEVEL_PERCENTILE_Z * noise
+    nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
+    # A nerve compressed by HO is brighter on T2 where it is compressed (oedema), which is
+    # where a user clicks; pooled with the others, such a click lifts the level until the
+    # nerve at another click falls below the boundary (twice as bright over 40 mm: the
+    # trace was refused as leaving nerve-like tissue). Then the clicks' levels are read
+    # one by one and their median taken.
+    per_click = _nerve_levels_at_seeds(image, geometry, seeds) - NERVE_LEVEL_PERCENTILE_Z * noise
+    uneven = None
+    if per_click.min() < 0.5 * (nerve_level + surround):
+        nerve_level = float(np.median(per_click))
+        uneven = float(per_click.max() / per_click.min()) if per_click.min() > 0 else float("inf")
     # Brightness is read above the image's dark floor (air, suppressed fat, cortex): a
     # series stored with an offset (+2300 and more) read as a nerve no brighter than
     # its surroundings.
@@ -459,7 +469,7 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
-    return _Appearance(nerve_level, surround, None, None, noise)
+    return _Appearance(nerve_level, surround, None, None, noise, uneven)
 
 
 def spacing_without_roundoff(spacing) -> tuple:
@@ -1681,6 +1691,15 @@ def _uneven_brightness_hint(image, geometry, seeds, modality) -> str:
             "(oedema where it is compressed), place most seed points on the nerve beside that stretch.")
 
 
+def _uneven_level_warning(ratio: float) -> str:
+    """The nerve's level read per click (see :func:`estimate_appearance`): where the
+    nerve is dimmer than that level its outline is drawn nearer its own peak."""
+    return (f"The nerve is {ratio:.1f} times as bright near one seed point as near another (oedema where it is "
+            "compressed, or the coils' uneven sensitivity): its level was read as the median of the seed points' "
+            "levels so that the whole nerve is followed. Where the nerve is dimmer than that, its outline may read "
+            "small, which is no compression: check the calibre of the dimmer stretch on the images.")
+
+
 def _smoothed_warning(contrast_to_noise: float, modality: str, where: str = "before tracing") -> str:
     """``where``: the step the smoothed image served (the noise read inside the traced
     nerve smooths the outline's measurement only)."""
@@ -1770,6 +1789,8 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     if outside_fraction > 0.1:
         warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
                         "tissue; check the centreline there and add a seed point if it strays.")
+    if appearance.uneven_brightness is not None:
+        warnings.append(_uneven_level_warning(appearance.uneven_brightness))
     points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
     if contrast_to_noise is None:
         image, appearance, contrast_to_noise = smoothed_where_the_nerve_is_noisy(
