@@ -1476,7 +1476,8 @@ def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray,
     where = (f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
              "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred across the "
              "slices")
-    remedy = (f"Trace on an axial series, or a reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or "
+    remedy = ("Trace on a series whose slices cross the nerve (axial at the hip, not tilted along it), or a "
+              f"reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or "
               "thinner.")
     if not (sized & thick).any():
         return [StationCaveat("slices along the nerve", thick, (
@@ -1518,8 +1519,8 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
     if across_mm > THICK_ACROSS_NERVE_MM:
         cause, remedy = (f"most likely because its voxels are {across_mm:.1f} mm long across the nerve (slices cut "
                          "along it, as in a coronal or sagittal series), which blurs it into the tissue around it",
-                         f"Trace on an axial series, or a reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm "
-                         "or thinner")
+                         "Trace on a series whose slices cross the nerve (axial at the hip, not tilted along it), "
+                         f"or a reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner")
     elif contrast_to_noise is not None:
         cause, remedy = (f"most likely because of noise: the nerve's contrast with the tissue around it is only "
                          f"{contrast_to_noise:.1f} times the noise, which breaks the fat plane that parts the nerve "
