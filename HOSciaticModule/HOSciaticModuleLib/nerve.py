@@ -157,6 +157,9 @@ NOISY_NO_FAT_PLANE_MAX_SHARE = 0.5
 NO_FAT_PLANE_REASON = "no fat plane"
 WIDER_THAN_NERVE_REASON = "wider than a nerve"
 COLLAPSED_REASON = "outline collapsed"
+#: A path between seeds outside nerve-like tissue over more than this share of its
+#: length has not followed the nerve: the trace is refused (see the README).
+MAX_PATH_OUTSIDE_SHARE = 0.35
 #: A voxel longer than this across the nerve (in its cross-section's plane) blurs its
 #: outline over more than a third of a 9-12 mm nerve: a coronal or sagittal series of
 #: 4-5 mm slices, the nerve running along the slices, reads its calibre a quarter small.
@@ -332,9 +335,10 @@ class _Appearance:
     dense_level: float | None
     #: The voxel noise of the block the levels were read on (see :func:`voxel_noise`).
     noise: float
-    #: MR only: how many times brighter the nerve is near the brightest click than near
-    #: the dimmest, where the level had to be read per click (see
-    #: :func:`estimate_appearance`); None where the clicks' pooled level served.
+    #: MR only: the median of the clicks' own levels (see :func:`estimate_appearance`),
+    #: and how many times brighter the nerve is near the brightest click than near the
+    #: dimmest.
+    per_click_level: float | None = None
     uneven_brightness: float | None = None
 
     @property
@@ -452,15 +456,11 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
     # A nerve compressed by HO is brighter on T2 where it is compressed (oedema), which is
-    # where a user clicks; pooled with the others, such a click lifts the level until the
-    # nerve at another click falls below the boundary (twice as bright over 40 mm: the
-    # trace was refused as leaving nerve-like tissue). Then the clicks' levels are read
-    # one by one and their median taken.
+    # where a user clicks; pooled with the others, such a click can lift the level until
+    # the nerve elsewhere falls below the boundary. The clicks' levels are also read one
+    # by one, for the tracing to fall back on (see :func:`_traced_at_per_click_level`).
     per_click = _nerve_levels_at_seeds(image, geometry, seeds) - NERVE_LEVEL_PERCENTILE_Z * noise
-    uneven = None
-    if per_click.min() < 0.5 * (nerve_level + surround):
-        nerve_level = float(np.median(per_click))
-        uneven = float(per_click.max() / per_click.min()) if per_click.min() > 0 else float("inf")
+    uneven = float(per_click.max() / per_click.min()) if per_click.min() > 0 else float("inf")
     # Brightness is read above the image's dark floor (air, suppressed fat, cortex): a
     # series stored with an offset (+2300 and more) read as a nerve no brighter than
     # its surroundings.
@@ -469,7 +469,7 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
-    return _Appearance(nerve_level, surround, None, None, noise, uneven)
+    return _Appearance(nerve_level, surround, None, None, noise, float(np.median(per_click)), uneven)
 
 
 def spacing_without_roundoff(spacing) -> tuple:
@@ -1692,6 +1692,27 @@ def _uneven_brightness_hint(image, geometry, seeds, modality) -> str:
             "(oedema where it is compressed), place most seed points on the nerve beside that stretch.")
 
 
+def _at_per_click_level(appearance: _Appearance) -> _Appearance:
+    """The appearance with the nerve's level read per click (its median)."""
+    return dataclasses.replace(appearance, nerve_level=appearance.per_click_level)
+
+
+def _traced_at_per_click_level(image, geometry, clicked, appearance: _Appearance, exclusion_mask):
+    """On MR, where the path at the clicks' pooled level left nerve-like tissue: the seeds
+    and path found again at the median of the clicks' own levels, when that is lower, as
+    (seeds, path, share outside nerve-like tissue); None when it is not lower or the
+    path leaves nerve-like tissue there too. A nerve twice as bright with oedema over 40
+    mm, one of three clicks on it, lifted the pooled level above the rest of the nerve
+    and the trace was refused; read per click everywhere, the level moved traces that
+    were right (two stations of a real MR differed between its DICOM and NIfTI copies)."""
+    if appearance.per_click_level is None or not appearance.per_click_level < appearance.nerve_level:
+        return None
+    lower = _at_per_click_level(appearance)
+    seeds = seeds_on_the_nerve(image, geometry, clicked, lower, exclusion_mask)
+    path, outside_fraction = trace_path(image, geometry, seeds, lower, exclusion_mask)
+    return (seeds, path, outside_fraction) if outside_fraction <= MAX_PATH_OUTSIDE_SHARE else None
+
+
 def _uneven_level_warning(ratio: float) -> str:
     """The nerve's level read per click (see :func:`estimate_appearance`): where the
     nerve is dimmer than that level its outline is drawn nearer its own peak."""
@@ -1780,9 +1801,17 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     report(progress, 0.1, "Following the nerve between the seeds")
     if modality == "mr":
         warnings += seeds_off_bright_tissue_warnings(image, geometry, seeds, appearance, exclusion_mask)
-    seeds = seeds_on_the_nerve(image, geometry, seeds, appearance, exclusion_mask)
+    clicked = seeds
+    seeds = seeds_on_the_nerve(image, geometry, clicked, appearance, exclusion_mask)
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
-    if outside_fraction > 0.35:
+    per_click_level = False
+    if outside_fraction > MAX_PATH_OUTSIDE_SHARE:
+        retry = _traced_at_per_click_level(image, geometry, clicked, appearance, exclusion_mask)
+        if retry is not None:
+            seeds, path, outside_fraction = retry
+            appearance, per_click_level = _at_per_click_level(appearance), True
+            warnings.append(_uneven_level_warning(appearance.uneven_brightness))
+    if outside_fraction > MAX_PATH_OUTSIDE_SHARE:
         raise InputError(
             f"Between two seed points the nerve could not be followed ({outside_fraction:.0%} of the path runs "
             "outside nerve-like tissue). Check the modality setting and add seed points on the nerve in the "
@@ -1790,12 +1819,11 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     if outside_fraction > 0.1:
         warnings.append(f"{outside_fraction:.0%} of the traced path between two seeds runs outside nerve-like "
                         "tissue; check the centreline there and add a seed point if it strays.")
-    if appearance.uneven_brightness is not None:
-        warnings.append(_uneven_level_warning(appearance.uneven_brightness))
     points = recentred_on_nerve(image, geometry, path, appearance, exclusion_mask, progress)
     if contrast_to_noise is None:
         image, appearance, contrast_to_noise = smoothed_where_the_nerve_is_noisy(
             image, geometry, seeds, points, appearance, modality, bone_threshold_hu)
+        appearance = _at_per_click_level(appearance) if per_click_level else appearance
         if contrast_to_noise is not None:
             warnings.append(_smoothed_warning(contrast_to_noise, modality, "before the nerve's outline was measured"))
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
