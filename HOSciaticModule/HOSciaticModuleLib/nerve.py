@@ -194,7 +194,7 @@ PARTIAL_VOLUME_BESIDE_MM = 1.0
 #: this many stations either side.
 PARTIAL_VOLUME_SURROUND_STATIONS = 10
 #: Sections are so sized only where the surround's uncertainty (its two readings'
-#: difference over the summed reach), typically along the nerve, moves the area by less
+#: difference over the summed reach), in the median over the stretch so read, moves the area by less
 #: than this share: beyond, the sum is less certain than the half-way outline's own
 #: shortfall (a third at 5 mm, up to a half for a nerve thinner than the slices) that it
 #: corrects. On phantoms it is 0.14-0.37 with fat suppressed and 0.74-0.86 with the fat
@@ -1425,13 +1425,14 @@ def sections_from_partial_volume(image, geometry: VolumeGeometry, points, appear
     # The sum holds for a nerve in one surrounding tissue. Where the tissue beside its tips,
     # resolved in-plane, reads other than the troughs across the slices (fat left bright
     # where it is not suppressed), the surround is uncertain by that difference over the
-    # whole reach; read per station it is noisy, so its typical share along the nerve counts.
+    # whole reach. Read per station it is noisy, and a decision per station, near its bound,
+    # sized some stations and not their neighbours: its median over the stretch counts.
     with np.errstate(invalid="ignore", divide="ignore"):
         ambiguity = np.abs(reading.surround_beside - reading.surround_across) * reading.reach_area / contrast / area
-    typical_ambiguity = percentile_along_nerve(np.where(area > 0, ambiguity, np.nan), 50.0)
+    ambiguity = ambiguity[np.isfinite(ambiguity) & (area > 0)]
+    one_surround = not (ambiguity.size and float(np.median(ambiguity)) > PARTIAL_VOLUME_MAX_AMBIGUITY)
     usable = (np.isfinite(area) & (contrast > 0) & ~reading.touches_excluded & (half_way_area > 0)
-              & (area <= half_way_area + across_mm[stations] * fine_width)
-              & ~(typical_ambiguity > PARTIAL_VOLUME_MAX_AMBIGUITY))
+              & (area <= half_way_area + across_mm[stations] * fine_width) & one_surround)
     scale = np.full(len(points), np.nan)
     scale[stations[usable]] = np.sqrt(np.maximum(area[usable], half_way_area[usable]) / half_way_area[usable])
     # A section whose sum took in other tissue is scaled as the sections around it are:
