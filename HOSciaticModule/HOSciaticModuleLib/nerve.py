@@ -1415,22 +1415,21 @@ def sections_from_partial_volume(image, geometry: VolumeGeometry, points, appear
         area = (reading.value_sum - surround * reading.reach_area) / contrast
     offset = boundary[stations] - sections.centroids[stations][:, None, :]
     fine_width = np.ptp(np.einsum("nrj,nj->nr", offset, fine), axis=1)
-    # The half-way outline on such slices is drawn inside the nerve's partial volume (its
-    # edge voxels hold nerve too), by less than a voxel's length across the nerve. A sum
-    # beyond that took in other bright tissue (fat left bright where it is not suppressed,
-    # a vessel, fluid): the section is not two tissues, the sum says nothing of the nerve,
-    # and its half-way outline is kept (on a real T2 MR without fat suppression, reformatted
-    # to 3.6 mm coronal slices, such sums read 2.4 times the area traced on the axial
-    # series). A sum short of the half-way area is held at it.
     # The sum holds for a nerve in one surrounding tissue. Where the tissue beside its tips,
     # resolved in-plane, reads other than the troughs across the slices (fat left bright
-    # where it is not suppressed), the surround is uncertain by that difference over the
-    # whole reach. Read per station it is noisy, and a decision per station, near its bound,
-    # sized some stations and not their neighbours: its median over the stretch counts.
+    # where it is not suppressed: on a real T2 MR so, reformatted to 3.6 mm coronal slices,
+    # the sums read 2.4 times the area traced on its axial series), the surround is
+    # uncertain by that difference over the whole reach, and the half-way outlines are
+    # kept. Read per station that uncertainty is noisy, and decided per station near its
+    # bound it sized some stations and not their neighbours: its median decides for all.
     with np.errstate(invalid="ignore", divide="ignore"):
         ambiguity = np.abs(reading.surround_beside - reading.surround_across) * reading.reach_area / contrast / area
     ambiguity = ambiguity[np.isfinite(ambiguity) & (area > 0)]
     one_surround = not (ambiguity.size and float(np.median(ambiguity)) > PARTIAL_VOLUME_MAX_AMBIGUITY)
+    # The half-way outline on such slices is drawn inside the nerve's partial volume (its
+    # edge voxels hold nerve too), by less than a voxel's length across the nerve: a sum
+    # beyond that took in other bright tissue (a vessel, fluid), and one short of the
+    # half-way area is held at it.
     usable = (np.isfinite(area) & (contrast > 0) & ~reading.touches_excluded & (half_way_area > 0)
               & (area <= half_way_area + across_mm[stations] * fine_width) & one_surround)
     scale = np.full(len(points), np.nan)
