@@ -335,11 +335,6 @@ class _Appearance:
     dense_level: float | None
     #: The voxel noise of the block the levels were read on (see :func:`voxel_noise`).
     noise: float
-    #: MR only: the median of the clicks' own levels (see :func:`estimate_appearance`),
-    #: and how many times brighter the nerve is near the brightest click than near the
-    #: dimmest.
-    per_click_level: float | None = None
-    uneven_brightness: float | None = None
 
     @property
     def boundary_level(self) -> float:
@@ -455,12 +450,6 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     # noisy series sets the boundary too high and draws the outline inside the nerve.
     nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
-    # A nerve compressed by HO is brighter on T2 where it is compressed (oedema), which is
-    # where a user clicks; pooled with the others, such a click can lift the level until
-    # the nerve elsewhere falls below the boundary. The clicks' levels are also read one
-    # by one, for the tracing to fall back on (see :func:`_traced_at_per_click_level`).
-    per_click = _nerve_levels_at_seeds(image, geometry, seeds) - NERVE_LEVEL_PERCENTILE_Z * noise
-    uneven = float(per_click.max() / per_click.min()) if per_click.min() > 0 else float("inf")
     # Brightness is read above the image's dark floor (air, suppressed fat, cortex): a
     # series stored with an offset (+2300 and more) read as a nerve no brighter than
     # its surroundings.
@@ -469,7 +458,7 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
-    return _Appearance(nerve_level, surround, None, None, noise, float(np.median(per_click)), uneven)
+    return _Appearance(nerve_level, surround, None, None, noise)
 
 
 def spacing_without_roundoff(spacing) -> tuple:
@@ -518,17 +507,34 @@ def voxel_noise(block: np.ndarray, geometry: VolumeGeometry) -> float:
     """Standard deviation of the voxel noise: from the differences of voxels
     NOISE_LAG_MM apart along the finest axis (robust: a median, edges are a minority),
     read on every fourth layer along each of the other axes."""
-    # Of two axes equally fine, the first, whatever the header's round-off.
-    fine = int(np.argmin(spacing_without_roundoff(geometry.spacing_kji)))
-    lag = max(1, int(round(NOISE_LAG_MM / geometry.spacing_kji[fine])))
+    fine, lag = _noise_axis_and_lag(geometry)
     index = [slice(None, None, 4)] * 3
     index[fine] = slice(None)
     layers = block[tuple(index)]
     differences = (np.take(layers, np.arange(lag, layers.shape[fine]), axis=fine)
                    - np.take(layers, np.arange(layers.shape[fine] - lag), axis=fine)).ravel()
+    return _noise_of_differences(differences)
+
+
+def _noise_axis_and_lag(geometry: VolumeGeometry) -> tuple:
+    """The axis the voxel noise is read along, the finest (of two equally fine, the
+    first, whatever the header's round-off), and the lag in voxels, NOISE_LAG_MM."""
+    fine = int(np.argmin(spacing_without_roundoff(geometry.spacing_kji)))
+    return fine, max(1, int(round(NOISE_LAG_MM / geometry.spacing_kji[fine])))
+
+
+def _noise_of_differences(differences: np.ndarray) -> float:
+    """Standard deviation of the noise of single voxels from the differences of pairs of
+    them (robust: a median of absolute deviations, so edges, a minority, do not count);
+    0 without any."""
     if differences.size == 0:
         return 0.0
     return float(1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0))
+
+
+def _smoothed_for_noise(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """The block smoothed by a Gaussian of NOISE_SMOOTHING_MM."""
+    return ndimage.gaussian_filter(block, NOISE_SMOOTHING_MM / np.asarray(geometry.spacing_kji), mode="nearest")
 
 
 def smooth_if_noisy(block: np.ndarray, geometry: VolumeGeometry, appearance: _Appearance):
@@ -539,8 +545,7 @@ def smooth_if_noisy(block: np.ndarray, geometry: VolumeGeometry, appearance: _Ap
     contrast = abs(appearance.nerve_level - appearance.surround_level)
     if noise <= 0 or contrast >= MIN_CONTRAST_TO_NOISE * noise:
         return block, None
-    sigma = NOISE_SMOOTHING_MM / np.asarray(geometry.spacing_kji)
-    return ndimage.gaussian_filter(block, sigma, mode="nearest"), contrast / noise
+    return _smoothed_for_noise(block, geometry), contrast / noise
 
 
 def noise_inside_nerve(block: np.ndarray, geometry: VolumeGeometry, points: np.ndarray) -> float:
@@ -549,9 +554,8 @@ def noise_inside_nerve(block: np.ndarray, geometry: VolumeGeometry, points: np.n
     finest axis, each pair straddling a voxel within NERVE_NOISE_REACH_MM of a station
     (a robust median, as :func:`voxel_noise`). Voxels are read as they are, not
     interpolated, which would average part of the noise away. 0 without pairs."""
+    fine, lag = _noise_axis_and_lag(geometry)
     spacing = np.asarray(spacing_without_roundoff(geometry.spacing_kji))
-    fine = int(np.argmin(spacing))
-    lag = max(1, int(round(NOISE_LAG_MM / spacing[fine])))
     reach = np.maximum(0, np.floor(NERVE_NOISE_REACH_MM / spacing + 1e-6)).astype(int)
     offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), axis=-1).reshape(-1, 3)
     step = np.zeros(3, int)
@@ -561,10 +565,8 @@ def noise_inside_nerve(block: np.ndarray, geometry: VolumeGeometry, points: np.n
     second = first + step
     shape = np.asarray(block.shape)
     inside = np.all((first >= 0) & (first < shape) & (second >= 0) & (second < shape), axis=1)
-    if not inside.any():
-        return 0.0
     differences = (block[tuple(second[inside].T)].astype(np.float64) - block[tuple(first[inside].T)])
-    return float(1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0))
+    return _noise_of_differences(differences)
 
 
 def smoothed_where_the_nerve_is_noisy(block, geometry, seeds, points, appearance, modality, bone_threshold_hu):
@@ -579,7 +581,7 @@ def smoothed_where_the_nerve_is_noisy(block, geometry, seeds, points, appearance
     contrast = abs(appearance.nerve_level - appearance.surround_level)
     if noise <= UNEVEN_NOISE_FACTOR * appearance.noise or contrast >= MIN_CONTRAST_TO_NOISE * noise:
         return block, appearance, None
-    smoothed = ndimage.gaussian_filter(block, NOISE_SMOOTHING_MM / np.asarray(geometry.spacing_kji), mode="nearest")
+    smoothed = _smoothed_for_noise(block, geometry)
     return smoothed, estimate_appearance(smoothed, geometry, seeds, modality, bone_threshold_hu), contrast / noise
 
 
@@ -1692,25 +1694,33 @@ def _uneven_brightness_hint(image, geometry, seeds, modality) -> str:
             "(oedema where it is compressed), place most seed points on the nerve beside that stretch.")
 
 
-def _at_per_click_level(appearance: _Appearance) -> _Appearance:
-    """The appearance with the nerve's level read per click (its median)."""
-    return dataclasses.replace(appearance, nerve_level=appearance.per_click_level)
+def _per_click_appearance(image, geometry, seeds, appearance: _Appearance) -> tuple:
+    """On MR, ``appearance`` with the nerve's level read per click: the median of the
+    clicks' own levels, less the same allowance for noise as the pooled level; and how
+    many times brighter the nerve is near the brightest click than near the dimmest."""
+    per_click = _nerve_levels_at_seeds(image, geometry, seeds) - NERVE_LEVEL_PERCENTILE_Z * appearance.noise
+    ratio = float(per_click.max() / per_click.min()) if per_click.min() > 0 else float("inf")
+    return dataclasses.replace(appearance, nerve_level=float(np.median(per_click))), ratio
 
 
-def _traced_at_per_click_level(image, geometry, clicked, appearance: _Appearance, exclusion_mask):
+def _traced_at_per_click_level(image, geometry, clicked, appearance: _Appearance, exclusion_mask, modality):
     """On MR, where the path at the clicks' pooled level left nerve-like tissue: the seeds
     and path found again at the median of the clicks' own levels, when that is lower, as
-    (seeds, path, share outside nerve-like tissue); None when it is not lower or the
-    path leaves nerve-like tissue there too. A nerve twice as bright with oedema over 40
-    mm, one of three clicks on it, lifted the pooled level above the rest of the nerve
+    (seeds, path, share outside nerve-like tissue, appearance at that level, brightness
+    ratio, see :func:`_per_click_appearance`); None when it is not lower or the path
+    leaves nerve-like tissue there too. A nerve compressed by HO is brighter on T2 where
+    it is compressed (oedema), which is where a user clicks: twice as bright over 40 mm,
+    one of three clicks on it, it lifted the pooled level above the rest of the nerve
     and the trace was refused; read per click everywhere, the level moved traces that
     were right (two stations of a real MR differed between its DICOM and NIfTI copies)."""
-    if appearance.per_click_level is None or not appearance.per_click_level < appearance.nerve_level:
+    if modality != "mr":
         return None
-    lower = _at_per_click_level(appearance)
+    lower, ratio = _per_click_appearance(image, geometry, clicked, appearance)
+    if not lower.nerve_level < appearance.nerve_level:
+        return None
     seeds = seeds_on_the_nerve(image, geometry, clicked, lower, exclusion_mask)
     path, outside_fraction = trace_path(image, geometry, seeds, lower, exclusion_mask)
-    return (seeds, path, outside_fraction) if outside_fraction <= MAX_PATH_OUTSIDE_SHARE else None
+    return (seeds, path, outside_fraction, lower, ratio) if outside_fraction <= MAX_PATH_OUTSIDE_SHARE else None
 
 
 def _uneven_level_warning(ratio: float) -> str:
@@ -1806,11 +1816,11 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
     per_click_level = False
     if outside_fraction > MAX_PATH_OUTSIDE_SHARE:
-        retry = _traced_at_per_click_level(image, geometry, clicked, appearance, exclusion_mask)
+        retry = _traced_at_per_click_level(image, geometry, clicked, appearance, exclusion_mask, modality)
         if retry is not None:
-            seeds, path, outside_fraction = retry
-            appearance, per_click_level = _at_per_click_level(appearance), True
-            warnings.append(_uneven_level_warning(appearance.uneven_brightness))
+            seeds, path, outside_fraction, appearance, ratio = retry
+            per_click_level = True
+            warnings.append(_uneven_level_warning(ratio))
     if outside_fraction > MAX_PATH_OUTSIDE_SHARE:
         raise InputError(
             f"Between two seed points the nerve could not be followed ({outside_fraction:.0%} of the path runs "
@@ -1823,9 +1833,11 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     if contrast_to_noise is None:
         image, appearance, contrast_to_noise = smoothed_where_the_nerve_is_noisy(
             image, geometry, seeds, points, appearance, modality, bone_threshold_hu)
-        appearance = _at_per_click_level(appearance) if per_click_level else appearance
         if contrast_to_noise is not None:
             warnings.append(_smoothed_warning(contrast_to_noise, modality, "before the nerve's outline was measured"))
+            if per_click_level:
+                # Read again on the smoothed block, the level is the clicks' median again.
+                appearance = _per_click_appearance(image, geometry, seeds, appearance)[0]
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     # Seeds clicked across the nerve meet it at one level, however far the re-centred
     # stations run on from there along it.
