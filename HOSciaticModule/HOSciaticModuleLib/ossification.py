@@ -712,38 +712,37 @@ def _touch_reach_mm(geometry: VolumeGeometry) -> float:
     return 1.5 * max(geometry.spacing_kji)
 
 
-def _near_native(native: np.ndarray, island_block, geometry: VolumeGeometry, reach_mm: float):
-    """The voxels of ``island_block`` (slices of ``native``'s grid) within ``reach_mm``
-    of native bone, or None when no native bone lies that near the block."""
+def _distance_to_native(native: np.ndarray, island_block, geometry: VolumeGeometry, reach_mm: float):
+    """Distance (mm) from each voxel of ``island_block`` (slices of ``native``'s grid) to
+    native bone, exact up to ``reach_mm``; None when no native bone lies that near the
+    block."""
     around = pad_block(island_block, native.shape, int(np.ceil(reach_mm / min(geometry.spacing_kji))))
     near_native = native[around]
     if not near_native.any():
         return None
     inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
-    return (_ball_distance(~near_native, geometry) <= reach_mm)[inner]
+    return _ball_distance(~near_native, geometry)[inner]
 
 
 def _native_within(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry,
                    reach_mm: float) -> bool:
     """Whether native bone lies within ``reach_mm`` of the island (a mask over
     ``island_block`` of ``native``'s grid)."""
-    zone = _near_native(native, island_block, geometry, reach_mm)
-    return zone is not None and bool(np.any(island & zone))
+    distance = _distance_to_native(native, island_block, geometry, reach_mm)
+    return distance is not None and bool(np.any(island & (distance <= reach_mm)))
 
 
-def _meets_bone_at_both_ends(island: np.ndarray, island_block, native: np.ndarray, geometry: VolumeGeometry,
+def _meets_bone_at_both_ends(island: np.ndarray, distance: np.ndarray, geometry: VolumeGeometry,
                              reach_mm: float) -> bool:
     """Whether native bone lies within ``reach_mm`` of the island at both ends of its
-    main axis and nowhere along its middle half."""
-    zone = _near_native(native, island_block, geometry, reach_mm)
-    if zone is None:
-        return False
+    main axis and nowhere along its middle half (``distance``: to native bone, over the
+    island's block)."""
     points = np.argwhere(island) * np.asarray(geometry.spacing_kji)
     axis = np.linalg.eigh(np.cov(points.T))[1][:, -1]
     along = (points - points.mean(axis=0)) @ axis
     low, high = np.percentile(along, [2, 98])
     position = (along - low) / max(high - low, 1e-6)
-    contact = position[zone[island]]
+    contact = position[distance[island] <= reach_mm]
     return bool(contact.size and contact.min() <= 0.25 and contact.max() >= 0.75
                 and not np.any((contact > 0.25) & (contact < 0.75)))
 
@@ -757,8 +756,10 @@ def _bar_between_bones(island: np.ndarray, island_block, native: np.ndarray, geo
     lies against it along its length, if at all, and one leaving a bone runs on into
     the soft tissue."""
     touch = _touch_reach_mm(geometry)
-    return any(_meets_bone_at_both_ends(island, island_block, native, geometry, reach)
-               for reach in sorted({touch, max(touch, BAR_END_GAP_MM)}))
+    reaches = sorted({touch, max(touch, BAR_END_GAP_MM)})
+    distance = _distance_to_native(native, island_block, geometry, reaches[-1])
+    return distance is not None and any(_meets_bone_at_both_ends(island, distance, geometry, reach)
+                                        for reach in reaches)
 
 
 def _touches_border(block, shape) -> bool:
