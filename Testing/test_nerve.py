@@ -987,6 +987,50 @@ def test_mr_outline_collapsed_at_a_dark_band_across_the_nerve_is_named():
     assert any("outline collapsed to under half the width" in w for w in trace.warnings), trace.warnings
 
 
+def test_mr_outline_thinner_than_any_nerve_along_a_dark_stretch_is_named():
+    # A dark band 20 mm long across the nerve: its middle stations have no normal
+    # neighbours to be judged against, and read 0.5 mm across (9 mm true) with no caveat,
+    # a severe compression to a reader. Every station under 5 mm across (the least any
+    # adult sciatic nerve measures, even flattened) must carry a caveat and be named in a
+    # warning; the stations away from the band stay free of it.
+    phantom = _phantom("mr", "axial")
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    image = phantom.image.copy()
+    middle = int(np.rint(phantom.geometry.ras_to_kji_points(phantom.seeds_ras([length / 2]))[0, 0]))
+    band = np.zeros(image.shape, bool)
+    band[middle:middle + int(round(20.0 / phantom.geometry.spacing_kji[0]))] = True
+    image[band & phantom.nerve_mask] = 45.0
+    trace = trace_nerve(image, phantom.geometry, seeds, modality="mr")
+    thin = trace.diameter_mm < 5.0
+    assert np.count_nonzero(thin) >= 10, trace.diameter_mm
+    assert all(trace.station_caveats[n] for n in np.flatnonzero(thin)), \
+        [(trace.s_mm[n], trace.diameter_mm[n], trace.station_caveats[n]) for n in np.flatnonzero(thin)]
+    named = np.array(["thinner than a nerve" in caveat for caveat in trace.station_caveats])
+    assert named.sum() >= np.count_nonzero(thin) - 4 and not np.any(named & (trace.diameter_mm >= 5.0))
+    assert any("thinner than any adult sciatic nerve" in w and "do not show a compression" in w
+               for w in trace.warnings), trace.warnings
+
+
+def test_thinner_than_nerve_caveat_only_where_the_rest_of_the_nerve_is_nerve_sized():
+    from HOSciaticModuleLib.nerve import thinner_than_nerve_caveats
+
+    s_mm = np.arange(40.0)
+    area = np.full(40, np.pi * 9.0 ** 2 / 4.0)
+    area[10:14] = np.pi * 4.0 ** 2 / 4.0
+    (caveat,) = thinner_than_nerve_caveats(area, None, s_mm)
+    assert np.flatnonzero(caveat.stations).tolist() == [10, 11, 12, 13]
+    assert "4.0 mm across" in caveat.warning and "9 mm along the rest" in caveat.warning
+    collapsed = np.zeros(40, bool)
+    collapsed[10:14] = True
+    assert thinner_than_nerve_caveats(area, collapsed, s_mm) == []
+    # A compressed nerve flattened to 5.5 mm is a finding, not a failed outline; a trace
+    # thin all along has its own warning.
+    area[10:14] = np.pi * 5.5 ** 2 / 4.0
+    assert thinner_than_nerve_caveats(area, None, s_mm) == []
+    assert thinner_than_nerve_caveats(np.full(40, np.pi * 4.0 ** 2 / 4.0), None, s_mm) == []
+
+
 def test_mr_nerve_bright_where_compressed_is_traced_with_a_seed_on_that_stretch(monkeypatch):
     """On T2 a compressed nerve is brighter where it is compressed (oedema), and that is
     where a user clicks. A nerve twice as bright over 40 mm, with one of three seeds on

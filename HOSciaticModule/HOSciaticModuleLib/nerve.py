@@ -157,6 +157,7 @@ NOISY_NO_FAT_PLANE_MAX_SHARE = 0.5
 NO_FAT_PLANE_REASON = "no fat plane"
 WIDER_THAN_NERVE_REASON = "wider than a nerve"
 COLLAPSED_REASON = "outline collapsed"
+THINNER_THAN_NERVE_REASON = "thinner than a nerve"
 #: A path between seeds outside nerve-like tissue over more than this share of its
 #: length has not followed the nerve: the trace is refused (see the README).
 MAX_PATH_OUTSIDE_SHARE = 0.35
@@ -1646,6 +1647,31 @@ def collapsed_section_caveats(collapsed: np.ndarray | None, s_mm: np.ndarray) ->
         "calibre from the stations around them, and check the outline on the images."))]
 
 
+def thinner_than_nerve_caveats(area_mm2: np.ndarray, collapsed: np.ndarray | None,
+                               s_mm: np.ndarray) -> list[StationCaveat]:
+    """The stations whose outline is thinner than any adult sciatic nerve (see
+    MIN_NERVE_DIAMETER_MM), where the rest of the nerve is not: a stretch too long for
+    its stations to be judged against their neighbours (a dark band across the nerve
+    over a centimetre or more) reads as a severe compression without a word otherwise.
+    Stations already named as collapsed are left to that caveat; a trace thin along
+    most of its length has its own warning (:func:`too_thin_warnings`)."""
+    width = equivalent_diameter_mm(area_mm2)
+    if not len(width) or float(np.median(width)) < MIN_NERVE_DIAMETER_MM:
+        return []
+    thin = width < MIN_NERVE_DIAMETER_MM
+    if collapsed is not None:
+        thin &= ~np.asarray(collapsed, bool)
+    if not thin.any():
+        return []
+    return [StationCaveat(THINNER_THAN_NERVE_REASON, thin, (
+        f"{_stretch(thin, s_mm)} the outline is as little as {float(width[thin].min()):.1f} mm across (equivalent "
+        f"diameter), against {float(np.median(width)):.0f} mm along the rest of the nerve: thinner than any adult "
+        f"sciatic nerve, which stays over {MIN_NERVE_DIAMETER_MM:.0f} mm even when flattened by compression. There "
+        "the outline most likely missed the nerve (on MR a band of flow, motion or susceptibility artefact, or "
+        "noise, darkening it; on CT a structure as dense as the nerve's surround), so its figures do not show a "
+        "compression. Check the outline on the images there; read the calibre from the stations around it."))]
+
+
 def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
                            s_mm: np.ndarray) -> list[StationCaveat]:
     """Where the tissue just outside the outline is barely darker than the nerve on a
@@ -1857,7 +1883,8 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
             image, geometry, points, appearance, exclusion_mask, sections, boundary)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
     outline_caveats = (too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
-                       + collapsed_section_caveats(sections.collapsed, s_mm))
+                       + collapsed_section_caveats(sections.collapsed, s_mm)
+                       + thinner_than_nerve_caveats(sections.area, sections.collapsed, s_mm))
     image_caveats = thick_across_nerve_caveats(across_mm, s_mm, sized_by_partial_volume)
     if modality == "ct":
         fat_plane_caveats = thin_fat_plane_caveats(sections.outside_levels, appearance, s_mm)
