@@ -341,3 +341,21 @@ def test_terminated_run_leaves_no_output_and_its_stale_copy_is_cleared(case, tmp
     (stale / "volume.nrrd").write_bytes(b"0" * 1000)
     assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--quiet", "--no-scene"]) == 0
     assert not stale.exists() and (out / "metrics.json").is_file()
+
+
+def test_seed_points_from_an_fcsv_file_are_those_of_the_json_file(tmp_path):
+    # An older point list (.fcsv, LPS as Slicer 4.11 and later write it) gives the same
+    # seeds and side as the same points saved as .mrk.json.
+    points = np.array([[80.0, -20.0, -120.0], [82.0, -18.0, -60.0], [79.0, -21.0, 10.0]])
+    json_path = tmp_path / "nerve_right.mrk.json"
+    write_markups_points_json(json_path, points, "nerve")
+    fcsv_path = tmp_path / "nerve_right.fcsv"
+    fcsv_path.write_text("# Markups fiducial file version = 5.8\n# CoordinateSystem = LPS\n"
+                         "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                         + "".join(f"{n},{-x},{-y},{z},0,0,0,1,1,1,0,F-{n},,,2,0\n"
+                                   for n, (x, y, z) in enumerate(points, start=1)))
+    ((side_json, from_json, _),) = cli._load_seeds([str(json_path)])
+    ((side_fcsv, from_fcsv, warning),) = cli._load_seeds([str(fcsv_path)])
+    assert side_json == side_fcsv == "right" and warning is None
+    np.testing.assert_allclose(from_fcsv, from_json)
+    np.testing.assert_allclose(from_fcsv, points)

@@ -177,6 +177,54 @@ def test_markups_coordinates_lps_and_ras(tmp_path):
     np.testing.assert_allclose(read_markups_json(path)[0].points_ras, points * [-1, -1, 1])
 
 
+@pytest.mark.parametrize("system", [0, 1])
+def test_fcsv_written_by_slicer_reads_as_its_points(tmp_path, slicer_scene, system):
+    """A point list Slicer's own storage node writes as .fcsv, in RAS (before 4.11) or
+    LPS (since), gives the points Slicer placed; a point never placed is left out and
+    counted, as in the JSON format."""
+    import slicer
+
+    points = np.array([[10.0, -20.0, 30.0], [12.5, -22.0, 60.5], [-3.0, 4.0, -5.0]])
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "nerve right")
+    for point in points:
+        node.AddControlPoint(list(point))
+    node.AddControlPoint([1.0, 2.0, 3.0])
+    node.UnsetNthControlPointPosition(3)
+    storage = slicer.vtkMRMLMarkupsFiducialStorageNode()
+    slicer_scene.AddNode(storage)
+    storage.SetCoordinateSystem(system)
+    path = tmp_path / "seeds_right.fcsv"
+    storage.SetFileName(str(path))
+    assert storage.WriteData(node)
+    (markup,) = read_markups_json(path)
+    np.testing.assert_allclose(markup.points_ras, points)
+    assert markup.unplaced == 1 and markup.kind == "Fiducial" and markup.name == "seeds_right"
+
+
+def test_fcsv_of_slicer_4_and_files_without_a_coordinate_system(tmp_path):
+    rows = "vtkMRMLMarkupsFiducialNode_0,-10,20,30,0,0,0,1,1,1,0,F-1,,\nvtkMRMLMarkupsFiducialNode_1,-12,22,60,0,0,0,1,1,1,0,F-2,,\n"
+    columns = "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+    path = tmp_path / "p.fcsv"
+    # Slicer 4.4-4.10 wrote the system as a number: 1 is LPS, 0 RAS.
+    path.write_text("# Markups fiducial file version = 4.10\n# CoordinateSystem = 1\n" + columns + rows)
+    np.testing.assert_allclose(read_markups_json(path)[0].points_ras, [[10, -20, 30], [12, -22, 60]])
+    path.write_text("# Markups fiducial file version = 4.6\n# CoordinateSystem = 0\n" + columns + rows)
+    np.testing.assert_allclose(read_markups_json(path)[0].points_ras, [[-10, 20, 30], [-12, 22, 60]])
+    for header, phrase in (("# Markups fiducial file version = 4.11\n", "does not say its coordinate system"),
+                           ("", "does not say its coordinate system"),
+                           ("# Markups fiducial file version = 4.6\n# CoordinateSystem = 2\n", "voxel indices")):
+        path.write_text(header + columns + rows)
+        with pytest.raises(InputError, match=phrase):
+            read_markups_json(path)
+    path.write_text("# Markups fiducial file version = 5.8\n# CoordinateSystem = LPS\n" + columns + "1,a,2,3\n")
+    with pytest.raises(InputError, match="malformed point line"):
+        read_markups_json(path)
+    table = tmp_path / "p.csv"
+    table.write_text("x,y,z\n1,2,3\n")
+    with pytest.raises(InputError, match="coordinate system is not known"):
+        read_markups_json(table)
+
+
 def test_slices_out_of_order_are_stacked_by_position():
     # Headers, not file order, say where a slice lies.
     planes = np.arange(5 * 4 * 3, dtype=np.int16).reshape(5, 4, 3)

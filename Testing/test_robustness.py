@@ -339,7 +339,7 @@ def test_malformed_markups_and_roi_files(tmp_path, ct_case):
     old_format = tmp_path / "seeds.fcsv"
     old_format.write_text("# Markups fiducial file version = 4.11\n1,80,-20,-120,0,0,0,1,1,1,0,F-1,,\n")
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", old_format), out,
-                   ".fcsv", ".mrk.json")
+                   "does not say its coordinate system", ".mrk.json")
     roi = _roi_file(tmp_path / "roi.mrk.json", (0.0, 0.0, 0.0), (50, 50, 50))
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", roi), out, "holds an ROI")
     unplaced = tmp_path / "unplaced_right.mrk.json"

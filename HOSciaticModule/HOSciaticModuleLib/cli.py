@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
                          "segmentation (TotalSegmentator) only the segments named as bones are used")
     analyze.add_argument("--nerve-seeds", action="append", default=[], metavar="SEEDS.mrk.json",
-                         help="points along one sciatic nerve (repeat for the other side); the side is read from "
+                         help="points along one sciatic nerve, a Slicer markups .mrk.json or an older .fcsv point "
+                              "list (repeat for the other side); the side is read from "
                               "the markup or file name ('right'/'left'), else from the points' side of the body's "
                               "midline on a CT of both hips, else from the sign of R")
     _add_shared_options(analyze)

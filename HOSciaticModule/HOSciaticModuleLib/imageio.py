@@ -7,6 +7,7 @@ This is the only module that converts between the two for images.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import struct
@@ -456,13 +457,16 @@ MARKUPS_UNITS_MM = {"mm": 1.0, "um": 0.001}
 
 
 def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
-    """Read every markup in a Slicer ``.mrk.json`` file; coordinates returned in RAS."""
+    """Read every markup in a Slicer ``.mrk.json`` file (or the point list of an older
+    ``.fcsv`` file); coordinates returned in RAS."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"The {what} '{path}' does not exist. Check the path.")
-    if path.suffix.lower() in (".fcsv", ".csv"):
-        raise InputError(f"The {what} '{path}' is a {path.suffix} point list; this needs Slicer's markups JSON. "
-                         "Load it into Slicer and save the points as .mrk.json.")
+    if path.suffix.lower() == ".fcsv":
+        return [read_fcsv(path, what)]
+    if path.suffix.lower() == ".csv":
+        raise InputError(f"The {what} '{path}' is a .csv table, whose coordinate system is not known. Load the "
+                         "points into Slicer and save them as .mrk.json (or .fcsv).")
     try:
         # A byte-order mark, as some editors on Windows write, is no reason to refuse.
         document = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -505,3 +509,57 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
             raise InputError(f"The {what} '{path}' has a malformed markup ({error}). "
                              "Re-save it from Slicer's Markups module.") from None
     return result
+
+
+#: The coordinate systems an ``.fcsv`` header names: Slicer wrote a number up to 4.10
+#: (0 RAS, 1 LPS, 2 IJK), the name since.
+FCSV_COORDINATE_SYSTEMS = {"0": "RAS", "RAS": "RAS", "1": "LPS", "LPS": "LPS", "2": "IJK", "IJK": "IJK"}
+
+
+def read_fcsv(path, what: str = "markups file") -> MarkupsPoints:
+    """Read the point list of a Slicer ``.fcsv`` file (Markups fiducial file, version 4
+    or later); coordinates returned in RAS.
+
+    Its header names the coordinate system (RAS before Slicer 4.11, LPS since) and the
+    columns; a file without that header (a table written by hand) is refused, since
+    RAS and LPS differ only in the signs of two coordinates and a guess would put the
+    seeds on the other side of the body."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"The {what} '{path}' is not a text file. Save the points from Slicer as .mrk.json.") from None
+    header = {}
+    for line in lines:
+        if line.startswith("#") and "=" in line:
+            key, _, value = line[1:].partition("=")
+            header[key.strip().lower()] = value.strip()
+    system = FCSV_COORDINATE_SYSTEMS.get(header.get("coordinatesystem", "").upper())
+    if "markups fiducial file version" not in header or system is None:
+        found = header.get("coordinatesystem")
+        raise InputError(f"The {what} '{path}' does not say its coordinate system (a '# CoordinateSystem = LPS' or "
+                         f"'= RAS' line{f'; it says {found!r}' if found else ''}), as every point list Slicer writes "
+                         "does: RAS and LPS differ in the signs of two coordinates, so the points cannot be placed. "
+                         "Load them into Slicer and save them as .mrk.json, or add that line.")
+    if system == "IJK":
+        raise InputError(f"The {what} '{path}' holds voxel indices (CoordinateSystem IJK), not positions in the "
+                         "patient. Load the points into Slicer with their volume and save them as .mrk.json.")
+    columns = [c.strip().lower() for c in header.get("columns", "id,x,y,z").split(",")]
+    try:
+        x_column = columns.index("x")
+        rows = list(csv.reader(line for line in lines if line.strip() and not line.startswith("#")))
+        # Slicer 5 writes each point's position status after the named columns; only
+        # a defined position (2) was placed, as "defined" in the JSON format.
+        placed = [len(row) <= len(columns) or not row[len(columns)].strip() or int(row[len(columns)]) == 2
+                  for row in rows]
+        points = np.asarray([[float(row[x_column + n]) for n in range(3)] for row, ok in zip(rows, placed) if ok],
+                            float).reshape(-1, 3)
+    except (ValueError, IndexError) as error:
+        raise InputError(f"The {what} '{path}' has a malformed point line ({error}). Re-save it from Slicer's "
+                         "Markups module.") from None
+    if not np.all(np.isfinite(points)):
+        raise InputError(f"The {what} '{path}' has a point without finite coordinates. Re-save it from Slicer's "
+                         "Markups module.")
+    if system == "LPS":
+        points = points @ LPS_TO_RAS.T
+    return MarkupsPoints(path.name.split(".")[0], points, str(path), "Fiducial", unplaced=len(rows) - len(points))
