@@ -225,6 +225,23 @@ def test_doubling_of_mr_brightness_along_the_nerve_is_followed():
     assert any("times as bright near one seed point" in w for w in trace.warnings), trace.warnings
 
 
+def test_dim_stretch_past_a_coil_step_is_measured_at_its_own_level():
+    # A rise of 2.5 times over 10 mm, a seed at either end: the level read at the seeds
+    # lay above the dim half, whose outline read 0.9-5 mm across for 9 mm over 45 % of
+    # the nerve (with caveats, but no calibre). Read again at the nerve's own level there,
+    # every station is within 20 % of the true calibre, and a warning names the stretch.
+    phantom, image = _mr_with_a_brightness_step(2.5)
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    trace = trace_nerve(image, phantom.geometry, seeds, modality="mr")
+    index = cKDTree(phantom.centreline_ras).query(trace.points_ras)[1]
+    relative = trace.diameter_mm / phantom.true_equivalent_diameter_mm[index] - 1.0
+    assert np.abs(relative).max() <= 0.2, (np.abs(relative).max(), trace.s_mm[np.argmax(np.abs(relative))])
+    assert not any("thinner than a nerve" in caveat for caveat in trace.station_caveats)
+    assert any("the nerve is dimmer than near the seed points" in w and "read at the nerve's own level" in w
+               for w in trace.warnings), trace.warnings
+
+
 def test_step_in_mr_brightness_along_the_nerve_is_named():
     # A threefold rise over 10 mm is beyond any one level: more seeds do not help, and
     # the refusal says what is wrong.

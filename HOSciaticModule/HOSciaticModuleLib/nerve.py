@@ -215,6 +215,9 @@ SHADING_ITERATIONS = (50, 50)
 #: A nerve this many times as bright near one seed as near another, once the shading is
 #: corrected, lies across a step in the coils' sensitivity.
 UNEVEN_NERVE_BRIGHTNESS = 1.5
+#: On MR a nerve must be this many times as bright as its surround (above the image's
+#: dark floor) to be told from it.
+MIN_MR_NERVE_CONTRAST = 1.15
 SHADING_TISSUE_FRACTION = 0.1
 #: Below this contrast-to-noise ratio (nerve level against its surround, over the
 #: voxel noise) noise breaks the outline (a low-dose or obese-patient CT): a noisy
@@ -259,6 +262,10 @@ COLLAPSE_WINDOW_STATIONS = 5
 #: a fraction of its width over 5 mm, never to half of it. Its figures carry a caveat
 #: (a section read again with rays forced COLLAPSE_MIN_RAY_MM long stays near 0.3).
 COLLAPSED_OUTLINE_FRACTION = 0.5
+#: A stretch read thinner than any nerve is read again at the nerve's own level there
+#: with this many stations either side, so the steps judging a section by its
+#: neighbours see nerve on both sides.
+OWN_LEVEL_MARGIN_STATIONS = 2 * COLLAPSE_WINDOW_STATIONS
 #: Against bone a ray looks this far ahead for the bone's own level: a cortex is 1-4 mm
 #: thick, and blurred by 1.5 mm (thick slices) it reaches 95 % of its level 4 mm past
 #: the point where the blur first passes the bone threshold.
@@ -451,15 +458,20 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     # noisy series sets the boundary too high and draws the outline inside the nerve.
     nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
     surround = float(np.median(ring))
-    # Brightness is read above the image's dark floor (air, suppressed fat, cortex): a
-    # series stored with an offset (+2300 and more) read as a nerve no brighter than
-    # its surroundings.
-    floor = min(max(float(np.percentile(image[::2, ::2, ::2], 1)), 0.0), surround)
-    if nerve_level - floor <= (surround - floor) * 1.15:
+    if not _brighter_than_surround(image, nerve_level, surround):
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
     return _Appearance(nerve_level, surround, None, None, noise)
+
+
+def _brighter_than_surround(image, nerve_level: float, surround: float) -> bool:
+    """Whether an MR nerve at ``nerve_level`` stands out from tissue at ``surround``:
+    MIN_MR_NERVE_CONTRAST times as bright, above the image's dark floor (air, suppressed
+    fat, cortex; a series stored with an offset of +2300 and more read as a nerve no
+    brighter than its surroundings)."""
+    floor = min(max(float(np.percentile(image[::2, ::2, ::2], 1)), 0.0), surround)
+    return nerve_level - floor > (surround - floor) * MIN_MR_NERVE_CONTRAST
 
 
 def spacing_without_roundoff(spacing) -> tuple:
@@ -1391,6 +1403,59 @@ def surround_along_nerve(readings: np.ndarray) -> np.ndarray:
     return percentile_along_nerve(readings, PARTIAL_VOLUME_SURROUND_PERCENTILE)
 
 
+def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _Appearance, excluded,
+                          sections: _Sections, boundary: np.ndarray, s_mm: np.ndarray) -> tuple:
+    """On MR, each stretch whose outline reads thinner than any adult sciatic nerve (see
+    MIN_NERVE_DIAMETER_MM), where the rest of the nerve does not, read again at the
+    nerve's own level there, when the nerve is dimmer there than near the seeds and
+    still stands out from its surround. A step in the coils' sensitivity too sharp for
+    the shading correction (twice as bright past a coil junction, one seed on either
+    side) left the dim stretch below the level read at the seeds: over 40 mm its outline
+    read 1.2 mm across for 9.2. A stretch the nerve is not bright in (a dark band across
+    it) is left as it is, for the caveat to name. Returns (sections, boundary,
+    warnings); a station keeps its first reading unless the second is wider."""
+    width = equivalent_diameter_mm(sections.area)
+    if not len(width) or float(np.median(width)) < MIN_NERVE_DIAMETER_MM:
+        return sections, boundary, []
+    stretches, count = ndimage.label(width < MIN_NERVE_DIAMETER_MM)
+    if not count:
+        return sections, boundary, []
+    sections = dataclasses.replace(sections, **{f.name: np.copy(getattr(sections, f.name))
+                                                 for f in dataclasses.fields(sections)
+                                                 if getattr(sections, f.name) is not None})
+    boundary = boundary.copy()
+    read_again = np.zeros(len(points), bool)
+    dimmest = 1.0
+    for label in range(1, count + 1):
+        rows = np.flatnonzero(stretches == label)
+        near, ring = _values_near_seeds(image, geometry, points[rows], NEAR_SEED_MM, SEED_RING_MM)
+        level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * appearance.noise
+        surround = float(np.median(ring))
+        if not (level < appearance.nerve_level and _brighter_than_surround(image, level, surround)):
+            continue
+        start = max(0, rows[0] - OWN_LEVEL_MARGIN_STATIONS)
+        stop = min(len(points), rows[-1] + 1 + OWN_LEVEL_MARGIN_STATIONS)
+        own = dataclasses.replace(appearance, nerve_level=level, surround_level=surround)
+        again, again_boundary = cross_sections(image, geometry, points[start:stop], own, excluded)
+        wider = again.area[rows - start] > sections.area[rows]
+        taken, source = rows[wider], rows[wider] - start
+        for name in ("centroids", "radii", "cores", "area", "min_width", "max_width", "outside_levels", "collapsed"):
+            target, values = getattr(sections, name), getattr(again, name)
+            if target is not None and values is not None:
+                target[taken] = values[source]
+        boundary[taken] = again_boundary[source]
+        read_again[taken] = True
+        if taken.size:
+            dimmest = min(dimmest, level / appearance.nerve_level)
+    if not read_again.any():
+        return sections, boundary, []
+    return sections, boundary, [
+        f"{_stretch(read_again, s_mm)} the nerve is dimmer than near the seed points (down to {dimmest:.0%} of "
+        "their level: a step in the coils' sensitivity, or a stretch of the nerve less bright on T2), so that "
+        "level drew its outline thinner than any sciatic nerve; there the outline was read at the nerve's own "
+        "level. Check the outline on the images there."]
+
+
 def sections_from_partial_volume(image, geometry: VolumeGeometry, points, appearance: _Appearance, excluded,
                                  sections: _Sections, boundary: np.ndarray) -> tuple:
     """On MR, the sections whose voxels are PARTIAL_VOLUME_ACROSS_MM or longer across the
@@ -1879,6 +1944,9 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     across_mm = voxel_size_across_nerve(geometry, points)
     sized_by_partial_volume = np.zeros(len(points), bool)
     if modality == "mr":
+        sections, boundary, own_level_warnings = sections_at_own_level(
+            image, geometry, points, appearance, exclusion_mask, sections, boundary, s_mm)
+        warnings += own_level_warnings
         sections, boundary, sized_by_partial_volume = sections_from_partial_volume(
             image, geometry, points, appearance, exclusion_mask, sections, boundary)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
