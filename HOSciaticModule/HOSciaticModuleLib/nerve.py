@@ -1439,6 +1439,9 @@ def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _
         again, again_boundary = cross_sections(image, geometry, points[start:stop], own, excluded)
         wider = again.area[rows - start] > sections.area[rows]
         taken, source = rows[wider], rows[wider] - start
+        # The stretch's rays turn about its own first tangent: its radii keep their
+        # figures (area, widths) but not the whole nerve's ray angles; the boundary
+        # points are what later steps read.
         for name in ("centroids", "radii", "cores", "area", "min_width", "max_width", "outside_levels", "collapsed"):
             target, values = getattr(sections, name), getattr(again, name)
             if target is not None and values is not None:
@@ -1734,7 +1737,9 @@ def thinner_than_nerve_caveats(area_mm2: np.ndarray, collapsed: np.ndarray | Non
         f"sciatic nerve, which stays over {MIN_NERVE_DIAMETER_MM:.0f} mm even when flattened by compression. There "
         "the outline most likely missed the nerve (on MR a band of flow, motion or susceptibility artefact, or "
         "noise, darkening it; on CT a structure as dense as the nerve's surround), so its figures do not show a "
-        "compression. Check the outline on the images there; read the calibre from the stations around it."))]
+        "compression; or, above the greater sciatic notch, the trace follows one of the roots that join to form "
+        "the nerve, each thinner. Check the outline on the images there; read the calibre from the stations "
+        "around it."))]
 
 
 def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
