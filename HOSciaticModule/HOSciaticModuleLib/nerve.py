@@ -1429,6 +1429,8 @@ def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _
     for label in range(1, count + 1):
         rows = np.flatnonzero(stretches == label)
         near, ring = _values_near_seeds(image, geometry, points[rows], NEAR_SEED_MM, SEED_RING_MM)
+        if near.size == 0 or ring.size == 0:
+            continue
         level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * appearance.noise
         surround = float(np.median(ring))
         if not (level < appearance.nerve_level and _brighter_than_surround(image, level, surround)):
