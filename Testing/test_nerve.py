@@ -983,20 +983,27 @@ def test_mr_noise_band_across_the_nerve_is_smoothed_and_named():
     assert np.abs(relative).max() <= 0.2, (np.abs(relative).max(), trace.s_mm[np.argmax(np.abs(relative))])
 
 
-def test_mr_outline_collapsed_at_a_dark_band_across_the_nerve_is_named():
-    # Two slices (4 mm) where the nerve is as dark as its fat (a ghost or a flow artefact
-    # across it): there no reading finds the nerve, and its stations read a millimetre or
-    # two across between stations of 9 mm with no caveat, which reads as a severe
-    # compression. They must carry a caveat, and a warning name them.
+def _mr_traced_with_a_dark_band(slices_of):
+    """The axial MR phantom's nerve traced between its ends, with the nerve as dark as
+    its fat over ``slices_of(slice spacing)`` slices half-way along (a ghost or a flow
+    artefact across it)."""
     phantom = _phantom("mr", "axial")
     length = phantom.centreline_s_mm[-1]
     seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
     image = phantom.image.copy()
     middle = int(np.rint(phantom.geometry.ras_to_kji_points(phantom.seeds_ras([length / 2]))[0, 0]))
     band = np.zeros(image.shape, bool)
-    band[middle:middle + 2] = True
+    band[middle:middle + slices_of(phantom.geometry.spacing_kji[0])] = True
     image[band & phantom.nerve_mask] = 45.0
-    trace = trace_nerve(image, phantom.geometry, seeds, modality="mr")
+    return trace_nerve(image, phantom.geometry, seeds, modality="mr")
+
+
+def test_mr_outline_collapsed_at_a_dark_band_across_the_nerve_is_named():
+    # Two slices (4 mm) where the nerve is as dark as its fat (a ghost or a flow artefact
+    # across it): there no reading finds the nerve, and its stations read a millimetre or
+    # two across between stations of 9 mm with no caveat, which reads as a severe
+    # compression. They must carry a caveat, and a warning name them.
+    trace = _mr_traced_with_a_dark_band(lambda spacing_mm: 2)
     thin = trace.diameter_mm < 0.5 * np.median(trace.diameter_mm)
     assert thin.any()
     assert all("outline collapsed" in trace.station_caveats[n] for n in np.flatnonzero(thin)), \
@@ -1010,15 +1017,7 @@ def test_mr_outline_thinner_than_any_nerve_along_a_dark_stretch_is_named():
     # a severe compression to a reader. Every station under 5 mm across (the least any
     # adult sciatic nerve measures, even flattened) must carry a caveat and be named in a
     # warning; the stations away from the band stay free of it.
-    phantom = _phantom("mr", "axial")
-    length = phantom.centreline_s_mm[-1]
-    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
-    image = phantom.image.copy()
-    middle = int(np.rint(phantom.geometry.ras_to_kji_points(phantom.seeds_ras([length / 2]))[0, 0]))
-    band = np.zeros(image.shape, bool)
-    band[middle:middle + int(round(20.0 / phantom.geometry.spacing_kji[0]))] = True
-    image[band & phantom.nerve_mask] = 45.0
-    trace = trace_nerve(image, phantom.geometry, seeds, modality="mr")
+    trace = _mr_traced_with_a_dark_band(lambda spacing_mm: int(round(20.0 / spacing_mm)))
     thin = trace.diameter_mm < 5.0
     assert np.count_nonzero(thin) >= 10, trace.diameter_mm
     assert all(trace.station_caveats[n] for n in np.flatnonzero(thin)), \
