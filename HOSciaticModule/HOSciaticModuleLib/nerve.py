@@ -167,6 +167,8 @@ MAX_PATH_OUTSIDE_SHARE = 0.35
 THICK_ACROSS_NERVE_MM = 3.0
 #: Share of the traced length with such voxels that is worth a warning.
 THICK_ACROSS_NERVE_SHARE = 0.1
+ACROSS_NERVE_REMEDY = ("Trace on a series whose slices cross the nerve (axial at the hip, not tilted along it), or a "
+                       f"reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner")
 #: On MR slices cut along the nerve, each voxel averages the tissue through its slice
 #: (linear partial volume): the nerve's share of a voxel is (value - surround) /
 #: (nerve - surround), and summed over the section that share gives its area however far
@@ -456,13 +458,19 @@ def estimate_appearance(image, geometry, seeds, modality, bone_threshold_hu) -> 
     # A high percentile stays on the nerve when a click is off centre, but noise lifts it
     # by about NERVE_LEVEL_PERCENTILE_Z noise deviations: that much is taken off, or a
     # noisy series sets the boundary too high and draws the outline inside the nerve.
-    nerve_level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
+    nerve_level = _mr_nerve_level(near, noise)
     surround = float(np.median(ring))
     if not _brighter_than_surround(image, nerve_level, surround):
         raise InputError("Near the seed points the nerve is not brighter than its surroundings. On MR, trace on a "
                          "T2-weighted fat-saturated (or STIR) series where the sciatic nerve is bright, or place the "
                          "points on the nerve itself.")
     return _Appearance(nerve_level, surround, None, None, noise)
+
+
+def _mr_nerve_level(near: np.ndarray, noise: float) -> float:
+    """An MR nerve's level from the values near it: their NERVE_LEVEL_PERCENTILE less the
+    NERVE_LEVEL_PERCENTILE_Z noise deviations by which noise lifts that percentile."""
+    return float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * noise
 
 
 def _brighter_than_surround(image, nerve_level: float, surround: float) -> bool:
@@ -1414,10 +1422,7 @@ def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _
     read 1.2 mm across for 9.2. A stretch the nerve is not bright in (a dark band across
     it) is left as it is, for the caveat to name. Returns (sections, boundary,
     warnings); a station keeps its first reading unless the second is wider."""
-    width = equivalent_diameter_mm(sections.area)
-    if not len(width) or float(np.median(width)) < MIN_NERVE_DIAMETER_MM:
-        return sections, boundary, []
-    stretches, count = ndimage.label(width < MIN_NERVE_DIAMETER_MM)
+    stretches, count = ndimage.label(stations_thinner_than_nerve(sections.area))
     if not count:
         return sections, boundary, []
     sections = dataclasses.replace(sections, **{f.name: np.copy(getattr(sections, f.name))
@@ -1431,7 +1436,7 @@ def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _
         near, ring = _values_near_seeds(image, geometry, points[rows], NEAR_SEED_MM, SEED_RING_MM)
         if near.size == 0 or ring.size == 0:
             continue
-        level = float(np.percentile(near, NERVE_LEVEL_PERCENTILE)) - NERVE_LEVEL_PERCENTILE_Z * appearance.noise
+        level = _mr_nerve_level(near, appearance.noise)
         surround = float(np.median(ring))
         if not (level < appearance.nerve_level and _brighter_than_surround(image, level, surround)):
             continue
@@ -1444,8 +1449,8 @@ def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _
         # The stretch's rays turn about its own first tangent: its radii keep their
         # figures (area, widths) but not the whole nerve's ray angles; the boundary
         # points are what later steps read.
-        for name in ("centroids", "radii", "cores", "area", "min_width", "max_width", "outside_levels", "collapsed"):
-            target, values = getattr(sections, name), getattr(again, name)
+        for part in dataclasses.fields(sections):
+            target, values = getattr(sections, part.name), getattr(again, part.name)
             if target is not None and values is not None:
                 target[taken] = values[source]
         boundary[taken] = again_boundary[source]
@@ -1549,9 +1554,7 @@ def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray,
     where = (f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
              "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred across the "
              "slices")
-    remedy = ("Trace on a series whose slices cross the nerve (axial at the hip, not tilted along it), or a "
-              f"reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or "
-              "thinner.")
+    remedy = f"{ACROSS_NERVE_REMEDY}."
     if not (sized & thick).any():
         return [StationCaveat("slices along the nerve", thick, (
             f"{where} and the areas and diameters, the smallest diameter most, are unreliable. {remedy}"))]
@@ -1592,8 +1595,7 @@ def check_plausible_width(area_mm2: np.ndarray, modality: str, across_mm: float 
     if across_mm > THICK_ACROSS_NERVE_MM:
         cause, remedy = (f"most likely because its voxels are {across_mm:.1f} mm long across the nerve (slices cut "
                          "along it, as in a coronal or sagittal series), which blurs it into the tissue around it",
-                         "Trace on a series whose slices cross the nerve (axial at the hip, not tilted along it), "
-                         f"or a reconstruction, with slices of {THICK_ACROSS_NERVE_MM:.0f} mm or thinner")
+                         ACROSS_NERVE_REMEDY)
     elif contrast_to_noise is not None:
         cause, remedy = (f"most likely because of noise: the nerve's contrast with the tissue around it is only "
                          f"{contrast_to_noise:.1f} times the noise, which breaks the fat plane that parts the nerve "
@@ -1632,6 +1634,16 @@ def wider_than_normal_warnings(area_mm2: np.ndarray, modality: str) -> list[str]
             f"wider than a normal sciatic nerve (about 7-11 mm): either the whole nerve is swollen, or bright tissue "
             f"around it is taken for nerve all along ({around}). Check the outline on the images before reading its "
             "calibre and thickening."]
+
+
+def stations_thinner_than_nerve(area_mm2: np.ndarray) -> np.ndarray:
+    """The stations whose outline is thinner than any adult sciatic nerve (see
+    MIN_NERVE_DIAMETER_MM) where the nerve's median is not: none where it is too (that
+    is a trace thin all along, see :func:`too_thin_warnings`)."""
+    width = equivalent_diameter_mm(area_mm2)
+    if not len(width) or float(np.median(width)) < MIN_NERVE_DIAMETER_MM:
+        return np.zeros(len(width), bool)
+    return width < MIN_NERVE_DIAMETER_MM
 
 
 def too_thin_warnings(area_mm2: np.ndarray) -> list[str]:
@@ -1725,14 +1737,12 @@ def thinner_than_nerve_caveats(area_mm2: np.ndarray, collapsed: np.ndarray | Non
     over a centimetre or more) reads as a severe compression without a word otherwise.
     Stations already named as collapsed are left to that caveat; a trace thin along
     most of its length has its own warning (:func:`too_thin_warnings`)."""
-    width = equivalent_diameter_mm(area_mm2)
-    if not len(width) or float(np.median(width)) < MIN_NERVE_DIAMETER_MM:
-        return []
-    thin = width < MIN_NERVE_DIAMETER_MM
+    thin = stations_thinner_than_nerve(area_mm2)
     if collapsed is not None:
         thin &= ~np.asarray(collapsed, bool)
     if not thin.any():
         return []
+    width = equivalent_diameter_mm(area_mm2)
     return [StationCaveat(THINNER_THAN_NERVE_REASON, thin, (
         f"{_stretch(thin, s_mm)} the outline is as little as {float(width[thin].min()):.1f} mm across (equivalent "
         f"diameter), against {float(np.median(width)):.0f} mm along the rest of the nerve: thinner than any adult "
