@@ -196,3 +196,32 @@ def test_distance_to_a_surface_between_thick_slices_is_to_its_triangles():
     brute = np.min(np.linalg.norm(points[:, None, :] - samples[None, :, :], axis=-1), axis=1)
     exact = point_triangle_distance(points, *(np.broadcast_to(v, points.shape) for v in (a, b, c)))
     assert np.all(exact <= brute + 1e-9) and np.all(brute - exact <= 0.05)
+
+
+def test_smoothing_around_a_mask_gives_the_surface_of_the_whole_block():
+    """Distances to HO are measured on a surface smoothed and meshed around the mask
+    alone: they equal those on the whole block, for masks in the middle, at the block's
+    faces and reaching across it, on an anisotropic grid (within 1e-4 mm: the mesh's
+    vertices are single-precision indices, counted from another corner)."""
+    from types import SimpleNamespace
+
+    from HOSciaticModuleLib.contact import CONTACT_MARGIN_MM, SmoothSurface, _RayDistances, smoothed_field
+
+    geometry = VolumeGeometry(np.diag([0.7, 0.9, 2.5, 1.0]) @ np.r_[np.c_[np.eye(3), [3.0, -2.0, 1.0]], [[0, 0, 0, 1]]],
+                              (24, 50, 60))
+    rng = np.random.default_rng(7)
+    kji = rng.uniform([0, 0, 0], geometry.shape_kji, size=(4000, 3)) - 0.5
+    rays = _RayDistances(SimpleNamespace(boundary=geometry.kji_to_ras_points(kji).reshape(100, 40, 3)), geometry)
+    k, j, i = np.ogrid[:24, :50, :60]
+    masks = {
+        "middle": (k - 12) ** 2 / 16 + (j - 25) ** 2 / 40 + (i - 30) ** 2 / 60 <= 1,
+        "at the faces": ((k < 3) & (j > 40)) | ((i > 55) & (j < 6)),
+        "across": (np.abs(j - 25) <= 2) & (np.abs(k - 12) <= 3) & (i >= 0),
+    }
+    for name, mask in masks.items():
+        whole = SmoothSurface(smoothed_field(mask), geometry).distance(rays.points, CONTACT_MARGIN_MM)
+        whole[~(whole < CONTACT_MARGIN_MM - 2.0)] = np.inf
+        around = rays.to_mask(mask).ravel()
+        assert np.array_equal(np.isinf(whole), np.isinf(around)), name
+        assert np.isfinite(whole).sum() > 100, name
+        np.testing.assert_allclose(around[np.isfinite(around)], whole[np.isfinite(whole)], atol=1e-4, err_msg=name)

@@ -41,9 +41,10 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, bounding_slices
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
-from .ossification import METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct, within_or_next_to
+from .ossification import (METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct, pad_block,
+                           within_or_next_to)
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
@@ -88,6 +89,11 @@ NEAREST_SURFACE_VERTICES = 3
 CONTACT_MARGIN_MM = 12.0
 #: Smoothing of the masks before sub-voxel surfaces are taken (in voxels).
 SURFACE_SMOOTHING_VOXELS = 0.7
+#: The smoothing kernel's half-width in standard deviations (scipy's own default).
+SURFACE_SMOOTHING_TRUNCATE = 4.0
+#: Voxels from a mask beyond which its smoothed field is zero: the kernel's half-width
+#: (as scipy rounds it), and one more for the linear interpolation that reads the field.
+SURFACE_SMOOTHING_REACH_VOXELS = int(SURFACE_SMOOTHING_TRUNCATE * SURFACE_SMOOTHING_VOXELS + 0.5) + 1
 #: Region around the closest voxels where the gap is refined.
 REFINE_MARGIN_MM = 6.0
 
@@ -192,7 +198,8 @@ class _Sections:
 def smoothed_field(mask: np.ndarray) -> np.ndarray:
     """The mask smoothed so that its 0.5 level follows the surface it sampled to a
     fraction of a voxel, whatever the grid's orientation."""
-    return ndimage.gaussian_filter(mask.astype(np.float32), SURFACE_SMOOTHING_VOXELS, mode="constant")
+    return ndimage.gaussian_filter(mask.astype(np.float32), SURFACE_SMOOTHING_VOXELS, mode="constant",
+                                   truncate=SURFACE_SMOOTHING_TRUNCATE)
 
 
 class SmoothSurface:
@@ -528,9 +535,14 @@ class _RayDistances:
     def to_mask(self, mask_in_block: np.ndarray) -> np.ndarray:
         """To the smooth surface of a mask over the block; infinity where it lies beyond
         the block's reach (the surface there may be cut by the block)."""
-        near = (SmoothSurface(smoothed_field(mask_in_block), self.block_geometry).distance(self.points,
-                                                                                          CONTACT_MARGIN_MM)
-                if mask_in_block.any() else np.full(len(self.points), np.inf))
+        around = bounding_slices(mask_in_block)
+        if around is None:
+            return np.full(self.shape, np.inf)
+        # The smoothed field is zero beyond the filter's reach from the mask: smoothing
+        # and meshing around the mask alone give the same surface as over the whole block.
+        around = pad_block(around, mask_in_block.shape, SURFACE_SMOOTHING_REACH_VOXELS)
+        surface = SmoothSurface(smoothed_field(mask_in_block[around]), self.block_geometry.cropped(around))
+        near = surface.distance(self.points, CONTACT_MARGIN_MM)
         near[~(near < CONTACT_MARGIN_MM - 2.0)] = np.inf
         return near.reshape(self.shape)
 
