@@ -225,3 +225,27 @@ def test_smoothing_around_a_mask_gives_the_surface_of_the_whole_block():
         assert np.array_equal(np.isinf(whole), np.isinf(around)), name
         assert np.isfinite(whole).sum() > 100, name
         np.testing.assert_allclose(around[np.isfinite(around)], whole[np.isfinite(whole)], atol=1e-4, err_msg=name)
+
+
+def test_distance_to_voxel_boxes_up_to_a_reach():
+    """Box distances searched only up to a reach equal the full search within it and
+    are infinite beyond; the nerve mesh's reach holds the largest contact tolerance, so
+    the contact patch is cut from exact distances at any tolerance."""
+    from HOSciaticModuleLib.contact import CONTACT_MARGIN_MM, VoxelBoxes
+    from HOSciaticModuleLib.defaults import MAX_CONTACT_TOLERANCE_MM
+
+    assert CONTACT_MARGIN_MM >= MAX_CONTACT_TOLERANCE_MM
+    geometry = VolumeGeometry(np.diag([0.8, 0.8, 3.0, 1.0]), (30, 60, 60))
+    rng = np.random.default_rng(3)
+    boxes = VoxelBoxes(rng.integers(20, 40, size=(300, 3)) * [0.3, 1, 1], geometry)
+    points = geometry.kji_to_ras_points(rng.uniform(0, 60, size=(3000, 3)) * [0.3, 1, 1])
+    for half_extent in (0.0, 0.5):
+        full = boxes.distance(points, half_extent)[0]
+        near, near_points, near_index = boxes.distance(points, half_extent, up_to_mm=6.0)
+        within = full <= 6.0
+        assert 100 < within.sum() < len(points) - 100
+        np.testing.assert_array_equal(near[within], full[within])
+        # The box point found is at that distance (boxes that tie may be either).
+        np.testing.assert_allclose(np.linalg.norm(near_points[within] - points[within], axis=1)
+                                   if half_extent == 0.0 else near[within], full[within], atol=1e-9)
+        assert np.all(np.isinf(near[~within])) and np.all(near_index[~within] == -1)

@@ -160,22 +160,38 @@ class VoxelBoxes:
     def __len__(self):
         return len(self.kji)
 
-    def distance(self, points_ras: np.ndarray, half_extent: float = 0.5):
+    def distance(self, points_ras: np.ndarray, half_extent: float = 0.5, up_to_mm: float = np.inf):
         """Distance from points to the nearest box, the closest box point (RAS) and the box index.
 
         ``half_extent`` is the query's own half-size in voxels (0 for points, 0.5 when the
-        queries are voxel boxes too).
+        queries are voxel boxes too). Points farther than ``up_to_mm`` from every box
+        get infinity, no box point and index -1: far points cost the search most.
         """
         points_ras = np.atleast_2d(points_ras)
+        none = np.full(len(points_ras), np.inf), np.full((len(points_ras), 3), np.nan), np.full(len(points_ras), -1)
         if self.tree is None or len(points_ras) == 0:
-            return np.full(len(points_ras), np.inf), np.full((len(points_ras), 3), np.nan), np.full(len(points_ras), -1)
+            return none
         query = self.geometry.ras_to_kji_points(points_ras)
         k = min(NEAREST_VOXELS, len(self.kji))
-        _, index = self.tree.query(query * self.spacing, k=k, workers=-1)
-        index = index.reshape(len(query), k)
+        # A box within reach has its centre within reach plus half its diagonal (and the
+        # query's own half-size).
+        reach = up_to_mm + (0.5 + half_extent) * float(np.linalg.norm(self.spacing))
+        centre_distance, index = self.tree.query(query * self.spacing, k=k, workers=-1, distance_upper_bound=reach)
+        centre_distance, index = centre_distance.reshape(len(query), k), index.reshape(len(query), k)
+        distance, nearest_ras, chosen = none
+        found = np.isfinite(centre_distance[:, 0])
+        distance[found], nearest_ras[found], chosen[found] = self._box_distance(
+            query[found], index[found], np.isfinite(centre_distance[found]), half_extent)
+        beyond = distance > up_to_mm
+        distance[beyond], nearest_ras[beyond], chosen[beyond] = np.inf, np.nan, -1
+        return distance, nearest_ras, chosen
+
+    def _box_distance(self, query, index, valid, half_extent):
+        """The nearest of each query's candidate boxes (``index``, where ``valid``)."""
+        index = np.where(valid, index, 0)
         offset = query[:, None, :] - self.kji[index]
         gap = np.maximum(np.abs(offset) - 0.5 - half_extent, 0.0)
-        distance = np.sqrt(np.sum((gap * self.spacing) ** 2, axis=-1))
+        distance = np.where(valid, np.sqrt(np.sum((gap * self.spacing) ** 2, axis=-1)), np.inf)
         best = np.argmin(distance, axis=1)
         rows = np.arange(len(query))
         chosen = index[rows, best]
@@ -769,10 +785,12 @@ def surface_mesh(mask: np.ndarray, geometry: VolumeGeometry):
 
 
 def nerve_surface_distance_mesh(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry):
-    """Nerve surface with each vertex's distance (mm) to the nearest HO."""
+    """Nerve surface with each vertex's distance (mm) to the nearest HO, up to
+    CONTACT_MARGIN_MM (1000 beyond): the contact patch is cut from it at the tolerance,
+    never more than MAX_CONTACT_TOLERANCE_MM."""
     vertices, faces = surface_mesh(nerve_mask, geometry)
     ho = _all_surface_boxes(ho_labelmap, geometry)
-    distance = ho.distance(vertices, half_extent=0.0)[0] if len(vertices) else np.zeros(0)
+    distance = ho.distance(vertices, half_extent=0.0, up_to_mm=CONTACT_MARGIN_MM)[0] if len(vertices) else np.zeros(0)
     return vertices, faces, np.where(np.isfinite(distance), distance, 1e3)
 
 
