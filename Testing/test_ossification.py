@@ -1141,3 +1141,22 @@ def test_bone_wholly_above_the_hip_bones_is_set_apart():
     assert np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml == pytest.approx(rib_ml, rel=0.12)
     (warning,) = [w for w in result.warnings if "above the top of the hip bones" in w]
     assert f"({np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml:.1f} mL)" in warning
+
+
+@pytest.mark.parametrize("spacing, reach_mm", [((0.8, 0.8, 1.0), 2.5), ((0.5, 0.9, 5.0), 3.0), ((1.0, 1.0, 1.0), 0.5)])
+def test_within_or_next_to_works_around_the_mask_alone(spacing, reach_mm):
+    """The voxels near a mask are found in the box around it: the same voxels as from
+    the distance map of the whole array, for masks inside, at the array's faces and
+    spread across it, on grids finer and coarser than the reach."""
+    import edt
+
+    from HOSciaticModuleLib.ossification import within_or_next_to
+
+    geometry = VolumeGeometry(np.diag([*spacing, 1.0]), (20, 30, 40))
+    rng = np.random.default_rng(11)
+    for mask in (rng.random(geometry.shape_kji) > 0.999, np.pad(np.ones((3, 4, 5), bool), ((0, 17), (26, 0), (10, 25))),
+                 ndimage.binary_dilation(rng.random(geometry.shape_kji) > 0.9995, iterations=2)):
+        whole = (edt.edt((~mask).astype(np.uint8), anisotropy=geometry.spacing_kji, black_border=False) <= reach_mm) \
+            | ndimage.binary_dilation(mask)
+        np.testing.assert_array_equal(within_or_next_to(mask, geometry, reach_mm), whole)
+    assert not within_or_next_to(np.zeros(geometry.shape_kji, bool), geometry, reach_mm).any()

@@ -573,7 +573,19 @@ def distance_outside(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
 def within_or_next_to(mask: np.ndarray, geometry: VolumeGeometry, reach_mm: float) -> np.ndarray:
     """Voxels within ``reach_mm`` of ``mask`` (its own included), and at least those next
     to it: on a grid coarser than the reach, none other lies within it."""
-    return (_ball_distance(~np.asarray(mask, bool), geometry) <= reach_mm) | ndimage.binary_dilation(mask)
+    mask = np.asarray(mask, bool)
+    near = np.zeros(mask.shape, bool)
+    around = bounding_slices(mask)
+    if around is None:
+        return near
+    # Only the box holding the mask and its reach can be near it; there the distances
+    # are those of the whole array (every voxel of the mask is inside the box).
+    reach_voxels = np.maximum(np.floor(reach_mm / np.asarray(geometry.spacing_kji)).astype(int), 1)
+    around = tuple(slice(max(s.start - int(r), 0), min(s.stop + int(r), n))
+                   for s, r, n in zip(around, reach_voxels, mask.shape))
+    inside = mask[around]
+    near[around] = (_ball_distance(~inside, geometry) <= reach_mm) | ndimage.binary_dilation(inside)
+    return near
 
 
 def fill_cavities(mask: np.ndarray) -> np.ndarray:
