@@ -264,6 +264,13 @@ class SmoothSurface:
         (``nearest``: vertex indices per point, the vertex count where there are fewer)."""
         count = len(self.vertices)
         candidates = self.faces_of_vertex[np.minimum(nearest, count)].reshape(len(points), -1)  # -1: none
+        # Neighbouring vertices share triangles: each is measured once per point, the
+        # rows' triangles packed into as few columns as they need (sorted, repeats
+        # dropped, the -1 of none last).
+        candidates = -np.sort(-candidates, axis=1)
+        candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1
+        candidates = -np.sort(-candidates, axis=1)
+        candidates = candidates[:, :int(np.count_nonzero(candidates >= 0, axis=1).max(initial=0))]
         best = np.full(len(points), np.inf)
         for column in range(candidates.shape[1]):
             rows = np.flatnonzero(candidates[:, column] >= 0)
