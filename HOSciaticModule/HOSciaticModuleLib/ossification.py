@@ -580,7 +580,7 @@ def within_or_next_to(mask: np.ndarray, geometry: VolumeGeometry, reach_mm: floa
         return near
     # Only the box holding the mask and its reach can be near it; there the distances
     # are those of the whole array (every voxel of the mask is inside the box).
-    reach_voxels = np.maximum(np.floor(reach_mm / np.asarray(geometry.spacing_kji)).astype(int), 1)
+    reach_voxels = np.maximum(np.ceil(reach_mm / np.asarray(geometry.spacing_kji)).astype(int), 1)
     around = tuple(slice(max(s.start - int(r), 0), min(s.stop + int(r), n))
                    for s, r, n in zip(around, reach_voxels, mask.shape))
     inside = mask[around]
