@@ -882,12 +882,13 @@ class _IndexSampler:
         interpolation); points off the grid count as excluded."""
         index = np.rint(flat_kji).astype(np.int32)
         shape = self.excluded.shape
-        lowest, highest = index.min(axis=1), index.max(axis=1)
-        flat_index = np.ravel_multi_index(index, shape, mode="clip")
-        found = self.excluded.ravel()[flat_index]
-        if np.any(lowest < 0) or np.any(highest >= np.asarray(shape)):
+        try:
+            # Checks the bounds in the same pass; points off the grid are rare.
+            return self.excluded.ravel()[np.ravel_multi_index(index, shape)]
+        except ValueError:
+            found = self.excluded.ravel()[np.ravel_multi_index(index, shape, mode="clip")]
             found |= np.any((index < 0) | (index >= np.asarray(shape)[:, None]), axis=0)
-        return found
+            return found
 
 
 def _inside(values, masks, appearance, level=None):
