@@ -2,6 +2,8 @@
 
     .venv/bin/python Testing/benchmark.py [--cache .benchmark-cache] [--sizes 100,200,300,400] [--repeats 3]
 
+Times first a fixed workload that is not this project's code, as a reference for how fast
+the machine runs that day (shared virtual machines differ by half from one day to the next).
 Generates once (and caches) a 512 x 512 x 400 synthetic hip CT at 0.8 x 0.8 x 1.0 mm
 with HO, a sciatic nerve of about 300 mm and the bones of a whole pelvis (both
 femora, hip bones and ischia, iliac wings, sacrum: a bone block as wide as on a
@@ -36,6 +38,9 @@ import numpy as np
 SHAPE_KJI = (400, 512, 512)
 SPACING_IJK = (0.8, 0.8, 1.0)
 TARGETS = {"ratio": 3.0, "peak_gb": 2.5, "recompute_s": 0.5, "trace_s": 2.0}
+#: The machine reference (:func:`worker_reference`) on the day the README's figures were
+#: taken: a run on a faster or slower machine, or hour, is compared to it.
+README_REFERENCE_SECONDS = 1.36
 
 
 def pelvis_bones():
@@ -154,6 +159,24 @@ def worker_import() -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
+def worker_reference() -> dict:
+    """A fixed single-threaded workload (smoothing and a distance map of a 256³ block,
+    made here), independent of this project's code: how fast the machine itself runs
+    today, so figures from different days can be compared."""
+    import edt
+    from scipy import ndimage
+
+    grid = np.indices((256, 256, 256), dtype=np.float32)
+    block = (np.sin(grid[0] / 9.0) + np.cos(grid[1] / 7.0) + np.sin(grid[2] / 5.0)).astype(np.float32)
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        smoothed = ndimage.gaussian_filter(block, 2.0)
+        edt.edt(smoothed > 0.5, parallel=1)
+        runs.append(time.perf_counter() - start)
+    return {"seconds": float(np.median(runs))}
+
+
 def cpu_seconds() -> float:
     """User and system time of this process so far, all its threads together."""
     times = os.times()
@@ -256,12 +279,16 @@ def main() -> None:
     if args.worker:
         name, *rest = args.worker
         result = {"baseline": worker_baseline, "analyze": worker_analyze, "scene": worker_scene,
-                  "import": worker_import}[name](*rest)
+                  "import": worker_import, "reference": worker_reference}[name](*rest)
         print(json.dumps(result))
         return
 
     cache = Path(args.cache)
     case = prepare_case(cache)
+    reference = run_worker("reference")["seconds"]
+    print(f"Machine reference (a fixed single-threaded smoothing and distance map, not this project's code): "
+          f"{reference:.2f} s, {reference / README_REFERENCE_SECONDS:.2f} times the {README_REFERENCE_SECONDS:.2f} s "
+          "of the day the README's figures were taken (above 1: a slower machine or hour)")
     seeds = cache / "seeds_right.mrk.json"
     length = write_seeds(seeds, case["centreline"], (-1e9, 1e9))
     print(f"Case: {case['image']} ({SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]}, {SPACING_IJK} mm), "
