@@ -575,14 +575,12 @@ def within_or_next_to(mask: np.ndarray, geometry: VolumeGeometry, reach_mm: floa
     to it: on a grid coarser than the reach, none other lies within it."""
     mask = np.asarray(mask, bool)
     near = np.zeros(mask.shape, bool)
-    around = bounding_slices(mask)
-    if around is None:
+    if not mask.any():
         return near
-    # Only the box holding the mask and its reach can be near it; there the distances
-    # are those of the whole array (every voxel of the mask is inside the box).
-    reach_voxels = np.maximum(np.ceil(reach_mm / np.asarray(geometry.spacing_kji)).astype(int), 1)
-    around = tuple(slice(max(s.start - int(r), 0), min(s.stop + int(r), n))
-                   for s, r, n in zip(around, reach_voxels, mask.shape))
+    # Only the box holding the mask and its reach (and the voxels next to it) can be
+    # near it; there the distances are those of the whole array (every voxel of the
+    # mask is inside the box).
+    around = _bounding_block(mask, 1, reach_mm, geometry)
     inside = mask[around]
     near[around] = (_ball_distance(~inside, geometry) <= reach_mm) | ndimage.binary_dilation(inside)
     return near
