@@ -1160,3 +1160,22 @@ def test_within_or_next_to_works_around_the_mask_alone(spacing, reach_mm):
             | ndimage.binary_dilation(mask)
         np.testing.assert_array_equal(within_or_next_to(mask, geometry, reach_mm), whole)
     assert not within_or_next_to(np.zeros(geometry.shape_kji, bool), geometry, reach_mm).any()
+
+
+def test_label_slices_are_those_of_the_whole_array():
+    """Boxes found within the block holding the labels equal SciPy's over the whole
+    array, with absent labels as None, labels at the array's faces and none at all."""
+    from HOSciaticModuleLib.geometry import label_slices
+
+    rng = np.random.default_rng(5)
+    labels = np.zeros((30, 40, 50), np.uint16)
+    labels[5:9, 10:12, 20:31] = 1
+    labels[0, 39, 49] = 3  # corner voxel; label 2 absent
+    labels[12:30, 0:4, 7] = 4
+    labels[rng.random(labels.shape) > 0.9995] = 6
+    assert label_slices(labels) == ndimage.find_objects(labels)
+    inner = np.zeros_like(labels)
+    inner[10:12, 5, 3:9] = 2
+    assert label_slices(inner) == ndimage.find_objects(inner) == [None, (slice(10, 12), slice(5, 6), slice(3, 9))]
+    assert label_slices(np.zeros_like(labels)) == []
+

@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry, bounding_slices
+from .geometry import VolumeGeometry, bounding_slices, label_slices
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
 from .ossification import (METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct, pad_block,
                            within_or_next_to)
@@ -525,7 +525,7 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
     the nerve's voxels where they lie, and the stations) while the caller's working
     block changes with the HO.
     """
-    nerve_block = ndimage.find_objects(nerve_mask.view(np.uint8))[0]
+    nerve_block = bounding_slices(nerve_mask)
     nerve_surface = surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
     # Contact happens next to the nerve: smooth fields only in a block around it.
     corners = geometry.kji_to_ras_points([[s.start for s in nerve_block], [s.stop - 1 for s in nerve_block]])
@@ -600,7 +600,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     rays = _RayDistances(sections, geometry.cropped(crop))
 
     report(progress, 0.3, "Measuring distances to HO")
-    island_blocks = ndimage.find_objects(ho_labelmap)
+    island_blocks = label_slices(ho_labelmap)
     islands_found = _island_surfaces(ho_labelmap, island_blocks, geometry)
     all_ho = VoxelBoxes(np.vstack([boxes.kji for _, boxes in islands_found]) if islands_found else np.zeros((0, 3)),
                         geometry)
@@ -770,10 +770,10 @@ def surface_mesh(mask: np.ndarray, geometry: VolumeGeometry):
     """Triangle surface of a mask in RAS (marching cubes at the 0.5 level), outward faces."""
     from skimage.measure import marching_cubes
 
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found:
+    found = bounding_slices(mask)
+    if found is None:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
-    block = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], mask.shape))
+    block = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found, mask.shape))
     padded = np.pad(mask[block].astype(np.float32), 1)
     vertices, faces, _, _ = marching_cubes(padded, 0.5)
     kji = vertices - 1 + [s.start for s in block]
@@ -804,9 +804,9 @@ def nerve_surface_distance_mesh(nerve_mask: np.ndarray, ho_labelmap: np.ndarray,
 def ho_surface_distance_mesh(ho_labelmap: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry):
     """HO surface with each vertex's distance (mm) to the nerve and its island label."""
     vertices, faces = surface_mesh(ho_labelmap > 0, geometry)
-    nerve_block = ndimage.find_objects(nerve_mask.astype(np.uint8))
-    nerve = VoxelBoxes(surface_voxels(nerve_mask[nerve_block[0]]) + [s.start for s in nerve_block[0]]
-                       if nerve_block else np.zeros((0, 3)), geometry)
+    nerve_block = bounding_slices(nerve_mask)
+    nerve = VoxelBoxes(surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
+                       if nerve_block is not None else np.zeros((0, 3)), geometry)
     distance = nerve.distance(vertices, half_extent=0.0)[0] if len(vertices) else np.zeros(0)
     kji = np.clip(np.round(geometry.ras_to_kji_points(vertices)).astype(int), 0, np.array(ho_labelmap.shape) - 1) \
         if len(vertices) else np.zeros((0, 3), int)
@@ -816,7 +816,7 @@ def ho_surface_distance_mesh(ho_labelmap: np.ndarray, nerve_mask: np.ndarray, ge
 
 def _all_surface_boxes(ho_labelmap, geometry) -> VoxelBoxes:
     mask = ho_labelmap > 0
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found:
+    found = bounding_slices(mask)
+    if found is None:
         return VoxelBoxes(np.zeros((0, 3)), geometry)
-    return VoxelBoxes(surface_voxels(mask[found[0]]) + [s.start for s in found[0]], geometry)
+    return VoxelBoxes(surface_voxels(mask[found]) + [s.start for s in found], geometry)
