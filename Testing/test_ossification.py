@@ -1179,3 +1179,15 @@ def test_label_slices_are_those_of_the_whole_array():
     assert label_slices(inner) == ndimage.find_objects(inner) == [None, (slice(10, 12), slice(5, 6), slice(3, 9))]
     assert label_slices(np.zeros_like(labels)) == []
 
+
+@pytest.mark.parametrize("percentile", [0.0, 1.0, 25.0, 50.0, 95.0, 100.0])
+def test_percentile_of_many_is_numpys_linear_percentile(percentile):
+    """The percentile from one partition is NumPy's default (linear) percentile, on
+    CT-like values with long runs of ties and on one or two values."""
+    from HOSciaticModuleLib.ossification import percentile_of_many
+
+    rng = np.random.default_rng(int(percentile))
+    for values in (rng.integers(-30, 1500, 200_001).astype(np.int16), rng.normal(40.0, 15.0, 1000).round(),
+                   np.array([7], np.int16), np.array([3.0, -5.0])):
+        assert percentile_of_many(values, percentile) == pytest.approx(float(np.percentile(values, percentile)),
+                                                                      abs=1e-9)

@@ -400,8 +400,21 @@ class OssificationResult:
 def _ct_sample(ct_hu: np.ndarray) -> np.ndarray:
     """Every voxel of a small image, one in 64 of a large one: enough to see fat or air.
     Gathered into one block first: counting three levels over a strided view of a full
-    CT took 27 ms, over its copy 6 ms."""
-    return np.ascontiguousarray(ct_hu[::4, ::4, ::4]) if ct_hu.size > 4_000_000 else ct_hu
+    CT took 27 ms, over its copy 6 ms (and a block cut from a CT is such a view)."""
+    return np.ascontiguousarray(ct_hu[::4, ::4, ::4] if ct_hu.size > 4_000_000 else ct_hu)
+
+
+def percentile_of_many(values: np.ndarray, percentile: float) -> float:
+    """``np.percentile(values, percentile)`` (linear between the two nearest ranks) of
+    a large 1-D sample, from one partition and a minimum. NumPy partitions at both
+    ranks at once, which on CT values (a few thousand levels, so long runs of ties)
+    took eight times as long."""
+    position = (values.size - 1) * percentile / 100.0
+    below = int(np.floor(position))
+    ordered = np.partition(values, below)
+    low = float(ordered[below])
+    high = float(ordered[below + 1:].min()) if below + 1 < values.size else low
+    return low + (high - low) * (position - below)
 
 
 @dataclass(frozen=True)
@@ -440,7 +453,7 @@ def hounsfield_evidence(ct_hu: np.ndarray) -> HounsfieldEvidence:
         return float(np.count_nonzero((sample >= low) & (sample <= high))) / sample.size
 
     denser = sample[sample > CT_FAT_HU[1]]
-    level = float(np.percentile(denser, CT_SOFT_TISSUE_QUANTILE)) if denser.size else float("nan")
+    level = percentile_of_many(denser, CT_SOFT_TISSUE_QUANTILE) if denser.size else float("nan")
     return HounsfieldEvidence(share(*CT_FAT_HU), share(*CT_AIR_RANGE_HU), share(CT_DENSE_CORTEX_HU), level)
 
 
