@@ -565,8 +565,11 @@ class _RayDistances:
         # and meshing around the mask alone give the same surface as over the whole block.
         around = pad_block(around, mask_in_block.shape, SURFACE_SMOOTHING_REACH_VOXELS)
         surface = SmoothSurface(smoothed_field(mask_in_block[around]), self.block_geometry.cropped(around))
-        near = surface.distance(self.points, CONTACT_MARGIN_MM)
-        near[~(near < CONTACT_MARGIN_MM - 2.0)] = np.inf
+        # Within the last 2 mm of the block's margin the surface may be cut by the block:
+        # no distance from there on is kept, so none is measured.
+        kept_below = CONTACT_MARGIN_MM - 2.0
+        near = surface.distance(self.points, kept_below)
+        near[~(near < kept_below)] = np.inf
         return near.reshape(self.shape)
 
     def completed_beyond_block(self, near: np.ndarray, boxes: VoxelBoxes) -> np.ndarray:
