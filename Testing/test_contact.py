@@ -200,9 +200,10 @@ def test_distance_to_a_surface_between_thick_slices_is_to_its_triangles():
 
 def test_smoothing_around_a_mask_gives_the_surface_of_the_whole_block():
     """Distances to HO are measured on a surface smoothed and meshed around the mask
-    alone: they equal those on the whole block, for masks in the middle, at the block's
-    faces and reaching across it, on an anisotropic grid (within 1e-4 mm: the mesh's
-    vertices are single-precision indices, counted from another corner)."""
+    alone, and searched only as far as they are kept: they equal those on the whole
+    block searched over the whole margin, for masks in the middle, at the block's faces
+    and reaching across it, on an anisotropic grid (within 1e-4 mm: the mesh's vertices
+    are single-precision indices, counted from another corner)."""
     from types import SimpleNamespace
 
     from HOSciaticModuleLib.contact import CONTACT_MARGIN_MM, SmoothSurface, _RayDistances, smoothed_field
