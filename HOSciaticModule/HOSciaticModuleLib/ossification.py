@@ -2022,8 +2022,10 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     # Bone next to the padding is cut by the field of view, as at the image's edge.
     cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
     is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline, cut_zone)
-    native = is_native[labels]
     report(progress, 0.4, "Separating HO fused to native bone")
+    # Built component by component (a lookup of every voxel's label costs several times
+    # the few boxes the native bones fill).
+    native = np.zeros(labels.shape, bool)
     for label in np.flatnonzero(is_native):
         padded = pad_block(component_blocks[label - 1], native.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
         component = labels[padded] == label
@@ -2031,8 +2033,8 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
                                 image_shape)
         if cut_zone is not None:
             edge |= cut_zone[padded]
-        # An outgrowth lies within its own component: taking it out leaves the others as they are.
-        native[padded] &= ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
+        # An outgrowth lies within its own component: each component goes in less its own.
+        native[padded] |= component & ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
     # What the ball left in the native bone: the masses too thick for it.
     asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
                                     min_voxels, block, image_shape, unimaged) & native
