@@ -250,3 +250,28 @@ def test_distance_to_voxel_boxes_up_to_a_reach():
         np.testing.assert_allclose(np.linalg.norm(near_points[within] - points[within], axis=1)
                                    if half_extent == 0.0 else near[within], full[within], atol=1e-9)
         assert np.all(np.isinf(near[~within])) and np.all(near_index[~within] == -1)
+
+
+@pytest.mark.parametrize("spacing", [(0.8, 0.8, 1.0), (0.6, 0.9, 3.0)])
+def test_bone_outside_the_segments_is_looked_for_within_reach_of_the_nerve(spacing):
+    """The bone checked for wrapping the nerve is the CT's bone within the reach of the
+    nerve (by the distance map of the whole block) less the HO and its rim: searched in
+    the box around the nerve, the same voxels."""
+    from HOSciaticModuleLib.contact import HO_RIM_MM, unsegmented_bone
+    from HOSciaticModuleLib.ossification import distance_outside, within_or_next_to
+
+    geometry = VolumeGeometry(np.diag([*spacing, 1.0]), (40, 70, 80))
+    rng = np.random.default_rng(2)
+    ct = rng.normal(40.0, 20.0, geometry.shape_kji).astype(np.int16)
+    ct[:, :, :12] = -1000  # air and fat: a CT
+    ct[:, :, 12:24] = -100
+    ct[rng.random(geometry.shape_kji) > 0.93] = 900  # bone scattered through the block
+    k, j, i = np.ogrid[:40, :70, :80]
+    nerve = ((j - 35) * spacing[1]) ** 2 + ((i - 45) * spacing[0]) ** 2 <= 16.0
+    ho = np.zeros(geometry.shape_kji, bool)
+    ho[10:20, 40:46, 50:56] = True
+    reach = 2.0 + 3.0 * max(geometry.spacing_kji)
+    found = unsegmented_bone(ct, ho, nerve, geometry, 200.0, reach)
+    bone = (ct >= 200) & (distance_outside(nerve, geometry) <= reach) & ~within_or_next_to(ho, geometry, HO_RIM_MM)
+    np.testing.assert_array_equal(found, bone)
+    assert 100 < np.count_nonzero(found) < np.count_nonzero(ct >= 200) / 2

@@ -43,8 +43,7 @@ from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry, bounding_slices, label_slices
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
-from .ossification import (METAL_THRESHOLD_HU, at_least, distance_outside, looks_like_ct, pad_block,
-                           within_or_next_to)
+from .ossification import METAL_THRESHOLD_HU, at_least, looks_like_ct, pad_block, within_or_next_to
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")
@@ -740,13 +739,15 @@ def bone_at_stations(bone: np.ndarray, geometry: VolumeGeometry, points: np.ndar
 
 def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry,
                      bone_threshold_hu: float, reach_mm: float) -> np.ndarray | None:
-    """The CT's bone (bone threshold up to metal) within ``reach_mm`` of the nerve that
-    is in no HO segment nor its blurred edge; None when the image is not a CT (no fat
-    or air). Farther bone cannot be in contact, and its surface would cost time."""
+    """The CT's bone (bone threshold up to metal) within ``reach_mm`` of the nerve (and
+    at least next to it) that is in no HO segment nor its blurred edge; None when the
+    image is not a CT (no fat or air). Farther bone cannot be in contact, and its
+    surface would cost time."""
     if not looks_like_ct(ct_hu):
         return None
     bone = at_least(ct_hu, bone_threshold_hu) & ~at_least(ct_hu, METAL_THRESHOLD_HU)
-    bone &= distance_outside(nerve_mask, geometry) <= reach_mm
+    # Searched in the box around the nerve and its reach, not over the whole block.
+    bone &= within_or_next_to(nerve_mask, geometry, reach_mm)
     if ho_mask.any() and bone.any():
         bone &= ~within_or_next_to(ho_mask, geometry, HO_RIM_MM)
     return bone
