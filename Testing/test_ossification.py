@@ -1162,22 +1162,27 @@ def test_within_or_next_to_works_around_the_mask_alone(spacing, reach_mm):
     assert not within_or_next_to(np.zeros(geometry.shape_kji, bool), geometry, reach_mm).any()
 
 
-def test_label_slices_are_those_of_the_whole_array():
-    """Boxes found within the block holding the labels equal SciPy's over the whole
-    array, with absent labels as None, labels at the array's faces and none at all."""
-    from HOSciaticModuleLib.geometry import label_slices
+def test_label_boxes_are_scipys():
+    """Boxes found slab by slab on several threads, and boxes searched within the block
+    holding the labels, equal SciPy's over the whole array: with absent labels as None,
+    labels at the array's faces, labels spanning the slabs' seams, and none at all."""
+    from HOSciaticModuleLib.geometry import label_boxes, sparse_label_boxes
 
     rng = np.random.default_rng(5)
     labels = np.zeros((30, 40, 50), np.uint16)
     labels[5:9, 10:12, 20:31] = 1
     labels[0, 39, 49] = 3  # corner voxel; label 2 absent
-    labels[12:30, 0:4, 7] = 4
+    labels[2:30, 0:4, 7] = 4  # across every slab
+    labels[14:16, 30, 30:40] = 5  # across the middle seam
     labels[rng.random(labels.shape) > 0.9995] = 6
-    assert label_slices(labels) == ndimage.find_objects(labels)
+    expected = ndimage.find_objects(labels)
+    for slab_voxels in (labels.size, 20_000, 1):
+        assert label_boxes(labels, slab_voxels) == expected, slab_voxels
+    assert sparse_label_boxes(labels) == expected
     inner = np.zeros_like(labels)
     inner[10:12, 5, 3:9] = 2
-    assert label_slices(inner) == ndimage.find_objects(inner) == [None, (slice(10, 12), slice(5, 6), slice(3, 9))]
-    assert label_slices(np.zeros_like(labels)) == []
+    assert sparse_label_boxes(inner) == ndimage.find_objects(inner) == [None, (slice(10, 12), slice(5, 6), slice(3, 9))]
+    assert sparse_label_boxes(np.zeros_like(labels)) == [] == label_boxes(np.zeros_like(labels), 1)
 
 
 @pytest.mark.parametrize("percentile", [0.0, 1.0, 25.0, 50.0, 95.0, 100.0])

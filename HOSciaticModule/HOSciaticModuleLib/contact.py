@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry, bounding_slices, label_slices
+from .geometry import VolumeGeometry, bounding_slices, sparse_label_boxes
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
 from .ossification import METAL_THRESHOLD_HU, at_least, looks_like_ct, pad_block, within_or_next_to
 from .progress import ProgressCallback, report
@@ -602,7 +602,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     rays = _RayDistances(sections, geometry.cropped(crop))
 
     report(progress, 0.3, "Measuring distances to HO")
-    island_blocks = label_slices(ho_labelmap)
+    island_blocks = sparse_label_boxes(ho_labelmap)
     islands_found = _island_surfaces(ho_labelmap, island_blocks, geometry)
     all_ho = VoxelBoxes(np.vstack([boxes.kji for _, boxes in islands_found]) if islands_found else np.zeros((0, 3)),
                         geometry)

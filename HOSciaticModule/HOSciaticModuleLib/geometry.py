@@ -218,15 +218,40 @@ def bounding_slices(mask: np.ndarray):
     return tuple(bounds)
 
 
-def label_slices(labels: np.ndarray) -> list:
+def label_boxes(labels: np.ndarray, slab_voxels: int = 4_000_000) -> list:
     """The bounding slices of each label 1..max of ``labels`` (None for a label absent),
-    as :func:`scipy.ndimage.find_objects` gives them. Labels that fill a small part of
-    the array are boxed within the block that holds them all: the box scan costs
-    several times a pass that only asks whether a voxel is set."""
+    as :func:`scipy.ndimage.find_objects` gives them. A large array is scanned in slabs
+    along its first axis side by side (the scan runs outside Python's lock), each label's
+    boxes in the slabs then joined."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     from scipy import ndimage
 
+    parts = min(os.cpu_count() or 1, 4, labels.shape[0], max(1, labels.size // slab_voxels))
+    if parts <= 1:
+        return ndimage.find_objects(labels)
+    edges = np.linspace(0, labels.shape[0], parts + 1).astype(int)
+    with ThreadPoolExecutor(parts, thread_name_prefix="hosciatic-boxes") as executor:
+        found = list(executor.map(lambda n: ndimage.find_objects(labels[edges[n]:edges[n + 1]]), range(parts)))
+    boxes = [None] * max(len(part) for part in found)
+    for start, part in zip(edges, found):
+        for index, box in enumerate(part):
+            if box is None:
+                continue
+            box = (slice(box[0].start + start, box[0].stop + start), *box[1:])
+            known = boxes[index]
+            boxes[index] = box if known is None else tuple(
+                slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(known, box))
+    return boxes
+
+
+def sparse_label_boxes(labels: np.ndarray) -> list:
+    """:func:`label_boxes` of labels that fill a small part of the array, searched within
+    the block that holds them all: the box scan costs several times a pass that only
+    asks whether a voxel is set."""
     around = bounding_slices(labels)
     if around is None:
         return []
     return [None if box is None else tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(around, box))
-            for box in ndimage.find_objects(labels[around])]
+            for box in label_boxes(labels[around])]
