@@ -1176,13 +1176,14 @@ def test_label_boxes_are_scipys():
     labels[14:16, 30, 30:40] = 5  # across the middle seam
     labels[rng.random(labels.shape) > 0.9995] = 6
     expected = ndimage.find_objects(labels)
-    for slab_voxels in (labels.size, 20_000, 1):
-        assert label_boxes(labels, slab_voxels) == expected, slab_voxels
+    for count in (None, 6, labels.size):  # unknown, few and very many labels
+        for slab_voxels in (labels.size, 20_000, 1):
+            assert label_boxes(labels, count, slab_voxels) == expected, (count, slab_voxels)
     assert sparse_label_boxes(labels) == expected
     inner = np.zeros_like(labels)
     inner[10:12, 5, 3:9] = 2
     assert sparse_label_boxes(inner) == ndimage.find_objects(inner) == [None, (slice(10, 12), slice(5, 6), slice(3, 9))]
-    assert sparse_label_boxes(np.zeros_like(labels)) == [] == label_boxes(np.zeros_like(labels), 1)
+    assert sparse_label_boxes(np.zeros_like(labels)) == [] == label_boxes(np.zeros_like(labels), 0, 1)
 
 
 @pytest.mark.parametrize("percentile", [0.0, 1.0, 25.0, 50.0, 95.0, 100.0])

@@ -218,24 +218,32 @@ def bounding_slices(mask: np.ndarray):
     return tuple(bounds)
 
 
-def label_boxes(labels: np.ndarray, slab_voxels: int = 4_000_000) -> list:
+#: Slabs pay when an array holds at least this many voxels per label: scanning in slabs
+#: saves about 1.3 ns per voxel on two cores, joining the slabs' boxes costs about 2.5 us
+#: per label (43 000 specks in 22 M voxels took longer in slabs, 11 000 less long).
+VOXELS_PER_LABEL_FOR_SLABS = 2000
+
+
+def label_boxes(labels: np.ndarray, count: int | None = None, slab_voxels: int = 4_000_000) -> list:
     """The bounding slices of each label 1..max of ``labels`` (None for a label absent),
-    as :func:`scipy.ndimage.find_objects` gives them. A large array is scanned in slabs
-    along its first axis side by side (the scan runs outside Python's lock), each label's
-    boxes in the slabs then joined."""
+    as :func:`scipy.ndimage.find_objects` gives them. A large array with few labels
+    (``count``, when known) is scanned in slabs along its first axis side by side (the
+    scan runs outside Python's lock), each label's boxes in the slabs then joined."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy import ndimage
 
-    parts = min(os.cpu_count() or 1, 4, labels.shape[0], max(1, labels.size // slab_voxels))
+    few_labels = count is not None and count * VOXELS_PER_LABEL_FOR_SLABS <= labels.size
+    parts = min(os.cpu_count() or 1, 4, labels.shape[0], max(1, labels.size // slab_voxels)) if few_labels else 1
     if parts <= 1:
         return ndimage.find_objects(labels)
-    edges = np.linspace(0, labels.shape[0], parts + 1).astype(int)
+    edges = np.linspace(0, labels.shape[0], parts + 1).astype(int).tolist()
     with ThreadPoolExecutor(parts, thread_name_prefix="hosciatic-boxes") as executor:
         found = list(executor.map(lambda n: ndimage.find_objects(labels[edges[n]:edges[n + 1]]), range(parts)))
-    boxes = [None] * max(len(part) for part in found)
-    for start, part in zip(edges, found):
+    # The first slab starts at the array's first plane: its boxes stand as they are.
+    boxes = found[0] + [None] * (max(len(part) for part in found) - len(found[0]))
+    for start, part in zip(edges[1:], found[1:]):
         for index, box in enumerate(part):
             if box is None:
                 continue

@@ -661,8 +661,8 @@ def fill_per_group(mask: np.ndarray, fill) -> np.ndarray:
     scattered islands cost their own boxes, not the whole bone block.
     """
     filled = mask.copy()
-    groups = cc3d.connected_components(np.ascontiguousarray(mask, bool), connectivity=26)
-    for label, box in enumerate(label_boxes(groups), start=1):
+    groups, count = cc3d.connected_components(np.ascontiguousarray(mask, bool), connectivity=26, return_N=True)
+    for label, box in enumerate(label_boxes(groups, count), start=1):
         # A pocket needs at least 3 x 3 voxels in some plane.
         if box is None or sum(s.stop - s.start >= 3 for s in box) < 2:
             continue
@@ -1048,7 +1048,7 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
     depth = _ball_distance(~envelope, geometry)
     labels, count, sizes = _components(opened)
     keep = np.zeros(count + 1, bool)
-    blocks = label_boxes(labels)
+    blocks = label_boxes(labels, count)
     for label in range(1, count + 1):
         block = blocks[label - 1]
         if sizes[label] < min_voxels:
@@ -2018,7 +2018,7 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     what stands out of their smooth envelope and what the other side lacks. ``unimaged``
     is the padding outside the field of view (over the whole image), or None."""
     labels, count, sizes = _components(filled_bone)
-    component_blocks = label_boxes(labels)
+    component_blocks = label_boxes(labels, count)
     # Bone next to the padding is cut by the field of view, as at the image's edge.
     cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
     is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline, cut_zone)
@@ -2077,7 +2077,7 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
         found.whole_bones_missing_ml = sorted(
             (float(size * geometry.voxel_volume_ml) for size in sizes[1:]
              if size * geometry.voxel_volume_ml >= NATIVE_WHOLE_MIN_ML), reverse=True)
-    blocks = label_boxes(labels)
+    blocks = label_boxes(labels, count)
     for label in range(1, count + 1):
         if sizes[label] < min_voxels:
             continue
