@@ -1197,3 +1197,36 @@ def test_percentile_of_many_is_numpys_linear_percentile(percentile):
                    np.array([7], np.int16), np.array([3.0, -5.0])):
         assert percentile_of_many(values, percentile) == pytest.approx(float(np.percentile(values, percentile)),
                                                                       abs=1e-9)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.9, 2.5)])
+def test_ball_opening_in_the_box_is_that_of_the_whole_array(spacing):
+    """The opening computed over the mask's box and a layer round it equals the one over
+    the whole array (erosion and dilation by exact distance maps), for a mask in the
+    middle, one against the array's faces, one with nothing left after the erosion, and
+    none."""
+    import edt
+
+    from HOSciaticModuleLib.ossification import ball_opening
+
+    geometry = VolumeGeometry(np.diag([*spacing, 1.0]), (30, 60, 70))
+    k, j, i = np.ogrid[:30, :60, :70]
+    z, y, x = k * spacing[2], j * spacing[1], i * spacing[0]
+    blob = ((z - 30) ** 2 + (y - 27) ** 2 + (x - 30) ** 2 <= 12.0 ** 2) | (
+        (np.abs(z - 30) <= 3) & (np.abs(y - 27) <= 3) & (x > 30) & (x < 55))  # a ball with a rod
+    at_faces = ((z - 0) ** 2 + (y - 60 * spacing[1]) ** 2 + (x - 10) ** 2 <= 14.0 ** 2)
+    thin = (np.abs(y - 20) <= 2) & (np.abs(z - 15) <= 20) & (x >= 0)  # a plate 5 mm thick
+    radius = 6.0
+
+    def whole(mask):
+        depth = edt.edt(mask.astype(np.uint8), anisotropy=geometry.spacing_kji, black_border=False)
+        core = depth >= radius
+        if not core.any():
+            return np.zeros_like(mask)
+        return (edt.edt((~core).astype(np.uint8), anisotropy=geometry.spacing_kji, black_border=False) <= radius) & mask
+
+    for name, mask in (("middle", blob), ("at the faces", at_faces), ("thin", thin),
+                       ("none", np.zeros(geometry.shape_kji, bool))):
+        np.testing.assert_array_equal(ball_opening(mask, geometry, radius), whole(mask), err_msg=name)
+    assert ball_opening(blob, geometry, radius).sum() < blob.sum()  # the rod is opened away
+    assert ball_opening(blob, geometry, radius).any() and not ball_opening(thin, geometry, radius).any()

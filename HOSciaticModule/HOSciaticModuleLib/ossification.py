@@ -970,21 +970,37 @@ def region_edge_zone(block, shape) -> np.ndarray:
     return edge
 
 
+def ball_opening(mask: np.ndarray, geometry: VolumeGeometry, radius_mm: float) -> np.ndarray:
+    """The opening of ``mask`` with a ball of ``radius_mm``: erosion, then dilation, both by
+    exact Euclidean distance, so anisotropic voxels are honoured.
+
+    Both distance maps are taken over the mask's box and a layer of background round it
+    alone: every voxel outside the mask is farther than that layer, and what the erosion
+    leaves lies within the mask, so the distances are those over the whole array.
+    """
+    opened = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return opened
+    box = _bounding_block(mask, 1)
+    mask_in_box = np.asarray(mask[box], bool)
+    core = _ball_distance(mask_in_box, geometry) >= radius_mm
+    if core.any():
+        opened[box] = (_ball_distance(~core, geometry) <= radius_mm) & mask_in_box
+    return opened
+
+
 def fused_outgrowths(native_component: np.ndarray, geometry: VolumeGeometry, min_voxels: float,
                      region_edge: np.ndarray) -> np.ndarray:
     """Parts of one native component that stand out of its smooth envelope.
 
-    The envelope is the morphological opening with a ball of NATIVE_BALL_RADIUS_MM
-    (erode, then dilate, both by exact Euclidean distance so anisotropic voxels are
-    honoured). What the ball cannot reach is kept as fused HO when it protrudes at
+    The envelope is the opening with a ball of NATIVE_BALL_RADIUS_MM (see
+    :func:`ball_opening`). What the ball cannot reach is kept as fused HO when it protrudes at
     least FUSED_MIN_PROTRUSION_MM, holds at least ``min_voxels`` and is not a thin
     sheet or rod.
     """
-    radius = NATIVE_BALL_RADIUS_MM
-    core = _ball_distance(native_component, geometry) >= radius
-    if not core.any():
-        return np.zeros_like(native_component)
-    envelope = (_ball_distance(~core, geometry) <= radius) & native_component
+    envelope = ball_opening(native_component, geometry, NATIVE_BALL_RADIUS_MM)
+    if not envelope.any():
+        return envelope
     residual = native_component & ~envelope
     if not residual.any():
         return residual
