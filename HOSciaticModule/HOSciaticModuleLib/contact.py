@@ -800,7 +800,7 @@ def nerve_surface_distance_mesh(nerve_mask: np.ndarray, ho_labelmap: np.ndarray,
     CONTACT_MARGIN_MM (1000 beyond): the contact patch is cut from it at the tolerance,
     never more than MAX_CONTACT_TOLERANCE_MM."""
     vertices, faces = surface_mesh(nerve_mask, geometry)
-    ho = _all_surface_boxes(ho_labelmap, geometry)
+    ho = _surface_boxes(ho_labelmap > 0, geometry)
     distance = ho.distance(vertices, half_extent=0.0, up_to_mm=CONTACT_MARGIN_MM)[0] if len(vertices) else np.zeros(0)
     return vertices, faces, np.where(np.isfinite(distance), distance, 1e3)
 
@@ -808,9 +808,7 @@ def nerve_surface_distance_mesh(nerve_mask: np.ndarray, ho_labelmap: np.ndarray,
 def ho_surface_distance_mesh(ho_labelmap: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry):
     """HO surface with each vertex's distance (mm) to the nerve and its island label."""
     vertices, faces = surface_mesh(ho_labelmap > 0, geometry)
-    nerve_block = bounding_slices(nerve_mask)
-    nerve = VoxelBoxes(surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
-                       if nerve_block is not None else np.zeros((0, 3)), geometry)
+    nerve = _surface_boxes(nerve_mask, geometry)
     distance = nerve.distance(vertices, half_extent=0.0)[0] if len(vertices) else np.zeros(0)
     kji = np.clip(np.round(geometry.ras_to_kji_points(vertices)).astype(int), 0, np.array(ho_labelmap.shape) - 1) \
         if len(vertices) else np.zeros((0, 3), int)
@@ -818,8 +816,8 @@ def ho_surface_distance_mesh(ho_labelmap: np.ndarray, nerve_mask: np.ndarray, ge
     return vertices, faces, np.where(np.isfinite(distance), distance, 1e3), labels
 
 
-def _all_surface_boxes(ho_labelmap, geometry) -> VoxelBoxes:
-    mask = ho_labelmap > 0
+def _surface_boxes(mask, geometry) -> VoxelBoxes:
+    """The boundary voxels of a mask as boxes (none for an empty mask)."""
     found = bounding_slices(mask)
     if found is None:
         return VoxelBoxes(np.zeros((0, 3)), geometry)

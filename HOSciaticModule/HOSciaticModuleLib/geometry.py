@@ -9,6 +9,8 @@ exact because the direction matrix is required to be orthonormal.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,9 +231,6 @@ def label_boxes(labels: np.ndarray, count: int | None = None, slab_voxels: int =
     as :func:`scipy.ndimage.find_objects` gives them. A large array with few labels
     (``count``, when known) is scanned in slabs along its first axis side by side (the
     scan runs outside Python's lock), each label's boxes in the slabs then joined."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     from scipy import ndimage
 
     few_labels = count is not None and count * VOXELS_PER_LABEL_FOR_SLABS <= labels.size
