@@ -208,6 +208,7 @@ class _Sections:
     area: np.ndarray            # (N,)
     perimeter: np.ndarray       # (N,)
     edge_length: np.ndarray     # (N, R) boundary length between ray r and r+1
+    edge_span: np.ndarray       # (N, R) angle (rad) that edge subtends at the centroid
 
 
 def smoothed_field(mask: np.ndarray) -> np.ndarray:
@@ -347,7 +348,15 @@ def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np
     area, cx, cy = star_polygon_area_centroid(radius, angles)
     centroid = points + cx[:, None] * u + cy[:, None] * v
     edge_length = boundary_edge_lengths(radius)
-    return _Sections(boundary, centroid, area, edge_length.sum(axis=1), edge_length)
+    return _Sections(boundary, centroid, area, edge_length.sum(axis=1), edge_length,
+                     edge_spans(boundary - centroid[:, None, :], u, v))
+
+
+def edge_spans(offset: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Angle (rad) between consecutive boundary points (``offset`` from the centroid,
+    (N, R, 3)) as seen from the centroid, in the plane of ``u`` and ``v``."""
+    angle = np.arctan2(np.einsum("nrj,nj->nr", offset, v), np.einsum("nrj,nj->nr", offset, u))
+    return np.abs(np.angle(np.exp(1j * (np.roll(angle, -1, axis=1) - angle))))
 
 
 def boundary_edge_lengths(radius: np.ndarray) -> np.ndarray:
@@ -375,17 +384,12 @@ def _edge_contact_fraction(distance: np.ndarray, tolerance: float) -> np.ndarray
     return np.where(both, 1.0, np.where(neither, 0.0, np.clip(partial, 0.0, 1.0)))
 
 
-def station_contact(sections: _Sections, points, distance: np.ndarray, tolerance: float):
+def station_contact(sections: _Sections, distance: np.ndarray, tolerance: float):
     """Encasement angle (deg) about the centroid and contact arc length (mm) per station."""
-    _, u, v = frames(points)
-    offset = sections.boundary - sections.centroid[:, None, :]
-    angle = np.arctan2(np.einsum("nrj,nj->nr", offset, v), np.einsum("nrj,nj->nr", offset, u))
-    span = np.abs(np.angle(np.exp(1j * (np.roll(angle, -1, axis=1) - angle))))
     fraction = _edge_contact_fraction(distance, tolerance)
-    edge_length = sections.edge_length
-    encasement = np.degrees((span * fraction).sum(axis=1))
+    encasement = np.degrees((sections.edge_span * fraction).sum(axis=1))
     encasement = np.where(encasement >= CIRCUMFERENTIAL_DEG, 360.0, np.minimum(encasement, 360.0))
-    return encasement, (edge_length * fraction).sum(axis=1)
+    return encasement, (sections.edge_length * fraction).sum(axis=1)
 
 
 def contact_runs(in_contact: np.ndarray, s_mm: np.ndarray) -> list:
@@ -498,9 +502,9 @@ def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_dista
     return refined, (tuple(float(c) for c in surfaces[0][best]), tuple(float(c) for c in surfaces[1][index[best]]))
 
 
-def _summary(distance, sections, points, s_mm, tolerance):
+def _summary(distance, sections, s_mm, tolerance):
     """Per-station encasement and contact arc, which stations are in contact, and the runs."""
-    encasement, contact_arc = station_contact(sections, points, distance, tolerance)
+    encasement, contact_arc = station_contact(sections, distance, tolerance)
     # One station's spike from the voxel staircase is not a finding: each station
     # reports the median of itself and its two neighbours (a 3 mm window).
     if len(encasement) >= 3:
@@ -611,7 +615,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     distance = rays.completed_beyond_block(all_near, all_ho)
     min_distance, closest = _closest_pair(nerve_boxes, all_ho)
     min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
-    encasement, contact_arc, in_contact, runs = _summary(distance, sections, points, s_mm, tolerance)
+    encasement, contact_arc, in_contact, runs = _summary(distance, sections, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
     surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
@@ -624,7 +628,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
                if block is not None and all(b.start < c.stop and c.start < b.stop for b, c in zip(block, crop))]
     island_results = [
         _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry, tolerance, rays,
-                        all_near if in_crop == [label] else None, ho_crop, sections, points, s_mm)
+                        all_near if in_crop == [label] else None, ho_crop, sections, s_mm)
         for label, boxes in islands_found]
 
     report(progress, 1.0, "Contact measured")
@@ -674,7 +678,7 @@ def _island_surfaces(ho_labelmap: np.ndarray, blocks: list, geometry: VolumeGeom
 
 
 def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry, tolerance, rays: _RayDistances,
-                    near, ho_crop, sections, points, s_mm) -> IslandContact:
+                    near, ho_crop, sections, s_mm) -> IslandContact:
     """One island's contact figures; ``near``: its ray distances when already measured."""
     island_min, island_closest = _closest_pair(nerve_boxes, boxes)
     island_min, island_closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] == label,
@@ -684,7 +688,7 @@ def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry
         island_distance = np.full(rays.shape, np.inf)
     else:
         island_distance = near if near is not None else rays.to_mask(ho_crop == label)
-    island_enc, island_arc, island_in, _ = _summary(island_distance, sections, points, s_mm, tolerance)
+    island_enc, island_arc, island_in, _ = _summary(island_distance, sections, s_mm, tolerance)
     island_max = float(island_enc.max()) if len(island_enc) else 0.0
     return IslandContact(
         label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
@@ -716,8 +720,8 @@ def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: V
         return _OtherBone()
     bone_distance = rays.to_mask(other_bone)
     wrap_tolerance = min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM)
-    found = _OtherBone(_summary(bone_distance, sections, points, s_mm, tolerance)[0],
-                       _summary(bone_distance, sections, points, s_mm, wrap_tolerance)[0])
+    found = _OtherBone(_summary(bone_distance, sections, s_mm, tolerance)[0],
+                       _summary(bone_distance, sections, s_mm, wrap_tolerance)[0])
     wrapped = found.wrap_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
     if wrapped.any():
         found.wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)
