@@ -454,14 +454,13 @@ def _closest_pair(nerve_boxes: VoxelBoxes, ho_boxes: VoxelBoxes):
     """Minimum distance between two voxel-box sets and the closest points."""
     if len(nerve_boxes) == 0 or len(ho_boxes) == 0:
         return np.inf, None
-    points = nerve_boxes.geometry.kji_to_ras_points(nerve_boxes.kji)
     # The nearest box centre bounds the box-to-box gap to within a voxel diagonal;
     # exact gaps are computed only for the nerve voxels that can still be closest.
-    centre_distance = ho_boxes.tree.query(nerve_boxes.kji * nerve_boxes.spacing, workers=-1)[0]
     slack = float(np.linalg.norm(nerve_boxes.spacing))
+    centre_distance = _nearest_centre_distances(nerve_boxes.kji * nerve_boxes.spacing, ho_boxes, slack)
     candidates = np.flatnonzero(centre_distance <= centre_distance.min() + slack)
-    distance, on_ho, _ = ho_boxes.distance(points[candidates], half_extent=0.5)
-    points = points[candidates]
+    points = nerve_boxes.geometry.kji_to_ras_points(nerve_boxes.kji[candidates])
+    distance, on_ho, _ = ho_boxes.distance(points, half_extent=0.5)
     best = int(np.argmin(distance))
     if distance[best] <= 0.0:
         point = tuple(float(c) for c in on_ho[best])
@@ -469,6 +468,26 @@ def _closest_pair(nerve_boxes: VoxelBoxes, ho_boxes: VoxelBoxes):
     # The nerve point: the nerve box point closest to the HO point.
     own, on_nerve, _ = nerve_boxes.distance(on_ho[best:best + 1], half_extent=0.0)
     return float(distance[best]), (tuple(float(c) for c in on_nerve[0]), tuple(float(c) for c in on_ho[best]))
+
+
+def _nearest_centre_distances(points_mm: np.ndarray, boxes: VoxelBoxes, slack: float) -> np.ndarray:
+    """Distance from each point (voxel-index space scaled to mm) to the nearest box
+    centre of ``boxes``, where it can be within ``slack`` of the smallest; infinity
+    elsewhere.
+
+    A point's distance to the box of all centres bounds its distance to any centre from
+    below, and one point's nearest centre bounds the smallest from above: points whose
+    lower bound is beyond that plus the slack are not searched (most of a long nerve,
+    for an island off one part of it).
+    """
+    centres = boxes.tree.data
+    lower = np.linalg.norm(np.maximum(np.maximum(centres.min(axis=0) - points_mm, points_mm - centres.max(axis=0)),
+                                      0.0), axis=1)
+    upper = boxes.tree.query(points_mm[int(np.argmin(lower))])[0]
+    searched = np.flatnonzero(lower <= upper + slack)
+    distance = np.full(len(points_mm), np.inf)
+    distance[searched] = boxes.tree.query(points_mm[searched], workers=-1)[0]
+    return distance
 
 
 def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_distance: float):
@@ -486,13 +505,20 @@ def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_dista
 
     centre = 0.5 * (np.asarray(pair[0]) + np.asarray(pair[1]))
     block = geometry.bounding_slices_of_ras_box(centre[None], box_distance + REFINE_MARGIN_MM)
-    sigma = SURFACE_SMOOTHING_VOXELS
     surfaces = []
     for mask in (nerve_mask[block], ho_mask_of(block)):
-        field = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), sigma)
+        padded = np.pad(mask, 2)
+        # The smoothed field is zero beyond the kernel's reach from the mask, and within
+        # that reach it is the same whether the rest of the block is filtered or not.
+        around = bounding_slices(padded)
+        if around is None:
+            return box_distance, pair
+        around = pad_block(around, padded.shape, SURFACE_SMOOTHING_REACH_VOXELS - 1)
+        field = ndimage.gaussian_filter(padded[around].astype(np.float32), SURFACE_SMOOTHING_VOXELS,
+                                        truncate=SURFACE_SMOOTHING_TRUNCATE)
         if field.max() < 0.5:
             return box_distance, pair
-        vertices = marching_cubes(field, 0.5)[0] - 2 + [s.start for s in block]
+        vertices = marching_cubes(field, 0.5)[0] - 2 + [s.start + a.start for s, a in zip(block, around)]
         surfaces.append(geometry.kji_to_ras_points(vertices))
     distance, index = cKDTree(surfaces[1]).query(surfaces[0], workers=-1)
     best = int(np.argmin(distance))
