@@ -266,6 +266,43 @@ def test_refined_gap_smoothed_around_the_masks_is_that_of_the_whole_block(spacin
         assert abs(np.linalg.norm(np.subtract(*refined_pair)) - refined) < 1e-6
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 2.5, 10.0])
+def test_island_and_other_bone_figures_need_distances_only_near_the_tolerance(tolerance, monkeypatch):
+    """An island beside another, and the bone in no HO segment, are measured only up to
+    the tolerance and the gap to the next ray beyond it: their figures equal those from
+    distances measured as far as the nerve's block allows, partial edges included."""
+    from HOSciaticModuleLib.contact import _RayDistances
+
+    phantom = generate_phantom(make_shell_spec(150.0, gap_mm=0.4, length_mm=LENGTH, radius_mm=RADIUS), **GRID)
+    geometry, labels, ct = phantom.geometry, phantom.ho_labels.copy(), phantom.image.copy()
+    kji = np.argwhere(np.ones(geometry.shape_kji, bool)).reshape(*geometry.shape_kji, 3)
+    ras = geometry.kji_to_ras_points(kji.reshape(-1, 3)).reshape(*geometry.shape_kji, 3)
+    centre = np.asarray(phantom.spec.center_ras)
+    # A second island, 1.2 mm off the nerve opposite the shell, and bone on a third side
+    # that no segment holds.
+    second = np.linalg.norm(ras - (centre + [-(RADIUS + 4.2), 0.0, 8.0]), axis=-1) <= 3.0
+    other_bone = np.linalg.norm(ras - (centre + [0.0, RADIUS + 3.5, -10.0]), axis=-1) <= 2.6
+    labels[second] = 2
+    ct[second | other_bone] = 900.0
+    ct[:12], ct[-12:] = -100.0, -1000.0  # fat and air at the nerve's ends: a CT
+
+    def contact():
+        return compute_contact(phantom.nerve_mask, labels, geometry, phantom.centreline_ras, tolerance_mm=tolerance,
+                               ct_hu=ct)
+
+    near = contact()
+    monkeypatch.setattr(_RayDistances, "contact_reach", lambda self, tolerance: np.inf)
+    whole = contact()
+    assert len(near.islands) == 2
+    for island, reference in zip(near.islands, whole.islands):
+        assert island == reference
+    np.testing.assert_array_equal(near.bone_encasement_deg, whole.bone_encasement_deg)
+    assert near.warnings == whole.warnings
+    if tolerance >= 2.5:
+        assert all(island.contact_area_mm2 > 0 for island in near.islands)
+        assert near.bone_encasement_deg.max() > 0
+
+
 def test_distance_to_voxel_boxes_up_to_a_reach():
     """Box distances searched only up to a reach equal the full search within it and
     are infinite beyond; the nerve mesh's reach holds the largest contact tolerance, so

@@ -583,10 +583,21 @@ class _RayDistances:
         self.shape = sections.boundary.shape[:2]
         self.points = sections.boundary.reshape(-1, 3)
         self.block_geometry = block_geometry
+        # A distance changes from one ray's point to the next by no more than the gap
+        # between them.
+        self.largest_gap_mm = float(np.max(np.linalg.norm(
+            np.roll(sections.boundary, -1, axis=1) - sections.boundary, axis=-1), initial=0.0))
 
-    def to_mask(self, mask_in_block: np.ndarray) -> np.ndarray:
+    def contact_reach(self, tolerance: float) -> float:
+        """The distances contact figures at ``tolerance`` depend on: those within it, and
+        those of the rays beside them (where contact ends between two rays, it is
+        interpolated along the edge), which lie at most a gap farther; twice that, to
+        spare rounding."""
+        return tolerance + 2.0 * self.largest_gap_mm
+
+    def to_mask(self, mask_in_block: np.ndarray, up_to_mm: float = np.inf) -> np.ndarray:
         """To the smooth surface of a mask over the block; infinity where it lies beyond
-        the block's reach (the surface there may be cut by the block)."""
+        the block's reach (the surface there may be cut by the block) or ``up_to_mm``."""
         around = bounding_slices(mask_in_block)
         if around is None:
             return np.full(self.shape, np.inf)
@@ -596,7 +607,7 @@ class _RayDistances:
         surface = SmoothSurface(smoothed_field(mask_in_block[around]), self.block_geometry.cropped(around))
         # Within the last 2 mm of the block's margin the surface may be cut by the block:
         # no distance from there on is kept, so none is measured.
-        kept_below = CONTACT_MARGIN_MM - 2.0
+        kept_below = min(CONTACT_MARGIN_MM - 2.0, up_to_mm)
         near = surface.distance(self.points, kept_below)
         near[~(near < kept_below)] = np.inf
         return near.reshape(self.shape)
@@ -713,7 +724,8 @@ def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry
     if island_min > tolerance + max(geometry.spacing_kji):
         island_distance = np.full(rays.shape, np.inf)
     else:
-        island_distance = near if near is not None else rays.to_mask(ho_crop == label)
+        # Only the figures at the tolerance are reported per island.
+        island_distance = near if near is not None else rays.to_mask(ho_crop == label, rays.contact_reach(tolerance))
     island_enc, island_arc, island_in, _ = _summary(island_distance, sections, s_mm, tolerance)
     island_max = float(island_enc.max()) if len(island_enc) else 0.0
     return IslandContact(
@@ -744,7 +756,8 @@ def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: V
                                   tolerance + 3.0 * max(geometry.spacing_kji))
     if other_bone is None:
         return _OtherBone()
-    bone_distance = rays.to_mask(other_bone)
+    # Only its contact at the tolerance (and the narrower wrap tolerance) is reported.
+    bone_distance = rays.to_mask(other_bone, rays.contact_reach(tolerance))
     wrap_tolerance = min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM)
     found = _OtherBone(_summary(bone_distance, sections, s_mm, tolerance)[0],
                        _summary(bone_distance, sections, s_mm, wrap_tolerance)[0])
