@@ -40,7 +40,7 @@ SHAPE_KJI = (400, 512, 512)
 SPACING_IJK = (0.8, 0.8, 1.0)
 TARGETS = {"ratio": 3.0, "peak_gb": 2.5, "recompute_s": 0.5, "trace_s": 2.0}
 #: The machine reference (:func:`worker_reference`) in the run of the README's figures
-#: (the mean of its start and end, 1.68 and 1.38 s): a run on a faster or slower machine,
+#: (the mean of its start and end, 1.23 and 1.35 s): a run on a faster or slower machine,
 #: or hour, is compared to it.
 README_REFERENCE_SECONDS = 1.29
 
