@@ -809,7 +809,7 @@ def cross_sections(image, geometry, points, appearance, excluded, ray_count: int
     # sections are read again from their centroid.
     # Each section's rays are clipped on their own: only the sections read again need it again.
     clipped = _clip_leaks(radii, angles)
-    _, centroid_uv, _, _ = _polygon_figures(clipped, angles)
+    centroid_uv = np.stack(star_polygon_area_centroid(clipped, angles)[1:], axis=1)
     off_centre = np.hypot(centroid_uv[:, 0], centroid_uv[:, 1]) > OFF_CENTRE_CORE_MM
     if off_centre.any():
         centres = cores[off_centre] + centroid_uv[off_centre, :1] * u[off_centre] + centroid_uv[off_centre, 1:] * v[off_centre]
