@@ -266,14 +266,17 @@ def test_refined_gap_smoothed_around_the_masks_is_that_of_the_whole_block(spacin
         assert abs(np.linalg.norm(np.subtract(*refined_pair)) - refined) < 1e-6
 
 
+@pytest.mark.parametrize("grid", ["isotropic", "thick slices"])
 @pytest.mark.parametrize("tolerance", [0.0, 1.0, 2.5, 10.0])
-def test_island_and_other_bone_figures_need_distances_only_near_the_tolerance(tolerance, monkeypatch):
+def test_island_and_other_bone_figures_need_distances_only_near_the_tolerance(tolerance, grid, monkeypatch):
     """An island beside another, and the bone in no HO segment, are measured only up to
-    the tolerance and the gap to the next ray beyond it: their figures equal those from
-    distances measured as far as the nerve's block allows, partial edges included."""
+    the tolerance and the gap to the next ray beyond it (and a mesh edge): their figures
+    equal those from distances measured as far as the nerve's block allows, partial
+    edges included, on fine voxels and on 3 mm slices."""
     from HOSciaticModuleLib.contact import _RayDistances
 
-    phantom = generate_phantom(make_shell_spec(150.0, gap_mm=0.4, length_mm=LENGTH, radius_mm=RADIUS), **GRID)
+    grid = GRID if grid == "isotropic" else dict(spacing_ijk=(0.7, 0.7, 3.0), fov_mm=(40.0, 40.0, 100.0))
+    phantom = generate_phantom(make_shell_spec(150.0, gap_mm=0.4, length_mm=LENGTH, radius_mm=RADIUS), **grid)
     geometry, labels, ct = phantom.geometry, phantom.ho_labels.copy(), phantom.image.copy()
     kji = np.argwhere(np.ones(geometry.shape_kji, bool)).reshape(*geometry.shape_kji, 3)
     ras = geometry.kji_to_ras_points(kji.reshape(-1, 3)).reshape(*geometry.shape_kji, 3)
@@ -284,7 +287,8 @@ def test_island_and_other_bone_figures_need_distances_only_near_the_tolerance(to
     other_bone = np.linalg.norm(ras - (centre + [0.0, RADIUS + 3.5, -10.0]), axis=-1) <= 2.6
     labels[second] = 2
     ct[second | other_bone] = 900.0
-    ct[:12], ct[-12:] = -100.0, -1000.0  # fat and air at the nerve's ends: a CT
+    ends = geometry.shape_kji[0] // 8
+    ct[:ends], ct[-ends:] = -100.0, -1000.0  # fat and air at the nerve's ends: a CT
 
     def contact():
         return compute_contact(phantom.nerve_mask, labels, geometry, phantom.centreline_ras, tolerance_mm=tolerance,
@@ -301,6 +305,22 @@ def test_island_and_other_bone_figures_need_distances_only_near_the_tolerance(to
     if tolerance >= 2.5:
         assert all(island.contact_area_mm2 > 0 for island in near.islands)
         assert near.bone_encasement_deg.max() > 0
+
+
+def test_a_speck_too_small_for_a_smooth_surface_is_at_no_distance():
+    """A single voxel smooths to below the surface's level: no distance is measured to
+    it, bounded or not (no surface, so no edge to bound by)."""
+    from types import SimpleNamespace
+
+    from HOSciaticModuleLib.contact import _RayDistances
+
+    geometry = VolumeGeometry(np.diag([0.8, 0.8, 1.0, 1.0]), (10, 10, 10))
+    boundary = geometry.kji_to_ras_points(np.argwhere(np.ones((2, 3, 4), bool)) + 3.0).reshape(2, 12, 3)
+    rays = _RayDistances(SimpleNamespace(boundary=boundary), geometry)
+    speck = np.zeros(geometry.shape_kji, bool)
+    speck[5, 5, 5] = True
+    for up_to in (np.inf, rays.contact_reach(1.0)):
+        assert np.all(np.isinf(rays.to_mask(speck, up_to)))
 
 
 def test_distance_to_voxel_boxes_up_to_a_reach():

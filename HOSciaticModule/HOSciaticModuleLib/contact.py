@@ -227,6 +227,7 @@ class SmoothSurface:
         self.field = field
         self.geometry = geometry
         self.tree = None
+        self.longest_edge_mm = 0.0
         if field.size and field.max() >= 0.5:
             vertices, faces = marching_cubes(np.pad(field, 1), 0.5)[:2]
             self.vertices = geometry.kji_to_ras_points(vertices - 1)
@@ -591,13 +592,13 @@ class _RayDistances:
     def contact_reach(self, tolerance: float) -> float:
         """The distances contact figures at ``tolerance`` depend on: those within it, and
         those of the rays beside them (where contact ends between two rays, it is
-        interpolated along the edge), which lie at most a gap farther; twice that, to
-        spare rounding."""
-        return tolerance + 2.0 * self.largest_gap_mm
+        interpolated along the edge), which lie at most a gap farther."""
+        return tolerance + self.largest_gap_mm
 
     def to_mask(self, mask_in_block: np.ndarray, up_to_mm: float = np.inf) -> np.ndarray:
         """To the smooth surface of a mask over the block; infinity where it lies beyond
-        the block's reach (the surface there may be cut by the block) or ``up_to_mm``."""
+        the block's reach (the surface there may be cut by the block). Distances up to
+        ``up_to_mm`` (at least) are as without it; beyond, some may be infinity."""
         around = bounding_slices(mask_in_block)
         if around is None:
             return np.full(self.shape, np.inf)
@@ -607,7 +608,10 @@ class _RayDistances:
         surface = SmoothSurface(smoothed_field(mask_in_block[around]), self.block_geometry.cropped(around))
         # Within the last 2 mm of the block's margin the surface may be cut by the block:
         # no distance from there on is kept, so none is measured.
-        kept_below = min(CONTACT_MARGIN_MM - 2.0, up_to_mm)
+        # The distance measured on the mesh exceeds the exact one by less than a triangle's
+        # edge (its nearest vertex is that close), so a distance that is exactly within
+        # ``up_to_mm`` is measured within that and an edge (and a hundredth, for rounding).
+        kept_below = min(CONTACT_MARGIN_MM - 2.0, up_to_mm + surface.longest_edge_mm + 0.01)
         near = surface.distance(self.points, kept_below)
         near[~(near < kept_below)] = np.inf
         return near.reshape(self.shape)
