@@ -40,9 +40,9 @@ SHAPE_KJI = (400, 512, 512)
 SPACING_IJK = (0.8, 0.8, 1.0)
 TARGETS = {"ratio": 3.0, "peak_gb": 2.5, "recompute_s": 0.5, "trace_s": 2.0}
 #: The machine reference (:func:`worker_reference`) in the run of the README's figures
-#: (the mean of its start and end, 1.23 and 1.35 s): a run on a faster or slower machine,
+#: (the mean of its start and end, 1.06 and 0.98 s): a run on a faster or slower machine,
 #: or hour, is compared to it.
-README_REFERENCE_SECONDS = 1.29
+README_REFERENCE_SECONDS = 1.02
 
 
 def pelvis_bones():
