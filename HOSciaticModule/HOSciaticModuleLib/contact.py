@@ -556,7 +556,6 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
     block changes with the HO.
     """
     nerve_block = bounding_slices(nerve_mask)
-    nerve_surface = surface_voxels(nerve_mask[nerve_block]) + [s.start for s in nerve_block]
     # Contact happens next to the nerve: smooth fields only in a block around it.
     corners = geometry.kji_to_ras_points([[s.start for s in nerve_block], [s.stop - 1 for s in nerve_block]])
     crop = geometry.bounding_slices_of_ras_box(np.vstack([corners, points]), CONTACT_MARGIN_MM)
@@ -573,7 +572,7 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
             _SECTIONS_CACHE.pop(next(iter(_SECTIONS_CACHE)))
         cached = (points.copy(), nerve_sections(smoothed_field(nerve_mask[crop]), geometry.cropped(crop), points))
         _SECTIONS_CACHE[key] = cached
-    return VoxelBoxes(nerve_surface, geometry), crop, cached[1]
+    return _boundary_boxes(nerve_mask[nerve_block], nerve_block, geometry), crop, cached[1]
 
 
 class _RayDistances:
@@ -712,9 +711,9 @@ def _island_surfaces(ho_labelmap: np.ndarray, blocks: list, geometry: VolumeGeom
     for label, block in enumerate(blocks, start=1):
         if block is None:
             continue
-        surface = surface_voxels(ho_labelmap[block] == label) + [s.start for s in block]
-        if len(surface):
-            found.append((label, VoxelBoxes(surface, geometry)))
+        boxes = _boundary_boxes(ho_labelmap[block] == label, block, geometry)
+        if len(boxes):
+            found.append((label, boxes))
     return found
 
 
@@ -868,4 +867,9 @@ def _surface_boxes(mask, geometry) -> VoxelBoxes:
     found = bounding_slices(mask)
     if found is None:
         return VoxelBoxes(np.zeros((0, 3)), geometry)
-    return VoxelBoxes(surface_voxels(mask[found]) + [s.start for s in found], geometry)
+    return _boundary_boxes(mask[found], found, geometry)
+
+
+def _boundary_boxes(mask_in_block: np.ndarray, block, geometry: VolumeGeometry) -> VoxelBoxes:
+    """The boundary voxels of a mask given over ``block`` of ``geometry``'s grid, as boxes."""
+    return VoxelBoxes(surface_voxels(mask_in_block) + [s.start for s in block], geometry)
