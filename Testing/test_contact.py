@@ -157,6 +157,39 @@ def test_empty_nerve_is_refused():
         compute_contact(np.zeros_like(phantom.nerve_mask), phantom.ho_labels, phantom.geometry, phantom.centreline_ras)
 
 
+@pytest.mark.parametrize("grid", [dict(spacing_ijk=(0.8, 0.8, 1.0)), dict(spacing_ijk=(1.0, 1.0, 2.0),
+                                                                             directions_ras=ROTATED)])
+def test_touching_ring_is_circumferential_at_zero_tolerance(grid):
+    # Masks that touch measure a few hundredths of a millimetre apart on their smoothed
+    # surfaces: at a tolerance of 0 a gap-free ring read 72-88 deg ('abutment'). A
+    # tolerance finer than a tenth of a voxel counts contact there, and says so.
+    phantom = generate_phantom(make_shell_spec(360.0, radius_mm=3.0), fov_mm=(40.0, 40.0, 100.0), **grid)
+    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras,
+                             tolerance_mm=0.0)
+    in_ring = (result.s_mm > 40.0) & (result.s_mm < 60.0)
+    assert np.all(result.encasement_deg[in_ring] == 360.0) and result.encasement_class == "circumferential"
+    # The ring's 30 mm, within a station and a slice at each end.
+    assert result.contact_length_mm == pytest.approx(30.0, abs=2 * (1.0 + max(phantom.geometry.spacing_kji)))
+    (warning,) = [w for w in result.warnings if "finer than the surfaces are measured" in w]
+    assert result.tolerance_mm == pytest.approx(0.1 * np.mean(phantom.geometry.spacing_kji))
+    at_one = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras)
+    assert not [w for w in at_one.warnings if "finer than the surfaces" in w] and at_one.tolerance_mm == 1.0
+
+
+@pytest.mark.parametrize("points, phrase", [
+    ("one spot", "its points lie on one spot"),
+    ("a point without coordinates", "without coordinates"),
+])
+def test_centreline_without_length_or_coordinates_is_refused(points, phrase):
+    phantom = generate_phantom(make_shell_spec(200.0), **GRID)
+    centreline = np.array(phantom.centreline_ras, float)
+    centreline = np.repeat(centreline[40:41], 3, axis=0) if points == "one spot" else centreline
+    if points == "a point without coordinates":
+        centreline[10] = np.nan
+    with pytest.raises(InputError, match=phrase):
+        compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, centreline)
+
+
 def test_surface_meshes_carry_distances():
     phantom = generate_phantom(make_shell_spec(270.0, radius_mm=RADIUS), **dict(GRID, directions_ras=ROTATED))
     vertices, faces, distance = nerve_surface_distance_mesh(phantom.nerve_mask, phantom.ho_labels, phantom.geometry)

@@ -10,7 +10,8 @@ Definitions (the figures a surgeon plans the excision from):
   per island and per nerve. Surfaces are those of the voxel masks (each voxel a box
   of its spacing), so distances are exact for the masks, at any spacing and
   orientation.
-* **In contact** — a point of the nerve surface whose distance to HO is ≤ τ.
+* **In contact** — a point of the nerve surface whose distance to HO is ≤ τ (τ no finer
+  than the surfaces are measured to, see ``CONTACT_RESOLUTION_VOXELS``).
 * **Contact area** (mm²) — area of the nerve surface in contact, summed over the
   stations (contact arc length × 1 mm); per island and per nerve; also as a
   fraction of the nerve surface in the analysed span.
@@ -95,6 +96,10 @@ SURFACE_SMOOTHING_TRUNCATE = 4.0
 SURFACE_SMOOTHING_REACH_VOXELS = int(SURFACE_SMOOTHING_TRUNCATE * SURFACE_SMOOTHING_VOXELS + 0.5) + 1
 #: Region around the closest voxels where the gap is refined.
 REFINE_MARGIN_MM = 6.0
+#: The smoothed surfaces are measured to a fraction of a voxel: masks that touch read a
+#: few hundredths of a millimetre apart (up to 0.1 mm on 1 x 1 x 2 mm voxels, a tenth of
+#: their mean edge, on the phantoms), so a tolerance is never finer than this many voxels.
+CONTACT_RESOLUTION_VOXELS = 0.1
 
 
 @dataclass
@@ -209,6 +214,7 @@ class _Sections:
     perimeter: np.ndarray       # (N,)
     edge_length: np.ndarray     # (N, R) boundary length between ray r and r+1
     edge_span: np.ndarray       # (N, R) angle (rad) that edge subtends at the centroid
+    on_nerve: np.ndarray        # (N,) whether the station's centre lies in or next to the nerve
 
 
 def smoothed_field(mask: np.ndarray) -> np.ndarray:
@@ -335,6 +341,10 @@ def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np
         return values.reshape(kji.shape[:-1]) >= 0.5
 
     is_in = inside(origins_kji[:, None, None, :] + steps[:, None] * directions_kji[:, :, None, :])
+    # A station whose centre lies outside the nerve (and not next to it, see
+    # _nerve_geometry) has no section of it: the segment was erased there, or the curve
+    # runs beyond it.
+    on_nerve = is_in[:, 0, 0].copy()
     is_in[:, :, 0] |= True
     first_out = np.where(is_in.all(axis=-1), len(steps) - 1, np.argmin(is_in, axis=-1))
     low = (first_out - 1) * SECTION_STEP_MM
@@ -350,7 +360,7 @@ def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np
     centroid = points + cx[:, None] * u + cy[:, None] * v
     edge_length = boundary_edge_lengths(radius)
     return _Sections(boundary, centroid, area, edge_length.sum(axis=1), edge_length,
-                     edge_spans(boundary - centroid[:, None, :], u, v))
+                     edge_spans(boundary - centroid[:, None, :], u, v), on_nerve)
 
 
 def edge_spans(offset: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -385,9 +395,23 @@ def _edge_contact_fraction(distance: np.ndarray, tolerance: float) -> np.ndarray
     return np.where(both, 1.0, np.where(neither, 0.0, np.clip(partial, 0.0, 1.0)))
 
 
+def contact_resolution_mm(geometry: VolumeGeometry) -> float:
+    """How far apart touching surfaces may measure on this grid (mm)."""
+    return CONTACT_RESOLUTION_VOXELS * float(np.mean(geometry.spacing_kji))
+
+
+def tolerance_floor_warnings(tolerance_mm: float, resolution_mm: float) -> list[str]:
+    if tolerance_mm >= resolution_mm:
+        return []
+    return [f"The contact tolerance of {tolerance_mm:g} mm is finer than the surfaces are measured to on this grid "
+            f"(a tenth of a voxel, {resolution_mm:.2f} mm: surfaces that touch measure up to that far apart), so "
+            f"contact was counted within {resolution_mm:.2f} mm."]
+
+
 def station_contact(sections: _Sections, distance: np.ndarray, tolerance: float):
-    """Encasement angle (deg) about the centroid and contact arc length (mm) per station."""
-    fraction = _edge_contact_fraction(distance, tolerance)
+    """Encasement angle (deg) about the centroid and contact arc length (mm) per station;
+    none at a station off the nerve (it has no section to be in contact)."""
+    fraction = np.where(sections.on_nerve[:, None], _edge_contact_fraction(distance, tolerance), 0.0)
     encasement = np.degrees((sections.edge_span * fraction).sum(axis=1))
     encasement = np.where(encasement >= CIRCUMFERENTIAL_DEG, 360.0, np.minimum(encasement, 360.0))
     return encasement, (sections.edge_length * fraction).sum(axis=1)
@@ -435,17 +459,35 @@ def deflection(points: np.ndarray, s_mm: np.ndarray, runs: list) -> float | None
 
 
 def thickening_ratio(area: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray) -> float | None:
-    if not in_contact.any():
+    """Largest running-median area in contact over the median away from contact; only
+    stations with a section (a finite ``area``) count, on either side."""
+    area = np.asarray(area, float)
+    sectioned = np.isfinite(area)
+    if not (in_contact & sectioned).any():
         return None
     contact_s = s_mm[in_contact]
     gap = np.min(np.abs(s_mm[:, None] - contact_s[None, :]), axis=1)
-    steady = ndimage.median_filter(np.asarray(area, float), size=THICKENING_WINDOW_STATIONS, mode="nearest")
-    reference = steady[gap > THICKENING_REFERENCE_DISTANCE_MM]
+    # The running median runs over the stations with a section, as if next to each other.
+    steady = np.full(len(area), np.nan)
+    steady[sectioned] = ndimage.median_filter(area[sectioned], size=THICKENING_WINDOW_STATIONS, mode="nearest")
+    reference = steady[sectioned & (gap > THICKENING_REFERENCE_DISTANCE_MM)]
     if reference.size < 3:
         return None
-    inner = ndimage.binary_erosion(in_contact, border_value=1)
-    measured = inner if inner.any() else in_contact
+    inner = ndimage.binary_erosion(in_contact, border_value=1) & sectioned
+    measured = inner if inner.any() else in_contact & sectioned
     return float(steady[measured].max() / np.median(reference))
+
+
+def off_nerve_warnings(on_nerve: np.ndarray, s_mm: np.ndarray) -> list[str]:
+    """A warning naming where the centreline runs outside the nerve segment."""
+    off = ~np.asarray(on_nerve, bool)
+    if not off.any():
+        return []
+    return [f"Over {np.mean(off):.0%} of the centreline ({s_mm[off].min():.0f}-{s_mm[off].max():.0f} mm along it) "
+            "the curve runs outside the nerve segment: there is no cross-section there, so no contact, area or "
+            "distance is measured at those stations. The nerve segment was erased there or the curve runs beyond "
+            "it; painting HO with the Segment Editor's default masking overwrites the nerve where the two meet. "
+            "Repaint the nerve there or trace it again, then compute again."]
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,14 +607,21 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
                  np.asarray([s.stop - s.start for s in crop])):
         digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
     key = digest.hexdigest()
+    boxes = _boundary_boxes(nerve_mask[nerve_block], nerve_block, geometry)
     cached = _SECTIONS_CACHE.get(key)
     # Stations read back from a curve node differ in the last float digits.
     if cached is None or cached[0].shape != points.shape or np.abs(cached[0] - points).max() > 1e-3:
         while len(_SECTIONS_CACHE) >= _SECTIONS_CACHE_SIZE:
             _SECTIONS_CACHE.pop(next(iter(_SECTIONS_CACHE)))
-        cached = (points.copy(), nerve_sections(smoothed_field(nerve_mask[crop]), geometry.cropped(crop), points))
+        sections = nerve_sections(smoothed_field(nerve_mask[crop]), geometry.cropped(crop), points)
+        # The segment ends at the first and last stations, whose centres may fall just
+        # outside its end voxels: a station within a voxel of the nerve is on it.
+        off = np.flatnonzero(~sections.on_nerve)
+        reach = float(max(geometry.spacing_kji))
+        sections.on_nerve[off[boxes.distance(points[off], half_extent=0.0, up_to_mm=reach)[0] <= reach]] = True
+        cached = (points.copy(), sections)
         _SECTIONS_CACHE[key] = cached
-    return _boundary_boxes(nerve_mask[nerve_block], nerve_block, geometry), crop, cached[1]
+    return boxes, crop, cached[1]
 
 
 class _RayDistances:
@@ -639,10 +688,16 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     """
     nerve_mask, centreline, tolerance = _checked_contact_inputs(nerve_mask, ho_labelmap, geometry, centreline_ras,
                                                                 tolerance_mm, ct_hu)
+    floor_warnings = tolerance_floor_warnings(tolerance, contact_resolution_mm(geometry))
+    tolerance = max(tolerance, contact_resolution_mm(geometry))
     report(progress, 0.05, "Sampling nerve cross-sections")
     points = resample_polyline(centreline, STATION_SPACING_MM)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
     nerve_boxes, crop, sections = _nerve_geometry(nerve_mask, geometry, points)
+    if not sections.on_nerve.any():
+        raise InputError("The nerve centreline does not run inside the nerve segment anywhere: the curve and the "
+                         "segment lie in different places (one was moved or belongs to another nerve or case). "
+                         "Trace the nerve again, which makes both, or move the curve onto the segment.")
     rays = _RayDistances(sections, geometry.cropped(crop))
 
     report(progress, 0.3, "Measuring distances to HO")
@@ -658,7 +713,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     encasement, contact_arc, in_contact, runs = _summary(distance, sections, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
-    surface_area = float(sections.perimeter.sum() * STATION_SPACING_MM)
+    surface_area = float(sections.perimeter[sections.on_nerve].sum() * STATION_SPACING_MM)
     other = (_bone_outside_segments(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop, geometry, rays, sections, points,
                                     s_mm, tolerance, bone_threshold_hu) if ct_hu is not None else _OtherBone())
 
@@ -673,17 +728,20 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
 
     report(progress, 1.0, "Contact measured")
     station_distance = distance.min(axis=1)
+    area = np.where(sections.on_nerve, sections.area, np.nan)
     return NerveContact(
         s_mm=s_mm, points_ras=points, encasement_deg=encasement,
-        distance_to_ho_mm=np.where(np.isfinite(station_distance), station_distance, np.nan),
-        area_mm2=sections.area, min_distance_mm=float(min_distance), closest_points_ras=closest,
+        distance_to_ho_mm=np.where(np.isfinite(station_distance) & sections.on_nerve, station_distance, np.nan),
+        area_mm2=area, min_distance_mm=float(min_distance), closest_points_ras=closest,
         contact_area_mm2=contact_area, contact_fraction=contact_area / surface_area if surface_area > 0 else 0.0,
         contact_length_mm=float(in_contact.sum() * STATION_SPACING_MM),
         longest_contact_mm=float(max((b - a for a, b in runs), default=0.0)), contact_runs_mm=runs,
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
-        deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(sections.area, s_mm, in_contact),
+        deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(area, s_mm, in_contact),
         islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=other.encasement,
-        warnings=unsegmented_bone_warnings(s_mm, other.wrap_encasement), wrapping_bone_block=other.wrapping_block,
+        warnings=(floor_warnings + off_nerve_warnings(sections.on_nerve, s_mm)
+                  + unsegmented_bone_warnings(s_mm, other.wrap_encasement)),
+        wrapping_bone_block=other.wrapping_block,
         wrapping_bone_slices=other.wrapping_slices)
 
 
@@ -699,6 +757,14 @@ def _checked_contact_inputs(nerve_mask, ho_labelmap, geometry: VolumeGeometry, c
     centreline = np.asarray(centreline_ras, float).reshape(-1, 3)
     if len(centreline) < 2:
         raise InputError("The nerve centreline has fewer than two points. Trace the nerve again.")
+    if not np.isfinite(centreline).all():
+        raise InputError("The nerve centreline has points without coordinates (NaN or infinite). Trace the nerve "
+                         "again, or delete those points of the curve.")
+    length = float(np.linalg.norm(np.diff(centreline, axis=0), axis=1).sum())
+    if length < STATION_SPACING_MM:
+        raise InputError(f"The nerve centreline is {length:.2f} mm long (its points lie on one spot): contact is "
+                         f"measured at stations {STATION_SPACING_MM:g} mm apart along it. Trace the nerve again, or "
+                         "place the curve's points along the nerve.")
     if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise InputError(f"The contact tolerance must be a non-negative number of mm; got {tolerance_mm}.")
     return nerve_mask, centreline, float(tolerance_mm)
