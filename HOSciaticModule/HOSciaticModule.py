@@ -34,7 +34,9 @@ from HOSciaticModuleLib.defaults import (
     DEFAULT_BONE_THRESHOLD_HU,
     DEFAULT_CONTACT_TOLERANCE_MM,
     DEFAULT_MIN_ISLAND_ML,
+    MAX_BONE_THRESHOLD_HU,
     MAX_CONTACT_TOLERANCE_MM,
+    MIN_BONE_THRESHOLD_HU,
     MODALITIES,
     REQUIRED_PACKAGES,
     SIDES,
@@ -70,7 +72,7 @@ class HOSciaticModuleParameterNode:
     mrVolume: vtkMRMLScalarVolumeNode
     nativeBoneSegmentation: vtkMRMLSegmentationNode
     roi: vtkMRMLMarkupsROINode
-    boneThresholdHU: Annotated[float, WithinRange(-200.0, 2500.0)] = DEFAULT_BONE_THRESHOLD_HU
+    boneThresholdHU: Annotated[float, WithinRange(MIN_BONE_THRESHOLD_HU, MAX_BONE_THRESHOLD_HU)] = DEFAULT_BONE_THRESHOLD_HU
     minIslandMl: Annotated[float, WithinRange(0.0, 100.0)] = DEFAULT_MIN_ISLAND_ML
     side: Annotated[str, Choice(list(SIDES))] = SIDES[0]
     modality: Annotated[str, Choice(list(MODALITIES))] = MODALITIES[0]
@@ -124,16 +126,11 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
         # A step running while the scene closes stops at its next progress report, before
@@ -156,6 +153,14 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.ctVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode: Optional[HOSciaticModuleParameterNode]) -> None:
+        # The panel stays connected to its parameter node while the module is hidden, and
+        # is connected once per node: in Slicer 5.8-5.10 every connection leaves an observer
+        # on the node that disconnecting does not remove, with its wrapper, so connecting
+        # on each visit piled them up.
+        if (inputParameterNode is not None and self._parameterNode is not None
+                and inputParameterNode.parameterNode is self._parameterNode.parameterNode):
+            self._updateButtons()
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
@@ -256,7 +261,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run("Analysis", lambda: self.logic.analyzeAll(self._parameterNode, self._progress))
 
     def onExportButton(self) -> None:
-        self._run("Export", lambda: self.logic.exportResults(self._parameterNode))
+        self._run("Export", lambda: self.logic.exportResults(self._parameterNode, self._progress))
 
     def onShowPlotButton(self) -> None:
         chart = self._parameterNode.chart
@@ -416,10 +421,12 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         points = scene_io.control_points_world(p.centreline)
         return points[int(values.argmax())]
 
-    def exportResults(self, p):
+    def exportResults(self, p, progress=None):
         """Write the result files of the analysis into the export folder: this session's,
-        or the one a reloaded scene holds."""
+        or the one a reloaded scene holds. A cancellation (from ``progress``) leaves the
+        folder as it was."""
         from HOSciaticModuleLib import export
+        from HOSciaticModuleLib.progress import report
 
         folder = pathlib.Path(str(p.exportDirectory)) if p.exportDirectory else None
         if folder is None or str(folder) in ("", "."):
@@ -445,7 +452,8 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         warnings = list(oss.result.warnings) if oss is not None else []
         document = export.metrics_document(inputInfo, parameters, oss, nerves, contacts, warnings)
         export.publish(folder, lambda staging: export.write_results(
-            staging, slicer.mrmlScene, p.segmentation, nerves, document))
+            staging, slicer.mrmlScene, p.segmentation, nerves, document, progress=progress))
+        report(progress, 1.0, f"Results written to {folder}", final=True)
         logging.info(f"HOSciatic results written to {folder}")
 
 

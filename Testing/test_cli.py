@@ -312,6 +312,39 @@ def test_a_full_disk_while_writing_is_bad_input_and_leaves_the_folder_as_it_was(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_results_are_moved_into_place_all_or_nothing(tmp_path, monkeypatch):
+    # A result that cannot replace its older copy (held open by another program, locked)
+    # once left new and old files side by side, under a message saying the folder was
+    # unchanged: now what was replaced is put back.
+    import os
+
+    from HOSciaticModuleLib import export
+
+    out = tmp_path / "out"
+
+    def writing(names, text):
+        return lambda folder: [(folder / name).write_text(text) for name in names]
+
+    export.publish(out, writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
+    replace = os.replace
+
+    def held_open(source, target):
+        if Path(target).name == "metrics.json" and ".hosciatic-partial-" in str(source):
+            raise PermissionError(1, "Operation not permitted")
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", held_open)
+    with pytest.raises(PermissionError):
+        export.publish(out, writing(["islands.csv", "metrics.json"], "new"))
+    assert {p.name: p.read_text() for p in out.iterdir() if not p.name.startswith(".")} == {
+        "metrics.json": "old", "islands.csv": "old", "stations_left.csv": "old"}
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [export.RESULTS_MANIFEST]
+    monkeypatch.setattr(os, "replace", replace)
+    export.publish(out, writing(["islands.csv", "metrics.json"], "new"))
+    assert {p.name: p.read_text() for p in out.iterdir() if not p.name.startswith(".")} == {
+        "metrics.json": "new", "islands.csv": "new"}
+
+
 def test_terminated_run_leaves_no_output_and_its_stale_copy_is_cleared(case, tmp_path, monkeypatch):
     # SIGTERM, as a job scheduler's time limit sends, during the HO step: the run stopped
     # without its clean-up, leaving a compressed copy of the whole CT in the output folder,

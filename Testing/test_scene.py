@@ -670,3 +670,122 @@ def test_contact_names_a_touching_segment_the_ho_step_doubted(slicer_scene, tmp_
     saved = saved_oss.segmentation_node
     assert saved.GetSegmentation().GetSegment(scene_io.segment_id_by_name(saved, f"HO {label}")).GetColor() == \
         pytest.approx(scene_io.DOUBTED_COLOR)
+
+
+def test_a_refused_or_cancelled_contact_run_leaves_the_scene_as_it_was(slicer_scene, phantom):
+    # A hand-named 'HO 09' is renamed 'HO 9' by a run that stands, not by one refused
+    # or cancelled before its outputs are written; a cancellation once they are written
+    # comes too late, and the run ends as done.
+    from HOSciaticModuleLib.errors import AnalysisCancelled
+
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    scene_io.replace_segments(oss.segmentation_node, {"HO 09": (np.ones((2, 4, 4), bool), (2, 5, 5))},
+                              phantom.geometry, scene_io.BONE_COLOR)
+    segmentation = oss.segmentation_node.GetSegmentation()
+
+    def state():
+        names = sorted(segmentation.GetSegment(s).GetName() for s in scene_io.segment_ids(oss.segmentation_node))
+        return names, slicer_scene.GetNumberOfNodes(), contact.contact_table_node.GetNumberOfRows()
+
+    def cancelled_at(message_start):
+        def progress(fraction, message):
+            if message.startswith(message_start):
+                raise AnalysisCancelled("Cancelled by the user.")
+        return progress
+
+    before = state()
+    assert "HO 09" in before[0]
+    curve = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", "a curve on one spot")
+    curve.SetControlPointPositionsWorld(_vtk_points(np.repeat(phantom.seeds_ras([70.0]), 2, axis=0)))
+    added = slicer_scene.GetNumberOfNodes() - before[1]
+    with pytest.raises(InputError, match="long .its points lie on one spot"):
+        analysis.compute_contact(oss.segmentation_node, curve, side="right")
+    assert state() == (before[0], before[1] + added, before[2])
+    with pytest.raises(AnalysisCancelled):
+        analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right",
+                                 progress=cancelled_at("Writing contact outputs"))
+    assert state() == (before[0], before[1] + added, before[2])
+    late = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right",
+                                    progress=cancelled_at("Contact:"))
+    assert late.contact.max_encasement_deg == pytest.approx(contact.contact.max_encasement_deg)
+    assert "HO 9" in state()[0] and "HO 09" not in state()[0]
+
+
+def _vtk_points(points_ras):
+    from vtkmodules.vtkCommonCore import vtkPoints
+
+    points = vtkPoints()
+    for point in points_ras:
+        points.InsertNextPoint(*point)
+    return points
+
+
+def test_stations_off_an_edited_nerve_segment_are_left_out_and_named(slicer_scene, phantom):
+    # The reader erases the lower half of the nerve segment and computes again: the
+    # stations there have no section. They hold no contact, area or distance, a warning
+    # names them, and the thickening ratio compares sections only (with them it read
+    # 340 000: their areas of 0.0002 mm² made the reference); a curve nowhere on the
+    # segment is refused.
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    nerve_id = scene_io.segment_id_by_name(oss.segmentation_node, "Sciatic nerve right")
+    nerve = scene_io.segment_mask_on_grid(oss.segmentation_node, nerve_id, phantom.geometry)
+    slices = np.flatnonzero(nerve.any(axis=(1, 2)))
+    half = (slices.min() + slices.max()) // 2
+    nerve[:half] = False
+    scene_io.replace_segments(oss.segmentation_node, {"Sciatic nerve right": nerve}, phantom.geometry,
+                              scene_io.NERVE_COLOR)
+    edited = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right").contact
+    (warning,) = [w for w in edited.warnings if "outside the nerve segment" in w]
+    off = ~np.isfinite(edited.area_mm2)
+    # The stations in the erased slices, but for those within a slice of the cut.
+    slice_of_station = phantom.geometry.ras_to_kji_points(edited.points_ras)[:, 0]
+    erased = slice_of_station < half - 0.5
+    near_cut = np.abs(slice_of_station - (half - 0.5)) <= 1.0
+    assert np.array_equal(off[~near_cut], erased[~near_cut]) and 0.3 < off.mean() < 0.7
+    assert f"{edited.s_mm[off].min():.0f}-{edited.s_mm[off].max():.0f} mm" in warning
+    assert np.all(edited.encasement_deg[off] == 0.0) and np.all(np.isnan(edited.distance_to_ho_mm[off]))
+    # The phantom's nerve is thickened where the HO touches it; the edit cuts the run short.
+    assert contact.contact.thickening_ratio == pytest.approx(1.2, abs=0.1)
+    assert 0.9 < edited.thickening_ratio < 1.4
+    moved = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", "a curve beside the nerve")
+    moved.SetControlPointPositionsWorld(_vtk_points(scene_io.control_points_world(traced.centreline_node)
+                                                    + [40.0, 0.0, 0.0]))
+    with pytest.raises(InputError, match="does not run inside the nerve segment"):
+        analysis.compute_contact(oss.segmentation_node, moved, side="right")
+
+
+def test_export_reports_progress_per_node_and_a_cancelled_one_leaves_the_folder_as_it_was(slicer_scene, phantom,
+                                                                                            tmp_path):
+    from HOSciaticModuleLib import export
+    from HOSciaticModuleLib.errors import AnalysisCancelled
+
+    _, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    document = export.metrics_document({}, {}, oss, [("right", traced)], [("right", contact)], [])
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the reader's own file")
+    names_before = [slicer_scene.GetNthNode(n).GetStorageNode().GetFileName()
+                    for n in range(slicer_scene.GetNumberOfNodes())
+                    if slicer_scene.GetNthNode(n).IsA("vtkMRMLStorableNode") and slicer_scene.GetNthNode(n).GetStorageNode()]
+    reports = []
+
+    def cancelled_in_the_bundle(fraction, message):
+        reports.append(fraction)
+        if "scene bundle" in message and len(reports) > 3:
+            raise AnalysisCancelled("Cancelled by the user.")
+
+    with pytest.raises(AnalysisCancelled):
+        export.publish(folder, lambda staging: export.write_results(
+            staging, slicer_scene, oss.segmentation_node, [("right", traced)], document,
+            progress=cancelled_in_the_bundle))
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert [slicer_scene.GetNthNode(n).GetStorageNode().GetFileName() for n in range(slicer_scene.GetNumberOfNodes())
+            if slicer_scene.GetNthNode(n).IsA("vtkMRMLStorableNode")
+            and slicer_scene.GetNthNode(n).GetStorageNode()][:len(names_before)] == names_before
+
+    reports.clear()
+    export.publish(folder, lambda staging: export.write_results(
+        staging, slicer_scene, oss.segmentation_node, [("right", traced)], document,
+        progress=lambda fraction, message: reports.append(fraction)))
+    assert (folder / "scene.mrb").is_file() and (folder / "notes.txt").is_file()
+    assert len(reports) >= 5 and reports == sorted(reports) and reports[-1] >= 0.9

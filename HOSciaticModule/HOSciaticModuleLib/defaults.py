@@ -7,6 +7,11 @@ Slicer's Python; the algorithms import them from here too, so there is one value
 #: Lower bound of mineralised bone: cancellous bone and immature HO start around
 #: 150-250 HU, well above muscle (40-60 HU) and non-enhanced blood (30-45 HU).
 DEFAULT_BONE_THRESHOLD_HU = 200.0
+#: Below this, muscle (40-60 HU), non-enhanced blood (30-45 HU) and the organs pass for
+#: bone: the whole body is one bone, and no HO can be told from it.
+MIN_BONE_THRESHOLD_HU = 100.0
+#: Above the densest cortical bone (about 1900 HU) no bone is left to find.
+MAX_BONE_THRESHOLD_HU = 2000.0
 #: Smallest island reported: vascular calcifications are mostly < 0.03 mL, HO that
 #: matters surgically is >= 0.1 mL; 0.05 mL is a sphere of 4.6 mm diameter.
 DEFAULT_MIN_ISLAND_ML = 0.05

@@ -24,6 +24,7 @@ from . import __version__, measurements
 from .defaults import DEFAULT_CONTACT_TOLERANCE_MM, SIDES
 from .errors import InputError
 from .imageio import sitk_image_from_array, write_nrrd_fast
+from .progress import ProgressCallback, report, sub_progress
 
 SCHEMA = "hosciatic-metrics/1"
 ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
@@ -198,8 +199,8 @@ def _crop_segmentation_files(storage) -> None:
         storage.SetCropToMinimumExtent(True)
 
 
-def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> None:
-    """The whole scene as a Slicer data bundle (.mrb).
+def write_scene_bundle(scene, path: Path, prewritten: dict | None = None, progress: ProgressCallback = None) -> None:
+    """The whole scene as a Slicer data bundle (.mrb), with a progress report per node.
 
     The layout is the one Slicer writes and reads back: ``<stem>/<stem>.mrml`` with
     every storable node's file under ``<stem>/Data``, zipped. ``prewritten`` maps node
@@ -224,7 +225,9 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> Non
         unsaved: list = []
         try:
             used: set = set()
-            for node in _bundled_nodes(scene):
+            nodes = _bundled_nodes(scene)
+            for index, node in enumerate(nodes):
+                report(progress, 0.9 * index / len(nodes), f"Writing '{node.GetName()}' into the scene bundle")
                 storage = node.GetStorageNode()
                 if node.GetModifiedSinceRead() or not storage.GetFileName():
                     unsaved.append(node)
@@ -251,6 +254,7 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None) -> Non
                     storage.AddFileName(name or "")
             for node in unsaved:
                 node.StorableModified()
+        report(progress, 0.9, "Packing the scene bundle")
         partial = Path(work) / path.name
         # Members are stored: the volume and segmentation files inside are gzip-compressed already.
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
@@ -337,9 +341,10 @@ class BackgroundVolumeWriter:
 
 
 def write_results(folder: Path, scene, segmentation_node, nerves, document, with_scene: bool = True,
-                  prewritten: dict | None = None) -> None:
+                  prewritten: dict | None = None, progress: ProgressCallback = None) -> None:
     """Every result file into ``folder`` (``nerves``: [(side, NerveOutputs)]);
     ``prewritten`` as in :func:`write_scene_bundle`."""
+    report(progress, 0.0, "Writing the segmentation and tables")
     if segmentation_node is not None:
         _write_with("vtkMRMLSegmentationStorageNode", segmentation_node, folder / "segmentation.seg.nrrd")
     if document["ossifications"] is not None:
@@ -349,7 +354,7 @@ def write_results(folder: Path, scene, segmentation_node, nerves, document, with
         write_stations_csv(folder / f"stations_{side}.csv", entry["stations"])
     (folder / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     if with_scene:
-        write_scene_bundle(scene, folder / "scene.mrb", prewritten)
+        write_scene_bundle(scene, folder / "scene.mrb", prewritten, sub_progress(progress, 0.1, 1.0))
 
 
 def publish(out_dir: Path, write) -> None:
@@ -366,15 +371,40 @@ def publish(out_dir: Path, write) -> None:
         written = sorted(item.name for item in staging.iterdir())
         earlier = _earlier_results(out_dir)
         (staging / RESULTS_MANIFEST).write_text(json.dumps(written) + "\n")
-        for item in sorted(staging.iterdir()):
-            target = out_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        for name in sorted(earlier - set(written)):
-            (out_dir / name).unlink(missing_ok=True)
+        _swap_in(staging, out_dir, sorted(earlier - set(written)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
+    """Move every item of ``staging`` into ``out_dir`` and remove the ``stale`` results
+    there, all or nothing: what they replace is first moved aside, and moved back if a
+    move fails (a file held open by another program, a folder turned read-only)."""
+    incoming = sorted(item.name for item in staging.iterdir())
+    aside = Path(tempfile.mkdtemp(prefix=".hosciatic-previous-results-", dir=out_dir))
+    moved_aside, moved_in = [], []
+    try:
+        for name in incoming + stale:
+            if (out_dir / name).exists() or (out_dir / name).is_symlink():
+                os.replace(out_dir / name, aside / name)
+                moved_aside.append(name)
+        for name in incoming:
+            os.replace(staging / name, out_dir / name)
+            moved_in.append(name)
+    except OSError:
+        try:
+            for name in moved_in:
+                target = out_dir / name
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+            for name in moved_aside:
+                os.replace(aside / name, out_dir / name)
+        except OSError as error:
+            raise InputError(f"The results could not be moved into '{out_dir}', nor the earlier results put back "
+                             f"({error.strerror or error}): these are in '{aside}'. Move them back by hand, check "
+                             "that the folder is writable, and run again.") from None
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _earlier_results(out_dir: Path) -> set:
@@ -401,21 +431,20 @@ def check_inputs_not_overwritten(out_dir: Path, input_paths) -> None:
                              "output folder. Choose another output folder (--out), or rename or move the input.")
 
 
-def prepare_output_folder(out_dir: Path) -> bool:
+def prepare_output_folder(out_dir: Path) -> list[Path]:
     """Create ``out_dir`` if needed and make sure files can be written there, before
-    any work; returns whether it was created (a refused run removes it again)."""
+    any work; returns the folders it created, deepest first (a refused run removes
+    them again, see :func:`remove_created_folders`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
-    created = not out_dir.exists()
+    created = [folder for folder in (out_dir, *out_dir.absolute().parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as error:
-        if created:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+        remove_created_folders(created)
         raise InputError(f"Nothing can be written into the output folder '{out_dir}' ({error.strerror or error}). "
                          "Choose a folder you can write to, on a disk with free space.") from None
     # A run killed outright (SIGKILL, a power cut) leaves the bundle's partial copy of its
@@ -423,3 +452,10 @@ def prepare_output_folder(out_dir: Path) -> bool:
     for stale in out_dir.glob(f"{PARTIAL_VOLUME_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     return created
+
+
+def remove_created_folders(created: list[Path]) -> None:
+    """Remove the (still empty) folders :func:`prepare_output_folder` created."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -61,6 +61,9 @@ THICK_SLICE_WARNING_MM = 3.0
 #: The two sciatic nerves lie 15-25 cm apart; one nerve's clicks spread a few cm in R-L.
 #: A gap this wide between clicked points means both legs were clicked in one list.
 BOTH_LEGS_GAP_MM = 80.0
+#: ... but no two points of one body lie farther apart than this from right to left (the
+#: widest hips measure about 50 cm): a point farther out is misplaced, not on a leg.
+BODY_WIDTH_MM = 600.0
 
 
 def memory_budget_bytes() -> float:
@@ -108,7 +111,7 @@ def check_seeds_on_one_nerve(seeds_ras: np.ndarray) -> None:
         return
     right_left = np.sort(np.asarray(seeds_ras, float)[:, 0])
     widest_gap = float(np.max(np.diff(right_left)))
-    if widest_gap > BOTH_LEGS_GAP_MM:
+    if BOTH_LEGS_GAP_MM < widest_gap <= BODY_WIDTH_MM:
         raise InputError(
             f"The seed points form two groups {widest_gap:.0f} mm apart from right to left: they seem to be on both "
             "legs. Put the points of each sciatic nerve in its own point list and trace each side separately.")
@@ -470,7 +473,7 @@ class HOSciaticAnalysis:
         else:
             segmentation_node.RemoveAttribute(CONTRAST_LEVEL_ATTRIBUTE)
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
-        report(progress, 1.0, f"{len(result.islands)} HO island(s) found")
+        report(progress, 1.0, f"{len(result.islands)} HO island(s) found", final=True)
         return OssificationOutputs(segmentation_node, islands_table_node, result)
 
     def _roi_context_block(self, ct_volume_node, ct, geometry, roi_mask, bone_threshold_hu):
@@ -581,7 +584,7 @@ class HOSciaticAnalysis:
         centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps(list(trace.station_caveats)))
         scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
                                  [segmentation_node, centreline_node, stations_table_node])
-        report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm")
+        report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm", final=True)
         return NerveOutputs(centreline_node, stations_table_node, segmentation_node, segment_id, trace)
 
     # -- an analysis kept in the scene --------------------------------------------------
@@ -717,9 +720,8 @@ class HOSciaticAnalysis:
         if nerve is None:
             raise InputError(f"The segment '{nerve_segment_name(side)}' is empty. Trace the nerve again or paint it "
                              "in the Segment Editor.")
-        renamed = self.renumber_ho_segments(segmentation_node)
+        # Numbered as renumber_ho_segments will name them, once the figures stand.
         ho_blocks = self.ho_blocks(segmentation_node, full_geometry)
-        names = {label: name for label, name, _, _ in ho_blocks}
         # Only the region holding the nerve and the HO (plus a margin) is needed: the
         # rest of a full CT would cost time, not change a figure.
         window = self._working_window(full_geometry, [nerve[1]] + [block for _, _, _, block in ho_blocks])
@@ -744,17 +746,21 @@ class HOSciaticAnalysis:
             nerve_mesh = nerve_mesh_job.result()
             ho_mesh = ho_mesh_job.result() if ho_mesh_job is not None else None
 
-        self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
-        result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
-        result.warnings += mr_thickening_warnings(centreline_node.GetAttribute("HOSciatic.Modality"), result)
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.
         islands = (self.measure_islands(segmentation_node, full_ct, full_geometry, ho_blocks)
                    if full_ct is not None else None)
+        report(progress, 0.9, "Writing contact outputs")
+        # The scene changes only from here on, with no cancellation point until the end: a
+        # refused or cancelled run leaves it as it was (segments named by hand included).
+        renamed = self.renumber_ho_segments(segmentation_node)
+        names = {label: f"{HO_SEGMENT_PREFIX} {label}" for label, _, _, _ in ho_blocks}
+        self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
+        result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
+        result.warnings += mr_thickening_warnings(centreline_node.GetAttribute("HOSciatic.Modality"), result)
         if islands is not None:
             islands_table_node = self._fill_islands_table(islands_table_node, islands)
-        report(progress, 0.9, "Writing contact outputs")
         stations = self.stations_with_contact(centreline_node, result)
         result.warnings += caveated_contact_warnings(stations)
         arrays = self._station_arrays(stations, with_contact=True)
@@ -780,7 +786,8 @@ class HOSciaticAnalysis:
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
         self._record_warnings(centreline_node, CONTACT_WARNINGS, result.warnings)
-        report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg")
+        report(progress, 1.0, f"Contact: {result.encasement_class}, max encasement {result.max_encasement_deg:.0f} deg",
+               final=True)
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
                               islands_table_node if islands is not None else None)

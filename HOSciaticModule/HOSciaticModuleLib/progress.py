@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from .errors import AnalysisCancelled
+
 ProgressCallback = Optional[Callable[[float, str], None]]
 
 
-def report(progress: ProgressCallback, fraction: float, message: str) -> None:
-    """Forward a progress report if a callback was given."""
-    if progress is not None:
+def report(progress: ProgressCallback, fraction: float, message: str, *, final: bool = False) -> None:
+    """Forward a progress report if a callback was given. A ``final`` report comes once
+    the step's outputs are written: a cancellation then comes too late to leave the
+    scene as it was, so the step ends as done (a step after it stops at its first report)."""
+    if progress is None:
+        return
+    try:
         progress(min(max(float(fraction), 0.0), 1.0), message)
+    except AnalysisCancelled:
+        if not final:
+            raise
 
 
 def sub_progress(progress: ProgressCallback, start: float, stop: float) -> ProgressCallback:
