@@ -1230,3 +1230,22 @@ def test_ball_opening_in_the_box_is_that_of_the_whole_array(spacing):
         np.testing.assert_array_equal(ball_opening(mask, geometry, radius), whole(mask), err_msg=name)
     assert ball_opening(blob, geometry, radius).sum() < blob.sum()  # the rod is opened away
     assert ball_opening(blob, geometry, radius).any() and not ball_opening(thin, geometry, radius).any()
+
+
+def test_islands_of_one_size_are_numbered_by_where_they_lie_not_by_storage_order():
+    # Two equal islands on a CT stored with its slices in the other order kept their
+    # numbers swapped (and so the warnings naming them differed between the two files).
+    twin = dict(kind="ellipsoid", mature=True, semi_axes=(6.0, 5.0, 6.0))
+    spec = PhantomSpec(noise_sigma=0.0, calcification_z=(), islands=(
+        IslandSpec("lower", center_offset=(16.0, -26.0, -35.0), **twin),
+        IslandSpec("upper", center_offset=(16.0, -26.0, 25.0), **twin)))
+    phantom = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 1.0))
+    flip = np.diag([1.0, 1.0, -1.0, 1.0])
+    flip[2, 3] = phantom.image.shape[0] - 1
+    flipped = VolumeGeometry(phantom.geometry.ijk_to_ras @ flip, phantom.geometry.shape_kji)
+    as_stored = segment_ossifications(phantom.image, phantom.geometry).islands
+    reversed_slices = segment_ossifications(np.ascontiguousarray(phantom.image[::-1]), flipped).islands
+    assert len(as_stored) == 2 and as_stored[0].volume_ml == as_stored[1].volume_ml
+    for one, other in zip(as_stored, reversed_slices):
+        assert one.label == other.label and one.volume_ml == other.volume_ml
+        np.testing.assert_allclose(one.centroid_ras, other.centroid_ras, atol=1e-6)

@@ -75,6 +75,12 @@ def _nrrd_with_header(path: Path, sizes, spacings=None, directions=None, dimensi
     ("sheared", ["non-orthogonal"]),
     ("spacing_in_metres", ["another unit"]),
     ("huge_voxels", ["larger than 10 mm"]),
+    # A missing spacing would be read as 1 mm, and a file cut short filled with zeros.
+    ("nan_spacing", ["no usable voxel spacing"]),
+    ("no_spacing", ["no voxel spacing"]),
+    ("nifti_zero_pixdim", ["no usable voxel spacing"]),
+    ("nifti_gz_cut_short", ["cut short"]),
+    ("nifti_cut_short", ["cut short"]),
 ])
 def test_bad_image_files(tmp_path, case, phrases):
     image = tmp_path / "image.nrrd"
@@ -99,6 +105,30 @@ def test_bad_image_files(tmp_path, case, phrases):
         _nrrd_with_header(image, (4, 4, 4), spacings=(0.0008, 0.0008, 0.001))
     elif case == "huge_voxels":
         _nrrd_with_header(image, (4, 4, 4), spacings=(20, 20, 20))
+    elif case == "nan_spacing":
+        _nrrd_with_header(image, (4, 4, 4), spacings=("nan", 1, 1))
+    elif case == "no_spacing":
+        _nrrd_with_header(image, (4, 4, 4))
+    elif case.startswith("nifti"):
+        import gzip
+        import struct
+
+        image = tmp_path / "image.nii"
+        write_volume(image, np.full((20, 30, 40), -1000, np.int16),
+                     VolumeGeometry.from_spacing_origin_directions((40, 30, 20), (0.8, 0.8, 1.5), (0, 0, 0)))
+        data = image.read_bytes()
+        if case == "nifti_zero_pixdim":
+            data = bytearray(data)
+            data[254:256] = struct.pack("<h", 0)  # no sform: the spacing is read from pixdim
+            data[80:84] = struct.pack("<f", 0.0)  # pixdim[1]
+        elif case == "nifti_cut_short":
+            data = data[:len(data) * 2 // 3]
+        else:
+            image.unlink()
+            image = tmp_path / "image.nii.gz"
+            compressed = gzip.compress(data)
+            data = compressed[:len(compressed) * 2 // 3]
+        image.write_bytes(bytes(data))
     out = tmp_path / "out"
     assert_refused(run_cli("analyze", image, "--out", out), out, *phrases)
 
@@ -307,6 +337,7 @@ def _visible_ends(phantom):
     ("outside", ["outside"]),
     ("in_air", ["air"]),
     ("both_legs", ["both legs"]),
+    ("far_off", ["seed point 1", "outside the volume"]),  # not a second leg: no body is a kilometre wide
 ])
 def test_bad_seed_points(tmp_path, ct_case, case, phrases):
     phantom, paths = ct_case
@@ -317,6 +348,7 @@ def test_bad_seed_points(tmp_path, ct_case, case, phrases):
         "outside": np.vstack([ends[0], ends[1] + [0.0, 0.0, 500.0]]),
         "in_air": np.vstack([ends[0], phantom.geometry.kji_to_ras_points([[5, 2, phantom.image.shape[2] - 3]])[0]]),
         "both_legs": np.vstack([ends, ends + [-180.0, 0.0, 0.0]]),
+        "far_off": np.vstack([ends[0] + [1e6, 0.0, 0.0], ends[1]]),
     }[case]
     out = tmp_path / "out"
     result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", _seeds_file(tmp_path, points), "--no-scene")
@@ -352,6 +384,38 @@ def test_malformed_markups_and_roi_files(tmp_path, ct_case):
     no_roi = tmp_path / "points.mrk.json"
     write_markups_points_json(no_roi, np.zeros((2, 3)), "points")
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", no_roi), out, "no markups ROI")
+
+
+def test_roi_without_coordinates_is_refused(tmp_path, ct_case):
+    _, paths = ct_case
+    out = tmp_path / "out"
+    roi = _roi_file(tmp_path / "roi.mrk.json", (float("nan"), 0.0, 0.0), (50, 50, 50))
+    result = run_cli("analyze", paths["image"], "--out", out, "--roi", roi)
+    assert_refused(result, out, "no usable position or orientation")
+    assert "RuntimeWarning" not in result.stderr
+
+
+@pytest.mark.parametrize("option, value, phrase", [
+    ("--out", "", "empty path"), ("--roi", " ", "empty path"), ("--bone-threshold", "50", "outside 100 to 2000"),
+    ("--bone-threshold", "2500", "outside 100 to 2000"),
+])
+def test_empty_paths_and_useless_thresholds_are_refused(tmp_path, ct_case, option, value, phrase):
+    # An unset shell variable gives an empty --out, which would write into the working
+    # folder; a threshold below muscle's level makes the whole body one bone (no HO).
+    _, paths = ct_case
+    out = tmp_path / "out"
+    arguments = ["analyze", paths["image"], "--out", out, option, value]
+    if option == "--out":
+        arguments = ["analyze", paths["image"], "--out", value]
+    assert_refused(run_cli(*arguments), out, phrase)
+
+
+def test_a_refused_run_removes_the_folders_it_created(tmp_path):
+    flat = tmp_path / "flat.nrrd"
+    _nrrd_with_header(flat, (9, 9, 1), spacings=(1, 1, 1))
+    out = tmp_path / "new" / "nested" / "out"
+    assert_refused(run_cli("analyze", flat, "--out", out), out, "2D")
+    assert not (tmp_path / "new").exists()
 
 
 def test_seed_file_holding_other_markups_or_micrometres(tmp_path, ct_case):
@@ -428,7 +492,9 @@ def test_bone_segmentation_on_another_grid_is_resampled_and_empty_one_refused(tm
     assert document["ossifications"]["count"] == len(phantom.islands)
     write_volume(tmp_path / "empty.nrrd", np.zeros_like(coarse.native_bone_mask, np.uint8), coarse.geometry)
     out2 = tmp_path / "out2"
-    assert_refused(run_cli("analyze", paths["image"], "--out", out2, "--bones", tmp_path / "empty.nrrd"), out2, "empty")
+    result = run_cli("analyze", paths["image"], "--out", out2, "--bones", tmp_path / "empty.nrrd")
+    assert_refused(result, out2, "empty", "empty.nrrd' is empty")
+    assert "ERR" not in result.stderr  # refused before the segmentation logic complains of an empty label map
 
 
 

@@ -68,6 +68,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """An option type: a path that is not empty (an unset shell variable gives '')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path was given (an unset variable in a script?)")
+    return text
+
+
 def _float_within(low: float, high: float):
     """An option type: a number from ``low`` to ``high``, checked before any case runs."""
     def parse(text: str) -> float:
@@ -87,7 +94,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_shared_options(command) -> None:
     """The analysis settings ``analyze`` and ``batch`` both take."""
     command.add_argument("--bone-threshold",
-                         type=_float_within(ossification.MIN_BONE_THRESHOLD_HU, ossification.METAL_THRESHOLD_HU),
+                         type=_float_within(ossification.MIN_BONE_THRESHOLD_HU, ossification.MAX_BONE_THRESHOLD_HU),
                          default=ossification.DEFAULT_BONE_THRESHOLD_HU, metavar="HU",
                          help=f"bone threshold (default {ossification.DEFAULT_BONE_THRESHOLD_HU:g} HU)")
     command.add_argument("--min-island-ml", type=_positive_float, default=ossification.DEFAULT_MIN_ISLAND_ML,
@@ -105,16 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     analyze = commands.add_parser("analyze", help="analyse one CT (or MR) volume")
-    analyze.add_argument("image", help="CT (or MR with --modality mr): NRRD, NIfTI, MHA or a DICOM folder")
-    analyze.add_argument("--out", required=True, help="output folder (created if missing)")
+    analyze.add_argument("image", type=_path, help="CT (or MR with --modality mr): NRRD, NIfTI, MHA or a DICOM folder")
+    analyze.add_argument("--out", type=_path, required=True, help="output folder (created if missing)")
     analyze.add_argument("--modality", choices=("ct", "mr"), default="ct",
                          help="ct (default): HO segmentation + nerve; mr: nerve tracing only")
-    analyze.add_argument("--roi", help="markups ROI (.mrk.json) limiting the HO search: islands meeting it are "
+    analyze.add_argument("--roi", type=_path, help="markups ROI (.mrk.json) limiting the HO search: islands meeting it are "
                                        "reported; the bone around it and its mirror image across the body's midline "
                                        "are read for context")
-    analyze.add_argument("--bones", help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
+    analyze.add_argument("--bones", type=_path, help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
                          "segmentation (TotalSegmentator) only the segments named as bones are used")
-    analyze.add_argument("--nerve-seeds", action="append", default=[], metavar="SEEDS.mrk.json",
+    analyze.add_argument("--nerve-seeds", type=_path, action="append", default=[], metavar="SEEDS.mrk.json",
                          help="points along one sciatic nerve, a Slicer markups .mrk.json or an older .fcsv point "
                               "list (repeat for the other side); the side is read from "
                               "the markup or file name ('right'/'left'), else from the points' side of the body's "
@@ -123,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch_command = commands.add_parser(
         "batch", help="analyse every case of a case list (CSV), one output folder per case, and a summary table")
-    batch_command.add_argument("cases", help="CSV with a header row: case, image (required), nerve_seeds (several "
+    batch_command.add_argument("cases", type=_path, help="CSV with a header row: case, image (required), nerve_seeds (several "
                                "files separated by ';' or '|'), roi, bones, modality; paths relative to the CSV's "
                                "folder; columns separated by commas, semicolons or tabs")
-    batch_command.add_argument("--out", required=True, help="output folder: one folder per case and summary.csv")
+    batch_command.add_argument("--out", type=_path, required=True, help="output folder: one folder per case and summary.csv")
     _add_shared_options(batch_command)
     batch_command.add_argument("--skip-existing", action="store_true",
                                help="keep cases whose folder already holds the metrics.json of the same inputs and "
@@ -134,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "batch)")
 
     demo = commands.add_parser("demo", help="generate the synthetic demo case and analyse it")
-    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--out", type=_path, default="demo-output", help="output folder (default demo-output)")
     demo.add_argument("--quiet", action="store_true")
     return parser
 
@@ -267,6 +274,9 @@ def _add_bones_node(scene, path, reference_node):
         raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
                          "levels), not a segmentation or label map. Give the bones' segmentation (for example "
                          "TotalSegmentator's output for this CT), or leave --bones out to have them estimated.")
+    if not np.any(loaded.array > 0):
+        raise InputError(f"The native-bone file '{path}' is empty (no voxel above 0). Give the bones' "
+                         "segmentation made on this CT, or leave --bones out to have them estimated.")
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
     scene_io.replace_segments(node, label_map_segments(loaded.array, bonelabels.nifti_label_names(path)),
                               loaded.geometry, scene_io.BONE_COLOR)
@@ -388,10 +398,9 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
     finally:
         if volume_writer is not None:
             volume_writer.discard()
-        if created and not finished:
+        if not finished:
             # A refused run leaves no empty folder behind.
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+            export.remove_created_folders(created)
         if release_scene and scene is not None:
             scene.Clear(True)
     return out_dir

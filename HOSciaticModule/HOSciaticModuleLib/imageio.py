@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import json
 import os
+import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,11 +334,16 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")
         _check_nifti_sform(path, what)
+        _check_nifti_spacing_and_size(path, what)
+        _check_nrrd_spacing(path, what)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-            raise InputError(f"The {what} '{path}' is not an image SimpleITK can read ({first_line.strip()}). "
+            first_line = str(error).strip().splitlines()[-1].strip() if str(error).strip() else ""
+            if first_line.startswith("Reason:"):
+                # The reader's last system error, not its own reason: the file is there.
+                first_line = "its data could not be read: the file may be cut short or damaged"
+            raise InputError(f"The {what} '{path}' is not an image SimpleITK can read ({first_line}). "
                              f"Give a NRRD, NIfTI, MHA file or a DICOM folder.") from None
         description = path.name
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -381,6 +389,105 @@ def _check_nifti_sform(path: Path, what: str) -> None:
                          "with a gantry tilt and converted without tilt correction; read through its qform instead, "
                          "its slices would lie where they were not acquired. Convert the DICOM series again with "
                          "tilt correction (or give the DICOM folder itself, which is corrected here).")
+
+
+#: NIfTI-1 datatype code -> bytes per voxel (the codes a scalar image uses).
+NIFTI_BYTES_PER_VOXEL = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
+
+
+def _check_nifti_spacing_and_size(path: Path, what: str) -> None:
+    """Refuse a NIfTI file whose voxel spacing is missing (0 or not a number, which the
+    reader would take for 1 mm) or whose voxel data end early (a file cut short in a
+    copy or download, which the reader would fill with zeros)."""
+    read = bonelabels.nifti1_header(path)
+    if read is None:
+        return
+    header, endian, _ = read
+    dims = struct.unpack(endian + "8h", header[40:56])
+    datatype = struct.unpack(endian + "h", header[70:72])[0]
+    pixdim = struct.unpack(endian + "8f", header[76:108])
+    voxel_offset = struct.unpack(endian + "f", header[108:112])[0]
+    sform_code = struct.unpack(endian + "h", header[254:256])[0]
+    spatial = min(max(dims[0], 0), 3)
+    # The sform, when given, carries the spacing; else the pixdims do.
+    if sform_code <= 0 and not all(np.isfinite(pixdim[n]) and pixdim[n] > 0 for n in range(1, spatial + 1)):
+        raise InputError(f"The {what} '{path}' gives no usable voxel spacing (pixdim "
+                         f"{', '.join(f'{v:g}' for v in pixdim[1:spatial + 1])} mm): it would be read as 1 mm, and "
+                         "every volume and distance would be wrong. Convert the original (DICOM) images again.")
+    if datatype not in NIFTI_BYTES_PER_VOXEL or not 1 <= dims[0] <= 7 or min(dims[1:dims[0] + 1]) < 1:
+        return  # left to the reader's own checks
+    expected = int(voxel_offset) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * NIFTI_BYTES_PER_VOXEL[datatype]
+    if not _holds_bytes(path, expected):
+        raise InputError(f"The {what} '{path}' ends before its voxel data do (the file was cut short, in a copy or "
+                         "download): the missing slices would be read as zeros. Copy the file again.")
+
+
+def _holds_bytes(path: Path, expected: int) -> bool:
+    """Whether a file holds ``expected`` bytes, once decompressed if it is gzipped. A
+    gzip file's last four bytes give its size (modulo 4 GiB) and a truncated one ends
+    in compressed data: only when they differ from the size expected is the whole
+    stream read and counted."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size >= expected
+    with path.open("rb") as stream:
+        stream.seek(max(path.stat().st_size - 4, 0))
+        trailer = stream.read(4)
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == expected % (1 << 32):
+        return True
+    counted = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 24):
+                counted += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return False
+    return counted >= expected
+
+
+def _check_nrrd_spacing(path: Path, what: str) -> None:
+    """Refuse a NRRD file whose header gives no spacing for an axis of the volume, or
+    one that is 0 or not a number: the reader would take it for 1 mm."""
+    if not path.name.lower().endswith((".nrrd", ".nhdr")):
+        return
+    try:
+        with path.open("rb") as stream:
+            lines = stream.read(65536).split(b"\n\n", 1)[0].decode("latin-1").splitlines()
+    except OSError:
+        return
+    fields = {}
+    for line in lines[1:]:
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+    if not lines or not lines[0].startswith("NRRD") or fields.get("dimension") != "3":
+        return  # not a NRRD file, or not a volume: left to the reader, which says so
+    kinds = fields.get("kinds", "").split()
+    if "space directions" in fields:
+        # One "(x,y,z)" per spatial axis, "none" for the others; writers may put spaces inside.
+        lengths = []
+        for vector in re.findall(r"\(([^)]*)\)", fields["space directions"]):
+            try:
+                lengths.append(float(np.linalg.norm([float(x) for x in vector.split(",")])))
+            except ValueError:
+                lengths.append(float("nan"))
+    elif "spacings" in fields:
+        lengths = []
+        for value in fields["spacings"].split():
+            try:
+                lengths.append(float(value))
+            except ValueError:
+                lengths.append(float("nan"))
+        # Spacings of non-spatial axes (a vector's components) are 'nan' by the format.
+        lengths = [v for v, kind in zip(lengths, kinds or ["space"] * len(lengths))
+                   if kind.lower() in ("space", "domain")] or lengths
+    else:
+        raise InputError(f"The {what} '{path}' has no voxel spacing in its header (neither 'space directions' nor "
+                         "'spacings'): it would be read as 1 mm, and every volume and distance would be wrong. "
+                         "Save it again from the program that made it, with its spacing.")
+    if not lengths or not all(np.isfinite(v) and v > 0 for v in lengths):
+        raise InputError(f"The {what} '{path}' gives no usable voxel spacing ("
+                         f"{', '.join(f'{v:g}' for v in lengths)} mm): it would be read as 1 mm, and every volume "
+                         "and distance would be wrong. Save it again from the program that made it, with its spacing.")
 
 
 def write_volume(path, array: np.ndarray, geometry: VolumeGeometry, compress: bool = True) -> None:

@@ -368,6 +368,16 @@ def sort_seeds_along_nerve(seeds_ras: np.ndarray) -> np.ndarray:
     return ordered
 
 
+def check_seeds_inside(seeds: np.ndarray, geometry: VolumeGeometry) -> None:
+    """Refuse seed points outside the volume, naming the first."""
+    inside = geometry.contains_ras(seeds)
+    if not inside.all():
+        n = int(np.flatnonzero(~inside)[0])
+        where = ", ".join(f"{v:.1f}" if abs(v) < 1e5 else f"{v:.3g}" for v in seeds[n])
+        raise InputError(f"Seed point {n + 1} at RAS ({where}) lies outside the volume. Move it onto the nerve in "
+                         "this image (check that the points were placed on this volume and not on another series).")
+
+
 def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) -> np.ndarray:
     seeds = np.asarray(seeds_ras, float).reshape(-1, 3)
     if len(seeds) < 2:
@@ -375,16 +385,11 @@ def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) ->
                          "point near each end of the stretch to analyse (more points help through difficult parts).")
     if not np.all(np.isfinite(seeds)):
         raise InputError("A seed point has undefined coordinates. Re-place the points.")
+    check_seeds_inside(seeds, geometry)
     spread = float(np.max(np.linalg.norm(seeds[:, None] - seeds[None], axis=-1)))
     if spread < MIN_SEED_SPREAD_MM:
         raise InputError(f"The seed points coincide (all within {spread:.1f} mm of each other). Place them along "
                          "the nerve, at least one near each end of the stretch to analyse.")
-    inside = geometry.contains_ras(seeds)
-    if not inside.all():
-        n = int(np.flatnonzero(~inside)[0])
-        raise InputError(f"Seed point {n + 1} at RAS ({seeds[n, 0]:.1f}, {seeds[n, 1]:.1f}, {seeds[n, 2]:.1f}) lies "
-                         "outside the volume. Move it onto the nerve in this image (check that the points were "
-                         "placed on this volume and not on another series).")
     values = ndimage.map_coordinates(image, geometry.ras_to_kji_points(seeds).T, order=1, mode="nearest")
     darkest_seed_value = (CT_AIR_HU if modality == "ct"
                           else MR_SIGNAL_VOID_SHARE * float(np.percentile(image[::3, ::3, ::3], 99)))

@@ -60,7 +60,8 @@ from scipy import ndimage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .defaults import CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML
+from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML, MAX_BONE_THRESHOLD_HU,
+                       MIN_BONE_THRESHOLD_HU)
 from .errors import InputError
 from .geometry import VolumeGeometry, bounding_slices, label_boxes
 from .progress import ProgressCallback, report
@@ -68,8 +69,6 @@ from .progress import ProgressCallback, report
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
 #: the densest cortical bone (about 1900 HU).
 METAL_THRESHOLD_HU = 2500.0
-#: Below this even fat (down to -190 HU) would pass for bone: no threshold is useful there.
-MIN_BONE_THRESHOLD_HU = -200.0
 #: Beam-hardening and blooming make bone-like values around metal.
 METAL_MARGIN_MM = 3.0
 #: A native hip-region bone inside a hip CT (femur, hip bone, sacrum, a lumbar vertebra)
@@ -1984,9 +1983,10 @@ def _checked_inputs(ct_hu, geometry, bone_threshold_hu, min_island_ml, native_bo
     geometry.validate("The CT")
     if ct_hu.shape != geometry.shape_kji:
         raise InputError(f"The CT array shape {ct_hu.shape} does not match its geometry {geometry.shape_kji}.")
-    if not np.isfinite(bone_threshold_hu) or not MIN_BONE_THRESHOLD_HU <= bone_threshold_hu < METAL_THRESHOLD_HU:
+    if not np.isfinite(bone_threshold_hu) or not MIN_BONE_THRESHOLD_HU <= bone_threshold_hu <= MAX_BONE_THRESHOLD_HU:
         raise InputError(f"The bone threshold {bone_threshold_hu} HU is outside the useful range "
-                         f"({MIN_BONE_THRESHOLD_HU:.0f} to {METAL_THRESHOLD_HU:.0f} HU); "
+                         f"({MIN_BONE_THRESHOLD_HU:.0f} to {MAX_BONE_THRESHOLD_HU:.0f} HU: below it muscle and blood "
+                         "pass for bone, above it no bone is left); "
                          f"{DEFAULT_BONE_THRESHOLD_HU:.0f} HU suits most CTs.")
     if not np.isfinite(min_island_ml) or min_island_ml < 0:
         raise InputError(f"The minimum island size must be a non-negative number of mL; got {min_island_ml}.")
@@ -2121,7 +2121,13 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
         else:
             found.islands.append((island_block, island))
             found.fused.append(_joined_to_native(island, bone_found, split.fused_to, island_block, geometry))
-    order = sorted(range(len(found.islands)), key=lambda n: -np.count_nonzero(found.islands[n][1]))
+    # Islands of one size are numbered by where they lie, not by how the CT is stored.
+    def size_then_position(n):
+        island_block, island = found.islands[n]
+        centre = geometry.kji_to_ras_points([np.argwhere(island).mean(axis=0) + [b.start for b in island_block]])[0]
+        return (-np.count_nonzero(island), *np.round(centre, 3))
+
+    order = sorted(range(len(found.islands)), key=size_then_position)
     found.islands = [found.islands[n] for n in order]
     found.fused = [found.fused[n] for n in order]
     return found

@@ -581,11 +581,15 @@ def roi_mask_on_grid(roi_node, geometry: VolumeGeometry) -> np.ndarray:
 def box_mask_on_grid(center_ras, axes_ras: np.ndarray, size_mm, geometry: VolumeGeometry) -> np.ndarray:
     """Mask of an oriented box (columns of ``axes_ras`` = box axes) on the grid."""
     size_mm = np.asarray(size_mm, float)
+    axes = np.asarray(axes_ras, float)
+    if (not np.all(np.isfinite(center_ras)) or not np.all(np.isfinite(axes))
+            or np.any(np.linalg.norm(axes, axis=0) < 1e-6)):
+        raise InputError("The ROI has no usable position or orientation (coordinates that are not numbers, or an "
+                         "orientation of zero). Place the ROI again (Markups > ROI) around the hip region to analyse.")
     if not np.all(np.isfinite(size_mm)) or np.any(size_mm <= 0):
         size_text = ", ".join(f"{float(v):.2f}" for v in size_mm)
-        raise InputError(f"The ROI has zero or negative size ({size_text}) mm. Resize the ROI so "
-                         "that it encloses the hip region to analyse.")
-    axes = np.asarray(axes_ras, float)
+        raise InputError(f"The ROI's size ({size_text}) mm is zero, negative or not a number along an axis. Resize "
+                         "the ROI so that it encloses the hip region to analyse.")
     axes = axes / np.linalg.norm(axes, axis=0, keepdims=True)
     half = size_mm / 2.0
     corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
