@@ -176,6 +176,24 @@ def test_touching_ring_is_circumferential_at_zero_tolerance(grid):
     assert not [w for w in at_one.warnings if "finer than the surfaces" in w] and at_one.tolerance_mm == 1.0
 
 
+def test_contact_area_counts_the_stations_in_contact_only():
+    # A spur one voxel long touching the nerve is a single station's spike, which the
+    # encasement's 3-station median leaves out: no length, no class, and no area either
+    # (it read 3.1 mm² beside a length of 0 and class 'none'); a 3 mm spur counts.
+    spacing = 0.5
+    geometry = VolumeGeometry.from_spacing_origin_directions((120, 60, 60), (spacing,) * 3, (-15.0, -15.0, -30.0))
+    k, j, i = np.indices(geometry.shape_kji)
+    x, y, z = -15.0 + i * spacing, -15.0 + j * spacing, -30.0 + k * spacing
+    nerve = x ** 2 + y ** 2 <= 5.0 ** 2
+    centreline = np.array([[0.0, 0.0, -28.0], [0.0, 0.0, 28.0]])
+    for length, touching in ((0.5, False), (3.0, True)):
+        spur = (x >= 5.5) & (x <= 9.0) & (np.abs(y) <= 2.0) & (np.abs(z) <= length / 2)
+        result = compute_contact(nerve, spur.astype(np.uint16), geometry, centreline)
+        assert result.min_distance_mm == pytest.approx(0.0, abs=0.1)
+        assert (result.contact_length_mm > 0, result.contact_area_mm2 > 0) == (touching, touching)
+        assert result.encasement_class == ("abutment" if touching else "none")
+
+
 @pytest.mark.parametrize("points, phrase", [
     ("one spot", "its points lie on one spot"),
     ("a point without coordinates", "without coordinates"),

@@ -22,7 +22,7 @@ Definitions (the figures a surgeon plans the excision from):
   τ of the shell's end.
 * **Contact length** — arc length of all stations with encasement > 0; the longest
   contiguous run; the runs themselves.
-* **Class** — ``none`` (min distance > τ), ``abutment`` (0 < max ≤ 180°),
+* **Class** — ``none`` (min distance > τ, or no station in contact), ``abutment`` (0 < max ≤ 180°),
   ``encasement`` (180° < max < 360°), ``circumferential`` (360° at ≥ 1 station).
 * **Deflection** (mm) — the largest distance, inside a contact run, between the
   centreline and the smooth course fitted through the centreline on both sides of
@@ -580,7 +580,9 @@ def _summary(distance, sections, s_mm, tolerance):
         encasement = ndimage.median_filter(encasement, size=3, mode="nearest")
     in_contact = encasement > 0.0
     runs = contact_runs(in_contact, s_mm)
-    return encasement, contact_arc, in_contact, runs
+    # ... nor in the contact area, which would otherwise report contact where the
+    # encasement, length and class say there is none.
+    return encasement, np.where(in_contact, contact_arc, 0.0), in_contact, runs
 
 
 #: Cross-sections of the last few nerves measured: after an edit of an HO segment only
