@@ -388,7 +388,7 @@ def test_seed_points_from_an_fcsv_file_are_those_of_the_json_file(tmp_path):
                          + "".join(f"{n},{-x},{-y},{z},0,0,0,1,1,1,0,F-{n},,,2,0\n"
                                    for n, (x, y, z) in enumerate(points, start=1)))
     ((side_json, from_json, _),) = cli._load_seeds([str(json_path)])
-    ((side_fcsv, from_fcsv, warning),) = cli._load_seeds([str(fcsv_path)])
-    assert side_json == side_fcsv == "right" and warning is None
+    ((side_fcsv, from_fcsv, warnings),) = cli._load_seeds([str(fcsv_path)])
+    assert side_json == side_fcsv == "right" and warnings == []
     np.testing.assert_allclose(from_fcsv, from_json)
     np.testing.assert_allclose(from_fcsv, points)

@@ -197,15 +197,17 @@ def test_contact_area_counts_the_stations_in_contact_only():
 @pytest.mark.parametrize("points, phrase", [
     ("one spot", "its points lie on one spot"),
     ("a point without coordinates", "without coordinates"),
+    ("a tolerance beyond 10 mm", "between 0 and 10 mm"),
 ])
-def test_centreline_without_length_or_coordinates_is_refused(points, phrase):
+def test_centreline_without_length_or_coordinates_and_too_wide_a_tolerance_are_refused(points, phrase):
     phantom = generate_phantom(make_shell_spec(200.0), **GRID)
     centreline = np.array(phantom.centreline_ras, float)
     centreline = np.repeat(centreline[40:41], 3, axis=0) if points == "one spot" else centreline
     if points == "a point without coordinates":
         centreline[10] = np.nan
     with pytest.raises(InputError, match=phrase):
-        compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, centreline)
+        compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, centreline,
+                        tolerance_mm=12.0 if "tolerance" in points else 1.0)
 
 
 def test_surface_meshes_carry_distances():

@@ -386,6 +386,39 @@ def test_malformed_markups_and_roi_files(tmp_path, ct_case):
     assert_refused(run_cli("analyze", paths["image"], "--out", out, "--roi", no_roi), out, "no markups ROI")
 
 
+def test_seed_points_never_placed_are_left_out_with_a_warning(tmp_path, ct_case):
+    _, paths = ct_case
+    document = json.loads(Path(paths["seeds"]).read_text())
+    points = document["markups"][0]["controlPoints"]
+    points.append(dict(points[-1], id="extra", label="extra", positionStatus="undefined"))
+    seeds = tmp_path / "nerve_right.mrk.json"
+    seeds.write_text(json.dumps(document))
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--nerve-seeds", seeds, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
+    assert any("1 point(s) of the seed-point file 'nerve_right.mrk.json' had no position" in w for w in warnings)
+
+
+def test_nifti_without_orientation_is_read_with_a_warning(tmp_path, ct_case):
+    # Neither qform nor sform: the axes are taken as stored, and left and right may be swapped.
+    import struct
+
+    import SimpleITK as sitk
+
+    _, paths = ct_case
+    image = tmp_path / "ct.nii"
+    sitk.WriteImage(sitk.ReadImage(str(paths["image"])), str(image))
+    header = bytearray(image.read_bytes())
+    header[252:256] = struct.pack("<2h", 0, 0)
+    image.write_bytes(bytes(header))
+    out = tmp_path / "out"
+    result = run_cli("analyze", image, "--out", out, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
+    assert any("gives no orientation" in w and "left and right may be swapped" in w for w in warnings)
+
+
 def test_roi_without_coordinates_is_refused(tmp_path, ct_case):
     _, paths = ct_case
     out = tmp_path / "out"

@@ -201,7 +201,8 @@ def _side_of(markup, points_ras: np.ndarray, midline) -> tuple[str, str | None]:
 SEED_MARKUP_TYPES = ("Fiducial", "Curve", "ClosedCurve", "")
 
 
-def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str | None]]:
+def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, list[str]]]:
+    """(side, RAS points, warnings) of each seed-point file."""
     seeds = []
     for path in paths:
         markups = read_markups_json(path, "seed-point file")
@@ -224,7 +225,11 @@ def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, str 
                              "a position (added to the list but never placed). Place them on the nerve in Slicer "
                              "and save again.")
         side, warning = _side_of(seed_markup, points, midline) if len(points) else ("right", None)
-        seeds.append((side, points, warning))
+        warnings = [warning] if warning else []
+        if unplaced:
+            warnings.append(f"{unplaced} point(s) of the seed-point file '{Path(path).name}' had no position (added "
+                            "to the list but never placed) and were left out.")
+        seeds.append((side, points, warnings))
     sides = [s[0] for s in seeds]
     if len(set(sides)) != len(sides):
         raise InputError(f"Two seed files were given for the same side ({', '.join(sides)}). Give one file per "
@@ -443,9 +448,8 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
         warnings += oss_outputs.result.warnings
 
     nerves = []
-    for side, points, side_warning in seeds:
-        if side_warning:
-            warnings.append(side_warning)
+    for side, points, seed_warnings in seeds:
+        warnings += seed_warnings
         seeds_node = scene_io.points_node_from_array(scene, points, f"Sciatic nerve {side} seeds")
         with _stage(timings, "nerve"):
             nerve_outputs = analysis.trace_nerve(

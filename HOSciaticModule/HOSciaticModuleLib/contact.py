@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM
+from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry, bounding_slices, sparse_label_boxes
 from .nerve import frames, resample_polyline, star_polygon_area_centroid
@@ -767,8 +767,9 @@ def _checked_contact_inputs(nerve_mask, ho_labelmap, geometry: VolumeGeometry, c
         raise InputError(f"The nerve centreline is {length:.2f} mm long (its points lie on one spot): contact is "
                          f"measured at stations {STATION_SPACING_MM:g} mm apart along it. Trace the nerve again, or "
                          "place the curve's points along the nerve.")
-    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
-        raise InputError(f"The contact tolerance must be a non-negative number of mm; got {tolerance_mm}.")
+    if not np.isfinite(tolerance_mm) or not 0 <= tolerance_mm <= MAX_CONTACT_TOLERANCE_MM:
+        raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:g} mm (distances "
+                         f"are measured that far from the nerve); got {tolerance_mm}.")
     return nerve_mask, centreline, float(tolerance_mm)
 
 

@@ -336,6 +336,7 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
         _check_nifti_sform(path, what)
         _check_nifti_spacing_and_size(path, what)
         _check_nrrd_spacing(path, what)
+        warnings += _nifti_orientation_warnings(path, what)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
@@ -420,6 +421,21 @@ def _check_nifti_spacing_and_size(path: Path, what: str) -> None:
     if not _holds_bytes(path, expected):
         raise InputError(f"The {what} '{path}' ends before its voxel data do (the file was cut short, in a copy or "
                          "download): the missing slices would be read as zeros. Copy the file again.")
+
+
+def _nifti_orientation_warnings(path: Path, what: str) -> list[str]:
+    """A warning for a NIfTI file that gives no orientation (neither qform nor sform):
+    its axes are then taken as they are stored, and its left and right may be swapped."""
+    read = bonelabels.nifti1_header(path)
+    if read is None:
+        return []
+    header, endian, _ = read
+    qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
+    if qform_code > 0 or sform_code > 0:
+        return []
+    return [f"The {what} '{path.name}' gives no orientation (its NIfTI header sets neither a qform nor an sform): "
+            "its axes were taken as stored, so the patient's left and right may be swapped. Check the side of each "
+            "nerve and island against the images, or convert the original (DICOM) images again."]
 
 
 def _holds_bytes(path: Path, expected: int) -> bool:
