@@ -72,7 +72,8 @@ class HOSciaticModuleParameterNode:
     mrVolume: vtkMRMLScalarVolumeNode
     nativeBoneSegmentation: vtkMRMLSegmentationNode
     roi: vtkMRMLMarkupsROINode
-    boneThresholdHU: Annotated[float, WithinRange(MIN_BONE_THRESHOLD_HU, MAX_BONE_THRESHOLD_HU)] = DEFAULT_BONE_THRESHOLD_HU
+    boneThresholdHU: Annotated[float, WithinRange(MIN_BONE_THRESHOLD_HU, MAX_BONE_THRESHOLD_HU)] = (
+        DEFAULT_BONE_THRESHOLD_HU)
     minIslandMl: Annotated[float, WithinRange(0.0, 100.0)] = DEFAULT_MIN_ISLAND_ML
     side: Annotated[str, Choice(list(SIDES))] = SIDES[0]
     modality: Annotated[str, Choice(list(MODALITIES))] = MODALITIES[0]

@@ -112,14 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     analyze = commands.add_parser("analyze", help="analyse one CT (or MR) volume")
-    analyze.add_argument("image", type=_path, help="CT (or MR with --modality mr): NRRD, NIfTI, MHA or a DICOM folder")
+    analyze.add_argument("image", type=_path,
+                         help="CT (or MR with --modality mr): NRRD, NIfTI, MHA or a DICOM folder")
     analyze.add_argument("--out", type=_path, required=True, help="output folder (created if missing)")
     analyze.add_argument("--modality", choices=("ct", "mr"), default="ct",
                          help="ct (default): HO segmentation + nerve; mr: nerve tracing only")
-    analyze.add_argument("--roi", type=_path, help="markups ROI (.mrk.json) limiting the HO search: islands meeting it are "
-                                       "reported; the bone around it and its mirror image across the body's midline "
-                                       "are read for context")
-    analyze.add_argument("--bones", type=_path, help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
+    analyze.add_argument("--roi", type=_path,
+                         help="markups ROI (.mrk.json) limiting the HO search: islands meeting it are "
+                              "reported; the bone around it and its mirror image across the body's midline "
+                              "are read for context")
+    analyze.add_argument("--bones", type=_path,
+                         help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
                          "segmentation (TotalSegmentator) only the segments named as bones are used")
     analyze.add_argument("--nerve-seeds", type=_path, action="append", default=[], metavar="SEEDS.mrk.json",
                          help="points along one sciatic nerve, a Slicer markups .mrk.json or an older .fcsv point "
@@ -130,10 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch_command = commands.add_parser(
         "batch", help="analyse every case of a case list (CSV), one output folder per case, and a summary table")
-    batch_command.add_argument("cases", type=_path, help="CSV with a header row: case, image (required), nerve_seeds (several "
+    batch_command.add_argument("cases", type=_path,
+                               help="CSV with a header row: case, image (required), nerve_seeds (several "
                                "files separated by ';' or '|'), roi, bones, modality; paths relative to the CSV's "
                                "folder; columns separated by commas, semicolons or tabs")
-    batch_command.add_argument("--out", type=_path, required=True, help="output folder: one folder per case and summary.csv")
+    batch_command.add_argument("--out", type=_path, required=True,
+                               help="output folder: one folder per case and summary.csv")
     _add_shared_options(batch_command)
     batch_command.add_argument("--skip-existing", action="store_true",
                                help="keep cases whose folder already holds the metrics.json of the same inputs and "

@@ -401,6 +401,7 @@ def contact_resolution_mm(geometry: VolumeGeometry) -> float:
 
 
 def tolerance_floor_warnings(tolerance_mm: float, resolution_mm: float) -> list[str]:
+    """A warning when the tolerance asked for is finer than the surfaces are measured to."""
     if tolerance_mm >= resolution_mm:
         return []
     return [f"The contact tolerance of {tolerance_mm:g} mm is finer than the surfaces are measured to on this grid "

@@ -395,7 +395,10 @@ def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
         try:
             for name in moved_in:
                 target = out_dir / name
-                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
             for name in moved_aside:
                 os.replace(aside / name, out_dir / name)
         except OSError as error:

@@ -467,7 +467,7 @@ def _check_nrrd_spacing(path: Path, what: str) -> None:
         return
     try:
         with path.open("rb") as stream:
-            lines = stream.read(65536).split(b"\n\n", 1)[0].decode("latin-1").splitlines()
+            lines = re.split(rb"\r?\n\r?\n", stream.read(65536), maxsplit=1)[0].decode("latin-1").splitlines()
     except OSError:
         return
     fields = {}
