@@ -292,8 +292,10 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        from HOSciaticModuleLib.session import SessionResults
+
         self._analysis = None
-        self._latest = {}
+        self._latest = SessionResults()
 
     def getParameterNode(self):
         return HOSciaticModuleParameterNode(super().getParameterNode())
@@ -301,7 +303,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
     def forgetResults(self) -> None:
         """Drop this session's results (the scene that held them is closing): an export
         or a jump after it must not reach into the previous case."""
-        self._latest = {}
+        self._latest.forget()
         self._analysis = None
 
     @staticmethod
@@ -348,7 +350,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         p.islandsTable = outputs.islands_table_node
         outputs.segmentation_node.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=p.ctVolume, fit=False)
-        self._latest["ossification"] = outputs
+        self._latest.segmented(outputs)
         return outputs
 
     def traceNerve(self, p, progress=None):
@@ -367,7 +369,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         p.centreline = outputs.centreline_node
         p.stationsTable = outputs.stations_table_node
         outputs.segmentation_node.CreateClosedSurfaceRepresentation()
-        self._latest.setdefault("nerves", {})[p.side] = outputs
+        self._latest.traced(p.side, outputs)
         return outputs
 
     def computeContact(self, p, progress=None):
@@ -380,11 +382,12 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
             chart_node=self._sideNode(p.chart, chart_name(p.side)),
             islands_table_node=p.islandsTable, bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.contactTable = outputs.contact_table_node
+        p.centreline = outputs.centreline_node
         if outputs.islands_table_node is not None:
             p.islandsTable = outputs.islands_table_node
         p.stationsTable = outputs.stations_table_node
         p.chart = outputs.chart_node
-        self._latest.setdefault("contacts", {})[p.side] = outputs
+        self._latest.measured(p.side, outputs)
         return outputs
 
     def currentWarnings(self, p) -> list:
@@ -405,7 +408,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         scene saved earlier) the centreline station nearest to HO."""
         from HOSciaticModuleLib import scene as scene_io
 
-        contact = self._latest.get("contacts", {}).get(p.side)
+        contact = self._latest.contact_of(p.side)
         if contact is not None and contact.contact.closest_points_ras is not None:
             return contact.contact.closest_points_ras[0]
         nearest = scene_io.station_nearest_to_ho(p.centreline) if p.centreline else None
@@ -432,9 +435,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         folder = pathlib.Path(str(p.exportDirectory)) if p.exportDirectory else None
         if folder is None or str(folder) in ("", "."):
             raise ValueError("Choose an export folder first.")
-        oss = self._latest.get("ossification")
-        nerves = sorted(self._latest.get("nerves", {}).items())
-        contacts = sorted(self._latest.get("contacts", {}).items())
+        oss, nerves, contacts, staleWarnings = self._latest.current(slicer.mrmlScene)
         if oss is None and not nerves and p.segmentation:
             # The steps ran in an earlier session: the saved scene holds their results.
             oss, nerves, contacts = self.analysis.analysis_from_scene(
@@ -450,7 +451,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         # nerve traced alone on an MR used none of them.
         parameters = export.default_parameters(p.boneThresholdHU, p.minIslandMl, p.contactToleranceMm,
                                                "ct" if oss is not None else p.modality)
-        warnings = list(oss.result.warnings) if oss is not None else []
+        warnings = (list(oss.result.warnings) if oss is not None else []) + staleWarnings
         document = export.metrics_document(inputInfo, parameters, oss, nerves, contacts, warnings)
         export.publish(folder, lambda staging: export.write_results(
             staging, slicer.mrmlScene, p.segmentation, nerves, document, progress=progress))

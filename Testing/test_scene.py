@@ -789,3 +789,58 @@ def test_export_reports_progress_per_node_and_a_cancelled_one_leaves_the_folder_
         progress=lambda fraction, message: reports.append(fraction)))
     assert (folder / "scene.mrb").is_file() and (folder / "notes.txt").is_file()
     assert len(reports) >= 5 and reports == sorted(reports) and reports[-1] >= 0.9
+
+
+def test_tracing_again_drops_the_contact_of_the_nerve_before(slicer_scene, phantom):
+    # With HO 1 deleted, bone in no HO segment wraps the nerve: the contact warns and shows
+    # it as a review segment. Traced again, the nerve's curve kept that warning (in the
+    # status line and the saved scene) and the segment stayed, though no contact was measured.
+    from HOSciaticModuleLib.pipeline import wrapping_bone_name
+
+    analysis, volume, seeds, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    oss.segmentation_node.GetSegmentation().RemoveSegment(scene_io.segment_id_by_name(oss.segmentation_node, "HO 1"))
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    assert any("surrounds the nerve" in w for w in contact.contact.warnings)
+    assert scene_io.segment_id_by_name(oss.segmentation_node, wrapping_bone_name("right")) is not None
+    retraced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    warnings = analysis.recorded_warnings(oss.segmentation_node, retraced.centreline_node)
+    assert not [w for w in warnings if "surrounds the nerve" in w]
+    assert scene_io.segment_id_by_name(oss.segmentation_node, wrapping_bone_name("right")) is None
+
+
+def test_a_deleted_chart_is_made_again_with_the_same_series(slicer_scene, phantom):
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    series = slicer_scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode")
+    slicer_scene.RemoveNode(contact.chart_node)
+    again = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    assert slicer_scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == series  # none left over, none doubled
+    assert again.chart_node.GetNumberOfPlotSeriesNodes() == series
+    assert again.centreline_node is traced.centreline_node
+
+
+def test_session_results_follow_the_steps_and_the_nodes(slicer_scene, phantom):
+    # The panel's export once wrote the islands and contact of an earlier HO step, or the
+    # contact of a nerve traced before, beside the new results; and a deleted curve's nerve.
+    from HOSciaticModuleLib.session import SessionResults
+
+    analysis, volume, seeds, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    session = SessionResults()
+    session.segmented(oss)
+    session.traced("right", traced)
+    session.measured("right", contact)
+    assert session.current(slicer_scene) == (oss, [("right", traced)], [("right", contact)], [])
+    again = analysis.segment_ossifications(volume, min_island_ml=3.0)
+    session.segmented(again)
+    current, nerves, contacts, warnings = session.current(slicer_scene)
+    assert current is again and nerves == [("right", traced)] and contacts == []
+    (warning,) = warnings
+    assert "right nerve's contact" in warning and "Press Compute" in warning
+    session.measured("right", analysis.compute_contact(again.segmentation_node, traced.centreline_node, side="right"))
+    assert len(session.current(slicer_scene)[2]) == 1
+    retraced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=again.segmentation_node)
+    session.traced("right", retraced)
+    assert session.current(slicer_scene)[2] == []
+    slicer_scene.RemoveNode(retraced.centreline_node)
+    assert session.current(slicer_scene)[1:] == ([], [], [])
+    session.forget()
+    assert session.current(slicer_scene) == (None, [], [], [])

@@ -195,6 +195,7 @@ class ContactOutputs:
     #: The HO segments' figures as measured with the contact (None without the CT).
     islands: list | None = None
     islands_table_node: object = None
+    centreline_node: object = None
 
 
 def caveated_contact_warnings(stations: list[dict]) -> list[str]:
@@ -581,6 +582,10 @@ class HOSciaticAnalysis:
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
+        # The contact measured on the nerve traced before is gone with it: its warnings and
+        # the bone it found wrapped around that nerve.
+        self._record_warnings(centreline_node, CONTACT_WARNINGS, [])
+        self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
         centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps(list(trace.station_caveats)))
         scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
                                  [segmentation_node, centreline_node, stations_table_node])
@@ -790,7 +795,7 @@ class HOSciaticAnalysis:
                final=True)
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
-                              islands_table_node if islands is not None else None)
+                              islands_table_node if islands is not None else None, centreline_node)
 
     @staticmethod
     def _doubted_contact_warnings(segmentation_node, names: dict, result) -> list:

@@ -718,7 +718,10 @@ def fill_plot_chart(scene, chart_node, name: str, table_node, x_column: str, y_c
     colors = [(0.85, 0.2, 0.2), (0.2, 0.45, 0.85), (0.2, 0.7, 0.3), (0.6, 0.3, 0.7)]
     for index, column in enumerate(y_columns):
         series_name = f"{name}: {column}"
-        series = existing.pop(series_name, None) or scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", series_name)
+        # A series left behind by a deleted chart is taken up again, not duplicated.
+        left = scene.GetNodesByClassByName("vtkMRMLPlotSeriesNode", series_name)
+        series = (existing.pop(series_name, None) or (left.GetItemAsObject(0) if left.GetNumberOfItems() else None)
+                  or scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", series_name))
         series.SetAndObserveTableNodeID(table_node.GetID())
         series.SetXColumnName(x_column)
         series.SetYColumnName(column)

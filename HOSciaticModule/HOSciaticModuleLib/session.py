@@ -1,0 +1,51 @@
+"""The results of the steps run in one session of the panel, kept for its export and
+its jumps: each step drops the results that stood on what it replaced, and nodes the
+reader deleted take their results with them."""
+
+from __future__ import annotations
+
+
+class SessionResults:
+    """The latest HO segmentation, nerve per side and contact per side of a session."""
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop everything (the scene that held the results is closing)."""
+        self.ossification = None
+        self.nerves: dict = {}
+        self.contacts: dict = {}
+
+    def segmented(self, outputs) -> None:
+        """A new HO segmentation: contact measured on the segments before is not that of these."""
+        self.ossification = outputs
+        self.contacts = {}
+
+    def traced(self, side: str, outputs) -> None:
+        """A new nerve on ``side``: its contact measured before was that of another nerve."""
+        self.nerves[side] = outputs
+        self.contacts.pop(side, None)
+
+    def measured(self, side: str, outputs) -> None:
+        self.contacts[side] = outputs
+
+    def contact_of(self, side: str):
+        return self.contacts.get(side)
+
+    def current(self, scene) -> tuple:
+        """(ossification, [(side, nerve)], [(side, contact)], warnings) of the results
+        whose nodes are still in ``scene``; a warning for each traced nerve whose
+        contact is missing beside an HO segmentation."""
+        oss = self.ossification
+        if oss is not None and oss.segmentation_node.GetScene() is not scene:
+            oss = None
+        nerves = sorted((side, nerve) for side, nerve in self.nerves.items()
+                        if nerve.centreline_node.GetScene() is scene)
+        contacts = sorted((side, contact) for side, contact in self.contacts.items()
+                          if oss is not None and side in dict(nerves))
+        measured = dict(contacts)
+        warnings = [f"The {side} nerve's contact with HO is not in these results: it was not computed again after "
+                    "the last HO segmentation or tracing. Press Compute, then export again."
+                    for side, _ in nerves if oss is not None and side not in measured]
+        return oss, nerves, contacts, warnings
