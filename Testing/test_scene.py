@@ -604,6 +604,7 @@ def test_bone_on_the_midline_is_shown_as_its_own_segment_and_not_as_ho(slicer_sc
 
     without = generate_phantom(dataclasses.replace(spec, extra_bones=other_hip_bones(spec)), **grid)
     second = scene_io.volume_node_from_array(slicer_scene, without.image, without.geometry, "CT plain")
+    slicer_scene.RemoveNode(volume)  # one CT per analysis: the first one goes
     analysis.segment_ossifications(second, segmentation_node=segmentation)
     names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in scene_io.segment_ids(segmentation)]
     assert MIDLINE_SEGMENT_NAME not in names
@@ -844,3 +845,29 @@ def test_session_results_follow_the_steps_and_the_nodes(slicer_scene, phantom):
     assert session.current(slicer_scene)[1:] == ([], [], [])
     session.forget()
     assert session.current(slicer_scene) == (None, [], [], [])
+
+
+def test_a_second_ct_in_the_scene_does_not_take_up_the_first_ones_analysis(slicer_scene, phantom):
+    # Outputs are found by name: the HO step of a second CT went into the first one's
+    # segmentation (its nerve and curve kept), and with a segmentation of its own the
+    # second CT's tracing and contact took up the first one's curve, tables and models,
+    # so the first case's figures were measured on the second one's nerve.
+    analysis, volume, seeds, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    other = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT B")
+    nodes = slicer_scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="holds the analysis of the CT 'CT'"):
+        analysis.segment_ossifications(other)
+    own = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT B segmentation")
+    own.SetReferenceImageGeometryParameterFromVolumeNode(other)
+    with pytest.raises(InputError, match="belongs to the analysis in the segmentation 'HOSciatic segmentation'"):
+        analysis.segment_ossifications(other, segmentation_node=own)
+    with pytest.raises(InputError, match="belongs to the analysis in the segmentation 'HOSciatic segmentation'"):
+        analysis.trace_nerve(other, seeds, side="right", segmentation_node=own)
+    assert slicer_scene.GetNumberOfNodes() == nodes + 1 and own.GetSegmentation().GetNumberOfSegments() == 0
+    # The same CT analysed again once the first copy is gone: its outputs are taken up.
+    slicer_scene.RemoveNode(own)
+    slicer_scene.RemoveNode(volume)
+    again = analysis.segment_ossifications(other)
+    assert again.segmentation_node is oss.segmentation_node and again.islands_table_node is oss.islands_table_node
+    retraced = analysis.trace_nerve(other, seeds, side="right", segmentation_node=again.segmentation_node)
+    assert retraced.centreline_node is traced.centreline_node

@@ -43,6 +43,9 @@ WARNING_SEPARATOR = " | "
 OSSIFICATION_WARNINGS = "HOSciatic.OssificationWarnings"
 NERVE_WARNINGS = "HOSciatic.NerveWarnings"
 CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
+#: On each output node: the ID of the segmentation whose analysis made it. Outputs are
+#: found by name, so a second CT analysed in the same scene would take up the first's.
+ANALYSIS_ATTRIBUTE = "HOSciatic.Segmentation"
 #: Per station of a traced nerve, its caveats (a JSON list of strings), on the curve.
 STATION_CAVEATS_ATTRIBUTE = "HOSciatic.StationCaveats"
 #: Segment tag saying whether an HO segment was found fused to the native skeleton.
@@ -278,6 +281,45 @@ class HOSciaticAnalysis:
     def _folder_name(self, volume_node) -> str:
         return f"HOSciatic analysis: {volume_node.GetName()}" if volume_node is not None else "HOSciatic analysis"
 
+    def _tag_outputs(self, segmentation_node, nodes) -> None:
+        for node in nodes:
+            if node is not None and segmentation_node is not None:
+                node.SetAttribute(ANALYSIS_ATTRIBUTE, segmentation_node.GetID())
+
+    def _check_one_analysis(self, segmentation_node, outputs) -> None:
+        """Refuse, before anything is written, output nodes (given, or as found by
+        (class, name)) that another analysis still in the scene made."""
+        if segmentation_node is None:
+            return
+        for item in outputs:
+            node = self._existing(None, *item) if isinstance(item, tuple) else item
+            owner_id = node.GetAttribute(ANALYSIS_ATTRIBUTE) if node is not None else None
+            owner = self.scene.GetNodeByID(owner_id) if owner_id else None
+            if owner is None or owner is segmentation_node:
+                continue
+            reference = self._reference_volume(owner)
+            case = f" of the CT '{reference.GetName()}'" if reference is not None else ""
+            raise InputError(f"'{node.GetName()}' belongs to the analysis in the segmentation '{owner.GetName()}'"
+                             f"{case}, not to '{segmentation_node.GetName()}': measuring one case with the other's "
+                             "nodes would mix the two. Analyse one CT per scene (save this scene and close it before "
+                             f"loading the other CT), or delete '{node.GetName()}' to have it made again.")
+
+    def _check_segmentation_of_this_ct(self, segmentation_node, ct_volume_node, ct) -> None:
+        """Refuse to put a CT's HO into a segmentation that holds another CT's analysis
+        (that CT still in the scene): its nerve, curves and tables are that case's."""
+        reference = self._reference_volume(segmentation_node) if segmentation_node is not None else None
+        if reference is None or reference is ct_volume_node or reference.GetScene() is not self.scene:
+            return
+        image = scene_io.array_from_volume(reference, "Reference volume")[0] if reference.GetImageData() else None
+        if image is None or not ossification.looks_like_ct(image):
+            return  # an MR the nerve was traced on first: the CT joins its analysis
+        raise InputError(f"The segmentation '{segmentation_node.GetName()}' holds the analysis of the CT "
+                         f"'{reference.GetName()}', which is still in the scene: the HO of '{ct_volume_node.GetName()}' "
+                         "put into it would mix the two cases (its nerve, curves and tables are the other CT's). "
+                         "Analyse one CT per scene: save this scene and close it before loading the other CT. If "
+                         f"'{ct_volume_node.GetName()}' is the same CT (cropped or resampled), delete "
+                         f"'{reference.GetName()}' from the scene first.")
+
     def _existing(self, node, class_name: str, name: str):
         """The given node, else a node of that class and name already in the scene."""
         if node is not None:
@@ -422,7 +464,11 @@ class HOSciaticAnalysis:
             raise InputError("No CT volume selected. Load the CT of the hip and select it as input.")
         report(progress, 0.0, "Reading CT")
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
-        self._check_output_placement(self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME))
+        existing_segmentation = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
+        self._check_output_placement(existing_segmentation)
+        self._check_segmentation_of_this_ct(existing_segmentation, ct_volume_node, ct)
+        self._check_one_analysis(existing_segmentation,
+                                 [islands_table_node or ("vtkMRMLTableNode", ISLANDS_TABLE_NAME)])
         roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
         # Inside an ROI only a block around it is analysed: memory and time follow the ROI.
         block = (self._roi_context_block(ct_volume_node, ct, geometry, roi_mask, bone_threshold_hu)
@@ -473,6 +519,7 @@ class HOSciaticAnalysis:
             segmentation_node.SetAttribute(CONTRAST_LEVEL_ATTRIBUTE, f"{result.contrast_level_hu:.0f}")
         else:
             segmentation_node.RemoveAttribute(CONTRAST_LEVEL_ATTRIBUTE)
+        self._tag_outputs(segmentation_node, [islands_table_node])
         scene_io.place_in_folder(self.scene, self._folder_name(ct_volume_node), [segmentation_node, islands_table_node])
         report(progress, 1.0, f"{len(result.islands)} HO island(s) found", final=True)
         return OssificationOutputs(segmentation_node, islands_table_node, result)
@@ -549,6 +596,9 @@ class HOSciaticAnalysis:
         check_seeds_on_one_nerve(seeds)
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         self._check_output_placement(segmentation_node)
+        self._check_one_analysis(segmentation_node, [
+            centreline_node or ("vtkMRMLMarkupsCurveNode", centreline_name(side)),
+            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side))])
         exclusion = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
             exclusion = np.zeros(geometry.shape_kji, bool)
@@ -587,6 +637,7 @@ class HOSciaticAnalysis:
         self._record_warnings(centreline_node, CONTACT_WARNINGS, [])
         self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
         centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps(list(trace.station_caveats)))
+        self._tag_outputs(segmentation_node, [centreline_node, stations_table_node])
         scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
                                  [segmentation_node, centreline_node, stations_table_node])
         report(progress, 1.0, f"Nerve traced over {trace.length_mm:.0f} mm", final=True)
@@ -719,6 +770,12 @@ class HOSciaticAnalysis:
         ho_distance_model_node = self._existing(ho_distance_model_node, "vtkMRMLModelNode",
                                                 ho_distance_model_name(side))
         self._check_output_placement(contact_patch_model_node, ho_distance_model_node)
+        self._check_one_analysis(segmentation_node, [
+            centreline_node, contact_patch_model_node, ho_distance_model_node,
+            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side)),
+            contact_table_node or ("vtkMRMLTableNode", CONTACT_TABLE_NAME),
+            chart_node or ("vtkMRMLPlotChartNode", chart_name(side)),
+            islands_table_node or ("vtkMRMLTableNode", ISLANDS_TABLE_NAME)])
         full_geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
         report(progress, 0.05, "Reading segments")
         nerve = scene_io.segment_block_on_grid(segmentation_node, nerve_id, full_geometry)
@@ -788,6 +845,9 @@ class HOSciaticAnalysis:
         contact_patch_model_node = self._contact_patch_model(contact_patch_model_node, side, nerve_mesh,
                                                              result.tolerance_mm, segmentation_node)
         ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh, segmentation_node)
+        self._tag_outputs(segmentation_node, [contact_table_node, chart_node, contact_patch_model_node,
+                                              ho_distance_model_node, stations_table_node, centreline_node,
+                                              islands_table_node])
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
         self._record_warnings(centreline_node, CONTACT_WARNINGS, result.warnings)
