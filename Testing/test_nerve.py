@@ -19,8 +19,8 @@ from scipy.spatial.transform import Rotation
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry
 from HOSciaticModuleLib.nerve import (TOO_WIDE_STRETCH_MM, StationCaveat, check_plausible_width,
-                                      check_told_from_muscle, flatten_mr_shading, sort_seeds_along_nerve,
-                                      thick_across_nerve_caveats, trace_nerve, voxel_noise)
+                                      check_told_from_muscle, flatten_mr_shading, image_edge_caveats,
+                                      sort_seeds_along_nerve, thick_across_nerve_caveats, trace_nerve, voxel_noise)
 from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec, _dense_nerve_curve, generate_phantom, make_shell_spec
 
 ROTATED = Rotation.from_euler("xyz", [20.0, -15.0, 30.0], degrees=True).as_matrix()
@@ -1074,3 +1074,19 @@ def test_mr_nerve_bright_where_compressed_is_traced_with_a_seed_on_that_stretch(
     on_stretch = (phantom.centreline_s_mm[index] >= 65.0) & (phantom.centreline_s_mm[index] <= 95.0)
     assert abs(np.median(error[on_stretch])) <= 0.5 and abs(np.median(error[~on_stretch])) <= 0.5, error
     assert any("2.0 times as bright near one seed point" in w for w in trace.warnings), trace.warnings
+
+
+def test_stations_whose_section_reaches_the_image_edge_carry_a_caveat():
+    # A nerve cut by the side of the field of view read up to 2.6 mm small and 2.3 mm off
+    # its centre there (5.6 mm wide without an HO segmentation), silently.
+    geometry = VolumeGeometry.from_spacing_origin_directions((50, 40, 40), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    angles = np.linspace(0.0, 2 * np.pi, 90, endpoint=False)
+    circle = 4.5 * np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], axis=1)
+    centres = np.array([[20.0, 20.0, 20.0 + 2.0 * n] for n in range(30)])
+    centres[:3, 0] = [4.5, 4.9, 6.0]  # the first two sections reach within a voxel of the first column (i = 0)
+    boundary = centres[:, None, :] + circle[None]
+    s_mm = np.arange(30) * 2.0
+    (caveat,) = image_edge_caveats(geometry, boundary, s_mm)
+    assert caveat.reason == "at the image edge" and caveat.stations.tolist() == [True, True, False] + [False] * 27
+    assert "0-2 mm along it" in caveat.warning
+    assert image_edge_caveats(geometry, boundary[3:], s_mm[3:]) == []

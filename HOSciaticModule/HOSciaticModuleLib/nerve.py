@@ -1703,6 +1703,21 @@ def metal_nearby_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np
         "reconstruction, or an MR, measures the nerve better there."))]
 
 
+def image_edge_caveats(geometry: VolumeGeometry, boundary: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]:
+    """The stations whose cross-section reaches within a voxel of the image's faces:
+    the outline is cut there by the field of view (or read on edge voxels repeated
+    beyond it), which shrinks or widens it and pulls its centre off the nerve."""
+    boundary = np.asarray(boundary, float)
+    inside = geometry.contains_ras(boundary.reshape(-1, 3), margin_voxels=1.0).reshape(boundary.shape[:2])
+    edge = ~inside.all(axis=1)
+    if not edge.any():
+        return []
+    return [StationCaveat("at the image edge", edge, (
+        f"{_stretch(edge, s_mm)} the nerve's cross-section reaches the edge of the image: its outline is cut there "
+        "by the field of view, so its calibre, centre and contact are not measured there. Image the nerve with a "
+        "margin, or place the end seed points at least a nerve's width inside the image."))]
+
+
 def check_told_from_muscle(caveats, contrast_to_noise: float | None) -> None:
     """Refuse a trace on a CT smoothed for its noise that found no fat plane, or ran
     wider than a nerve, along most of its length (from ``caveats``, those of
@@ -1976,7 +1991,8 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
     outline_caveats = (too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
                        + collapsed_section_caveats(sections.collapsed, s_mm)
                        + thinner_than_nerve_caveats(sections.area, sections.collapsed, s_mm))
-    image_caveats = thick_across_nerve_caveats(across_mm, s_mm, sized_by_partial_volume)
+    image_caveats = (thick_across_nerve_caveats(across_mm, s_mm, sized_by_partial_volume)
+                     + image_edge_caveats(full_geometry, boundary, s_mm))
     if modality == "ct":
         fat_plane_caveats = thin_fat_plane_caveats(sections.outside_levels, appearance, s_mm)
         check_told_from_muscle(fat_plane_caveats + outline_caveats, contrast_to_noise)
