@@ -151,6 +151,9 @@ SURROUND_RING_MM = 2.5
 #: the native cortex under an outgrowth's base that the bone split gives the island (a
 #: dome on the greater trochanter read 36 % large on a 1 mm grid; 15 % with this zone).
 EDGE_ZONE_MM = 2.5
+#: The bone whose level sets an edge's half step lies within the edge zone and a
+#: cortex's thickness (about 2 mm) of it.
+LOCAL_PEAK_EXTRA_MM = 2.0
 #: How far a blurred edge reaches past the half step: a CT's point spread is about 1 mm
 #: wide (full width at half maximum) with soft-tissue and bone kernels alike.
 EDGE_BLUR_MM = 1.0
@@ -1170,10 +1173,16 @@ def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_
     background = float(np.median(ct_hu[ring]))
     peak = float(np.percentile(ct_hu[island], 95))
     half_step = 0.5 * (background + peak)
-    half_maximum = max(bone_threshold_hu, half_step)
+    # The peak is that of the bone next to each edge, where lower than the island's: an
+    # immature part (under 500 HU) joined to a mature one (cortex about 1000 HU) lay all
+    # below the pair's half step, and lost its outer 2.5 mm (a third of the pair).
+    reach = np.maximum(np.round((EDGE_ZONE_MM + LOCAL_PEAK_EXTRA_MM) / np.asarray(geometry.spacing_kji)), 1)
+    local_peak = ndimage.maximum_filter(np.where(island, ct_hu, -np.inf).astype(np.float32),
+                                        size=tuple(int(2 * r + 1) for r in reach), mode="nearest")
+    half_maximum = np.maximum(bone_threshold_hu, 0.5 * (background + np.minimum(peak, local_peak)))
     marrow = island & ~at_least(ct_hu, bone_threshold_hu)
     inner = island & ~within_or_next_to(ring, geometry, EDGE_ZONE_MM)
-    refined = island & (at_least(ct_hu, half_maximum) | marrow | inner)
+    refined = island & ((ct_hu >= half_maximum) | marrow | inner)
     if half_step < bone_threshold_hu:
         # HO without a cortex, under twice the threshold: its half step lies outside the
         # threshold's edge, in the blur around it, which the edge now takes in (a 250 HU
