@@ -1090,3 +1090,14 @@ def test_stations_whose_section_reaches_the_image_edge_carry_a_caveat():
     assert caveat.reason == "at the image edge" and caveat.stations.tolist() == [True, True, False] + [False] * 27
     assert "0-2 mm along it" in caveat.warning
     assert image_edge_caveats(geometry, boundary[3:], s_mm[3:]) == []
+
+
+def test_a_stretch_in_pieces_is_named_as_pieces():
+    # "Over 6 % of the traced length (56-101 mm along it)" read as one stretch there.
+    from HOSciaticModuleLib.nerve import _stretch
+
+    s_mm = np.arange(120.0)
+    pieces = np.zeros(120, bool)
+    pieces[[56, 57, 58, 99, 100, 101]] = True
+    assert _stretch(pieces, s_mm) == "Over 5% of the traced length (56-101 mm along it, in 2 stretches)"
+    assert _stretch(np.arange(120) < 4, s_mm) == "Over 3% of the traced length (0-3 mm along it)"

@@ -1320,9 +1320,13 @@ def equivalent_diameter_mm(area_mm2):
 
 
 def _stretch(flagged: np.ndarray, s_mm: np.ndarray) -> str:
-    """How much of the traced length, and where, the ``flagged`` stations cover."""
-    return (f"Over {np.mean(flagged):.0%} of the traced length ({s_mm[flagged].min():.0f}-{s_mm[flagged].max():.0f} "
-            "mm along it)")
+    """How much of the traced length, and where, the ``flagged`` stations cover (a share
+    of 6 % spread from 56 to 101 mm read as one stretch there)."""
+    flagged = np.asarray(flagged, bool)
+    runs = int(np.count_nonzero(np.diff(flagged.astype(np.int8)) == 1) + flagged[0])
+    first, last = s_mm[flagged].min(), s_mm[flagged].max()
+    pieces = f", in {runs} stretches" if runs > 1 else ""
+    return f"Over {np.mean(flagged):.0%} of the traced length ({first:.0f}-{last:.0f} mm along it{pieces})"
 
 
 def longest_voxel_edge_across_nerve(geometry: VolumeGeometry, points: np.ndarray) -> tuple:
