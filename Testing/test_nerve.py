@@ -1101,3 +1101,24 @@ def test_a_stretch_in_pieces_is_named_as_pieces():
     pieces[[56, 57, 58, 99, 100, 101]] = True
     assert _stretch(pieces, s_mm) == "Over 5% of the traced length (56-101 mm along it, in 2 stretches)"
     assert _stretch(np.arange(120) < 4, s_mm) == "Over 3% of the traced length (0-3 mm along it)"
+
+
+def test_a_seed_clicked_in_the_muscle_beside_the_nerve_is_named():
+    # On CT the muscle beside the nerve is as nerve-like as the nerve: a click 5 mm past
+    # the nerve's surface is not moved, and the path runs through that muscle (up to
+    # 12 mm off), named only as a stretch wider than a nerve. The warning now names the
+    # click to move; the same seeds on the nerve name none.
+    phantom = generate_phantom(modality="ct", spacing_ijk=(1.0, 1.0, 2.0))
+    s, curve, _, normal, _ = _dense_nerve_curve(phantom.spec)
+    end = phantom.centreline_s_mm[-1] - 8.0
+
+    def at(station_s, off_mm=0.0):
+        n = int(np.argmin(np.abs(s - station_s)))
+        return curve[n] + off_mm * normal[n]
+
+    on_nerve = np.array([at(8.0), at(60.0), at(end)])
+    clean = trace_nerve(phantom.image, phantom.geometry, on_nerve, modality="ct")
+    assert not [w for w in clean.warnings if w.startswith("Seed point(s)")]
+    off = trace_nerve(phantom.image, phantom.geometry, np.array([at(8.0), at(60.0), at(end, 11.0)]), modality="ct")
+    (named,) = [w for w in off.warnings if w.startswith("Seed point(s)")]
+    assert named.startswith("Seed point(s) 3 lie where the outline is wider than any sciatic nerve")

@@ -1631,6 +1631,23 @@ def too_wide_stretch_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[Sta
         "measure the nerve on a T2 fat-saturated MR."))]
 
 
+def seeds_in_too_wide_stretch_warnings(seeds_ras: np.ndarray, points: np.ndarray, caveats) -> list[str]:
+    """A warning naming the seed points (numbered as given) that lie in a stretch wider
+    than any sciatic nerve: a click in the muscle beside the nerve (as nerve-like as
+    the nerve on CT) is not moved, and the path runs through that muscle."""
+    wide = [caveat.stations for caveat in caveats if caveat.reason == WIDER_THAN_NERVE_REASON]
+    if not wide:
+        return []
+    nearest = cKDTree(points).query(np.asarray(seeds_ras, float).reshape(-1, 3))[1]
+    named = [str(n + 1) for n, station in enumerate(nearest) if np.logical_or.reduce(wide)[station]]
+    if not named:
+        return []
+    return [f"Seed point(s) {', '.join(named)} lie where the outline is wider than any sciatic nerve: a point clicked "
+            "in the muscle beside the nerve is not moved (muscle is as nerve-like as the nerve there), and the path "
+            "runs through that muscle. Check those points on the images, move any that is off the nerve onto it (or "
+            "into its fat sheath), and trace again."]
+
+
 def wider_than_normal_warnings(area_mm2: np.ndarray, modality: str) -> list[str]:
     """A warning when the outline is wider than a normal sciatic nerve along most of its
     length (see WIDE_NERVE_MEDIAN_MM), short of the refusal's width: a stretch compared
@@ -2003,6 +2020,7 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
         image_caveats += fat_plane_caveats + metal_nearby_caveats(full_image, full_geometry, points, s_mm)
     caveats = outline_caveats + image_caveats
     warnings += ([caveat.warning for caveat in outline_caveats] + too_thin_warnings(sections.area)
+                 + seeds_in_too_wide_stretch_warnings(seeds_ras, points, outline_caveats)
                  + wider_than_normal_warnings(sections.area, modality)
                  + [caveat.warning for caveat in image_caveats])
     report(progress, 0.9, "Building the nerve segment")
