@@ -113,6 +113,12 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     recorded = json.loads((out / "p01" / "metrics.json").read_text())["input"]["image"]
     assert recorded == str((case_list.parent / "images" / "ct_corrected.nrrd").resolve())
 
+    # An input deleted since: no earlier result is kept, the case says what is missing.
+    (case_list.parent / "images" / "nerve_seeds_right.mrk.json").unlink()
+    cli.main(["batch", str(corrected), "--out", str(out), "--no-scene", "--quiet", "--skip-existing"])
+    gone = _summary(out)["p01"]
+    assert gone["status"] == "refused" and "nerve_seeds_right.mrk.json" in gone["message"]
+
 
 def test_summary_counts_doubted_islands_only_where_the_document_says():
     from HOSciaticModuleLib.batch import BatchCase, summary_row

@@ -570,7 +570,9 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
     # an input saved again since (a corrected seed file, a re-exported series).
     same_version = document.get("software", {}).get("version") == __version__
     inputs = [p for p in (case.image, case.roi, case.bones, *case.nerve_seeds) if p]
-    fresh = _latest_change_ns(inputs, case_dir) <= (case_dir / "metrics.json").stat().st_mtime_ns
+    # An input gone since is no earlier result to keep: the case runs, and says it is missing.
+    present = all(Path(p).exists() for p in inputs)
+    fresh = present and _latest_change_ns(inputs, case_dir) <= (case_dir / "metrics.json").stat().st_mtime_ns
     # A folder missing a file this version writes (an earlier version's) runs again.
     complete = ((args.no_scene or (case_dir / "scene.mrb").is_file())
                 and (case.modality != "ct" or (case_dir / "islands.csv").is_file()))
