@@ -1320,8 +1320,9 @@ def equivalent_diameter_mm(area_mm2):
 
 
 def _stretch(flagged: np.ndarray, s_mm: np.ndarray) -> str:
-    """How much of the traced length, and where, the ``flagged`` stations cover (a share
-    of 6 % spread from 56 to 101 mm read as one stretch there)."""
+    """How much of the traced length, and where, the ``flagged`` stations cover, and in
+    how many pieces when more than one (else two short pieces far apart read as one
+    long stretch)."""
     flagged = np.asarray(flagged, bool)
     runs = int(np.count_nonzero(np.diff(flagged.astype(np.int8)) == 1) + flagged[0])
     first, last = s_mm[flagged].min(), s_mm[flagged].max()
@@ -1638,8 +1639,9 @@ def seeds_in_too_wide_stretch_warnings(seeds_ras: np.ndarray, points: np.ndarray
     wide = [caveat.stations for caveat in caveats if caveat.reason == WIDER_THAN_NERVE_REASON]
     if not wide:
         return []
+    wide = np.logical_or.reduce(wide)
     nearest = cKDTree(points).query(np.asarray(seeds_ras, float).reshape(-1, 3))[1]
-    named = [str(n + 1) for n, station in enumerate(nearest) if np.logical_or.reduce(wide)[station]]
+    named = [str(n + 1) for n, station in enumerate(nearest) if wide[station]]
     if not named:
         return []
     return [f"Seed point(s) {', '.join(named)} lie where the outline is wider than any sciatic nerve: a point clicked "
