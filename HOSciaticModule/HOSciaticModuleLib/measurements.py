@@ -126,7 +126,8 @@ STATION_CONTACT_MEASURES = [
 STATION_CAVEATS = Measure(
     "caveats", "Caveats", "", "str",
     "Why this station's figures are less reliable, as named in the tracing's warnings: near metal, slices along "
-    "the nerve, no fat plane, swollen or widened, wider than a nerve (empty: none)",
+    "the nerve, no fat plane, swollen or widened, wider than a nerve, outline collapsed, thinner than a nerve, at "
+    "the image edge (empty: none)",
     lambda s: s.get("caveats") or "")
 
 
