@@ -314,8 +314,8 @@ class HOSciaticAnalysis:
         if image is None or not ossification.looks_like_ct(image):
             return  # an MR the nerve was traced on first: the CT joins its analysis
         raise InputError(f"The segmentation '{segmentation_node.GetName()}' holds the analysis of the CT "
-                         f"'{reference.GetName()}', which is still in the scene: the HO of '{ct_volume_node.GetName()}' "
-                         "put into it would mix the two cases (its nerve, curves and tables are the other CT's). "
+                         f"'{reference.GetName()}', which is still in the scene: the HO of "
+                         f"'{ct_volume_node.GetName()}' put into it would mix the two cases (its nerve, curves and tables are the other CT's). "
                          "Analyse one CT per scene: save this scene and close it before loading the other CT. If "
                          f"'{ct_volume_node.GetName()}' is the same CT (cropped or resampled), delete "
                          f"'{reference.GetName()}' from the scene first.")
@@ -499,6 +499,7 @@ class HOSciaticAnalysis:
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
+        result.warnings += self._nerves_kept_out_of_ho(segmentation_node, masks, geometry)
         set_apart_offset = tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block))
         for name in ossification.SET_APART_SEGMENT_NAMES:
             self._show_set_apart(segmentation_node, name, result.set_apart.get(name), set_apart_offset, geometry)
@@ -537,6 +538,38 @@ class HOSciaticAnalysis:
         if plane is not None:
             corners = np.vstack([corners, plane.mirror(corners)])
         return geometry.bounding_slices_of_ras_box(corners, ROI_CONTEXT_MM)
+
+    @staticmethod
+    def _nerves_kept_out_of_ho(segmentation_node, ho_masks: dict, geometry) -> list[str]:
+        """A nerve traced before the HO step (on an MR, say) was drawn without the HO as a
+        barrier: its voxels inside the new HO segments are taken out, as a tracing after
+        the HO step leaves them out, and a warning says the rest was measured so."""
+        warnings = []
+        for side in SIDES:
+            nerve_id = scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
+            found = scene_io.segment_block_on_grid(segmentation_node, nerve_id, geometry) if nerve_id else None
+            if found is None:
+                continue
+            nerve, block = found
+            overlapped = False
+            for ho, offset in ho_masks.values():
+                ho_block = tuple(slice(o, o + n) for o, n in zip(offset, ho.shape))
+                common = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(block, ho_block))
+                if any(c.stop <= c.start for c in common):
+                    continue
+                in_nerve = tuple(slice(c.start - a.start, c.stop - a.start) for c, a in zip(common, block))
+                in_ho = tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(common, ho_block))
+                overlapped |= bool((nerve[in_nerve] & ho[in_ho]).any())
+                nerve[in_nerve] &= ~ho[in_ho]
+            if not overlapped:
+                continue
+            kept = {nerve_segment_name(side): (nerve, tuple(b.start for b in block))}
+            scene_io.replace_segments(segmentation_node, kept, geometry, scene_io.NERVE_COLOR)
+            warnings.append(f"The {side} sciatic nerve was traced before this HO segmentation, without the HO as a "
+                            "barrier: its voxels inside the HO were taken out, but its outline and centreline were "
+                            "measured without it. Trace the nerve again for figures that do not depend on the order "
+                            "of the steps.")
+        return warnings
 
     @staticmethod
     def _show_set_apart(segmentation_node, name, block_mask, offset, geometry):
