@@ -691,8 +691,9 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     """
     nerve_mask, centreline, tolerance = _checked_contact_inputs(nerve_mask, ho_labelmap, geometry, centreline_ras,
                                                                 tolerance_mm, ct_hu)
-    floor_warnings = tolerance_floor_warnings(tolerance, contact_resolution_mm(geometry))
-    tolerance = max(tolerance, contact_resolution_mm(geometry))
+    resolution = contact_resolution_mm(geometry)
+    floor_warnings = tolerance_floor_warnings(tolerance, resolution)
+    tolerance = max(tolerance, resolution)
     report(progress, 0.05, "Sampling nerve cross-sections")
     points = resample_polyline(centreline, STATION_SPACING_MM)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]

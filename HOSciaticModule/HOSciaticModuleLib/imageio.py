@@ -333,10 +333,8 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
     else:
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")
-        _check_nifti_sform(path, what)
-        _check_nifti_spacing_and_size(path, what)
+        warnings += _checked_nifti_header(path, what)
         _check_nrrd_spacing(path, what)
-        warnings += _nifti_orientation_warnings(path, what)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
@@ -369,14 +367,22 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
     return LoadedImage(np.array(array), geometry, str(path), description, warnings=warnings)
 
 
-def _check_nifti_sform(path: Path, what: str) -> None:
+def _checked_nifti_header(path: Path, what: str) -> list[str]:
+    """The checks of a NIfTI file's header (read once; none for another file), and the
+    warnings it calls for."""
+    read = bonelabels.nifti1_header(path)
+    if read is None:
+        return []
+    header, endian, _ = read
+    _check_nifti_sform(header, endian, path, what)
+    _check_nifti_spacing_and_size(header, endian, path, what)
+    return _nifti_orientation_warnings(header, endian, path, what)
+
+
+def _check_nifti_sform(header: bytes, endian: str, path: Path, what: str) -> None:
     """Refuse a NIfTI file whose sform is sheared (a gantry-tilted CT converted without
     tilt correction): its reader then falls back to the orthogonal qform without a word,
     which places every slice where it was not acquired."""
-    read = bonelabels.nifti1_header(path)
-    if read is None:
-        return
-    header, endian, _ = read
     sform_code = struct.unpack(endian + "h", header[254:256])[0]
     if sform_code <= 0:
         return
@@ -396,14 +402,10 @@ def _check_nifti_sform(path: Path, what: str) -> None:
 NIFTI_BYTES_PER_VOXEL = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
 
 
-def _check_nifti_spacing_and_size(path: Path, what: str) -> None:
+def _check_nifti_spacing_and_size(header: bytes, endian: str, path: Path, what: str) -> None:
     """Refuse a NIfTI file whose voxel spacing is missing (0 or not a number, which the
     reader would take for 1 mm) or whose voxel data end early (a file cut short in a
     copy or download, which the reader would fill with zeros)."""
-    read = bonelabels.nifti1_header(path)
-    if read is None:
-        return
-    header, endian, _ = read
     dims = struct.unpack(endian + "8h", header[40:56])
     datatype = struct.unpack(endian + "h", header[70:72])[0]
     pixdim = struct.unpack(endian + "8f", header[76:108])
@@ -423,13 +425,9 @@ def _check_nifti_spacing_and_size(path: Path, what: str) -> None:
                          "download): the missing slices would be read as zeros. Copy the file again.")
 
 
-def _nifti_orientation_warnings(path: Path, what: str) -> list[str]:
+def _nifti_orientation_warnings(header: bytes, endian: str, path: Path, what: str) -> list[str]:
     """A warning for a NIfTI file that gives no orientation (neither qform nor sform):
     its axes are then taken as they are stored, and its left and right may be swapped."""
-    read = bonelabels.nifti1_header(path)
-    if read is None:
-        return []
-    header, endian, _ = read
     qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
     if qform_code > 0 or sform_code > 0:
         return []

@@ -304,7 +304,7 @@ class HOSciaticAnalysis:
                              "nodes would mix the two. Analyse one CT per scene (save this scene and close it before "
                              f"loading the other CT), or delete '{node.GetName()}' to have it made again.")
 
-    def _check_segmentation_of_this_ct(self, segmentation_node, ct_volume_node, ct) -> None:
+    def _check_segmentation_of_this_ct(self, segmentation_node, ct_volume_node) -> None:
         """Refuse to put a CT's HO into a segmentation that holds another CT's analysis
         (that CT still in the scene): its nerve, curves and tables are that case's."""
         reference = self._reference_volume(segmentation_node) if segmentation_node is not None else None
@@ -315,8 +315,8 @@ class HOSciaticAnalysis:
             return  # an MR the nerve was traced on first: the CT joins its analysis
         raise InputError(f"The segmentation '{segmentation_node.GetName()}' holds the analysis of the CT "
                          f"'{reference.GetName()}', which is still in the scene: the HO of "
-                         f"'{ct_volume_node.GetName()}' put into it would mix the two cases (its nerve, curves and tables are the other CT's). "
-                         "Analyse one CT per scene: save this scene and close it before loading the other CT. If "
+                         f"'{ct_volume_node.GetName()}' put into it would mix the two cases (its nerve, curves and "
+                         "tables are the other CT's). Analyse one CT per scene: save this scene and close it before loading the other CT. If "
                          f"'{ct_volume_node.GetName()}' is the same CT (cropped or resampled), delete "
                          f"'{reference.GetName()}' from the scene first.")
 
@@ -466,7 +466,7 @@ class HOSciaticAnalysis:
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
         existing_segmentation = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         self._check_output_placement(existing_segmentation)
-        self._check_segmentation_of_this_ct(existing_segmentation, ct_volume_node, ct)
+        self._check_segmentation_of_this_ct(existing_segmentation, ct_volume_node)
         self._check_one_analysis(existing_segmentation,
                                  [islands_table_node or ("vtkMRMLTableNode", ISLANDS_TABLE_NAME)])
         roi_mask = scene_io.roi_mask_on_grid(roi_node, geometry) if roi_node is not None else None
@@ -487,8 +487,8 @@ class HOSciaticAnalysis:
             roi_mask=roi_mask[block] if roi_mask is not None else None, progress=sub_progress(progress, 0.05, 0.85))
 
         report(progress, 0.9, "Writing HO segments")
-        segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
-        segmentation_node = scene_io.ensure_segmentation_node(self.scene, segmentation_node, SEGMENTATION_NAME, ct_volume_node)
+        segmentation_node = scene_io.ensure_segmentation_node(self.scene, existing_segmentation, SEGMENTATION_NAME,
+                                                              ct_volume_node)
         # A nerve traced before on an MR of other voxels joins the CT's grid, where the
         # HO segments will lie.
         scene_io.move_segments_onto_grid(segmentation_node, geometry)
@@ -539,11 +539,12 @@ class HOSciaticAnalysis:
             corners = np.vstack([corners, plane.mirror(corners)])
         return geometry.bounding_slices_of_ras_box(corners, ROI_CONTEXT_MM)
 
-    @staticmethod
-    def _nerves_kept_out_of_ho(segmentation_node, ho_masks: dict, geometry) -> list[str]:
+    def _nerves_kept_out_of_ho(self, segmentation_node, ho_masks: dict, geometry) -> list[str]:
         """A nerve traced before the HO step (on an MR, say) was drawn without the HO as a
         barrier: its voxels inside the new HO segments are taken out, as a tracing after
         the HO step leaves them out, and a warning says the rest was measured so."""
+        ho_blocks = [(1, name, ho, tuple(slice(o, o + n) for o, n in zip(offset, ho.shape)))
+                     for name, (ho, offset) in ho_masks.items()]
         warnings = []
         for side in SIDES:
             nerve_id = scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
@@ -551,18 +552,10 @@ class HOSciaticAnalysis:
             if found is None:
                 continue
             nerve, block = found
-            overlapped = False
-            for ho, offset in ho_masks.values():
-                ho_block = tuple(slice(o, o + n) for o, n in zip(offset, ho.shape))
-                common = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(block, ho_block))
-                if any(c.stop <= c.start for c in common):
-                    continue
-                in_nerve = tuple(slice(c.start - a.start, c.stop - a.start) for c, a in zip(common, block))
-                in_ho = tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(common, ho_block))
-                overlapped |= bool((nerve[in_nerve] & ho[in_ho]).any())
-                nerve[in_nerve] &= ~ho[in_ho]
-            if not overlapped:
+            ho_here = self.paste_labels(ho_blocks, geometry, block) > 0
+            if not (nerve & ho_here).any():
                 continue
+            nerve &= ~ho_here
             kept = {nerve_segment_name(side): (nerve, tuple(b.start for b in block))}
             scene_io.replace_segments(segmentation_node, kept, geometry, scene_io.NERVE_COLOR)
             warnings.append(f"The {side} sciatic nerve was traced before this HO segmentation, without the HO as a "

@@ -42,10 +42,10 @@ class SessionResults:
             oss = None
         nerves = sorted((side, nerve) for side, nerve in self.nerves.items()
                         if nerve.centreline_node.GetScene() is scene)
+        traced = {side for side, _ in nerves}
         contacts = sorted((side, contact) for side, contact in self.contacts.items()
-                          if oss is not None and side in dict(nerves))
-        measured = dict(contacts)
+                          if oss is not None and side in traced)
+        missing = sorted(traced - {side for side, _ in contacts}) if oss is not None else []
         warnings = [f"The {side} nerve's contact with HO is not in these results: it was not computed again after "
-                    "the last HO segmentation or tracing. Press Compute, then export again."
-                    for side, _ in nerves if oss is not None and side not in measured]
+                    "the last HO segmentation or tracing. Press Compute, then export again." for side in missing]
         return oss, nerves, contacts, warnings
