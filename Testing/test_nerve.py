@@ -1094,13 +1094,13 @@ def test_stations_whose_section_reaches_the_image_edge_carry_a_caveat():
 
 def test_a_stretch_in_pieces_is_named_as_pieces():
     # "Over 6 % of the traced length (56-101 mm along it)" read as one stretch there.
-    from HOSciaticModuleLib.nerve import _stretch
+    from HOSciaticModuleLib.nerve import stretch_along
 
     s_mm = np.arange(120.0)
     pieces = np.zeros(120, bool)
     pieces[[56, 57, 58, 99, 100, 101]] = True
-    assert _stretch(pieces, s_mm) == "Over 5% of the traced length (56-101 mm along it, in 2 stretches)"
-    assert _stretch(np.arange(120) < 4, s_mm) == "Over 3% of the traced length (0-3 mm along it)"
+    assert stretch_along(pieces, s_mm) == "Over 5% of the traced length (56-101 mm along it, in 2 stretches)"
+    assert stretch_along(np.arange(120) < 4, s_mm) == "Over 3% of the traced length (0-3 mm along it)"
 
 
 def test_a_seed_clicked_in_the_muscle_beside_the_nerve_is_named():

@@ -284,12 +284,12 @@ def _add_bones_node(scene, path, reference_node):
         raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
                          "levels), not a segmentation or label map. Give the bones' segmentation (for example "
                          "TotalSegmentator's output for this CT), or leave --bones out to have them estimated.")
-    if not np.any(loaded.array > 0):
+    segments = label_map_segments(loaded.array, bonelabels.nifti_label_names(path))
+    if not segments:
         raise InputError(f"The native-bone file '{path}' is empty (no voxel above 0). Give the bones' "
                          "segmentation made on this CT, or leave --bones out to have them estimated.")
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
-    scene_io.replace_segments(node, label_map_segments(loaded.array, bonelabels.nifti_label_names(path)),
-                              loaded.geometry, scene_io.BONE_COLOR)
+    scene_io.replace_segments(node, segments, loaded.geometry, scene_io.BONE_COLOR)
     return node
 
 
@@ -312,12 +312,14 @@ def label_map_segments(labels: np.ndarray, names: dict) -> dict:
     """Segments of a label map: one per label value, named after ``names`` (value ->
     name) or "label N", as (block mask, offset) pairs. A map of one value, or one
     that is no label map (fractions, huge values), is one "native bone" segment of
-    every value above 0."""
+    every value above 0; a map without any is none."""
     from scipy import ndimage
 
     positive = labels > 0
+    if not positive.any():
+        return {}
     whole = {"native bone": positive}
-    if labels.dtype.kind not in "iuf" or not positive.any():
+    if labels.dtype.kind not in "iuf":
         return whole
     if labels.dtype.kind == "f":
         values = labels[positive]

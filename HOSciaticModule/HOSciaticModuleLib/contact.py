@@ -43,7 +43,7 @@ from scipy.spatial import cKDTree
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
 from .geometry import VolumeGeometry, bounding_slices, sparse_label_boxes
-from .nerve import frames, resample_polyline, star_polygon_area_centroid
+from .nerve import frames, resample_polyline, star_polygon_area_centroid, stretch_along
 from .ossification import METAL_THRESHOLD_HU, at_least, looks_like_ct, pad_block, within_or_next_to
 from .progress import ProgressCallback, report
 
@@ -484,11 +484,11 @@ def off_nerve_warnings(on_nerve: np.ndarray, s_mm: np.ndarray) -> list[str]:
     off = ~np.asarray(on_nerve, bool)
     if not off.any():
         return []
-    return [f"Over {np.mean(off):.0%} of the centreline ({s_mm[off].min():.0f}-{s_mm[off].max():.0f} mm along it) "
-            "the curve runs outside the nerve segment: there is no cross-section there, so no contact, area or "
-            "distance is measured at those stations. The nerve segment was erased there or the curve runs beyond "
-            "it; painting HO with the Segment Editor's default masking overwrites the nerve where the two meet. "
-            "Repaint the nerve there or trace it again, then compute again."]
+    return [f"{stretch_along(off, s_mm, 'the centreline')} the curve runs outside the nerve segment: there is "
+            "no cross-section there, so no contact, area or distance is measured at those stations. The nerve "
+            "segment was erased there or the curve runs beyond it; painting HO with the Segment Editor's default "
+            "masking overwrites the nerve where the two meet. Repaint the nerve there or trace it again, then "
+            "compute again."]
 
 
 # ---------------------------------------------------------------------------------------

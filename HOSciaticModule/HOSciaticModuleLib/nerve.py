@@ -1319,15 +1319,15 @@ def equivalent_diameter_mm(area_mm2):
     return np.sqrt(4.0 * np.asarray(area_mm2, float) / np.pi)
 
 
-def _stretch(flagged: np.ndarray, s_mm: np.ndarray) -> str:
-    """How much of the traced length, and where, the ``flagged`` stations cover, and in
-    how many pieces when more than one (else two short pieces far apart read as one
-    long stretch)."""
+def stretch_along(flagged: np.ndarray, s_mm: np.ndarray, length_name: str = "the traced length") -> str:
+    """How much of a nerve's length (``length_name``), and where, the ``flagged``
+    stations cover, and in how many pieces when more than one (else two short pieces
+    far apart read as one long stretch): the opening of a warning about them."""
     flagged = np.asarray(flagged, bool)
     runs = int(np.count_nonzero(np.diff(flagged.astype(np.int8)) == 1) + flagged[0])
     first, last = s_mm[flagged].min(), s_mm[flagged].max()
     pieces = f", in {runs} stretches" if runs > 1 else ""
-    return f"Over {np.mean(flagged):.0%} of the traced length ({first:.0f}-{last:.0f} mm along it{pieces})"
+    return f"Over {np.mean(flagged):.0%} of {length_name} ({first:.0f}-{last:.0f} mm along it{pieces})"
 
 
 def longest_voxel_edge_across_nerve(geometry: VolumeGeometry, points: np.ndarray) -> tuple:
@@ -1343,12 +1343,6 @@ def longest_voxel_edge_across_nerve(geometry: VolumeGeometry, points: np.ndarray
     longest = np.argmax(lengths, axis=1)
     length = lengths[rows, longest]
     return length, across[rows, longest] / np.maximum(length, 1e-9)[:, None]
-
-
-def voxel_size_across_nerve(geometry: VolumeGeometry, points: np.ndarray) -> np.ndarray:
-    """At each centreline point, the longest edge of a voxel as seen in the nerve's
-    cross-section, mm."""
-    return longest_voxel_edge_across_nerve(geometry, points)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1471,20 +1465,21 @@ def sections_at_own_level(image, geometry: VolumeGeometry, points, appearance: _
     if not read_again.any():
         return sections, boundary, []
     return sections, boundary, [
-        f"{_stretch(read_again, s_mm)} the nerve is dimmer than near the seed points (down to {dimmest:.0%} of "
+        f"{stretch_along(read_again, s_mm)} the nerve is dimmer than near the seed points (down to {dimmest:.0%} of "
         "their level: a step in the coils' sensitivity, or a stretch of the nerve less bright on T2), so that "
         "level drew its outline thinner than any sciatic nerve; there the outline was read at the nerve's own "
         "level. Check the outline on the images there."]
 
 
 def sections_from_partial_volume(image, geometry: VolumeGeometry, points, appearance: _Appearance, excluded,
-                                 sections: _Sections, boundary: np.ndarray) -> tuple:
+                                 sections: _Sections, boundary: np.ndarray, long_edges: tuple) -> tuple:
     """On MR, the sections whose voxels are PARTIAL_VOLUME_ACROSS_MM or longer across the
     nerve sized by their partial volume (see PARTIAL_VOLUME_STEP_MM): the half-way
     outline keeps its shape and is scaled about its centroid to the area the partial
     volume gives. Sections whose reach meets an HO segment keep their half-way outline.
+    ``long_edges``: :func:`longest_voxel_edge_across_nerve` at ``points``.
     Returns the sections, the outlines and which stations were so sized."""
-    across_mm, thick = longest_voxel_edge_across_nerve(geometry, points)
+    across_mm, thick = long_edges
     sized = np.zeros(len(points), bool)
     # Rounded so that slices of 2 mm are so read whatever the header's round-off.
     stations = np.flatnonzero(np.round(across_mm, 3) >= PARTIAL_VOLUME_ACROSS_MM)
@@ -1562,7 +1557,7 @@ def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray,
     if np.mean(thick) < THICK_ACROSS_NERVE_SHARE:
         return []
     sized = np.zeros(len(thick), bool) if sized_by_partial_volume is None else np.asarray(sized_by_partial_volume)
-    where = (f"{_stretch(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
+    where = (f"{stretch_along(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
              "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred across the "
              "slices")
     remedy = f"{ACROSS_NERVE_REMEDY}."
@@ -1626,7 +1621,7 @@ def too_wide_stretch_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[Sta
     if np.mean(wide) < TOO_WIDE_SHARE:
         return []
     return [StationCaveat(WIDER_THAN_NERVE_REASON, wide, (
-        f"{_stretch(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
+        f"{stretch_along(wide, s_mm)} the outline is wider than any sciatic nerve (up to {float(width.max()):.0f} mm "
         "across): there it has run into the tissue around the nerve, where no fat plane parts them, and its areas, "
         "diameters and contact figures are not the nerve's. Add seed points on the nerve in that stretch, or "
         "measure the nerve on a T2 fat-saturated MR."))]
@@ -1699,7 +1694,7 @@ def bulge_caveats(area_mm2: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]
     tapering, _ = ndimage.label((width > BULGE_EDGE_FACTOR * typical) & (width <= TOO_WIDE_STRETCH_MM))
     bulging = np.isin(tapering, np.unique(tapering[bulging]))
     return [StationCaveat("swollen or widened", bulging, (
-        f"{_stretch(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
+        f"{stretch_along(bulging, s_mm)} the outline is up to {float(width[bulging].max()):.0f} mm across, against "
         f"{typical:.0f} mm along the rest of the nerve: the nerve may be swollen there (as where it is "
         "compressed), or its outline has run into bright tissue touching it (fluid, a haematoma, a vessel, fat "
         "left bright by failed fat suppression on MR). Check the outline on the images there before reading "
@@ -1720,7 +1715,7 @@ def metal_nearby_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np
     if not near.any():
         return []
     return [StationCaveat("near metal", near, (
-        f"{_stretch(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
+        f"{stretch_along(near, s_mm)} the nerve lies within {STREAK_REACH_MM:.0f} mm of metal (an implant; nearest "
         f"{float(distance.min()):.0f} mm): its streaks shift CT values by a hundred HU and more, which moves the "
         "outline, so the calibre and contact figures there are less reliable. A metal-artefact-reduction "
         "reconstruction, or an MR, measures the nerve better there."))]
@@ -1736,7 +1731,7 @@ def image_edge_caveats(geometry: VolumeGeometry, boundary: np.ndarray, s_mm: np.
     if not edge.any():
         return []
     return [StationCaveat("at the image edge", edge, (
-        f"{_stretch(edge, s_mm)} the nerve's cross-section reaches the edge of the image: its outline is cut there "
+        f"{stretch_along(edge, s_mm)} the nerve's cross-section reaches the edge of the image: its outline is cut there "
         "by the field of view, so its calibre, centre and contact are not measured there. Image the nerve with a "
         "margin, or place the end seed points at least a nerve's width inside the image."))]
 
@@ -1788,7 +1783,7 @@ def thinner_than_nerve_caveats(area_mm2: np.ndarray, collapsed: np.ndarray | Non
         return []
     width = equivalent_diameter_mm(area_mm2)
     return [StationCaveat(THINNER_THAN_NERVE_REASON, thin, (
-        f"{_stretch(thin, s_mm)} the outline is as little as {float(width[thin].min()):.1f} mm across (equivalent "
+        f"{stretch_along(thin, s_mm)} the outline is as little as {float(width[thin].min()):.1f} mm across (equivalent "
         f"diameter), against {float(np.median(width)):.0f} mm along the rest of the nerve: thinner than any adult "
         f"sciatic nerve, which stays over {MIN_NERVE_DIAMETER_MM:.0f} mm even when flattened by compression. There "
         "the outline most likely missed the nerve (on MR a band of flow, motion or susceptibility artefact, or "
@@ -1807,7 +1802,7 @@ def thin_fat_plane_caveats(outside_levels: np.ndarray, appearance: _Appearance,
     if np.mean(thin) < THIN_FAT_PLANE_SHARE:
         return []
     return [StationCaveat(NO_FAT_PLANE_REASON, thin, (
-        f"{_stretch(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
+        f"{stretch_along(thin, s_mm)} the nerve abuts muscle with a fat plane thinner than the CT resolves: there "
         "its outline is drawn too small and the diameters and areas are underestimated. Check the outline on the "
         "images, or measure the nerve on a T2 fat-saturated MR."))]
 
@@ -2002,14 +1997,15 @@ def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modal
 
     report(progress, 0.8, "Measuring cross-sections")
     sections, boundary = cross_sections(image, geometry, points, appearance, exclusion_mask)
-    across_mm = voxel_size_across_nerve(geometry, points)
+    long_edges = longest_voxel_edge_across_nerve(geometry, points)
+    across_mm = long_edges[0]
     sized_by_partial_volume = np.zeros(len(points), bool)
     if modality == "mr":
         sections, boundary, own_level_warnings = sections_at_own_level(
             image, geometry, points, appearance, exclusion_mask, sections, boundary, s_mm)
         warnings += own_level_warnings
         sections, boundary, sized_by_partial_volume = sections_from_partial_volume(
-            image, geometry, points, appearance, exclusion_mask, sections, boundary)
+            image, geometry, points, appearance, exclusion_mask, sections, boundary, long_edges)
     check_plausible_width(sections.area, modality, float(np.median(across_mm)), contrast_to_noise)
     outline_caveats = (too_wide_stretch_caveats(sections.area, s_mm) + bulge_caveats(sections.area, s_mm)
                        + collapsed_section_caveats(sections.collapsed, s_mm)

@@ -2103,6 +2103,7 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
             (float(size * geometry.voxel_volume_ml) for size in sizes[1:]
              if size * geometry.voxel_volume_ml >= NATIVE_WHOLE_MIN_ML), reverse=True)
     blocks = label_boxes(labels, count)
+    kept = []  # (block, mask, whether fused to native bone) of each island
     for label in range(1, count + 1):
         if sizes[label] < min_voxels:
             continue
@@ -2128,17 +2129,18 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
         elif _above(island, island_geometry, top_of_hip_bones()):
             found.above_hip_bones.append((island_block, island))
         else:
-            found.islands.append((island_block, island))
-            found.fused.append(_joined_to_native(island, bone_found, split.fused_to, island_block, geometry))
+            kept.append((island_block, island,
+                         _joined_to_native(island, bone_found, split.fused_to, island_block, geometry)))
+
     # Islands of one size are numbered by where they lie, not by how the CT is stored.
-    def size_then_position(n):
-        island_block, island = found.islands[n]
+    def size_then_position(kept_island):
+        island_block, island, _ = kept_island
         centre = geometry.kji_to_ras_points([np.argwhere(island).mean(axis=0) + [b.start for b in island_block]])[0]
         return (-np.count_nonzero(island), *np.round(centre, 3))
 
-    order = sorted(range(len(found.islands)), key=size_then_position)
-    found.islands = [found.islands[n] for n in order]
-    found.fused = [found.fused[n] for n in order]
+    kept.sort(key=size_then_position)
+    found.islands = [(island_block, island) for island_block, island, _ in kept]
+    found.fused = [fused for _, _, fused in kept]
     return found
 
 
