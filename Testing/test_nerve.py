@@ -558,6 +558,24 @@ def test_mr_stored_with_an_offset_is_traced_as_without():
     assert np.median(offset.diameter_mm) == pytest.approx(np.median(plain.diameter_mm), abs=0.2)
 
 
+def test_mr_stored_below_zero_is_traced_as_without():
+    # An offset of -1000 (the nerve near -480): every seed on the nerve was refused as
+    # lying on a signal void (5 % of a negative 99th percentile), and N4's logarithm of
+    # the negative values failed, so a coil's shading stayed in. With a shading along
+    # the nerve, the trace and calibre are those of the series stored without offset.
+    phantom = _phantom("mr", "axial")
+    position = np.arange(phantom.image.shape[0], dtype=np.float32)[:, None, None] / (phantom.image.shape[0] - 1)
+    shaded = phantom.image * np.exp(np.log(3.0) * (position - 0.5))
+    length = phantom.centreline_s_mm[-1]
+    seeds = phantom.seeds_ras([END_MARGIN_MM, length - END_MARGIN_MM])
+    plain = trace_nerve(shaded, phantom.geometry, seeds, modality="mr")
+    below_zero = trace_nerve(shaded - 1000.0, phantom.geometry, seeds, modality="mr")
+    assert len(below_zero.s_mm) == len(plain.s_mm)
+    assert np.abs(below_zero.points_ras - plain.points_ras).max() <= 0.3
+    assert np.abs(below_zero.diameter_mm - plain.diameter_mm).max() <= 0.3
+    assert below_zero.warnings == plain.warnings
+
+
 @pytest.mark.parametrize("scale, offset", [(3.0, -200.0), (3.0, -500.0)])
 def test_mr_stored_with_fat_at_ct_levels_is_traced_as_mr(scale, offset):
     # Stored as signed int16 with an offset (suppressed fat at -65, the nerve at 1360), or

@@ -391,8 +391,12 @@ def validate_seeds(seeds_ras, image, geometry: VolumeGeometry, modality: str) ->
         raise InputError(f"The seed points coincide (all within {spread:.1f} mm of each other). Place them along "
                          "the nerve, at least one near each end of the stretch to analyse.")
     values = ndimage.map_coordinates(image, geometry.ras_to_kji_points(seeds).T, order=1, mode="nearest")
-    darkest_seed_value = (CT_AIR_HU if modality == "ct"
-                          else MR_SIGNAL_VOID_SHARE * float(np.percentile(image[::3, ::3, ::3], 99)))
+    if modality == "ct":
+        darkest_seed_value = CT_AIR_HU
+    else:
+        sample = image[::3, ::3, ::3]
+        floor = mr_zero_level(sample)
+        darkest_seed_value = floor + MR_SIGNAL_VOID_SHARE * (float(np.percentile(sample, 99)) - floor)
     dark = values < darkest_seed_value
     if dark.any():
         n = int(np.flatnonzero(dark)[0])
@@ -482,9 +486,18 @@ def _brighter_than_surround(image, nerve_level: float, surround: float) -> bool:
     """Whether an MR nerve at ``nerve_level`` stands out from tissue at ``surround``:
     MIN_MR_NERVE_CONTRAST times as bright, above the image's dark floor (air, suppressed
     fat, cortex; a series stored with an offset of +2300 and more read as a nerve no
-    brighter than its surroundings)."""
-    floor = min(max(float(np.percentile(image[::2, ::2, ::2], 1)), 0.0), surround)
+    brighter than its surroundings, and one stored below 0 passed whatever its contrast)."""
+    floor = min(float(np.percentile(image[::2, ::2, ::2], 1)), surround)
     return nerve_level - floor > (surround - floor) * MIN_MR_NERVE_CONTRAST
+
+
+def mr_zero_level(image: np.ndarray) -> float:
+    """The level an MR's brightness counts from: 0, or the image's dark floor (its 1st
+    percentile) when that lies below 0. A magnitude image has no value below 0, but a
+    series stored with a negative offset (an intercept of -1000, say) or rescaled to
+    zero mean does: its nerve can read below 0, and shares of its brightest tissue,
+    and N4's logarithm of it, only mean something from its floor."""
+    return min(float(np.percentile(image, 1)), 0.0)
 
 
 def spacing_without_roundoff(spacing) -> tuple:
@@ -505,7 +518,8 @@ def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarra
     # spacing 1e-7 mm apart, gave shadings 10 % apart).
     spacing_ijk = spacing_without_roundoff(geometry.spacing_kji)[::-1]
     factors = [max(1, int(round(SHADING_GRID_MM / s))) for s in spacing_ijk]
-    image = sitk.GetImageFromArray(np.ascontiguousarray(block, np.float32))
+    zero = mr_zero_level(block[::2, ::2, ::2])
+    image = sitk.GetImageFromArray(np.ascontiguousarray(block - zero, np.float32))
     image.SetSpacing(spacing_ijk)
     coarse = sitk.Shrink(image, factors)
     values = sitk.GetArrayViewFromImage(coarse)
@@ -526,7 +540,7 @@ def flatten_mr_shading(block: np.ndarray, geometry: VolumeGeometry) -> np.ndarra
         return block
     if not np.all(np.isfinite(log_shading)):
         return block
-    return (block / np.exp(log_shading)).astype(np.float32)
+    return ((block - zero) / np.exp(log_shading) + zero).astype(np.float32)
 
 
 def voxel_noise(block: np.ndarray, geometry: VolumeGeometry) -> float:
