@@ -671,6 +671,25 @@ def test_native_bone_segmentation_file(tmp_path, ct_case, slicer_scene, file_nam
     assert sum(i["fused_to_native_bone"] for i in document["ossifications"]["islands"]) == 1
 
 
+def test_native_bone_segmentation_cut_short_is_refused(tmp_path, ct_case, slicer_scene):
+    """A .seg.nrrd cut short in a copy: Slicer's reader ended the process (exit 134, no
+    message, the CT's partial copy left in the output folder), and a batch with it."""
+    import slicer
+
+    phantom, paths = ct_case
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "bones")
+    scene_io.replace_segments(node, {"femur and hip": phantom.native_bone_mask}, phantom.geometry,
+                              scene_io.BONE_COLOR)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "whole.seg.nrrd"))
+    assert storage.WriteData(node)
+    whole = (tmp_path / "whole.seg.nrrd").read_bytes()
+    (tmp_path / "bones.seg.nrrd").write_bytes(whole[:len(whole) * 7 // 10])
+    out = tmp_path / "out"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out, "--bones", tmp_path / "bones.seg.nrrd"), out,
+                   "cannot be read whole", "cut short")
+
+
 # ---------------------------------------------------------------------------------------
 # Values that are not what they claim
 # ---------------------------------------------------------------------------------------

@@ -271,6 +271,7 @@ def _add_bones_node(scene, path, reference_node):
     if _is_slicer_segmentation_file(path):
         import slicer
 
+        _check_voxels_readable(path, "native-bone segmentation")
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Native bone")
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(str(path))
@@ -291,6 +292,22 @@ def _add_bones_node(scene, path, reference_node):
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
     scene_io.replace_segments(node, segments, loaded.geometry, scene_io.BONE_COLOR)
     return node
+
+
+def _check_voxels_readable(path: Path, what: str) -> None:
+    """Refuse a file whose voxels cannot all be read (cut short in a copy or download,
+    or damaged) before Slicer's reader sees it: that reader's error ends the process,
+    and a batch with it, without a message."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.Execute()
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1].strip() if str(error).strip() else "unreadable"
+        raise InputError(f"The {what} '{path}' cannot be read whole: the file may be cut short (an interrupted "
+                         f"copy or download) or damaged ({reason}). Copy or save it again.") from None
 
 
 def _is_slicer_segmentation_file(path: Path) -> bool:
