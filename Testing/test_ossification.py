@@ -933,6 +933,40 @@ def test_metal_is_excluded_and_reported():
     assert re.findall(r"HO (\d+)", flagged[0]) == [str(streak_islands[0])]
 
 
+def test_a_screw_through_an_island_stays_out_of_it_with_its_margin():
+    # A screw through the middle of the free island (a fixation through HO): the hole it
+    # and its 3 mm margin leave in the bone was filled as the island's marrow, so the
+    # island held the metal, read it as a cortex and was called mature whatever its bone.
+    phantom = generate_phantom(**BASE)
+    offset = phantom.geometry.voxel_ras_grid() - phantom.spec.center_ras
+    axis = np.asarray([16.0, -26.0, -35.0])  # the free island's centre
+    screw = (((offset[..., 0] - axis[0]) ** 2 + (offset[..., 1] - axis[1]) ** 2 <= 2.0 ** 2)
+             & (np.abs(offset[..., 2] - axis[2]) <= 4.0))
+    phantom.image[screw] = 7000.0
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == len(phantom.islands)
+    island = _matching_island(phantom, result, "free")
+    metal_distance = ndimage.distance_transform_edt(~screw, sampling=phantom.geometry.spacing_kji)
+    inside = result.labelmap == island.label
+    assert metal_distance[inside].min() > 3.0 and island.max_hu < 2500.0
+    truth = next(i["volume_ml"] for i in phantom.islands if i["name"] == "free")
+    margin_ml = np.count_nonzero((metal_distance <= 3.0) & (phantom.ho_labels > 0)) * phantom.geometry.voxel_volume_ml
+    assert island.volume_ml == pytest.approx(truth - margin_ml, rel=0.1)
+
+
+def test_metal_is_read_on_the_ct_as_given_when_bone_is_read_on_a_smoothed_copy():
+    # Smoothing a noisy CT lowers an implant's edge under 2500 HU; the CT as given holds it.
+    geometry = VolumeGeometry.from_spacing_origin_directions((20, 20, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    given = np.zeros((20, 20, 20), np.float32)
+    given[8:12, 8:12, 8:12] = 3000.0
+    smoothed = ndimage.gaussian_filter(given, 1.5)
+    from HOSciaticModuleLib.ossification import bone_and_metal_masks
+
+    metal_smoothed = bone_and_metal_masks(smoothed, geometry, 200.0)[1]
+    metal = bone_and_metal_masks(smoothed, geometry, 200.0, given)[1]
+    assert np.count_nonzero(metal_smoothed) < 64 and np.array_equal(metal, metal_smoothed | (given >= 2500.0))
+
+
 def test_bone_cement_beside_an_implant_is_named():
     # A blob of bone cement (1800 HU throughout, 1.6 mL) pressed out 4 mm from a screw:
     # dense but without a cortex over a marrow, it is named with the metal's possible

@@ -876,17 +876,19 @@ def extent_at_least(values: np.ndarray, threshold: float, slab_voxels: int = 8_0
     return tuple(slice(int(np.argmax(a)), int(len(a) - np.argmax(a[::-1]))) for a in (along_k, along_j, along_i))
 
 
-def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, roi_mask=None):
+def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, ct_as_given=None):
     """Bone voxels (metal and its margin removed), the metal mask, and each voxel's
-    distance to metal in mm (None without metal)."""
+    distance to metal in mm (None without metal). Metal is also read on
+    ``ct_as_given`` when bone is found on a smoothed copy: smoothing lowers the edge of
+    an implant under the metal level, and noise no bone reaches 2500 HU with."""
     metal = at_least(ct_hu, METAL_THRESHOLD_HU)
+    if ct_as_given is not None and ct_as_given is not ct_hu:
+        metal |= at_least(ct_as_given, METAL_THRESHOLD_HU)
     bone = at_least(ct_hu, bone_threshold_hu)
     metal_distance = None
     if metal.any():
         metal_distance = _ball_distance(~metal, geometry)
         bone &= metal_distance > METAL_MARGIN_MM
-    if roi_mask is not None:
-        bone &= roi_mask
     return bone, metal, metal_distance
 
 
@@ -1923,7 +1925,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
         block_geometry = geometry.cropped(block)
         # Native bone is judged on all bone given (the caller adds context around an
         # ROI); islands are reported where they meet the ROI.
-        bone_block, metal, metal_distance = bone_and_metal_masks(ct_block, block_geometry, bone_threshold_hu, None)
+        bone_block, metal, metal_distance = bone_and_metal_masks(ct_block, block_geometry, bone_threshold_hu,
+                                                                 figures_ct[block])
         if metal_distance is not None:
             warnings.append(_metal_warning(np.count_nonzero(metal) * geometry.voxel_volume_ml))
     roi_block = roi_mask[block] if roi_mask is not None and block is not None else None
@@ -1947,8 +1950,11 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
 
     report(progress, 0.6, "Measuring islands")
     top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(split.excluded, block_geometry, midline()))
+    # Metal and its margin are no HO, even where filling a bone's cavities or a mass
+    # without a counterpart took them in.
+    near_metal = metal_distance <= METAL_MARGIN_MM if metal_distance is not None else None
     found = _collect_islands(split, ct_block, bone_block, block_geometry, roi_block, min_voxels, bone_threshold_hu,
-                             midline, top_of_hip_bones)
+                             midline, top_of_hip_bones, near_metal)
     labelmap_block = labelmap[block]
     results, result_blocks, facts = _measure_islands(found.islands, found.fused, labelmap_block, ct_block,
                                                      figures_ct[block], bone_block, split, block, block_geometry,
@@ -2089,10 +2095,12 @@ class _FoundIslands:
 
 
 def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: VolumeGeometry, roi_block, min_voxels,
-                     bone_threshold_hu, midline, top_of_hip_bones) -> _FoundIslands:
+                     bone_threshold_hu, midline, top_of_hip_bones, near_metal=None) -> _FoundIslands:
     """Components of the candidates large enough, inside the body, their edges moved to
-    the half step, less those on the midline or above the hip bones; largest first."""
-    labels, count, sizes = _components(split.candidates)
+    the half step, less those on the midline or above the hip bones; largest first.
+    No island keeps a voxel of ``near_metal`` (metal and its margin), if given."""
+    candidates = split.candidates if near_metal is None else split.candidates & ~near_metal
+    labels, count, sizes = _components(candidates)
     if roi_block is not None:
         in_roi = np.zeros(count + 1, bool)
         in_roi[np.unique(labels[roi_block & (labels > 0)])] = True
@@ -2122,6 +2130,8 @@ def _collect_islands(split: _NativeSplit, ct_block, bone_block, geometry: Volume
         bone_found = island & bone_block[island_block]
         island = refine_boundary(ct_block[island_block], island, ring, island_geometry,
                                  bone_threshold_hu) & ~split.excluded[island_block]
+        if near_metal is not None:
+            island &= ~near_metal[island_block]
         if np.count_nonzero(island) < min_voxels:
             continue
         if _on_midline(island, island_geometry, midline()):
