@@ -345,6 +345,57 @@ def test_results_are_moved_into_place_all_or_nothing(tmp_path, monkeypatch):
         "metrics.json": "new", "islands.csv": "new"}
 
 
+@pytest.mark.parametrize("moves_before_ctrl_c", [1, 2, 3, 4, 5])
+def test_ctrl_c_while_results_are_moved_in_leaves_the_earlier_ones(tmp_path, monkeypatch, moves_before_ctrl_c):
+    # Ctrl-C (or a scheduler's SIGTERM) right after a move of the swap: only a failed
+    # move was rolled back, so the folder kept new and old results mixed, and the old
+    # ones lay in a hidden folder nothing removed. The signal may also fall between a
+    # move and the note of it.
+    import os
+
+    from HOSciaticModuleLib import export
+
+    out = tmp_path / "out"
+
+    def writing(names, text):
+        return lambda folder: [(folder / name).write_text(text) for name in names]
+
+    export.publish(out, writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    replace = os.replace
+    moves = []
+
+    def interrupted_after_a_move(source, target):
+        replace(source, target)
+        moves.append(target)
+        if len(moves) == moves_before_ctrl_c:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_after_a_move)
+    with pytest.raises(KeyboardInterrupt):
+        export.publish(out, writing(["islands.csv", "metrics.json"], "new"))
+    monkeypatch.setattr(os, "replace", replace)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_results_moved_aside_by_a_killed_run_are_cleared_and_its_case_runs_again(tmp_path):
+    # A run killed outright (SIGKILL) while moving its results in leaves the new manifest
+    # beside part of its results, and the earlier ones in a hidden folder: --skip-existing
+    # took the case for done, and nothing removed the hidden folders.
+    from HOSciaticModuleLib import export
+
+    out = tmp_path / "out"
+    export.publish(out, lambda folder: [(folder / name).write_text("x") for name in ("metrics.json", "islands.csv")])
+    (out / "islands.csv").unlink()  # the kill came before it was moved in
+    for prefix in (export.PARTIAL_PREFIX, export.PREVIOUS_RESULTS_PREFIX):
+        (out / f"{prefix}killed").mkdir()
+    assert not all((out / name).exists() for name in export.earlier_results(out))
+    export.prepare_output_folder(out)
+    assert not (out / f"{export.PARTIAL_PREFIX}killed").exists()
+    export.publish(out, lambda folder: [(folder / name).write_text("y") for name in ("metrics.json", "islands.csv")])
+    assert sorted(p.name for p in out.iterdir()) == [export.RESULTS_MANIFEST, "islands.csv", "metrics.json"]
+
+
 def test_terminated_run_leaves_no_output_and_its_stale_copy_is_cleared(case, tmp_path, monkeypatch):
     # SIGTERM, as a job scheduler's time limit sends, during the HO step: the run stopped
     # without its clean-up, leaving a compressed copy of the whole CT in the output folder,

@@ -592,9 +592,11 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
     # An input gone since is no earlier result to keep: the case runs, and says it is missing.
     present = all(Path(p).exists() for p in inputs)
     fresh = present and _latest_change_ns(inputs, case_dir) <= (case_dir / "metrics.json").stat().st_mtime_ns
-    # A folder missing a file this version writes (an earlier version's) runs again.
+    # A folder missing a file this version writes (an earlier version's), or one its
+    # last run wrote (a run killed while moving its results in), runs again.
     complete = ((args.no_scene or (case_dir / "scene.mrb").is_file())
-                and (case.modality != "ct" or (case_dir / "islands.csv").is_file()))
+                and (case.modality != "ct" or (case_dir / "islands.csv").is_file())
+                and all((case_dir / name).exists() for name in export.earlier_results(case_dir)))
     return document if same_inputs and same_settings and same_version and fresh and complete else None
 
 

@@ -30,8 +30,12 @@ SCHEMA = "hosciatic-metrics/1"
 ENCASEMENT_ORDER = ("none", "abutment", "encasement", "circumferential")
 #: Scheduling niceness of the thread compressing the bundle's CT (0 = as the analysis).
 WRITER_NICENESS = 10
-#: Private folder in the output folder where the bundle's copy of the CT is compressed.
-PARTIAL_VOLUME_PREFIX = ".hosciatic-partial-volume-"
+#: Private folders in the output folder: where results are written before they are
+#: moved in (the bundle's copy of the CT is compressed in one of its own), and where
+#: the results they replace are moved aside meanwhile.
+PARTIAL_PREFIX = ".hosciatic-partial-"
+PARTIAL_VOLUME_PREFIX = PARTIAL_PREFIX + "volume-"
+PREVIOUS_RESULTS_PREFIX = ".hosciatic-previous-results-"
 #: Every file a run may write into its output folder.
 RESULT_NAMES = ("metrics.json", "segmentation.seg.nrrd", "scene.mrb", "islands.csv",
                 *(f"nerve_{side}.mrk.json" for side in SIDES), *(f"stations_{side}.csv" for side in SIDES))
@@ -365,15 +369,19 @@ def publish(out_dir: Path, write) -> None:
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".hosciatic-partial-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=out_dir))
     try:
         write(staging)
         written = sorted(item.name for item in staging.iterdir())
-        earlier = _earlier_results(out_dir)
+        earlier = earlier_results(out_dir)
         (staging / RESULTS_MANIFEST).write_text(json.dumps(written) + "\n")
         _swap_in(staging, out_dir, sorted(earlier - set(written)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # Results a run killed outright while moving its own in had moved aside: the folder
+    # now holds a whole set again, so they are no one's.
+    for stale in out_dir.glob(f"{PREVIOUS_RESULTS_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
@@ -381,26 +389,27 @@ def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
     there, all or nothing: what they replace is first moved aside, and moved back if a
     move fails (a file held open by another program, a folder turned read-only)."""
     incoming = sorted(item.name for item in staging.iterdir())
-    aside = Path(tempfile.mkdtemp(prefix=".hosciatic-previous-results-", dir=out_dir))
-    moved_aside, moved_in = [], []
+    aside = Path(tempfile.mkdtemp(prefix=PREVIOUS_RESULTS_PREFIX, dir=out_dir))
     try:
         for name in incoming + stale:
             if (out_dir / name).exists() or (out_dir / name).is_symlink():
                 os.replace(out_dir / name, aside / name)
-                moved_aside.append(name)
         for name in incoming:
             os.replace(staging / name, out_dir / name)
-            moved_in.append(name)
-    except OSError:
+    except BaseException:
+        # Ctrl-C or a termination signal too: it must not leave new and old mixed. What
+        # moved is read from the folders, not from a list a signal may have cut short
+        # between a move and its note.
         try:
-            for name in moved_in:
+            for name in incoming:
                 target = out_dir / name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink()
-            for name in moved_aside:
-                os.replace(aside / name, out_dir / name)
+                if not (staging / name).exists() and (target.exists() or target.is_symlink()):
+                    if target.is_dir() and not target.is_symlink():
+                        shutil.rmtree(target)
+                    else:
+                        target.unlink()
+            for item in aside.iterdir():
+                os.replace(item, out_dir / item.name)
         except OSError as error:
             raise InputError(f"The results could not be moved into '{out_dir}', nor the earlier results put back "
                              f"({error.strerror or error}): these are in '{aside}'. Move them back by hand, check "
@@ -410,7 +419,7 @@ def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _earlier_results(out_dir: Path) -> set:
+def earlier_results(out_dir: Path) -> set:
     """Result files the last run wrote into ``out_dir`` (from its manifest)."""
     try:
         names = json.loads((out_dir / RESULTS_MANIFEST).read_text())
@@ -450,9 +459,9 @@ def prepare_output_folder(out_dir: Path) -> list[Path]:
         remove_created_folders(created)
         raise InputError(f"Nothing can be written into the output folder '{out_dir}' ({error.strerror or error}). "
                          "Choose a folder you can write to, on a disk with free space.") from None
-    # A run killed outright (SIGKILL, a power cut) leaves the bundle's partial copy of its
-    # CT behind: no run's output, and as large as the CT.
-    for stale in out_dir.glob(f"{PARTIAL_VOLUME_PREFIX}*"):
+    # A run killed outright (SIGKILL, a power cut) leaves its private folders behind: the
+    # results it was writing, the bundle's partial copy of its CT (as large as the CT).
+    for stale in out_dir.glob(f"{PARTIAL_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     return created
 
