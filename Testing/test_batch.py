@@ -209,3 +209,56 @@ def test_bad_case_list_is_refused_before_any_case_runs(tmp_path, text, phrases):
     for phrase in phrases:
         assert phrase.lower() in message, result.stderr
     assert not out.exists()
+
+
+def test_a_case_list_the_summary_would_replace_is_refused(tmp_path, capsys):
+    # A case list named summary.csv in the output folder was replaced by the summary
+    # before the first case ran.
+    case_list = tmp_path / "summary.csv"
+    case_list.write_text("case,image\np01,ct.nrrd\n")
+    assert cli.main(["batch", str(case_list), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "would be overwritten by the batch's summary" in " ".join(capsys.readouterr().err.split())
+    assert case_list.read_text() == "case,image\np01,ct.nrrd\n"
+
+
+def test_a_summary_that_cannot_be_written_is_a_refusal_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    # A full disk while writing the summary: "internal error", exit 1, "report it".
+    from HOSciaticModuleLib import batch
+
+    case_list = tmp_path / "cases.csv"
+    case_list.write_text("case,image\np01,missing.nrrd\n")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch.csv, "DictWriter", disk_full)
+    assert cli.main(["batch", str(case_list), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert "No space left on device" in message and "--skip-existing" in message and "internal" not in message
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_the_closing_summary_into_a_closed_pipe_is_no_failure(tmp_path):
+    # The summary printed into a pipe whose reader has gone (`| head -1`, `| true`): every
+    # result was written, yet "internal error (BrokenPipeError) ... No output was
+    # written" and exit 1.
+    case_list = tmp_path / "cases.csv"
+    case_list.write_text("case,image\np01,missing.nrrd\n")
+    out = tmp_path / "out"
+    command = f"{sys.executable} -m HOSciaticModuleLib.cli batch '{case_list}' --out '{out}' --quiet | true"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=600)
+    assert result.returncode == cli.BATCH_INCOMPLETE_STATUS, result.stderr  # its one case has no image
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert _summary(out)["p01"]["status"] == "refused"
+
+
+def test_an_interrupted_batch_says_what_it_kept(tmp_path, monkeypatch, capsys):
+    # Ctrl-C during a batch said "no output was written", though the cases done were
+    # kept and listed in the summary.
+    def interrupted(args, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_batch", interrupted)
+    assert cli.main(["batch", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    message = " ".join(capsys.readouterr().err.split())
+    assert "no output was written" not in message and "kept and listed in" in message and "--skip-existing" in message

@@ -443,3 +443,26 @@ def test_seed_points_from_an_fcsv_file_are_those_of_the_json_file(tmp_path):
     assert side_json == side_fcsv == "right" and warnings == []
     np.testing.assert_allclose(from_fcsv, from_json)
     np.testing.assert_allclose(from_fcsv, points)
+    # Without its columns line (Slicer reads the rows in its standard order) the fifth
+    # field, 0, was read as "never placed", and every point was left out.
+    lines = fcsv_path.read_text().splitlines(keepends=True)
+    fcsv_path.write_text("".join(line for line in lines if not line.startswith("# columns")))
+    ((_, without_columns, warnings),) = cli._load_seeds([str(fcsv_path)])
+    np.testing.assert_allclose(without_columns, points)
+    assert warnings == []
+
+
+def test_a_demo_case_left_half_written_is_made_again(tmp_path, monkeypatch):
+    # A demo interrupted while writing its case left the CT without its seeds, and every
+    # later demo was refused for want of them.
+    from HOSciaticModuleLib import export
+
+    case_dir = tmp_path / "demo_case"
+    case_dir.mkdir()
+    (case_dir / "ct.nrrd").write_bytes(b"NRRD0004\n")
+    monkeypatch.setattr(cli, "run_analyze", lambda args, progress: args)
+    analyze_args = cli.run_demo(cli.build_parser().parse_args(["demo", "--out", str(tmp_path), "--quiet"]),
+                                cli._ConsoleProgress(True))
+    assert all((case_dir / name).is_file() for name in cli.DEMO_CASE_FILES)
+    assert Path(analyze_args.image) == case_dir / "ct.nrrd" and read_volume(analyze_args.image).array.ndim == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(export.PARTIAL_PREFIX)]

@@ -71,6 +71,22 @@ def test_dicom_folder_of_several_series_names_the_one_analysed(tmp_path, volume)
     assert "3 series" in warning and "as many slices" in warning and "Br64" in warning and "Br40" in warning
 
 
+def test_dicom_series_holding_its_scout_is_refused_with_what_to_do(tmp_path, volume):
+    # A scout saved in the stack's own series (another matrix size, as some scanners and
+    # anonymisers save it): the series reader's size mismatch was an "internal error".
+    values, geometry = volume
+    image = sitk_image_from_array(values, geometry)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    folder = tmp_path / "dicom"
+    write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2])
+    write_dicom_slices(tmp_path / "scout", values[:, :, 5][None].copy(), positions[-1:], (0.0, 1.0, 0.0),
+                       (0.0, 0.0, -1.0), (0.9, 2.5))
+    (next((tmp_path / "scout").iterdir())).rename(folder / "scout.dcm")
+    with pytest.raises(InputError, match="cannot be read as one volume.*a scout.*Export the one axial stack"):
+        read_volume(folder)
+
+
 def test_dicom_export_with_a_folder_per_series_is_searched(tmp_path, volume):
     """A PACS or CD export keeps each series in a folder of its own, levels down
     (patient / study / series): given the export's top folder, the largest series is read."""

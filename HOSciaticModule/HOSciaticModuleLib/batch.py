@@ -185,13 +185,18 @@ def doubted_count(islands: list[dict]) -> int | None:
 def write_summary(path: Path, rows: list[dict]) -> None:
     """The summary as CSV, replaced whole: an interrupted batch leaves the last complete one."""
     path = Path(path)
-    handle, partial = tempfile.mkstemp(prefix=".hosciatic-partial-summary-", suffix=".csv", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=summary_columns(), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        handle, partial = tempfile.mkstemp(prefix=".hosciatic-partial-summary-", suffix=".csv", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
+                writer = csv.DictWriter(stream, fieldnames=summary_columns(), extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    except OSError as error:
+        raise InputError(f"The batch's summary could not be written into '{path.parent}' "
+                         f"({error.strerror or error}). Choose a folder you can write to, on a disk with free space, "
+                         "and run again with --skip-existing to keep the cases already analysed.") from None

@@ -24,8 +24,10 @@ import functools
 import importlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -526,8 +528,11 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
 
     cases = batch.read_case_list(args.cases)
     out_dir = Path(args.out)
-    export.prepare_output_folder(out_dir)
     summary_path = out_dir / batch.SUMMARY_NAME
+    if summary_path.resolve() == Path(args.cases).resolve():
+        raise InputError(f"The case list '{args.cases}' would be overwritten by the batch's summary of the same name "
+                         "in the output folder. Choose another output folder (--out), or rename the case list.")
+    export.prepare_output_folder(out_dir)
     shared = ["--bone-threshold", repr(args.bone_threshold), "--min-island-ml", repr(args.min_island_ml),
               "--contact-tolerance", repr(args.contact_tolerance)] + (["--no-scene"] if args.no_scene else [])
     rows = [batch.summary_row(case, batch.NOT_RUN) for case in cases]
@@ -630,15 +635,27 @@ def _batch_summary(summary_path: Path, rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------
 # Demo
 # ---------------------------------------------------------------------------------------
+#: The demo case's files the demo reads.
+DEMO_CASE_FILES = ("ct.nrrd", "nerve_seeds_right.mrk.json")
+
+
 def run_demo(args, progress) -> Path:
     from .phantom import generate_phantom, write_phantom_case
 
     out_dir = Path(args.out)
     export.prepare_output_folder(out_dir)
     case_dir = out_dir / "demo_case"
-    if not (case_dir / "ct.nrrd").exists():
+    if not all((case_dir / name).is_file() for name in DEMO_CASE_FILES):
         progress.for_stage("Demo case")(0.0, "generating the synthetic hip CT")
-        write_phantom_case(generate_phantom(), case_dir)
+        # Written whole or not at all: an interrupted demo left a CT without its seeds,
+        # and every later demo was refused for want of them.
+        partial = Path(tempfile.mkdtemp(prefix=export.PARTIAL_PREFIX, dir=out_dir))
+        try:
+            write_phantom_case(generate_phantom(), partial)
+            shutil.rmtree(case_dir, ignore_errors=True)
+            os.replace(partial, case_dir)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         progress.for_stage("Demo case")(1.0, f"written to {case_dir}")
     analyze_args = build_parser().parse_args([
         "analyze", str(case_dir / "ct.nrrd"), "--out", str(out_dir / "results"),
@@ -688,19 +705,33 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _print_closing(text: str) -> None:
+    """Print the closing summary; a reader that stopped reading (``| head``) takes
+    nothing from the results, which are written by then."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the closed pipe again at exit: the rest goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _main(argv=None) -> int:
     debug = bool(os.environ.get("HOSCIATIC_DEBUG"))
+    # What an interruption leaves: nothing of a single run, the cases done of a batch.
+    left = "no output was written"
     try:
         args = build_parser().parse_args(argv)
         progress = _ConsoleProgress(getattr(args, "quiet", False))
         if args.command == "batch":
-            from .batch import ANALYSED
+            from .batch import ANALYSED, SUMMARY_NAME
 
+            left = (f"the cases analysed so far are kept and listed in {Path(args.out) / SUMMARY_NAME} (run again "
+                    "with --skip-existing to go on)")
             summary_path, rows = run_batch(args, progress)
-            print(_batch_summary(summary_path, rows))
+            _print_closing(_batch_summary(summary_path, rows))
             return 0 if all(row["status"] in ANALYSED for row in rows) else BATCH_INCOMPLETE_STATUS
         out_dir = run_demo(args, progress) if args.command == "demo" else run_analyze(args, progress)
-        print(_summary(out_dir))
+        _print_closing(_summary(out_dir))
         return 0
     except InputError as error:
         sys.stderr.write("\n" + textwrap.fill(f"hosciatic: {error}", width=100) + "\n")
@@ -713,10 +744,10 @@ def _main(argv=None) -> int:
                          "crop the volume, and run again.\n")
         return 2
     except Terminated:
-        sys.stderr.write("\nhosciatic: terminated; no output was written.\n")
+        sys.stderr.write(f"\nhosciatic: terminated; {left}.\n")
         return 143
     except KeyboardInterrupt:
-        sys.stderr.write("\nhosciatic: interrupted; no output was written.\n")
+        sys.stderr.write(f"\nhosciatic: interrupted; {left}.\n")
         return 130
     except Exception as error:  # a defect, not bad input: say so plainly
         if debug:

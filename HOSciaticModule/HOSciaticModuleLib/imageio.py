@@ -134,7 +134,16 @@ def _read_dicom_series(folder: Path):
     reader.MetaDataDictionaryArrayUpdateOn()
     # ITK's own remarks on uneven slices go to the console; they are checked and answered below.
     with _itk_warnings_silenced():
-        image = reader.Execute()
+        try:
+            image = reader.Execute()
+        except RuntimeError as error:
+            # Slices of several sizes in one series (a scout saved with its stack, as some
+            # scanners and anonymisers do) or a damaged slice.
+            reason = str(error).strip().splitlines()[-1].strip() if str(error).strip() else "unreadable"
+            raise InputError(f"The DICOM series in '{folder}' cannot be read as one volume ({reason}): its slices "
+                             "differ in size (several stacks, or a scout, saved as one series) or one is damaged. "
+                             "Export the one axial stack to analyse, or load the series in Slicer and save the "
+                             "volume as NRRD.") from None
     description = f"DICOM series {best} ({len(series_ids)} series in folder)"
     warnings = [_other_series_warning(files, best)] if len(series_ids) > 1 else []
     slices = dicom_slice_geometry(reader, len(file_names), folder)
@@ -637,6 +646,10 @@ def read_markups_json(path, what: str = "markups file") -> list[MarkupsPoints]:
 FCSV_COORDINATE_SYSTEMS = {"0": "RAS", "RAS": "RAS", "1": "LPS", "LPS": "LPS", "2": "IJK", "IJK": "IJK"}
 
 
+#: The columns of a Slicer point list (.fcsv) in the order Slicer writes them.
+FCSV_STANDARD_COLUMNS = "id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID"
+
+
 def read_fcsv(path, what: str = "markups file") -> MarkupsPoints:
     """Read the point list of a Slicer ``.fcsv`` file (Markups fiducial file, version 4
     or later); coordinates returned in RAS.
@@ -665,7 +678,8 @@ def read_fcsv(path, what: str = "markups file") -> MarkupsPoints:
     if system == "IJK":
         raise InputError(f"The {what} '{path}' holds voxel indices (CoordinateSystem IJK), not positions in the "
                          "patient. Load the points into Slicer with their volume and save them as .mrk.json.")
-    columns = [c.strip().lower() for c in header.get("columns", "id,x,y,z").split(",")]
+    # Without a columns line, Slicer reads the rows in its own standard order.
+    columns = [c.strip().lower() for c in header.get("columns", FCSV_STANDARD_COLUMNS).split(",")]
     try:
         x_column = columns.index("x")
         rows = list(csv.reader(line for line in lines if line.strip() and not line.startswith("#")))
