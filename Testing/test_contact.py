@@ -177,21 +177,25 @@ def test_touching_ring_is_circumferential_at_zero_tolerance(grid):
 
 
 def test_contact_area_counts_the_stations_in_contact_only():
-    # A spur one voxel long touching the nerve is a single station's spike, which the
-    # encasement's 3-station median leaves out: no length, no class, and no area either
-    # (it read 3.1 mm² beside a length of 0 and class 'none'); a 3 mm spur counts.
+    # A spur one voxel long, 0.8 mm off the nerve, is within the tolerance at a single
+    # station: a spike the encasement's 3-station median leaves out, so no length, no
+    # class, and no area either (it read 3.1 mm² beside a length of 0 and class 'none').
+    # Touching the nerve, the same spur is in contact over its length and the tolerance
+    # either side (2.5 mm; as one voxel thin, it used to be smoothed away), as is a 3 mm one.
     spacing = 0.5
     geometry = VolumeGeometry.from_spacing_origin_directions((120, 60, 60), (spacing,) * 3, (-15.0, -15.0, -30.0))
     k, j, i = np.indices(geometry.shape_kji)
     x, y, z = -15.0 + i * spacing, -15.0 + j * spacing, -30.0 + k * spacing
     nerve = x ** 2 + y ** 2 <= 5.0 ** 2
     centreline = np.array([[0.0, 0.0, -28.0], [0.0, 0.0, 28.0]])
-    for length, touching in ((0.5, False), (3.0, True)):
-        spur = (x >= 5.5) & (x <= 9.0) & (np.abs(y) <= 2.0) & (np.abs(z) <= length / 2)
+    for start, length, touching in ((6.0, 0.5, False), (5.5, 0.5, True), (5.5, 3.0, True)):
+        spur = (x >= start) & (x <= 9.0) & (np.abs(y) <= 2.0) & (np.abs(z) <= length / 2)
         result = compute_contact(nerve, spur.astype(np.uint16), geometry, centreline)
-        assert result.min_distance_mm == pytest.approx(0.0, abs=0.1)
+        assert result.min_distance_mm <= TAU
         assert (result.contact_length_mm > 0, result.contact_area_mm2 > 0) == (touching, touching)
         assert result.encasement_class == ("abutment" if touching else "none")
+        if touching:
+            assert result.contact_length_mm == pytest.approx(length + 2 * TAU, abs=1.0)
 
 
 @pytest.mark.parametrize("points, phrase", [
@@ -360,9 +364,9 @@ def test_island_and_other_bone_figures_need_distances_only_near_the_tolerance(to
         assert near.bone_encasement_deg.max() > 0
 
 
-def test_a_speck_too_small_for_a_smooth_surface_is_at_no_distance():
-    """A single voxel smooths to below the surface's level: no distance is measured to
-    it, bounded or not (no surface, so no edge to bound by)."""
+def test_a_speck_of_one_voxel_keeps_its_surface():
+    """A single voxel smooths to below the surface's level, and no distance was measured
+    to it: it keeps a surface at its voxel's faces, measured bounded or not."""
     from types import SimpleNamespace
 
     from HOSciaticModuleLib.contact import _RayDistances
@@ -372,8 +376,14 @@ def test_a_speck_too_small_for_a_smooth_surface_is_at_no_distance():
     rays = _RayDistances(SimpleNamespace(boundary=boundary), geometry)
     speck = np.zeros(geometry.shape_kji, bool)
     speck[5, 5, 5] = True
-    for up_to in (np.inf, rays.contact_reach(1.0)):
-        assert np.all(np.isinf(rays.to_mask(speck, up_to)))
+    centre = geometry.kji_to_ras_points([[5, 5, 5]])[0]
+    to_centre = np.linalg.norm(boundary - centre, axis=-1)
+    unbounded = rays.to_mask(speck)
+    # The surface passes about half a voxel (0.4-0.5 mm) from the voxel's centre.
+    assert np.all(np.abs(unbounded - (to_centre - 0.45)) <= 0.25)
+    bounded = rays.to_mask(speck, rays.contact_reach(1.0))
+    near = unbounded <= rays.contact_reach(1.0)
+    np.testing.assert_allclose(bounded[near], unbounded[near])
 
 
 def test_distance_to_voxel_boxes_up_to_a_reach():
@@ -448,3 +458,65 @@ def test_bone_outside_the_segments_is_looked_for_within_reach_of_the_nerve(spaci
     bone = (ct >= 200) & (distance_outside(nerve, geometry) <= reach) & ~within_or_next_to(ho, geometry, HO_RIM_MM)
     np.testing.assert_array_equal(found, bone)
     assert 100 < np.count_nonzero(found) < np.count_nonzero(ct >= 200) / 2
+
+
+OBLIQUE_NERVE = tuple(tuple(t * np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)) for t in (-50.0, -16.7, 16.7, 50.0))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 2.0), (0.7, 0.7, 3.0)])
+def test_a_gap_across_obliquely_cut_thick_slices_is_measured(spacing):
+    # A nerve at 45 degrees to 2-3 mm slices, 2 mm from a 270-degree shell: voxels of the
+    # two masks meet at edges or corners across the gap, and the gap read 0.00 mm.
+    spec = make_shell_spec(270.0, gap_mm=2.0, length_mm=LENGTH, radius_mm=RADIUS, sector_center_deg=7.0,
+                           nerve_control_points=OBLIQUE_NERVE)
+    phantom = generate_phantom(spec, spacing_ijk=spacing, fov_mm=(80.0, 80.0, 80.0))
+    assert not np.any(phantom.nerve_mask & (phantom.ho_labels > 0))
+    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras, tolerance_mm=TAU)
+    # Sampled on such voxels a 2 mm gap reads 0.8-1.9 mm: 3 mm slices cut obliquely bring
+    # the shell's voxels within a millimetre of the nerve over a few stations, a gap they
+    # cannot resolve at a 1 mm tolerance (on 2 mm slices it is no contact).
+    assert 0.8 <= result.min_distance_mm <= 2.3
+    assert result.min_distance_mm <= np.nanmin(result.distance_to_ho_mm)
+    if max(spacing) <= 2.0:
+        assert result.encasement_class == "none"
+
+
+@pytest.mark.parametrize("gap", [1.1, 1.2])
+def test_smallest_gap_agrees_with_the_stations_at_the_tolerance(gap):
+    # A gap just beyond the tolerance on 0.5 mm voxels: the smallest gap (read between
+    # the surfaces' vertices) said 1.13 mm, class none, beside stations at 0.995 mm
+    # making a 29 mm contact run. The figures now agree.
+    spec = make_shell_spec(270.0, gap_mm=gap, length_mm=LENGTH, radius_mm=RADIUS, sector_center_deg=7.0,
+                           nerve_control_points=OBLIQUE_NERVE)
+    phantom = generate_phantom(spec, spacing_ijk=(0.5, 0.5, 0.5), fov_mm=(50.0, 50.0, 60.0))
+    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras, tolerance_mm=TAU)
+    assert result.min_distance_mm <= np.nanmin(result.distance_to_ho_mm) + 1e-9
+    assert (result.encasement_class == "none") == (result.contact_length_mm == 0.0)
+    (island,) = result.islands
+    assert (island.encasement_class == "none") == (island.contact_length_mm == 0.0)
+    assert island.min_distance_mm == pytest.approx(result.min_distance_mm)
+
+
+@pytest.mark.parametrize("thickness_mm, spacing, direction", [
+    (1.0, (1.5, 1.5, 1.5), (0.0, 0.0, 1.0)),
+    (1.5, (1.5, 1.5, 1.5), (0.0, 0.0, 1.0)),
+    (1.0, (1.0, 1.0, 2.0), (0.0, 1.0, 1.0)),
+])
+def test_thin_ho_on_the_nerve_is_in_contact(thickness_mm, spacing, direction):
+    # A 270-degree sleeve of HO 1-1.5 mm thick on the nerve, sampled on voxels as thick
+    # or thicker: smoothed, a sheet one voxel thin peaked near 0.5 and its surface
+    # vanished or shrank to a sliver; the nerve read 0-192 degrees, class none with a
+    # smallest gap of 0 for the thinnest. Now as a thick sleeve reads.
+    import dataclasses
+
+    d = np.asarray(direction) / np.linalg.norm(direction)
+    spec = make_shell_spec(270.0, length_mm=LENGTH, radius_mm=RADIUS, sector_center_deg=7.0,
+                           nerve_control_points=tuple(tuple(t * d) for t in (-50.0, -16.7, 16.7, 50.0)))
+    spec = dataclasses.replace(spec, islands=(dataclasses.replace(spec.islands[0], thickness_mm=thickness_mm),))
+    fov = (40.0, 40.0, 100.0) if direction[0] == direction[1] == 0.0 else (80.0, 80.0, 80.0)
+    phantom = generate_phantom(spec, spacing_ijk=spacing, fov_mm=fov)
+    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras,
+                             tolerance_mm=TAU)
+    assert result.encasement_class == "encasement"
+    assert result.max_encasement_deg == pytest.approx(expected_encasement(270.0), abs=15.0)
+    assert result.contact_length_mm == pytest.approx(LENGTH + 2 * TAU, abs=3.0)

@@ -34,6 +34,7 @@ Definitions (the figures a surgeon plans the excision from):
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -222,6 +223,33 @@ def smoothed_field(mask: np.ndarray) -> np.ndarray:
     fraction of a voxel, whatever the grid's orientation."""
     return ndimage.gaussian_filter(mask.astype(np.float32), SURFACE_SMOOTHING_VOXELS, mode="constant",
                                    truncate=SURFACE_SMOOTHING_TRUNCATE)
+
+
+def smoothed_field_keeping_thin_parts(mask: np.ndarray) -> np.ndarray:
+    """:func:`smoothed_field`, with parts one voxel thin kept. Smoothed, a sheet one voxel
+    thick peaks near 0.5 and its surface shrinks to a sliver or vanishes (thin HO on the
+    nerve read no contact, 1 mm of it on 1.5 mm voxels). A mask voxel with no mask on
+    either side along some axis is raised to 1 less its lowest face neighbour, which
+    puts the 0.5 level half-way to that neighbour, at the voxel's face, as on a thick
+    mask's flat boundary; thicker parts, and a thick mask's voxels standing out of its
+    staircase, keep their field."""
+    field = smoothed_field(mask)
+    padded = np.pad(np.asarray(mask, bool), 1)
+    inner = tuple(slice(1, -1) for _ in range(3))
+    thin = np.zeros(mask.shape, bool)
+    for axis in range(3):
+        before, after = list(inner), list(inner)
+        before[axis], after[axis] = slice(0, -2), slice(2, None)
+        thin |= ~padded[tuple(before)] & ~padded[tuple(after)]
+    # A thick mask's voxels lie within a voxel of one at least as high as on a flat
+    # boundary: its staircases and edges keep their field, and its surface its place.
+    flat_boundary = 0.5 * (1.0 + math.erf(0.5 / (SURFACE_SMOOTHING_VOXELS * math.sqrt(2.0))))
+    thin &= mask & (ndimage.maximum_filter(field, size=3, mode="constant") < flat_boundary - 1e-3)
+    if not thin.any():
+        return field
+    lowest_neighbour = ndimage.minimum_filter(field, footprint=ndimage.generate_binary_structure(3, 1),
+                                              mode="constant")
+    return np.where(thin, np.maximum(field, 1.0 - lowest_neighbour), field)
 
 
 class SmoothSurface:
@@ -541,14 +569,18 @@ def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_dista
     smallest box-to-box gap is biased low by up to one voxel. Near the closest pair,
     both masks are smoothed (Gaussian, SURFACE_SMOOTHING_VOXELS) and their 0.5
     iso-surfaces -- which follow the sampled surfaces to a fraction of a voxel -- are
-    compared instead. Touching or overlapping masks keep 0.
+    compared instead. Masks that overlap or share a voxel face keep 0; boxes meeting
+    only along an edge or at a corner are no contact (on thick slices cut obliquely,
+    voxels meeting so lie up to several millimetres apart) and are measured too.
     """
-    if pair is None or not np.isfinite(box_distance) or box_distance <= 0.0:
+    if pair is None or not np.isfinite(box_distance):
         return box_distance, pair
     from skimage.measure import marching_cubes
 
     centre = 0.5 * (np.asarray(pair[0]) + np.asarray(pair[1]))
     block = geometry.bounding_slices_of_ras_box(centre[None], box_distance + REFINE_MARGIN_MM)
+    if box_distance <= 0.0 and _share_a_face(nerve_mask[block], ho_mask_of(block)):
+        return box_distance, pair
     surfaces = []
     for mask in (nerve_mask[block], ho_mask_of(block)):
         padded = np.pad(mask, 2)
@@ -570,6 +602,19 @@ def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_dista
     if refined < box_distance:
         return box_distance, pair
     return refined, (tuple(float(c) for c in surfaces[0][best]), tuple(float(c) for c in surfaces[1][index[best]]))
+
+
+def _share_a_face(mask: np.ndarray, other: np.ndarray) -> bool:
+    """Whether two masks overlap or have voxels next to each other across a face."""
+    return bool(np.any(ndimage.binary_dilation(mask) & other))
+
+
+def _no_larger_than_stations(gap: float, pair, station_distance: np.ndarray):
+    """The smallest gap, never larger than a station's: the gap search compares the
+    surfaces' vertices, the stations their triangles, and a figure of each side of the
+    tolerance read "none" beside a contact run."""
+    nearest = np.nanmin(station_distance, initial=np.inf)
+    return (float(nearest), pair) if nearest < gap else (gap, pair)
 
 
 def _summary(distance, sections, s_mm, tolerance):
@@ -656,7 +701,8 @@ class _RayDistances:
         # The smoothed field is zero beyond the filter's reach from the mask: smoothing
         # and meshing around the mask alone give the same surface as over the whole block.
         around = pad_block(around, mask_in_block.shape, SURFACE_SMOOTHING_REACH_VOXELS)
-        surface = SmoothSurface(smoothed_field(mask_in_block[around]), self.block_geometry.cropped(around))
+        surface = SmoothSurface(smoothed_field_keeping_thin_parts(mask_in_block[around]),
+                                self.block_geometry.cropped(around))
         # Within the last 2 mm of the block's margin the surface may be cut by the block:
         # no distance from there on is kept, so none is measured.
         # The distance measured on the mesh exceeds the exact one by less than a triangle's
@@ -714,6 +760,8 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     distance = rays.completed_beyond_block(all_near, all_ho)
     min_distance, closest = _closest_pair(nerve_boxes, all_ho)
     min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
+    station_distance = np.where(sections.on_nerve, distance.min(axis=1), np.inf)
+    min_distance, closest = _no_larger_than_stations(min_distance, closest, station_distance)
     encasement, contact_arc, in_contact, runs = _summary(distance, sections, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
@@ -731,11 +779,10 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         for label, boxes in islands_found]
 
     report(progress, 1.0, "Contact measured")
-    station_distance = distance.min(axis=1)
     area = np.where(sections.on_nerve, sections.area, np.nan)
     return NerveContact(
         s_mm=s_mm, points_ras=points, encasement_deg=encasement,
-        distance_to_ho_mm=np.where(np.isfinite(station_distance) & sections.on_nerve, station_distance, np.nan),
+        distance_to_ho_mm=np.where(np.isfinite(station_distance), station_distance, np.nan),
         area_mm2=area, min_distance_mm=float(min_distance), closest_points_ras=closest,
         contact_area_mm2=contact_area, contact_fraction=contact_area / surface_area if surface_area > 0 else 0.0,
         contact_length_mm=float(in_contact.sum() * STATION_SPACING_MM),
@@ -800,6 +847,8 @@ def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry
     else:
         # Only the figures at the tolerance are reported per island.
         island_distance = near if near is not None else rays.to_mask(ho_crop == label, rays.contact_reach(tolerance))
+        island_min, island_closest = _no_larger_than_stations(
+            island_min, island_closest, np.where(sections.on_nerve, island_distance.min(axis=1), np.inf))
     island_enc, island_arc, island_in, _ = _summary(island_distance, sections, s_mm, tolerance)
     island_max = float(island_enc.max()) if len(island_enc) else 0.0
     return IslandContact(
