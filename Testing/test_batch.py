@@ -262,3 +262,16 @@ def test_an_interrupted_batch_says_what_it_kept(tmp_path, monkeypatch, capsys):
     assert cli.main(["batch", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "out"), "--quiet"]) == 130
     message = " ".join(capsys.readouterr().err.split())
     assert "no output was written" not in message and "kept and listed in" in message and "--skip-existing" in message
+
+
+def test_a_case_list_given_by_its_bare_name_reads_paths_starting_with_a_dash(tmp_path, monkeypatch):
+    # Given by its bare name, the list's paths stayed bare, and "-scan.nrrd" was taken for
+    # an option of the case's analysis ("the following arguments are required: image").
+    from HOSciaticModuleLib import batch
+
+    (tmp_path / "cases.csv").write_text("case,image,nerve_seeds\np01,-scan.nrrd,-seeds.mrk.json\n")
+    monkeypatch.chdir(tmp_path)
+    (case,) = batch.read_case_list("cases.csv")
+    assert case.image == str(tmp_path / "-scan.nrrd") and case.nerve_seeds == [str(tmp_path / "-seeds.mrk.json")]
+    parsed = cli.build_parser().parse_args(["analyze", *case.analyze_arguments(tmp_path / "out")])
+    assert parsed.image == case.image and parsed.nerve_seeds == case.nerve_seeds

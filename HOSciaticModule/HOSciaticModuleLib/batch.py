@@ -128,7 +128,9 @@ def _case_from_row(row: dict, line: int, base: Path) -> BatchCase:
         if not text:
             return None
         candidate = Path(os.path.expanduser(text))
-        return str(candidate if candidate.is_absolute() else base / candidate)
+        # Made absolute: a list given by its bare name gave bare names, and one starting
+        # with "-" was taken for an option of the case's analysis.
+        return str(candidate if candidate.is_absolute() else (base / candidate).absolute())
 
     seeds = [located(part.strip()) for part in SEED_SEPARATORS.split(row.get("nerve_seeds") or "") if part.strip()]
     folder_name = _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name)).strip("._") or "case"
