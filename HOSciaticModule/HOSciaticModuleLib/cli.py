@@ -608,13 +608,16 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
 def _latest_change_ns(paths, results_dir: Path) -> int:
     """When the newest of these files (or of the files in these folders, a DICOM series)
     was last written, in ns since the epoch; the results' own folder, were it inside an
-    input folder, is no input."""
+    input folder, is no input, and in the input folder itself (a case named as its DICOM
+    folder, with --out where the folder lies) the results' files are none."""
     latest = 0
     results_dir = results_dir.resolve()
     for path in map(Path, paths):
         files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
         for file in files:
-            if results_dir in file.resolve().parents:
+            folder = file.resolve().parent
+            if results_dir in folder.parents or (folder == results_dir and (
+                    file.name in export.RESULT_NAMES or file.name.startswith(".hosciatic-"))):
                 continue
             with contextlib.suppress(OSError):
                 latest = max(latest, file.stat().st_mtime_ns)
