@@ -173,9 +173,16 @@ def test_results_written_inside_a_dicom_folder_are_not_taken_for_a_newer_input(t
     assert cli._latest_change_ns([str(series)], results) == slice_time
     # --out where the series lies: the results go into the series' own folder, and its
     # slices were all skipped as results, so a series exported again never ran again.
+    (results / "scene.mrb").unlink()
+    results.rmdir()
     (series / "metrics.json").write_bytes(b"{}")
     os.utime(series / "metrics.json", ns=(slice_time + 10**9, slice_time + 10**9))
     assert cli._latest_change_ns([str(series)], series) == slice_time
+    # Slices in subfolders of such a folder (DICOM/IMAGES/...) are inputs too.
+    (series / "IMAGES").mkdir()
+    (series / "IMAGES" / "slice2.dcm").write_bytes(b"0")
+    os.utime(series / "IMAGES" / "slice2.dcm", ns=(slice_time + 2 * 10**9, slice_time + 2 * 10**9))
+    assert cli._latest_change_ns([str(series)], series) == slice_time + 2 * 10**9
 
 
 def test_case_names_in_any_script_keep_their_letters_in_folder_names(tmp_path):

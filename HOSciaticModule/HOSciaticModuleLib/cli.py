@@ -605,6 +605,17 @@ def _same_earlier_result(case, case_dir: Path, args) -> dict | None:
     return document if same_inputs and same_settings and same_version and fresh and complete else None
 
 
+def _is_result_file(file: Path, results_dir: Path, results_dir_is_input: bool) -> bool:
+    """Whether ``file`` (resolved) is one of a run's results in ``results_dir``: every
+    file under it, or, when that folder is an input folder itself (its slices are
+    inputs, in subfolders too), the result files and private folders only."""
+    if not results_dir_is_input:
+        return results_dir in file.parents
+    inside = file.relative_to(results_dir).parts if results_dir in file.parents else ()
+    return bool(inside) and (inside[0].startswith(".hosciatic-") or (len(inside) == 1 and inside[0] in
+                                                                        export.RESULT_NAMES))
+
+
 def _latest_change_ns(paths, results_dir: Path) -> int:
     """When the newest of these files (or of the files in these folders, a DICOM series)
     was last written, in ns since the epoch; the results' own folder, were it inside an
@@ -615,9 +626,7 @@ def _latest_change_ns(paths, results_dir: Path) -> int:
     for path in map(Path, paths):
         files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
         for file in files:
-            folder = file.resolve().parent
-            if results_dir in folder.parents or (folder == results_dir and (
-                    file.name in export.RESULT_NAMES or file.name.startswith(".hosciatic-"))):
+            if _is_result_file(file.resolve(), results_dir, path.resolve() == results_dir):
                 continue
             with contextlib.suppress(OSError):
                 latest = max(latest, file.stat().st_mtime_ns)
@@ -728,8 +737,8 @@ def _main(argv=None) -> int:
         if args.command == "batch":
             from .batch import ANALYSED, SUMMARY_NAME
 
-            left = (f"the cases analysed so far are kept and listed in {Path(args.out) / SUMMARY_NAME} (run again "
-                    "with --skip-existing to go on)")
+            left = (f"any case analysed before it is kept and listed in {Path(args.out) / SUMMARY_NAME} (run "
+                    "again with --skip-existing to go on)")
             summary_path, rows = run_batch(args, progress)
             _print_closing(_batch_summary(summary_path, rows))
             return 0 if all(row["status"] in ANALYSED for row in rows) else BATCH_INCOMPLETE_STATUS

@@ -294,9 +294,20 @@ class SmoothSurface:
         inside = ndimage.map_coordinates(self.field, kji.T, order=1, mode="constant", cval=0.0) >= 0.5
         return np.where(inside, 0.0, distance)
 
+    def closest_points(self, points_ras: np.ndarray) -> np.ndarray:
+        """The surface's point nearest to each point (outside the surface), on the
+        triangles around its nearest vertices."""
+        points_ras = np.atleast_2d(np.asarray(points_ras, float))
+        nearest = self.tree.query(points_ras, k=NEAREST_SURFACE_VERTICES, workers=-1)[1]
+        return self._nearest_on_triangles(points_ras, nearest)[1]
+
     def _triangle_distance(self, points: np.ndarray, nearest: np.ndarray) -> np.ndarray:
         """Smallest distance from each point to the triangles around its nearest vertices
         (``nearest``: vertex indices per point, the vertex count where there are fewer)."""
+        return self._nearest_on_triangles(points, nearest)[0]
+
+    def _nearest_on_triangles(self, points: np.ndarray, nearest: np.ndarray) -> tuple:
+        """That smallest distance, and the point of the triangles where it is reached."""
         count = len(self.vertices)
         candidates = self.faces_of_vertex[np.minimum(nearest, count)].reshape(len(points), -1)  # -1: none
         # Neighbouring vertices share triangles: each is measured once per point, the
@@ -307,13 +318,17 @@ class SmoothSurface:
         candidates = -np.sort(-candidates, axis=1)
         candidates = candidates[:, :int(np.count_nonzero(candidates >= 0, axis=1).max(initial=0))]
         best = np.full(len(points), np.inf)
+        best_point = np.full((len(points), 3), np.nan)
         for column in range(candidates.shape[1]):
             rows = np.flatnonzero(candidates[:, column] >= 0)
             if len(rows):
                 corners = self.vertices[self.faces[candidates[rows, column]]]
-                best[rows] = np.minimum(best[rows], point_triangle_distance(
-                    points[rows], corners[:, 0], corners[:, 1], corners[:, 2]))
-        return best
+                on_triangle = closest_points_on_triangles(points[rows], corners[:, 0], corners[:, 1], corners[:, 2])
+                distance = np.linalg.norm(points[rows] - on_triangle, axis=1)
+                closer = distance < best[rows]
+                best[rows[closer]] = distance[closer]
+                best_point[rows[closer]] = on_triangle[closer]
+        return best, best_point
 
 
 def _faces_of_vertex(faces: np.ndarray, vertex_count: int) -> np.ndarray:
@@ -333,6 +348,13 @@ def _faces_of_vertex(faces: np.ndarray, vertex_count: int) -> np.ndarray:
 
 def point_triangle_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Distance from each point to the triangle (a, b, c) of the same row."""
+    return np.linalg.norm(points - closest_points_on_triangles(points, a, b, c), axis=1)
+
+
+def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The point of the triangle (a, b, c) of the same row nearest to each point: its
+    projection onto the triangle's plane when that falls inside, else the nearest point
+    of its edges."""
     ab, ac, ap = b - a, c - a, points - a
     d00 = np.einsum("ij,ij->i", ab, ab)
     d01 = np.einsum("ij,ij->i", ab, ac)
@@ -345,13 +367,18 @@ def point_triangle_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray, c:
     w = (d00 * d21 - d01 * d20) / safe
     inside = (np.abs(denominator) > 1e-12) & (v >= 0) & (w >= 0) & (v + w <= 1)
     projection = a + v[:, None] * ab + w[:, None] * ac
+    best = np.where(inside[:, None], projection, np.nan)
     distance = np.where(inside, np.linalg.norm(points - projection, axis=1), np.inf)
     for start, end in ((a, b), (b, c), (c, a)):
         edge = end - start
         t = np.clip(np.einsum("ij,ij->i", points - start, edge) / np.maximum(np.einsum("ij,ij->i", edge, edge), 1e-12),
                     0.0, 1.0)
-        distance = np.minimum(distance, np.linalg.norm(points - (start + t[:, None] * edge), axis=1))
-    return distance
+        on_edge = start + t[:, None] * edge
+        edge_distance = np.linalg.norm(points - on_edge, axis=1)
+        closer = edge_distance < distance
+        distance = np.where(closer, edge_distance, distance)
+        best = np.where(closer[:, None], on_edge, best)
+    return best
 
 
 def nerve_sections(nerve_field: np.ndarray, geometry: VolumeGeometry, points: np.ndarray) -> _Sections:
@@ -609,12 +636,21 @@ def _share_a_face(mask: np.ndarray, other: np.ndarray) -> bool:
     return bool(np.any(ndimage.binary_dilation(mask) & other))
 
 
-def _no_larger_than_stations(gap: float, pair, station_distance: np.ndarray):
-    """The smallest gap, never larger than a station's: the gap search compares the
-    surfaces' vertices, the stations their triangles, and a figure of each side of the
-    tolerance read "none" beside a contact run."""
-    nearest = np.nanmin(station_distance, initial=np.inf)
-    return (float(nearest), pair) if nearest < gap else (gap, pair)
+def _no_larger_than_stations(gap: float, pair, distance: np.ndarray, sections: _Sections, rays: "_RayDistances",
+                             mask_in_block: np.ndarray):
+    """The smallest gap and its pair of points, never larger than a station's: the gap
+    search compares the surfaces' vertices, the stations their triangles, and a figure
+    of each side of the tolerance read "none" beside a contact run. ``distance``: per
+    station and ray, to the surface of ``mask_in_block`` (over the rays' block), from
+    :meth:`_RayDistances.to_mask`."""
+    per_station = np.where(sections.on_nerve[:, None], distance, np.inf)
+    station, ray = np.unravel_index(int(np.argmin(per_station)), per_station.shape) if per_station.size else (0, 0)
+    if not per_station.size or not per_station[station, ray] < gap:
+        return gap, pair
+    nerve_point = sections.boundary[station, ray]
+    ho_point = nerve_point if per_station[station, ray] <= 0.0 else rays.surface_point_nearest(mask_in_block,
+                                                                                                nerve_point)
+    return float(per_station[station, ray]), (tuple(float(c) for c in nerve_point), tuple(float(c) for c in ho_point))
 
 
 def _summary(distance, sections, s_mm, tolerance):
@@ -691,18 +727,32 @@ class _RayDistances:
         interpolated along the edge), which lie at most a gap farther."""
         return tolerance + self.largest_gap_mm
 
-    def to_mask(self, mask_in_block: np.ndarray, up_to_mm: float = np.inf) -> np.ndarray:
-        """To the smooth surface of a mask over the block; infinity where it lies beyond
-        the block's reach (the surface there may be cut by the block). Distances up to
-        ``up_to_mm`` (at least) are as without it; beyond, some may be infinity."""
+    def _surface(self, mask_in_block: np.ndarray, keep_thin: bool):
+        """The smooth surface of a mask over the block (None for an empty mask)."""
         around = bounding_slices(mask_in_block)
         if around is None:
-            return np.full(self.shape, np.inf)
+            return None
         # The smoothed field is zero beyond the filter's reach from the mask: smoothing
         # and meshing around the mask alone give the same surface as over the whole block.
         around = pad_block(around, mask_in_block.shape, SURFACE_SMOOTHING_REACH_VOXELS)
-        surface = SmoothSurface(smoothed_field_keeping_thin_parts(mask_in_block[around]),
-                                self.block_geometry.cropped(around))
+        smoothed = smoothed_field_keeping_thin_parts if keep_thin else smoothed_field
+        return SmoothSurface(smoothed(mask_in_block[around]), self.block_geometry.cropped(around))
+
+    def surface_point_nearest(self, mask_in_block: np.ndarray, point_ras: np.ndarray) -> np.ndarray:
+        """The point of a segment's smooth surface (as :meth:`to_mask` measures to it)
+        nearest to ``point_ras``, which lies outside it."""
+        return self._surface(mask_in_block, keep_thin=True).closest_points(point_ras)[0]
+
+    def to_mask(self, mask_in_block: np.ndarray, up_to_mm: float = np.inf, keep_thin: bool = True) -> np.ndarray:
+        """To the smooth surface of a mask over the block; infinity where it lies beyond
+        the block's reach (the surface there may be cut by the block). Distances up to
+        ``up_to_mm`` (at least) are as without it; beyond, some may be infinity. With
+        ``keep_thin`` (a segment), parts one voxel thin keep their surface (see
+        :func:`smoothed_field_keeping_thin_parts`); without (a threshold of the CT, whose
+        single voxels are noise), they fade as smoothing leaves them."""
+        surface = self._surface(mask_in_block, keep_thin)
+        if surface is None:
+            return np.full(self.shape, np.inf)
         # Within the last 2 mm of the block's margin the surface may be cut by the block:
         # no distance from there on is kept, so none is measured.
         # The distance measured on the mesh exceeds the exact one by less than a triangle's
@@ -760,8 +810,10 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     distance = rays.completed_beyond_block(all_near, all_ho)
     min_distance, closest = _closest_pair(nerve_boxes, all_ho)
     min_distance, closest = refine_gap(nerve_mask, lambda block: ho_labelmap[block] > 0, geometry, closest, min_distance)
+    # Against the surface near the nerve only: beyond the block, stations read the voxel
+    # boxes, which the refined gap already bounds.
+    min_distance, closest = _no_larger_than_stations(min_distance, closest, all_near, sections, rays, ho_crop > 0)
     station_distance = np.where(sections.on_nerve, distance.min(axis=1), np.inf)
-    min_distance, closest = _no_larger_than_stations(min_distance, closest, station_distance)
     encasement, contact_arc, in_contact, runs = _summary(distance, sections, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
@@ -847,8 +899,8 @@ def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry
     else:
         # Only the figures at the tolerance are reported per island.
         island_distance = near if near is not None else rays.to_mask(ho_crop == label, rays.contact_reach(tolerance))
-        island_min, island_closest = _no_larger_than_stations(
-            island_min, island_closest, np.where(sections.on_nerve, island_distance.min(axis=1), np.inf))
+        island_min, island_closest = _no_larger_than_stations(island_min, island_closest, island_distance, sections,
+                                                              rays, ho_crop == label)
     island_enc, island_arc, island_in, _ = _summary(island_distance, sections, s_mm, tolerance)
     island_max = float(island_enc.max()) if len(island_enc) else 0.0
     return IslandContact(
@@ -880,7 +932,7 @@ def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: V
     if other_bone is None:
         return _OtherBone()
     # Only its contact at the tolerance (and the narrower wrap tolerance) is reported.
-    bone_distance = rays.to_mask(other_bone, rays.contact_reach(tolerance))
+    bone_distance = rays.to_mask(other_bone, rays.contact_reach(tolerance), keep_thin=False)
     wrap_tolerance = min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM)
     found = _OtherBone(_summary(bone_distance, sections, s_mm, tolerance)[0],
                        _summary(bone_distance, sections, s_mm, wrap_tolerance)[0])

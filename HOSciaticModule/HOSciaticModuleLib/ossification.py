@@ -878,12 +878,16 @@ def extent_at_least(values: np.ndarray, threshold: float, slab_voxels: int = 8_0
 
 def bone_and_metal_masks(ct_hu, geometry, bone_threshold_hu, ct_as_given=None):
     """Bone voxels (metal and its margin removed), the metal mask, and each voxel's
-    distance to metal in mm (None without metal). Metal is also read on
-    ``ct_as_given`` when bone is found on a smoothed copy: smoothing lowers the edge of
-    an implant under the metal level, and noise no bone reaches 2500 HU with."""
+    distance to metal in mm (None without metal). When bone is found on a smoothed copy,
+    the metal found there takes in the voxels of ``ct_as_given`` at the metal level that
+    join it: smoothing lowers an implant's edge under that level. Such voxels apart from
+    it are noise in dense cortex, which a noisy CT lifts to 2500 HU too."""
     metal = at_least(ct_hu, METAL_THRESHOLD_HU)
-    if ct_as_given is not None and ct_as_given is not ct_hu:
-        metal |= at_least(ct_as_given, METAL_THRESHOLD_HU)
+    if ct_as_given is not None and ct_as_given is not ct_hu and metal.any():
+        labels = cc3d.connected_components(np.ascontiguousarray(metal | at_least(ct_as_given, METAL_THRESHOLD_HU)),
+                                           connectivity=26)
+        joined = np.unique(labels[metal])
+        metal = np.isin(labels, joined[joined > 0])
     bone = at_least(ct_hu, bone_threshold_hu)
     metal_distance = None
     if metal.any():
