@@ -34,11 +34,17 @@ def test_file_formats_round_trip(tmp_path, volume, suffix):
     np.testing.assert_allclose(loaded.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-4)
 
 
-def test_dicom_series_folder(tmp_path, volume):
-    values, geometry = volume
+def _as_slices(values, geometry):
+    """The volume as a scanner writes it: the image, its direction (columns i, j, k in
+    LPS) and each slice's position."""
     image = sitk_image_from_array(values, geometry)
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    return image, direction, [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+
+
+def test_dicom_series_folder(tmp_path, volume):
+    values, geometry = volume
+    image, direction, positions = _as_slices(values, geometry)
     write_dicom_slices(tmp_path / "dicom", values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2])
     loaded = read_volume(tmp_path / "dicom")
     assert "DICOM series" in loaded.description
@@ -49,9 +55,7 @@ def test_dicom_series_folder(tmp_path, volume):
 
 def test_dicom_folder_of_several_series_names_the_one_analysed(tmp_path, volume):
     values, geometry = volume
-    image = sitk_image_from_array(values, geometry)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    image, direction, positions = _as_slices(values, geometry)
     folder = tmp_path / "study"
     write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
                        series_number=2, series_description="Pelvis 1.0 Br40")
@@ -75,9 +79,7 @@ def test_dicom_series_holding_its_scout_is_refused_with_what_to_do(tmp_path, vol
     # A scout saved in the stack's own series (another matrix size, as some scanners and
     # anonymisers save it): the series reader's size mismatch was an "internal error".
     values, geometry = volume
-    image = sitk_image_from_array(values, geometry)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    image, direction, positions = _as_slices(values, geometry)
     folder = tmp_path / "dicom"
     write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2])
     write_dicom_slices(tmp_path / "scout", values[:, :, 5][None].copy(), positions[-1:], (0.0, 1.0, 0.0),
@@ -91,9 +93,7 @@ def test_dicom_export_with_a_folder_per_series_is_searched(tmp_path, volume):
     """A PACS or CD export keeps each series in a folder of its own, levels down
     (patient / study / series): given the export's top folder, the largest series is read."""
     values, geometry = volume
-    image = sitk_image_from_array(values, geometry)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    image, direction, positions = _as_slices(values, geometry)
     export = tmp_path / "export"
     (export / "DICOMDIR").parent.mkdir(parents=True)
     (export / "DICOMDIR").write_bytes(b"not an image")
