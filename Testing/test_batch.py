@@ -287,3 +287,15 @@ def test_a_case_list_given_by_its_bare_name_reads_paths_starting_with_a_dash(tmp
     assert case.image == str(tmp_path / "-scan.nrrd") and case.nerve_seeds == [str(tmp_path / "-seeds.mrk.json")]
     parsed = cli.build_parser().parse_args(["analyze", *case.analyze_arguments(tmp_path / "out")])
     assert parsed.image == case.image and parsed.nerve_seeds == case.nerve_seeds
+
+
+def test_a_file_where_a_case_folder_goes_is_named_with_what_to_do(tmp_path):
+    # The case was refused with "Choose a folder for --out", which is no remedy there.
+    (tmp_path / "cases.csv").write_text("case,image\np01,missing.nrrd\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p01").write_text("notes")
+    assert cli.main(["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--quiet"]) == cli.BATCH_INCOMPLETE_STATUS
+    message = _summary(out)["p01"]["message"]
+    assert "lies where this case's results folder goes" in message and "--out" not in message
+    assert (out / "p01").read_text() == "notes"

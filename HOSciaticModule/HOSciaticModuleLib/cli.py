@@ -555,6 +555,9 @@ def _run_case(case, out_dir: Path, shared: list, progress: _ConsoleProgress) -> 
     from . import batch
 
     case_dir = out_dir / case.folder_name
+    if case_dir.exists() and not case_dir.is_dir():
+        return batch.summary_row(case, batch.REFUSED, f"A file '{case_dir}' lies where this case's results folder "
+                                                      "goes. Move or rename that file, or rename the case.")
     try:
         case_args = build_parser().parse_args(["analyze", *case.analyze_arguments(out_dir), *shared])
         run_analyze(case_args, progress, release_scene=True)
