@@ -466,3 +466,21 @@ def test_a_demo_case_left_half_written_is_made_again(tmp_path, monkeypatch):
     assert all((case_dir / name).is_file() for name in cli.DEMO_CASE_FILES)
     assert Path(analyze_args.image) == case_dir / "ct.nrrd" and read_volume(analyze_args.image).array.ndim == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(export.PARTIAL_PREFIX)]
+
+
+def test_ctrl_c_while_the_command_loads_is_answered_in_one_line(monkeypatch, capsys):
+    # A Ctrl-C in the first second, while the command's libraries load, printed a traceback.
+    import sys
+
+    from HOSciaticModuleLib import command
+
+    class InterruptedWhileLoading:
+        def find_spec(self, name, path=None, target=None):
+            if name == "HOSciaticModuleLib.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "HOSciaticModuleLib.cli")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedWhileLoading(), *sys.meta_path])
+    assert command.main() == 130
+    assert capsys.readouterr().err.strip() == "hosciatic: interrupted; no output was written."
