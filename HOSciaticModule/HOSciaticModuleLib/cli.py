@@ -612,11 +612,10 @@ def _is_result_file(file: Path, results_dir: Path, results_dir_is_input: bool) -
     """Whether ``file`` (resolved) is one of a run's results in ``results_dir``: every
     file under it, or, when that folder is an input folder itself (its slices are
     inputs, in subfolders too), the result files and private folders only."""
-    if not results_dir_is_input:
+    if not results_dir_is_input or results_dir not in file.parents:
         return results_dir in file.parents
-    inside = file.relative_to(results_dir).parts if results_dir in file.parents else ()
-    return bool(inside) and (inside[0].startswith(".hosciatic-") or (len(inside) == 1 and inside[0] in
-                                                                        export.RESULT_NAMES))
+    inside = file.relative_to(results_dir).parts
+    return inside[0].startswith(".hosciatic-") or (len(inside) == 1 and inside[0] in export.RESULT_NAMES)
 
 
 def _latest_change_ns(paths, results_dir: Path) -> int:
