@@ -473,7 +473,8 @@ def test_a_gap_across_obliquely_cut_thick_slices_is_measured(spacing):
                            nerve_control_points=OBLIQUE_NERVE)
     phantom = generate_phantom(spec, spacing_ijk=spacing, fov_mm=(80.0, 80.0, 80.0))
     assert not np.any(phantom.nerve_mask & (phantom.ho_labels > 0))
-    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras, tolerance_mm=TAU)
+    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras,
+                             tolerance_mm=TAU)
     # Sampled on such voxels a 2 mm gap reads 0.8-1.9 mm: 3 mm slices cut obliquely bring
     # the shell's voxels within a millimetre of the nerve over a few stations, a gap they
     # cannot resolve at a 1 mm tolerance (on 2 mm slices it is no contact).
@@ -491,7 +492,8 @@ def test_smallest_gap_agrees_with_the_stations_at_the_tolerance(gap):
     spec = make_shell_spec(270.0, gap_mm=gap, length_mm=LENGTH, radius_mm=RADIUS, sector_center_deg=7.0,
                            nerve_control_points=OBLIQUE_NERVE)
     phantom = generate_phantom(spec, spacing_ijk=(0.5, 0.5, 0.5), fov_mm=(50.0, 50.0, 60.0))
-    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras, tolerance_mm=TAU)
+    result = compute_contact(phantom.nerve_mask, phantom.ho_labels, phantom.geometry, phantom.centreline_ras,
+                             tolerance_mm=TAU)
     assert result.min_distance_mm <= np.nanmin(result.distance_to_ho_mm) + 1e-9
     assert (result.encasement_class == "none") == (result.contact_length_mm == 0.0)
     # The closest pair is the one the smallest gap was measured between.

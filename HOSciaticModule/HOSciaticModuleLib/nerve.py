@@ -1588,9 +1588,9 @@ def thick_across_nerve_caveats(across_mm: np.ndarray, s_mm: np.ndarray,
     if np.mean(thick) < THICK_ACROSS_NERVE_SHARE:
         return []
     sized = np.zeros(len(thick), bool) if sized_by_partial_volume is None else np.asarray(sized_by_partial_volume)
-    where = (f"{stretch_along(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the nerve "
-             "(slices cut along it, as in a coronal or sagittal series): there its outline is blurred across the "
-             "slices")
+    where = (f"{stretch_along(thick, s_mm)} the voxels are up to {float(np.max(across_mm)):.1f} mm long across the "
+             "nerve (slices cut along it, as in a coronal or sagittal series): there its outline is blurred across "
+             "the slices")
     remedy = f"{ACROSS_NERVE_REMEDY}."
     if not (sized & thick).any():
         return [StationCaveat("slices along the nerve", thick, (
@@ -1762,9 +1762,9 @@ def image_edge_caveats(geometry: VolumeGeometry, boundary: np.ndarray, s_mm: np.
     if not edge.any():
         return []
     return [StationCaveat("at the image edge", edge, (
-        f"{stretch_along(edge, s_mm)} the nerve's cross-section reaches the edge of the image: its outline is cut there "
-        "by the field of view, so its calibre, centre and contact are not measured there. Image the nerve with a "
-        "margin, or place the end seed points at least a nerve's width inside the image."))]
+        f"{stretch_along(edge, s_mm)} the nerve's cross-section reaches the edge of the image: its outline is cut "
+        "there by the field of view, so its calibre, centre and contact are not measured there. Image the nerve "
+        "with a margin, or place the end seed points at least a nerve's width inside the image."))]
 
 
 def check_told_from_muscle(caveats, contrast_to_noise: float | None) -> None:
