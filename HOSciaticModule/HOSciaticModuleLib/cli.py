@@ -39,7 +39,7 @@ from . import __version__, bonelabels, export, measurements, ossification
 from . import contact as contact_module
 from .defaults import MAX_CONTACT_TOLERANCE_MM
 from .errors import AnalysisCancelled, InputError
-from .imageio import read_markups_json, read_volume
+from .imageio import read_markups_json, read_volume, reader_error_reason
 
 #: Largest label value read as one segment each; a larger one is no label map.
 MAX_LABEL_VALUE = 65535
@@ -307,9 +307,9 @@ def _check_voxels_readable(path: Path, what: str) -> None:
     try:
         reader.Execute()
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1].strip() if str(error).strip() else "unreadable"
         raise InputError(f"The {what} '{path}' cannot be read whole: the file may be cut short (an interrupted "
-                         f"copy or download) or damaged ({reason}). Copy or save it again.") from None
+                         f"copy or download) or damaged ({reader_error_reason(error, 'unreadable')}). Copy or save "
+                         "it again.") from None
 
 
 def _is_slicer_segmentation_file(path: Path) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import __version__, measurements
 from .defaults import DEFAULT_CONTACT_TOLERANCE_MM, SIDES
 from .errors import InputError
-from .imageio import sitk_image_from_array, write_nrrd_fast
+from .imageio import reader_error_reason, sitk_image_from_array, write_nrrd_fast
 from .progress import ProgressCallback, report, sub_progress
 
 SCHEMA = "hosciatic-metrics/1"
@@ -334,8 +334,7 @@ class BackgroundVolumeWriter:
     def result(self) -> Path:
         self._thread.join()
         if self._error is not None:
-            text = str(self._error).strip()
-            reason = text.splitlines()[-1] if text else type(self._error).__name__
+            reason = reader_error_reason(self._error, type(self._error).__name__)
             raise OSError(f"Writing the CT into the scene bundle failed ({reason}); check free disk space.")
         return self.path
 

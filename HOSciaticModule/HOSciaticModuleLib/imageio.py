@@ -116,6 +116,13 @@ def _itk_warnings_silenced():
         sitk.ProcessObject.SetGlobalWarningDisplay(showed_warnings)
 
 
+def reader_error_reason(error: Exception, default: str) -> str:
+    """The last line of a reader's error text (ITK's own reason, after where it was
+    raised), or ``default`` for an empty one."""
+    text = str(error).strip()
+    return text.splitlines()[-1].strip() if text else default
+
+
 def _read_dicom_series(folder: Path):
     """The series with most slices in ``folder`` (or its subfolders), on a regular
     orthogonal grid; returns the image, a description and warnings about corrections of
@@ -139,8 +146,8 @@ def _read_dicom_series(folder: Path):
         except RuntimeError as error:
             # Slices of several sizes in one series (a scout saved with its stack, as some
             # scanners and anonymisers do) or a damaged slice.
-            reason = str(error).strip().splitlines()[-1].strip() if str(error).strip() else "unreadable"
-            raise InputError(f"The DICOM series in '{folder}' cannot be read as one volume ({reason}): its slices "
+            raise InputError(f"The DICOM series in '{folder}' cannot be read as one volume "
+                             f"({reader_error_reason(error, 'unreadable')}): its slices "
                              "differ in size (several stacks, or a scout, saved as one series) or one is damaged. "
                              "Export the one axial stack to analyse, or load the series in Slicer and save the "
                              "volume as NRRD.") from None
@@ -347,11 +354,11 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[-1].strip() if str(error).strip() else ""
-            if first_line.startswith("Reason:"):
+            reason = reader_error_reason(error, "")
+            if reason.startswith("Reason:"):
                 # The reader's last system error, not its own reason: the file is there.
-                first_line = "its data could not be read: the file may be cut short or damaged"
-            raise InputError(f"The {what} '{path}' is not an image SimpleITK can read ({first_line}). "
+                reason = "its data could not be read: the file may be cut short or damaged"
+            raise InputError(f"The {what} '{path}' is not an image SimpleITK can read ({reason}). "
                              f"Give a NRRD, NIfTI, MHA file or a DICOM folder.") from None
         description = path.name
     if image.GetNumberOfComponentsPerPixel() != 1:

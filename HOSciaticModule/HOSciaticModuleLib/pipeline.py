@@ -316,8 +316,9 @@ class HOSciaticAnalysis:
         raise InputError(f"The segmentation '{segmentation_node.GetName()}' holds the analysis of the CT "
                          f"'{reference.GetName()}', which is still in the scene: the HO of "
                          f"'{ct_volume_node.GetName()}' put into it would mix the two cases (its nerve, curves and "
-                         "tables are the other CT's). Analyse one CT per scene: save this scene and close it before loading the other CT. If "
-                         f"'{ct_volume_node.GetName()}' is the same CT (cropped or resampled), delete "
+                         "tables are the other CT's). Analyse one CT per scene: save this scene and close it "
+                         f"before loading the other CT. If '{ct_volume_node.GetName()}' is the same CT (cropped or "
+                         "resampled), delete "
                          f"'{reference.GetName()}' from the scene first.")
 
     def _existing(self, node, class_name: str, name: str):
