@@ -393,10 +393,12 @@ def test_island_split_by_its_edge_keeps_the_same_piece_in_any_storage_order():
         assert np.count_nonzero(kept) == 27 and np.all(kept[3:6, 3:6, 10:13])
 
 
-def test_island_cut_by_the_circular_field_of_view_is_named_as_cut():
-    # Outside its circular field of view a scanner writes a padding value (-3024 HU). An
-    # island the circle cuts was taken for one touching gas (bowel content?) and not named
-    # as cut; bone the circle cuts was not taken for cut either. Padding is not gas, and
+@pytest.mark.parametrize("padding_hu", [-3024.0, -1024.0])
+def test_island_cut_by_the_circular_field_of_view_is_named_as_cut(padding_hu):
+    # Outside its circular field of view a scanner writes a padding value (-3024 HU); a
+    # reformat fills where the original image ended, often with air's -1024. An island
+    # the circle cuts was taken for one touching gas (bowel content?) and not named as
+    # cut; bone the circle cuts was not taken for cut either. Padding is not gas, and
     # what it meets is cut as at the image's edge.
     phantom = generate_phantom(**BASE)
     label = next(i["label"] for i in phantom.islands if i["name"] == "free")
@@ -405,12 +407,49 @@ def test_island_cut_by_the_circular_field_of_view_is_named_as_cut():
     rows, columns = np.mgrid[:phantom.image.shape[1], :phantom.image.shape[2]]
     radius = np.hypot(*(centre_kji[1:] - middle))  # the circle runs through the free island
     image = phantom.image.copy()
-    image[:, np.hypot(rows - middle[0], columns - middle[1]) > radius] = -3024.0
+    image[:, np.hypot(rows - middle[0], columns - middle[1]) > radius] = padding_hu
     result = segment_ossifications(image, phantom.geometry)
     assert not any("gas" in island.doubts for island in result.islands)
     (cut,) = [w for w in result.warnings if "reach" in w and "edge of the image" in w]
     free = _matching_island(phantom, result, "free")
     assert f"HO {free.label}" in cut.split(" reach")[0]
+
+
+def test_a_fill_in_airs_range_is_told_from_air_by_its_lack_of_noise():
+    from HOSciaticModuleLib.ossification import constant_fill_value
+
+    rng = np.random.default_rng(3)
+    air = rng.normal(-1000.0, 20.0, (40, 50, 50)).round()
+    body = rng.normal(40.0, 20.0, air.shape).round()
+    image = np.where(np.arange(50)[None, None, :] < 35, body, air)
+    assert constant_fill_value(image) is None
+    # Air clamped at the scanner's lowest value, half of it at the clamp: still noise.
+    assert constant_fill_value(np.maximum(image, -1000.0)) is None
+    filled = image.copy()
+    filled[:, :12] = -1024.0
+    assert constant_fill_value(filled) == -1024.0
+    # A fill at water's value cannot be told from tissue by value: not taken for one.
+    filled[:, :12] = 0.0
+    assert constant_fill_value(filled) is None
+    # An image without noise has many flat values: none is taken for a fill.
+    regions = np.select([np.arange(50)[None, None, :] < 8, np.arange(50)[None, None, :] < 15], [40.0, -100.0],
+                        -1000.0) * np.ones(air.shape)
+    assert constant_fill_value(regions) is None
+
+
+def test_way_out_of_the_body_ends_unknown_at_a_fill():
+    # A nodule with fat between it and a reformat's fill (-1024, air's value) was taken
+    # for one lying under the skin: the fill is where the image ended, not the body's.
+    from HOSciaticModuleLib.ossification import in_subcutaneous_fat
+
+    geometry = VolumeGeometry.from_spacing_origin_directions((40, 40, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    image = np.full(geometry.shape_kji, 40.0)
+    image[15:25, 15:25, 60:85] = -100.0
+    image[..., 85:] = -1024.0
+    image[17:23, 17:23, 57:63] = 1000.0
+    centre = geometry.kji_to_ras_points([[20.0, 20.0, 60.0]])[0]
+    assert in_subcutaneous_fat(image, geometry, centre, 200.0)
+    assert not in_subcutaneous_fat(image, geometry, centre, 200.0, unimaged=image == -1024.0)
 
 
 def test_counterpart_outside_the_field_of_view_is_not_compared():

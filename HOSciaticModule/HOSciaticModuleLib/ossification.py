@@ -166,6 +166,16 @@ OUTSIDE_BODY_HU = -500.0
 #: imaged: they are neither air nor gas, and an island next to them is cut there.
 FIELD_OF_VIEW_PADDING_HU = -1500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
+#: A CT reformatted (turned, resliced) or resampled onto a larger grid is filled where the
+#: original image ended, often with air's value (-1024 or -1000 HU) rather than one below
+#: air: bone cut there is cut as at the image's edge. Such a fill is told by its lack of
+#: noise, on this many slices spread over the image.
+CONSTANT_FILL_SAMPLE_SLICES = 16
+#: Air at 15-20 HU of noise clamped at -1024 with half its voxels at the clamp has about
+#: one voxel in 130 equal to its six neighbours (0.5 to the 7th power), and air is at most
+#: a third of a hip CT: a fill holds at least this share of the sampled voxels.
+CONSTANT_FILL_MIN_SHARE = 0.01
+CONSTANT_FILL_VALUE_SHARE = 0.95
 #: A sharp (bone) reconstruction kernel overshoots where tissue meets air: the skin and
 #: the walls of gas-filled bowel become rims a voxel or two thick above the bone
 #: threshold (the real example CT sharpened: 49 such islands, each with all its voxels
@@ -800,12 +810,47 @@ def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
 
 
 def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
-    """The voxels outside the scanner's circular field of view (see
-    FIELD_OF_VIEW_PADDING_HU), or None when the image has none (found on a coarse sample:
-    that padding fills the corners of every slice)."""
-    if not np.any(ct_hu[::4, ::4, ::4] < FIELD_OF_VIEW_PADDING_HU):
+    """The voxels where nothing was imaged: outside the scanner's circular field of view
+    (see FIELD_OF_VIEW_PADDING_HU) and a reformat's fill in air's range (see
+    :func:`constant_fill_value`); None when the image has neither (padding below air is
+    found on a coarse sample: it fills the corners of every slice)."""
+    padding = ct_hu < FIELD_OF_VIEW_PADDING_HU if np.any(ct_hu[::4, ::4, ::4] < FIELD_OF_VIEW_PADDING_HU) else None
+    fill = constant_fill_value(ct_hu)
+    if fill is None:
+        return padding
+    filled = ct_hu == fill
+    return filled if padding is None else padding | filled
+
+
+def constant_fill_value(ct_hu: np.ndarray) -> float | None:
+    """The value a reformat or resampling wrote where the original image ended, when that
+    value lies in air's range (-1024, -1000: see CONSTANT_FILL_SAMPLE_SLICES), or None.
+
+    Imaged tissue and air carry noise, so a voxel equal to all six of its neighbours is
+    rare in them (air clamped at the scanner's lowest value included, see
+    CONSTANT_FILL_MIN_SHARE); a fill is such voxels throughout. One value must hold nearly
+    all of them: an image without noise (a synthetic one) has several such values, and
+    is not taken for filled."""
+    if min(ct_hu.shape) < 3:
         return None
-    return ct_hu < FIELD_OF_VIEW_PADDING_HU
+    step = max(1, (ct_hu.shape[0] - 2) // CONSTANT_FILL_SAMPLE_SLICES)
+    flat_values, sampled = [], 0
+    for k in range(1, ct_hu.shape[0] - 1, step):
+        middle = ct_hu[k, 1:-1, 1:-1]
+        flat = ((middle == ct_hu[k - 1, 1:-1, 1:-1]) & (middle == ct_hu[k + 1, 1:-1, 1:-1])
+                & (middle == ct_hu[k, :-2, 1:-1]) & (middle == ct_hu[k, 2:, 1:-1])
+                & (middle == ct_hu[k, 1:-1, :-2]) & (middle == ct_hu[k, 1:-1, 2:]))
+        flat_values.append(middle[flat])
+        sampled += middle.size
+    flat_values = np.concatenate(flat_values)
+    if flat_values.size < CONSTANT_FILL_MIN_SHARE * sampled:
+        return None
+    values, counts = np.unique(flat_values, return_counts=True)
+    fill = float(values[np.argmax(counts)])
+    if counts.max() < CONSTANT_FILL_VALUE_SHARE * flat_values.size or not (
+            FIELD_OF_VIEW_PADDING_HU <= fill < OUTSIDE_BODY_HU):
+        return None
+    return fill
 
 
 def _next_to_field_of_view_edge(unimaged: np.ndarray, island: np.ndarray) -> bool:
@@ -1686,9 +1731,12 @@ def gas_share(hu: np.ndarray) -> float:
     return float(np.mean(is_gas(hu))) if hu.size else 0.0
 
 
-def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float) -> bool:
+def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float,
+                        unimaged: np.ndarray | None = None) -> bool:
     """Whether the shortest way from an island's centre out of the body (to air)
-    crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE)."""
+    crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE).
+    ``unimaged`` (over the image, optional): where nothing was imaged, a way out ends
+    unknown."""
     directions = np.array([d for d in itertools.product((-1.0, 0.0, 1.0), repeat=3) if any(d)])
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     step = 0.5 * float(min(geometry.spacing_kji))
@@ -1700,6 +1748,14 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
                                      cval=np.nan).reshape(len(directions), len(steps))
     # Nor is anything known beyond the scanner's field of view.
     values[values < FIELD_OF_VIEW_PADDING_HU] = np.nan
+    if unimaged is not None:
+        # A value interpolated from any voxel of the fill is unknown too.
+        last = np.array(ct_hu.shape)[:, None] - 1
+        below = np.floor(kji).astype(int)
+        not_imaged = np.zeros(kji.shape[1], bool)
+        for corner in itertools.product((0, 1), repeat=3):
+            not_imaged |= unimaged[tuple(np.clip(below + np.array(corner)[:, None], 0, last))]
+        values[not_imaged.reshape(values.shape)] = np.nan
     best_reach = np.inf
     fatty = False
     for ray in values:
@@ -1983,7 +2039,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     plane = midline() if results or set_apart else None
     doubts: dict = {}
     vessel_level = _name_doubtful_islands(results, found.islands, facts, split, filled_bone, block_geometry, plane,
-                                          ct_hu, geometry, bone_threshold_hu, warnings, doubts)
+                                          ct_hu, geometry, bone_threshold_hu, warnings, doubts, unimaged)
     for result in results:
         result.doubts = DOUBT_SEPARATOR.join(doubts.get(result.label, []))
     if facts.cut_by_edge:
@@ -2200,7 +2256,11 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
         # named one, its 95th percentile also set a "contrast" level that doubted others.
         tube = tube and not _bar_between_bones(island, island_block, split.fused_to, geometry)
         facts.dense_end_hu[number] = float(np.percentile(values, 95))
-        around = ct_block[island_block][_surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)]
+        ring = _surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)
+        if unimaged_block is not None:
+            # A fill in air's range is no gas: nothing was imaged there.
+            ring &= ~unimaged_block[island_block]
+        around = ct_block[island_block][ring]
         facts.ring_fat_share[number] = fat_share(around)
         facts.ring_gas_share[number] = gas_share(around)
         if tube:
@@ -2211,10 +2271,10 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
 
 def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _NativeSplit, filled_bone,
                            geometry: VolumeGeometry, plane, ct_hu, image_geometry: VolumeGeometry, bone_threshold_hu,
-                           warnings: list, doubts: dict):
+                           warnings: list, doubts: dict, unimaged=None):
     """Name, in ``warnings``, the islands that may not be HO, and keep why in ``doubts``
     (island number -> short reasons). Returns the contrast-filled vessels' level (HU),
-    when tubes show the CT is enhanced."""
+    when tubes show the CT is enhanced. ``unimaged``: see :func:`field_of_view_padding`."""
     vessel_level = None
     if facts.vessel_shaped:
         warnings.append(_vessel_warning(facts.vessel_shaped, bone_threshold_hu))
@@ -2256,7 +2316,8 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
     subcutaneous = [result.label for result in results
                     if not result.fused_to_native_bone
                     and facts.ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
-                    and in_subcutaneous_fat(ct_hu, image_geometry, result.centroid_ras, bone_threshold_hu)]
+                    and in_subcutaneous_fat(ct_hu, image_geometry, result.centroid_ras, bone_threshold_hu,
+                                            unimaged)]
     if subcutaneous:
         warnings.append(_subcutaneous_warning(subcutaneous))
         _doubt(doubts, subcutaneous, "in the subcutaneous fat")
