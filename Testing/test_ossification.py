@@ -393,10 +393,10 @@ def test_island_split_by_its_edge_keeps_the_same_piece_in_any_storage_order():
         assert np.count_nonzero(kept) == 27 and np.all(kept[3:6, 3:6, 10:13])
 
 
-@pytest.mark.parametrize("padding_hu", [-3024.0, -1024.0])
+@pytest.mark.parametrize("padding_hu", [-3024.0, -1024.0, 0.0])
 def test_island_cut_by_the_circular_field_of_view_is_named_as_cut(padding_hu):
     # Outside its circular field of view a scanner writes a padding value (-3024 HU); a
-    # reformat fills where the original image ended, often with air's -1024. An island
+    # reformat fills where the original image ended, often with air's -1024 or 0. An island
     # the circle cuts was taken for one touching gas (bowel content?) and not named as
     # cut; bone the circle cuts was not taken for cut either. Padding is not gas, and
     # what it meets is cut as at the image's edge.
@@ -415,7 +415,7 @@ def test_island_cut_by_the_circular_field_of_view_is_named_as_cut(padding_hu):
     assert f"HO {free.label}" in cut.split(" reach")[0]
 
 
-def test_a_fill_in_airs_range_is_told_from_air_by_its_lack_of_noise():
+def test_a_reformats_fill_is_told_from_air_and_tissue_by_its_lack_of_noise():
     from HOSciaticModuleLib.ossification import constant_fill_value
 
     rng = np.random.default_rng(3)
@@ -428,13 +428,17 @@ def test_a_fill_in_airs_range_is_told_from_air_by_its_lack_of_noise():
     filled = image.copy()
     filled[:, :12] = -1024.0
     assert constant_fill_value(filled) == -1024.0
-    # A fill at water's value cannot be told from tissue by value: not taken for one.
-    filled[:, :12] = 0.0
+    filled[:, :12] = 0.0  # water's value, the default of some resampling tools
+    assert constant_fill_value(filled) == 0.0
+    filled[:, :12] = 3071.0  # the largest value stored, where metal is clamped
     assert constant_fill_value(filled) is None
-    # An image without noise has many flat values: none is taken for a fill.
-    regions = np.select([np.arange(50)[None, None, :] < 8, np.arange(50)[None, None, :] < 15], [40.0, -100.0],
-                        -1000.0) * np.ones(air.shape)
+    # An image without noise has flat tissue: neither its air nor its muscle is a fill.
+    columns = np.arange(50)[None, None, :]
+    regions = np.select([columns < 8, columns < 15], [40.0, -100.0], -1000.0) * np.ones(air.shape)
     assert constant_fill_value(regions) is None
+    muscle = np.full(air.shape, 40.0)
+    muscle[10:30, 20:30, 20:30] = 1200.0
+    assert constant_fill_value(muscle) is None
 
 
 def test_way_out_of_the_body_ends_unknown_at_a_fill():

@@ -167,15 +167,17 @@ OUTSIDE_BODY_HU = -500.0
 FIELD_OF_VIEW_PADDING_HU = -1500.0
 OUTSIDE_BODY_AIR_FRACTION = 0.75
 #: A CT reformatted (turned, resliced) or resampled onto a larger grid is filled where the
-#: original image ended, often with air's value (-1024 or -1000 HU) rather than one below
-#: air: bone cut there is cut as at the image's edge. Such a fill is told by its lack of
-#: noise, on this many slices spread over the image.
+#: original image ended, often with air's value (-1024 or -1000 HU) or 0 rather than one
+#: below air: bone cut there is cut as at the image's edge. Such a fill is told by its
+#: lack of noise, on this many slices spread over the image.
 CONSTANT_FILL_SAMPLE_SLICES = 16
 #: Air at 15-20 HU of noise clamped at -1024 with half its voxels at the clamp has about
 #: one voxel in 130 equal to its six neighbours (0.5 to the 7th power), and air is at most
 #: a third of a hip CT: a fill holds at least this share of the sampled voxels.
 CONSTANT_FILL_MIN_SHARE = 0.01
-CONSTANT_FILL_VALUE_SHARE = 0.95
+#: Elsewhere, flat voxels are at most this share of the image: none in noisy tissue (a
+#: noise-free image has most of its tissue flat).
+CONSTANT_FILL_MAX_FLAT_ELSEWHERE = 0.002
 #: A sharp (bone) reconstruction kernel overshoots where tissue meets air: the skin and
 #: the walls of gas-filled bowel become rims a voxel or two thick above the bone
 #: threshold (the real example CT sharpened: 49 such islands, each with all its voxels
@@ -811,8 +813,7 @@ def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
 
 def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
     """The voxels where nothing was imaged: outside the scanner's circular field of view
-    (see FIELD_OF_VIEW_PADDING_HU) and a reformat's fill in air's range (see
-    :func:`constant_fill_value`); None when the image has neither (padding below air is
+    (see FIELD_OF_VIEW_PADDING_HU) and a reformat's fill (see :func:`constant_fill_value`); None when the image has neither (padding below air is
     found on a coarse sample: it fills the corners of every slice)."""
     padding = ct_hu < FIELD_OF_VIEW_PADDING_HU if np.any(ct_hu[::4, ::4, ::4] < FIELD_OF_VIEW_PADDING_HU) else None
     fill = constant_fill_value(ct_hu)
@@ -823,34 +824,37 @@ def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
 
 
 def constant_fill_value(ct_hu: np.ndarray) -> float | None:
-    """The value a reformat or resampling wrote where the original image ended, when that
-    value lies in air's range (-1024, -1000: see CONSTANT_FILL_SAMPLE_SLICES), or None.
+    """The value a reformat or resampling wrote where the original image ended (air's
+    -1024, water's 0: any value from below air to soft tissue), or None.
 
     Imaged tissue and air carry noise, so a voxel equal to all six of its neighbours is
     rare in them (air clamped at the scanner's lowest value included, see
-    CONSTANT_FILL_MIN_SHARE); a fill is such voxels throughout. One value must hold nearly
-    all of them: an image without noise (a synthetic one) has several such values, and
-    is not taken for filled."""
+    CONSTANT_FILL_MIN_SHARE); a fill is such voxels throughout. Nearly all of them must
+    hold that one value, and the rest of the image must be noisy: an image without noise
+    (a synthetic one) has flat tissue too, and is not taken for filled."""
     if min(ct_hu.shape) < 3:
         return None
     step = max(1, (ct_hu.shape[0] - 2) // CONSTANT_FILL_SAMPLE_SLICES)
-    flat_values, sampled = [], 0
-    for k in range(1, ct_hu.shape[0] - 1, step):
+    sampled_slices = np.arange(1, ct_hu.shape[0] - 1, step)
+    flat_values = []
+    for k in sampled_slices:
         middle = ct_hu[k, 1:-1, 1:-1]
         flat = ((middle == ct_hu[k - 1, 1:-1, 1:-1]) & (middle == ct_hu[k + 1, 1:-1, 1:-1])
                 & (middle == ct_hu[k, :-2, 1:-1]) & (middle == ct_hu[k, 2:, 1:-1])
                 & (middle == ct_hu[k, 1:-1, :-2]) & (middle == ct_hu[k, 1:-1, 2:]))
         flat_values.append(middle[flat])
-        sampled += middle.size
     flat_values = np.concatenate(flat_values)
+    sampled = len(sampled_slices) * (ct_hu.shape[1] - 2) * (ct_hu.shape[2] - 2)
     if flat_values.size < CONSTANT_FILL_MIN_SHARE * sampled:
         return None
     values, counts = np.unique(flat_values, return_counts=True)
-    fill = float(values[np.argmax(counts)])
-    if counts.max() < CONSTANT_FILL_VALUE_SHARE * flat_values.size or not (
-            FIELD_OF_VIEW_PADDING_HU <= fill < OUTSIDE_BODY_HU):
+    fill = values[np.argmax(counts)]
+    if not FIELD_OF_VIEW_PADDING_HU <= fill < CT_SOFT_TISSUE_MAX_HU:
         return None
-    return fill
+    elsewhere = sum(np.count_nonzero(ct_hu[k, 1:-1, 1:-1] != fill) for k in sampled_slices)
+    if flat_values.size - counts.max() > CONSTANT_FILL_MAX_FLAT_ELSEWHERE * max(elsewhere, 1):
+        return None
+    return float(fill)
 
 
 def _next_to_field_of_view_edge(unimaged: np.ndarray, island: np.ndarray) -> bool:
@@ -2258,7 +2262,7 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
         facts.dense_end_hu[number] = float(np.percentile(values, 95))
         ring = _surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)
         if unimaged_block is not None:
-            # A fill in air's range is no gas: nothing was imaged there.
+            # A fill (air's value, say) is no gas: nothing was imaged there.
             ring &= ~unimaged_block[island_block]
         around = ct_block[island_block][ring]
         facts.ring_fat_share[number] = fat_share(around)
