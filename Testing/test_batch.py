@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from HOSciaticModuleLib import __version__, cli
+from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.phantom import generate_phantom, write_phantom_case
 
 SMALL = dict(spacing_ijk=(1.2, 1.2, 2.0), fov_mm=(110.0, 110.0, 120.0))
@@ -221,6 +222,20 @@ def test_bad_case_list_is_refused_before_any_case_runs(tmp_path, text, phrases):
     for phrase in phrases:
         assert phrase.lower() in message, result.stderr
     assert not out.exists()
+
+
+def test_a_cell_holding_a_line_break_is_refused(tmp_path):
+    # A quoted path broken over two lines was read joined ("my\nct.nrrd" as "myct.nrrd",
+    # which may be another file).
+    from HOSciaticModuleLib.batch import read_case_list
+
+    case_list = tmp_path / "cases.csv"
+    case_list.write_text('case,image\n\np1,"my\nct.nrrd"\n', encoding="utf-8")
+    with pytest.raises(InputError, match="Line 3 of the case list .* line break"):
+        read_case_list(case_list)
+    case_list.write_text('case,image,nerve_seeds\np1,ct.nrrd,"a\n\nb"\np2,\n', encoding="utf-8")
+    with pytest.raises(InputError, match="Line 2 "):
+        read_case_list(case_list)
 
 
 def test_a_case_list_the_summary_would_replace_is_refused(tmp_path, capsys):

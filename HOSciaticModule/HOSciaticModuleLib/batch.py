@@ -11,6 +11,7 @@ headline figures.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import tempfile
@@ -71,12 +72,16 @@ def read_case_list(path) -> list[BatchCase]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             text = handle.read()
-        rows = list(csv.reader(text.splitlines(), delimiter=_column_separator(text)))
+        rows = _numbered_rows(text)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"The case list '{path}' cannot be read as a CSV text file ({error}). Save it as CSV "
                          "(UTF-8) from the spreadsheet.") from None
-    # Lines are numbered as a text editor shows them, empty ones included.
-    rows = [(number, row) for number, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
+    rows = [(number, row) for number, row in rows if any(cell.strip() for cell in row)]
+    for number, row in rows:
+        if any("\n" in cell or "\r" in cell for cell in row):
+            # Read as one line, a path broken in two could name another file.
+            raise InputError(f"Line {number} of the case list '{path}' has a quoted cell holding a line break. "
+                             "Put each cell's text on one line.")
     if not rows:
         raise InputError(f"The case list '{path}' is empty. Give a header row (case,image,nerve_seeds,...) and "
                          "one row per case.")
@@ -104,6 +109,17 @@ def read_case_list(path) -> list[BatchCase]:
              for number, row in rows[1:]]
     _check_unique(cases, path)
     return cases
+
+
+def _numbered_rows(text: str) -> list:
+    """The rows of a CSV text, each with the number of the line it starts on as a text
+    editor shows it (empty lines counted, a quoted cell's line breaks too)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_column_separator(text))
+    rows, last_line = [], 0
+    for row in reader:
+        rows.append((last_line + 1, row))
+        last_line = reader.line_num
+    return rows
 
 
 def _column_separator(text: str) -> str:
