@@ -879,3 +879,31 @@ def test_a_second_ct_in_the_scene_does_not_take_up_the_first_ones_analysis(slice
     assert again.segmentation_node is oss.segmentation_node and again.islands_table_node is oss.islands_table_node
     retraced = analysis.trace_nerve(other, seeds, side="right", segmentation_node=again.segmentation_node)
     assert retraced.centreline_node is traced.centreline_node
+
+
+def test_the_midline_follows_a_ct_moved_under_a_registration(slicer_scene):
+    # The body's midline found by the HO step was kept by the volume alone: after the CT
+    # was registered (put under a transform moving it 100 mm), the right nerve traced on
+    # it was said to run 52 mm to the patient's left of the midline.
+    import dataclasses
+
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    from HOSciaticModuleLib.phantom import other_hip_bones
+
+    spec = dataclasses.replace(PhantomSpec(), extra_bones=other_hip_bones(PhantomSpec()))
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    analysis.segment_ossifications(volume)
+    shift = np.array([-100.0, 0.0, 0.0])
+    matrix = vtkMatrix4x4()
+    for axis in range(3):
+        matrix.SetElement(axis, 3, shift[axis])
+    registration = slicer_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    registration.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(registration.GetID())
+    seeds = scene_io.points_node_from_array(
+        slicer_scene, phantom.seeds_ras([5.0, 70.0, phantom.centreline_s_mm[-1] - 5.0]) + shift, "seeds")
+    traced = analysis.trace_nerve(volume, seeds, side="right")
+    assert not [w for w in traced.trace.warnings if "midline" in w]

@@ -265,8 +265,13 @@ class HOSciaticAnalysis:
     # -- helpers --------------------------------------------------------------------
     @staticmethod
     def _midline_key(volume_node, bone_threshold_hu):
+        # The plane lies in world coordinates: a volume moved (its own matrix, or a
+        # registration's transform) has its midline elsewhere.
         image_data = volume_node.GetImageData()
-        return (volume_node.GetID(), image_data.GetMTime() if image_data is not None else 0, float(bone_threshold_hu))
+        placement = (tuple(np.round(scene_io.volume_geometry(volume_node, "CT volume").ijk_to_ras, 6).ravel())
+                     if image_data is not None else ())
+        return (volume_node.GetID(), image_data.GetMTime() if image_data is not None else 0, float(bone_threshold_hu),
+                placement)
 
     def body_midline(self, ct_volume_node, ct=None, geometry=None, bone_threshold_hu=ossification.DEFAULT_BONE_THRESHOLD_HU):
         """The body's midline on a CT volume (None unless both hips are imaged), kept
