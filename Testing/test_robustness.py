@@ -725,6 +725,22 @@ def test_ct_traced_as_mr_is_refused(ct_case):
         trace_nerve(phantom.image, phantom.geometry, _visible_ends(phantom), modality="mr")
 
 
+def test_mr_traced_as_ct_is_told_to_be_traced_as_mr():
+    # Traced with the default modality, an MR was read by a CT's rules without a word,
+    # or failed on them with advice to move the seeds or to trace on a T2 fat-saturated
+    # MR, which the image was.
+    from HOSciaticModuleLib.nerve import trace_nerve
+
+    mr = generate_phantom(modality="mr", **SMALL)
+    traced = trace_nerve(mr.image, mr.geometry, _visible_ends(mr), modality="ct")
+    assert "trace it with modality 'mr'" in traced.warnings[0]
+    mr = generate_phantom(modality="mr", spacing_ijk=(1.0, 1.0, 2.0))
+    with pytest.raises(InputError, match="trace it with modality 'mr'.* Traced as a CT: The traced outline"):
+        trace_nerve(mr.image, mr.geometry, mr.seeds_ras([5.0, 70.0, 140.0]), modality="ct")
+    ct = generate_phantom(**SMALL)
+    assert not [w for w in trace_nerve(ct.image, ct.geometry, _visible_ends(ct)).warnings if "modality 'mr'" in w]
+
+
 def test_ct_given_as_native_bones_is_refused(tmp_path, ct_case):
     _, paths = ct_case
     out = tmp_path / "out"

@@ -1959,10 +1959,31 @@ def _without_loops(points: np.ndarray, step_mm: float) -> np.ndarray:
     return resample_polyline(np.delete(points, close + 1, axis=0), step_mm)
 
 
+NOT_CT_ADVICE = ("The image does not look like a CT in Hounsfield units (no fat near -100 HU with soft tissue near "
+                 "50 HU, or neither air nor cortical bone), yet it was traced as a CT: if it is an MR, trace it with "
+                 "modality 'mr' (--modality mr on the command line).")
+
+
 def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modality: str = "ct",
                 side: str = "right", bone_threshold_hu: float = 200.0,
                 exclusion_mask: np.ndarray | None = None, progress: ProgressCallback = None) -> NerveTrace:
     """Trace the sciatic nerve through the seeds; see the module docstring."""
+    # An MR traced with the default modality is read by a CT's rules (a fat plane, a
+    # width in HU): it may fail on them, or pass with figures read the wrong way.
+    not_ct = modality == "ct" and not looks_like_ct(image)
+    try:
+        trace = _trace(image, geometry, seeds_ras, modality, side, bone_threshold_hu, exclusion_mask, progress)
+    except InputError as error:
+        if not_ct:
+            raise InputError(f"{NOT_CT_ADVICE} Traced as a CT: {error}") from None
+        raise
+    if not_ct:
+        trace.warnings.insert(0, f"{NOT_CT_ADVICE} Its calibre and outline were read as on a CT.")
+    return trace
+
+
+def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_threshold_hu, exclusion_mask,
+           progress) -> NerveTrace:
     geometry.validate("The volume")
     if modality not in ("ct", "mr"):
         raise InputError(f"Modality must be 'ct' or 'mr'; got '{modality}'.")
