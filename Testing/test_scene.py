@@ -35,13 +35,18 @@ def _run_chain(scene, phantom):
 
 
 def _analysis_saved_and_reloaded(scene, folder):
-    """The scene written to a bundle and read into a fresh scene: the analysis found
-    there (HO outputs, nerves, contacts), as an export of the reloaded scene sees it."""
+    """The scene written to a bundle and read into another scene: the analysis found
+    there (HO outputs, nerves, contacts), as an export of the reloaded scene sees it.
+    That scene already holds a segmentation and a volume of the user's, whose IDs the
+    bundle's nodes had (an analysis whose outputs named their segmentation by its ID was
+    refused there as another case's)."""
     from HOSciaticModuleLib import export
 
     bundle = folder / "scene.mrb"
     export.write_scene_bundle(scene, bundle)
     fresh = create_headless_slicer(expose_as_slicer_globals=False).scene
+    fresh.AddNewNodeByClass("vtkMRMLSegmentationNode", "bones")
+    fresh.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other series")
     assert fresh.ReadFromMRB(str(bundle))
     return HOSciaticAnalysis(fresh).analysis_from_scene(fresh.GetFirstNodeByName("HOSciatic segmentation"))
 
@@ -907,3 +912,95 @@ def test_the_midline_follows_a_ct_moved_under_a_registration(slicer_scene):
         slicer_scene, phantom.seeds_ras([5.0, 70.0, phantom.centreline_s_mm[-1] - 5.0]) + shift, "seeds")
     traced = analysis.trace_nerve(volume, seeds, side="right")
     assert not [w for w in traced.trace.warnings if "midline" in w]
+
+
+def test_settings_given_as_text_or_none_from_the_console(slicer_scene):
+    # A setting given as None, or as text, from the Python console ended in a traceback
+    # ("ufunc 'isfinite' not supported"): text that is a number is read as one, the rest
+    # is refused with the setting's name.
+    from HOSciaticModuleLib.geometry import VolumeGeometry
+    from HOSciaticModuleLib.ossification import segment_ossifications
+
+    analysis = HOSciaticAnalysis(slicer_scene)
+    with pytest.raises(InputError, match=r"contact tolerance \(mm\) must be a number; got None"):
+        analysis.compute_contact(None, None, tolerance_mm=None)
+    with pytest.raises(InputError, match=r"bone threshold \(HU\) must be a number; got 'high'"):
+        analysis.compute_contact(None, None, bone_threshold_hu="high")
+    image = np.full((4, 5, 6), 40.0, np.float32)
+    geometry = VolumeGeometry.from_spacing_origin_directions(image.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    with pytest.raises(InputError, match=r"minimum island size \(mL\) must be a number; got \[\]"):
+        segment_ossifications(image, geometry, min_island_ml=[])
+    # Read as numbers, "2" and "200" reach the next check (no CT here: no fat, no air).
+    with pytest.raises(InputError, match="Hounsfield"):
+        segment_ossifications(image, geometry, bone_threshold_hu="200", min_island_ml="0.5")
+
+
+def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene, phantom):
+    # Traced again (on a stretch away from the HO), the nerve kept the contact table of
+    # the nerve before it (max encasement 292 deg), its contact patch and a chart whose
+    # series named columns the new stations table lacks; after the HO step ran again
+    # (fewer islands), the contact table listed an island no longer there and the curve
+    # kept an encasement for the jump to the maximum.
+    from HOSciaticModuleLib import measurements
+    from HOSciaticModuleLib.pipeline import CONTACT_TABLE_NAME, centreline_name, chart_name
+
+    def contact_nodes():
+        return [node for node in (slicer_scene.GetFirstNodeByName(CONTACT_TABLE_NAME),
+                                  slicer_scene.GetFirstNodeByName(chart_name("right")),
+                                  slicer_scene.GetFirstNodeByName(contact_patch_name("right")),
+                                  slicer_scene.GetFirstNodeByName(ho_distance_model_name("right")))
+                if node is not None] + [node for node in _nodes_of(slicer_scene, "vtkMRMLPlotSeriesNode")]
+
+    traced_columns = {m.column()[1] for m in measurements.station_measures(False)}
+    analysis, volume, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    assert len(contact_nodes()) >= 5 and contact.contact.max_encasement_deg > 250.0
+    away = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([105.0, 145.0]), "seeds away")
+    again = analysis.trace_nerve(volume, away, side="right", segmentation_node=oss.segmentation_node)
+    assert contact_nodes() == []
+    assert set(scene_io.table_columns(again.stations_table_node)) == traced_columns
+    assert analysis.compute_contact(oss.segmentation_node, None).contact.encasement_class == "none"
+    analysis.trace_nerve(volume, slicer_scene.GetFirstNodeByName("seeds"), side="right",
+                         segmentation_node=oss.segmentation_node)
+    analysis.compute_contact(oss.segmentation_node, None)
+    assert len(contact_nodes()) >= 5
+    fewer = analysis.segment_ossifications(volume, min_island_ml=2.5)
+    assert len(fewer.result.islands) < len(oss.result.islands)
+    assert contact_nodes() == []
+    curve = slicer_scene.GetFirstNodeByName(centreline_name("right"))
+    assert scene_io.curve_measurement(curve, "encasement_deg") is None
+    assert scene_io.curve_measurement(curve, "diameter_mm") is not None
+    assert set(scene_io.table_columns(again.stations_table_node)) == traced_columns
+    remeasured = analysis.compute_contact(fewer.segmentation_node, None)
+    assert {island.label for island in remeasured.contact.islands} == {i.label for i in fewer.result.islands}
+
+
+def _nodes_of(scene, class_name):
+    return [scene.GetNthNodeByClass(n, class_name) for n in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def test_nerve_traced_before_the_ho_step_beside_the_ho_is_to_be_traced_again(slicer_scene):
+    # Traced on an MR before the HO step, without the HO as a barrier, a nerve 1.6 mm from
+    # a sleeve of HO had its outline reach into that gap: contact read 0.67 mm, abutment,
+    # with no warning (the warning came only where the nerve overlapped the HO). Traced
+    # again, 1.34 mm and no contact; the HO step's call to trace again then goes.
+    from HOSciaticModuleLib.phantom import make_shell_spec
+    from HOSciaticModuleLib.pipeline import OSSIFICATION_WARNINGS
+
+    spec = make_shell_spec(270.0, gap_mm=1.6, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
+    coronal = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    ct = generate_phantom(spec, spacing_ijk=(0.8, 0.8, 1.0), fov_mm=(130.0, 130.0, 120.0))
+    mr = generate_phantom(spec, modality="mr", spacing_ijk=(0.7, 0.7, 4.0), fov_mm=(130.0, 120.0, 130.0),
+                          directions_ras=coronal)
+    analysis = HOSciaticAnalysis(slicer_scene)
+    ct_node = scene_io.volume_node_from_array(slicer_scene, ct.image, ct.geometry, "CT")
+    mr_node = scene_io.volume_node_from_array(slicer_scene, mr.image.astype(np.float32), mr.geometry, "MR")
+    seeds = scene_io.points_node_from_array(slicer_scene, ct.seeds_ras([8.0, 50.0, 92.0]), "seeds")
+    traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr")
+    oss = analysis.segment_ossifications(ct_node, segmentation_node=traced.segmentation_node)
+    (retrace,) = [w for w in oss.result.warnings if "traced before this HO segmentation" in w]
+    assert "Trace the nerve again" in retrace and "comes within" in retrace
+    again = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, again.centreline_node, side="right")
+    assert contact.contact.encasement_class == "none" and contact.contact.min_distance_mm > 1.0
+    assert not [w for w in analysis._warnings_of(oss.segmentation_node, OSSIFICATION_WARNINGS)
+                if "traced before" in w]

@@ -12,3 +12,12 @@ class InputError(ValueError):
 
 class AnalysisCancelled(RuntimeError):
     """The user cancelled a running step; no output was changed."""
+
+
+def as_number(value, what: str) -> float:
+    """``value`` (a setting given from the Python console, say) as a float; None, or
+    text that is no number, is refused with the setting's name."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number; got {value!r}.") from None

@@ -62,7 +62,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML, MAX_BONE_THRESHOLD_HU,
                        MIN_BONE_THRESHOLD_HU)
-from .errors import InputError
+from .errors import InputError, as_number
 from .geometry import VolumeGeometry, bounding_slices, label_boxes
 from .progress import ProgressCallback, report
 
@@ -1964,6 +1964,8 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     Returns a label map (island n = n, largest first), one
     :class:`OssificationIsland` per island, the native skeleton used and warnings.
     """
+    bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
+    min_island_ml = as_number(min_island_ml, "The minimum island size (mL)")
     native_bone_mask, roi_mask = _checked_inputs(ct_hu, geometry, bone_threshold_hu, min_island_ml,
                                                  native_bone_mask, roi_mask)
     parameters = {"bone_threshold_hu": float(bone_threshold_hu), "min_island_ml": float(min_island_ml),

@@ -22,7 +22,7 @@ from . import contact as contact_module
 from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_CONTACT_TOLERANCE_MM, MODALITIES, SIDES
-from .errors import InputError
+from .errors import InputError, as_number
 from .geometry import bounding_slices
 from .memorypages import with_small_memory_pages
 from .progress import ProgressCallback, report, sub_progress
@@ -45,7 +45,14 @@ NERVE_WARNINGS = "HOSciatic.NerveWarnings"
 CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 #: On each output node: the ID of the segmentation whose analysis made it. Outputs are
 #: found by name, so a second CT analysed in the same scene would take up the first's.
-ANALYSIS_ATTRIBUTE = "HOSciatic.Segmentation"
+#: Each output node refers to the segmentation of its analysis: a node reference (not an
+#: attribute holding the ID), so that a saved scene loaded into a scene whose IDs clash
+#: keeps pointing at its own segmentation.
+ANALYSIS_REFERENCE_ROLE = "HOSciaticSegmentation"
+#: A nerve traced before the HO step, without the HO as a barrier, is drawn wider towards
+#: HO this close (its outline reaching into the fat between them by a millimetre or
+#: more): the HO step asks for it to be traced again.
+RETRACE_NEAR_HO_MM = 5.0
 #: Per station of a traced nerve, its caveats (a JSON list of strings), on the curve.
 STATION_CAVEATS_ATTRIBUTE = "HOSciatic.StationCaveats"
 #: Segment tag saying whether an HO segment was found fused to the native skeleton.
@@ -135,6 +142,11 @@ def side_mismatch_warnings(midline, points_ras, side: str) -> list[str]:
 
 def nerve_segment_name(side: str) -> str:
     return f"Sciatic nerve {side}"
+
+
+def traced_before_ho_prefix(side: str) -> str:
+    """How the HO step's warnings about a nerve traced before it begin."""
+    return f"The {side} sciatic nerve was traced before this HO segmentation"
 
 
 def centreline_name(side: str) -> str:
@@ -289,7 +301,7 @@ class HOSciaticAnalysis:
     def _tag_outputs(self, segmentation_node, nodes) -> None:
         for node in nodes:
             if node is not None and segmentation_node is not None:
-                node.SetAttribute(ANALYSIS_ATTRIBUTE, segmentation_node.GetID())
+                node.SetNodeReferenceID(ANALYSIS_REFERENCE_ROLE, segmentation_node.GetID())
 
     def _check_one_analysis(self, segmentation_node, outputs) -> None:
         """Refuse, before anything is written, output nodes (given, or as found by
@@ -298,8 +310,7 @@ class HOSciaticAnalysis:
             return
         for item in outputs:
             node = self._existing(None, *item) if isinstance(item, tuple) else item
-            owner_id = node.GetAttribute(ANALYSIS_ATTRIBUTE) if node is not None else None
-            owner = self.scene.GetNodeByID(owner_id) if owner_id else None
+            owner = node.GetNodeReference(ANALYSIS_REFERENCE_ROLE) if node is not None else None
             if owner is None or owner is segmentation_node:
                 continue
             reference = self._reference_volume(owner)
@@ -468,6 +479,8 @@ class HOSciaticAnalysis:
                               progress: ProgressCallback = None) -> OssificationOutputs:
         if ct_volume_node is None:
             raise InputError("No CT volume selected. Load the CT of the hip and select it as input.")
+        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
+        min_island_ml = as_number(min_island_ml, "The minimum island size (mL)")
         report(progress, 0.0, "Reading CT")
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
         existing_segmentation = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
@@ -506,6 +519,9 @@ class HOSciaticAnalysis:
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
         result.warnings += self._nerves_kept_out_of_ho(segmentation_node, masks, geometry)
+        # Contact measured against the HO segments made before is no longer current.
+        for side in SIDES:
+            self._forget_contact(segmentation_node, side, geometry)
         set_apart_offset = tuple(s.start + b.start for s, b in zip(result.native_bone_slices or block, block))
         for name in ossification.SET_APART_SEGMENT_NAMES:
             self._show_set_apart(segmentation_node, name, result.set_apart.get(name), set_apart_offset, geometry)
@@ -560,15 +576,33 @@ class HOSciaticAnalysis:
             nerve, block = found
             ho_here = self.paste_labels(ho_blocks, geometry, block) > 0
             if not (nerve & ho_here).any():
+                gap = self._gap_to_ho_mm(nerve, block, ho_blocks, geometry)
+                if gap <= RETRACE_NEAR_HO_MM:
+                    warnings.append(
+                        f"{traced_before_ho_prefix(side)}, without the HO as a barrier, and comes within {gap:.1f} mm "
+                        "of it: its outline there may reach into the tissue between them, which contact then reads "
+                        "as narrower than it is (a 1.6 mm gap read as 0.7 mm, abutment). Trace the nerve again "
+                        "before computing contact.")
                 continue
             nerve &= ~ho_here
             kept = {nerve_segment_name(side): (nerve, tuple(b.start for b in block))}
             scene_io.replace_segments(segmentation_node, kept, geometry, scene_io.NERVE_COLOR)
-            warnings.append(f"The {side} sciatic nerve was traced before this HO segmentation, without the HO as a "
-                            "barrier: its voxels inside the HO were taken out, but its outline and centreline were "
-                            "measured without it. Trace the nerve again for figures that do not depend on the order "
+            warnings.append(f"{traced_before_ho_prefix(side)}, without the HO as a barrier: its voxels inside the "
+                            "HO were taken out, but its outline and centreline were measured without it. Trace the nerve again for figures that do not depend on the order "
                             "of the steps.")
         return warnings
+
+    def _gap_to_ho_mm(self, nerve, block, ho_blocks, geometry) -> float:
+        """Shortest distance (mm) from a nerve mask (over ``block``) to the HO, looked for
+        within RETRACE_NEAR_HO_MM of the nerve (inf beyond)."""
+        margin = int(np.ceil(RETRACE_NEAR_HO_MM / min(geometry.spacing_kji))) + 1
+        around = ossification.pad_block(block, geometry.shape_kji, margin)
+        ho_around = self.paste_labels(ho_blocks, geometry, around) > 0
+        if not ho_around.any():
+            return float("inf")
+        inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(block, around))
+        distance = ossification.distance_outside(ho_around, geometry.cropped(around))[inner][nerve]
+        return float(distance.min()) if distance.size else float("inf")
 
     @staticmethod
     def _show_set_apart(segmentation_node, name, block_mask, offset, geometry):
@@ -616,6 +650,7 @@ class HOSciaticAnalysis:
                     progress: ProgressCallback = None) -> NerveOutputs:
         side = _check_choice(side, SIDES, "Side")
         modality = _check_choice(modality, MODALITIES, "Modality")
+        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
         _check_node_of_side(centreline_node, side, centreline_name, "centreline")
         _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
         if volume_node is None:
@@ -664,10 +699,13 @@ class HOSciaticAnalysis:
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
-        # The contact measured on the nerve traced before is gone with it: its warnings and
-        # the bone it found wrapped around that nerve.
-        self._record_warnings(centreline_node, CONTACT_WARNINGS, [])
-        self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
+        # The contact measured on the nerve traced before is gone with it, and so is the HO
+        # step's call to trace that nerve again once it has been, with the HO as a barrier.
+        self._forget_contact(segmentation_node, side, grid)
+        if exclusion is not None:
+            self._record_warnings(segmentation_node, OSSIFICATION_WARNINGS, [
+                w for w in self._warnings_of(segmentation_node, OSSIFICATION_WARNINGS)
+                if not w.startswith(traced_before_ho_prefix(side))])
         centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps(list(trace.station_caveats)))
         self._tag_outputs(segmentation_node, [centreline_node, stations_table_node])
         scene_io.place_in_folder(self.scene, self._folder_name(volume_node),
@@ -785,7 +823,9 @@ class HOSciaticAnalysis:
         _check_node_of_side(centreline_node, side, centreline_name, "centreline")
         _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
         _check_node_of_side(chart_node, side, chart_name, "chart")
-        if not np.isfinite(tolerance_mm) or not 0.0 <= float(tolerance_mm) <= MAX_CONTACT_TOLERANCE_MM:
+        tolerance_mm = as_number(tolerance_mm, "The contact tolerance (mm)")
+        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
+        if not np.isfinite(tolerance_mm) or not 0.0 <= tolerance_mm <= MAX_CONTACT_TOLERANCE_MM:
             raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:.0f} mm; "
                              f"got {tolerance_mm}.")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
@@ -991,6 +1031,49 @@ class HOSciaticAnalysis:
             rows.append(dict(nerve=nerve_segment_name(side), island=names.get(island.label, f"HO {island.label}"),
                              **measurements.as_table_row(measurements.CONTACT_MEASURES, island)))
         return scene_io.fill_table(self.scene, table_node, CONTACT_TABLE_NAME, columns, rows)
+
+    def _forget_contact(self, segmentation_node, side, grid) -> None:
+        """Remove what the contact step made for one side's nerve, once the nerve or the HO
+        it was measured against has been made again: its rows of the contact table, its
+        chart, contact patch and HO distance models, the bone it found wrapping the nerve,
+        its warnings, and the contact columns of its curve and stations table. Left in
+        place they read as current (a contact table listing an island no longer there, an
+        encasement on the curve that the nerve traced again no longer has)."""
+        contact_table = self._existing(None, "vtkMRMLTableNode", CONTACT_TABLE_NAME)
+        if contact_table is not None and contact_table.GetTable().GetNumberOfColumns():
+            nerves = scene_io.table_columns(contact_table).get("Nerve", [])
+            rows = [r for r, nerve_name in enumerate(nerves) if nerve_name == nerve_segment_name(side)]
+            if rows and len(rows) == len(nerves):
+                self.scene.RemoveNode(contact_table)
+            for row in reversed(rows if len(rows) < len(nerves) else []):
+                contact_table.RemoveRow(row)
+        chart = self._existing(None, "vtkMRMLPlotChartNode", chart_name(side))
+        if chart is not None:
+            series = [chart.GetNthPlotSeriesNode(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
+            self.scene.RemoveNode(chart)
+            for node in series:
+                if node is not None:
+                    self.scene.RemoveNode(node)
+        for name in (contact_patch_name(side), ho_distance_model_name(side)):
+            model = self._existing(None, "vtkMRMLModelNode", name)
+            if model is not None:
+                self.scene.RemoveNode(model)
+        self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
+        centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+        if centreline_node is None:
+            return
+        self._record_warnings(centreline_node, CONTACT_WARNINGS, [])
+        if scene_io.curve_measurement(centreline_node, "encasement_deg") is None:
+            return
+        try:
+            stations = self.station_rows(self.nerve_from_scene(centreline_node).trace)
+        except InputError:
+            return  # a curve drawn by hand: it holds no traced figures to keep
+        scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
+                                       np.array([s["ras"] for s in stations]), self._station_arrays(stations))
+        stations_table = self._existing(None, "vtkMRMLTableNode", stations_table_name(side))
+        if stations_table is not None:
+            self._fill_stations_table(stations_table, side, stations, with_contact=False)
 
     def _contact_patch_model(self, model_node, side, nerve_mesh, tolerance_mm, placed_like=None):
         vertices, faces, distance = nerve_mesh
