@@ -91,6 +91,15 @@ def current_islands(oss_outputs, contacts) -> list | None:
     return oss_outputs.result.islands if oss_outputs is not None else None
 
 
+def shared_ho_ml(contacts) -> float:
+    """HO volume two segments share, as the contact that measured the current islands
+    found it (0 when none did): counted in each island, once in the total."""
+    for _, outputs in reversed(contacts):
+        if outputs.islands is not None:
+            return outputs.shared_ho_ml
+    return 0.0
+
+
 def island_entries(islands, contacts) -> list[dict]:
     """Islands with their contact against the nearest nerve (``contacts``: [(side, ContactOutputs)])."""
     entries = []
@@ -130,7 +139,7 @@ def metrics_document(input_info: dict, parameters: dict, oss_outputs, nerves, co
     if islands is not None:
         document["ossifications"] = {
             "count": len(islands),
-            "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in islands), 3),
+            "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in islands) - shared_ho_ml(contacts), 3),
             "islands": island_entries(islands, contacts),
         }
     return document

@@ -211,6 +211,9 @@ class ContactOutputs:
     islands: list | None = None
     islands_table_node: object = None
     centreline_node: object = None
+    #: HO volume that two segments share (mL): each island's volume counts it, the
+    #: total of the islands only once.
+    shared_ho_ml: float = 0.0
 
 
 def caveated_contact_warnings(stations: list[dict]) -> list[str]:
@@ -861,6 +864,7 @@ class HOSciaticAnalysis:
         window = self._working_window(full_geometry, [nerve[1]] + [block for _, _, _, block in ho_blocks])
         geometry = full_geometry.cropped(window)
         labelmap = self.paste_labels(ho_blocks, full_geometry, window)
+        shared = self._shared_ho_voxels(ho_blocks, labelmap, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
         reference = reference_volume_node or self._reference_volume(segmentation_node)
@@ -893,6 +897,13 @@ class HOSciaticAnalysis:
         self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
         result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
         result.warnings += mr_thickening_warnings(centreline_node.GetAttribute("HOSciatic.Modality"), result)
+        shared_ml = sum(shared.values()) * full_geometry.voxel_volume_ml
+        if shared:
+            result.warnings.append(
+                f"HO segments overlap: {', '.join(shared)} {'shares' if len(shared) == 1 else 'share'} "
+                f"{shared_ml:.2f} mL with segments of lower numbers. Each segment's volume counts those voxels, the "
+                "total HO volume once, and the contact figures give them to the lower-numbered segment. Erase the "
+                "overlap in the Segment Editor (or delete a duplicate segment) and compute contact again.")
         if islands is not None:
             islands_table_node = self._fill_islands_table(islands_table_node, islands)
         stations = self.stations_with_contact(centreline_node, result)
@@ -927,7 +938,19 @@ class HOSciaticAnalysis:
                final=True)
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
-                              islands_table_node if islands is not None else None, centreline_node)
+                              islands_table_node if islands is not None else None, centreline_node, shared_ml)
+
+    @staticmethod
+    def _shared_ho_voxels(ho_blocks, labelmap, window) -> dict:
+        """{segment name: voxels it shares with a segment of a lower number} (the label
+        map over ``window`` gives them to that one); segments sharing none are left out."""
+        shared = {}
+        for label, name, mask, block in ho_blocks:
+            here = labelmap[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(block, window))]
+            count = int(np.count_nonzero(mask & (here != label)))
+            if count:
+                shared[name] = count
+        return shared
 
     @staticmethod
     def _doubted_contact_warnings(segmentation_node, names: dict, result) -> list:
