@@ -1022,3 +1022,19 @@ def test_nerve_traced_before_the_ho_step_beside_the_ho_is_to_be_traced_again(sli
     assert contact.contact.encasement_class == "none" and contact.contact.min_distance_mm > 1.0
     assert not [w for w in analysis._warnings_of(oss.segmentation_node, OSSIFICATION_WARNINGS)
                 if "traced before" in w]
+
+
+def test_another_output_table_given_as_a_steps_table_is_refused(slicer_scene, phantom):
+    # The HO islands table chosen as the contact table (or as a trace's stations table)
+    # was overwritten with contact rows (stations) under its own name.
+    analysis, volume, seeds, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    islands = oss.islands_table_node
+    before = scene_io.table_columns(islands)
+    with pytest.raises(InputError, match="'HO islands' given as the contact table is the HO islands table"):
+        analysis.compute_contact(oss.segmentation_node, None, contact_table_node=islands)
+    with pytest.raises(InputError, match="given as the stations table is the contact table"):
+        analysis.trace_nerve(volume, seeds, segmentation_node=oss.segmentation_node,
+                             stations_table_node=contact.contact_table_node)
+    with pytest.raises(InputError, match="given as the HO islands table is the right nerve's stations table"):
+        analysis.segment_ossifications(volume, islands_table_node=traced.stations_table_node)
+    assert scene_io.table_columns(islands) == before

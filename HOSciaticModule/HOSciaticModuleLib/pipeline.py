@@ -261,6 +261,22 @@ def _check_node_of_side(node, side: str, name_of, what: str) -> None:
                              f"to {other}.")
 
 
+def _output_tables() -> dict:
+    """Name -> what each table a step makes is."""
+    return {ISLANDS_TABLE_NAME: "the HO islands table", CONTACT_TABLE_NAME: "the contact table",
+            **{stations_table_name(side): f"the {side} nerve's stations table" for side in SIDES}}
+
+
+def _check_not_another_table(node, own_names, what: str) -> None:
+    """Refuse a table given as one step output that is another output table (by its
+    name): filling it would overwrite that table's figures (the islands table given as
+    the contact table read 4 contact rows under the name 'HO islands')."""
+    name = node.GetName() if node is not None else None
+    if name in _output_tables() and name not in own_names:
+        raise InputError(f"The table '{name}' given as {what} is {_output_tables()[name]}: its figures would be "
+                         f"overwritten. Choose {what} (or none: it is found by its name, or made).")
+
+
 def _check_choice(value: str, choices, what: str) -> str:
     value = str(value).lower()
     if value not in choices:
@@ -484,6 +500,7 @@ class HOSciaticAnalysis:
             raise InputError("No CT volume selected. Load the CT of the hip and select it as input.")
         bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
         min_island_ml = as_number(min_island_ml, "The minimum island size (mL)")
+        _check_not_another_table(islands_table_node, {ISLANDS_TABLE_NAME}, "the HO islands table")
         report(progress, 0.0, "Reading CT")
         ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
         existing_segmentation = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
@@ -656,6 +673,7 @@ class HOSciaticAnalysis:
         bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
         _check_node_of_side(centreline_node, side, centreline_name, "centreline")
         _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
+        _check_not_another_table(stations_table_node, {stations_table_name(side)}, "the stations table")
         if volume_node is None:
             raise InputError("No volume selected for nerve tracing. Select the CT or MR volume.")
         if seeds_node is None:
@@ -826,6 +844,9 @@ class HOSciaticAnalysis:
         _check_node_of_side(centreline_node, side, centreline_name, "centreline")
         _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
         _check_node_of_side(chart_node, side, chart_name, "chart")
+        _check_not_another_table(stations_table_node, {stations_table_name(side)}, "the stations table")
+        _check_not_another_table(contact_table_node, {CONTACT_TABLE_NAME}, "the contact table")
+        _check_not_another_table(islands_table_node, {ISLANDS_TABLE_NAME}, "the HO islands table")
         tolerance_mm = as_number(tolerance_mm, "The contact tolerance (mm)")
         bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
         if not np.isfinite(tolerance_mm) or not 0.0 <= tolerance_mm <= MAX_CONTACT_TOLERANCE_MM:
