@@ -1038,3 +1038,34 @@ def test_another_output_table_given_as_a_steps_table_is_refused(slicer_scene, ph
     with pytest.raises(InputError, match="given as the HO islands table is the right nerve's stations table"):
         analysis.segment_ossifications(volume, islands_table_node=traced.stations_table_node)
     assert scene_io.table_columns(islands) == before
+
+
+def test_an_image_moved_apart_from_the_segmentation_is_named_at_contact(slicer_scene, phantom):
+    # One segmentation follows one registration: an image moved on its own afterwards (an
+    # MR's registration refined) took the HO, or left the nerve, 6 mm off the image they
+    # were found on, and contact was measured on without a word. Moved with its image
+    # (the segmentation under the same transform), nothing is said.
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    registration = slicer_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+
+    def shift_by(millimetres):
+        matrix = vtkMatrix4x4()
+        matrix.SetElement(0, 3, millimetres)
+        registration.SetMatrixTransformToParent(matrix)
+
+    analysis, volume, _, oss, traced, _ = _run_chain(slicer_scene, phantom)
+    volume.SetAndObserveTransformNodeID(registration.GetID())
+    shift_by(6.0)
+    warnings = [w for w in analysis.compute_contact(oss.segmentation_node, None).contact.warnings if "moved" in w]
+    assert len(warnings) == 2
+    assert "The CT 'CT' has moved by up to 6.0 mm" in warnings[0] and "Run the HO step again" in warnings[0]
+    assert "since the right nerve was traced on it" in warnings[1] and "Trace the nerve again" in warnings[1]
+    # Made again under the CT's transform, they are current again, and moved with the CT
+    # they stay so.
+    oss.segmentation_node.SetAndObserveTransformNodeID(registration.GetID())
+    analysis.segment_ossifications(volume, segmentation_node=oss.segmentation_node)
+    analysis.trace_nerve(volume, slicer_scene.GetFirstNodeByName("seeds"), segmentation_node=oss.segmentation_node)
+    assert not [w for w in analysis.compute_contact(oss.segmentation_node, None).contact.warnings if "moved" in w]
+    shift_by(9.0)
+    assert not [w for w in analysis.compute_contact(oss.segmentation_node, None).contact.warnings if "moved" in w]

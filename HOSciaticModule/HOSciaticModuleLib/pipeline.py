@@ -49,6 +49,15 @@ CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 #: attribute holding the ID), so that a saved scene loaded into a scene whose IDs clash
 #: keeps pointing at its own segmentation.
 ANALYSIS_REFERENCE_ROLE = "HOSciaticSegmentation"
+#: The image each structure was found on (the CT for the HO segments, the traced volume
+#: for a nerve), referred to from the segmentation and the centreline, with where that
+#: image lay relative to the segmentation then: one segmentation follows one image's
+#: registration, and an image moved on its own since (a registration refined) no longer
+#: shows its structure where the segmentation holds it.
+HO_CT_ROLE = "HOSciaticCT"
+TRACED_VOLUME_ROLE = "HOSciaticTracedVolume"
+#: A move below this (mm, at the image's corners) is rounding, not a registration.
+PLACEMENT_TOLERANCE_MM = 0.1
 #: A nerve traced before the HO step, without the HO as a barrier, is drawn wider towards
 #: HO this close (its outline reaching into the fat between them by a millimetre or
 #: more): the HO step asks for it to be traced again.
@@ -531,6 +540,7 @@ class HOSciaticAnalysis:
         # A nerve traced before on an MR of other voxels joins the CT's grid, where the
         # HO segments will lie.
         scene_io.move_segments_onto_grid(segmentation_node, geometry)
+        self._remember_placement(segmentation_node, HO_CT_ROLE, ct_volume_node, segmentation_node)
         masks = {}
         for island, island_block in zip(result.islands, result.island_blocks):
             masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
@@ -717,6 +727,7 @@ class HOSciaticAnalysis:
             placed_like=segmentation_node)
         centreline_node.SetAttribute("HOSciatic.Side", side)
         centreline_node.SetAttribute("HOSciatic.Modality", modality)
+        self._remember_placement(centreline_node, TRACED_VOLUME_ROLE, volume_node, segmentation_node)
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
@@ -918,6 +929,7 @@ class HOSciaticAnalysis:
         self._show_wrapping_bone(segmentation_node, side, result, full_geometry, window)
         result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
         result.warnings += mr_thickening_warnings(centreline_node.GetAttribute("HOSciatic.Modality"), result)
+        result.warnings += self._moved_image_warnings(segmentation_node, centreline_node, side)
         shared_ml = sum(shared.values()) * full_geometry.voxel_volume_ml
         if shared:
             result.warnings.append(
@@ -960,6 +972,49 @@ class HOSciaticAnalysis:
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
                               islands_table_node if islands is not None else None, centreline_node, shared_ml)
+
+    @staticmethod
+    def _placement(volume_node, segmentation_node) -> np.ndarray:
+        """The volume's IJK-to-RAS matrix in the segmentation's own coordinates."""
+        return (scene_io.world_to_node(segmentation_node, "Segmentation")
+                @ scene_io.volume_geometry(volume_node, "Volume").ijk_to_ras)
+
+    def _remember_placement(self, holder, role, volume_node, segmentation_node) -> None:
+        holder.SetNodeReferenceID(role, volume_node.GetID())
+        holder.SetAttribute(f"HOSciatic.{role}Placement",
+                            json.dumps(np.round(self._placement(volume_node, segmentation_node), 6).tolist()))
+
+    def _moved_since(self, holder, role, segmentation_node):
+        """(volume, mm) when the volume ``holder`` was made from has moved relative to the
+        segmentation since (by that much at its corners), else None."""
+        volume = holder.GetNodeReference(role) if holder is not None else None
+        text = holder.GetAttribute(f"HOSciatic.{role}Placement") if holder is not None else None
+        if volume is None or not text or volume.GetImageData() is None:
+            return None
+        try:
+            then = np.array(json.loads(text), float).reshape(4, 4)
+        except ValueError:
+            return None
+        now = self._placement(volume, segmentation_node)
+        last = np.array(volume.GetImageData().GetDimensions(), float) - 1.0
+        corners = np.array([[i, j, k, 1.0] for i in (0.0, last[0]) for j in (0.0, last[1]) for k in (0.0, last[2])])
+        moved = float(np.linalg.norm((corners @ (now - then).T)[:, :3], axis=1).max())
+        return (volume, moved) if moved > PLACEMENT_TOLERANCE_MM else None
+
+    def _moved_image_warnings(self, segmentation_node, centreline_node, side) -> list[str]:
+        warnings = []
+        moved = self._moved_since(segmentation_node, HO_CT_ROLE, segmentation_node)
+        if moved is not None:
+            warnings.append(f"The CT '{moved[0].GetName()}' has moved by up to {moved[1]:.1f} mm relative to the "
+                            "segmentation since the HO step (a registration changed): the HO segments stay where it "
+                            "lay, so the contact is measured against HO that the CT no longer shows there. Run the "
+                            "HO step again.")
+        moved = self._moved_since(centreline_node, TRACED_VOLUME_ROLE, segmentation_node)
+        if moved is not None:
+            warnings.append(f"The volume '{moved[0].GetName()}' has moved by up to {moved[1]:.1f} mm relative to the "
+                            f"segmentation since the {side} nerve was traced on it (a registration changed): the "
+                            "nerve segment and centreline stay where it lay. Trace the nerve again.")
+        return warnings
 
     @staticmethod
     def _shared_ho_voxels(ho_blocks, labelmap, window) -> dict:
