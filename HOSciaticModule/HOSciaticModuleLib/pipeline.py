@@ -610,8 +610,8 @@ class HOSciaticAnalysis:
                 if gap <= RETRACE_NEAR_HO_MM:
                     warnings.append(
                         f"{traced_before_ho_prefix(side)}, without the HO as a barrier, and comes within {gap:.1f} mm "
-                        "of it: its outline there may reach into the tissue between them, which contact then reads "
-                        "as narrower than it is (a 1.6 mm gap read as 0.7 mm, abutment). Trace the nerve again "
+                        "of it: its outline there did not stop at the HO's edge and may reach into the tissue "
+                        "between them, which contact then reads as narrower than it is. Trace the nerve again "
                         "before computing contact.")
                 continue
             nerve &= ~ho_here
