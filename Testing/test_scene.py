@@ -1001,18 +1001,10 @@ def test_nerve_traced_before_the_ho_step_beside_the_ho_is_to_be_traced_again(sli
     # a sleeve of HO had its outline reach into that gap, with no warning (the warning
     # came only where the nerve overlapped the HO). Traced again, the HO step's call to
     # trace again goes.
-    from HOSciaticModuleLib.phantom import make_shell_spec
     from HOSciaticModuleLib.pipeline import OSSIFICATION_WARNINGS
 
-    spec = make_shell_spec(270.0, gap_mm=1.6, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
     coronal = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    ct = generate_phantom(spec, spacing_ijk=(0.8, 0.8, 1.0), fov_mm=(130.0, 130.0, 120.0))
-    mr = generate_phantom(spec, modality="mr", spacing_ijk=(0.7, 0.7, 4.0), fov_mm=(130.0, 120.0, 130.0),
-                          directions_ras=coronal)
-    analysis = HOSciaticAnalysis(slicer_scene)
-    ct_node = scene_io.volume_node_from_array(slicer_scene, ct.image, ct.geometry, "CT")
-    mr_node = scene_io.volume_node_from_array(slicer_scene, mr.image.astype(np.float32), mr.geometry, "MR")
-    seeds = scene_io.points_node_from_array(slicer_scene, ct.seeds_ras([8.0, 50.0, 92.0]), "seeds")
+    _, analysis, ct_node, mr_node, seeds = _sleeve_on_ct_and_mr(slicer_scene, 1.6, coronal)
     traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr")
     oss = analysis.segment_ossifications(ct_node, segmentation_node=traced.segmentation_node)
     (retrace,) = [w for w in oss.result.warnings if "traced before this HO segmentation" in w]
@@ -1076,20 +1068,27 @@ def test_mr_nerve_in_a_sleeve_of_ho_is_sized_as_beside_it_in_either_order(slicer
     # read 9.15 mm and 246 degrees of encasement for 293 (288 with the steps the other way).
     from scipy.spatial.transform import Rotation
 
-    from HOSciaticModuleLib.phantom import make_shell_spec
-
-    spec = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
     oblique = Rotation.from_euler("xyz", [90.0, 20.0, 15.0], degrees=True).as_matrix()
-    ct = generate_phantom(spec, spacing_ijk=(0.8, 0.8, 1.0), fov_mm=(130.0, 130.0, 120.0))
-    mr = generate_phantom(spec, modality="mr", spacing_ijk=(0.7, 0.7, 4.0), fov_mm=(130.0, 120.0, 130.0),
-                          directions_ras=oblique)
-    analysis = HOSciaticAnalysis(slicer_scene)
-    ct_node = scene_io.volume_node_from_array(slicer_scene, ct.image, ct.geometry, "CT")
-    mr_node = scene_io.volume_node_from_array(slicer_scene, mr.image.astype(np.float32), mr.geometry, "MR")
-    seeds = scene_io.points_node_from_array(slicer_scene, ct.seeds_ras([8.0, 50.0, 92.0]), "seeds")
+    spec, analysis, ct_node, mr_node, seeds = _sleeve_on_ct_and_mr(slicer_scene, 0.0, oblique)
     oss = analysis.segment_ossifications(ct_node)
     traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr", segmentation_node=oss.segmentation_node)
     contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
     in_sleeve = np.abs(traced.trace.points_ras[:, 2] - spec.center_ras[2]) < 13.0
     assert np.median(traced.trace.diameter_mm[in_sleeve]) == pytest.approx(10.0, abs=0.5)
     assert contact.contact.max_encasement_deg == pytest.approx(293.0, abs=15.0)
+
+
+def _sleeve_on_ct_and_mr(scene, gap_mm, mr_directions):
+    """A 10 mm nerve in a 30 mm sleeve of HO (270 degrees, ``gap_mm`` of fat between
+    them) on a CT of 0.8 x 0.8 x 1 mm and an MR of 0.7 x 0.7 x 4 mm voxels turned by
+    ``mr_directions``, in ``scene``: (spec, analysis, CT node, MR node, seeds node)."""
+    from HOSciaticModuleLib.phantom import make_shell_spec
+
+    spec = make_shell_spec(270.0, gap_mm=gap_mm, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
+    ct = generate_phantom(spec, spacing_ijk=(0.8, 0.8, 1.0), fov_mm=(130.0, 130.0, 120.0))
+    mr = generate_phantom(spec, modality="mr", spacing_ijk=(0.7, 0.7, 4.0), fov_mm=(130.0, 120.0, 130.0),
+                          directions_ras=mr_directions)
+    ct_node = scene_io.volume_node_from_array(scene, ct.image, ct.geometry, "CT")
+    mr_node = scene_io.volume_node_from_array(scene, mr.image.astype(np.float32), mr.geometry, "MR")
+    seeds = scene_io.points_node_from_array(scene, ct.seeds_ras([8.0, 50.0, 92.0]), "seeds")
+    return spec, HOSciaticAnalysis(scene), ct_node, mr_node, seeds
