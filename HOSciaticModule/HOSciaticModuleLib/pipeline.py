@@ -43,11 +43,10 @@ WARNING_SEPARATOR = " | "
 OSSIFICATION_WARNINGS = "HOSciatic.OssificationWarnings"
 NERVE_WARNINGS = "HOSciatic.NerveWarnings"
 CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
-#: On each output node: the ID of the segmentation whose analysis made it. Outputs are
-#: found by name, so a second CT analysed in the same scene would take up the first's.
-#: Each output node refers to the segmentation of its analysis: a node reference (not an
-#: attribute holding the ID), so that a saved scene loaded into a scene whose IDs clash
-#: keeps pointing at its own segmentation.
+#: Each output node refers to the segmentation whose analysis made it (outputs are found
+#: by name, so a second CT analysed in the same scene would take up the first's): by a
+#: node reference, not an attribute holding the ID, so that a saved scene loaded into a
+#: scene whose IDs clash keeps pointing at its own segmentation.
 ANALYSIS_REFERENCE_ROLE = "HOSciaticSegmentation"
 #: The image each structure was found on (the CT for the HO segments, the traced volume
 #: for a nerve), referred to from the segmentation and the centreline, with where that
@@ -618,8 +617,8 @@ class HOSciaticAnalysis:
             kept = {nerve_segment_name(side): (nerve, tuple(b.start for b in block))}
             scene_io.replace_segments(segmentation_node, kept, geometry, scene_io.NERVE_COLOR)
             warnings.append(f"{traced_before_ho_prefix(side)}, without the HO as a barrier: its voxels inside the "
-                            "HO were taken out, but its outline and centreline were measured without it. Trace the nerve again for figures that do not depend on the order "
-                            "of the steps.")
+                            "HO were taken out, but its outline and centreline were measured without it. Trace the "
+                            "nerve again for figures that do not depend on the order of the steps.")
         return warnings
 
     def _gap_to_ho_mm(self, nerve, block, ho_blocks, geometry) -> float:
