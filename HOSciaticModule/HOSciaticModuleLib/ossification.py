@@ -813,8 +813,9 @@ def _reaches_image_edge(island: np.ndarray, island_slices, shape) -> bool:
 
 def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
     """The voxels where nothing was imaged: outside the scanner's circular field of view
-    (see FIELD_OF_VIEW_PADDING_HU) and a reformat's fill (see :func:`constant_fill_value`); None when the image has neither (padding below air is
-    found on a coarse sample: it fills the corners of every slice)."""
+    (see FIELD_OF_VIEW_PADDING_HU) and a reformat's fill (see :func:`constant_fill_value`);
+    None when the image has neither (padding below air is found on a coarse sample: it
+    fills the corners of every slice)."""
     padding = ct_hu < FIELD_OF_VIEW_PADDING_HU if np.any(ct_hu[::4, ::4, ::4] < FIELD_OF_VIEW_PADDING_HU) else None
     fill = constant_fill_value(ct_hu)
     if fill is None:
