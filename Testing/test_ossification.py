@@ -432,6 +432,10 @@ def test_a_reformats_fill_is_told_from_air_and_tissue_by_its_lack_of_noise():
     assert constant_fill_value(filled) == 0.0
     filled[:, :12] = 3071.0  # the largest value stored, where metal is clamped
     assert constant_fill_value(filled) is None
+    # Beside a scanner's padding, wider still, the fill is found.
+    filled[:, :12] = -1024.0
+    filled[:, 12:30, :20] = -3024.0
+    assert constant_fill_value(filled) == -1024.0
     # An image without noise has flat tissue: neither its air nor its muscle is a fill.
     columns = np.arange(50)[None, None, :]
     regions = np.select([columns < 8, columns < 15], [40.0, -100.0], -1000.0) * np.ones(air.shape)
@@ -441,19 +445,25 @@ def test_a_reformats_fill_is_told_from_air_and_tissue_by_its_lack_of_noise():
     assert constant_fill_value(muscle) is None
 
 
-def test_way_out_of_the_body_ends_unknown_at_a_fill():
-    # A nodule with fat between it and a reformat's fill (-1024, air's value) was taken
-    # for one lying under the skin: the fill is where the image ended, not the body's.
-    from HOSciaticModuleLib.ossification import in_subcutaneous_fat
+def test_only_a_fill_reaching_the_image_faces_is_where_nothing_was_imaged():
+    # Every voxel of the fill's value was taken for fill: tissue at exactly 0 HU inside
+    # the body (the central island then "reached the edge of the image"), and gas clamped
+    # at -1024 inside it.
+    from HOSciaticModuleLib.ossification import field_of_view_padding, fill_region
 
-    geometry = VolumeGeometry.from_spacing_origin_directions((40, 40, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    image = np.full(geometry.shape_kji, 40.0)
-    image[15:25, 15:25, 60:85] = -100.0
-    image[..., 85:] = -1024.0
-    image[17:23, 17:23, 57:63] = 1000.0
-    centre = geometry.kji_to_ras_points([[20.0, 20.0, 60.0]])[0]
-    assert in_subcutaneous_fat(image, geometry, centre, 200.0)
-    assert not in_subcutaneous_fat(image, geometry, centre, 200.0, unimaged=image == -1024.0)
+    rng = np.random.default_rng(5)
+    image = rng.normal(40.0, 20.0, (30, 60, 60)).round()
+    image[image == 0.0] = 1.0                   # beside the fill, noise may join it
+    image[:, :, :10] = 0.0                      # the fill, at the image's faces
+    image[10:15, 20:30, 30:40] = 0.0            # a flat pocket inside, off the faces
+    scattered = np.zeros(image.shape, bool)
+    scattered[::3, 20:50:4, 20:50:4] = True     # single voxels of that value in tissue
+    image[scattered] = 0.0
+    expected = np.zeros(image.shape, bool)
+    expected[:, :, :10] = True
+    np.testing.assert_array_equal(fill_region(image, 0.0), expected)
+    np.testing.assert_array_equal(field_of_view_padding(image), expected)
+    assert fill_region(image, 1234.0) is None
 
 
 def test_counterpart_outside_the_field_of_view_is_not_compared():

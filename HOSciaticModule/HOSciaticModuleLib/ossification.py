@@ -818,10 +818,26 @@ def field_of_view_padding(ct_hu: np.ndarray) -> np.ndarray | None:
     fills the corners of every slice)."""
     padding = ct_hu < FIELD_OF_VIEW_PADDING_HU if np.any(ct_hu[::4, ::4, ::4] < FIELD_OF_VIEW_PADDING_HU) else None
     fill = constant_fill_value(ct_hu)
-    if fill is None:
+    filled = fill_region(ct_hu, fill) if fill is not None else None
+    if filled is None:
         return padding
-    filled = ct_hu == fill
     return filled if padding is None else padding | filled
+
+
+def fill_region(ct_hu: np.ndarray, fill: float) -> np.ndarray | None:
+    """Where a reformat's ``fill`` lies: the regions of that one value that reach the
+    image's faces, as the space beyond the original image does, and hold voxels equal to
+    all six neighbours. Single voxels of that value in tissue (a fat-bone border at
+    exactly 0 HU), and clamped gas inside the body, are no fill. None when none is found."""
+    equal = ct_hu == fill
+    labels, count = ndimage.label(equal)
+    if count == 0:
+        return None
+    faces = np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel(),
+                            labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
+    solid = labels[ndimage.binary_erosion(equal, border_value=1)]
+    kept = np.intersect1d(faces[faces > 0], solid[solid > 0])
+    return np.isin(labels, kept) if len(kept) else None
 
 
 def constant_fill_value(ct_hu: np.ndarray) -> float | None:
@@ -845,6 +861,8 @@ def constant_fill_value(ct_hu: np.ndarray) -> float | None:
                 & (middle == ct_hu[k, 1:-1, :-2]) & (middle == ct_hu[k, 1:-1, 2:]))
         flat_values.append(middle[flat])
     flat_values = np.concatenate(flat_values)
+    # The scanner's padding below air is found on its own (see field_of_view_padding).
+    flat_values = flat_values[flat_values >= FIELD_OF_VIEW_PADDING_HU]
     sampled = len(sampled_slices) * (ct_hu.shape[1] - 2) * (ct_hu.shape[2] - 2)
     if flat_values.size < CONSTANT_FILL_MIN_SHARE * sampled:
         return None
@@ -1736,12 +1754,9 @@ def gas_share(hu: np.ndarray) -> float:
     return float(np.mean(is_gas(hu))) if hu.size else 0.0
 
 
-def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float,
-                        unimaged: np.ndarray | None = None) -> bool:
+def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras, bone_threshold_hu: float) -> bool:
     """Whether the shortest way from an island's centre out of the body (to air)
-    crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE).
-    ``unimaged`` (over the image, optional): where nothing was imaged, a way out ends
-    unknown."""
+    crosses fat alone, skin and the island's edge left out (see SUBCUTANEOUS_FAT_SHARE)."""
     directions = np.array([d for d in itertools.product((-1.0, 0.0, 1.0), repeat=3) if any(d)])
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     step = 0.5 * float(min(geometry.spacing_kji))
@@ -1753,14 +1768,6 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
                                      cval=np.nan).reshape(len(directions), len(steps))
     # Nor is anything known beyond the scanner's field of view.
     values[values < FIELD_OF_VIEW_PADDING_HU] = np.nan
-    if unimaged is not None:
-        # A value interpolated from any voxel of the fill is unknown too.
-        last = np.array(ct_hu.shape)[:, None] - 1
-        below = np.floor(kji).astype(int)
-        not_imaged = np.zeros(kji.shape[1], bool)
-        for corner in itertools.product((0, 1), repeat=3):
-            not_imaged |= unimaged[tuple(np.clip(below + np.array(corner)[:, None], 0, last))]
-        values[not_imaged.reshape(values.shape)] = np.nan
     best_reach = np.inf
     fatty = False
     for ray in values:
@@ -2046,7 +2053,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     plane = midline() if results or set_apart else None
     doubts: dict = {}
     vessel_level = _name_doubtful_islands(results, found.islands, facts, split, filled_bone, block_geometry, plane,
-                                          ct_hu, geometry, bone_threshold_hu, warnings, doubts, unimaged)
+                                          ct_hu, geometry, bone_threshold_hu, warnings, doubts)
     for result in results:
         result.doubts = DOUBT_SEPARATOR.join(doubts.get(result.label, []))
     if facts.cut_by_edge:
@@ -2278,10 +2285,10 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
 
 def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _NativeSplit, filled_bone,
                            geometry: VolumeGeometry, plane, ct_hu, image_geometry: VolumeGeometry, bone_threshold_hu,
-                           warnings: list, doubts: dict, unimaged=None):
+                           warnings: list, doubts: dict):
     """Name, in ``warnings``, the islands that may not be HO, and keep why in ``doubts``
     (island number -> short reasons). Returns the contrast-filled vessels' level (HU),
-    when tubes show the CT is enhanced. ``unimaged``: see :func:`field_of_view_padding`."""
+    when tubes show the CT is enhanced."""
     vessel_level = None
     if facts.vessel_shaped:
         warnings.append(_vessel_warning(facts.vessel_shaped, bone_threshold_hu))
@@ -2323,8 +2330,7 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
     subcutaneous = [result.label for result in results
                     if not result.fused_to_native_bone
                     and facts.ring_fat_share[result.label] >= SUBCUTANEOUS_RING_FAT_SHARE
-                    and in_subcutaneous_fat(ct_hu, image_geometry, result.centroid_ras, bone_threshold_hu,
-                                            unimaged)]
+                    and in_subcutaneous_fat(ct_hu, image_geometry, result.centroid_ras, bone_threshold_hu)]
     if subcutaneous:
         warnings.append(_subcutaneous_warning(subcutaneous))
         _doubt(doubts, subcutaneous, "in the subcutaneous fat")
