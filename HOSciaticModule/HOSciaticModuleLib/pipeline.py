@@ -932,7 +932,8 @@ class HOSciaticAnalysis:
         shared_ml = sum(shared.values()) * full_geometry.voxel_volume_ml
         if shared:
             result.warnings.append(
-                f"HO segments overlap: {', '.join(shared)} {'shares' if len(shared) == 1 else 'share'} "
+                f"HO segments overlap: {', '.join(names[label] for label in sorted(shared))} "
+                f"{'shares' if len(shared) == 1 else 'share'} "
                 f"{shared_ml:.2f} mL with segments of lower numbers. Each segment's volume counts those voxels, the "
                 "total HO volume once, and the contact figures give them to the lower-numbered segment. Erase the "
                 "overlap in the Segment Editor (or delete a duplicate segment) and compute contact again.")
@@ -1017,14 +1018,14 @@ class HOSciaticAnalysis:
 
     @staticmethod
     def _shared_ho_voxels(ho_blocks, labelmap, window) -> dict:
-        """{segment name: voxels it shares with a segment of a lower number} (the label
-        map over ``window`` gives them to that one); segments sharing none are left out."""
+        """{label: voxels its segment shares with one of a lower number} (the label map
+        over ``window`` gives them to that one); segments sharing none are left out."""
         shared = {}
-        for label, name, mask, block in ho_blocks:
+        for label, _, mask, block in ho_blocks:
             here = labelmap[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(block, window))]
             count = int(np.count_nonzero(mask & (here != label)))
             if count:
-                shared[name] = count
+                shared[label] = count
         return shared
 
     @staticmethod
