@@ -991,6 +991,8 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
     assert len(contact_nodes()) >= 4
     fewer = analysis.segment_ossifications(volume, min_island_ml=2.5)
     assert len(fewer.result.islands) < len(oss.result.islands)
+    # The nerve was traced with the HO as a barrier: no call to trace it again.
+    assert not [w for w in fewer.result.warnings if "traced before" in w]
     assert contact_nodes() == [] and nerves_in_contact_table() == set()
     curve = slicer_scene.GetFirstNodeByName(centreline_name("right"))
     assert scene_io.curve_measurement(curve, "encasement_deg") is None
@@ -1067,6 +1069,31 @@ def test_an_image_moved_apart_from_the_segmentation_is_named_at_contact(slicer_s
     assert not [w for w in analysis.compute_contact(oss.segmentation_node, None).contact.warnings if "moved" in w]
     shift_by(9.0)
     assert not [w for w in analysis.compute_contact(oss.segmentation_node, None).contact.warnings if "moved" in w]
+    # The volume the nerve was traced on, put under a warping transform afterwards (a
+    # deformable registration), cannot be placed: contact, which does not read it, was
+    # refused for it.
+    from vtkmodules.vtkCommonCore import VTK_DOUBLE
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+    from vtkmodules.vtkFiltersHybrid import vtkGridTransform
+
+    from HOSciaticModuleLib.geometry import VolumeGeometry
+    from HOSciaticModuleLib.pipeline import TRACED_VOLUME_ROLE, centreline_name
+
+    displacements = vtkImageData()
+    displacements.SetDimensions(4, 4, 4)
+    displacements.SetOrigin(-200.0, -200.0, -200.0)
+    displacements.SetSpacing(200.0, 200.0, 200.0)
+    displacements.AllocateScalars(VTK_DOUBLE, 3)
+    warping = vtkGridTransform()
+    warping.SetDisplacementGridData(displacements)
+    deformable = slicer_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "deformable")
+    deformable.SetAndObserveTransformFromParent(warping)
+    mr = scene_io.volume_node_from_array(slicer_scene, np.zeros((4, 4, 4), np.float32),
+                                         VolumeGeometry.from_spacing_origin_directions((4, 4, 4), (1.0,) * 3, (0.0,) * 3),
+                                         "MR")
+    mr.SetAndObserveTransformNodeID(deformable.GetID())
+    slicer_scene.GetFirstNodeByName(centreline_name("right")).SetNodeReferenceID(TRACED_VOLUME_ROLE, mr.GetID())
+    assert analysis.compute_contact(oss.segmentation_node, None).contact.encasement_class == "encasement"
 
 
 def test_mr_nerve_in_a_sleeve_of_ho_is_sized_as_beside_it_in_either_order(slicer_scene):

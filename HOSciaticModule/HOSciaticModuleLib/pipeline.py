@@ -61,6 +61,8 @@ PLACEMENT_TOLERANCE_MM = 0.1
 #: HO this close (its outline reaching into the fat between them by a millimetre or
 #: more): the HO step asks for it to be traced again.
 RETRACE_NEAR_HO_MM = 5.0
+#: On a traced nerve's curve: whether HO segments were its barrier ("yes"/"no").
+TRACED_AGAINST_HO_ATTRIBUTE = "HOSciatic.TracedAgainstHO"
 #: Per station of a traced nerve, its caveats (a JSON list of strings), on the curve.
 STATION_CAVEATS_ATTRIBUTE = "HOSciatic.StationCaveats"
 #: Segment tag saying whether an HO segment was found fused to the native skeleton.
@@ -605,6 +607,9 @@ class HOSciaticAnalysis:
             nerve, block = found
             ho_here = self.paste_labels(ho_blocks, geometry, block) > 0
             if not (nerve & ho_here).any():
+                centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+                if centreline_node is not None and centreline_node.GetAttribute(TRACED_AGAINST_HO_ATTRIBUTE) == "yes":
+                    continue  # drawn with HO as a barrier (an HO step run again)
                 gap = self._gap_to_ho_mm(nerve, block, ho_blocks, geometry)
                 if gap <= RETRACE_NEAR_HO_MM:
                     warnings.append(
@@ -727,6 +732,7 @@ class HOSciaticAnalysis:
         centreline_node.SetAttribute("HOSciatic.Side", side)
         centreline_node.SetAttribute("HOSciatic.Modality", modality)
         self._remember_placement(centreline_node, TRACED_VOLUME_ROLE, volume_node, segmentation_node)
+        centreline_node.SetAttribute(TRACED_AGAINST_HO_ATTRIBUTE, "yes" if exclusion is not None else "no")
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
@@ -995,7 +1001,10 @@ class HOSciaticAnalysis:
             then = np.array(json.loads(text), float).reshape(4, 4)
         except ValueError:
             return None
-        now = self._placement(volume, segmentation_node)
+        try:
+            now = self._placement(volume, segmentation_node)
+        except InputError:
+            return None  # under a warping transform: contact does not read that image
         last = np.array(volume.GetImageData().GetDimensions(), float) - 1.0
         corners = np.array([[i, j, k, 1.0] for i in (0.0, last[0]) for j in (0.0, last[1]) for k in (0.0, last[2])])
         moved = float(np.linalg.norm((corners @ (now - then).T)[:, :3], axis=1).max())
