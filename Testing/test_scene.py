@@ -962,13 +962,14 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
     # (fewer islands), the contact table listed an island no longer there and the curve
     # kept an encasement for the jump to the maximum.
     from HOSciaticModuleLib import measurements
-    from HOSciaticModuleLib.pipeline import CONTACT_TABLE_NAME, centreline_name, chart_name
+    from HOSciaticModuleLib.pipeline import CONTACT_TABLE_NAME, centreline_name
 
-    def contact_nodes():
-        return [node for node in (slicer_scene.GetFirstNodeByName(chart_name("right")),
-                                  slicer_scene.GetFirstNodeByName(contact_patch_name("right")),
-                                  slicer_scene.GetFirstNodeByName(ho_distance_model_name("right")))
-                if node is not None] + [node for node in _nodes_of(slicer_scene, "vtkMRMLPlotSeriesNode")]
+    def contact_nodes(contact):
+        """The contact step's nodes of the right nerve still in the scene."""
+        chart = contact.chart_node
+        series = [chart.GetNthPlotSeriesNode(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
+        return [node for node in [chart, contact.contact_patch_model_node, contact.ho_distance_model_node] + series
+                if node is not None and node.GetScene() is not None]
 
     traced_columns = {m.column()[1] for m in measurements.station_measures(False)}
     def nerves_in_contact_table():
@@ -976,24 +977,27 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
         return set(scene_io.table_columns(table)["Nerve"]) if table is not None else set()
 
     analysis, volume, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
-    # The left nerve's rows (as its own contact step would write them) stay.
+    # The left nerve's rows (as its own contact step would write them) stay; outputs
+    # renamed by the user (or chosen in the panel) are found all the same.
     analysis._fill_contact_table(contact.contact_table_node, "left", contact.contact, contact.island_segment_names)
-    assert len(contact_nodes()) >= 4 and contact.contact.max_encasement_deg > 250.0
-    assert nerves_in_contact_table() == {"Sciatic nerve right", "Sciatic nerve left"}
+    contact.contact_table_node.SetName("my contact table")
+    contact.chart_node.SetName("my chart")
+    assert len(contact_nodes(contact)) >= 5 and contact.contact.max_encasement_deg > 250.0
     away = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras([105.0, 145.0]), "seeds away")
     again = analysis.trace_nerve(volume, away, side="right", segmentation_node=oss.segmentation_node)
-    assert contact_nodes() == [] and nerves_in_contact_table() == {"Sciatic nerve left"}
+    assert contact_nodes(contact) == []
+    assert set(scene_io.table_columns(contact.contact_table_node)["Nerve"]) == {"Sciatic nerve left"}
     assert set(scene_io.table_columns(again.stations_table_node)) == traced_columns
     assert analysis.compute_contact(oss.segmentation_node, None).contact.encasement_class == "none"
     analysis.trace_nerve(volume, slicer_scene.GetFirstNodeByName("seeds"), side="right",
                          segmentation_node=oss.segmentation_node)
-    analysis.compute_contact(oss.segmentation_node, None)
-    assert len(contact_nodes()) >= 4
+    measured = analysis.compute_contact(oss.segmentation_node, None)
+    assert len(contact_nodes(measured)) >= 5
     fewer = analysis.segment_ossifications(volume, min_island_ml=2.5)
     assert len(fewer.result.islands) < len(oss.result.islands)
     # The nerve was traced with the HO as a barrier: no call to trace it again.
     assert not [w for w in fewer.result.warnings if "traced before" in w]
-    assert contact_nodes() == [] and nerves_in_contact_table() == set()
+    assert contact_nodes(measured) == [] and nerves_in_contact_table() == set()
     curve = slicer_scene.GetFirstNodeByName(centreline_name("right"))
     assert scene_io.curve_measurement(curve, "encasement_deg") is None
     assert scene_io.curve_measurement(curve, "diameter_mm") is not None

@@ -61,6 +61,14 @@ PLACEMENT_TOLERANCE_MM = 0.1
 #: HO this close (its outline reaching into the fat between them by a millimetre or
 #: more): the HO step asks for it to be traced again.
 RETRACE_NEAR_HO_MM = 5.0
+#: On the contact step's outputs: what each is ("contact table", "contact <side>" for
+#: one nerve's chart and models, "stations <side>", "centreline <side>"), so that they
+#: are found when out of date whatever their names.
+OUTPUT_ROLE_ATTRIBUTE = "HOSciatic.Output"
+CONTACT_TABLE_ROLE = "contact table"
+CONTACT_ROLE = "contact"
+STATIONS_ROLE = "stations"
+CENTRELINE_ROLE = "centreline"
 #: On a traced nerve's curve: whether HO segments were its barrier ("yes"/"no").
 TRACED_AGAINST_HO_ATTRIBUTE = "HOSciatic.TracedAgainstHO"
 #: Per station of a traced nerve, its caveats (a JSON list of strings), on the curve.
@@ -970,6 +978,13 @@ class HOSciaticAnalysis:
         self._tag_outputs(segmentation_node, [contact_table_node, chart_node, contact_patch_model_node,
                                               ho_distance_model_node, stations_table_node, centreline_node,
                                               islands_table_node])
+        # Found again by role, whatever the user named them, once they are out of date.
+        contact_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, CONTACT_TABLE_ROLE)
+        stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{STATIONS_ROLE} {side}")
+        centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CENTRELINE_ROLE} {side}")
+        for node in (chart_node, contact_patch_model_node, ho_distance_model_node):
+            if node is not None:
+                node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CONTACT_ROLE} {side}")
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
         self._record_warnings(centreline_node, CONTACT_WARNINGS, result.warnings)
@@ -1143,45 +1158,55 @@ class HOSciaticAnalysis:
     def _forget_contact(self, segmentation_node, side, grid) -> None:
         """Remove what the contact step made for one side's nerve, once the nerve or the HO
         it was measured against has been made again: its rows of the contact table, its
-        chart, contact patch and HO distance models, the bone it found wrapping the nerve,
-        its warnings, and the contact columns of its curve and stations table. Left in
-        place they read as current (a contact table listing an island no longer there, an
-        encasement on the curve that the nerve traced again no longer has)."""
-        contact_table = self._existing(None, "vtkMRMLTableNode", CONTACT_TABLE_NAME)
-        if contact_table is not None and contact_table.GetTable().GetNumberOfColumns():
-            nerves = scene_io.table_columns(contact_table).get("Nerve", [])
-            rows = [r for r, nerve_name in enumerate(nerves) if nerve_name == nerve_segment_name(side)]
+        chart (and the series no other chart shows), contact patch and HO distance models,
+        the bone it found wrapping the nerve, its warnings, and the contact columns of its
+        curve and stations table. Left in place they read as current (a contact table
+        listing an island no longer there, an encasement on the curve that the nerve
+        traced again no longer has). Outputs are found by their default names and by the
+        role the contact step tagged them with (a table or chart chosen in the panel)."""
+        nerve_name = nerve_segment_name(side)
+        for table in self._outputs("vtkMRMLTableNode", CONTACT_TABLE_NAME, CONTACT_TABLE_ROLE):
+            nerves = scene_io.table_columns(table).get("Nerve", []) if table.GetTable().GetNumberOfColumns() else []
+            rows = [r for r, name in enumerate(nerves) if name == nerve_name]
             if rows and len(rows) == len(nerves):
-                self.scene.RemoveNode(contact_table)
-            for row in reversed(rows if len(rows) < len(nerves) else []):
-                contact_table.RemoveRow(row)
-        chart = self._existing(None, "vtkMRMLPlotChartNode", chart_name(side))
-        if chart is not None:
+                self.scene.RemoveNode(table)
+                continue
+            for row in reversed(rows):
+                table.RemoveRow(row)
+        for chart in self._outputs("vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}"):
             series = [chart.GetNthPlotSeriesNode(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
             self.scene.RemoveNode(chart)
+            shown_elsewhere = {other.GetNthPlotSeriesNodeID(n) for other in self._nodes_of("vtkMRMLPlotChartNode")
+                               for n in range(other.GetNumberOfPlotSeriesNodes())}
             for node in series:
-                if node is not None:
+                if node is not None and node.GetID() not in shown_elsewhere:
                     self.scene.RemoveNode(node)
-        for name in (contact_patch_name(side), ho_distance_model_name(side)):
-            model = self._existing(None, "vtkMRMLModelNode", name)
-            if model is not None:
-                self.scene.RemoveNode(model)
+        for model in self._outputs("vtkMRMLModelNode", (contact_patch_name(side), ho_distance_model_name(side)),
+                                   f"{CONTACT_ROLE} {side}"):
+            self.scene.RemoveNode(model)
         self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
-        centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
-        if centreline_node is None:
-            return
-        self._record_warnings(centreline_node, CONTACT_WARNINGS, [])
-        if scene_io.curve_measurement(centreline_node, "encasement_deg") is None:
-            return
-        try:
-            stations = self.station_rows(self.nerve_from_scene(centreline_node).trace)
-        except InputError:
-            return  # a curve drawn by hand: it holds no traced figures to keep
-        scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
-                                       np.array([s["ras"] for s in stations]), self._station_arrays(stations))
-        stations_table = self._existing(None, "vtkMRMLTableNode", stations_table_name(side))
-        if stations_table is not None:
-            self._fill_stations_table(stations_table, side, stations, with_contact=False)
+        for curve in self._outputs("vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}"):
+            self._record_warnings(curve, CONTACT_WARNINGS, [])
+            if scene_io.curve_measurement(curve, "encasement_deg") is None:
+                continue
+            try:
+                stations = self.station_rows(self.nerve_from_scene(curve).trace)
+            except InputError:
+                continue  # a curve drawn by hand: it holds no traced figures to keep
+            scene_io.fill_centreline_curve(self.scene, curve, curve.GetName(),
+                                           np.array([s["ras"] for s in stations]), self._station_arrays(stations))
+            for table in self._outputs("vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}"):
+                self._fill_stations_table(table, side, stations, with_contact=False)
+
+    def _nodes_of(self, class_name: str) -> list:
+        return [self.scene.GetNthNodeByClass(n, class_name) for n in range(self.scene.GetNumberOfNodesByClass(class_name))]
+
+    def _outputs(self, class_name: str, names, role: str) -> list:
+        """Nodes of a class named as ``names`` (one name or several) or tagged with
+        ``role`` (OUTPUT_ROLE_ATTRIBUTE)."""
+        names = {names} if isinstance(names, str) else set(names)
+        return [node for node in self._nodes_of(class_name)
+                if node.GetName() in names or node.GetAttribute(OUTPUT_ROLE_ATTRIBUTE) == role]
 
     def _contact_patch_model(self, model_node, side, nerve_mesh, tolerance_mm, placed_like=None):
         vertices, faces, distance = nerve_mesh
