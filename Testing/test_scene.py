@@ -946,6 +946,14 @@ def test_settings_given_as_text_or_none_from_the_console(slicer_scene):
         analysis.compute_contact(None, None, tolerance_mm=None)
     with pytest.raises(InputError, match=r"bone threshold \(HU\) must be a number; got 'high'"):
         analysis.compute_contact(None, None, bone_threshold_hu="high")
+    # Nor are True, infinity or a threshold out of range taken (True read as 1 HU made
+    # every tissue bone around the nerve: 360 degrees of bone encasement).
+    for value, refusal in ((True, "must be a number; got True"), ("inf", "must be a number; got 'inf'"),
+                           (-5000, "must be between 100 and 2000; got -5000")):
+        with pytest.raises(InputError, match=refusal):
+            analysis.compute_contact(None, None, bone_threshold_hu=value)
+        with pytest.raises(InputError, match=refusal):
+            analysis.trace_nerve(None, None, bone_threshold_hu=value)
     image = np.full((4, 5, 6), 40.0, np.float32)
     geometry = VolumeGeometry.from_spacing_origin_directions(image.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     with pytest.raises(InputError, match=r"minimum island size \(mL\) must be a number; got \[\]"):

@@ -80,8 +80,9 @@ def read_case_list(path) -> list[BatchCase]:
     for number, row in rows:
         if any("\n" in cell or "\r" in cell for cell in row):
             # Read as one line, a path broken in two could name another file.
-            raise InputError(f"Line {number} of the case list '{path}' has a quoted cell holding a line break. "
-                             "Put each cell's text on one line.")
+            raise InputError(f"Line {number} of the case list '{path}' has a quoted cell holding a line break, "
+                             "or a double quote left open (the rest of the file was read into that cell). Put each "
+                             "cell's text on one line, and close every opening double quote.")
     if not rows:
         raise InputError(f"The case list '{path}' is empty. Give a header row (case,image,nerve_seeds,...) and "
                          "one row per case.")

@@ -21,7 +21,7 @@ import numpy as np
 from . import contact as contact_module
 from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
-from .defaults import MAX_CONTACT_TOLERANCE_MM, MODALITIES, SIDES
+from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
 from .geometry import bounding_slices
 from .memorypages import with_small_memory_pages
@@ -516,6 +516,7 @@ class HOSciaticAnalysis:
                               progress: ProgressCallback = None) -> OssificationOutputs:
         if ct_volume_node is None:
             raise InputError("No CT volume selected. Load the CT of the hip and select it as input.")
+        # Its range is checked with the HO step's own reasons (see ossification).
         bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
         min_island_ml = as_number(min_island_ml, "The minimum island size (mL)")
         _check_not_another_table(islands_table_node, {ISLANDS_TABLE_NAME}, "the HO islands table")
@@ -692,7 +693,8 @@ class HOSciaticAnalysis:
                     progress: ProgressCallback = None) -> NerveOutputs:
         side = _check_choice(side, SIDES, "Side")
         modality = _check_choice(modality, MODALITIES, "Modality")
-        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
+        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)", MIN_BONE_THRESHOLD_HU,
+                                      MAX_BONE_THRESHOLD_HU)
         _check_node_of_side(centreline_node, side, centreline_name, "centreline")
         _check_node_of_side(stations_table_node, side, stations_table_name, "stations table")
         _check_not_another_table(stations_table_node, {stations_table_name(side)}, "the stations table")
@@ -872,7 +874,8 @@ class HOSciaticAnalysis:
         _check_not_another_table(contact_table_node, {CONTACT_TABLE_NAME}, "the contact table")
         _check_not_another_table(islands_table_node, {ISLANDS_TABLE_NAME}, "the HO islands table")
         tolerance_mm = as_number(tolerance_mm, "The contact tolerance (mm)")
-        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)")
+        bone_threshold_hu = as_number(bone_threshold_hu, "The bone threshold (HU)", MIN_BONE_THRESHOLD_HU,
+                                      MAX_BONE_THRESHOLD_HU)
         if not np.isfinite(tolerance_mm) or not 0.0 <= tolerance_mm <= MAX_CONTACT_TOLERANCE_MM:
             raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:.0f} mm; "
                              f"got {tolerance_mm}.")
