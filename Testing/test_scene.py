@@ -1014,10 +1014,6 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
     assert {island.label for island in remeasured.contact.islands} == {i.label for i in fewer.result.islands}
 
 
-def _nodes_of(scene, class_name):
-    return [scene.GetNthNodeByClass(n, class_name) for n in range(scene.GetNumberOfNodesByClass(class_name))]
-
-
 def test_nerve_traced_before_the_ho_step_beside_the_ho_is_to_be_traced_again(slicer_scene):
     # Traced on an MR before the HO step, without the HO as a barrier, a nerve 1.6 mm from
     # a sleeve of HO had its outline reach into that gap, with no warning (the warning
@@ -1100,9 +1096,8 @@ def test_an_image_moved_apart_from_the_segmentation_is_named_at_contact(slicer_s
     warping.SetDisplacementGridData(displacements)
     deformable = slicer_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "deformable")
     deformable.SetAndObserveTransformFromParent(warping)
-    mr = scene_io.volume_node_from_array(slicer_scene, np.zeros((4, 4, 4), np.float32),
-                                         VolumeGeometry.from_spacing_origin_directions((4, 4, 4), (1.0,) * 3, (0.0,) * 3),
-                                         "MR")
+    small = VolumeGeometry.from_spacing_origin_directions((4, 4, 4), (1.0,) * 3, (0.0,) * 3)
+    mr = scene_io.volume_node_from_array(slicer_scene, np.zeros((4, 4, 4), np.float32), small, "MR")
     mr.SetAndObserveTransformNodeID(deformable.GetID())
     slicer_scene.GetFirstNodeByName(centreline_name("right")).SetNodeReferenceID(TRACED_VOLUME_ROLE, mr.GetID())
     assert analysis.compute_contact(oss.segmentation_node, None).contact.encasement_class == "encasement"

@@ -1202,7 +1202,8 @@ class HOSciaticAnalysis:
                 self._fill_stations_table(table, side, stations, with_contact=False)
 
     def _nodes_of(self, class_name: str) -> list:
-        return [self.scene.GetNthNodeByClass(n, class_name) for n in range(self.scene.GetNumberOfNodesByClass(class_name))]
+        count = self.scene.GetNumberOfNodesByClass(class_name)
+        return [self.scene.GetNthNodeByClass(n, class_name) for n in range(count)]
 
     def _outputs(self, class_name: str, names, role: str) -> list:
         """Nodes of a class named as ``names`` (one name or several) or tagged with
