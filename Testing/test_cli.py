@@ -389,9 +389,13 @@ def test_results_moved_aside_by_a_killed_run_are_cleared_and_its_case_runs_again
     (out / "islands.csv").unlink()  # the kill came before it was moved in
     for prefix in (export.PARTIAL_PREFIX, export.PREVIOUS_RESULTS_PREFIX):
         (out / f"{prefix}killed").mkdir()
+    # A batch killed while writing its summary leaves a partial file, which the clean-up
+    # (made for folders) kept.
+    (out / f"{export.PARTIAL_PREFIX}summary-killed.csv").write_text("case\n")
     assert not all((out / name).exists() for name in export.earlier_results(out))
     export.prepare_output_folder(out)
     assert not (out / f"{export.PARTIAL_PREFIX}killed").exists()
+    assert not (out / f"{export.PARTIAL_PREFIX}summary-killed.csv").exists()
     export.publish(out, lambda folder: [(folder / name).write_text("y") for name in ("metrics.json", "islands.csv")])
     assert sorted(p.name for p in out.iterdir()) == [export.RESULTS_MANIFEST, "islands.csv", "metrics.json"]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .defaults import SIDES
 from .errors import InputError
+from .export import PARTIAL_PREFIX
 
 REQUIRED_COLUMNS = ("case", "image")
 OPTIONAL_COLUMNS = ("nerve_seeds", "roi", "bones", "modality")
@@ -205,7 +206,7 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     """The summary as CSV, replaced whole: an interrupted batch leaves the last complete one."""
     path = Path(path)
     try:
-        handle, partial = tempfile.mkstemp(prefix=".hosciatic-partial-summary-", suffix=".csv", dir=path.parent)
+        handle, partial = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}summary-", suffix=".csv", dir=path.parent)
         try:
             with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
                 writer = csv.DictWriter(stream, fieldnames=summary_columns(), extrasaction="ignore")

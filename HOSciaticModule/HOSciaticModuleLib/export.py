@@ -412,10 +412,7 @@ def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
             for name in incoming:
                 target = out_dir / name
                 if not (staging / name).exists() and (target.exists() or target.is_symlink()):
-                    if target.is_dir() and not target.is_symlink():
-                        shutil.rmtree(target)
-                    else:
-                        target.unlink()
+                    remove_path(target)
             for item in aside.iterdir():
                 os.replace(item, out_dir / item.name)
         except OSError as error:
@@ -467,11 +464,21 @@ def prepare_output_folder(out_dir: Path) -> list[Path]:
         remove_created_folders(created)
         raise InputError(f"Nothing can be written into the output folder '{out_dir}' ({error.strerror or error}). "
                          "Choose a folder you can write to, on a disk with free space.") from None
-    # A run killed outright (SIGKILL, a power cut) leaves its private folders behind: the
-    # results it was writing, the bundle's partial copy of its CT (as large as the CT).
+    # A run killed outright (SIGKILL, a power cut) leaves its private files and folders
+    # behind: the results it was writing, the bundle's partial copy of its CT (as large
+    # as the CT), a batch's partial summary.
     for stale in out_dir.glob(f"{PARTIAL_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_path(stale)
     return created
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a folder with what it holds."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def remove_created_folders(created: list[Path]) -> None:
