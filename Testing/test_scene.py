@@ -970,7 +970,7 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
     # (fewer islands), the contact table listed an island no longer there and the curve
     # kept an encasement for the jump to the maximum.
     from HOSciaticModuleLib import measurements
-    from HOSciaticModuleLib.pipeline import CONTACT_TABLE_NAME, centreline_name
+    from HOSciaticModuleLib.pipeline import CONTACT_TABLE_NAME
 
     def contact_nodes(contact):
         """The contact step's nodes of the right nerve still in the scene."""
@@ -1001,16 +1001,17 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
                          segmentation_node=oss.segmentation_node)
     measured = analysis.compute_contact(oss.segmentation_node, None)
     assert len(contact_nodes(measured)) >= 5
+    curve = measured.centreline_node
+    curve.SetName("my nerve")  # renamed, as the other outputs above
     fewer = analysis.segment_ossifications(volume, min_island_ml=2.5)
     assert len(fewer.result.islands) < len(oss.result.islands)
     # The nerve was traced with the HO as a barrier: no call to trace it again.
     assert not [w for w in fewer.result.warnings if "traced before" in w]
     assert contact_nodes(measured) == [] and nerves_in_contact_table() == set()
-    curve = slicer_scene.GetFirstNodeByName(centreline_name("right"))
     assert scene_io.curve_measurement(curve, "encasement_deg") is None
     assert scene_io.curve_measurement(curve, "diameter_mm") is not None
     assert set(scene_io.table_columns(again.stations_table_node)) == traced_columns
-    remeasured = analysis.compute_contact(fewer.segmentation_node, None)
+    remeasured = analysis.compute_contact(fewer.segmentation_node, curve)
     assert {island.label for island in remeasured.contact.islands} == {i.label for i in fewer.result.islands}
 
 

@@ -61,9 +61,9 @@ PLACEMENT_TOLERANCE_MM = 0.1
 #: HO this close (its outline reaching into the fat between them by a millimetre or
 #: more): the HO step asks for it to be traced again.
 RETRACE_NEAR_HO_MM = 5.0
-#: On the contact step's outputs: what each is ("contact table", "contact <side>" for
-#: one nerve's chart and models, "stations <side>", "centreline <side>"), so that they
-#: are found when out of date whatever their names.
+#: On the tracing and contact steps' outputs: what each is ("contact table", "contact
+#: <side>" for one nerve's chart and models, "stations <side>", "centreline <side>"), so
+#: that they are found when out of date whatever their names.
 OUTPUT_ROLE_ATTRIBUTE = "HOSciatic.Output"
 CONTACT_TABLE_ROLE = "contact table"
 CONTACT_ROLE = "contact"
@@ -616,8 +616,8 @@ class HOSciaticAnalysis:
             nerve, block = found
             ho_here = self.paste_labels(ho_blocks, geometry, block) > 0
             if not (nerve & ho_here).any():
-                centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
-                if centreline_node is not None and centreline_node.GetAttribute(TRACED_AGAINST_HO_ATTRIBUTE) == "yes":
+                if any(curve.GetAttribute(TRACED_AGAINST_HO_ATTRIBUTE) == "yes" for curve in self._outputs(
+                        "vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}")):
                     continue  # drawn with HO as a barrier (an HO step run again)
                 gap = self._gap_to_ho_mm(nerve, block, ho_blocks, geometry)
                 if gap <= RETRACE_NEAR_HO_MM:
@@ -743,8 +743,11 @@ class HOSciaticAnalysis:
         centreline_node.SetAttribute("HOSciatic.Modality", modality)
         self._remember_placement(centreline_node, TRACED_VOLUME_ROLE, volume_node, segmentation_node)
         centreline_node.SetAttribute(TRACED_AGAINST_HO_ATTRIBUTE, "yes" if exclusion is not None else "no")
+        # Found by role too, whatever the user names them (see OUTPUT_ROLE_ATTRIBUTE).
+        centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CENTRELINE_ROLE} {side}")
         stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
+        stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{STATIONS_ROLE} {side}")
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
         # The contact measured on the nerve traced before is gone with it, and so is the HO
         # step's call to trace that nerve again once it has been, with the HO as a barrier.
