@@ -288,3 +288,61 @@ def test_bundle_volume_is_written_by_itk_where_isal_is_missing(tmp_path, monkeyp
     np.testing.assert_array_equal(written.array, values)
     np.testing.assert_allclose(written.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-9)
     writer.discard()
+
+
+def test_mr_study_folder_gives_its_t2_fat_saturated_series(tmp_path, volume):
+    """A study exported whole: the diffusion series has the most files (its positions
+    repeat once per b-value) and a T1 as many slices as the T2 fat-sat; an MR run takes the
+    T2 fat-sat series and names the others, and the diffusion series' refusal."""
+    values, geometry = volume
+    image, direction, positions = _as_slices(values, geometry)
+    folder = tmp_path / "study"
+
+    def series(number, description, planes, at, **tags):
+        write_dicom_slices(folder, planes, at, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                           series_number=number, series_description=description, tags={"0008|0060": "MR", **tags})
+
+    series(5, "ep2d_diff_b50_800", np.concatenate([values, values + 1]), positions + positions)
+    series(3, "T1 TSE AX", values + 5, positions, **{"0018|0081": "12"})
+    series(4, "T2 TSE FS AX", values + 9, positions, **{"0018|0081": "85", "0018|0022": "FS"})
+    series(2, "localizer", values[:2], positions[:2])
+    loaded = read_volume(folder, modality="mr")
+    np.testing.assert_array_equal(loaded.array, values + 9)
+    (warning,) = loaded.warnings
+    assert "'T2 TSE FS AX' (6 files), a T2-weighted fat-suppressed series by its header, was analysed" in warning
+    assert "'T1 TSE AX' (6 files)" in warning and "'localizer' (2 files)" in warning
+    assert "'ep2d_diff_b50_800' (12 files)" in warning and "passed over" not in warning   # not even tried
+    assert "as many slices" not in warning
+
+    # Without a name saying so, the header's scan options and echo time tell the contrast.
+    folder, named = tmp_path / "unnamed", folder
+    series(3, "AX 1", values + 5, positions, **{"0018|0081": "12"})
+    series(4, "AX 2", values + 9, positions, **{"0018|0081": "85", "0018|0022": "SAT_GEMS\\FS"})
+    np.testing.assert_array_equal(read_volume(folder, modality="mr").array, values + 9)
+
+    # A CT run, or a folder of diffusion only: the series with most slices, refused with its reason
+    # and the others named.
+    only_diffusion = tmp_path / "dwi"
+    folder = only_diffusion
+    series(5, "ep2d_diff_b50_800", np.concatenate([values, values + 1]), positions + positions)
+    series(6, "ep2d_diff_b1000", np.concatenate([values, values + 1]), positions + positions)
+    with pytest.raises(InputError, match=r"None of the 2 DICOM series .*'ep2d_diff_b50_800' \(12 files\): The DICOM "
+                                         r"series has two or more slices at the same position"):
+        read_volume(only_diffusion, modality="mr")
+    assert np.array_equal(read_volume(named).array, values + 5)   # no modality: most slices that read, then UID
+
+
+def test_dicom_series_refused_gives_way_to_the_next(tmp_path, volume):
+    """A series that cannot be read as one volume is passed over for the next, and named."""
+    values, geometry = volume
+    image, direction, positions = _as_slices(values, geometry)
+    folder = tmp_path / "study"
+    write_dicom_slices(folder, np.concatenate([values, values]), positions + positions, direction[:, 0],
+                       direction[:, 1], image.GetSpacing()[:2], series_number=2, series_description="Dual energy")
+    write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=3, series_description="Pelvis 1.0 Br40")
+    loaded = read_volume(folder, modality="ct")
+    np.testing.assert_array_equal(loaded.array, values)
+    (warning,) = loaded.warnings
+    assert ("'Dual energy' (12 files) was passed over: the DICOM series has two or more slices at the same "
+            "position") in warning

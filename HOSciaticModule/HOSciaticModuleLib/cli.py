@@ -405,7 +405,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
             # Slicer's libraries load on another thread while the image is read.
             loader = _load_in_background("slicer")
             # The voxels stay where SimpleITK read them: no copy of a full CT.
-            image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True)
+            image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True,
+                                modality=args.modality)
             seeds = _load_seeds(args.nerve_seeds, _midline_finder(args, image))
             _check_modality_inputs(args, seeds)
             if not args.no_scene:

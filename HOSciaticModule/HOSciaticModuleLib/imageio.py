@@ -123,19 +123,42 @@ def reader_error_reason(error: Exception, default: str) -> str:
     return text.splitlines()[-1].strip() if text else default
 
 
-def _read_dicom_series(folder: Path):
-    """The series with most slices in ``folder`` (or its subfolders), on a regular
-    orthogonal grid; returns the image, a description and warnings about corrections of
-    the slice geometry."""
-    sitk = _sitk()
+def _read_dicom_series(folder: Path, modality: str | None = None):
+    """The series in ``folder`` (or its subfolders) a user means, on a regular orthogonal
+    grid; returns the image, a description and warnings about the choice and about
+    corrections of the slice geometry.
+
+    Series are tried in the order of :func:`_series_rank`; one that cannot be read as
+    one volume (a diffusion series' repeated positions, a scout saved in its stack) is
+    passed over for the next, and named."""
     files = _dicom_series_in(folder)
     if not files:
         raise InputError(f"The folder '{folder}' holds no DICOM series, nor do its subfolders. Give a folder of DICOM "
                          f"slices or an image file ({', '.join(IMAGE_SUFFIXES)}).")
-    series_ids = list(files)
-    # The series with the most slices is the volume a user means; scouts and dose reports are small.
-    best = max(series_ids, key=lambda sid: len(files[sid]))
-    file_names = files[best]
+    headers = {sid: _series_header(names) for sid, names in files.items()}
+    ranked = sorted(files, key=lambda sid: _series_rank(headers[sid], len(files[sid]), modality), reverse=True)
+    refused: dict = {}
+    for sid in ranked:
+        try:
+            image, corrections = _read_series_volume(files[sid], folder)
+        except InputError as error:
+            if len(files) == 1:
+                raise
+            refused[sid] = str(error)
+            continue
+        description = f"DICOM series {sid} ({len(files)} series in folder)"
+        choice = [_other_series_warning(files, sid, headers, refused, modality)] if len(files) > 1 else []
+        return image, description, choice + corrections
+    raise InputError(f"None of the {len(files)} DICOM series in '{folder}' can be read as one volume: "
+                     + "; ".join(f"{_series_label(files[sid], headers[sid])}: {_first_sentence(refused[sid])}"
+                                 for sid in ranked)
+                     + ". Export the one series to analyse, or load the study in Slicer's DICOM module and save "
+                       "the volume as NRRD.")
+
+
+def _read_series_volume(file_names, folder: Path):
+    """One series' slices as one volume on a regular grid, and the corrections made."""
+    sitk = _sitk()
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(file_names)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -151,41 +174,130 @@ def _read_dicom_series(folder: Path):
                              "differ in size (several stacks, or a scout, saved as one series) or one is damaged. "
                              "Export the one axial stack to analyse, or load the series in Slicer and save the "
                              "volume as NRRD.") from None
-    description = f"DICOM series {best} ({len(series_ids)} series in folder)"
-    warnings = [_other_series_warning(files, best)] if len(series_ids) > 1 else []
     slices = dicom_slice_geometry(reader, len(file_names), folder)
     if slices is None or image.GetDimension() != 3 or image.GetDepth() != len(file_names):
-        return image, description, warnings
-    image, corrections = regular_slice_grid(image, slices)
-    return image, description, warnings + corrections
+        return image, []
+    return regular_slice_grid(image, slices)
 
 
-def _series_label(file_names) -> str:
-    """A series as a reader knows it: its description (from the first file's header)
-    and its number of files."""
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=[a-z)])\. ", text, maxsplit=1)[0].rstrip(".")
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What a series shows, from its first file's header (empty where not given)."""
+
+    description: str = ""
+    modality: str = ""
+    image_type: str = ""
+    scan_options: str = ""
+    scanning_sequence: str = ""
+    echo_time_ms: float | None = None
+    inversion_time_ms: float | None = None
+
+    def words(self) -> set:
+        """Upper-case words of the description and image type ("t2_tse_fs_tra" gives
+        T2, TSE, FS, TRA), and the pairs written apart ("FAT SAT" gives FATSAT too)."""
+        words = [w for w in re.split(r"[^A-Z0-9]+", f"{self.description} {self.image_type}".upper()) if w]
+        return set(words) | {a + b for a, b in zip(words, words[1:])}
+
+
+def _series_header(file_names) -> SeriesHeader:
     sitk = _sitk()
     reader = sitk.ImageFileReader()
     reader.SetFileName(file_names[0])
-    description = ""
     try:
-        reader.ReadImageInformation()
-        if reader.HasMetaDataKey("0008|103e"):
-            description = reader.GetMetaData("0008|103e").strip()
+        with _itk_warnings_silenced():
+            reader.ReadImageInformation()
     except RuntimeError:
-        pass
+        return SeriesHeader()
+
+    def text(tag):
+        return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+    def number(tag):
+        try:
+            value = float(text(tag).split("\\")[0])
+        except ValueError:
+            return None
+        return value if np.isfinite(value) else None
+
+    return SeriesHeader(text("0008|103e"), text("0008|0060").upper(), text("0008|0008"), text("0018|0022").upper(),
+                        text("0018|0020").upper(), number("0018|0081"), number("0018|0082"))
+
+
+#: Words naming a series that is no volume of the anatomy: a localizer, or diffusion and
+#: its maps (repeated positions, or a parameter instead of a signal).
+NOT_A_VOLUME_WORDS = {"LOCALIZER", "LOC", "SCOUT", "TOPOGRAM", "SURVEY", "DWI", "DIFFUSION", "DIFF", "ADC", "TRACEW",
+                      "TRACE", "EADC", "DTI"}
+#: Words of a fat-suppressed series: spectral (FS, SPAIR, SPIR) or inversion (STIR, TIRM)
+#: suppression, or a Dixon water image.
+FAT_SUPPRESSED_WORDS = {"FS", "FATSAT", "FSAT", "FATSUP", "SPAIR", "SPIR", "STIR", "TIRM", "WATER"}
+#: An echo time this long weights an MR by T2 (T1 and proton density use under 40 ms).
+T2_MIN_ECHO_TIME_MS = 50.0
+#: STIR nulls fat with an inversion time of about 150 ms at 1.5 T and 230 ms at 3 T.
+STIR_INVERSION_TIME_MS = (100.0, 300.0)
+
+
+def _is_fat_suppressed(header: SeriesHeader, words: set) -> bool:
+    options = set(re.split(r"[^A-Z_]+", header.scan_options))
+    stir = ("IR" in header.scanning_sequence and header.inversion_time_ms is not None
+            and STIR_INVERSION_TIME_MS[0] <= header.inversion_time_ms <= STIR_INVERSION_TIME_MS[1])
+    dixon_water = "W" in words and bool(words & {"DIXON", "MDIXON", "IDEAL", "FLEX"})
+    return bool(words & FAT_SUPPRESSED_WORDS) or bool(options & {"FS", "FAT_SAT", "SFS"}) or stir or dixon_water
+
+
+def _is_t2_weighted(header: SeriesHeader, words: set) -> bool:
+    named = any(w.startswith("T2") for w in words) or bool(words & {"STIR", "TIRM"})
+    return named or (header.echo_time_ms is not None and header.echo_time_ms >= T2_MIN_ECHO_TIME_MS)
+
+
+def _series_rank(header: SeriesHeader, file_count: int, modality: str | None) -> tuple:
+    """A series' place among the folder's: of the modality analysed, a volume (no
+    localizer, no diffusion), for an MR the T2-weighted fat-suppressed contrast the nerve
+    is traced on, and then the most slices (scouts and dose reports are small)."""
+    words = header.words()
+    wanted = {"ct": "CT", "mr": "MR"}.get(modality or "")
+    score = 0
+    if modality == "mr":
+        score = _is_fat_suppressed(header, words) + _is_t2_weighted(header, words)
+    return (not wanted or header.modality in ("", wanted), not words & NOT_A_VOLUME_WORDS, score, file_count)
+
+
+def _series_label(file_names, header: SeriesHeader | None = None) -> str:
+    """A series as a reader knows it: its description and its number of files."""
+    description = (header or _series_header(file_names)).description
     count = f"{len(file_names)} file{'s' if len(file_names) > 1 else ''}"
     return f"'{description}' ({count})" if description else f"a series of {count}"
 
 
-def _other_series_warning(files: dict, chosen: str) -> str:
-    """Which of several series in a folder was analysed, the others named, so the
-    reader knows what the figures belong to and how to pick another."""
-    others = [sid for sid in files if sid != chosen]
-    tied = [sid for sid in others if len(files[sid]) == len(files[chosen])]
-    text = (f"The DICOM folder holds {len(files)} series; the one with the most slices, "
-            f"{_series_label(files[chosen])}, was analysed, and "
-            f"{', '.join(_series_label(files[sid]) for sid in others)} left aside.")
-    if tied:
+def _other_series_warning(files: dict, chosen: str, headers: dict, refused: dict, modality: str | None) -> str:
+    """Which of several series in a folder was analysed and why, the others named (and
+    why those tried first were passed over), so the reader knows what the figures belong
+    to and how to pick another."""
+    others = [sid for sid in files if sid != chosen and sid not in refused]
+    rank = _series_rank(headers[chosen], len(files[chosen]), modality)
+    tied = [sid for sid in others if _series_rank(headers[sid], len(files[sid]), modality) == rank]
+    if modality == "mr" and rank[2] == 2:
+        why = "a T2-weighted fat-suppressed series by its header"
+    elif modality == "mr" and rank[2] == 1:
+        why = "the nearest to a T2-weighted fat-suppressed series by its header"
+    elif len(files[chosen]) >= max(len(names) for names in files.values()):
+        why = "the one with the most slices"
+    else:
+        why = "the largest that is no localizer or diffusion series"
+    text = f"The DICOM folder holds {len(files)} series; {_series_label(files[chosen], headers[chosen])}, {why}, was analysed"
+    text += (f", and {', '.join(_series_label(files[sid], headers[sid]) for sid in others)} left aside." if others
+             else ".")
+    if refused:
+        text += " " + " ".join(f"{_series_label(files[sid], headers[sid])} was passed over: "
+                               f"{_first_sentence(reason)[0].lower()}{_first_sentence(reason)[1:]}."
+                               for sid, reason in refused.items())
+    if tied and modality == "mr":
+        text += (" Another series has as many slices and the same contrast by its header (another plane or a "
+                 "repeat?): check that the analysed one is the T2 fat-saturated series meant.")
+    elif tied:
         text += (" Another series has as many slices (a second reconstruction of the same scan, with another "
                  "kernel or window?): check that the analysed one is the intended one; a soft-tissue kernel "
                  "gives the steadiest bone edges.")
@@ -239,8 +351,9 @@ def dicom_slice_geometry(reader, count: int, folder) -> DicomSlices | None:
 
 def _check_slice_gaps(gaps: np.ndarray, spacing: float) -> None:
     if spacing <= 0 or np.min(gaps) < SLICE_POSITION_TOLERANCE * spacing:
-        raise InputError("The DICOM series has two or more slices at the same position (several acquisitions or "
-                         "reconstructions saved as one series). Export the one series to analyse.")
+        raise InputError("The DICOM series has two or more slices at the same position (several echoes, "
+                         "acquisitions or reconstructions saved as one series). Export the one series to analyse, "
+                         "or load it in Slicer's DICOM module and save the one volume meant as NRRD.")
     if np.max(gaps) > MAX_SLICE_GAP_FACTOR * spacing:
         raise InputError(f"The DICOM series has a gap of {np.max(gaps):.1f} mm between slices spaced {spacing:.2f} mm: "
                          "slices are missing. Export the complete series from the scanner or PACS.")
@@ -330,11 +443,12 @@ def regular_slice_grid(image, slices: DicomSlices):
     return result, warnings
 
 
-def read_volume(path, what: str = "image", share_memory: bool = False) -> LoadedImage:
+def read_volume(path, what: str = "image", share_memory: bool = False, modality: str | None = None) -> LoadedImage:
     """Read a 3D scalar image (NRRD, NIfTI, MHA or a DICOM folder) as RAS geometry + array.
 
     With ``share_memory`` the array is a read-only view of the image as read (no copy
     of a full CT); the image is then kept in ``sitk_image`` for as long as the array lives.
+    ``modality`` ("ct" or "mr") picks the series of a DICOM folder holding several.
 
     Raises :class:`InputError` with a user-readable message for anything that is not
     a readable 3D scalar volume with sane geometry and finite values.
@@ -345,7 +459,7 @@ def read_volume(path, what: str = "image", share_memory: bool = False) -> Loaded
         raise InputError(f"The {what} '{path}' does not exist. Check the path.")
     warnings: list[str] = []
     if path.is_dir():
-        image, description, warnings = _read_dicom_series(path)
+        image, description, warnings = _read_dicom_series(path, modality)
     else:
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")

@@ -522,10 +522,13 @@ def write_phantom_case(phantom: Phantom, folder, name: str = "ct") -> dict:
 
 
 def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel_mm,
-                       series_number: int = 2, series_description: str | None = None) -> None:
+                       series_number: int = 2, series_description: str | None = None,
+                       tags: dict | None = None) -> None:
     """One CT slice file per plane (rows j, columns i) with the given header positions
     and orientation (LPS, as a scanner writes them); ``pixel_mm`` is (along i, along j).
-    ``series_number`` makes the series' UID, so several series can share a folder."""
+    ``series_number`` makes the series' UID, so several series can share a folder;
+    ``tags`` ({"gggg|eeee": value}) adds to or replaces the header's (an MR's modality,
+    echo time...)."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -534,15 +537,15 @@ def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel
     for k, (plane, position) in enumerate(zip(planes, positions_lps)):
         slice_image = sitk.GetImageFromArray(np.ascontiguousarray(plane[None]))[:, :, 0]
         slice_image.SetSpacing(tuple(float(v) for v in pixel_mm))
-        tags = {
+        header = {
             "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
             "0020|000e": f"1.2.826.0.1.3680043.2.1125.{series_number}", "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in position), "0020|0037": orientation,
             "0028|0030": f"{pixel_mm[1]:.6f}\\{pixel_mm[0]:.6f}", "0028|1052": "0", "0028|1053": "1",
         }
         if series_description is not None:
-            tags["0008|103e"] = series_description
-        for tag, value in tags.items():
+            header["0008|103e"] = series_description
+        for tag, value in {**header, **(tags or {})}.items():
             slice_image.SetMetaData(tag, value)
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
