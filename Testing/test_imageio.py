@@ -346,3 +346,27 @@ def test_dicom_series_refused_gives_way_to_the_next(tmp_path, volume):
     (warning,) = loaded.warnings
     assert ("'Dual energy' (12 files) was passed over: the DICOM series has two or more slices at the same "
             "position") in warning
+
+
+@pytest.mark.parametrize("sform_code, used", [(1, "sform"), (2, "qform")])
+def test_nifti_whose_qform_and_sform_disagree_is_named(tmp_path, volume, sform_code, used):
+    """An sform moved 20 mm (a registration saved in it only): the reader takes the sform
+    for scanner coordinates (code 1) and the qform otherwise; either way the file's two
+    placements are named, with the one read."""
+    import struct
+
+    values, geometry = volume
+    path = tmp_path / "mr.nii"
+    write_volume(path, values, geometry, compress=False)
+    assert read_volume(path).warnings == []
+    header = bytearray(path.read_bytes())
+    srow_x = list(struct.unpack("<4f", header[280:296]))
+    srow_x[3] += 20.0
+    header[280:296] = struct.pack("<4f", *srow_x)
+    header[254:256] = struct.pack("<h", sform_code)
+    path.write_bytes(bytes(header))
+    loaded = read_volume(path, "MR image")
+    (warning,) = loaded.warnings
+    assert "qform and sform, up to 20.0 mm apart" in warning and f"read through its {used}" in warning
+    shift = loaded.geometry.origin_ras - geometry.origin_ras
+    np.testing.assert_allclose(shift, [20.0, 0, 0] if used == "sform" else [0, 0, 0], atol=1e-3)

@@ -458,12 +458,14 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
     if not path.exists():
         raise InputError(f"The {what} '{path}' does not exist. Check the path.")
     warnings: list[str] = []
+    placements: dict = {}
     if path.is_dir():
         image, description, warnings = _read_dicom_series(path, modality)
     else:
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")
         warnings += _checked_nifti_header(path, what)
+        placements = nifti_placements(path)
         _check_nrrd_spacing(path, what)
         try:
             image = sitk.ReadImage(str(path))
@@ -485,6 +487,7 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
         raise InputError(f"The {what} '{path}' is a 2D image (size {image.GetSize()}); a 3D volume is required.")
     geometry = geometry_from_sitk(image)
     geometry.validate(f"The {what} '{path}'")
+    warnings += _placements_disagree_warnings(placements, geometry, path, what)
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
@@ -553,6 +556,60 @@ def _check_nifti_spacing_and_size(header: bytes, endian: str, path: Path, what: 
     if not _holds_bytes(path, expected):
         raise InputError(f"The {what} '{path}' ends before its voxel data do (the file was cut short, in a copy or "
                          "download): the missing slices would be read as zeros. Copy the file again.")
+
+
+#: Two placements of one NIfTI file further apart than this (mm, at a corner of the
+#: image) are two different places, not the same one written twice with round-off.
+PLACEMENT_TOLERANCE_MM = 1.0
+
+
+def nifti_placements(path) -> dict:
+    """{"qform": 4 x 4 ijk-to-RAS matrix, "sform": ...} of a NIfTI-1 file, for each one its
+    header declares (code above 0), with the image's size as "size"; empty for another file."""
+    read = bonelabels.nifti1_header(path)
+    if read is None:
+        return {}
+    header, endian, _ = read
+    dims = struct.unpack(endian + "8h", header[40:56])
+    pixdim = np.array(struct.unpack(endian + "8f", header[76:108]), float)
+    qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
+    placements: dict = {"size": np.array([max(int(d), 1) for d in dims[1:4]])}
+    if qform_code > 0:
+        b, c, d, x, y, z = struct.unpack(endian + "6f", header[256:280])
+        a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+        rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                             [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                             [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        matrix = np.eye(4)
+        matrix[:3, :3] = rotation * np.abs(pixdim[1:4]) * [1.0, 1.0, qfac]
+        matrix[:3, 3] = (x, y, z)
+        placements["qform"] = matrix
+    if sform_code > 0:
+        matrix = np.eye(4)
+        matrix[:3] = np.array([struct.unpack(endian + "4f", header[offset:offset + 16]) for offset in (280, 296, 312)])
+        placements["sform"] = matrix
+    return {key: value for key, value in placements.items() if np.all(np.isfinite(value))}
+
+
+def _placements_disagree_warnings(placements: dict, geometry: VolumeGeometry, path: Path, what: str) -> list[str]:
+    """A warning for a NIfTI file whose qform and sform place the image in two places
+    (a registration saved in one of them only): the reader takes one by its own rules
+    (Slicer's the same), which the user may not have meant."""
+    if "qform" not in placements or "sform" not in placements:
+        return []
+    corners = np.array([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    corners[:, :3] *= placements["size"] - 1
+    apart = float(np.max(np.linalg.norm((corners @ (placements["qform"] - placements["sform"]).T)[:, :3], axis=1)))
+    if apart <= PLACEMENT_TOLERANCE_MM:
+        return []
+    used = min(("qform", "sform"), key=lambda name: float(np.max(np.abs(
+        corners @ (placements[name] - geometry.ijk_to_ras).T))))
+    other = "sform" if used == "qform" else "qform"
+    return [f"The {what} '{path.name}' holds two placements, its NIfTI qform and sform, up to {apart:.1f} mm apart "
+            f"(a registration or a reorientation saved in one of them only): it was read through its {used}, as "
+            f"Slicer reads it. Check that it lies on the other images; if its {other} is the placement meant, "
+            f"write the file again with both set to it."]
 
 
 def _nifti_orientation_warnings(header: bytes, endian: str, path: Path, what: str) -> list[str]:
