@@ -1135,3 +1135,46 @@ def _sleeve_on_ct_and_mr(scene, gap_mm, mr_directions):
     mr_node = scene_io.volume_node_from_array(scene, mr.image.astype(np.float32), mr.geometry, "MR")
     seeds = scene_io.points_node_from_array(scene, ct.seeds_ras([8.0, 50.0, 92.0]), "seeds")
     return spec, HOSciaticAnalysis(scene), ct_node, mr_node, seeds
+
+
+def test_mr_trace_cut_short_of_ho_or_ct_cut_short_of_the_nerve_is_named(slicer_scene):
+    # An MR whose field of view ends 8 mm below a sleeve of HO the CT shows: the trace ended
+    # at the MR's edge and contact read "none" without a word. A CT ending halfway up the
+    # nerve traced on a full MR: the stations beyond it were said to lie off an erased
+    # nerve segment, with advice to repaint or trace again.
+    from HOSciaticModuleLib.phantom import make_shell_spec
+
+    spec = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0)
+    ct = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 2.0), fov_mm=(90.0, 90.0, 110.0))
+    mr = generate_phantom(spec, modality="mr", spacing_ijk=(1.0, 1.0, 2.0), fov_mm=(90.0, 90.0, 110.0))
+    sleeve_bottom = spec.center_ras[2] - 15.0
+    below = np.flatnonzero(mr.geometry.kji_to_ras_points(
+        np.c_[np.arange(mr.image.shape[0]), np.zeros((mr.image.shape[0], 2))])[:, 2] < sleeve_bottom - 8.0)
+    cut = (slice(0, below[-1] + 1), slice(None), slice(None))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    ct_node = scene_io.volume_node_from_array(slicer_scene, ct.image, ct.geometry, "CT")
+    mr_node = scene_io.volume_node_from_array(slicer_scene, np.ascontiguousarray(mr.image[cut]),
+                                              mr.geometry.cropped(cut), "MR")
+    oss = analysis.segment_ossifications(ct_node)
+    top = sleeve_bottom - 8.0 - ct.centreline_ras[0, 2]   # the MR's top, in mm along the straight nerve
+    seeds = scene_io.points_node_from_array(slicer_scene, ct.seeds_ras([6.0, top - 2.0]), "seeds")
+    traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right").contact
+    assert contact.encasement_class == "none"
+    (warning,) = [w for w in contact.warnings if "trace ends at the edge of 'MR'" in w]
+    assert "(its upper end), and HO 1 lies beyond that edge" in warning
+
+    # The CT ends halfway up the nerve, the MR covers all of it.
+    half = (slice(0, ct.image.shape[0] // 2), slice(None), slice(None))
+    scene = create_headless_slicer().scene
+    analysis = HOSciaticAnalysis(scene)
+    ct_node = scene_io.volume_node_from_array(scene, np.ascontiguousarray(ct.image[half]), ct.geometry.cropped(half),
+                                              "CT")
+    mr_node = scene_io.volume_node_from_array(scene, mr.image, mr.geometry, "MR")
+    oss = analysis.segment_ossifications(ct_node)
+    seeds = scene_io.points_node_from_array(scene, ct.seeds_ras([6.0, ct.centreline_s_mm[-1] - 6.0]), "seeds")
+    traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right").contact
+    assert any("the curve runs beyond the image the segments lie on" in w for w in contact.warnings)
+    assert not any("outside the nerve segment" in w for w in contact.warnings)
+    scene.Clear(True)

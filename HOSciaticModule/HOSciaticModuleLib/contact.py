@@ -534,12 +534,19 @@ def thickening_ratio(area: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray)
     return float(steady[measured].max() / np.median(reference))
 
 
-def off_nerve_warnings(on_nerve: np.ndarray, s_mm: np.ndarray) -> list[str]:
-    """A warning naming where the centreline runs outside the nerve segment."""
-    off = ~np.asarray(on_nerve, bool)
+def off_nerve_warnings(on_nerve: np.ndarray, s_mm: np.ndarray, in_image: np.ndarray | None = None) -> list[str]:
+    """A warning naming where the centreline runs outside the nerve segment, and one
+    where it runs beyond the grid the segments lie on (``in_image``, per station): a
+    nerve traced on an image reaching farther than the CT, not a segment erased."""
+    in_image = np.ones(len(s_mm), bool) if in_image is None else np.asarray(in_image, bool)
+    off = ~np.asarray(on_nerve, bool) & in_image
+    beyond = [] if in_image.all() else [
+        f"{stretch_along(~in_image, s_mm, 'the centreline')} the curve runs beyond the image the segments lie on "
+        "(the CT's field of view; the nerve was traced on an image reaching farther): no contact, area or distance "
+        "is measured there, and HO the CT does not show there is not seen. Check that stretch on the images."]
     if not off.any():
-        return []
-    return [f"{stretch_along(off, s_mm, 'the centreline')} the curve runs outside the nerve segment: there is "
+        return beyond
+    return beyond + [f"{stretch_along(off, s_mm, 'the centreline')} the curve runs outside the nerve segment: there is "
             "no cross-section there, so no contact, area or distance is measured at those stations. The nerve "
             "segment was erased there or the curve runs beyond it; painting HO with the Segment Editor's default "
             "masking overwrites the nerve where the two meet. Repaint the nerve there or trace it again, then "
@@ -778,12 +785,15 @@ class _RayDistances:
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
                     ct_hu: np.ndarray | None = None, bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
+                    image_geometry: VolumeGeometry | None = None,
                     progress: ProgressCallback = None) -> NerveContact:
     """Contact and encasement figures of one nerve against every HO island.
 
     With the CT (``ct_hu``, on the same grid) the nerve's encasement by bone that is in
     no HO segment is measured per station too, and such bone wrapped around the nerve
-    is named in a warning: it is HO the segments miss.
+    is named in a warning: it is HO the segments miss. ``image_geometry``: the whole
+    grid the segments lie on, when ``geometry`` is a block of it; stations beyond it are
+    named as beyond the image, not as off the nerve segment.
     """
     nerve_mask, centreline, tolerance = _checked_contact_inputs(nerve_mask, ho_labelmap, geometry, centreline_ras,
                                                                 tolerance_mm, ct_hu)
@@ -842,7 +852,8 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(area, s_mm, in_contact),
         islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=other.encasement,
-        warnings=(floor_warnings + off_nerve_warnings(sections.on_nerve, s_mm)
+        warnings=(floor_warnings + off_nerve_warnings(sections.on_nerve, s_mm,
+                                                      (image_geometry or geometry).contains_ras(points))
                   + unsegmented_bone_warnings(s_mm, other.wrap_encasement)),
         wrapping_bone_block=other.wrapping_block,
         wrapping_bone_slices=other.wrapping_slices)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from . import contact as contact_module
 from . import bonelabels, measurements, nerve, ossification
@@ -61,6 +62,12 @@ PLACEMENT_TOLERANCE_MM = 0.1
 #: HO this close (its outline reaching into the fat between them by a millimetre or
 #: more): the HO step asks for it to be traced again.
 RETRACE_NEAR_HO_MM = 5.0
+#: A trace ending this close to a face of the image it was made on was stopped by that
+#: edge (sections there are cut), not by a seed placed short of it.
+TRACE_END_AT_EDGE_MM = 5.0
+#: HO beyond the traced image's edge this close to the trace's end lies where the nerve
+#: runs on untraced: about the length of a sleeve of HO around the sciatic nerve.
+HO_BEYOND_TRACE_END_MM = 30.0
 #: On the tracing and contact steps' outputs: what each is ("contact table", "contact
 #: <side>" for one nerve's chart and models, "stations <side>", "centreline <side>"), so
 #: that they are found when out of date whatever their names.
@@ -930,6 +937,7 @@ class HOSciaticAnalysis:
             result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
                                                     tolerance_mm=float(tolerance_mm), ct_hu=ct,
                                                     bone_threshold_hu=bone_threshold_hu,
+                                                    image_geometry=full_geometry,
                                                     progress=sub_progress(progress, 0.1, 0.7))
             report(progress, 0.75, "Building surface models")
             nerve_mesh = nerve_mesh_job.result()
@@ -949,6 +957,8 @@ class HOSciaticAnalysis:
         result.warnings += renamed + self._doubted_contact_warnings(segmentation_node, names, result)
         result.warnings += mr_thickening_warnings(centreline_node.GetAttribute("HOSciatic.Modality"), result)
         result.warnings += self._moved_image_warnings(segmentation_node, centreline_node, side)
+        result.warnings += self._ho_beyond_traced_image_warnings(centreline_node, side, ho_blocks, full_geometry,
+                                                                 centreline, names)
         shared_ml = sum(shared.values()) * full_geometry.voxel_volume_ml
         if shared:
             result.warnings.append(
@@ -1044,6 +1054,41 @@ class HOSciaticAnalysis:
             warnings.append(f"The volume '{moved[0].GetName()}' has moved by up to {moved[1]:.1f} mm relative to the "
                             f"segmentation since the {side} nerve was traced on it (a registration changed): the "
                             "nerve segment and centreline stay where it lay. Trace the nerve again.")
+        return warnings
+
+    @staticmethod
+    def _ho_beyond_traced_image_warnings(centreline_node, side, ho_blocks, geometry, centreline, names) -> list[str]:
+        """A warning where the trace ends at the edge of the image it was made on (an MR
+        with a smaller field of view than the CT) and HO lies beyond that edge near the
+        end: the nerve runs on there untraced, so its contact with that HO is not measured."""
+        volume = centreline_node.GetNodeReference(TRACED_VOLUME_ROLE)
+        if volume is None or volume.GetImageData() is None or len(centreline) < 2 or not ho_blocks:
+            return []
+        try:
+            traced = scene_io.volume_geometry(volume, "The traced volume")
+        except InputError:
+            return []  # under a warping transform: its edges are not where its grid says
+        edge_voxels = max(1.0, TRACE_END_AT_EDGE_MM / min(traced.spacing_kji))
+        ends = [n for n in (0, len(centreline) - 1)
+                if not traced.contains_ras(centreline[n][None], margin_voxels=edge_voxels)[0]]
+        beyond = {}
+        for label, _, mask, block in (ho_blocks if ends else []):
+            points = geometry.kji_to_ras_points(np.argwhere(mask) + [b.start for b in block])
+            points = points[~traced.contains_ras(points)]
+            if len(points):
+                beyond[label] = cKDTree(points).query(centreline[ends])[0]
+        warnings = []
+        for n, end in enumerate(ends):
+            near = {label: float(d[n]) for label, d in beyond.items() if d[n] <= HO_BEYOND_TRACE_END_MM}
+            if not near:
+                continue
+            which = "upper" if centreline[end][2] >= centreline[len(centreline) - 1 - end][2] else "lower"
+            warnings.append(
+                f"The {side} nerve's trace ends at the edge of '{volume.GetName()}', the image it was traced on (its "
+                f"{which} end), and {', '.join(names.get(label, str(label)) for label in sorted(near))} "
+                f"{'lies' if len(near) == 1 else 'lie'} beyond that edge, {min(near.values()):.0f} mm from the end: "
+                "the nerve runs on there untraced, so its contact with that HO is not measured. Trace the nerve on an "
+                "image that covers the HO too (the CT), or check that stretch on the images.")
         return warnings
 
     @staticmethod
