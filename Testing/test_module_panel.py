@@ -144,6 +144,10 @@ def test_cmake_lists_every_file():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)",
                 "add_subdirectory(HOSciaticModule)", "Slicer_EXTENSION_GENERATE_CONFIG"):
         assert key in top, key
+    # Without these the package would carry Slicer's own licence and README.
+    for key, name in (("EXTENSION_LICENSE_FILE", "LICENSE.txt"), ("EXTENSION_README_FILE", "README.md")):
+        assert re.search(rf"set\({key} \$\{{CMAKE_CURRENT_SOURCE_DIR\}}/{re.escape(name)}\)", top), key
+        assert (ROOT / name).is_file()
 
 
 def test_module_imports_only_what_slicer_has(module_tree):
