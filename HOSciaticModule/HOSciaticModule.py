@@ -100,6 +100,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._cancelRequested = False
         self._busy = False
+        self._sceneClosedDuringStep = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -137,6 +138,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # A step running while the scene closes stops at its next progress report, before
         # it writes into nodes that are gone.
         self._cancelRequested = self._cancelRequested or self._busy
+        self._sceneClosedDuringStep = self._sceneClosedDuringStep or self._busy
         self.setParameterNode(None)
         self.logic.forgetResults()
 
@@ -212,6 +214,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from HOSciaticModuleLib.errors import AnalysisCancelled
 
         self._cancelRequested = False
+        self._sceneClosedDuringStep = False
         self._busy = True
         self._updateButtons()
         # The panel keeps drawing during a step (progress, Cancel): its settings stay out
@@ -225,6 +228,12 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     self.logic.ensureDependencies()
                     step()
+                    if self._sceneClosedDuringStep:
+                        # Closed during the step's last report, which does not stop: what it
+                        # kept of that scene's results is dropped with the scene.
+                        self.logic.forgetResults()
+                        self.ui.statusLabel.text = f"{title}: stopped, the scene was closed."
+                        return
                     # Caveats (metal, thick slices, islands at the image edge, a straying
                     # path...) stay in view until the next step.
                     warnings = self.logic.currentWarnings(self._parameterNode)
