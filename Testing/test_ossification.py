@@ -1367,3 +1367,19 @@ def test_immature_ho_joined_to_mature_ho_keeps_its_volume(spacing):
     assert found == pytest.approx(truth["mature"]["volume_ml"] + truth["immature"]["volume_ml"], rel=0.10)
     immature_voxels = phantom.ho_labels == truth["immature"]["label"]
     assert np.count_nonzero(immature_voxels & (result.labelmap > 0)) >= 0.8 * np.count_nonzero(immature_voxels)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.0)])
+def test_collar_of_ho_keeps_the_nerve_and_its_fat_out(spacing):
+    # A 360-degree collar 30 mm long with 3 mm of fat around a 10 mm nerve: its end
+    # planes' pockets, one slice thick, were taken for thin marrow and filled, which closed
+    # the tube; its inside, nerve and fat, was then filled as a cavity (18.5 mL for 12.2,
+    # the whole nerve inside the HO segment, contact "circumferential" for none).
+    from HOSciaticModuleLib.phantom import make_shell_spec
+
+    phantom = generate_phantom(make_shell_spec(360.0, gap_mm=3.0, integrate_voxels=True), fov_mm=(100.0, 100.0, 100.0),
+                               spacing_ijk=spacing)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    (island,) = result.islands
+    assert island.volume_ml == pytest.approx(phantom.islands[0]["volume_ml"], rel=0.06)
+    assert not np.any((result.labelmap > 0) & phantom.nerve_mask)

@@ -637,16 +637,15 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
     Long bones are tubes open where the field of view cuts them, so their marrow is
     enclosed only slice by slice. With ``max_hole_radius_mm`` only pockets thinner than
     that are filled (see :data:`SLICE_MARROW_MAX_RADIUS_MM`); a pocket's thickness is
-    judged in 3D, over the pocket as connected within its plane.
+    judged in 3D, over the pocket as connected across the planes too: the inside of a
+    tube of HO open at both ends (a collar around the nerve) is one pocket, as thick as
+    the tube is wide. Judged plane by plane, its end planes, thin across the planes,
+    were filled; that closed the tube, whose inside, nerve and all, was then a cavity.
     """
     def holes_along(axis):
         holes = _fill_within_slices(mask, axis) & ~mask
         if max_hole_radius_mm is not None and holes.any():
-            structure = np.zeros((3, 3, 3), bool)
-            index = [slice(None)] * 3
-            index[axis] = 1
-            structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-            pockets, count = ndimage.label(holes, structure=structure)
+            pockets, count = ndimage.label(holes)
             depth = _ball_distance(holes, geometry)
             thin = _label_maximum(pockets[holes], depth[holes], count) <= max_hole_radius_mm
             thin[0] = False
