@@ -1159,3 +1159,18 @@ def test_a_seed_clicked_in_the_muscle_beside_the_nerve_is_named():
     off = trace_nerve(phantom.image, phantom.geometry, np.array([at(8.0), at(60.0), at(end, 11.0)]), modality="ct")
     (named,) = [w for w in off.warnings if w.startswith("Seed point(s)")]
     assert named.startswith("Seed point(s) 3 lie where the outline is wider than any sciatic nerve")
+
+
+def test_seed_in_the_femurs_marrow_is_named_where_the_centreline_crosses_bone():
+    # Fatty marrow reads as soft tissue on CT: a click on the femur's axis was taken as a
+    # click on the nerve, and a 20 mm "nerve" traced out through the cortex without a word
+    # on the cause (the outline's width was named, not the seed).
+    phantom = _phantom("ct", "axial")
+    femur_canal = np.asarray(phantom.spec.center_ras) + [37.0, 15.0, 0.0]
+    assert phantom.image[tuple(np.rint(phantom.geometry.ras_to_kji_points(femur_canal[None])[0]).astype(int))] < 100
+    trace = trace_nerve(phantom.image, phantom.geometry, np.vstack([phantom.seeds_ras([15.0]), femur_canal]))
+    (warning,) = [w for w in trace.warnings if "the centreline runs through bone" in w]
+    assert "A seed point probably lies inside a bone" in warning
+    assert any("through bone" in caveat for caveat in trace.station_caveats)
+    on_nerve = trace_nerve(phantom.image, phantom.geometry, phantom.seeds_ras([15.0, 60.0]))
+    assert not any("through bone" in w for w in on_nerve.warnings + on_nerve.station_caveats)

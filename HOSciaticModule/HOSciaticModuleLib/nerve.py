@@ -1765,6 +1765,36 @@ def metal_nearby_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np
         "reconstruction, or an MR, measures the nerve better there."))]
 
 
+#: A centreline through bone over this length (mm) has crossed a cortex (1.5-8 mm thick
+#: around the hip); a nerve pressed on bone keeps its centre off the bone's surface.
+BONE_CROSSING_MIN_MM = 2.0
+
+
+def through_bone_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np.ndarray, s_mm: np.ndarray,
+                         bone_threshold_hu: float) -> list[StationCaveat]:
+    """The stations where the centreline runs through bone for BONE_CROSSING_MIN_MM or
+    more: no nerve does, so a seed lies inside a bone (its marrow is as dark as soft tissue
+    on CT, so nothing else tells a click there from one on the nerve)."""
+    step = 0.25 * min(geometry.spacing_kji)
+    dense = resample_polyline(points, step)
+    values = ndimage.map_coordinates(ct_hu, geometry.ras_to_kji_points(dense).T, order=1, mode="nearest")
+    bone = (values >= bone_threshold_hu) & (values < METAL_THRESHOLD_HU)
+    runs, count = ndimage.label(bone)
+    long_runs = [n for n in range(1, count + 1) if np.count_nonzero(runs == n) * step >= BONE_CROSSING_MIN_MM]
+    if not long_runs:
+        return []
+    dense_s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
+    crossing = np.isin(runs, long_runs)
+    through = np.zeros(len(points), bool)
+    through[np.clip(np.searchsorted(s_mm, dense_s[crossing]), 0, len(points) - 1)] = True
+    length = float(np.count_nonzero(crossing) * step)
+    return [StationCaveat("through bone", through, (
+        f"{stretch_along(through, s_mm)} the centreline runs through bone ({length:.0f} mm of it, up to "
+        f"{float(values[crossing].max()):.0f} HU): no nerve does. A seed point probably lies inside a bone, in its "
+        "marrow, which is as dark as soft tissue on CT. Check the seed points on the images, move any that lies in a "
+        "bone onto the nerve and trace again."))]
+
+
 def image_edge_caveats(geometry: VolumeGeometry, boundary: np.ndarray, s_mm: np.ndarray) -> list[StationCaveat]:
     """The stations whose cross-section reaches within a voxel of the image's faces:
     the outline is cut there by the field of view (or read on edge voxels repeated
@@ -2080,7 +2110,8 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
     if modality == "ct":
         fat_plane_caveats = thin_fat_plane_caveats(sections.outside_levels, appearance, s_mm)
         check_told_from_muscle(fat_plane_caveats + outline_caveats, contrast_to_noise)
-        image_caveats += fat_plane_caveats + metal_nearby_caveats(full_image, full_geometry, points, s_mm)
+        image_caveats += (fat_plane_caveats + metal_nearby_caveats(full_image, full_geometry, points, s_mm)
+                          + through_bone_caveats(full_image, full_geometry, points, s_mm, bone_threshold_hu))
     caveats = outline_caveats + image_caveats
     warnings += ([caveat.warning for caveat in outline_caveats] + too_thin_warnings(sections.area)
                  + seeds_in_too_wide_stretch_warnings(seeds_ras, points, outline_caveats)
