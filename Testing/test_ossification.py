@@ -1235,8 +1235,14 @@ def test_bone_wholly_above_the_hip_bones_is_set_apart():
     assert len(result.islands) == len(phantom.islands)
     assert_matches_truth(phantom, result)
     (set_apart,) = result.set_apart.values()
-    rib_ml = np.pi * 5.0 ** 2 * (np.linalg.norm(np.subtract(*ends)) + 4.0 / 3.0 * 5.0) / 1000.0
-    assert np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml == pytest.approx(rib_ml, rel=0.12)
+    def capsule_ml(radius):
+        return np.pi * radius ** 2 * (np.linalg.norm(np.subtract(*ends)) + 4.0 / 3.0 * radius) / 1000.0
+
+    # Its marrow, 3.8 mm in radius and not sealed in 3D by a 1.2 mm cortex
+    # on these voxels, is too wide to be filled as a pocket within slices: at least its
+    # cortex is set apart.
+    set_apart_ml = np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml
+    assert 0.88 * (capsule_ml(5.0) - capsule_ml(3.8)) <= set_apart_ml <= 1.12 * capsule_ml(5.0)
     (warning,) = [w for w in result.warnings if "above the top of the hip bones" in w]
     assert f"({np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml:.1f} mL)" in warning
 
