@@ -1389,3 +1389,21 @@ def test_collar_of_ho_keeps_the_nerve_and_its_fat_out(spacing):
     (island,) = result.islands
     assert island.volume_ml == pytest.approx(phantom.islands[0]["volume_ml"], rel=0.06)
     assert not np.any((result.labelmap > 0) & phantom.nerve_mask)
+
+
+def test_fused_outgrowth_on_a_bone_lying_along_thick_slices_is_found():
+    # A bone running across the patient (a femoral neck, an acetabular roof on axial
+    # slices): on 5 mm slices the ball's envelope leaves a staircase of bone along its
+    # whole top surface, which joined a fused outgrowth into one part as long as a native
+    # edge; the 2.5 mL island was dropped with it and no HO was reported.
+    femur = ((5.0, 30.0, -40.0), (75.0, 30.0, -40.0))
+    outgrowth = IslandSpec("fused", "ellipsoid", False, center_offset=(40.0, 30.0, -22.5), semi_axes=(11.0, 8.0, 8.0))
+    spec = PhantomSpec(femur_axis=femur, islands=(outgrowth,), calcification_z=(), integrate_voxels=True)
+    phantom = generate_phantom(spec, spacing_ijk=(0.7, 0.7, 5.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    (island,) = result.islands
+    assert island.fused_to_native_bone
+    # The part within a slice of the bone's envelope stays native: a slice's worth is lost.
+    assert island.volume_ml == pytest.approx(phantom.islands[0]["volume_ml"], rel=0.25)
+    truth_centroid = phantom.geometry.kji_to_ras_points(np.argwhere(phantom.ho_labels > 0).mean(axis=0)[None])[0]
+    assert np.linalg.norm(np.subtract(island.centroid_ras, truth_centroid)) < 5.0

@@ -1140,26 +1140,59 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
     labels, count, sizes = _components(opened)
     keep = np.zeros(count + 1, bool)
     blocks = label_boxes(labels, count)
+    clear_of_staircase = np.zeros(residual.shape, bool)
     for label in range(1, count + 1):
         block = blocks[label - 1]
         if sizes[label] < min_voxels:
             continue
         part = labels[block] == label
-        if (np.any(part & region_edge[block]) or float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM
-                or _within_one_thick_layer(part, geometry)):
+        if float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM or _within_one_thick_layer(part, geometry):
             continue
-        thickness = _component_thickness_mm(labels, label, block, geometry)
-        extent = _extent_mm(part, geometry)
-        keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
-        if not keep[label]:
-            whole = np.zeros_like(residual)
-            whole[block] = part
-            keep[label] = joins_two_bones(within_or_next_to(whole, geometry, skin) & residual)
-    kept = keep[labels]
+        if not np.any(part & region_edge[block]):
+            thickness = _component_thickness_mm(labels, label, block, geometry)
+            extent = _extent_mm(part, geometry)
+            keep[label] = extent <= FUSED_MAX_ELONGATION * max(thickness, 1e-6)
+            if not keep[label]:
+                whole = np.zeros_like(residual)
+                whole[block] = part
+                keep[label] = joins_two_bones(within_or_next_to(whole, geometry, skin) & residual)
+        if not keep[label] and max(geometry.spacing_kji) >= FUSED_MIN_PROTRUSION_MM - 1e-6:
+            clear_of_staircase[block] |= _compact_parts_clear_of_staircase(
+                part, depth[block], geometry.cropped(block), min_voxels, region_edge[block])
+    kept = keep[labels] | clear_of_staircase
     if not kept.any():
         return kept
     # Give back the outgrowth's own surface voxels that the opening took.
     return within_or_next_to(kept, geometry, skin) & residual
+
+
+def _compact_parts_clear_of_staircase(part: np.ndarray, protrusion: np.ndarray, geometry: VolumeGeometry,
+                                      min_voxels: int, region_edge: np.ndarray) -> np.ndarray:
+    """The compact outgrowths of a part too long for one, once its fringe within a slice
+    of the envelope is set aside (``protrusion``: each voxel's distance beyond the
+    envelope, mm).
+
+    On thick slices a bone surface that the slices cut at a shallow angle (the top of a
+    femoral neck or trochanter, an acetabular roof on axial slices) leaves a staircase of
+    bone outside the ball's envelope, up to a slice thick, along the whole surface; an
+    outgrowth there joins it into one part as long as a native edge, and was dropped
+    with it (a 2.5 mL island on 5 mm slices), or, the staircase running on to where the
+    image cuts the bone, with the bone cut there. What stands more than a slice off the
+    envelope is judged again on its own shape, with the part's voxels within a slice of
+    it; a native edge or process stays as long as it is, and bone the image cuts stays
+    native.
+    """
+    slice_mm = max(geometry.spacing_kji)
+    cores, count, _ = _components(part & (protrusion > slice_mm))
+    kept = np.zeros(part.shape, bool)
+    for core in range(1, count + 1):
+        outgrowth = within_or_next_to(cores == core, geometry, slice_mm) & part
+        if np.count_nonzero(outgrowth) < min_voxels or np.any(outgrowth & region_edge):
+            continue
+        thickness = 2.0 * float(_ball_distance(np.pad(outgrowth, 1), geometry).max())
+        if _extent_mm(outgrowth, geometry) <= FUSED_MAX_ELONGATION * thickness:
+            kept |= outgrowth
+    return kept
 
 
 def _within_one_thick_layer(part: np.ndarray, geometry: VolumeGeometry) -> bool:
