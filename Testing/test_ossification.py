@@ -876,6 +876,28 @@ def test_contrast_filled_vessel_is_flagged_and_a_band_of_ho_is_not():
     assert not any("long thin tube" in w for w in segment_ossifications(plain.image, plain.geometry).warnings)
 
 
+def test_calcified_arterial_wall_says_nothing_of_contrast():
+    # A continuous calcified wall (600 HU, 1.2 mm thick, lumen 7 mm) round an artery 6 mm
+    # from the femur on a CT without contrast: its tube was rightly doubted, but the blur
+    # left its 95th percentile near 440 HU, below a CT angiogram's, so the CT was called
+    # contrast-enhanced and the immature island (no cortex, under that level) doubted as a
+    # vessel. The wall encloses its lumen at blood's density; contrast fills a vessel.
+    phantom = generate_phantom(spacing_ijk=(0.8, 0.8, 1.0))
+    offset = phantom.geometry.voxel_ras_grid() - np.asarray(phantom.spec.center_ras)
+    from_axis = np.hypot(offset[..., 0] - 37.0, offset[..., 1] - 38.7)
+    along = (offset[..., 2] >= -50.0) & (offset[..., 2] <= 20.0)
+    added = np.zeros(phantom.image.shape, np.float32)
+    added[(from_axis <= 3.5) & along] = -10.0                                   # blood in muscle
+    added[(from_axis > 3.5) & (from_axis <= 4.7) & along] = 600.0 - 50.0        # the calcified wall
+    image = phantom.image + ndimage.gaussian_filter(added, phantom.spec.psf_sigma_mm
+                                                    / np.asarray(phantom.geometry.spacing_kji))
+    result = segment_ossifications(image, phantom.geometry)
+    tubes = [i for i in result.islands if "shaped like a vessel" in i.doubts]
+    assert len(tubes) == 1 and len(result.islands) == len(phantom.islands) + 1
+    assert not any("contrast-filled vessels' level" in i.doubts for i in result.islands)
+    assert not any("no denser than the contrast-filled vessels" in w for w in result.warnings)
+
+
 def test_short_vessel_at_the_contrast_level_is_named_with_the_tubes():
     """On a contrast-enhanced CT a short branch (a gluteal artery beside the nerve,
     6 mm wide, 20 mm long: too short to be tube-shaped) is bone-dense without a cortex.

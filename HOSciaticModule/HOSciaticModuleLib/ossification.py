@@ -317,6 +317,12 @@ VESSEL_LEVEL_MARGIN_HU = 50.0
 #: Iodinated contrast fills arteries to 150-500 HU (about 600 on a CT angiogram); denser
 #: tubes are calcified walls, which say nothing of contrast.
 CONTRAST_MAX_HU = 600.0
+#: A calcified arterial wall encloses its lumen (blood, 30-60 HU), which the marrow fill
+#: takes into the island; a contrast-filled vessel is dense throughout. A tube with this
+#: share of its voxels or more below half its dense end (95th percentile) is hollow: a
+#: calcified wall, which says nothing of contrast however faint the blur leaves it (a
+#: continuous 600 HU wall, 1.2 mm thick, read 440 HU at its 95th percentile).
+HOLLOW_TUBE_MIN_SHARE = 0.3
 #: A hand in the field of view (arms down beside or across the pelvis, common in patients
 #: who cannot raise them) is many small bones close together: 27 bones of 0.1-5 mL, each
 #: within about 40 mm of the next. HO around a hip seldom comes as more than a few islands.
@@ -2268,6 +2274,8 @@ class _IslandFacts:
     #: (number, width mm, length mm, 95th percentile HU) of the vessel-shaped ones.
     vessel_shaped: list = field(default_factory=list)
     dense_end_hu: dict = field(default_factory=dict)
+    #: Share of each island's voxels below half its dense end (see HOLLOW_TUBE_MIN_SHARE).
+    hollow_share: dict = field(default_factory=dict)
     ring_fat_share: dict = field(default_factory=dict)
     ring_gas_share: dict = field(default_factory=dict)
 
@@ -2302,6 +2310,7 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
         # named one, its 95th percentile also set a "contrast" level that doubted others.
         tube = tube and not _bar_between_bones(island, island_block, split.fused_to, geometry)
         facts.dense_end_hu[number] = float(np.percentile(values, 95))
+        facts.hollow_share[number] = float(np.mean(values < 0.5 * facts.dense_end_hu[number]))
         ring = _surrounding_ring(island, bone_block[island_block] & ~island, island_geometry)
         if unimaged_block is not None:
             # A fill (air's value, say) is no gas: nothing was imaged there.
@@ -2325,7 +2334,8 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
     if facts.vessel_shaped:
         warnings.append(_vessel_warning(facts.vessel_shaped, bone_threshold_hu))
         _doubt(doubts, [number for number, *_ in facts.vessel_shaped], "shaped like a vessel")
-        contrast_levels = [hu for *_, hu in facts.vessel_shaped if hu <= CONTRAST_MAX_HU]
+        contrast_levels = [hu for number, *_, hu in facts.vessel_shaped
+                           if hu <= CONTRAST_MAX_HU and facts.hollow_share[number] < HOLLOW_TUBE_MIN_SHARE]
         vessel_level = max(contrast_levels, default=None)
         tubes = {number for number, *_ in facts.vessel_shaped}
         at_vessel_level = [result.label for result in results
