@@ -333,6 +333,17 @@ HAND_BONE_LINK_MM = 40.0
 #: cortex with the marrow beside it, reach 600 HU. Early, immature HO comes as flecks
 #: of amorphous mineral (200-500 HU), often many in one muscle: they are not a hand.
 HAND_BONE_MIN_PEAK_HU = 600.0
+#: Calcified plaques dot an artery's wall (the femoral and iliac arteries run beside the
+#: hip, calcified in many older and ICU patients) as specks of 0.01-0.5 mL, a few to 30 mm
+#: apart along it; their centres lie within the artery's width (8-10 mm) of its axis, so
+#: within 5 mm of a line through them where it runs straight. Four such in a row, over
+#: 20 mm or more, are the pattern of plaques rather than of HO (any three islands close
+#: together lie near some line: on the real example CT, three small prominences did).
+PLAQUE_MAX_ML = 0.5
+PLAQUE_LINK_MM = 30.0
+PLAQUE_MIN_COUNT = 4
+PLAQUE_ROW_MAX_OFFSET_MM = 5.0
+PLAQUE_ROW_MIN_LENGTH_MM = 20.0
 #: Bright streaks from an implant (beam hardening, photon starvation) reach several
 #: centimetres and look like immature bone, without a cortex.
 STREAK_REACH_MM = 50.0
@@ -1836,6 +1847,39 @@ def clustered_small_islands(results) -> list[int]:
     return sorted(r.label for r, g in zip(small, group) if sizes[g] >= HAND_MIN_BONES)
 
 
+def small_islands_in_a_row(results) -> list[list[int]]:
+    """Groups (island numbers) of at least PLAQUE_MIN_COUNT small islands, each within
+    PLAQUE_LINK_MM of another, whose centres lie within PLAQUE_ROW_MAX_OFFSET_MM of one
+    line over PLAQUE_ROW_MIN_LENGTH_MM or more: the pattern of calcified plaques along
+    an artery."""
+    small = [r for r in results if r.volume_ml <= PLAQUE_MAX_ML]
+    if len(small) < PLAQUE_MIN_COUNT:
+        return []
+    centres = np.array([r.centroid_ras for r in small])
+    tree = cKDTree(centres)
+    _, group = connected_components(tree.sparse_distance_matrix(tree, PLAQUE_LINK_MM), directed=False)
+    rows = []
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        if len(members) < PLAQUE_MIN_COUNT:
+            continue
+        points = centres[members] - centres[members].mean(axis=0)
+        direction = np.linalg.svd(points, full_matrices=False)[2][0]
+        along = points @ direction
+        off_line = np.linalg.norm(points - np.outer(along, direction), axis=1)
+        if off_line.max() <= PLAQUE_ROW_MAX_OFFSET_MM and np.ptp(along) >= PLAQUE_ROW_MIN_LENGTH_MM:
+            rows.append(sorted(small[m].label for m in members))
+    return rows
+
+
+def _plaque_warning(rows) -> str:
+    names = "; ".join(_island_names(row) for row in rows)
+    return (f"{names}: {'each group is' if len(rows) > 1 else 'these are'} small islands (under {PLAQUE_MAX_ML:g} mL "
+            f"each) in a row, within {PLAQUE_ROW_MAX_OFFSET_MM:.0f} mm of one line: the pattern of calcified plaques "
+            "along an artery (the femoral and iliac arteries run beside the hip) rather than of HO. Check them on the "
+            "images, against the artery's course; delete the segments that are plaques and recompute contact.")
+
+
 def _hand_warning(numbers) -> str:
     return (f"{_island_names(numbers)} are {len(numbers)} small bones close together, the pattern of a hand "
             "in the field of view, as when the arms lie beside or across the pelvis, rather than HO. Check "
@@ -2365,6 +2409,10 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
     large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
     if large:
         warnings.append(_large_mass_warning(large))
+    plaques = small_islands_in_a_row(results)
+    if plaques:
+        warnings.append(_plaque_warning(plaques))
+        _doubt(doubts, [n for row in plaques for n in row], "in a row like an artery's calcified plaques")
     hand = clustered_small_islands(results)
     if hand:
         warnings.append(_hand_warning(hand))
