@@ -326,7 +326,7 @@ def test_mr_study_folder_gives_its_t2_fat_saturated_series(tmp_path, volume):
     folder = only_diffusion
     series(5, "ep2d_diff_b50_800", np.concatenate([values, values + 1]), positions + positions)
     series(6, "ep2d_diff_b1000", np.concatenate([values, values + 1]), positions + positions)
-    with pytest.raises(InputError, match=r"None of the 2 DICOM series .*'ep2d_diff_b50_800' \(12 files\): The DICOM "
+    with pytest.raises(InputError, match=r"None of the 2 series tried .*'ep2d_diff_b50_800' \(12 files\): The DICOM "
                                          r"series has two or more slices at the same position"):
         read_volume(only_diffusion, modality="mr")
     assert np.array_equal(read_volume(named).array, values + 5)   # no modality: most slices that read, then UID
@@ -370,3 +370,25 @@ def test_nifti_whose_qform_and_sform_disagree_is_named(tmp_path, volume, sform_c
     assert "qform and sform, up to 20.0 mm apart" in warning and f"read through its {used}" in warning
     shift = loaded.geometry.origin_ras - geometry.origin_ras
     np.testing.assert_allclose(shift, [20.0, 0, 0] if used == "sform" else [0, 0, 0], atol=1e-3)
+
+
+def test_refused_ct_series_gives_no_way_to_its_scout_and_tra_ce_is_no_trace(tmp_path, volume):
+    # A CT series that cannot be read beside its two-file topogram: the topogram was read
+    # instead, as "the largest that is no localizer". And "tra CE" (axial, contrast) was
+    # read as TRACE, a diffusion map, so a five-slice MPR was analysed instead.
+    values, geometry = volume
+    image, direction, positions = _as_slices(values, geometry)
+    folder = tmp_path / "study"
+    write_dicom_slices(folder, np.concatenate([values, values]), positions + positions, direction[:, 0],
+                       direction[:, 1], image.GetSpacing()[:2], series_number=2, series_description="Pelvis 1.0 Br40")
+    write_dicom_slices(folder, values[:2], positions[:2], direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=3, series_description="Topogram", tags={"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"})
+    with pytest.raises(InputError, match=r"two or more slices at the same position.*'Pelvis 1.0 Br40' \(12 files\).*"
+                                         r"'Topogram' \(2 files\) is no volume to analyse"):
+        read_volume(folder, modality="ct")
+    folder = tmp_path / "contrast"
+    write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=2, series_description="Pelvis 1.0 tra CE")
+    write_dicom_slices(folder, values[:3] + 5, positions[:3], direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=3, series_description="Pelvis 5.0 MPR")
+    np.testing.assert_array_equal(read_volume(folder, modality="ct").array, values)

@@ -130,15 +130,18 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
 
     Series are tried in the order of :func:`_series_rank`; one that cannot be read as
     one volume (a diffusion series' repeated positions, a scout saved in its stack) is
-    passed over for the next, and named."""
+    passed over for the next, and named. Series of the other modality, localizers,
+    diffusion series and series of fewer than MIN_VOLUME_SLICES files are tried only when
+    the folder holds nothing else: a refused CT does not give way to its scout."""
     files = _dicom_series_in(folder)
     if not files:
         raise InputError(f"The folder '{folder}' holds no DICOM series, nor do its subfolders. Give a folder of DICOM "
                          f"slices or an image file ({', '.join(IMAGE_SUFFIXES)}).")
     headers = {sid: _series_header(names) for sid, names in files.items()}
     ranked = sorted(files, key=lambda sid: _series_rank(headers[sid], len(files[sid]), modality), reverse=True)
+    volumes = [sid for sid in ranked if _is_candidate_volume(headers[sid], len(files[sid]), modality)]
     refused: dict = {}
-    for sid in ranked:
+    for sid in volumes or ranked:
         try:
             image, corrections = _read_series_volume(files[sid], folder)
         except InputError as error:
@@ -149,9 +152,17 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
         description = f"DICOM series {sid} ({len(files)} series in folder)"
         choice = [_other_series_warning(files, sid, headers, refused, modality)] if len(files) > 1 else []
         return image, description, choice + corrections
-    raise InputError(f"None of the {len(files)} DICOM series in '{folder}' can be read as one volume: "
+    if len(refused) == 1 and len(files) > 1:
+        (sid, reason), = refused.items()
+        others = [_series_label(files[other], headers[other]) for other in ranked if other != sid]
+        raise InputError(f"{reason} (The series read was {_series_label(files[sid], headers[sid])}, of the "
+                         f"{len(files)} in '{folder}'; {', '.join(others)} "
+                         f"{'is' if len(others) == 1 else 'are'} no volume to analyse.)")
+    left_aside = [_series_label(files[sid], headers[sid]) for sid in ranked if sid not in refused]
+    raise InputError(f"None of the {len(refused)} series tried in '{folder}' can be read as one volume: "
                      + "; ".join(f"{_series_label(files[sid], headers[sid])}: {_first_sentence(refused[sid])}"
-                                 for sid in ranked)
+                                 for sid in refused)
+                     + (f" ({', '.join(left_aside)} left aside: no volume to analyse)" if left_aside else "")
                      + ". Export the one series to analyse, or load the study in Slicer's DICOM module and save "
                        "the volume as NRRD.")
 
@@ -198,9 +209,14 @@ class SeriesHeader:
 
     def words(self) -> set:
         """Upper-case words of the description and image type ("t2_tse_fs_tra" gives
-        T2, TSE, FS, TRA), and the pairs written apart ("FAT SAT" gives FATSAT too)."""
-        words = [w for w in re.split(r"[^A-Z0-9]+", f"{self.description} {self.image_type}".upper()) if w]
-        return set(words) | {a + b for a, b in zip(words, words[1:])}
+        T2, TSE, FS, TRA)."""
+        return {w for w in re.split(r"[^A-Z0-9]+", f"{self.description} {self.image_type}".upper()) if w}
+
+    def word_pairs(self) -> set:
+        """Two neighbouring words joined ("FAT SAT" gives FATSAT), for names written
+        apart; never for words that must stand alone ("tra CE" is no TRACE)."""
+        words = [w for w in re.split(r"[^A-Z0-9]+", self.description.upper()) if w]
+        return {a + b for a, b in zip(words, words[1:])}
 
 
 def _series_header(file_names) -> SeriesHeader:
@@ -245,12 +261,24 @@ def _is_fat_suppressed(header: SeriesHeader, words: set) -> bool:
     stir = ("IR" in header.scanning_sequence and header.inversion_time_ms is not None
             and STIR_INVERSION_TIME_MS[0] <= header.inversion_time_ms <= STIR_INVERSION_TIME_MS[1])
     dixon_water = "W" in words and bool(words & {"DIXON", "MDIXON", "IDEAL", "FLEX"})
-    return bool(words & FAT_SUPPRESSED_WORDS) or bool(options & {"FS", "FAT_SAT", "SFS"}) or stir or dixon_water
+    return (bool((words | header.word_pairs()) & FAT_SUPPRESSED_WORDS) or bool(options & {"FS", "FAT_SAT", "SFS"})
+            or stir or dixon_water)
 
 
 def _is_t2_weighted(header: SeriesHeader, words: set) -> bool:
     named = any(w.startswith("T2") for w in words) or bool(words & {"STIR", "TIRM"})
     return named or (header.echo_time_ms is not None and header.echo_time_ms >= T2_MIN_ECHO_TIME_MS)
+
+
+#: Fewer slices than this make no volume to analyse (a scout, a dose report, a key image).
+MIN_VOLUME_SLICES = 3
+
+
+def _is_candidate_volume(header: SeriesHeader, file_count: int, modality: str | None) -> bool:
+    """A series worth reading as the volume: of the modality analysed (or not saying),
+    no localizer or diffusion series, and of MIN_VOLUME_SLICES files or more."""
+    rank = _series_rank(header, file_count, modality)
+    return rank[0] and rank[1] and file_count >= MIN_VOLUME_SLICES
 
 
 def _series_rank(header: SeriesHeader, file_count: int, modality: str | None) -> tuple:
@@ -286,7 +314,15 @@ def _other_series_warning(files: dict, chosen: str, headers: dict, refused: dict
     elif len(files[chosen]) >= max(len(names) for names in files.values()):
         why = "the one with the most slices"
     else:
-        why = "the largest that is no localizer or diffusion series"
+        larger = [sid for sid in files if len(files[sid]) > len(files[chosen])]
+        reasons = []
+        if any(sid in refused for sid in larger):
+            reasons.append("could be read")
+        if any(not _series_rank(headers[sid], len(files[sid]), modality)[0] for sid in larger):
+            reasons.append(f"are {modality.upper()}" if modality else "are of its modality")
+        if any(not _series_rank(headers[sid], len(files[sid]), modality)[1] for sid in larger):
+            reasons.append("are no localizer or diffusion series")
+        why = f"the one with the most slices of those that {' and '.join(reasons) or 'are volumes'}"
     text = f"The DICOM folder holds {len(files)} series; {_series_label(files[chosen], headers[chosen])}, {why}, was analysed"
     text += (f", and {', '.join(_series_label(files[sid], headers[sid]) for sid in others)} left aside." if others
              else ".")
