@@ -1178,3 +1178,23 @@ def test_mr_trace_cut_short_of_ho_or_ct_cut_short_of_the_nerve_is_named(slicer_s
     assert any("the curve runs beyond the image the segments lie on" in w for w in contact.warnings)
     assert not any("outside the nerve segment" in w for w in contact.warnings)
     scene.Clear(True)
+
+
+@pytest.mark.parametrize("short_of_top_mm, named", [(20.0, False), (3.0, True)])
+def test_trace_end_is_at_the_edge_within_5_mm_along_the_slices_too(slicer_scene, short_of_top_mm, named):
+    # On an MR of 0.5 x 0.5 x 4 mm the edge's 5 mm were counted in voxels of the finest
+    # spacing on every axis: along the 4 mm slices that made 40 mm, and a trace ending
+    # 20 mm below the MR's top was said to end at its edge.
+    from HOSciaticModuleLib.geometry import VolumeGeometry
+    from HOSciaticModuleLib.pipeline import TRACED_VOLUME_ROLE
+
+    mr_geometry = VolumeGeometry(np.diag([0.5, 0.5, 4.0, 1.0]), (30, 100, 100))   # faces at z -2 and 118 mm
+    mr = scene_io.volume_node_from_array(slicer_scene, np.zeros((30, 100, 100), np.float32), mr_geometry, "MR")
+    curve = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", "centreline")
+    curve.SetNodeReferenceID(TRACED_VOLUME_ROLE, mr.GetID())
+    centreline = np.array([[25.0, 25.0, 10.0], [25.0, 25.0, 118.0 - short_of_top_mm]])
+    ct_geometry = VolumeGeometry(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -10.0], [0, 0, 0, 1]]), (180, 60, 60))
+    above_mr = (slice(132, 137), slice(20, 30), slice(20, 30))                    # HO 4-9 mm above the MR
+    warnings = HOSciaticAnalysis._ho_beyond_traced_image_warnings(
+        curve, "right", [(1, "HO 1", np.ones((5, 10, 10), bool), above_mr)], ct_geometry, centreline, {1: "HO 1"})
+    assert bool(warnings) == named

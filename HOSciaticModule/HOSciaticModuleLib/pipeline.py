@@ -1068,11 +1068,17 @@ class HOSciaticAnalysis:
             traced = scene_io.volume_geometry(volume, "The traced volume")
         except InputError:
             return []  # under a warping transform: its edges are not where its grid says
-        edge_voxels = max(1.0, TRACE_END_AT_EDGE_MM / min(traced.spacing_kji))
-        ends = [n for n in (0, len(centreline) - 1)
-                if not traced.contains_ras(centreline[n][None], margin_voxels=edge_voxels)[0]]
+        # Each end's distance (mm) to the nearest face, along each axis at its own spacing.
+        ijk = traced.ras_to_ijk_points(centreline[[0, -1]])
+        faces = np.minimum(ijk + 0.5, np.asarray(traced.shape_kji[::-1]) - 0.5 - ijk) * traced.spacing_ijk
+        ends = [n for n, end in zip((0, len(centreline) - 1), faces) if end.min() <= TRACE_END_AT_EDGE_MM]
         beyond = {}
         for label, _, mask, block in (ho_blocks if ends else []):
+            corners = geometry.kji_to_ras_points(np.array([[a, b, c] for a in (block[0].start, block[0].stop - 1)
+                                                           for b in (block[1].start, block[1].stop - 1)
+                                                           for c in (block[2].start, block[2].stop - 1)]))
+            if traced.contains_ras(corners).all():
+                continue  # the block, and the segment in it, lie wholly inside the traced image
             points = geometry.kji_to_ras_points(np.argwhere(mask) + [b.start for b in block])
             points = points[~traced.contains_ras(points)]
             if len(points):
