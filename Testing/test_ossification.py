@@ -1281,9 +1281,9 @@ def test_bone_wholly_above_the_hip_bones_is_set_apart():
     def capsule_ml(radius):
         return np.pi * radius ** 2 * (np.linalg.norm(np.subtract(*ends)) + 4.0 / 3.0 * radius) / 1000.0
 
-    # Its marrow, 3.8 mm in radius and not sealed in 3D by a 1.2 mm cortex
-    # on these voxels, is too wide to be filled as a pocket within slices: at least its
-    # cortex is set apart.
+    # Its 1.2 mm cortex's caps vanish on these voxels, so its marrow (3.8 mm in radius) is
+    # the inside of a tube open at its ends, as a collar's is, and is not filled: at least
+    # its cortex is set apart.
     set_apart_ml = np.count_nonzero(set_apart) * phantom.geometry.voxel_volume_ml
     assert 0.88 * (capsule_ml(5.0) - capsule_ml(3.8)) <= set_apart_ml <= 1.12 * capsule_ml(5.0)
     (warning,) = [w for w in result.warnings if "above the top of the hip bones" in w]

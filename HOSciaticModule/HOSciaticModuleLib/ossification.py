@@ -654,18 +654,23 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
     Long bones are tubes open where the field of view cuts them, so their marrow is
     enclosed only slice by slice. With ``max_hole_radius_mm`` only pockets thinner than
     that are filled (see :data:`SLICE_MARROW_MAX_RADIUS_MM`); a pocket's thickness is
-    judged in 3D, over the pocket as connected across the planes too: the inside of a
-    tube of HO open at both ends (a collar around the nerve) is one pocket, as thick as
-    the tube is wide. Judged plane by plane, its end planes, thin across the planes,
-    were filled; that closed the tube, whose inside, nerve and all, was then a cavity.
+    judged in 3D, over the pocket as connected within its plane. The pockets of a tube
+    open at an end are not filled at all (see :func:`_open_tube_pockets`): filling a
+    collar of HO's end planes, thin across the planes, closed it around the nerve, whose
+    inside, nerve and all, was then filled as a cavity.
     """
     def holes_along(axis):
         holes = _fill_within_slices(mask, axis) & ~mask
         if max_hole_radius_mm is not None and holes.any():
-            pockets, count = ndimage.label(holes)
+            structure = np.zeros((3, 3, 3), bool)
+            index = [slice(None)] * 3
+            index[axis] = 1
+            structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+            pockets, count = ndimage.label(holes, structure=structure)
             depth = _ball_distance(holes, geometry)
             thin = _label_maximum(pockets[holes], depth[holes], count) <= max_hole_radius_mm
             thin[0] = False
+            thin &= ~_open_tube_pockets(holes, pockets, count, depth, mask | holes, axis, max_hole_radius_mm)
             holes = thin[pockets]
         return holes
 
@@ -680,6 +685,33 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
     for holes in along:
         filled |= holes
     return filled
+
+
+def _open_tube_pockets(holes: np.ndarray, pockets: np.ndarray, count: int, depth: np.ndarray, enclosed: np.ndarray,
+                       axis: int, max_radius_mm: float) -> np.ndarray:
+    """For each in-plane pocket (``pockets``, index 0..count), whether it belongs to the
+    inside of a tube open at an end: its pockets, connected across the planes, are wider
+    than ``max_radius_mm`` somewhere and lie, across the planes, against the open outside
+    (neither bone nor a pocket: ``enclosed`` is False) over at least half the largest
+    pocket's area, a whole end open. The marrow under a cortex that the slices show with
+    gaps meets the outside only through the gaps, and its thin end planes seal it."""
+    tubes, tube_count = ndimage.label(holes)
+    open_beside = np.zeros(holes.shape, bool)
+    for step in (1, -1):
+        outside = np.roll(~enclosed, step, axis=axis)
+        edge = [slice(None)] * 3
+        edge[axis] = 0 if step == 1 else -1
+        outside[tuple(edge)] = False  # beyond the array nothing is known
+        open_beside |= outside
+    tube_of = np.zeros(count + 1, np.int64)
+    tube_of[pockets[holes]] = tubes[holes]
+    open_area = np.bincount(tubes[holes & open_beside], minlength=tube_count + 1)
+    largest_pocket = np.zeros(tube_count + 1)
+    np.maximum.at(largest_pocket, tube_of, np.bincount(pockets[holes], minlength=count + 1))
+    wide = _label_maximum(tubes[holes], depth[holes], tube_count) > max_radius_mm
+    open_tube = wide & (open_area >= 0.5 * np.maximum(largest_pocket, 1))
+    open_tube[0] = False
+    return open_tube[tube_of]
 
 
 def fill_per_group(mask: np.ndarray, fill) -> np.ndarray:
