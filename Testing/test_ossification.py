@@ -918,6 +918,13 @@ def test_calcified_plaques_in_a_row_along_an_artery_are_named():
     (warning,) = [w for w in result.warnings if "the pattern of calcified plaques" in w]
     assert sorted(int(n) for n in re.findall(r"HO (\d+)", warning)) == sorted(on_plaques)
 
+    # Spurs fused to a bone, in a row along it, are no plaques: a plaque is never on a bone.
+    spurs = tuple(IslandSpec(f"spur {n}", "ellipsoid", True, center_offset=(52.0, 15.0, z), semi_axes=(3.5, 3.0, 3.5))
+                  for n, z in enumerate((-45.0, -30.0, -15.0, 0.0)))
+    phantom = generate_phantom(PhantomSpec(islands=spurs, calcification_z=()), spacing_ijk=(0.8, 0.8, 1.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    assert len(result.islands) == 4 and all(i.fused_to_native_bone and not i.doubts for i in result.islands)
+
 
 def test_short_vessel_at_the_contrast_level_is_named_with_the_tubes():
     """On a contrast-enhanced CT a short branch (a gluteal artery beside the nerve,

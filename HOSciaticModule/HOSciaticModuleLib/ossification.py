@@ -1880,11 +1880,12 @@ def clustered_small_islands(results) -> list[int]:
 
 
 def small_islands_in_a_row(results) -> list[list[int]]:
-    """Groups (island numbers) of at least PLAQUE_MIN_COUNT small islands, each within
+    """Groups (island numbers) of at least PLAQUE_MIN_COUNT small free islands, each within
     PLAQUE_LINK_MM of another, whose centres lie within PLAQUE_ROW_MAX_OFFSET_MM of one
     line over PLAQUE_ROW_MIN_LENGTH_MM or more: the pattern of calcified plaques along
     an artery."""
-    small = [r for r in results if r.volume_ml <= PLAQUE_MAX_ML]
+    # A plaque lies in an artery's wall, never on a bone: spurs along a bone stay HO.
+    small = [r for r in results if r.volume_ml <= PLAQUE_MAX_ML and not r.fused_to_native_bone]
     if len(small) < PLAQUE_MIN_COUNT:
         return []
     centres = np.array([r.centroid_ras for r in small])
