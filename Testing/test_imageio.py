@@ -42,6 +42,12 @@ def _as_slices(values, geometry):
     return image, direction, [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
 
 
+def _write_series(folder, image, direction, planes, positions, number, description, **tags):
+    """One series of ``planes`` at ``positions`` into ``folder`` (several may share it)."""
+    write_dicom_slices(folder, planes, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
+                       series_number=number, series_description=description, tags=tags)
+
+
 def test_dicom_series_folder(tmp_path, volume):
     values, geometry = volume
     image, direction, positions = _as_slices(values, geometry)
@@ -299,8 +305,7 @@ def test_mr_study_folder_gives_its_t2_fat_saturated_series(tmp_path, volume):
     folder = tmp_path / "study"
 
     def series(number, description, planes, at, **tags):
-        write_dicom_slices(folder, planes, at, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
-                           series_number=number, series_description=description, tags={"0008|0060": "MR", **tags})
+        _write_series(folder, image, direction, planes, at, number, description, **{"0008|0060": "MR", **tags})
 
     series(5, "ep2d_diff_b50_800", np.concatenate([values, values + 1]), positions + positions)
     series(3, "T1 TSE AX", values + 5, positions, **{"0018|0081": "12"})
@@ -337,10 +342,8 @@ def test_dicom_series_refused_gives_way_to_the_next(tmp_path, volume):
     values, geometry = volume
     image, direction, positions = _as_slices(values, geometry)
     folder = tmp_path / "study"
-    write_dicom_slices(folder, np.concatenate([values, values]), positions + positions, direction[:, 0],
-                       direction[:, 1], image.GetSpacing()[:2], series_number=2, series_description="Dual energy")
-    write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
-                       series_number=3, series_description="Pelvis 1.0 Br40")
+    _write_series(folder, image, direction, np.concatenate([values, values]), positions + positions, 2, "Dual energy")
+    _write_series(folder, image, direction, values, positions, 3, "Pelvis 1.0 Br40")
     loaded = read_volume(folder, modality="ct")
     np.testing.assert_array_equal(loaded.array, values)
     (warning,) = loaded.warnings
@@ -379,16 +382,14 @@ def test_refused_ct_series_gives_no_way_to_its_scout_and_tra_ce_is_no_trace(tmp_
     values, geometry = volume
     image, direction, positions = _as_slices(values, geometry)
     folder = tmp_path / "study"
-    write_dicom_slices(folder, np.concatenate([values, values]), positions + positions, direction[:, 0],
-                       direction[:, 1], image.GetSpacing()[:2], series_number=2, series_description="Pelvis 1.0 Br40")
-    write_dicom_slices(folder, values[:2], positions[:2], direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
-                       series_number=3, series_description="Topogram", tags={"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"})
+    _write_series(folder, image, direction, np.concatenate([values, values]), positions + positions, 2,
+                  "Pelvis 1.0 Br40")
+    _write_series(folder, image, direction, values[:2], positions[:2], 3, "Topogram",
+                  **{"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"})
     with pytest.raises(InputError, match=r"two or more slices at the same position.*'Pelvis 1.0 Br40' \(12 files\).*"
                                          r"'Topogram' \(2 files\) is no volume to analyse"):
         read_volume(folder, modality="ct")
     folder = tmp_path / "contrast"
-    write_dicom_slices(folder, values, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
-                       series_number=2, series_description="Pelvis 1.0 tra CE")
-    write_dicom_slices(folder, values[:3] + 5, positions[:3], direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
-                       series_number=3, series_description="Pelvis 5.0 MPR")
+    _write_series(folder, image, direction, values, positions, 2, "Pelvis 1.0 tra CE")
+    _write_series(folder, image, direction, values[:3] + 5, positions[:3], 3, "Pelvis 5.0 MPR")
     np.testing.assert_array_equal(read_volume(folder, modality="ct").array, values)
