@@ -114,6 +114,10 @@ BAR_END_GAP_MM = 5.0
 #: thinner than this: wider than the marrow in the wall of an HO shell, narrower than the
 #: thinnest compressed sciatic nerve (about 5 mm), which a ring of HO must never swallow.
 SLICE_MARROW_MAX_RADIUS_MM = 2.5
+#: A tube's inside seen in this many planes or more can be told from marrow by its ends
+#: (see _open_tube_pockets); a short marrow cavity cut by three thick slices has end
+#: planes nearly as large as its middle one, as a collar's are.
+OPEN_TUBE_MIN_PLANES = 4
 #: Cortex: mineralised bone at cortical density; the interior of a mature island is
 #: marrow (fatty -100..100 HU, red marrow up to ~300 HU).
 CORTICAL_HU = 600.0
@@ -659,29 +663,36 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
     collar of HO's end planes, thin across the planes, closed it around the nerve, whose
     inside, nerve and all, was then filled as a cavity.
     """
-    def holes_along(axis):
-        holes = _fill_within_slices(mask, axis) & ~mask
-        if max_hole_radius_mm is not None and holes.any():
-            structure = np.zeros((3, 3, 3), bool)
-            index = [slice(None)] * 3
-            index[axis] = 1
-            structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-            pockets, count = ndimage.label(holes, structure=structure)
-            depth = _ball_distance(holes, geometry)
-            thin = _label_maximum(pockets[holes], depth[holes], count) <= max_hole_radius_mm
-            thin[0] = False
-            thin &= ~_open_tube_pockets(holes, pockets, count, depth, mask | holes, axis, max_hole_radius_mm)
-            holes = thin[pockets]
-        return holes
+    def enclosed_along(axis):
+        return _fill_within_slices(mask, axis) & ~mask
+
+    def thin_along(axis, holes, enclosed):
+        if max_hole_radius_mm is None or not holes.any():
+            return holes
+        structure = np.zeros((3, 3, 3), bool)
+        index = [slice(None)] * 3
+        index[axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        pockets, count = ndimage.label(holes, structure=structure)
+        depth = _ball_distance(holes, geometry)
+        thin = _label_maximum(pockets[holes], depth[holes], count) <= max_hole_radius_mm
+        thin[0] = False
+        thin &= ~_open_tube_pockets(holes, pockets, count, depth, enclosed, axis, max_hole_radius_mm)
+        return thin[pockets]
 
     filled = mask.copy()
     # The three directions are independent, and filling mostly runs outside the GIL:
-    # on a large block they run side by side.
+    # on a large block they run side by side. A tube's ends are judged against what no
+    # direction encloses (marrow enclosed only along another axis is no open outside).
     if mask.size >= PARALLEL_MIN_VOXELS:
         with ThreadPoolExecutor(min(3, os.cpu_count() or 1), thread_name_prefix="hosciatic-fill") as executor:
-            along = list(executor.map(holes_along, range(3)))
+            holes = list(executor.map(enclosed_along, range(3)))
+            enclosed = mask | holes[0] | holes[1] | holes[2]
+            along = list(executor.map(thin_along, range(3), holes, [enclosed] * 3))
     else:
-        along = [holes_along(axis) for axis in range(3)]
+        holes = [enclosed_along(axis) for axis in range(3)]
+        enclosed = mask | holes[0] | holes[1] | holes[2]
+        along = [thin_along(axis, holes[axis], enclosed) for axis in range(3)]
     for holes in along:
         filled |= holes
     return filled
@@ -690,27 +701,40 @@ def fill_slice_cavities(mask: np.ndarray, geometry: VolumeGeometry | None = None
 def _open_tube_pockets(holes: np.ndarray, pockets: np.ndarray, count: int, depth: np.ndarray, enclosed: np.ndarray,
                        axis: int, max_radius_mm: float) -> np.ndarray:
     """For each in-plane pocket (``pockets``, index 0..count), whether it belongs to the
-    inside of a tube open at an end: its pockets, connected across the planes, are wider
-    than ``max_radius_mm`` somewhere and lie, across the planes, against the open outside
-    (neither bone nor a pocket: ``enclosed`` is False) over at least half the largest
-    pocket's area, a whole end open. The marrow under a cortex that the slices show with
-    gaps meets the outside only through the gaps, and its thin end planes seal it."""
+    inside of a tube open at both ends, as a collar of HO around the nerve is: its
+    pockets, connected across the planes, are wider than ``max_radius_mm`` somewhere, and
+    at each end the last plane's pocket is at least half as large as the largest and
+    lies mostly against the open outside (neither bone nor enclosed within a plane along
+    any axis: ``enclosed`` is False) beyond it, over OPEN_TUBE_MIN_PLANES planes or more. Marrow tapers towards its
+    ends, where a cortex closes it (or the slices, cut through a thin cap, lose it): its
+    end planes are small, or few planes hold it all, and they are filled."""
     tubes, tube_count = ndimage.label(holes)
-    open_beside = np.zeros(holes.shape, bool)
-    for step in (1, -1):
-        outside = np.roll(~enclosed, step, axis=axis)
-        edge = [slice(None)] * 3
-        edge[axis] = 0 if step == 1 else -1
-        outside[tuple(edge)] = False  # beyond the array nothing is known
-        open_beside |= outside
     tube_of = np.zeros(count + 1, np.int64)
     tube_of[pockets[holes]] = tubes[holes]
-    open_area = np.bincount(tubes[holes & open_beside], minlength=tube_count + 1)
-    largest_pocket = np.zeros(tube_count + 1)
-    np.maximum.at(largest_pocket, tube_of, np.bincount(pockets[holes], minlength=count + 1))
     wide = _label_maximum(tubes[holes], depth[holes], tube_count) > max_radius_mm
-    open_tube = wide & (open_area >= 0.5 * np.maximum(largest_pocket, 1))
-    open_tube[0] = False
+    wide[0] = False
+    if not wide.any():
+        return wide[tube_of]
+    planes = holes.shape[axis]
+    plane_of = np.broadcast_to(np.arange(planes).reshape([-1 if a == axis else 1 for a in range(3)]), holes.shape)
+    area = np.bincount(tubes[holes] * planes + plane_of[holes], minlength=(tube_count + 1) * planes).reshape(-1, planes)
+    present = area > 0
+    first = np.argmax(present, axis=1)
+    last = planes - 1 - np.argmax(present[:, ::-1], axis=1)
+    rows = np.arange(tube_count + 1)
+    largest = area.max(axis=1)
+    open_tube = wide & (last - first + 1 >= OPEN_TUBE_MIN_PLANES)
+    for end, beyond in ((first, first - 1), (last, last + 1)):
+        inside_array = (beyond >= 0) & (beyond < planes)
+        end_area = area[rows, end]
+        open_tube &= inside_array & (end_area >= 0.5 * np.maximum(largest, 1))
+        for tube in np.flatnonzero(open_tube):
+            index = [slice(None)] * 3
+            index[axis] = int(end[tube])
+            at_end = tubes[tuple(index)] == tube
+            index[axis] = int(beyond[tube])
+            outside = ~enclosed[tuple(index)]
+            open_tube[tube] = np.count_nonzero(at_end & outside) >= 0.5 * np.count_nonzero(at_end)
     return open_tube[tube_of]
 
 
