@@ -702,12 +702,13 @@ def _open_tube_pockets(holes: np.ndarray, pockets: np.ndarray, count: int, depth
                        axis: int, max_radius_mm: float) -> np.ndarray:
     """For each in-plane pocket (``pockets``, index 0..count), whether it belongs to the
     inside of a tube open at both ends, as a collar of HO around the nerve is: its
-    pockets, connected across the planes, are wider than ``max_radius_mm`` somewhere, and
-    at each end the last plane's pocket is at least half as large as the largest and
-    lies mostly against the open outside (neither bone nor enclosed within a plane along
-    any axis: ``enclosed`` is False) beyond it, over OPEN_TUBE_MIN_PLANES planes or more. Marrow tapers towards its
-    ends, where a cortex closes it (or the slices, cut through a thin cap, lose it): its
-    end planes are small, or few planes hold it all, and they are filled."""
+    pockets, connected across the planes over OPEN_TUBE_MIN_PLANES planes or more, are
+    wider than ``max_radius_mm`` somewhere, and at each end the last plane's pocket is at
+    least half as large as the largest and lies mostly against the open outside (neither
+    bone nor enclosed within a plane along any axis: ``enclosed`` is False) beyond it.
+    Marrow tapers towards its ends, where a cortex closes it (or the slices, cut through
+    a thin cap, lose it): its end planes are small, or few planes hold it all, and they
+    are filled."""
     tubes, tube_count = ndimage.label(holes)
     tube_of = np.zeros(count + 1, np.int64)
     tube_of[pockets[holes]] = tubes[holes]
