@@ -908,8 +908,8 @@ def test_calcified_plaques_in_a_row_along_an_artery_are_named():
     along = (offset[..., 2] >= -50.0) & (offset[..., 2] <= 20.0)
     plaques = ((from_axis > 3.5) & (from_axis <= 4.7) & along & (np.mod(offset[..., 2] + 50.0, 14.0) < 9.0)
                & (np.abs(angle - 90.0) < 70.0))
-    image = phantom.image + ndimage.gaussian_filter(np.where(plaques, 1000.0 - 50.0, 0.0).astype(np.float32),
-                                                    phantom.spec.psf_sigma_mm / np.asarray(phantom.geometry.spacing_kji))
+    blur = phantom.spec.psf_sigma_mm / np.asarray(phantom.geometry.spacing_kji)
+    image = phantom.image + ndimage.gaussian_filter(np.where(plaques, 1000.0 - 50.0, 0.0).astype(np.float32), blur)
     result = segment_ossifications(image, phantom.geometry)
     on_plaques = {i.label for i in result.islands if np.any((result.labelmap == i.label) & plaques)}
     named = {i.label for i in result.islands if "in a row like an artery's calcified plaques" in i.doubts}

@@ -323,7 +323,8 @@ def _other_series_warning(files: dict, chosen: str, headers: dict, refused: dict
         if any(not _series_rank(headers[sid], len(files[sid]), modality)[1] for sid in larger):
             reasons.append("are no localizer or diffusion series")
         why = f"the one with the most slices of those that {' and '.join(reasons) or 'are volumes'}"
-    text = f"The DICOM folder holds {len(files)} series; {_series_label(files[chosen], headers[chosen])}, {why}, was analysed"
+    text = (f"The DICOM folder holds {len(files)} series; {_series_label(files[chosen], headers[chosen])}, {why}, "
+            "was analysed")
     text += (f", and {', '.join(_series_label(files[sid], headers[sid]) for sid in others)} left aside." if others
              else ".")
     if refused:
