@@ -119,6 +119,12 @@ class VolumeGeometry:
         upper = np.asarray(self.shape_kji[::-1], dtype=float) - 0.5 - margin_voxels
         return np.all((ijk >= -0.5 + margin_voxels) & (ijk <= upper), axis=1)
 
+    def block_corners_ras(self, kji_slices) -> np.ndarray:
+        """The RAS centres of the eight corner voxels of the block ``array[kji_slices]``."""
+        return self.kji_to_ras_points([[k, j, i] for k in (kji_slices[0].start, kji_slices[0].stop - 1)
+                                       for j in (kji_slices[1].start, kji_slices[1].stop - 1)
+                                       for i in (kji_slices[2].start, kji_slices[2].stop - 1)])
+
     def voxel_ras_grid(self, kji_slices=None) -> np.ndarray:
         """RAS coordinates of every voxel centre as an array of shape (..., 3).
 
@@ -197,6 +203,15 @@ class VolumeGeometry:
                 "Resample it onto an orthogonal grid first (for example with Slicer's Resample Scalar Volume "
                 "or by harden-transforming a sheared acquisition)."
             )
+
+
+def corner_shift_mm(first_ijk_to_ras, second_ijk_to_ras, size_ijk) -> float:
+    """How far apart (mm) two IJK-to-RAS matrices put an image of ``size_ijk`` voxels:
+    the largest distance between where they place one of its corner voxels."""
+    last = np.asarray(size_ijk, float) - 1.0
+    corners = np.array([[i, j, k, 1.0] for i in (0.0, last[0]) for j in (0.0, last[1]) for k in (0.0, last[2])])
+    shift = corners @ (np.asarray(first_ijk_to_ras, float) - np.asarray(second_ijk_to_ras, float)).T
+    return float(np.linalg.norm(shift[:, :3], axis=1).max())
 
 
 def orthonormal(directions: np.ndarray) -> bool:

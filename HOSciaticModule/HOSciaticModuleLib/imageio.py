@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from . import bonelabels
 from .errors import InputError
-from .geometry import VolumeGeometry, orthonormal
+from .geometry import VolumeGeometry, corner_shift_mm, orthonormal
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Folders searched below a DICOM folder that holds no series itself: a study's export
@@ -635,13 +635,11 @@ def _placements_disagree_warnings(placements: dict, geometry: VolumeGeometry, pa
     (Slicer's the same), which the user may not have meant."""
     if "qform" not in placements or "sform" not in placements:
         return []
-    corners = np.array([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-    corners[:, :3] *= placements["size"] - 1
-    apart = float(np.max(np.linalg.norm((corners @ (placements["qform"] - placements["sform"]).T)[:, :3], axis=1)))
+    size = placements["size"]
+    apart = corner_shift_mm(placements["qform"], placements["sform"], size)
     if apart <= PLACEMENT_TOLERANCE_MM:
         return []
-    used = min(("qform", "sform"), key=lambda name: float(np.max(np.abs(
-        corners @ (placements[name] - geometry.ijk_to_ras).T))))
+    used = min(("qform", "sform"), key=lambda name: corner_shift_mm(placements[name], geometry.ijk_to_ras, size))
     other = "sform" if used == "qform" else "qform"
     return [f"The {what} '{path.name}' holds two placements, its NIfTI qform and sform, up to {apart:.1f} mm apart "
             f"(a registration or a reorientation saved in one of them only): it was read through its {used}, as "

@@ -24,7 +24,7 @@ from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
-from .geometry import bounding_slices
+from .geometry import bounding_slices, corner_shift_mm
 from .memorypages import with_small_memory_pages
 from .progress import ProgressCallback, report, sub_progress
 
@@ -600,9 +600,7 @@ class HOSciaticAnalysis:
         body's midline, so that the checks comparing both sides (thick fused masses,
         prominences, growth centres) run as on the whole CT."""
         roi_block = bounding_slices(roi_mask)
-        corners = geometry.kji_to_ras_points([[k, j, i] for k in (roi_block[0].start, roi_block[0].stop - 1)
-                                              for j in (roi_block[1].start, roi_block[1].stop - 1)
-                                              for i in (roi_block[2].start, roi_block[2].stop - 1)])
+        corners = geometry.block_corners_ras(roi_block)
         plane = self.body_midline(ct_volume_node, ct, geometry, bone_threshold_hu)
         if plane is not None:
             corners = np.vstack([corners, plane.mirror(corners)])
@@ -1036,9 +1034,7 @@ class HOSciaticAnalysis:
             now = self._placement(volume, segmentation_node)
         except InputError:
             return None  # under a warping transform: contact does not read that image
-        last = np.array(volume.GetImageData().GetDimensions(), float) - 1.0
-        corners = np.array([[i, j, k, 1.0] for i in (0.0, last[0]) for j in (0.0, last[1]) for k in (0.0, last[2])])
-        moved = float(np.linalg.norm((corners @ (now - then).T)[:, :3], axis=1).max())
+        moved = corner_shift_mm(now, then, volume.GetImageData().GetDimensions())
         return (volume, moved) if moved > PLACEMENT_TOLERANCE_MM else None
 
     def _moved_image_warnings(self, segmentation_node, centreline_node, side) -> list[str]:
@@ -1074,10 +1070,7 @@ class HOSciaticAnalysis:
         ends = [n for n, end in zip((0, len(centreline) - 1), faces) if end.min() <= TRACE_END_AT_EDGE_MM]
         beyond = {}
         for label, _, mask, block in (ho_blocks if ends else []):
-            corners = geometry.kji_to_ras_points(np.array([[a, b, c] for a in (block[0].start, block[0].stop - 1)
-                                                           for b in (block[1].start, block[1].stop - 1)
-                                                           for c in (block[2].start, block[2].stop - 1)]))
-            if traced.contains_ras(corners).all():
+            if traced.contains_ras(geometry.block_corners_ras(block)).all():
                 continue  # the block, and the segment in it, lie wholly inside the traced image
             points = geometry.kji_to_ras_points(np.argwhere(mask) + [b.start for b in block])
             points = points[~traced.contains_ras(points)]
