@@ -138,8 +138,9 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
         raise InputError(f"The folder '{folder}' holds no DICOM series, nor do its subfolders. Give a folder of DICOM "
                          f"slices or an image file ({', '.join(IMAGE_SUFFIXES)}).")
     headers = {sid: _series_header(names) for sid, names in files.items()}
-    ranked = sorted(files, key=lambda sid: _series_rank(headers[sid], len(files[sid]), modality), reverse=True)
-    volumes = [sid for sid in ranked if _is_candidate_volume(headers[sid], len(files[sid]), modality)]
+    ranks = {sid: _series_rank(headers[sid], len(files[sid]), modality) for sid in files}
+    ranked = sorted(files, key=ranks.__getitem__, reverse=True)
+    volumes = [sid for sid in ranked if _is_candidate_volume(ranks[sid])]
     refused: dict = {}
     for sid in volumes or ranked:
         try:
@@ -150,7 +151,7 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
             refused[sid] = str(error)
             continue
         description = f"DICOM series {sid} ({len(files)} series in folder)"
-        choice = [_other_series_warning(files, sid, headers, refused, modality)] if len(files) > 1 else []
+        choice = [_other_series_warning(files, sid, headers, ranks, refused, modality)] if len(files) > 1 else []
         return image, description, choice + corrections
     if len(refused) == 1 and len(files) > 1:
         (sid, reason), = refused.items()
@@ -274,11 +275,12 @@ def _is_t2_weighted(header: SeriesHeader, words: set) -> bool:
 MIN_VOLUME_SLICES = 3
 
 
-def _is_candidate_volume(header: SeriesHeader, file_count: int, modality: str | None) -> bool:
-    """A series worth reading as the volume: of the modality analysed (or not saying),
-    no localizer or diffusion series, and of MIN_VOLUME_SLICES files or more."""
-    rank = _series_rank(header, file_count, modality)
-    return rank[0] and rank[1] and file_count >= MIN_VOLUME_SLICES
+def _is_candidate_volume(rank: tuple) -> bool:
+    """Whether a series (by its :func:`_series_rank`) is worth reading as the volume: of
+    the modality analysed (or not saying), no localizer or diffusion series, and of
+    MIN_VOLUME_SLICES files or more."""
+    modality_matches, is_volume, _, file_count = rank
+    return modality_matches and is_volume and file_count >= MIN_VOLUME_SLICES
 
 
 def _series_rank(header: SeriesHeader, file_count: int, modality: str | None) -> tuple:
@@ -293,20 +295,21 @@ def _series_rank(header: SeriesHeader, file_count: int, modality: str | None) ->
     return (not wanted or header.modality in ("", wanted), not words & NOT_A_VOLUME_WORDS, score, file_count)
 
 
-def _series_label(file_names, header: SeriesHeader | None = None) -> str:
+def _series_label(file_names, header: SeriesHeader) -> str:
     """A series as a reader knows it: its description and its number of files."""
-    description = (header or _series_header(file_names)).description
+    description = header.description
     count = f"{len(file_names)} file{'s' if len(file_names) > 1 else ''}"
     return f"'{description}' ({count})" if description else f"a series of {count}"
 
 
-def _other_series_warning(files: dict, chosen: str, headers: dict, refused: dict, modality: str | None) -> str:
+def _other_series_warning(files: dict, chosen: str, headers: dict, ranks: dict, refused: dict,
+                          modality: str | None) -> str:
     """Which of several series in a folder was analysed and why, the others named (and
     why those tried first were passed over), so the reader knows what the figures belong
     to and how to pick another."""
     others = [sid for sid in files if sid != chosen and sid not in refused]
-    rank = _series_rank(headers[chosen], len(files[chosen]), modality)
-    tied = [sid for sid in others if _series_rank(headers[sid], len(files[sid]), modality) == rank]
+    rank = ranks[chosen]
+    tied = [sid for sid in others if ranks[sid] == rank]
     if modality == "mr" and rank[2] == 2:
         why = "a T2-weighted fat-suppressed series by its header"
     elif modality == "mr" and rank[2] == 1:
@@ -318,9 +321,9 @@ def _other_series_warning(files: dict, chosen: str, headers: dict, refused: dict
         reasons = []
         if any(sid in refused for sid in larger):
             reasons.append("could be read")
-        if any(not _series_rank(headers[sid], len(files[sid]), modality)[0] for sid in larger):
+        if any(not ranks[sid][0] for sid in larger):
             reasons.append(f"are {modality.upper()}" if modality else "are of its modality")
-        if any(not _series_rank(headers[sid], len(files[sid]), modality)[1] for sid in larger):
+        if any(not ranks[sid][1] for sid in larger):
             reasons.append("are no localizer or diffusion series")
         why = f"the one with the most slices of those that {' and '.join(reasons) or 'are volumes'}"
     text = (f"The DICOM folder holds {len(files)} series; {_series_label(files[chosen], headers[chosen])}, {why}, "
@@ -328,9 +331,9 @@ def _other_series_warning(files: dict, chosen: str, headers: dict, refused: dict
     text += (f", and {', '.join(_series_label(files[sid], headers[sid]) for sid in others)} left aside." if others
              else ".")
     if refused:
+        passed_over = {sid: _first_sentence(reason) for sid, reason in refused.items()}
         text += " " + " ".join(f"{_series_label(files[sid], headers[sid])} was passed over: "
-                               f"{_first_sentence(reason)[0].lower()}{_first_sentence(reason)[1:]}."
-                               for sid, reason in refused.items())
+                               f"{reason[0].lower()}{reason[1:]}." for sid, reason in passed_over.items())
     if tied and modality == "mr":
         text += (" Another series has as many slices and the same contrast by its header (another plane or a "
                  "repeat?): check that the analysed one is the T2 fat-saturated series meant.")
