@@ -504,8 +504,7 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
     else:
         if not os.access(path, os.R_OK):
             raise InputError(f"The {what} '{path}' cannot be read (permission denied).")
-        warnings += _checked_nifti_header(path, what)
-        placements = nifti_placements(path)
+        warnings, placements = _checked_nifti_header(path, what)
         _check_nrrd_spacing(path, what)
         try:
             image = sitk.ReadImage(str(path))
@@ -540,16 +539,16 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
     return LoadedImage(np.array(array), geometry, str(path), description, warnings=warnings)
 
 
-def _checked_nifti_header(path: Path, what: str) -> list[str]:
-    """The checks of a NIfTI file's header (read once; none for another file), and the
-    warnings it calls for."""
+def _checked_nifti_header(path: Path, what: str) -> tuple[list[str], dict]:
+    """The checks of a NIfTI file's header (read once; none for another file): the
+    warnings it calls for, and its placements (see :func:`nifti_placements`)."""
     read = bonelabels.nifti1_header(path)
     if read is None:
-        return []
+        return [], {}
     header, endian, _ = read
     _check_nifti_sform(header, endian, path, what)
     _check_nifti_spacing_and_size(header, endian, path, what)
-    return _nifti_orientation_warnings(header, endian, path, what)
+    return _nifti_orientation_warnings(header, endian, path, what), nifti_placements(header, endian)
 
 
 def _check_nifti_sform(header: bytes, endian: str, path: Path, what: str) -> None:
@@ -603,13 +602,9 @@ def _check_nifti_spacing_and_size(header: bytes, endian: str, path: Path, what: 
 PLACEMENT_TOLERANCE_MM = 1.0
 
 
-def nifti_placements(path) -> dict:
-    """{"qform": 4 x 4 ijk-to-RAS matrix, "sform": ...} of a NIfTI-1 file, for each one its
-    header declares (code above 0), with the image's size as "size"; empty for another file."""
-    read = bonelabels.nifti1_header(path)
-    if read is None:
-        return {}
-    header, endian, _ = read
+def nifti_placements(header: bytes, endian: str) -> dict:
+    """{"qform": 4 x 4 ijk-to-RAS matrix, "sform": ...} of a NIfTI-1 header, for each one
+    it declares (code above 0), with the image's size as "size"."""
     dims = struct.unpack(endian + "8h", header[40:56])
     pixdim = np.array(struct.unpack(endian + "8f", header[76:108]), float)
     qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
