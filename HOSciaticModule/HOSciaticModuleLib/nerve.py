@@ -1779,12 +1779,13 @@ def through_bone_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np
     dense = resample_polyline(points, step)
     values = ndimage.map_coordinates(ct_hu, geometry.ras_to_kji_points(dense).T, order=1, mode="nearest")
     bone = (values >= bone_threshold_hu) & (values < METAL_THRESHOLD_HU)
-    runs, count = ndimage.label(bone)
-    long_runs = [n for n in range(1, count + 1) if np.count_nonzero(runs == n) * step >= BONE_CROSSING_MIN_MM]
-    if not long_runs:
+    runs, _ = ndimage.label(bone)
+    long_run = np.bincount(runs) * step >= BONE_CROSSING_MIN_MM
+    long_run[0] = False
+    crossing = long_run[runs]
+    if not crossing.any():
         return []
     dense_s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
-    crossing = np.isin(runs, long_runs)
     through = np.zeros(len(points), bool)
     through[np.clip(np.searchsorted(s_mm, dense_s[crossing]), 0, len(points) - 1)] = True
     length = float(np.count_nonzero(crossing) * step)
