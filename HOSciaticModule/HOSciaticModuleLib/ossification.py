@@ -1889,6 +1889,13 @@ def in_subcutaneous_fat(ct_hu: np.ndarray, geometry: VolumeGeometry, centre_ras,
     return fatty
 
 
+def _chained_groups(centres: np.ndarray, link_mm: float) -> np.ndarray:
+    """A group number per point: points within ``link_mm`` of one another, and so on in
+    a chain, share one."""
+    tree = cKDTree(centres)
+    return connected_components(tree.sparse_distance_matrix(tree, link_mm), directed=False)[1]
+
+
 def clustered_small_islands(results) -> list[int]:
     """Numbers of the small, corticated islands lying in a chain of at least
     HAND_MIN_BONES, each within HAND_BONE_LINK_MM of the next: the pattern of a hand's
@@ -1896,10 +1903,7 @@ def clustered_small_islands(results) -> list[int]:
     small = [r for r in results if r.volume_ml <= HAND_MAX_BONE_ML and r.max_hu >= HAND_BONE_MIN_PEAK_HU]
     if len(small) < HAND_MIN_BONES:
         return []
-    centres = np.array([r.centroid_ras for r in small])
-    tree = cKDTree(centres)
-    links = tree.sparse_distance_matrix(tree, HAND_BONE_LINK_MM)
-    _, group = connected_components(links, directed=False)
+    group = _chained_groups(np.array([r.centroid_ras for r in small]), HAND_BONE_LINK_MM)
     sizes = np.bincount(group)
     return sorted(r.label for r, g in zip(small, group) if sizes[g] >= HAND_MIN_BONES)
 
@@ -1914,8 +1918,7 @@ def small_islands_in_a_row(results) -> list[list[int]]:
     if len(small) < PLAQUE_MIN_COUNT:
         return []
     centres = np.array([r.centroid_ras for r in small])
-    tree = cKDTree(centres)
-    _, group = connected_components(tree.sparse_distance_matrix(tree, PLAQUE_LINK_MM), directed=False)
+    group = _chained_groups(centres, PLAQUE_LINK_MM)
     rows = []
     for g in np.unique(group):
         members = np.flatnonzero(group == g)
