@@ -1171,6 +1171,12 @@ def test_seed_in_the_femurs_marrow_is_named_where_the_centreline_crosses_bone():
     trace = trace_nerve(phantom.image, phantom.geometry, np.vstack([phantom.seeds_ras([15.0]), femur_canal]))
     (warning,) = [w for w in trace.warnings if "the centreline runs through bone" in w]
     assert "A seed point probably lies inside a bone" in warning
-    assert any("through bone" in caveat for caveat in trace.station_caveats)
+    # Named where the centreline crosses the femur's cortex (4 mm thick, 13 mm from its axis).
+    start, end = (np.asarray(phantom.spec.center_ras) + axis for axis in phantom.spec.femur_axis)
+    along = np.clip((trace.points_ras - start) @ (end - start) / np.sum((end - start) ** 2), 0.0, 1.0)
+    from_axis = np.linalg.norm(trace.points_ras - (start + along[:, None] * (end - start)), axis=1)
+    flagged = np.array(["through bone" in caveat for caveat in trace.station_caveats])
+    assert flagged.any() and np.all(np.abs(from_axis[flagged] - 11.0) <= 4.0)
+    assert float(re.search(r"runs through bone \((\d+) mm of it", warning).group(1)) >= 3.0
     on_nerve = trace_nerve(phantom.image, phantom.geometry, phantom.seeds_ras([15.0, 60.0]))
     assert not any("through bone" in w for w in on_nerve.warnings + on_nerve.station_caveats)

@@ -1,5 +1,7 @@
 """The analysis on a real MRML scene: outputs, re-runs, failures and the .mrb round trip."""
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -1163,6 +1165,10 @@ def test_mr_trace_cut_short_of_ho_or_ct_cut_short_of_the_nerve_is_named(slicer_s
     assert contact.encasement_class == "none"
     (warning,) = [w for w in contact.warnings if "trace ends at the edge of 'MR'" in w]
     assert "(its upper end), and HO 1 lies beyond that edge" in warning
+    # The sleeve's inner surface lies 5 mm off the nerve's axis, from its bottom up.
+    end_z = scene_io.control_points_world(traced.centreline_node)[:, 2].max()
+    reported_mm = float(re.search(r"beyond that edge, (\d+) mm from the end", warning).group(1))
+    assert reported_mm == pytest.approx(np.hypot(sleeve_bottom - end_z, 5.0), abs=2.0)
 
     # The CT ends halfway up the nerve, the MR covers all of it.
     half = (slice(0, ct.image.shape[0] // 2), slice(None), slice(None))
