@@ -541,3 +541,24 @@ def test_noise_around_the_nerve_is_no_bone_outside_the_segments():
     assert np.count_nonzero(result.bone_encasement_deg > 0) <= 0.05 * len(result.bone_encasement_deg)
     assert not any("Bone that is in no HO segment" in warning for warning in result.warnings)
     assert result.encasement_class == "encasement"
+
+
+def test_bone_wrapping_the_nerve_is_looked_for_in_a_ct_without_air_or_dense_cortex_nearby():
+    # Judged a CT on the block around the nerve alone (which needs air or cortex of 1000
+    # HU), a sleeve of HO reading 960 HU in soft tissue turned the check of bone outside
+    # the HO segments off: with the sleeve's segment deleted, contact 'none', no word.
+    from HOSciaticModuleLib.ossification import looks_like_ct
+
+    phantom = generate_phantom(make_shell_spec(270.0, length_mm=LENGTH, radius_mm=RADIUS, sector_center_deg=7.0),
+                               spacing_ijk=(1.0, 1.0, 1.0), fov_mm=(40.0, 40.0, 100.0))
+    assert not looks_like_ct(phantom.image) and phantom.image.max() < 1000.0
+    deleted = np.zeros_like(phantom.ho_labels)
+    result = compute_contact(phantom.nerve_mask, deleted, phantom.geometry, phantom.centreline_ras,
+                             tolerance_mm=TAU, ct_hu=phantom.image, ct_checked=True)
+    assert np.nanmax(result.bone_encasement_deg) == pytest.approx(expected_encasement(270.0), abs=15.0)
+    (warning,) = [w for w in result.warnings if "Bone that is in no HO segment" in w]
+    assert f"{np.nanmax(result.bone_encasement_deg):.0f} degrees" in warning
+    # Not said to be a CT, the image is judged whole.
+    unjudged = compute_contact(phantom.nerve_mask, deleted, phantom.geometry, phantom.centreline_ras,
+                               tolerance_mm=TAU, ct_hu=phantom.image)
+    assert unjudged.bone_encasement_deg is None

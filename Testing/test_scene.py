@@ -455,6 +455,28 @@ def test_bone_around_the_nerve_outside_the_ho_segments_is_flagged(slicer_scene, 
     assert scene_io.segment_id_by_name(oss.segmentation_node, "Bone around sciatic nerve right (review)") is None
 
 
+def test_a_deleted_sleeve_is_flagged_with_no_native_bone_near_the_nerve(slicer_scene):
+    # The check was turned off when the block around the nerve held neither air nor bone
+    # of 1000 HU (a sleeve of HO reading 960 HU below the ischium): the sleeve's segment
+    # deleted, the contact read 'none' with no warning, although the CT is a CT.
+    from HOSciaticModuleLib.phantom import make_shell_spec
+
+    phantom = generate_phantom(make_shell_spec(270.0, length_mm=30.0), spacing_ijk=(1.0, 1.0, 1.0),
+                               fov_mm=(180.0, 180.0, 110.0))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    ends = [8.0, 50.0, phantom.centreline_s_mm[-1] - 8.0]
+    seeds = scene_io.points_node_from_array(slicer_scene, phantom.seeds_ras(ends), "seeds")
+    oss = analysis.segment_ossifications(volume)
+    traced = analysis.trace_nerve(volume, seeds, side="right", segmentation_node=oss.segmentation_node)
+    (shell,) = analysis.ho_segment_ids(oss.segmentation_node)
+    oss.segmentation_node.GetSegmentation().RemoveSegment(shell)
+    missed = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    assert missed.contact.encasement_class == "none"
+    assert 250.0 <= np.nanmax(missed.contact.bone_encasement_deg) <= 330.0
+    assert any("no HO segment surrounds the nerve" in w for w in missed.contact.warnings)
+
+
 def test_reloaded_scene_reports_each_warning_once(slicer_scene, phantom, tmp_path):
     from HOSciaticModuleLib import export
 

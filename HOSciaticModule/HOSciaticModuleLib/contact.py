@@ -785,7 +785,7 @@ class _RayDistances:
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
                     ct_hu: np.ndarray | None = None, bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
-                    image_geometry: VolumeGeometry | None = None,
+                    image_geometry: VolumeGeometry | None = None, ct_checked: bool = False,
                     progress: ProgressCallback = None) -> NerveContact:
     """Contact and encasement figures of one nerve against every HO island.
 
@@ -793,7 +793,9 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     no HO segment is measured per station too, and such bone wrapped around the nerve
     is named in a warning: it is HO the segments miss. ``image_geometry``: the whole
     grid the segments lie on, when ``geometry`` is a block of it; stations beyond it are
-    named as beyond the image, not as off the nerve segment.
+    named as beyond the image, not as off the nerve segment. ``ct_checked``: the caller
+    judged the whole image a CT already; otherwise ``ct_hu`` as given is judged (never
+    the block around the nerve alone, which may hold neither air nor dense cortex).
     """
     nerve_mask, centreline, tolerance = _checked_contact_inputs(nerve_mask, ho_labelmap, geometry, centreline_ras,
                                                                 tolerance_mm, ct_hu)
@@ -829,7 +831,8 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
     surface_area = float(sections.perimeter[sections.on_nerve].sum() * STATION_SPACING_MM)
     other = (_bone_outside_segments(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop, geometry, rays, sections, points,
-                                    s_mm, tolerance, bone_threshold_hu) if ct_hu is not None else _OtherBone())
+                                    s_mm, tolerance, bone_threshold_hu)
+             if ct_hu is not None and (ct_checked or looks_like_ct(ct_hu)) else _OtherBone())
 
     report(progress, 0.7, "Per-island figures")
     # An island alone in the nerve's block has the same surface there as all HO.
@@ -940,8 +943,6 @@ def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: V
     # Beyond the tolerance plus a few voxels, bone cannot count as contact.
     other_bone = unsegmented_bone(ct_crop, ho_in_crop, nerve_in_crop, crop_geometry, bone_threshold_hu,
                                   tolerance + 3.0 * max(geometry.spacing_kji))
-    if other_bone is None:
-        return _OtherBone()
     # Only its contact at the tolerance (and the narrower wrap tolerance) is reported.
     bone_distance = rays.to_mask(other_bone, rays.contact_reach(tolerance), keep_thin=False)
     wrap_tolerance = min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM)
@@ -967,13 +968,13 @@ def bone_at_stations(bone: np.ndarray, geometry: VolumeGeometry, points: np.ndar
 
 
 def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry,
-                     bone_threshold_hu: float, reach_mm: float) -> np.ndarray | None:
+                     bone_threshold_hu: float, reach_mm: float) -> np.ndarray:
     """The CT's bone (bone threshold up to metal) within ``reach_mm`` of the nerve (and
-    at least next to it) that is in no HO segment nor its blurred edge; None when the
-    image is not a CT (no fat or air). Farther bone cannot be in contact, and its
-    surface would cost time."""
-    if not looks_like_ct(ct_hu):
-        return None
+    at least next to it) that is in no HO segment nor its blurred edge. Farther bone
+    cannot be in contact, and its surface would cost time. ``ct_hu`` is judged a CT by
+    the caller, on the whole image: a block around the nerve may hold neither air nor
+    dense cortex (an HO sleeve reading 950 HU in soft tissue), and judged alone it
+    turned this check off."""
     bone = at_least(ct_hu, bone_threshold_hu) & ~at_least(ct_hu, METAL_THRESHOLD_HU)
     # Searched in the box around the nerve and its reach, not over the whole block.
     bone &= within_or_next_to(nerve_mask, geometry, reach_mm)

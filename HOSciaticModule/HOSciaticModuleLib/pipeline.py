@@ -935,7 +935,7 @@ class HOSciaticAnalysis:
             result = contact_module.compute_contact(nerve_mask, labelmap, geometry, centreline,
                                                     tolerance_mm=float(tolerance_mm), ct_hu=ct,
                                                     bone_threshold_hu=bone_threshold_hu,
-                                                    image_geometry=full_geometry,
+                                                    image_geometry=full_geometry, ct_checked=True,
                                                     progress=sub_progress(progress, 0.1, 0.7))
             report(progress, 0.75, "Building surface models")
             nerve_mesh = nerve_mesh_job.result()
