@@ -914,6 +914,9 @@ def test_a_second_ct_in_the_scene_does_not_take_up_the_first_ones_analysis(slice
     nodes = slicer_scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="holds the analysis of the CT 'CT'"):
         analysis.segment_ossifications(other)
+    # Traced on the second CT, the nerve went into the first one's segmentation and curve.
+    with pytest.raises(InputError, match="holds the analysis of the CT 'CT'.*the nerve traced on 'CT B'"):
+        analysis.trace_nerve(other, seeds, side="right")
     own = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT B segmentation")
     own.SetReferenceImageGeometryParameterFromVolumeNode(other)
     with pytest.raises(InputError, match="belongs to the analysis in the segmentation 'HOSciatic segmentation'"):

@@ -364,9 +364,10 @@ class HOSciaticAnalysis:
                              "nodes would mix the two. Analyse one CT per scene (save this scene and close it before "
                              f"loading the other CT), or delete '{node.GetName()}' to have it made again.")
 
-    def _check_segmentation_of_this_ct(self, segmentation_node, ct_volume_node) -> None:
-        """Refuse to put a CT's HO into a segmentation that holds another CT's analysis
-        (that CT still in the scene): its nerve, curves and tables are that case's."""
+    def _check_segmentation_of_this_ct(self, segmentation_node, ct_volume_node, what: str = "the HO of") -> None:
+        """Refuse to put a CT's HO (or the nerve traced on it) into a segmentation that
+        holds another CT's analysis (that CT still in the scene): its nerve, curves and
+        tables are that case's."""
         reference = self._reference_volume(segmentation_node) if segmentation_node is not None else None
         if reference is None or reference is ct_volume_node or reference.GetScene() is not self.scene:
             return
@@ -374,7 +375,7 @@ class HOSciaticAnalysis:
         if image is None or not ossification.looks_like_ct(image):
             return  # an MR the nerve was traced on first: the CT joins its analysis
         raise InputError(f"The segmentation '{segmentation_node.GetName()}' holds the analysis of the CT "
-                         f"'{reference.GetName()}', which is still in the scene: the HO of "
+                         f"'{reference.GetName()}', which is still in the scene: {what} "
                          f"'{ct_volume_node.GetName()}' put into it would mix the two cases (its nerve, curves and "
                          "tables are the other CT's). Analyse one CT per scene: save this scene and close it "
                          f"before loading the other CT. If '{ct_volume_node.GetName()}' is the same CT (cropped or "
@@ -713,6 +714,8 @@ class HOSciaticAnalysis:
         check_seeds_on_one_nerve(seeds)
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
         self._check_output_placement(segmentation_node)
+        if modality == "ct":
+            self._check_segmentation_of_this_ct(segmentation_node, volume_node, "the nerve traced on")
         self._check_one_analysis(segmentation_node, [
             centreline_node or ("vtkMRMLMarkupsCurveNode", centreline_name(side)),
             stations_table_node or ("vtkMRMLTableNode", stations_table_name(side))])
