@@ -316,10 +316,15 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         self._analysis = None
 
     @staticmethod
-    def _sideNode(node, name: str):
-        """``node`` when it is the current side's own (by its name), else None: the step
-        then finds or creates that side's node, and the other side's results stay."""
-        return node if node is not None and node.GetName() == name else None
+    def _sideNode(node, name: str, role: str):
+        """``node`` when it is the current side's own (by its name, or by the role a step
+        tagged it with, so a renamed output stays in use), else None: the step then finds
+        or creates that side's node, and the other side's results stay."""
+        if node is None:
+            return None
+        from HOSciaticModuleLib.pipeline import OUTPUT_ROLE_ATTRIBUTE
+
+        return node if node.GetName() == name or node.GetAttribute(OUTPUT_ROLE_ATTRIBUTE) == role else None
 
     @staticmethod
     def missingPackages() -> list:
@@ -363,7 +368,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def traceNerve(self, p, progress=None):
-        from HOSciaticModuleLib.pipeline import centreline_name, stations_table_name
+        from HOSciaticModuleLib.pipeline import CENTRELINE_ROLE, STATIONS_ROLE, centreline_name, stations_table_name
 
         volume = p.mrVolume if p.modality == "mr" else p.ctVolume
         if volume is None:
@@ -371,8 +376,9 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
                              if p.modality == "mr" else "Select the CT volume.")
         outputs = self.analysis.trace_nerve(
             volume, p.seeds, side=p.side, modality=p.modality, segmentation_node=p.segmentation,
-            centreline_node=self._sideNode(p.centreline, centreline_name(p.side)),
-            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side)),
+            centreline_node=self._sideNode(p.centreline, centreline_name(p.side), f"{CENTRELINE_ROLE} {p.side}"),
+            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side),
+                                               f"{STATIONS_ROLE} {p.side}"),
             bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.segmentation = outputs.segmentation_node
         p.centreline = outputs.centreline_node
@@ -382,13 +388,15 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def computeContact(self, p, progress=None):
-        from HOSciaticModuleLib.pipeline import centreline_name, chart_name, stations_table_name
+        from HOSciaticModuleLib.pipeline import (CENTRELINE_ROLE, CONTACT_ROLE, STATIONS_ROLE, centreline_name,
+                                                 chart_name, stations_table_name)
 
         outputs = self.analysis.compute_contact(
-            p.segmentation, self._sideNode(p.centreline, centreline_name(p.side)), side=p.side,
-            tolerance_mm=p.contactToleranceMm, contact_table_node=p.contactTable,
-            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side)),
-            chart_node=self._sideNode(p.chart, chart_name(p.side)),
+            p.segmentation, self._sideNode(p.centreline, centreline_name(p.side), f"{CENTRELINE_ROLE} {p.side}"),
+            side=p.side, tolerance_mm=p.contactToleranceMm, contact_table_node=p.contactTable,
+            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side),
+                                               f"{STATIONS_ROLE} {p.side}"),
+            chart_node=self._sideNode(p.chart, chart_name(p.side), f"{CONTACT_ROLE} {p.side}"),
             islands_table_node=p.islandsTable, bone_threshold_hu=p.boneThresholdHU, progress=progress)
         p.contactTable = outputs.contact_table_node
         p.centreline = outputs.centreline_node

@@ -1040,6 +1040,15 @@ def test_contact_outputs_go_when_the_nerve_or_the_ho_is_made_again(slicer_scene,
     assert set(scene_io.table_columns(again.stations_table_node)) == traced_columns
     remeasured = analysis.compute_contact(fewer.segmentation_node, curve)
     assert {island.label for island in remeasured.contact.islands} == {i.label for i in fewer.result.islands}
+    # Renamed, the curve and stations table were left beside new ones by the next trace,
+    # and the contact step, given none, refused: "Run 'Segment' and 'Trace' first".
+    remeasured.stations_table_node.SetName("my stations")
+    assert analysis.compute_contact(fewer.segmentation_node, None).centreline_node is curve
+    retraced = analysis.trace_nerve(volume, slicer_scene.GetFirstNodeByName("seeds"), side="right",
+                                    segmentation_node=fewer.segmentation_node)
+    assert retraced.centreline_node is curve and curve.GetName() == "my nerve"
+    assert retraced.stations_table_node is remeasured.stations_table_node
+    assert slicer_scene.GetNumberOfNodesByClass("vtkMRMLMarkupsCurveNode") == 1
 
 
 def test_nerve_traced_before_the_ho_step_beside_the_ho_is_to_be_traced_again(slicer_scene):

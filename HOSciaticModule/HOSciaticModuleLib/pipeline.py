@@ -382,13 +382,17 @@ class HOSciaticAnalysis:
                          "resampled), delete "
                          f"'{reference.GetName()}' from the scene first.")
 
-    def _existing(self, node, class_name: str, name: str):
-        """The given node, else a node of that class and name already in the scene."""
+    def _existing(self, node, class_name: str, name: str, role: str | None = None):
+        """The given node, else a node of that class and name already in the scene, else
+        one a step tagged with ``role`` (OUTPUT_ROLE_ATTRIBUTE): an output the user renamed
+        is still the one the steps fill, not left beside a new one."""
         if node is not None:
             return node
         collection = self.scene.GetNodesByClassByName(class_name, name)
-        found = collection.GetItemAsObject(0) if collection.GetNumberOfItems() else None
-        return found
+        if collection.GetNumberOfItems():
+            return collection.GetItemAsObject(0)
+        tagged = [found for found in self._nodes_of(class_name) if found.GetAttribute(OUTPUT_ROLE_ATTRIBUTE) == role]
+        return tagged[0] if role and tagged else None
 
     @staticmethod
     def _check_output_placement(*nodes) -> None:
@@ -717,8 +721,8 @@ class HOSciaticAnalysis:
         if modality == "ct":
             self._check_segmentation_of_this_ct(segmentation_node, volume_node, "the nerve traced on")
         self._check_one_analysis(segmentation_node, [
-            centreline_node or ("vtkMRMLMarkupsCurveNode", centreline_name(side)),
-            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side))])
+            centreline_node or ("vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}"),
+            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}")])
         exclusion = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
             exclusion = np.zeros(geometry.shape_kji, bool)
@@ -743,9 +747,11 @@ class HOSciaticAnalysis:
                 trace, geometry, grid, segmentation_node, exclusion is not None)},
             grid, scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
-        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side),
+                                         f"{CENTRELINE_ROLE} {side}")
         centreline_node = scene_io.fill_centreline_curve(
-            self.scene, centreline_node, centreline_name(side), trace.points_ras, self._station_arrays(stations),
+            self.scene, centreline_node, centreline_node.GetName() if centreline_node else centreline_name(side),
+            trace.points_ras, self._station_arrays(stations),
             placed_like=segmentation_node)
         centreline_node.SetAttribute("HOSciatic.Side", side)
         centreline_node.SetAttribute("HOSciatic.Modality", modality)
@@ -753,7 +759,8 @@ class HOSciaticAnalysis:
         centreline_node.SetAttribute(TRACED_AGAINST_HO_ATTRIBUTE, "yes" if exclusion is not None else "no")
         # Found by role too, whatever the user names them (see OUTPUT_ROLE_ATTRIBUTE).
         centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CENTRELINE_ROLE} {side}")
-        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
+        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side),
+                                             f"{STATIONS_ROLE} {side}")
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{STATIONS_ROLE} {side}")
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
@@ -792,7 +799,8 @@ class HOSciaticAnalysis:
             station_caveats=self._station_caveats_of(centreline_node, len(points)))
         segment_id = (scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
                       if segmentation_node is not None else None)
-        return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side)),
+        return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side),
+                                                            f"{STATIONS_ROLE} {side}"),
                             segmentation_node, segment_id, trace)
 
     @with_small_memory_pages
@@ -809,7 +817,8 @@ class HOSciaticAnalysis:
             ct = self._ct_on_grid(volume, geometry)
         nerves, contacts = [], []
         for side in SIDES:
-            centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+            centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side),
+                                             f"{CENTRELINE_ROLE} {side}")
             if centreline_node is None:
                 continue
             nerves.append((side, self.nerve_from_scene(centreline_node, segmentation_node)))
@@ -891,7 +900,8 @@ class HOSciaticAnalysis:
             raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:.0f} mm; "
                              f"got {tolerance_mm}.")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
-        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side))
+        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side),
+                                         f"{CENTRELINE_ROLE} {side}")
         if segmentation_node is None or centreline_node is None:
             raise InputError(f"Contact needs the HO segmentation and the {side} nerve centreline. "
                              "Run 'Segment' and 'Trace' first.")
@@ -906,9 +916,9 @@ class HOSciaticAnalysis:
         self._check_output_placement(contact_patch_model_node, ho_distance_model_node)
         self._check_one_analysis(segmentation_node, [
             centreline_node, contact_patch_model_node, ho_distance_model_node,
-            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side)),
-            contact_table_node or ("vtkMRMLTableNode", CONTACT_TABLE_NAME),
-            chart_node or ("vtkMRMLPlotChartNode", chart_name(side)),
+            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}"),
+            contact_table_node or ("vtkMRMLTableNode", CONTACT_TABLE_NAME, CONTACT_TABLE_ROLE),
+            chart_node or ("vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}"),
             islands_table_node or ("vtkMRMLTableNode", ISLANDS_TABLE_NAME)])
         full_geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
         report(progress, 0.05, "Reading segments")
@@ -978,11 +988,13 @@ class HOSciaticAnalysis:
         # The curve now holds the contact's stations: its caveats follow them.
         centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps([s["caveats"] for s in stations]))
         scene_io.colour_curve_by(centreline_node, "encasement_deg", (0.0, 360.0))
-        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side))
+        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side),
+                                             f"{STATIONS_ROLE} {side}")
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=True)
-        contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME)
+        contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME,
+                                            CONTACT_TABLE_ROLE)
         contact_table_node = self._fill_contact_table(contact_table_node, side, result, names)
-        chart_node = self._existing(chart_node, "vtkMRMLPlotChartNode", chart_name(side))
+        chart_node = self._existing(chart_node, "vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}")
         # Bone outside the HO segments is plotted too: a thick fused mass the HO step kept
         # as native bone shows as a second encasement curve.
         chart_node = scene_io.fill_plot_chart(
