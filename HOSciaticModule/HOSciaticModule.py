@@ -316,6 +316,13 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         self._analysis = None
 
     @staticmethod
+    def _goneWithScene(*nodes) -> bool:
+        """The scene was closed during the step's last report (which does not stop the
+        step): its outputs went with it. The parameter node outlives a scene close and
+        must not be pointed at their IDs: the next case's nodes get those IDs."""
+        return any(node is not None and node.GetScene() is not slicer.mrmlScene for node in nodes)
+
+    @staticmethod
     def _sideNode(node, name: str, role: str):
         """``node`` when it is the current side's own (by its name, or by the role a step
         tagged it with, so a renamed output stays in use), else None: the step then finds
@@ -360,6 +367,8 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
             p.ctVolume, roi_node=p.roi, native_bone_segmentation_node=p.nativeBoneSegmentation,
             bone_threshold_hu=p.boneThresholdHU, min_island_ml=p.minIslandMl,
             segmentation_node=p.segmentation, islands_table_node=p.islandsTable, progress=progress)
+        if self._goneWithScene(outputs.segmentation_node, outputs.islands_table_node):
+            return outputs
         p.segmentation = outputs.segmentation_node
         p.islandsTable = outputs.islands_table_node
         outputs.segmentation_node.CreateClosedSurfaceRepresentation()
@@ -380,6 +389,8 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
             stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side),
                                                f"{STATIONS_ROLE} {p.side}"),
             bone_threshold_hu=p.boneThresholdHU, progress=progress)
+        if self._goneWithScene(outputs.segmentation_node, outputs.centreline_node):
+            return outputs
         p.segmentation = outputs.segmentation_node
         p.centreline = outputs.centreline_node
         p.stationsTable = outputs.stations_table_node
@@ -398,6 +409,8 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
                                                f"{STATIONS_ROLE} {p.side}"),
             chart_node=self._sideNode(p.chart, chart_name(p.side), f"{CONTACT_ROLE} {p.side}"),
             islands_table_node=p.islandsTable, bone_threshold_hu=p.boneThresholdHU, progress=progress)
+        if self._goneWithScene(outputs.contact_table_node, outputs.centreline_node):
+            return outputs
         p.contactTable = outputs.contact_table_node
         p.centreline = outputs.centreline_node
         if outputs.islands_table_node is not None:
@@ -412,10 +425,13 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return self.analysis.recorded_warnings(p.segmentation, p.centreline)
 
     def analyzeAll(self, p, progress=None):
-        from HOSciaticModuleLib.progress import sub_progress
+        from HOSciaticModuleLib.progress import report, sub_progress
 
         if p.ctVolume:
             self.segmentOssifications(p, sub_progress(progress, 0.0, 0.5))
+            # A cancel (or a scene closed) during the HO step's last report stops here,
+            # before the next step reads inputs the close took away.
+            report(progress, 0.5, "Tracing the nerve")
         self.traceNerve(p, sub_progress(progress, 0.5, 0.8))
         if p.ctVolume:
             self.computeContact(p, sub_progress(progress, 0.8, 1.0))
