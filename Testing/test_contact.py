@@ -562,3 +562,23 @@ def test_bone_wrapping_the_nerve_is_looked_for_in_a_ct_without_air_or_dense_cort
     unjudged = compute_contact(phantom.nerve_mask, deleted, phantom.geometry, phantom.centreline_ras,
                                tolerance_mm=TAU, ct_hu=phantom.image)
     assert unjudged.bone_encasement_deg is None
+
+
+@pytest.mark.parametrize("start, stop", [(-10.0, 12.0), (88.0, 110.0)])
+def test_contact_at_an_end_of_the_trace_stays_on_the_curve(start, stop):
+    # Each station owned 1 mm about itself: HO at the start of the trace gave a run from
+    # -0.5 mm, and at its end, with the last station closer than 1 mm to the one before,
+    # a run past the curve's end and a longest contact above the contact length.
+    island = IslandSpec("end", "shell", True, s_start_mm=start, s_stop_mm=stop, sector_deg=270.0, thickness_mm=5.0)
+    phantom, result = contact_of(make_shell_spec(270.0, radius_mm=RADIUS, islands=(island,)),
+                                 dict(spacing_ijk=(1.0, 1.0, 1.0), fov_mm=(40.0, 40.0, 112.0)))
+    length = result.s_mm[-1]
+    assert length % 1.0 > 0.25 and (result.encasement_deg[0] > 0.0 or result.encasement_deg[-1] > 0.0)
+    assert all(0.0 <= a < b <= length for a, b in result.contact_runs_mm)
+    assert sum(b - a for a, b in result.contact_runs_mm) == pytest.approx(result.contact_length_mm)
+    assert result.longest_contact_mm <= result.contact_length_mm
+    (touching,) = result.islands
+    assert touching.contact_length_mm == pytest.approx(result.contact_length_mm)
+    # The shell covers the trace from its end to 12 mm in (the tolerance beyond, less
+    # half a station lost to the median of three stations).
+    assert result.contact_length_mm == pytest.approx(12.0 + TAU, abs=1.0)

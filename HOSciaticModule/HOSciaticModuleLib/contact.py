@@ -473,8 +473,24 @@ def station_contact(sections: _Sections, distance: np.ndarray, tolerance: float)
     return encasement, (sections.edge_length * fraction).sum(axis=1)
 
 
+def station_bounds(s_mm: np.ndarray) -> np.ndarray:
+    """Where the stretch of nerve each station stands for begins and ends: half-way to
+    its neighbours, and at the curve's ends for the first and last station (the last
+    station stands closer than 1 mm to the one before when the length is not whole)."""
+    s_mm = np.asarray(s_mm, float)
+    return np.r_[s_mm[:1], 0.5 * (s_mm[1:] + s_mm[:-1]), s_mm[-1:]]
+
+
+def station_lengths(s_mm: np.ndarray) -> np.ndarray:
+    """Length of nerve (mm) each station stands for (see :func:`station_bounds`)."""
+    return np.diff(station_bounds(s_mm))
+
+
 def contact_runs(in_contact: np.ndarray, s_mm: np.ndarray) -> list:
-    """Contiguous stations in contact as (s_start, s_stop), each station owning 1 mm."""
+    """Contiguous stations in contact as (s_start, s_stop) along the curve, each station
+    owning its stretch (:func:`station_bounds`): the runs add up to the contact length,
+    and none reaches beyond the curve's ends."""
+    bounds = station_bounds(s_mm)
     runs = []
     start = None
     for n, flag in enumerate(in_contact):
@@ -482,7 +498,7 @@ def contact_runs(in_contact: np.ndarray, s_mm: np.ndarray) -> list:
             start = n
         if start is not None and (not flag or n == len(in_contact) - 1):
             stop = n if flag else n - 1
-            runs.append((float(s_mm[start] - 0.5 * STATION_SPACING_MM), float(s_mm[stop] + 0.5 * STATION_SPACING_MM)))
+            runs.append((float(bounds[start]), float(bounds[stop + 1])))
             start = None
     return runs
 
@@ -828,8 +844,9 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     station_distance = np.where(sections.on_nerve, distance.min(axis=1), np.inf)
     encasement, contact_arc, in_contact, runs = _summary(distance, sections, s_mm, tolerance)
     max_encasement = float(encasement.max()) if len(encasement) else 0.0
-    contact_area = float(contact_arc.sum() * STATION_SPACING_MM)
-    surface_area = float(sections.perimeter[sections.on_nerve].sum() * STATION_SPACING_MM)
+    lengths = station_lengths(s_mm)
+    contact_area = float((contact_arc * lengths).sum())
+    surface_area = float((sections.perimeter * lengths)[sections.on_nerve].sum())
     other = (_bone_outside_segments(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop, geometry, rays, sections, points,
                                     s_mm, tolerance, bone_threshold_hu)
              if ct_hu is not None and (ct_checked or looks_like_ct(ct_hu)) else _OtherBone())
@@ -850,7 +867,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         distance_to_ho_mm=np.where(np.isfinite(station_distance), station_distance, np.nan),
         area_mm2=area, min_distance_mm=float(min_distance), closest_points_ras=closest,
         contact_area_mm2=contact_area, contact_fraction=contact_area / surface_area if surface_area > 0 else 0.0,
-        contact_length_mm=float(in_contact.sum() * STATION_SPACING_MM),
+        contact_length_mm=float(lengths[in_contact].sum()),
         longest_contact_mm=float(max((b - a for a, b in runs), default=0.0)), contact_runs_mm=runs,
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(area, s_mm, in_contact),
@@ -919,8 +936,8 @@ def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry
     island_max = float(island_enc.max()) if len(island_enc) else 0.0
     return IslandContact(
         label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
-        contact_area_mm2=float(island_arc.sum() * STATION_SPACING_MM),
-        contact_length_mm=float(island_in.sum() * STATION_SPACING_MM), max_encasement_deg=island_max,
+        contact_area_mm2=float((island_arc * station_lengths(s_mm)).sum()),
+        contact_length_mm=float(station_lengths(s_mm)[island_in].sum()), max_encasement_deg=island_max,
         encasement_class=classify(island_min, island_max, tolerance))
 
 
