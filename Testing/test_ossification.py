@@ -90,6 +90,19 @@ def test_fused_flag_maturity_and_figures(variant):
     assert free.volume_ml == pytest.approx(analytic, rel=0.10)
 
 
+def test_maturity_does_not_depend_on_the_slices_direction():
+    # On thick slices the outermost voxels of a face lying across them stand a slice
+    # from the outside, beyond the 2 mm rim: counted as interior, the cortex read as
+    # marrow and the mature wrap read immature on 3 mm coronal slices (mature when axial).
+    coronal = np.column_stack([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    phantom = generate_phantom(dataclasses.replace(PhantomSpec(), integrate_voxels=True), spacing_ijk=(0.8, 0.8, 3.0),
+                               directions_ras=coronal, fov_mm=(120.0, 150.0, 120.0))
+    result = segment_ossifications(np.round(phantom.image).astype(np.int16), phantom.geometry)
+    for truth in phantom.islands:
+        island = _matching_island(phantom, result, truth["name"])
+        assert island.maturity == ("mature" if truth["mature"] else "immature"), truth["name"]
+
+
 @pytest.mark.parametrize("spacing_ijk", [(1.0, 1.0, 2.0), (0.7, 0.7, 1.0)])
 def test_trabecular_marrow_of_fused_ho_is_kept(spacing_ijk, monkeypatch):
     # Mature HO often holds trabecular bone or red marrow (200-400 HU) under its cortex,

@@ -1772,9 +1772,13 @@ def measure_island(label: int, ct_hu: np.ndarray, island: np.ndarray, geometry: 
 def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, depth: np.ndarray) -> str:
     """'mature' when a cortical rim is clearly denser than the interior (marrow);
     ``depth`` is each island voxel's distance (mm) to the outside."""
-    # At least the outermost layer of voxels: on a grid of 2 mm or coarser in every
-    # direction no voxel lies within CORTEX_RIM_MM, and every island was called immature.
-    rim = island & (depth <= max(CORTEX_RIM_MM, float(depth[island].min())))
+    # At least the outermost layer of voxels, along every axis: on a grid of 2 mm or
+    # coarser in every direction no voxel lies within CORTEX_RIM_MM, and every island was
+    # called immature; on thick slices the depth (to the nearest voxel centre outside) of
+    # a face's outermost voxels is a slice thick, so only faces along the fine axes had a
+    # rim and a cortex across the slices read as marrow.
+    outermost = island & ~ndimage.binary_erosion(island)
+    rim = island & ((depth <= CORTEX_RIM_MM) | outermost)
     interior = island & ~rim
     if np.count_nonzero(interior) < 0.05 * np.count_nonzero(island) or not rim.any():
         return "immature"
