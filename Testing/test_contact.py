@@ -108,6 +108,23 @@ def test_same_gap_on_other_grids(grid):
     assert abs(other.min_distance_mm - 3.0) <= 0.5
 
 
+def test_where_ho_touches_the_nerve_the_closest_point_is_the_same_however_the_ct_is_stored():
+    # With the HO on the nerve every touching point is closest: the first in the voxels'
+    # order was reported, at one end of the contact on one grid and at the other end on
+    # the same grid stored feet first (30 mm apart; "Jump to closest point" went there).
+    spec = make_shell_spec(270.0, length_mm=LENGTH, sector_center_deg=30.0, radius_mm=RADIUS)
+    points = []
+    for grid in (GRID, OTHER_GRIDS["flipped"], OTHER_GRIDS["rotated"]):
+        _, result = contact_of(spec, grid)
+        assert result.min_distance_mm == 0.0
+        point = np.asarray(result.closest_points_ras[0])
+        (start, stop), = result.contact_runs_mm
+        station = result.s_mm[np.argmin(np.linalg.norm(result.points_ras - point, axis=1))]
+        assert abs(station - 0.5 * (start + stop)) <= 2.0
+        points.append(point)
+    assert np.max(np.linalg.norm(np.asarray(points) - points[0], axis=1)) <= 1.5
+
+
 def test_two_contact_zones_are_two_runs():
     shells = (IslandSpec("upper", "shell", True, s_start_mm=15.0, s_stop_mm=30.0, sector_deg=150.0, thickness_mm=5.0),
               IslandSpec("lower", "shell", True, s_start_mm=60.0, s_stop_mm=80.0, sector_deg=240.0,

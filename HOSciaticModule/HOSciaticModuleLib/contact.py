@@ -583,13 +583,25 @@ def _closest_pair(nerve_boxes: VoxelBoxes, ho_boxes: VoxelBoxes):
     candidates = np.flatnonzero(centre_distance <= centre_distance.min() + slack)
     points = nerve_boxes.geometry.kji_to_ras_points(nerve_boxes.kji[candidates])
     distance, on_ho, _ = ho_boxes.distance(points, half_extent=0.5)
-    best = int(np.argmin(distance))
+    best = _middle_of_ties(distance, on_ho)
     if distance[best] <= 0.0:
         point = tuple(float(c) for c in on_ho[best])
         return 0.0, (point, point)
     # The nerve point: the nerve box point closest to the HO point.
     own, on_nerve, _ = nerve_boxes.distance(on_ho[best:best + 1], half_extent=0.0)
     return float(distance[best]), (tuple(float(c) for c in on_nerve[0]), tuple(float(c) for c in on_ho[best]))
+
+
+def _middle_of_ties(distance: np.ndarray, points: np.ndarray) -> int:
+    """Index of the smallest distance; where several are as small (HO touching the nerve
+    over a stretch, or a gap as wide along it), the one nearest the middle of those
+    points. The first in array order moved with the order the CT's voxels are stored in
+    (26 mm along the nerve for the same case stored feet first)."""
+    tied = np.flatnonzero(distance <= distance.min() + 1e-6)
+    if len(tied) == 1:
+        return int(tied[0])
+    spread = points[tied] - points[tied].mean(axis=0)
+    return int(tied[np.argmin(np.einsum("ij,ij->i", spread, spread))])
 
 
 def _nearest_centre_distances(points_mm: np.ndarray, boxes: VoxelBoxes, slack: float) -> np.ndarray:
