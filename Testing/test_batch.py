@@ -40,7 +40,7 @@ def _summary(out):
         return {row["case"]: row for row in csv.DictReader(handle)}
 
 
-def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
+def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path, monkeypatch):
     phantom, case_list = cohort
     out = tmp_path / "results"
     assert cli.main(["batch", str(case_list), "--out", str(out), "--no-scene", "--quiet"]) == cli.BATCH_INCOMPLETE_STATUS
@@ -119,6 +119,22 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path):
     cli.main(["batch", str(corrected), "--out", str(out), "--no-scene", "--quiet", "--skip-existing"])
     gone = _summary(out)["p01"]
     assert gone["status"] == "refused" and "nerve_seeds_right.mrk.json" in gone["message"]
+    # Its folder still holds the results of the image listed before: said, for a reader
+    # collecting every case's metrics.json.
+    assert (out / "p01" / "metrics.json").is_file()
+    assert f"The folder '{out / 'p01'}' still holds the results of an earlier run" in gone["message"]
+
+    # Given relative to the working folder, the output is listed as a full path, as the
+    # images are; the summary is readable by others as every other output is (it was
+    # private, as the temporary file it is written to first).
+    monkeypatch.chdir(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        cli.main(["batch", str(corrected), "--out", "results", "--no-scene", "--quiet", "--skip-existing"])
+    finally:
+        os.umask(previous)
+    assert _summary(out)["p 02/b"]["output"] == str(out / "p_02_b")
+    assert (out / "summary.csv").stat().st_mode & 0o777 == 0o644
 
 
 def test_summary_counts_doubted_islands_only_where_the_document_says():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .defaults import SIDES
 from .errors import InputError
-from .export import PARTIAL_PREFIX
+from .export import PARTIAL_PREFIX, give_default_mode
 
 REQUIRED_COLUMNS = ("case", "image")
 OPTIONAL_COLUMNS = ("nerve_seeds", "roi", "bones", "modality")
@@ -212,6 +212,7 @@ def write_summary(path: Path, rows: list[dict]) -> None:
                 writer = csv.DictWriter(stream, fieldnames=summary_columns(), extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(rows)
+            give_default_mode(Path(partial))
             os.replace(partial, path)
         finally:
             if os.path.exists(partial):

@@ -528,7 +528,9 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
     from . import batch
 
     cases = batch.read_case_list(args.cases)
-    out_dir = Path(args.out)
+    # Absolute, as the images are: the summary's output column must not depend on the
+    # folder the batch was started from.
+    out_dir = Path(args.out).absolute()
     summary_path = out_dir / batch.SUMMARY_NAME
     if summary_path.resolve() == Path(args.cases).resolve():
         raise InputError(f"The case list '{args.cases}' would be overwritten by the batch's summary of the same name "
@@ -553,6 +555,17 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
 
 
 def _run_case(case, out_dir: Path, shared: list, progress: _ConsoleProgress) -> dict:
+    row = _run_case_once(case, out_dir, shared, progress)
+    case_dir = out_dir / case.folder_name
+    if row["status"] not in ("done", "done earlier") and case_dir.is_dir() and (case_dir / "metrics.json").is_file():
+        # Nothing was written, so the folder holds an earlier run's results, perhaps of
+        # another image or setting: a reader collecting DIR/*/metrics.json must know.
+        row["message"] += (f" The folder '{case_dir}' still holds the results of an earlier run, not of this case "
+                           "as listed now.")
+    return row
+
+
+def _run_case_once(case, out_dir: Path, shared: list, progress: _ConsoleProgress) -> dict:
     from . import batch
 
     case_dir = out_dir / case.folder_name
@@ -665,6 +678,7 @@ def run_demo(args, progress) -> Path:
         # Written whole or not at all: an interrupted demo left a CT without its seeds,
         # and every later demo was refused for want of them.
         partial = Path(tempfile.mkdtemp(prefix=export.PARTIAL_PREFIX, dir=out_dir))
+        export.give_default_mode(partial, directory=True)
         try:
             write_phantom_case(generate_phantom(), partial)
             shutil.rmtree(case_dir, ignore_errors=True)

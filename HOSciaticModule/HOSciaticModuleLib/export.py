@@ -473,6 +473,23 @@ def prepare_output_folder(out_dir: Path) -> list[Path]:
     return created
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it (another thread may be creating
+    files meanwhile); 0o022 where it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def give_default_mode(path: Path, directory: bool = False) -> None:
+    """Give a file or folder made by ``tempfile`` (private: 0600 / 0700) the mode an
+    ordinary ``open`` or ``mkdir`` gives, so a shared results folder stays readable."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~process_umask())
+
+
 def remove_path(path: Path) -> None:
     """Remove a file, a link or a folder with what it holds."""
     if path.is_dir() and not path.is_symlink():
