@@ -146,9 +146,8 @@ def test_mr_run_traces_nerve_only(tmp_path):
     assert len(document["nerves"]) == 1 and document["nerves"][0]["length_mm"] > 100
 
 
-def _run_cli_subprocess(args, cwd):
-    return subprocess.run([sys.executable, "-m", "HOSciaticModuleLib.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+def _run_cli_subprocess(args, cwd, module="HOSciaticModuleLib.cli"):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def _assert_clean_refusal(result, out: Path, *phrases):
@@ -164,6 +163,9 @@ def test_bad_inputs_exit_2_with_message(tmp_path, case):
     out = tmp_path / "out"
     _assert_clean_refusal(_run_cli_subprocess(["analyze", str(tmp_path / "missing.nrrd"), "--out", str(out)], tmp_path),
                           out, "does not exist")
+    # Run as a module, the entry point of the 'hosciatic' command did nothing and exited 0.
+    _assert_clean_refusal(_run_cli_subprocess(["analyze", str(tmp_path / "missing.nrrd"), "--out", str(out)], tmp_path,
+                                              "HOSciaticModuleLib.command"), out, "does not exist")
     text = tmp_path / "notes.nrrd"
     text.write_text("this is not an image")
     _assert_clean_refusal(_run_cli_subprocess(["analyze", str(text), "--out", str(out)], tmp_path), out, "not an image")

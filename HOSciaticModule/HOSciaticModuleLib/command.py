@@ -13,3 +13,7 @@ def main() -> int:
         sys.stderr.write("\nhosciatic: interrupted; no output was written.\n")
         return 130
     return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
