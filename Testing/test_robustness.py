@@ -81,6 +81,8 @@ def _nrrd_with_header(path: Path, sizes, spacings=None, directions=None, dimensi
     ("nifti_zero_pixdim", ["no usable voxel spacing"]),
     ("nifti_gz_cut_short", ["cut short"]),
     ("nifti_cut_short", ["cut short"]),
+    # Said not to be an image SimpleITK can read, with advice to give a NRRD file.
+    ("nrrd_cut_short", ["cut short", "bytes of", "Copy or export it again"]),
 ])
 def test_bad_image_files(tmp_path, case, phrases):
     image = tmp_path / "image.nrrd"
@@ -109,6 +111,13 @@ def test_bad_image_files(tmp_path, case, phrases):
         _nrrd_with_header(image, (4, 4, 4), spacings=("nan", 1, 1))
     elif case == "no_spacing":
         _nrrd_with_header(image, (4, 4, 4))
+    elif case == "nrrd_cut_short":
+        write_volume(image, np.full((20, 30, 40), -1000, np.int16), geometry)
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.ReadImage(str(image)), str(image), useCompression=False)
+        data = image.read_bytes()
+        image.write_bytes(data[:len(data) * 2 // 3])
     elif case.startswith("nifti"):
         import gzip
         import struct

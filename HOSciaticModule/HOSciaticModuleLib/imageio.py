@@ -483,6 +483,20 @@ def regular_slice_grid(image, slices: DicomSlices):
     return result, warnings
 
 
+def _bytes_read_of_expected(reason: str) -> tuple[int, int] | None:
+    """(bytes read, bytes expected) when the reader's error says the voxel data ended
+    early: as the NRRD readers word it, compressed ("expected N bytes but received M")
+    or raw ("fread got only M S-sized things, not N")."""
+    compressed = re.search(r"expected (\d+) bytes,? but (?:only )?received (\d+)", reason)
+    if compressed:
+        return int(compressed.group(2)), int(compressed.group(1))
+    raw = re.search(r"got only (\d+) (\d+)-sized things, not (\d+)", reason)
+    if raw:
+        size = int(raw.group(2))
+        return int(raw.group(1)) * size, int(raw.group(3)) * size
+    return None
+
+
 def read_volume(path, what: str = "image", share_memory: bool = False, modality: str | None = None) -> LoadedImage:
     """Read a 3D scalar image (NRRD, NIfTI, MHA or a DICOM folder) as RAS geometry + array.
 
@@ -513,6 +527,12 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
             if reason.startswith("Reason:"):
                 # The reader's last system error, not its own reason: the file is there.
                 reason = "its data could not be read: the file may be cut short or damaged"
+            short = _bytes_read_of_expected(reason)
+            if short:
+                # A readable header over too few voxels: not a format to change, a copy to redo.
+                raise InputError(f"The {what} '{path}' ends before its voxel data do ({short[0]} bytes of "
+                                 f"{short[1]}): the file was cut short, in a copy or download. Copy or export "
+                                 "it again.") from None
             raise InputError(f"The {what} '{path}' is not an image SimpleITK can read ({reason}). "
                              f"Give a NRRD, NIfTI, MHA file or a DICOM folder.") from None
         description = path.name
