@@ -343,7 +343,7 @@ def _visible_ends(phantom):
 @pytest.mark.parametrize("case, phrases", [
     ("one_point", ["two"]),
     ("coincident", ["coincide"]),
-    ("outside", ["outside"]),
+    ("outside", ["outside", "In the seed-point file", "(right nerve)"]),
     ("in_air", ["air"]),
     ("both_legs", ["both legs"]),
     ("far_off", ["seed point 1", "outside the volume"]),  # not a second leg: no body is a kilometre wide

@@ -244,6 +244,22 @@ def _load_seeds(paths, midline=lambda: None) -> list[tuple[str, np.ndarray, list
     return seeds
 
 
+def _check_seeds_in_image(paths, seeds, geometry) -> None:
+    """Refuse, before any step runs, a seed-point file with a point outside the image,
+    naming the file: found while tracing, after the HO step and the other nerve, the
+    point was named by its number alone."""
+    from .nerve import check_seeds_inside
+    from .pipeline import check_seeds_on_one_nerve
+
+    for path, (side, points, _) in zip(paths, seeds):
+        try:
+            # Points on both legs, one of them beyond an image of one hip, are named as such.
+            check_seeds_on_one_nerve(points)
+            check_seeds_inside(points, geometry)
+        except InputError as error:
+            raise InputError(f"In the seed-point file '{path}' ({side} nerve): {error}") from None
+
+
 def _add_roi_node(scene, path):
     markups = [m for m in read_markups_json(path, "ROI file") if m.roi is not None]
     if not markups:
@@ -408,6 +424,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
             image = read_volume(args.image, "CT image" if args.modality == "ct" else "MR image", share_memory=True,
                                 modality=args.modality)
             seeds = _load_seeds(args.nerve_seeds, _midline_finder(args, image))
+            _check_seeds_in_image(args.nerve_seeds, seeds, image.geometry)
             _check_modality_inputs(args, seeds)
             if not args.no_scene:
                 # The bundle's copy of the CT is compressed from now on, while the
