@@ -5,9 +5,11 @@ Logic (scene glue over the Qt-free ``HOSciaticModuleLib``) and Test (the self-te
 shared with the pytest suite). No algorithm lives in this file.
 """
 
+import contextlib
 import importlib.util
 import logging
 import pathlib
+import subprocess
 from typing import Annotated, Optional
 
 import slicer
@@ -41,6 +43,7 @@ from HOSciaticModuleLib.defaults import (
     REQUIRED_PACKAGES,
     SIDES,
 )
+from HOSciaticModuleLib.errors import InputError
 
 
 #
@@ -149,11 +152,17 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.ctVolume:
-            # A label map is a scalar volume too, but never the CT (the selector hides them).
+            # Label maps and vector volumes are scalar volumes too, but never the CT (the
+            # selector, which shows no subclass, would show none while one was chosen).
             volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            firstVolume = next((v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
+            firstVolume = next((v for v in volumes if v.GetClassName() == "vtkMRMLScalarVolumeNode"), None)
             if firstVolume:
                 self._parameterNode.ctVolume = firstVolume
+        if str(self._parameterNode.exportDirectory) in ("", "."):
+            # The folder button shows the working folder for an empty path, where Export
+            # refused to write ("Choose an export folder first"), and choosing that same
+            # folder changed nothing: it starts at Slicer's default scene folder instead.
+            self._parameterNode.exportDirectory = pathlib.Path(slicer.app.defaultScenePath)
 
     def setParameterNode(self, inputParameterNode: Optional[HOSciaticModuleParameterNode]) -> None:
         # The panel stays connected to its parameter node while the module is hidden, and
@@ -224,7 +233,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(True)
         self.ui.cancelButton.setVisible(True)
         try:
-            with slicer.util.tryWithErrorDisplay(f"{title} failed.", waitCursor=True):
+            with self._errorsShown(f"{title} failed.", waitCursor=True):
                 try:
                     self.logic.ensureDependencies()
                     step()
@@ -248,6 +257,18 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setVisible(False)
             self.ui.cancelButton.setVisible(False)
             self._updateButtons()
+
+    @contextlib.contextmanager
+    def _errorsShown(self, message: str, waitCursor: bool = False):
+        """An input the step cannot work with is shown as its message alone; anything
+        else, a defect, with its traceback for a report (slicer.util.tryWithErrorDisplay
+        shows and logs a traceback for every error)."""
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+            try:
+                yield
+            except InputError as error:
+                slicer.util.errorDisplay(f"{message}\n\n{error}")
+                self.ui.statusLabel.text = f"{message} {error}"
 
     def _setSectionsEnabled(self, enabled: bool) -> None:
         for section in (self.ui.inputsCollapsibleButton, self.ui.ossificationsCollapsibleButton,
@@ -274,18 +295,17 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run("Export", lambda: self.logic.exportResults(self._parameterNode, self._progress))
 
     def onShowPlotButton(self) -> None:
-        chart = self._parameterNode.chart
-        if chart is None:
-            return
-        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalPlotView)
-        slicer.modules.plots.logic().ShowChartInLayout(chart)
+        with self._errorsShown("Cannot show the chart."):
+            chart = self.logic.sideChart(self._parameterNode)
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalPlotView)
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     def onJumpClosestButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot jump to the closest point.", waitCursor=False):
+        with self._errorsShown("Cannot jump to the closest point."):
             self._jumpTo(self.logic.closestPoint(self._parameterNode))
 
     def onJumpMaxEncasementButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot jump to the maximum encasement.", waitCursor=False):
+        with self._errorsShown("Cannot jump to the maximum encasement."):
             self._jumpTo(self.logic.maxEncasementPoint(self._parameterNode))
 
     def _jumpTo(self, point) -> None:
@@ -345,13 +365,20 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         if not slicer.app.commandOptions().testingEnabled and not slicer.util.confirmOkCancelDisplay(
                 f"HOSciatic needs these Python packages: {', '.join(missing)}. Install them now (internet access "
                 "required, takes a minute)?"):
-            raise ValueError("The required Python packages are not installed; the step was not run.")
-        slicer.util.pip_install(" ".join(missing))
+            raise InputError("The required Python packages are not installed; the step was not run.")
+        try:
+            slicer.util.pip_install(" ".join(missing))
+        except subprocess.CalledProcessError as error:
+            # pip's own message is in the Python console; its command line is no advice.
+            raise InputError(f"Installing {', '.join(missing)} failed (pip ended with status {error.returncode}; its "
+                             "message is in the Python console). Check the internet access (or the proxy "
+                             "settings), or install them from the Python console with slicer.util.pip_install."
+                             ) from None
         # Packages installed while Slicer runs are found only once the import caches are renewed.
         importlib.invalidate_caches()
         stillMissing = self.missingPackages()
         if stillMissing:
-            raise ValueError(f"Installing {', '.join(stillMissing)} failed; see the Python console for pip's message, "
+            raise InputError(f"Installing {', '.join(stillMissing)} failed; see the Python console for pip's message, "
                              "or install them from the Python console with slicer.util.pip_install.")
 
     @property
@@ -381,7 +408,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
 
         volume = p.mrVolume if p.modality == "mr" else p.ctVolume
         if volume is None:
-            raise ValueError("Select the MR volume to trace the nerve on (or set the modality to CT)."
+            raise InputError("Select the MR volume to trace the nerve on (or set the modality to CT)."
                              if p.modality == "mr" else "Select the CT volume.")
         outputs = self.analysis.trace_nerve(
             volume, p.seeds, side=p.side, modality=p.modality, segmentation_node=p.segmentation,
@@ -444,19 +471,42 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         contact = self._latest.contact_of(p.side)
         if contact is not None and contact.contact.closest_points_ras is not None:
             return contact.contact.closest_points_ras[0]
-        nearest = scene_io.station_nearest_to_ho(p.centreline) if p.centreline else None
+        curve = self.sideCentreline(p)
+        nearest = scene_io.station_nearest_to_ho(curve) if curve else None
         if nearest is None:
-            raise ValueError("Compute contact first (there is no HO near this nerve otherwise).")
+            raise InputError("Compute contact first (there is no HO near this nerve otherwise).")
         return nearest
 
     def maxEncasementPoint(self, p):
         from HOSciaticModuleLib import scene as scene_io
 
-        values = scene_io.curve_measurement(p.centreline, "encasement_deg") if p.centreline else None
+        curve = self.sideCentreline(p)
+        values = scene_io.curve_measurement(curve, "encasement_deg") if curve else None
         if values is None or len(values) == 0:
-            raise ValueError("Compute contact first: the centreline has no encasement values yet.")
-        points = scene_io.control_points_world(p.centreline)
+            raise InputError(f"Compute contact for the {p.side} nerve first: its centreline has no encasement values "
+                             "yet.")
+        points = scene_io.control_points_world(curve)
         return points[int(values.argmax())]
+
+    def sideCentreline(self, p):
+        """The centreline of the nerve of the panel's side (the selected curve is the last
+        one a step made, perhaps the other side's), found by name or by its role tag."""
+        from HOSciaticModuleLib.pipeline import CENTRELINE_ROLE, centreline_name
+
+        role = f"{CENTRELINE_ROLE} {p.side}"
+        return (self._sideNode(p.centreline, centreline_name(p.side), role)
+                or self.analysis.output_node("vtkMRMLMarkupsCurveNode", centreline_name(p.side), role))
+
+    def sideChart(self, p):
+        """The encasement chart of the nerve of the panel's side."""
+        from HOSciaticModuleLib.pipeline import CONTACT_ROLE, chart_name
+
+        role = f"{CONTACT_ROLE} {p.side}"
+        chart = (self._sideNode(p.chart, chart_name(p.side), role)
+                 or self.analysis.output_node("vtkMRMLPlotChartNode", chart_name(p.side), role))
+        if chart is None:
+            raise InputError(f"Compute contact for the {p.side} nerve first: it has no chart yet.")
+        return chart
 
     def exportResults(self, p, progress=None):
         """Write the result files of the analysis into the export folder: this session's,
@@ -467,7 +517,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
 
         folder = pathlib.Path(str(p.exportDirectory)) if p.exportDirectory else None
         if folder is None or str(folder) in ("", "."):
-            raise ValueError("Choose an export folder first.")
+            raise InputError("Choose an export folder first.")
         oss, nerves, contacts, staleWarnings = self._latest.current(slicer.mrmlScene)
         if oss is None and not nerves and p.segmentation:
             # The steps ran in an earlier session: the saved scene holds their results.
@@ -475,7 +525,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
                 p.segmentation, tolerance_mm=p.contactToleranceMm, bone_threshold_hu=p.boneThresholdHU,
                 reference_volume_node=p.ctVolume)
         if oss is None and not nerves:
-            raise ValueError("Nothing to export yet: run the analysis first.")
+            raise InputError("Nothing to export yet: run the analysis first.")
         volume = p.ctVolume or p.mrVolume
         inputInfo = {"image": volume.GetName() if volume else None, "modality": p.modality}
         if p.modality == "mr" and p.mrVolume:

@@ -394,6 +394,10 @@ class HOSciaticAnalysis:
         tagged = [found for found in self._nodes_of(class_name) if found.GetAttribute(OUTPUT_ROLE_ATTRIBUTE) == role]
         return tagged[0] if role and tagged else None
 
+    def output_node(self, class_name: str, name: str, role: str):
+        """A step's output node in the scene, by its name or, renamed, by its role."""
+        return self._existing(None, class_name, name, role)
+
     @staticmethod
     def _check_output_placement(*nodes) -> None:
         """Refuse, before anything is computed or written, output nodes under a
