@@ -2478,7 +2478,10 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
             # A fill (air's value, say) is no gas: nothing was imaged there.
             ring &= ~unimaged_block[island_block]
         around = ct_block[island_block][ring]
-        facts.ring_fat_share[number] = fat_share(around)
+        # The layer next to a dense island is its blur (partial volume), above fat's range
+        # even in fat: the share of fat is read beyond it.
+        beyond_blur = ring & ~within_or_next_to(island, island_geometry, 2.0 * EDGE_BLUR_MM)
+        facts.ring_fat_share[number] = fat_share(ct_block[island_block][beyond_blur] if beyond_blur.any() else around)
         facts.ring_gas_share[number] = gas_share(around)
         if tube:
             facts.vessel_shaped.append((number, width, length, facts.dense_end_hu[number]))
