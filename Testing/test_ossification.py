@@ -1509,3 +1509,17 @@ def test_a_calcified_granuloma_in_buttock_fat_is_named_on_coarser_voxels():
     assert granuloma.volume_ml == pytest.approx(4.0 / 3.0 * np.pi * 125.0 / 1000.0, rel=0.15)
     assert "in the subcutaneous fat" in granuloma.doubts
 
+
+def test_a_mass_as_large_as_a_bone_without_counterpart_is_named():
+    # A free 130 mL mass beside the hip (a spinal-cord injury's HO) was taken for a native
+    # bone cut by the field of view and, too large for the comparison with the other side
+    # to be trusted, kept native without a word: no island, no warning.
+    base = PhantomSpec()
+    mass = BoneSpec("ellipsoid", center_offset=(45.0, 62.0, 0.0), semi_axes=(28.0, 22.0, 50.0), cortex_mm=3.0)
+    spec = dataclasses.replace(base, extra_bones=other_hip_bones(base) + (mass,), body_semi_axes=(150.0, 110.0))
+    phantom = generate_phantom(spec, spacing_ijk=(2.0, 2.0, 3.0), fov_mm=(400.0, 240.0, 150.0))
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    (warning,) = [w for w in result.warnings if "could not be compared with the other side" in w]
+    truth_ml = 4.0 / 3.0 * np.pi * 28.0 * 22.0 * 50.0 / 1000.0
+    numbers = [float(n) for n in re.findall(r"(\d+) mL", warning)]
+    assert numbers[0] == pytest.approx(truth_ml, rel=0.1) and numbers[1] == pytest.approx(truth_ml, rel=0.1)

@@ -305,6 +305,10 @@ ASYMMETRY_MAX_SHARE = 0.3
 #: Farther, a surface a few mm off its counterpart is left-right variation of normal
 #: bone: on a real pelvis it ran on along the whole hip bone (57 mL instead of 8).
 ASYMMETRY_SKIRT_MM = 10.0
+#: A native bone whose comparison with the other side was not trusted (no fit, or a part
+#: without counterpart over ASYMMETRY_MAX_SHARE of it) is named when at least this much of
+#: it has no counterpart: a mass of HO as large as the bone it grew from is lost otherwise.
+UNCOMPARED_MIN_ML = 10.0
 #: Contrast-filled or calcified vessels are bone-dense tubes: the iliac and femoral
 #: arteries and veins are 5-14 mm wide; a stretch at least 30 mm long and four times
 #: longer along its axis than across is vessel-shaped.
@@ -1759,7 +1763,7 @@ class BoneAcrossMidline:
 
 
 def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline, geometry: VolumeGeometry,
-                         min_voxels: float) -> np.ndarray | None:
+                         min_voxels: float, rejected: list | None = None) -> np.ndarray | None:
     """The part of a native bone (``component``, a mask over ``block``) that has no
     counterpart across the body's midline: HO fused to it, thicker than the
     fused-outgrowth ball. None when there is none or the comparison cannot be trusted."""
@@ -1772,6 +1776,13 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     ras = geometry.kji_to_ras_points(coarse + offset)
     motion = across.fit(ras)
     if motion is None:
+        if rejected is not None:
+            # How much of the bone has no bone at all near its plain mirror image.
+            mirrored = across.plane.mirror(ras)
+            lone = across.inside(mirrored) & (across.coarse_distance(mirrored) > ASYMMETRY_CORE_MM)
+            lone_ml = np.count_nonzero(lone) * np.prod(steps) * geometry.voxel_volume_ml
+            if lone_ml >= UNCOMPARED_MIN_ML:
+                rejected.append((float(np.count_nonzero(component) * geometry.voxel_volume_ml), float(lone_ml)))
         return None
     mapped = across.counterpart(ras, motion)
     unmatched = across.inside(mapped) & (across.coarse_distance(mapped) > ASYMMETRY_CORE_MM)
@@ -1799,6 +1810,9 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     part = np.zeros_like(component)
     part[reach] = keep[labels]
     found = np.count_nonzero(part)
+    if found > ASYMMETRY_MAX_SHARE * np.count_nonzero(component) and rejected is not None:
+        rejected.append((float(np.count_nonzero(component) * geometry.voxel_volume_ml),
+                         float(found * geometry.voxel_volume_ml)))
     if found == 0 or found > ASYMMETRY_MAX_SHARE * np.count_nonzero(component):
         return None
     return part
@@ -2088,7 +2102,7 @@ def _unpaired_mass_warning(numbers) -> str:
 
 
 def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block=None,
-                       image_shape=None, unimaged=None) -> np.ndarray:
+                       image_shape=None, unimaged=None, rejected: list | None = None) -> np.ndarray:
     """The parts of the native components (``labels`` whose ``is_native``) without a
     counterpart across the midline ``plane`` (none without a plane). ``bone_block`` is
     where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`)."""
@@ -2098,7 +2112,7 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
     across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape, unimaged)
     for label in np.flatnonzero(is_native):
         block = blocks[label - 1]
-        part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels)
+        part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels, rejected)
         if part is not None:
             found[block] |= part
     return found
@@ -2300,6 +2314,9 @@ class _NativeSplit:
     #: Thick fused masses found as bone without a counterpart across the midline
     #: (None when the native skeleton was given).
     asymmetric: np.ndarray | None
+    #: (bone mL, mL without a counterpart) of native bones whose comparison with the
+    #: other side was not trusted although much of them has none.
+    uncompared: list = field(default_factory=list)
 
     @property
     def given(self) -> bool:
@@ -2342,12 +2359,13 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
         # An outgrowth lies within its own component: each component goes in less its own.
         native[padded] |= component & ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
     # What the ball left in the native bone: the masses too thick for it.
+    uncompared: list = []
     asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
-                                    min_voxels, block, image_shape, unimaged) & native
+                                    min_voxels, block, image_shape, unimaged, uncompared) & native
     native &= ~asymmetric
     # The mass's marrow, open towards the bone it grew from, is in the part already.
     candidates = fill_island_marrow(bone_block & ~native, geometry) | asymmetric
-    return _NativeSplit(candidates, native, native, native, asymmetric)
+    return _NativeSplit(candidates, native, native, native, asymmetric, uncompared)
 
 
 @dataclass
@@ -2527,6 +2545,12 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
                 and np.count_nonzero(island & split.asymmetric[island_block]) >= 0.5 * np.count_nonzero(island)]
     if unpaired:
         warnings.append(_unpaired_mass_warning(unpaired))
+    for bone_ml, lone_ml in split.uncompared:
+        warnings.append(
+            f"A piece of bone taken as native ({bone_ml:.0f} mL) could not be compared with the other side of the "
+            f"body: about {lone_ml:.0f} mL of it has no counterpart there, more than a bone's normal asymmetry. It "
+            "may hold a large HO mass fused to the bone (or be a free mass as large as a bone), which is not "
+            "reported. Check it on the images; a native-bone segmentation (--bones) separates it.")
     large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
     if large:
         warnings.append(_large_mass_warning(large))
