@@ -530,6 +530,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         inputInfo = {"image": volume.GetName() if volume else None, "modality": p.modality}
         if p.modality == "mr" and p.mrVolume:
             inputInfo["nerve_image"] = p.mrVolume.GetName()
+        export.check_not_another_images_results(folder, inputInfo["image"])
         # The HO and contact settings are the run's when the HO step ran (on the CT); a
         # nerve traced alone on an MR used none of them.
         parameters = export.default_parameters(p.boneThresholdHU, p.minIslandMl, p.contactToleranceMm,

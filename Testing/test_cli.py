@@ -12,6 +12,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from HOSciaticModuleLib import cli
+from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.imageio import read_markups_json, read_volume
 from HOSciaticModuleLib.imageio import write_volume
 from HOSciaticModuleLib.phantom import (PhantomSpec, generate_phantom, other_hip_bones, write_markups_points_json,
@@ -400,6 +401,48 @@ def test_results_moved_aside_by_a_killed_run_are_cleared_and_its_case_runs_again
     assert not (out / f"{export.PARTIAL_PREFIX}summary-killed.csv").exists()
     export.publish(out, lambda folder: [(folder / name).write_text("y") for name in ("metrics.json", "islands.csv")])
     assert sorted(p.name for p in out.iterdir()) == [export.RESULTS_MANIFEST, "islands.csv", "metrics.json"]
+
+
+def test_the_panel_export_does_not_replace_another_images_results(tmp_path):
+    # Exported to the same folder (the panel's default), the next case replaced the one
+    # before without a word.
+    from HOSciaticModuleLib import export
+
+    out = tmp_path / "results"
+    export.check_not_another_images_results(out, "patient A CT")  # no folder yet
+    export.publish(out, lambda folder: (folder / "metrics.json").write_text(
+        json.dumps({"input": {"image": "patient A CT"}})))
+    export.check_not_another_images_results(out, "patient A CT")  # the same case again
+    with pytest.raises(InputError, match="holds the results of 'patient A CT'.*Choose another folder"):
+        export.check_not_another_images_results(out, "patient B CT")
+    (out / "metrics.json").write_text("not a results document")
+    export.check_not_another_images_results(out, "patient B CT")
+
+
+def test_a_file_made_private_first_gets_the_umask_mode_or_stays_private(tmp_path, monkeypatch):
+    # The batch summary and the demo case are made by tempfile (0600 / 0700): given the
+    # mode of an ordinary file, and where the umask cannot be read without changing it
+    # (no /proc), left private rather than opened to 0644 against a site's umask 077.
+    import os
+    import tempfile
+
+    from HOSciaticModuleLib import export
+
+    previous = os.umask(0o077)
+    try:
+        handle, name = tempfile.mkstemp(dir=tmp_path)
+        os.close(handle)
+        export.give_default_mode(Path(name))
+        assert os.stat(name).st_mode & 0o777 == 0o600
+        os.umask(0o022)
+        export.give_default_mode(Path(name))
+        assert os.stat(name).st_mode & 0o777 == 0o644
+        os.chmod(name, 0o600)
+        monkeypatch.setattr(export, "process_umask", lambda: None)
+        export.give_default_mode(Path(name))
+        assert os.stat(name).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)
 
 
 def test_terminated_run_leaves_no_output_and_its_stale_copy_is_cleared(case, tmp_path, monkeypatch):

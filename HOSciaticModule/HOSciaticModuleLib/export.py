@@ -369,6 +369,20 @@ def write_results(folder: Path, scene, segmentation_node, nerves, document, with
         write_scene_bundle(scene, folder / "scene.mrb", prewritten, sub_progress(progress, 0.1, 1.0))
 
 
+def check_not_another_images_results(folder: Path, image_name: str | None) -> None:
+    """Refuse to write a case's results into a folder holding another image's (its
+    ``metrics.json`` names another input image): :func:`publish` would replace them, as
+    the panel's next case did when exported to the same folder."""
+    metrics = Path(folder) / "metrics.json"
+    try:
+        earlier = json.loads(metrics.read_text())["input"]["image"] if metrics.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a results document of this program: publish leaves it alone
+    if earlier and image_name and earlier != image_name:
+        raise InputError(f"The folder '{folder}' holds the results of '{earlier}': exporting '{image_name}' there "
+                         "would replace them. Choose another folder (one per case), or delete those results first.")
+
+
 def publish(out_dir: Path, write) -> None:
     """Run ``write(folder)`` on a private folder inside ``out_dir``, then move its files in,
     and remove the results an earlier run left there that this one did not write.
@@ -473,21 +487,25 @@ def prepare_output_folder(out_dir: Path) -> list[Path]:
     return created
 
 
-def process_umask() -> int:
+def process_umask() -> int | None:
     """The process's umask, read without changing it (another thread may be creating
-    files meanwhile); 0o022 where it cannot be read."""
+    files meanwhile); None where it cannot be read so (no /proc: macOS, Windows)."""
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    return 0o022
+    return None
 
 
 def give_default_mode(path: Path, directory: bool = False) -> None:
     """Give a file or folder made by ``tempfile`` (private: 0600 / 0700) the mode an
-    ordinary ``open`` or ``mkdir`` gives, so a shared results folder stays readable."""
+    ordinary ``open`` or ``mkdir`` gives, so a shared results folder stays readable. With
+    the umask unknown it stays private: never opened wider than a site's umask allows."""
+    umask = process_umask()
+    if umask is None:
+        return
     with contextlib.suppress(OSError):
-        os.chmod(path, (0o777 if directory else 0o666) & ~process_umask())
+        os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
 def remove_path(path: Path) -> None:
