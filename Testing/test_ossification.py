@@ -1523,3 +1523,22 @@ def test_a_mass_as_large_as_a_bone_without_counterpart_is_named():
     truth_ml = 4.0 / 3.0 * np.pi * 28.0 * 22.0 * 50.0 / 1000.0
     numbers = [float(n) for n in re.findall(r"(\d+) mL", warning)]
     assert numbers[0] == pytest.approx(truth_ml, rel=0.1) and numbers[1] == pytest.approx(truth_ml, rel=0.1)
+
+
+def test_a_face_cut_by_the_field_of_view_is_no_cortex():
+    # The outermost voxels along every axis count as rim; the array's edge counted as
+    # outside too, so a mature island cut by the field of view three slices in read its
+    # cut marrow as cortex and was called immature.
+    from HOSciaticModuleLib.ossification import measure_island
+
+    n = 21
+    jj, ii = np.mgrid[:n, :n] - n // 2
+    radius = np.hypot(jj, ii)
+    disk, cortex = radius <= 8, (radius <= 8) & (radius > 6)
+    island = np.zeros((4, n, n), bool)
+    island[:3] = disk  # slices 0-2; slice 0 lies on the image's edge, slice 3 outside the island
+    ct = np.where(island, np.where(cortex, 1400.0, 150.0), -50.0)
+    ct[2][disk] = 1400.0  # the cap across the slices is cortex too
+    geometry = VolumeGeometry.from_spacing_origin_directions(island.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    figures, _ = measure_island(1, ct, island, geometry, None)
+    assert figures.maturity == "mature"

@@ -1845,7 +1845,8 @@ def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, depth: np.ndarray) 
     # called immature; on thick slices the depth (to the nearest voxel centre outside) of
     # a face's outermost voxels is a slice thick, so only faces along the fine axes had a
     # rim and a cortex across the slices read as marrow.
-    outermost = island & ~ndimage.binary_erosion(island)
+    # The image's edge is no outside (as for the depth): a face cut by the field of view is no rim.
+    outermost = island & ~ndimage.binary_erosion(island, border_value=1)
     rim = island & ((depth <= CORTEX_RIM_MM) | outermost)
     interior = island & ~rim
     if np.count_nonzero(interior) < 0.05 * np.count_nonzero(island) or not rim.any():
