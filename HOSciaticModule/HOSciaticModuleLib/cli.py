@@ -464,8 +464,9 @@ def _midline_finder(args, image):
 
 def _check_modality_inputs(args, seeds) -> None:
     if args.modality == "mr" and (args.roi or args.bones):
-        raise InputError("--roi and --bones belong to the HO segmentation, which needs a CT; an MR run "
-                         "(--modality mr) only traces the nerve. Remove them or give the CT.")
+        raise InputError("--roi and --bones (a case list's roi and bones columns) belong to the HO segmentation, "
+                         "which needs a CT; an MR run (--modality mr, or modality 'mr' in a case list) only traces "
+                         "the nerve. Remove them or give the CT.")
     if args.modality == "mr" and not seeds:
         raise InputError("An MR run traces the nerve only, so it needs seed points along the nerve. Give a "
                          "seed-point file (--nerve-seeds, or the nerve_seeds column of a case list).")

@@ -2036,7 +2036,8 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
     if modality == "mr" and ct_given_as_mr(image, geometry, seeds_ras, bone_threshold_hu):
         raise InputError("The image looks like a CT in Hounsfield units (fat near -100 HU, soft tissue near 50 HU "
                          "with the nerve among it, and air near -1000 HU or cortical bone), but the modality is MR. "
-                         "Trace it with modality 'ct' (--modality ct on the command line).")
+                         "Trace it with modality 'ct' (--modality ct on the command line, or in a case list's modality "
+                         "column).")
     warnings: list[str] = []
     report(progress, 0.0, "Checking seed points")
     seeds = validate_seeds(seeds_ras, image, geometry, modality)

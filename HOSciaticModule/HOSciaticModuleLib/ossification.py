@@ -2551,7 +2551,8 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
             f"A piece of bone taken as native ({bone_ml:.0f} mL) could not be compared with the other side of the "
             f"body: about {lone_ml:.0f} mL of it has no counterpart there, more than a bone's normal asymmetry. It "
             "may hold a large HO mass fused to the bone (or be a free mass as large as a bone), which is not "
-            "reported. Check it on the images; a native-bone segmentation (--bones) separates it.")
+            "reported. Check it on the images; a native-bone segmentation (--bones, a case list's bones column, or "
+            "the panel's native-bone input) separates it.")
     large = [result for result in results if not result.fused_to_native_bone and result.volume_ml >= NATIVE_MIN_ML]
     if large:
         warnings.append(_large_mass_warning(large))
