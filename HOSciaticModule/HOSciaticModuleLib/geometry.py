@@ -223,6 +223,11 @@ def _millimetres(values) -> str:
     return " x ".join(f"{float(v):.4g}" for v in values)
 
 
+def block_within(outer, inner) -> tuple:
+    """The slices, in the whole array, of the block ``inner`` given within the block ``outer``."""
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+
+
 def bounding_slices(mask: np.ndarray):
     """Slices of the smallest block holding every True voxel, or None when empty."""
     bounds = []

@@ -63,7 +63,7 @@ from scipy.spatial import cKDTree
 from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML, MAX_BONE_THRESHOLD_HU,
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
-from .geometry import VolumeGeometry, bounding_slices, label_boxes
+from .geometry import VolumeGeometry, block_within, bounding_slices, label_boxes
 from .progress import ProgressCallback, report
 
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
@@ -755,16 +755,16 @@ def fill_per_group(mask: np.ndarray, fill) -> np.ndarray:
     # A mask in a small part of its array (the bone left outside the native skeleton)
     # is labelled within its box and the layer round it, which holds every group's
     # padded box: labelling and the box scan cost per voxel scanned.
-    around = _sparse_box(mask, 1)
-    local = mask if around is None else mask[around]
-    offset = [0, 0, 0] if around is None else [s.start for s in around]
+    around = _sparse_box(mask, 1) or tuple(slice(0, n) for n in mask.shape)
+    local = mask[around]
     groups, count = cc3d.connected_components(np.ascontiguousarray(local, bool), connectivity=26, return_N=True)
     for label, box in enumerate(label_boxes(groups, count), start=1):
         # A pocket needs at least 3 x 3 voxels in some plane.
         if box is None or sum(s.stop - s.start >= 3 for s in box) < 2:
             continue
-        padded = pad_block(tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, offset)), mask.shape, 1)
-        local_padded = tuple(slice(p.start - o, p.stop - o) for p, o in zip(padded, offset))
+        # ``around`` holds the layer round every group: padded within it as within the mask.
+        local_padded = pad_block(box, local.shape, 1)
+        padded = block_within(around, local_padded)
         filled[padded] |= fill(groups[local_padded] == label, padded)
     return filled
 
@@ -833,8 +833,7 @@ def _components_and_boxes(mask: np.ndarray):
     local, count, sizes = _components(mask[around])
     labels = np.zeros(mask.shape, local.dtype)
     labels[around] = local
-    boxes = [None if box is None else tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(around, box))
-             for box in label_boxes(local, count)]
+    boxes = [None if box is None else block_within(around, box) for box in label_boxes(local, count)]
     return labels, count, sizes, boxes
 
 
@@ -2479,7 +2478,7 @@ def _measure_islands(islands, fused, labelmap_block, ct_block, figures_ct_block,
         figures, depth = measure_island(number, figures_ct_block[island_block], island, island_geometry,
                                         fused_to_native)
         results.append(figures)
-        result_blocks.append(tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(island_block, block)))
+        result_blocks.append(block_within(block, island_block))
         if _reaches_image_edge(island, result_blocks[-1], image_shape) or (
                 unimaged_block is not None and _next_to_field_of_view_edge(unimaged_block[island_block], island)):
             facts.cut_by_edge.append(number)
