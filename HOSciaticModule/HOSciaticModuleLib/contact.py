@@ -946,10 +946,11 @@ def _island_contact(label, boxes, nerve_boxes, nerve_mask, ho_labelmap, geometry
                                                               rays, ho_crop == label)
     island_enc, island_arc, island_in, _ = _summary(island_distance, sections, s_mm, tolerance)
     island_max = float(island_enc.max()) if len(island_enc) else 0.0
+    lengths = station_lengths(s_mm)
     return IslandContact(
         label=label, min_distance_mm=float(island_min), closest_points_ras=island_closest,
-        contact_area_mm2=float((island_arc * station_lengths(s_mm)).sum()),
-        contact_length_mm=float(station_lengths(s_mm)[island_in].sum()), max_encasement_deg=island_max,
+        contact_area_mm2=float((island_arc * lengths).sum()),
+        contact_length_mm=float(lengths[island_in].sum()), max_encasement_deg=island_max,
         encasement_class=classify(island_min, island_max, tolerance))
 
 

@@ -391,8 +391,8 @@ class HOSciaticAnalysis:
         collection = self.scene.GetNodesByClassByName(class_name, name)
         if collection.GetNumberOfItems():
             return collection.GetItemAsObject(0)
-        tagged = [found for found in self._nodes_of(class_name) if found.GetAttribute(OUTPUT_ROLE_ATTRIBUTE) == role]
-        return tagged[0] if role and tagged else None
+        tagged = self._outputs(class_name, (), role) if role else []
+        return tagged[0] if tagged else None
 
     def output_node(self, class_name: str, name: str, role: str):
         """A step's output node in the scene, by its name or, renamed, by its role."""
