@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from HOSciaticModuleLib import bonelabels
+from HOSciaticModuleLib import bonelabels, ossification
 from HOSciaticModuleLib import scene as scene_io
 from HOSciaticModuleLib.bonelabels import BONE, NOT_BONE, UNKNOWN, choose_native_bone, label_kind, nifti_label_names
 from HOSciaticModuleLib.errors import InputError
@@ -103,13 +103,24 @@ def whole_body_segmentation(scene, phantom, shared_layer: bool):
 
 
 @pytest.mark.parametrize("shared_layer", [False, True])
-def test_ho_inside_a_muscle_segment_is_found(slicer_scene, phantom, shared_layer):
+def test_ho_inside_a_muscle_segment_is_found(slicer_scene, phantom, shared_layer, monkeypatch):
     expected = segment_ossifications(phantom.image, phantom.geometry, native_bone_mask=phantom.native_bone_mask)
     assert len(expected.islands) == len(phantom.islands)
     analysis = HOSciaticAnalysis(slicer_scene)
     volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    given = {}
+
+    def segment_and_keep_inputs(ct_hu, geometry, **options):
+        given.update(options, ct_hu=np.array(ct_hu), geometry=geometry)
+        return segment_ossifications(ct_hu, geometry, **options)
+
+    monkeypatch.setattr(ossification, "segment_ossifications", segment_and_keep_inputs)
     oss = analysis.segment_ossifications(volume, native_bone_segmentation_node=whole_body_segmentation(
         slicer_scene, phantom, shared_layer))
+    # The HO step was given the CT and the bones alone (not the muscle), voxel for voxel.
+    np.testing.assert_array_equal(given["ct_hu"], phantom.image)
+    np.testing.assert_allclose(given["geometry"].ijk_to_ras, phantom.geometry.ijk_to_ras, atol=1e-9)
+    np.testing.assert_array_equal(given["native_bone_mask"], phantom.native_bone_mask)
     # The same islands, to the voxel, as with the bones alone.
     assert [i.volume_ml for i in oss.result.islands] == pytest.approx([i.volume_ml for i in expected.islands], abs=1e-9)
     for island, truth in zip(sorted(oss.result.islands, key=lambda i: i.volume_ml),
