@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from HOSciaticModuleLib import __version__, cli
+from HOSciaticModuleLib import __version__, cli, export
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.phantom import generate_phantom, write_phantom_case
 
@@ -330,3 +330,27 @@ def test_a_file_where_a_case_folder_goes_is_named_with_what_to_do(tmp_path):
     message = _summary(out)["p01"]["message"]
     assert "lies where this case's results folder goes" in message and "--out" not in message
     assert (out / "p01").read_text() == "notes"
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_leaves_the_first_runs_files(cohort, tmp_path, capsys):
+    """A second batch (or analysis) started into the folder of one still running removed
+    that run's unfinished files as left over from a killed run, and replaced its summary."""
+    phantom, case_list = cohort
+    out = tmp_path / "out"
+    first_run = export.prepare_output_folder(out)
+    unfinished = out / f"{export.PARTIAL_PREFIX}summary-running.csv"
+    unfinished.write_text("case\n")
+    try:
+        assert cli.main(["batch", str(case_list), "--out", str(out), "--no-scene", "--quiet"]) == 2
+        assert "Another run" in " ".join(capsys.readouterr().err.split())
+        image = case_list.parent / "images" / "ct.nrrd"
+        assert cli.main(["analyze", str(image), "--out", str(out), "--no-scene", "--quiet"]) == 2
+        assert "choose another output folder (--out)" in " ".join(capsys.readouterr().err.split())
+        assert unfinished.is_file() and not (out / "summary.csv").exists() and not (out / "metrics.json").exists()
+    finally:
+        first_run.release()
+    # Once the first run has ended, its leftovers are cleared and the folder is used.
+    missing_only = tmp_path / "cases.csv"
+    missing_only.write_text(f"case,image\np03,{case_list.parent / 'images' / 'missing.nrrd'}\n")
+    assert cli.main(["batch", str(missing_only), "--out", str(out), "--quiet"]) == cli.BATCH_INCOMPLETE_STATUS
+    assert not unfinished.exists() and _summary(out)["p03"]["status"] == "refused"

@@ -396,7 +396,7 @@ def test_results_moved_aside_by_a_killed_run_are_cleared_and_its_case_runs_again
     # (made for folders) kept.
     (out / f"{export.PARTIAL_PREFIX}summary-killed.csv").write_text("case\n")
     assert not all((out / name).exists() for name in export.earlier_results(out))
-    export.prepare_output_folder(out)
+    export.prepare_output_folder(out).release()
     assert not (out / f"{export.PARTIAL_PREFIX}killed").exists()
     assert not (out / f"{export.PARTIAL_PREFIX}summary-killed.csv").exists()
     export.publish(out, lambda folder: [(folder / name).write_text("y") for name in ("metrics.json", "islands.csv")])

@@ -412,7 +412,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
 
     out_dir = Path(args.out)
     export.check_inputs_not_overwritten(out_dir, [p for p in (args.image, args.roi, args.bones, *args.nerve_seeds) if p])
-    created = export.prepare_output_folder(out_dir)
+    prepared = export.prepare_output_folder(out_dir)
     volume_writer = None
     scene = None
     finished = False
@@ -449,7 +449,8 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
             volume_writer.discard()
         if not finished:
             # A refused run leaves no empty folder behind.
-            export.remove_created_folders(created)
+            export.remove_created_folders(prepared.created)
+        prepared.release()
         if release_scene and scene is not None:
             scene.Clear(True)
     return out_dir
@@ -553,22 +554,22 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
     if summary_path.resolve() == Path(args.cases).resolve():
         raise InputError(f"The case list '{args.cases}' would be overwritten by the batch's summary of the same name "
                          "in the output folder. Choose another output folder (--out), or rename the case list.")
-    export.prepare_output_folder(out_dir)
-    shared = ["--bone-threshold", repr(args.bone_threshold), "--min-island-ml", repr(args.min_island_ml),
-              "--contact-tolerance", repr(args.contact_tolerance)] + (["--no-scene"] if args.no_scene else [])
-    rows = [batch.summary_row(case, batch.NOT_RUN) for case in cases]
-    batch.write_summary(summary_path, rows)
-    for index, case in enumerate(cases):
-        case_dir = out_dir / case.folder_name
-        earlier = _same_earlier_result(case, case_dir, args) if args.skip_existing else None
-        if earlier is not None:
-            rows[index] = batch.summary_row(case, batch.DONE_EARLIER, "", case_dir, earlier)
-        else:
-            stage = f"Case {index + 1}/{len(cases)} {case.name}"
-            progress.for_stage(stage)(0.0, "starting")
-            rows[index] = _run_case(case, out_dir, shared, progress)
-            progress.for_stage(stage)(1.0, rows[index]["status"])
+    with export.prepare_output_folder(out_dir):
+        shared = ["--bone-threshold", repr(args.bone_threshold), "--min-island-ml", repr(args.min_island_ml),
+                  "--contact-tolerance", repr(args.contact_tolerance)] + (["--no-scene"] if args.no_scene else [])
+        rows = [batch.summary_row(case, batch.NOT_RUN) for case in cases]
         batch.write_summary(summary_path, rows)
+        for index, case in enumerate(cases):
+            case_dir = out_dir / case.folder_name
+            earlier = _same_earlier_result(case, case_dir, args) if args.skip_existing else None
+            if earlier is not None:
+                rows[index] = batch.summary_row(case, batch.DONE_EARLIER, "", case_dir, earlier)
+            else:
+                stage = f"Case {index + 1}/{len(cases)} {case.name}"
+                progress.for_stage(stage)(0.0, "starting")
+                rows[index] = _run_case(case, out_dir, shared, progress)
+                progress.for_stage(stage)(1.0, rows[index]["status"])
+            batch.write_summary(summary_path, rows)
     return summary_path, rows
 
 
@@ -689,25 +690,26 @@ def run_demo(args, progress) -> Path:
     from .phantom import generate_phantom, write_phantom_case
 
     out_dir = Path(args.out)
-    export.prepare_output_folder(out_dir)
-    case_dir = out_dir / "demo_case"
-    if not all((case_dir / name).is_file() for name in DEMO_CASE_FILES):
-        progress.for_stage("Demo case")(0.0, "generating the synthetic hip CT")
-        # Written whole or not at all: an interrupted demo left a CT without its seeds,
-        # and every later demo was refused for want of them.
-        partial = Path(tempfile.mkdtemp(prefix=export.PARTIAL_PREFIX, dir=out_dir))
-        export.give_default_mode(partial, directory=True)
-        try:
-            write_phantom_case(generate_phantom(), partial)
-            shutil.rmtree(case_dir, ignore_errors=True)
-            os.replace(partial, case_dir)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        progress.for_stage("Demo case")(1.0, f"written to {case_dir}")
-    analyze_args = build_parser().parse_args([
-        "analyze", str(case_dir / "ct.nrrd"), "--out", str(out_dir / "results"),
-        "--nerve-seeds", str(case_dir / "nerve_seeds_right.mrk.json")] + (["--quiet"] if args.quiet else []))
-    return run_analyze(analyze_args, progress)
+    # Held while the demo case is written; its results go into a folder of their own.
+    with export.prepare_output_folder(out_dir):
+        case_dir = out_dir / "demo_case"
+        if not all((case_dir / name).is_file() for name in DEMO_CASE_FILES):
+            progress.for_stage("Demo case")(0.0, "generating the synthetic hip CT")
+            # Written whole or not at all: an interrupted demo left a CT without its seeds,
+            # and every later demo was refused for want of them.
+            partial = Path(tempfile.mkdtemp(prefix=export.PARTIAL_PREFIX, dir=out_dir))
+            export.give_default_mode(partial, directory=True)
+            try:
+                write_phantom_case(generate_phantom(), partial)
+                shutil.rmtree(case_dir, ignore_errors=True)
+                os.replace(partial, case_dir)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+            progress.for_stage("Demo case")(1.0, f"written to {case_dir}")
+        analyze_args = build_parser().parse_args([
+            "analyze", str(case_dir / "ct.nrrd"), "--out", str(out_dir / "results"),
+            "--nerve-seeds", str(case_dir / "nerve_seeds_right.mrk.json")] + (["--quiet"] if args.quiet else []))
+        return run_analyze(analyze_args, progress)
 
 
 def _summary(out_dir: Path) -> str:

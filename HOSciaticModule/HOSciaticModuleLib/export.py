@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, measurements
@@ -462,10 +463,31 @@ def check_inputs_not_overwritten(out_dir: Path, input_paths) -> None:
                              "output folder. Choose another output folder (--out), or rename or move the input.")
 
 
-def prepare_output_folder(out_dir: Path) -> list[Path]:
+@dataclass
+class PreparedFolder:
+    """An output folder made ready for a run, held by it until :meth:`release`."""
+    #: The folders the run created, deepest first (a refused run removes them again,
+    #: see :func:`remove_created_folders`).
+    created: list
+    _lock: int | None = None
+
+    def release(self) -> None:
+        """Let another run write into the folder."""
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def prepare_output_folder(out_dir: Path) -> PreparedFolder:
     """Create ``out_dir`` if needed and make sure files can be written there, before
-    any work; returns the folders it created, deepest first (a refused run removes
-    them again, see :func:`remove_created_folders`)."""
+    any work, and hold it for this run (see :func:`_hold_folder`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"The output path '{out_dir}' exists and is not a folder. Choose a folder for --out.")
@@ -478,13 +500,50 @@ def prepare_output_folder(out_dir: Path) -> list[Path]:
         remove_created_folders(created)
         raise InputError(f"Nothing can be written into the output folder '{out_dir}' ({error.strerror or error}). "
                          "Choose a folder you can write to, on a disk with free space.") from None
+    try:
+        prepared = PreparedFolder(created, _hold_folder(out_dir))
+    except InputError:
+        remove_created_folders(created)
+        raise
     # A run killed outright (SIGKILL, a power cut) leaves its private files and folders
     # behind: the results it was writing, the bundle's partial copy of its CT (as large
-    # as the CT), a batch's partial summary.
+    # as the CT), a batch's partial summary. No other run is writing here (it holds the
+    # folder), so they are all left over.
     for stale in out_dir.glob(f"{PARTIAL_PREFIX}*"):
         with contextlib.suppress(OSError):
             remove_path(stale)
-    return created
+    return prepared
+
+
+def _hold_folder(folder: Path) -> int | None:
+    """An exclusive lock on ``folder`` for the life of a run, as an open descriptor to
+    close at its end (the system drops it when the process ends, however it ends).
+
+    A second run into the same folder removed the first one's unfinished files as left
+    over from a killed run (its partial copy of the CT, its partial summary) and replaced
+    its results: it is refused while the first runs. None where folders cannot be
+    locked (Windows, file systems without locks): the runs are then not guarded.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise InputError(f"Another run (an analysis, a batch or the demo) is writing into the output folder "
+                         f"'{folder}'; two runs in one folder would remove each other's unfinished files and replace "
+                         "each other's results. Wait until it has ended, or choose another output folder (--out)."
+                         ) from None
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def process_umask() -> int | None:
