@@ -343,14 +343,16 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return any(node is not None and node.GetScene() is not slicer.mrmlScene for node in nodes)
 
     @staticmethod
-    def _sideNode(node, name: str, role: str):
-        """``node`` when it is the current side's own (by its name, or by the role a step
-        tagged it with, so a renamed output stays in use), else None: the step then finds
-        or creates that side's node, and the other side's results stay."""
+    def _sideNode(node, output: tuple):
+        """``node`` when it is the current side's own ``output`` (class, name, role as
+        ``pipeline.centreline_output`` gives them): by its name, or by the role a step tagged
+        it with, so a renamed output stays in use. Else None: the step then finds or creates
+        that side's node, and the other side's results stay."""
         if node is None:
             return None
         from HOSciaticModuleLib.pipeline import OUTPUT_ROLE_ATTRIBUTE
 
+        _, name, role = output
         return node if node.GetName() == name or node.GetAttribute(OUTPUT_ROLE_ATTRIBUTE) == role else None
 
     @staticmethod
@@ -404,7 +406,7 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def traceNerve(self, p, progress=None):
-        from HOSciaticModuleLib.pipeline import CENTRELINE_ROLE, STATIONS_ROLE, centreline_name, stations_table_name
+        from HOSciaticModuleLib.pipeline import centreline_output, stations_output
 
         volume = p.mrVolume if p.modality == "mr" else p.ctVolume
         if volume is None:
@@ -412,9 +414,8 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
                              if p.modality == "mr" else "Select the CT volume.")
         outputs = self.analysis.trace_nerve(
             volume, p.seeds, side=p.side, modality=p.modality, segmentation_node=p.segmentation,
-            centreline_node=self._sideNode(p.centreline, centreline_name(p.side), f"{CENTRELINE_ROLE} {p.side}"),
-            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side),
-                                               f"{STATIONS_ROLE} {p.side}"),
+            centreline_node=self._sideNode(p.centreline, centreline_output(p.side)),
+            stations_table_node=self._sideNode(p.stationsTable, stations_output(p.side)),
             bone_threshold_hu=p.boneThresholdHU, progress=progress)
         if self._goneWithScene(outputs.segmentation_node, outputs.centreline_node):
             return outputs
@@ -426,15 +427,13 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def computeContact(self, p, progress=None):
-        from HOSciaticModuleLib.pipeline import (CENTRELINE_ROLE, CONTACT_ROLE, STATIONS_ROLE, centreline_name,
-                                                 chart_name, stations_table_name)
+        from HOSciaticModuleLib.pipeline import centreline_output, chart_output, stations_output
 
         outputs = self.analysis.compute_contact(
-            p.segmentation, self._sideNode(p.centreline, centreline_name(p.side), f"{CENTRELINE_ROLE} {p.side}"),
+            p.segmentation, self._sideNode(p.centreline, centreline_output(p.side)),
             side=p.side, tolerance_mm=p.contactToleranceMm, contact_table_node=p.contactTable,
-            stations_table_node=self._sideNode(p.stationsTable, stations_table_name(p.side),
-                                               f"{STATIONS_ROLE} {p.side}"),
-            chart_node=self._sideNode(p.chart, chart_name(p.side), f"{CONTACT_ROLE} {p.side}"),
+            stations_table_node=self._sideNode(p.stationsTable, stations_output(p.side)),
+            chart_node=self._sideNode(p.chart, chart_output(p.side)),
             islands_table_node=p.islandsTable, bone_threshold_hu=p.boneThresholdHU, progress=progress)
         if self._goneWithScene(outputs.contact_table_node, outputs.centreline_node):
             return outputs
@@ -491,19 +490,17 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
     def sideCentreline(self, p):
         """The centreline of the nerve of the panel's side (the selected curve is the last
         one a step made, perhaps the other side's), found by name or by its role tag."""
-        from HOSciaticModuleLib.pipeline import CENTRELINE_ROLE, centreline_name
+        from HOSciaticModuleLib.pipeline import centreline_output
 
-        role = f"{CENTRELINE_ROLE} {p.side}"
-        return (self._sideNode(p.centreline, centreline_name(p.side), role)
-                or self.analysis.output_node("vtkMRMLMarkupsCurveNode", centreline_name(p.side), role))
+        output = centreline_output(p.side)
+        return self._sideNode(p.centreline, output) or self.analysis.output_node(*output)
 
     def sideChart(self, p):
         """The encasement chart of the nerve of the panel's side."""
-        from HOSciaticModuleLib.pipeline import CONTACT_ROLE, chart_name
+        from HOSciaticModuleLib.pipeline import chart_output
 
-        role = f"{CONTACT_ROLE} {p.side}"
-        chart = (self._sideNode(p.chart, chart_name(p.side), role)
-                 or self.analysis.output_node("vtkMRMLPlotChartNode", chart_name(p.side), role))
+        output = chart_output(p.side)
+        chart = self._sideNode(p.chart, output) or self.analysis.output_node(*output)
         if chart is None:
             raise InputError(f"Compute contact for the {p.side} nerve first: it has no chart yet.")
         return chart

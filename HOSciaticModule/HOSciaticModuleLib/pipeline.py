@@ -186,6 +186,21 @@ def chart_name(side: str) -> str:
     return f"Encasement and diameter {side}"
 
 
+def centreline_output(side: str) -> tuple[str, str, str]:
+    """Class, default name and role (see OUTPUT_ROLE_ATTRIBUTE) of a side's centreline curve."""
+    return "vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}"
+
+
+def stations_output(side: str) -> tuple[str, str, str]:
+    """Class, default name and role of a side's stations table."""
+    return "vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}"
+
+
+def chart_output(side: str) -> tuple[str, str, str]:
+    """Class, default name and role of a side's encasement and diameter chart."""
+    return "vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}"
+
+
 def enhanced_vessels_warning(level_hu: str) -> str:
     return (f"The CT is contrast-enhanced (vessels up to {level_hu} HU, found by the HO step): of the vessels "
             "running along the nerve (the inferior gluteal artery and its veins accompany it), those 80 HU or more "
@@ -630,8 +645,8 @@ class HOSciaticAnalysis:
             nerve, block = found
             ho_here = self.paste_labels(ho_blocks, geometry, block) > 0
             if not (nerve & ho_here).any():
-                if any(curve.GetAttribute(TRACED_AGAINST_HO_ATTRIBUTE) == "yes" for curve in self._outputs(
-                        "vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}")):
+                if any(curve.GetAttribute(TRACED_AGAINST_HO_ATTRIBUTE) == "yes"
+                       for curve in self._outputs(*centreline_output(side))):
                     continue  # drawn with HO as a barrier (an HO step run again)
                 gap = self._gap_to_ho_mm(nerve, block, ho_blocks, geometry)
                 if gap <= RETRACE_NEAR_HO_MM:
@@ -725,8 +740,8 @@ class HOSciaticAnalysis:
         if modality == "ct":
             self._check_segmentation_of_this_ct(segmentation_node, volume_node, "the nerve traced on")
         self._check_one_analysis(segmentation_node, [
-            centreline_node or ("vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}"),
-            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}")])
+            centreline_node or centreline_output(side),
+            stations_table_node or stations_output(side)])
         exclusion = None
         if segmentation_node is not None and self.ho_segment_ids(segmentation_node):
             exclusion = np.zeros(geometry.shape_kji, bool)
@@ -751,8 +766,7 @@ class HOSciaticAnalysis:
                 trace, geometry, grid, segmentation_node, exclusion is not None)},
             grid, scene_io.NERVE_COLOR)[0]
         stations = self.station_rows(trace)
-        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side),
-                                         f"{CENTRELINE_ROLE} {side}")
+        centreline_node = self._existing(centreline_node, *centreline_output(side))
         centreline_node = scene_io.fill_centreline_curve(
             self.scene, centreline_node, centreline_node.GetName() if centreline_node else centreline_name(side),
             trace.points_ras, self._station_arrays(stations),
@@ -763,8 +777,7 @@ class HOSciaticAnalysis:
         centreline_node.SetAttribute(TRACED_AGAINST_HO_ATTRIBUTE, "yes" if exclusion is not None else "no")
         # Found by role too, whatever the user names them (see OUTPUT_ROLE_ATTRIBUTE).
         centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CENTRELINE_ROLE} {side}")
-        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side),
-                                             f"{STATIONS_ROLE} {side}")
+        stations_table_node = self._existing(stations_table_node, *stations_output(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
         stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{STATIONS_ROLE} {side}")
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
@@ -803,8 +816,7 @@ class HOSciaticAnalysis:
             station_caveats=self._station_caveats_of(centreline_node, len(points)))
         segment_id = (scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
                       if segmentation_node is not None else None)
-        return NerveOutputs(centreline_node, self._existing(None, "vtkMRMLTableNode", stations_table_name(side),
-                                                            f"{STATIONS_ROLE} {side}"),
+        return NerveOutputs(centreline_node, self._existing(None, *stations_output(side)),
                             segmentation_node, segment_id, trace)
 
     @with_small_memory_pages
@@ -821,8 +833,7 @@ class HOSciaticAnalysis:
             ct = self._ct_on_grid(volume, geometry)
         nerves, contacts = [], []
         for side in SIDES:
-            centreline_node = self._existing(None, "vtkMRMLMarkupsCurveNode", centreline_name(side),
-                                             f"{CENTRELINE_ROLE} {side}")
+            centreline_node = self._existing(None, *centreline_output(side))
             if centreline_node is None:
                 continue
             nerves.append((side, self.nerve_from_scene(centreline_node, segmentation_node)))
@@ -904,8 +915,7 @@ class HOSciaticAnalysis:
             raise InputError(f"The contact tolerance must be between 0 and {MAX_CONTACT_TOLERANCE_MM:.0f} mm; "
                              f"got {tolerance_mm}.")
         segmentation_node = self._existing(segmentation_node, "vtkMRMLSegmentationNode", SEGMENTATION_NAME)
-        centreline_node = self._existing(centreline_node, "vtkMRMLMarkupsCurveNode", centreline_name(side),
-                                         f"{CENTRELINE_ROLE} {side}")
+        centreline_node = self._existing(centreline_node, *centreline_output(side))
         if segmentation_node is None or centreline_node is None:
             raise InputError(f"Contact needs the HO segmentation and the {side} nerve centreline. "
                              "Run 'Segment' and 'Trace' first.")
@@ -920,9 +930,9 @@ class HOSciaticAnalysis:
         self._check_output_placement(contact_patch_model_node, ho_distance_model_node)
         self._check_one_analysis(segmentation_node, [
             centreline_node, contact_patch_model_node, ho_distance_model_node,
-            stations_table_node or ("vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}"),
+            stations_table_node or stations_output(side),
             contact_table_node or ("vtkMRMLTableNode", CONTACT_TABLE_NAME, CONTACT_TABLE_ROLE),
-            chart_node or ("vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}"),
+            chart_node or chart_output(side),
             islands_table_node or ("vtkMRMLTableNode", ISLANDS_TABLE_NAME)])
         full_geometry = self._segmentation_geometry(segmentation_node, reference_volume_node)
         report(progress, 0.05, "Reading segments")
@@ -992,13 +1002,12 @@ class HOSciaticAnalysis:
         # The curve now holds the contact's stations: its caveats follow them.
         centreline_node.SetAttribute(STATION_CAVEATS_ATTRIBUTE, json.dumps([s["caveats"] for s in stations]))
         scene_io.colour_curve_by(centreline_node, "encasement_deg", (0.0, 360.0))
-        stations_table_node = self._existing(stations_table_node, "vtkMRMLTableNode", stations_table_name(side),
-                                             f"{STATIONS_ROLE} {side}")
+        stations_table_node = self._existing(stations_table_node, *stations_output(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=True)
         contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME,
                                             CONTACT_TABLE_ROLE)
         contact_table_node = self._fill_contact_table(contact_table_node, side, result, names)
-        chart_node = self._existing(chart_node, "vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}")
+        chart_node = self._existing(chart_node, *chart_output(side))
         # Bone outside the HO segments is plotted too: a thick fused mass the HO step kept
         # as native bone shows as a second encasement curve.
         chart_node = scene_io.fill_plot_chart(
@@ -1242,7 +1251,7 @@ class HOSciaticAnalysis:
                 continue
             for row in reversed(rows):
                 table.RemoveRow(row)
-        for chart in self._outputs("vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}"):
+        for chart in self._outputs(*chart_output(side)):
             series = [chart.GetNthPlotSeriesNode(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
             self.scene.RemoveNode(chart)
             shown_elsewhere = {other.GetNthPlotSeriesNodeID(n) for other in self._nodes_of("vtkMRMLPlotChartNode")
@@ -1254,7 +1263,7 @@ class HOSciaticAnalysis:
                                    f"{CONTACT_ROLE} {side}"):
             self.scene.RemoveNode(model)
         self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
-        for curve in self._outputs("vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}"):
+        for curve in self._outputs(*centreline_output(side)):
             self._record_warnings(curve, CONTACT_WARNINGS, [])
             if scene_io.curve_measurement(curve, "encasement_deg") is None:
                 continue
@@ -1264,7 +1273,7 @@ class HOSciaticAnalysis:
                 continue  # a curve drawn by hand: it holds no traced figures to keep
             scene_io.fill_centreline_curve(self.scene, curve, curve.GetName(),
                                            np.array([s["ras"] for s in stations]), self._station_arrays(stations))
-            for table in self._outputs("vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}"):
+            for table in self._outputs(*stations_output(side)):
                 self._fill_stations_table(table, side, stations, with_contact=False)
 
     def _nodes_of(self, class_name: str) -> list:
