@@ -533,3 +533,19 @@ def test_ctrl_c_while_the_command_loads_is_answered_in_one_line(monkeypatch, cap
     monkeypatch.setattr(sys, "meta_path", [InterruptedWhileLoading(), *sys.meta_path])
     assert command.main() == 130
     assert capsys.readouterr().err.strip() == "hosciatic: interrupted; no output was written."
+
+
+def test_ctrl_c_after_the_results_are_written_says_so(case, tmp_path, monkeypatch, capsys):
+    # A Ctrl-C while the closing summary was printed said "no output was written" of a
+    # run whose results were all in place.
+    phantom, paths = case
+
+    def interrupted(text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_print_closing", interrupted)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--no-scene", "--quiet"]) == 130
+    message = " ".join(capsys.readouterr().err.split())
+    assert "written in full into" in message and "no output was written" not in message
+    assert (out / "metrics.json").is_file() and (out / "islands.csv").is_file()

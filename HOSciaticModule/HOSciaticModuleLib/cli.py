@@ -777,9 +777,12 @@ def _main(argv=None) -> int:
             left = (f"any case analysed before it is kept and listed in {Path(args.out) / SUMMARY_NAME} (run "
                     "again with --skip-existing to go on)")
             summary_path, rows = run_batch(args, progress)
+            left = f"every case had run by then, and the summary is complete in {summary_path}"
             _print_closing(_batch_summary(summary_path, rows))
             return 0 if all(row["status"] in ANALYSED for row in rows) else BATCH_INCOMPLETE_STATUS
         out_dir = run_demo(args, progress) if args.command == "demo" else run_analyze(args, progress)
+        # Stopped while the summary is printed, the run has still written everything.
+        left = f"the results were written in full into {out_dir.resolve()} before it"
         _print_closing(_summary(out_dir))
         return 0
     except InputError as error:
