@@ -140,15 +140,35 @@ def test_bones_whose_made_up_ids_spell_a_word_are_still_bones(slicer_scene, phan
     segments: the femur was left out as "not bone" and a native bone reported as HO."""
     import slicer
 
+    # Painted in Slicer: each segment added without an ID, as the Segment Editor adds them.
     slicer.vtkSegmentation.GetSegmentIDRandomSequenceInstance().SetSeed(493)
-    node = whole_body_segmentation(slicer_scene, phantom, shared_layer=False)
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Painted")
+    for name, mask in (("femur_right", phantom.native_bone_mask),
+                       ("gluteus_maximus_right", muscle_around_islands(phantom))):
+        segment_id = node.GetSegmentation().AddEmptySegment("", name)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            scene_io.oriented_image_from_mask(mask, phantom.geometry), node, segment_id,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
     femur = scene_io.segment_ids(node)[0]
     assert "ho" in re.findall("[a-z]+", femur.lower()), f"the seed no longer gives an ID spelling 'ho' ({femur})"
     volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
     oss = HOSciaticAnalysis(slicer_scene).segment_ossifications(volume, native_bone_segmentation_node=node)
     assert len(oss.result.islands) == len(phantom.islands)
     left_out = [w for w in oss.result.warnings if "not taken as native bone" in w]
-    assert len(left_out) == 1 and "2 of the 3 segments" in left_out[0] and "femur_right" not in left_out[0]
+    assert len(left_out) == 1 and "1 of the 2 segments" in left_out[0] and "femur_right" not in left_out[0]
+
+
+def test_segments_made_by_the_steps_get_ids_from_their_names(slicer_scene, phantom):
+    """Not Slicer's random ones: the same run writes the same segmentation file."""
+    import slicer
+
+    ids = []
+    for seed in (493, 6955):
+        slicer.vtkSegmentation.GetSegmentIDRandomSequenceInstance().SetSeed(seed)
+        node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        ids.append(scene_io.replace_segments(node, {"HO 1": phantom.ho_labels == 1, "femur_right": phantom.native_bone_mask,
+                                                    "HO-1": phantom.ho_labels == 2}, phantom.geometry, (1, 0, 0)))
+    assert ids[0] == ids[1] == ["HO_1", "femur_right", "HO_1_1"]
 
 
 def test_every_segment_as_bone_would_hide_the_ho(phantom):

@@ -10,6 +10,8 @@ Nothing here depends on Qt; the scene is always passed explicitly.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .errors import InputError
@@ -404,7 +406,8 @@ def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeo
     created = []
     for name, mask in masks_by_name.items():
         block, offset = mask if isinstance(mask, tuple) else (mask, (0, 0, 0))
-        segment_id = segmentation.AddEmptySegment("", name, list(color))
+        segment_id = segmentation.AddEmptySegment(segmentation.GenerateUniqueSegmentID(segment_id_for(name)), name,
+                                                  list(color))
         image = oriented_image_from_mask(block, geometry, offset)
         _keep_in_layer_on_lattice(segmentation, segment_id, image)
         _slicer().vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
@@ -412,6 +415,14 @@ def replace_segments(segmentation_node, masks_by_name: dict, geometry: VolumeGeo
             _slicer().vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
         created.append(segment_id)
     return created
+
+
+def segment_id_for(name: str) -> str:
+    """The ID a segment named ``name`` is given (``HO 3`` -> ``HO_3``): Slicer makes up a
+    random one, seeded from the clock, for a segment added without an ID, so the same
+    run wrote a different segmentation file every time (and a checksum of the results
+    never matched)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "Segment"
 
 
 def _same_lattice(image_a, image_b) -> bool:
