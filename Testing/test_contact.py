@@ -114,7 +114,10 @@ def test_where_ho_touches_the_nerve_the_closest_point_is_the_same_however_the_ct
     # the same grid stored feet first (30 mm apart; "Jump to closest point" went there).
     spec = make_shell_spec(270.0, length_mm=LENGTH, sector_center_deg=30.0, radius_mm=RADIUS)
     points = []
-    for grid in (GRID, OTHER_GRIDS["flipped"], OTHER_GRIDS["rotated"]):
+    # The last: the same voxels stored with all three axes reversed (the point nearest
+    # the mean of the touching shell, which lies off it, moved 6.4 mm around the nerve).
+    reversed_axes = dict(GRID, directions_ras=-np.eye(3))
+    for grid in (GRID, OTHER_GRIDS["flipped"], OTHER_GRIDS["rotated"], reversed_axes):
         _, result = contact_of(spec, grid)
         assert result.min_distance_mm == 0.0
         point = np.asarray(result.closest_points_ras[0])
@@ -123,6 +126,7 @@ def test_where_ho_touches_the_nerve_the_closest_point_is_the_same_however_the_ct
         assert abs(station - 0.5 * (start + stop)) <= 2.0
         points.append(point)
     assert np.max(np.linalg.norm(np.asarray(points) - points[0], axis=1)) <= 1.5
+    np.testing.assert_allclose(points[-1], points[0], atol=1e-3)
 
 
 def test_two_contact_zones_are_two_runs():
