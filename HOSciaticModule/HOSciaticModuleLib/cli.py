@@ -574,9 +574,11 @@ def run_batch(args, progress: _ConsoleProgress) -> tuple[Path, list[dict]]:
 
 
 def _run_case(case, out_dir: Path, shared: list, progress: _ConsoleProgress) -> dict:
+    from .batch import ANALYSED
+
     row = _run_case_once(case, out_dir, shared, progress)
     case_dir = out_dir / case.folder_name
-    if row["status"] not in ("done", "done earlier") and case_dir.is_dir() and (case_dir / "metrics.json").is_file():
+    if row["status"] not in ANALYSED and (case_dir / "metrics.json").is_file():
         # Nothing was written, so the folder holds an earlier run's results, perhaps of
         # another image or setting: a reader collecting DIR/*/metrics.json must know.
         row["message"] += (f" The folder '{case_dir}' still holds the results of an earlier run, not of this case "
