@@ -186,19 +186,25 @@ def chart_name(side: str) -> str:
     return f"Encasement and diameter {side}"
 
 
+def side_role(role: str, side: str) -> str:
+    """The OUTPUT_ROLE_ATTRIBUTE value of a side's output of ``role`` (CENTRELINE_ROLE,
+    STATIONS_ROLE, CONTACT_ROLE): one nerve's outputs are told from the other's by it."""
+    return f"{role} {side}"
+
+
 def centreline_output(side: str) -> tuple[str, str, str]:
     """Class, default name and role (see OUTPUT_ROLE_ATTRIBUTE) of a side's centreline curve."""
-    return "vtkMRMLMarkupsCurveNode", centreline_name(side), f"{CENTRELINE_ROLE} {side}"
+    return "vtkMRMLMarkupsCurveNode", centreline_name(side), side_role(CENTRELINE_ROLE, side)
 
 
 def stations_output(side: str) -> tuple[str, str, str]:
     """Class, default name and role of a side's stations table."""
-    return "vtkMRMLTableNode", stations_table_name(side), f"{STATIONS_ROLE} {side}"
+    return "vtkMRMLTableNode", stations_table_name(side), side_role(STATIONS_ROLE, side)
 
 
 def chart_output(side: str) -> tuple[str, str, str]:
     """Class, default name and role of a side's encasement and diameter chart."""
-    return "vtkMRMLPlotChartNode", chart_name(side), f"{CONTACT_ROLE} {side}"
+    return "vtkMRMLPlotChartNode", chart_name(side), side_role(CONTACT_ROLE, side)
 
 
 def enhanced_vessels_warning(level_hu: str) -> str:
@@ -776,10 +782,10 @@ class HOSciaticAnalysis:
         self._remember_placement(centreline_node, TRACED_VOLUME_ROLE, volume_node, segmentation_node)
         centreline_node.SetAttribute(TRACED_AGAINST_HO_ATTRIBUTE, "yes" if exclusion is not None else "no")
         # Found by role too, whatever the user names them (see OUTPUT_ROLE_ATTRIBUTE).
-        centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CENTRELINE_ROLE} {side}")
+        centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, side_role(CENTRELINE_ROLE, side))
         stations_table_node = self._existing(stations_table_node, *stations_output(side))
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=False)
-        stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{STATIONS_ROLE} {side}")
+        stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, side_role(STATIONS_ROLE, side))
         self._record_warnings(centreline_node, NERVE_WARNINGS, trace.warnings)
         # The contact measured on the nerve traced before is gone with it, and so is the HO
         # step's call to trace that nerve again once it has been, with the HO as a barrier.
@@ -1022,11 +1028,11 @@ class HOSciaticAnalysis:
                                               islands_table_node])
         # Found again by role, whatever the user named them, once they are out of date.
         contact_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, CONTACT_TABLE_ROLE)
-        stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{STATIONS_ROLE} {side}")
-        centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CENTRELINE_ROLE} {side}")
+        stations_table_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, side_role(STATIONS_ROLE, side))
+        centreline_node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, side_role(CENTRELINE_ROLE, side))
         for node in (chart_node, contact_patch_model_node, ho_distance_model_node):
             if node is not None:
-                node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, f"{CONTACT_ROLE} {side}")
+                node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, side_role(CONTACT_ROLE, side))
         scene_io.place_in_folder(self.scene, self._folder_name(self._reference_volume(segmentation_node)),
                                  [contact_table_node, chart_node, contact_patch_model_node, ho_distance_model_node])
         self._record_warnings(centreline_node, CONTACT_WARNINGS, result.warnings)
@@ -1260,7 +1266,7 @@ class HOSciaticAnalysis:
                 if node is not None and node.GetID() not in shown_elsewhere:
                     self.scene.RemoveNode(node)
         for model in self._outputs("vtkMRMLModelNode", (contact_patch_name(side), ho_distance_model_name(side)),
-                                   f"{CONTACT_ROLE} {side}"):
+                                   side_role(CONTACT_ROLE, side)):
             self.scene.RemoveNode(model)
         self._show_set_apart(segmentation_node, wrapping_bone_name(side), None, None, grid)
         for curve in self._outputs(*centreline_output(side)):
