@@ -252,6 +252,27 @@ def test_more_native_bones_are_not_ho():
     assert_matches_truth(phantom, result)
 
 
+@pytest.mark.parametrize("spacing_mm", [2.0, 3.0])
+def test_thin_native_plate_oblique_to_the_grid_is_not_ho(spacing_mm):
+    # A plate of bone a voxel thick leaving the femur at 45 degrees to the grid, as an
+    # iliac wing or a quadrilateral plate lies on 3 mm voxels: its voxels touch along
+    # edges only, and counted by shared faces it fell into strips, each a small piece
+    # of bone beside the femur, reported as HO (5 of 0.32 mL on 3 mm voxels).
+    spec = PhantomSpec(islands=())
+    phantom = generate_phantom(spec, spacing_ijk=(spacing_mm,) * 3)
+    femur_mid_ras = np.asarray(spec.femur_axis).mean(axis=0) + np.asarray(spec.center_ras)
+    k, j, i = np.round(phantom.geometry.ras_to_kji_points(femur_mid_ras[None])[0]).astype(int)
+    half_length = int(round(20.0 / spacing_mm))
+    image = phantom.image.copy()
+    plate = np.zeros(image.shape, bool)
+    for step in range(int(round((spec.femur_radius_mm + 16.0) / spacing_mm))):
+        plate[k - half_length:k + half_length, j + step, i - step] = True
+    plate &= ~phantom.native_bone_mask
+    image[plate] = 900.0
+    assert plate.sum() * phantom.geometry.voxel_volume_ml > 1.0
+    assert segment_ossifications(image, phantom.geometry).islands == []
+
+
 def test_island_cut_by_the_field_of_view_is_flagged():
     # The free island's lower half lies below the last slice (the field of view ends at -75 mm).
     islands = tuple(IslandSpec(i.name, i.kind, i.mature, center_offset=(16.0, -26.0, -72.0), semi_axes=i.semi_axes)

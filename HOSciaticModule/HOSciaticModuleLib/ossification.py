@@ -812,10 +812,11 @@ def _label_maximum(labels_1d: np.ndarray, values_1d: np.ndarray, count: int) -> 
     return deepest
 
 
-def _components(mask: np.ndarray):
-    """6-connected components: labels 1..count and the size of each (index 0 unused)."""
+def _components(mask: np.ndarray, connectivity: int = 6):
+    """6-connected components (or ``connectivity``): labels 1..count and the size of
+    each (index 0 unused)."""
     mask = np.ascontiguousarray(mask, bool)
-    labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
+    labels, count = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
     # Counted over the mask's voxels only: a bone mask is a few percent of its block.
     sizes = np.bincount(labels[mask], minlength=count + 1)
     sizes[0] = 0
@@ -2340,7 +2341,9 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     """Native bones told from HO by size and shape: big components are native, less
     what stands out of their smooth envelope and what the other side lacks. ``unimaged``
     is the padding outside the field of view (over the whole image), or None."""
-    labels, count, sizes = _components(filled_bone)
+    # Counted by faces, a native plate a voxel thick and oblique to the grid (an iliac
+    # wing on 3 mm voxels) falls into strips, each a small piece of bone beside it.
+    labels, count, sizes = _components(filled_bone, 26)
     component_blocks = label_boxes(labels, count)
     # Bone next to the padding is cut by the field of view, as at the image's edge.
     cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
