@@ -56,7 +56,7 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path, mo
     assert float(first["ho_total_ml"]) == pytest.approx(truth_total, rel=0.10)
     # The phantom's islands are all HO: none is doubted.
     assert [i["doubts"] for i in document["ossifications"]["islands"]] == [""] * len(phantom.islands)
-    assert first["ho_doubted"] == "0"
+    assert first["ho_doubted"] == "0" and float(first["ho_doubted_ml"]) == 0.0
     (nerve,) = document["nerves"]
     assert first["right_encasement_class"] == nerve["encasement_class"] == "encasement"
     assert float(first["right_max_encasement_deg"]) == nerve["max_encasement_deg"]
@@ -145,12 +145,16 @@ def test_summary_counts_doubted_islands_only_where_the_document_says():
     def row(document):
         return summary_row(case, "done", document=document)
 
-    islands = [{"doubts": ""}, {"doubts": "touching gas"}, {"doubts": "shaped like a vessel; touching gas"}]
-    assert row({"ossifications": {"count": 3, "islands": islands}})["ho_doubted"] == 2
+    islands = [{"doubts": "", "volume_ml": 4.0}, {"doubts": "touching gas", "volume_ml": 0.25},
+               {"doubts": "shaped like a vessel; touching gas", "volume_ml": 1.5}]
+    doubted = row({"ossifications": {"count": 3, "islands": islands}})
+    assert doubted["ho_doubted"] == 2 and doubted["ho_doubted_ml"] == pytest.approx(1.75)
     # Written before islands had doubts: not known, so not 0.
-    assert row({"ossifications": {"count": 1, "islands": [{"volume_ml": 1.0}]}})["ho_doubted"] == ""
+    unknown = row({"ossifications": {"count": 1, "islands": [{"volume_ml": 1.0}]}})
+    assert unknown["ho_doubted"] == unknown["ho_doubted_ml"] == ""
     # An MR run has no HO step.
-    assert row({"ossifications": None, "nerves": []})["ho_doubted"] == ""
+    mr = row({"ossifications": None, "nerves": []})
+    assert mr["ho_doubted"] == mr["ho_doubted_ml"] == ""
 
 
 def test_case_list_saved_with_semicolons_or_tabs(tmp_path):

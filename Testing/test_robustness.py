@@ -262,8 +262,9 @@ def test_metal_prosthesis_is_not_ho_and_is_reported(tmp_path):
     (at_cement,) = [i for i in islands if np.linalg.norm(np.asarray(i["centroid_ras"]) - centre) < 2.0]
     assert "without a cortex near metal (a streak or bone cement?)" in at_cement["doubts"].split("; ")
     assert all(island["doubts"] == "" for island in islands if island["maturity"] == "mature")
-    doubted = sum(bool(island["doubts"]) for island in islands)
-    assert f"{doubted} named as possibly not HO" in result.stdout
+    doubted = [island for island in islands if island["doubts"]]
+    doubted_ml = sum(island["volume_ml"] for island in doubted)
+    assert f"{len(doubted)} named as possibly not HO, {doubted_ml:.3f} mL" in result.stdout
 
 
 def test_stations_near_metal_carry_their_caveat_in_every_output(tmp_path):

@@ -170,7 +170,8 @@ def _check_unique(cases: list[BatchCase], path: Path) -> None:
 # The summary
 # ---------------------------------------------------------------------------------------
 def summary_columns(sides=SIDES) -> list[str]:
-    return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml", "ho_doubted"]
+    return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml", "ho_doubted",
+             "ho_doubted_ml"]
             + [f"{side}_{figure}" for side in sides for figure in NERVE_FIGURES] + ["warnings"])
 
 
@@ -186,6 +187,8 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
         row["ho_total_ml"] = ossifications.get("total_volume_ml", "")
         doubted = doubted_count(ossifications["islands"]) if "islands" in ossifications else None
         row["ho_doubted"] = "" if doubted is None else doubted
+        doubted_ml = doubted_volume_ml(ossifications["islands"]) if "islands" in ossifications else None
+        row["ho_doubted_ml"] = "" if doubted_ml is None else doubted_ml
         for entry in document.get("nerves", []):
             for figure in NERVE_FIGURES:
                 value = entry.get(figure)
@@ -200,6 +203,16 @@ def doubted_count(islands: list[dict]) -> int | None:
     if any("doubts" not in island for island in islands):
         return None
     return sum(bool(island["doubts"]) for island in islands)
+
+
+def doubted_volume_ml(islands: list[dict]) -> float | None:
+    """The volume (mL) of a ``metrics.json`` document's islands named as possibly not HO:
+    on a CT with no HO at all, its native bone beside an implant or its mirrored
+    prominences can make up the whole total, which alone reads as a burden of HO. None
+    when the document does not say."""
+    if any("doubts" not in island or "volume_ml" not in island for island in islands):
+        return None
+    return round(sum((float(island["volume_ml"]) for island in islands if island["doubts"]), 0.0), 3)
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

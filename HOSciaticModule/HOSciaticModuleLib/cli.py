@@ -715,7 +715,7 @@ def run_demo(args, progress) -> Path:
 
 
 def _summary(out_dir: Path) -> str:
-    from .batch import doubted_count
+    from .batch import doubted_count, doubted_volume_ml
 
     document = json.loads((out_dir / "metrics.json").read_text())
     lines = [f"Results in {out_dir.resolve()}"]
@@ -725,8 +725,8 @@ def _summary(out_dir: Path) -> str:
     if oss:
         doubted = doubted_count(oss["islands"])
         lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL"
-                     + (f"; {doubted} named as possibly not HO (see each island's doubts and the warnings)"
-                        if doubted else ""))
+                     + (f"; {doubted} named as possibly not HO, {doubted_volume_ml(oss['islands']):.3f} mL (see each "
+                        "island's doubts and the warnings)" if doubted else ""))
     for entry in document["nerves"]:
         lines.append(f"Sciatic nerve {entry['side']}: length {entry['length_mm']} mm, mean diameter "
                      f"{entry['mean_diameter_mm']} mm"
