@@ -1563,3 +1563,72 @@ def test_a_face_cut_by_the_field_of_view_is_no_cortex():
     geometry = VolumeGeometry.from_spacing_origin_directions(island.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     figures, _ = measure_island(1, ct, island, geometry, None)
     assert figures.maturity == "mature"
+
+
+def _bone_with_outgrowths(rng, spacing_kji):
+    """A bone (a shaft and a plate) with a few rounded outgrowths on it, on ``spacing_kji``."""
+    spacing = np.asarray(spacing_kji, float)
+    shape = tuple(int(e / s) for e, s in zip(rng.uniform(60.0, 110.0, 3), spacing))
+    position = np.indices(shape).astype(float) * spacing[:, None, None, None]
+    extent = np.asarray(shape) * spacing
+    centre, radius = extent * rng.uniform(0.35, 0.65, 3), rng.uniform(12.0, 20.0)
+    bone = (position[1] - centre[1]) ** 2 + (position[2] - centre[2]) ** 2 <= radius ** 2
+    bone |= (np.abs(position[2] - extent[2] * rng.uniform(0.1, 0.9)) <= rng.uniform(3.0, 8.0)) & (
+        position[1] < extent[1] * rng.uniform(0.3, 0.8))
+    for _ in range(rng.integers(1, 5)):
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        at = np.array([rng.uniform(0.0, extent[0]), centre[1] + radius * np.cos(angle),
+                       centre[2] + radius * np.sin(angle)])
+        bone |= sum((position[a] - at[a]) ** 2 for a in range(3)) <= rng.uniform(3.0, 9.0) ** 2
+    geometry = VolumeGeometry(np.diag([spacing[2], spacing[1], spacing[0], 1.0]), shape)
+    return bone, geometry
+
+
+def test_distance_maps_over_smaller_blocks_give_the_same_masks():
+    """The ball's dilation over the core's reach and the protrusion over each part's
+    block and layer give what the maps over the whole block gave."""
+    from HOSciaticModuleLib import ossification as oss
+
+    def opening_over_whole_box(mask, geometry, radius_mm):
+        opened = np.zeros(mask.shape, bool)
+        box = oss._bounding_block(mask, 1)
+        core = oss._ball_distance(mask[box], geometry) >= radius_mm
+        if core.any():
+            opened[box] = (oss._ball_distance(~core, geometry) <= radius_mm) & mask[box]
+        return opened
+
+    rng = np.random.default_rng(3)
+    for spacing in [(1.0, 0.8, 0.8), (2.0, 0.6, 0.8), (3.0, 0.7, 0.7), (5.0, 1.0, 0.8), (1.25, 0.6, 1.0)]:
+        bone, geometry = _bone_with_outgrowths(rng, spacing)
+        for radius_mm in (4.0, 10.0):
+            assert np.array_equal(oss.ball_opening(bone, geometry, radius_mm),
+                                  opening_over_whole_box(bone, geometry, radius_mm))
+        envelope = oss.ball_opening(bone, geometry, oss.NATIVE_BALL_RADIUS_MM)
+        parts, count, sizes = oss._components(bone & ~envelope)
+        blocks = oss.label_boxes(parts, count)
+        whole = oss._ball_distance(~envelope, geometry)
+        exact_mm = max(oss.FUSED_MIN_PROTRUSION_MM, max(geometry.spacing_kji))
+        for label in range(1, count + 1):
+            # One part at a time: its block and layer, not the whole array.
+            protrusion = oss._protrusion_of_parts(envelope, {label: blocks[label - 1]}, geometry)
+            part = parts[blocks[label - 1]] == label
+            near, far = protrusion(label)[part], whole[blocks[label - 1]][part]
+            assert np.array_equal(near[far <= exact_mm], far[far <= exact_mm])
+            assert np.all(near[far > exact_mm] > exact_mm)
+
+
+def test_sizes_counted_in_boxes_and_column_reductions_match_numpy():
+    from HOSciaticModuleLib import ossification as oss
+    from HOSciaticModuleLib.geometry import all_columns, column_max, column_min
+
+    rng = np.random.default_rng(5)
+    mask = ndimage.gaussian_filter(rng.random((40, 50, 60)), 2.0) > 0.52
+    labels, count, sizes = oss._components(mask)
+    assert count > 1
+    with_boxes = oss._components_with_boxes(mask)
+    assert np.array_equal(with_boxes[0], labels) and with_boxes[1] == count
+    assert np.array_equal(with_boxes[2], sizes) and with_boxes[3] == oss.label_boxes(labels, count)
+    points = rng.normal(size=(1000, 3)) * 50.0
+    assert np.array_equal(column_min(points), points.min(axis=0))
+    assert np.array_equal(column_max(np.argwhere(mask)), np.argwhere(mask).max(axis=0))
+    assert np.array_equal(all_columns(points > -60.0), np.all(points > -60.0, axis=1))

@@ -164,10 +164,14 @@ class VolumeGeometry:
         """Array slices (k, j, i) of the smallest block that holds the given RAS points
         plus a margin, clipped to the grid."""
         ras_points = np.atleast_2d(np.asarray(ras_points, dtype=float))
-        kji = self.ras_to_kji_points(ras_points)
+        return self.bounding_slices_of_kji_box(self.ras_to_kji_points(ras_points), margin_mm)
+
+    def bounding_slices_of_kji_box(self, kji, margin_mm: float) -> tuple[slice, slice, slice]:
+        """:meth:`bounding_slices_of_ras_box` of points given by their continuous array
+        indices (k, j, i), for a caller that needs those indices too."""
         margin_voxels = margin_mm / np.asarray(self.spacing_kji)
-        low = np.floor(kji.min(axis=0) - margin_voxels + INDEX_ROUNDOFF_VOXELS).astype(int)
-        high = np.ceil(kji.max(axis=0) + margin_voxels - INDEX_ROUNDOFF_VOXELS).astype(int) + 1
+        low = np.floor(column_min(kji) - margin_voxels + INDEX_ROUNDOFF_VOXELS).astype(int)
+        high = np.ceil(column_max(kji) + margin_voxels - INDEX_ROUNDOFF_VOXELS).astype(int) + 1
         low = np.clip(low, 0, self.shape_kji)
         high = np.clip(high, 0, self.shape_kji)
         return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
@@ -226,6 +230,27 @@ def _millimetres(values) -> str:
 def block_within(outer, inner) -> tuple:
     """The slices, in the whole array, of the block ``inner`` given within the block ``outer``."""
     return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+
+
+def column_min(points: np.ndarray) -> np.ndarray:
+    """``points.min(axis=0)`` of an (N, d) array, taken column by column: along the first
+    axis of a C-ordered array NumPy's reduction runs its inner loop over one row's d
+    values (about 8 ms instead of 1 ms for 230 000 points)."""
+    return np.array([points[:, axis].min() for axis in range(points.shape[1])], dtype=points.dtype)
+
+
+def column_max(points: np.ndarray) -> np.ndarray:
+    """``points.max(axis=0)`` of an (N, d) array, column by column (see :func:`column_min`)."""
+    return np.array([points[:, axis].max() for axis in range(points.shape[1])], dtype=points.dtype)
+
+
+def all_columns(mask: np.ndarray) -> np.ndarray:
+    """``np.all(mask, axis=1)`` of an (N, d) boolean array, column by column (see
+    :func:`column_min`)."""
+    every = mask[:, 0].copy()
+    for axis in range(1, mask.shape[1]):
+        every &= mask[:, axis]
+    return every
 
 
 def bounding_slices(mask: np.ndarray):

@@ -63,7 +63,8 @@ from scipy.spatial import cKDTree
 from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML, MAX_BONE_THRESHOLD_HU,
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
-from .geometry import VolumeGeometry, block_within, bounding_slices, label_boxes
+from .geometry import (VolumeGeometry, all_columns, block_within, bounding_slices, column_max, column_min,
+                       label_boxes)
 from .progress import ProgressCallback, report
 
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
@@ -823,6 +824,25 @@ def _components(mask: np.ndarray, connectivity: int = 6):
     return labels, count, sizes
 
 
+def _components_with_boxes(mask: np.ndarray, connectivity: int = 6):
+    """:func:`_components` of ``mask`` and the components' bounding slices (as
+    :func:`label_boxes` gives them), over the whole array. Where the boxes hold few
+    voxels together (a few bones in a large block), each size is counted in its own box:
+    a pass over all the mask's voxels costs several times that."""
+    mask = np.ascontiguousarray(mask, bool)
+    labels, count = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    boxes = label_boxes(labels, count)
+    if sum(np.prod([s.stop - s.start for s in box]) for box in boxes if box is not None) > 0.25 * labels.size:
+        sizes = np.bincount(labels[mask], minlength=count + 1)
+    else:
+        sizes = np.zeros(count + 1, np.int64)
+        for label, box in enumerate(boxes, start=1):
+            if box is not None:
+                sizes[label] = np.count_nonzero(labels[box] == label)
+    sizes[0] = 0
+    return labels, count, sizes, boxes
+
+
 def _components_and_boxes(mask: np.ndarray):
     """:func:`_components` of ``mask`` and the components' bounding slices (as
     :func:`label_boxes` gives them). A mask in a small part of its array is labelled
@@ -1114,16 +1134,17 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
 
 
 def estimate_native_components(labels, count, sizes, blocks, geometry, midline=lambda: None,
-                               cut_zone: np.ndarray | None = None) -> np.ndarray:
+                               cut_zone: np.ndarray | None = None, bone: np.ndarray | None = None) -> np.ndarray:
     """Which components (index 0..count) are native bones: big ones, unless a compact
     mass off the midline and whole in the image (large free HO), and thick bone cut by
     the region edge. ``blocks`` are the components' bounding slices; ``midline()`` gives
     the body's midline (or None), asked for only when needed; a component meeting
-    ``cut_zone`` (next to the padding outside the field of view) is cut there too."""
+    ``cut_zone`` (next to the padding outside the field of view) is cut there too.
+    ``bone``, when given, is the mask that was labelled (``labels > 0``, not made again)."""
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
-    all_bone = functools.cache(lambda: labels > 0)
+    all_bone = (lambda: bone) if bone is not None else functools.cache(lambda: labels > 0)
     for label in range(1, count + 1):
         if blocks[label - 1] is None:
             continue
@@ -1181,9 +1202,12 @@ def ball_opening(mask: np.ndarray, geometry: VolumeGeometry, radius_mm: float) -
     """The opening of ``mask`` with a ball of ``radius_mm``: erosion, then dilation, both by
     exact Euclidean distance, so anisotropic voxels are honoured.
 
-    Both distance maps are taken over the mask's box and a layer of background round it
-    alone: every voxel outside the mask is farther than that layer, and what the erosion
-    leaves lies within the mask, so the distances are those over the whole array.
+    The erosion's distance map is taken over the mask's box and a layer of background
+    round it alone: every voxel outside the mask is farther than that layer, so the
+    distances are those over the whole array. The dilation's is taken over the box of
+    what the erosion left and the ball's reach round it (and a layer), which holds
+    every voxel of it: no voxel beyond is within the ball's reach. On a bone with thin
+    plates the ball cannot enter (an iliac wing) that box is much smaller than the bone's.
     """
     opened = np.zeros(mask.shape, bool)
     if not mask.any():
@@ -1192,7 +1216,8 @@ def ball_opening(mask: np.ndarray, geometry: VolumeGeometry, radius_mm: float) -
     mask_in_box = np.asarray(mask[box], bool)
     core = _ball_distance(mask_in_box, geometry) >= radius_mm
     if core.any():
-        opened[box] = (_ball_distance(~core, geometry) <= radius_mm) & mask_in_box
+        reach = _bounding_block(core, 1, radius_mm, geometry)
+        opened[block_within(box, reach)] = (_ball_distance(~core[reach], geometry) <= radius_mm) & mask_in_box[reach]
     return opened
 
 
@@ -1268,17 +1293,19 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
     skin, over the whole block) says it bridges two bones."""
     skin = RESIDUAL_SKIN_MM
     opened = within_or_next_to(residual_core, geometry, skin) & residual
-    depth = _ball_distance(~envelope, geometry)
     labels, count, sizes = _components(opened)
     keep = np.zeros(count + 1, bool)
     blocks = label_boxes(labels, count)
+    protrusion = _protrusion_of_parts(envelope, {label: blocks[label - 1] for label in range(1, count + 1)
+                                                 if sizes[label] >= min_voxels}, geometry)
     clear_of_staircase = np.zeros(residual.shape, bool)
     for label in range(1, count + 1):
         block = blocks[label - 1]
         if sizes[label] < min_voxels:
             continue
         part = labels[block] == label
-        if float(depth[block][part].max()) < FUSED_MIN_PROTRUSION_MM or _within_one_thick_layer(part, geometry):
+        depth = protrusion(label)
+        if float(depth[part].max()) < FUSED_MIN_PROTRUSION_MM or _within_one_thick_layer(part, geometry):
             continue
         if not np.any(part & region_edge[block]):
             thickness = _component_thickness_mm(labels, label, block, geometry)
@@ -1290,12 +1317,39 @@ def _outgrowths_near_core(residual_core, residual, envelope, geometry, min_voxel
                 keep[label] = joins_two_bones(within_or_next_to(whole, geometry, skin) & residual)
         if not keep[label] and max(geometry.spacing_kji) >= FUSED_MIN_PROTRUSION_MM - 1e-6:
             clear_of_staircase[block] |= _compact_parts_clear_of_staircase(
-                part, depth[block], geometry.cropped(block), min_voxels, region_edge[block])
+                part, depth, geometry.cropped(block), min_voxels, region_edge[block])
     kept = keep[labels] | clear_of_staircase
     if not kept.any():
         return kept
     # Give back the outgrowth's own surface voxels that the opening took.
     return within_or_next_to(kept, geometry, skin) & residual
+
+
+def _protrusion_of_parts(envelope: np.ndarray, part_blocks: dict, geometry: VolumeGeometry):
+    """A function giving, over the block of a part (``part_blocks``: the block of each
+    part judged, by its label), each voxel's distance (mm) beyond
+    ``envelope`` as over the whole array wherever it is at most the largest protrusion
+    the parts are judged by (FUSED_MIN_PROTRUSION_MM, or a coarse grid's slice), and
+    beyond that elsewhere: only comparisons with those figures are made.
+
+    Each part's map is taken over its block and a layer that thick round it, which holds
+    every envelope voxel so near; the parts kept for judging are few and small beside the
+    block around the residual's core (on a pelvis, its iliac wings far apart), so unless
+    their layered blocks hold more voxels together, one map over the whole array serves.
+    """
+    exact_mm = max(FUSED_MIN_PROTRUSION_MM, max(geometry.spacing_kji))
+    layer = np.ceil(exact_mm / np.asarray(geometry.spacing_kji)).astype(int) + 1
+    around = {label: tuple(slice(max(s.start - int(e), 0), min(s.stop + int(e), n))
+                           for s, e, n in zip(block, layer, envelope.shape)) for label, block in part_blocks.items()}
+    if sum(np.prod([s.stop - s.start for s in box]) for box in around.values()) >= envelope.size:
+        whole = _ball_distance(~envelope, geometry)
+        return lambda label: whole[part_blocks[label]]
+
+    def protrusion(label):
+        box = around[label]
+        inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(part_blocks[label], box))
+        return _ball_distance(~envelope[box], geometry)[inner]
+    return protrusion
 
 
 def _compact_parts_clear_of_staircase(part: np.ndarray, protrusion: np.ndarray, geometry: VolumeGeometry,
@@ -1483,6 +1537,16 @@ def _lattice_voxels(mask: np.ndarray, geometry: VolumeGeometry, steps) -> np.nda
     return np.argwhere(lattice) * steps + phase
 
 
+def bone_lattice(bone: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``bone`` on the midline search's lattice (a view), the indices of its bone cells
+    on that lattice, and their RAS points (:func:`_bone_points`): the midline search and
+    the comparison of both sides (:class:`BoneAcrossMidline`) read the same points."""
+    steps = _midline_sampling_steps(geometry)
+    lattice, phase = _lattice(bone, geometry, steps)
+    cells = np.argwhere(lattice)
+    return lattice, cells, geometry.kji_to_ras_points(cells * steps + phase)
+
+
 def _bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     """RAS points of ``bone`` about half a midline-search cell apart."""
     return geometry.kji_to_ras_points(_lattice_voxels(bone, geometry, _midline_sampling_steps(geometry)))
@@ -1494,7 +1558,7 @@ def _sample_by_position(ras: np.ndarray, count: int) -> np.ndarray:
     points in any storage order of the volume's axes, or all moved together, give the
     same sample, so a fit on it does not change when a CT is stored flipped or with its
     axes swapped, or has its origin elsewhere."""
-    keys = np.rint((ras - ras.min(axis=0)) * 100.0).astype(np.int64)
+    keys = np.rint((ras - column_min(ras)) * 100.0).astype(np.int64)
     if len(ras) <= count:
         return ras[np.lexsort(keys.T)]
     hashed = (keys[:, 0] * 73856093) ^ (keys[:, 1] * 19349663) ^ (keys[:, 2] * 83492791)
@@ -1518,9 +1582,9 @@ def _candidate_midlines(ras: np.ndarray, frame: np.ndarray = np.eye(3)) -> list[
     occupied cells its mirror image covers. Searched on a coarse grid, so a patient lying
     a few degrees turned from the frame still shows a clear best plane."""
     local = ras @ frame
-    origin = local.min(axis=0)
+    origin = column_min(local)
     cells = np.floor((local - origin) / MIRROR_SEARCH_CELL_MM).astype(int)
-    grid = np.zeros(cells.max(axis=0) + 1, np.float32)
+    grid = np.zeros(column_max(cells) + 1, np.float32)
     grid[tuple(cells.T)] = 1.0
     # Mirroring across R = origin + (m + 1) * cell / 2 sends cell k to cell m - k along R,
     # so the overlap for every plane at once is the auto-convolution along R.
@@ -1577,18 +1641,16 @@ def _fit_plane(sample: np.ndarray, tree: cKDTree, plane: MirrorPlane) -> MirrorP
     return fitted if tilt <= MIRROR_MAX_TILT_DEG else plane
 
 
-def body_midline(bone: np.ndarray, geometry: VolumeGeometry) -> MirrorPlane | None:
+def body_midline(bone: np.ndarray, geometry: VolumeGeometry, lattice_points=None) -> MirrorPlane | None:
     """The mid-sagittal plane across which ``bone`` is most symmetric, or None when the
-    image does not hold both sides of a pelvis."""
-    steps = _midline_sampling_steps(geometry)
-    lattice, phase = _lattice(bone, geometry, steps)
-    cells = np.argwhere(lattice)
+    image does not hold both sides of a pelvis. ``lattice_points``: its
+    :func:`bone_lattice`, when already made."""
+    lattice, cells, ras = lattice_points if lattice_points is not None else bone_lattice(bone, geometry)
     if len(cells) < 1000:
         return None
-    ras = geometry.kji_to_ras_points(cells * steps + phase)
     # Worked on from the bone's own corner, rounded far below a voxel: the fits then do
     # the same sums wherever the image lies in the world, and find the same plane.
-    corner = ras.min(axis=0)
+    corner = column_min(ras)
     ras = np.round(ras - corner, 6)
     sample = _sample_by_position(ras, MIRROR_FIT_POINTS)
     tree = cKDTree(sample)
@@ -1622,12 +1684,15 @@ def _surface_sample(lattice: np.ndarray, cells: np.ndarray, ras: np.ndarray) -> 
     ``cells`` (at points ``ras``), those with a lattice neighbour outside the bone (where
     the image cuts the bone is no surface); at most MIRROR_FIT_POINTS, and their tree."""
     inside = np.pad(lattice, 1, constant_values=True)
-    on_surface = np.zeros(len(cells), bool)
+    # The cells with all six neighbours in the bone, by comparing the lattice with itself
+    # shifted (a few ms) rather than looking each cell's neighbours up (six gathers).
+    interior = np.array(lattice, bool)
     for axis in range(3):
         for step in (-1, 1):
-            neighbour = cells + 1
-            neighbour[:, axis] += step
-            on_surface |= ~inside[tuple(neighbour.T)]
+            shifted = [slice(1, -1)] * 3
+            shifted[axis] = slice(1 + step, inside.shape[axis] - 1 + step)
+            interior &= inside[tuple(shifted)]
+    on_surface = ~interior[tuple(cells.T)]
     points = _sample_by_position(ras[on_surface], MIRROR_FIT_POINTS)
     return points, cKDTree(points)
 
@@ -1661,12 +1726,15 @@ def distance_to_bone_at(ras: np.ndarray, bone: np.ndarray, geometry: VolumeGeome
     the points; inf for points off the grid. Exact up to ``reach_mm`` (bone farther
     out of the block is not seen)."""
     distance = np.full(len(ras), np.inf)
-    box = geometry.bounding_slices_of_ras_box(ras, reach_mm + max(geometry.spacing_kji))
+    # The points' indices serve both for the block and for reading it (a large island
+    # has some 100 000 points).
+    kji = geometry.ras_to_kji_points(np.atleast_2d(np.asarray(ras, dtype=float)))
+    box = geometry.bounding_slices_of_kji_box(kji, reach_mm + max(geometry.spacing_kji))
     if any(s.stop <= s.start for s in box):
         return distance
     to_bone = distance_outside(bone[box], geometry.cropped(box))
-    index = np.rint(geometry.ras_to_kji_points(ras)).astype(int) - [s.start for s in box]
-    inside = np.all((index >= 0) & (index < to_bone.shape), axis=1)
+    index = np.rint(kji).astype(int) - [s.start for s in box]
+    inside = all_columns((index >= 0) & (index < to_bone.shape))
     distance[inside] = to_bone[tuple(index[inside].T)]
     return distance
 
@@ -1692,9 +1760,10 @@ class BoneAcrossMidline:
     """
 
     def __init__(self, bone: np.ndarray, geometry: VolumeGeometry, plane: MirrorPlane, block=None,
-                 image_shape=None, unimaged=None):
+                 image_shape=None, unimaged=None, points: np.ndarray | None = None):
         self.bone, self.geometry, self.plane = bone, geometry, plane
-        self.points = _bone_points(bone, geometry)
+        # ``points``: the bone's :func:`_bone_points`, when the midline search made them.
+        self.points = points if points is not None else _bone_points(bone, geometry)
         self.tree = cKDTree(self.points)
         start = np.array([s.start for s in block]) if block is not None else np.zeros(3, int)
         shape = np.asarray(image_shape if image_shape is not None else bone.shape)
@@ -1742,7 +1811,7 @@ class BoneAcrossMidline:
         """Whether points lie in the image, within its field of view (where the other side
         was imaged)."""
         index = self.geometry.ras_to_kji_points(ras)
-        inside = np.all((index >= self.image_first - 0.5) & (index <= self.image_last + 0.5), axis=1)
+        inside = all_columns((index >= self.image_first - 0.5) & (index <= self.image_last + 0.5))
         if self.unimaged is not None and inside.any():
             voxel = np.clip(np.rint(index[inside] - self.image_first).astype(int), 0, self.image_last - self.image_first)
             inside[inside] = ~self.unimaged[tuple(voxel.T)]
@@ -1791,7 +1860,7 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     # Read voxel by voxel around what the coarse grid found.
     near = coarse[unmatched]
     reach = tuple(slice(max(int(low) - int(e), 0), min(int(high) + st + int(e), n))
-                  for low, high, st, e, n in zip(near.min(axis=0), near.max(axis=0), steps,
+                  for low, high, st, e, n in zip(column_min(near), column_max(near), steps,
                                                  np.ceil(ASYMMETRY_CORE_MM / np.asarray(geometry.spacing_kji)),
                                                  component.shape))
     voxels = np.argwhere(component[reach])
@@ -2103,14 +2172,16 @@ def _unpaired_mass_warning(numbers) -> str:
 
 
 def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block=None,
-                       image_shape=None, unimaged=None, rejected: list | None = None) -> np.ndarray:
+                       image_shape=None, unimaged=None, rejected: list | None = None,
+                       bone_points=lambda: None) -> np.ndarray:
     """The parts of the native components (``labels`` whose ``is_native``) without a
     counterpart across the midline ``plane`` (none without a plane). ``bone_block`` is
-    where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`)."""
+    where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`);
+    ``bone_points()`` gives the bone's :func:`_bone_points` if they were made."""
     found = np.zeros(labels.shape, bool)
     if plane is None or not is_native.any():
         return found
-    across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape, unimaged)
+    across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape, unimaged, bone_points())
     for label in np.flatnonzero(is_native):
         block = blocks[label - 1]
         part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels, rejected)
@@ -2231,12 +2302,13 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
     filled_bone = bone_block | native_block if native_block is not None else fill_bone_cavities(bone_block)
     # The body's midline from all bone, found once and only when asked for: the
     # native-bone estimate and several checks use it.
-    midline = functools.cache(lambda: body_midline(filled_bone, block_geometry))
+    lattice_points = functools.cache(lambda: bone_lattice(filled_bone, block_geometry))
+    midline = functools.cache(lambda: body_midline(filled_bone, block_geometry, lattice_points()))
     if native_block is not None:
         split = _split_given_native_bone(bone_block, native_block, block_geometry)
     else:
         split = _split_estimated_native_bone(filled_bone, bone_block, block, ct_hu.shape, block_geometry, midline,
-                                             min_voxels, progress, unimaged)
+                                             min_voxels, progress, unimaged, lambda: lattice_points()[2])
 
     report(progress, 0.6, "Measuring islands")
     top_of_hip_bones = functools.cache(lambda: _top_of_hip_bones(split.excluded, block_geometry, midline()))
@@ -2337,17 +2409,19 @@ def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry)
 
 
 def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, geometry: VolumeGeometry, midline,
-                                 min_voxels, progress, unimaged=None) -> _NativeSplit:
+                                 min_voxels, progress, unimaged=None, bone_points=lambda: None) -> _NativeSplit:
     """Native bones told from HO by size and shape: big components are native, less
     what stands out of their smooth envelope and what the other side lacks. ``unimaged``
-    is the padding outside the field of view (over the whole image), or None."""
+    is the padding outside the field of view (over the whole image), or None;
+    ``bone_points()`` gives ``filled_bone``'s :func:`_bone_points` (see
+    :func:`thick_fused_masses`)."""
     # Counted by faces, a native plate a voxel thick and oblique to the grid (an iliac
     # wing on 3 mm voxels) falls into strips, each a small piece of bone beside it.
-    labels, count, sizes = _components(filled_bone, 26)
-    component_blocks = label_boxes(labels, count)
+    labels, count, sizes, component_blocks = _components_with_boxes(filled_bone, 26)
     # Bone next to the padding is cut by the field of view, as at the image's edge.
     cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
-    is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline, cut_zone)
+    is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline, cut_zone,
+                                           filled_bone)
     report(progress, 0.4, "Separating HO fused to native bone")
     # Built component by component (a lookup of every voxel's label costs several times
     # the few boxes the native bones fill).
@@ -2364,7 +2438,7 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     # What the ball left in the native bone: the masses too thick for it.
     uncompared: list = []
     asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
-                                    min_voxels, block, image_shape, unimaged, uncompared) & native
+                                    min_voxels, block, image_shape, unimaged, uncompared, bone_points) & native
     native &= ~asymmetric
     # The mass's marrow, open towards the bone it grew from, is in the part already.
     candidates = fill_island_marrow(bone_block & ~native, geometry) | asymmetric
