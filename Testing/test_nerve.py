@@ -1202,3 +1202,36 @@ def test_seed_in_the_femurs_marrow_is_named_where_the_centreline_crosses_bone():
     assert float(re.search(r"runs through bone \((\d+) mm of it", warning).group(1)) >= 3.0
     on_nerve = trace_nerve(phantom.image, phantom.geometry, phantom.seeds_ras([15.0, 60.0]))
     assert not any("through bone" in w for w in on_nerve.warnings + on_nerve.station_caveats)
+
+
+def test_section_medians_and_widths_are_those_they_replace():
+    """Each section's median over the ray samples it reads (one sort of all sections)
+    is NumPy's median of those samples, NaN included; the calliper widths measured a
+    few sections at a time are those measured all at once."""
+    from HOSciaticModuleLib.nerve import _masked_medians, _polygon_figures
+
+    rng = np.random.default_rng(8)
+    values = np.round(rng.normal(40.0, 30.0, size=(60, 12, 9)), 1).astype(np.float32)
+    values[3, 2, 4] = np.nan
+    mask = rng.random(values.shape) < rng.uniform(0.0, 1.0, size=(60, 1, 1))
+    mask[3, 2, 4] = True
+    median, count = _masked_medians(values, mask)
+    for n in range(len(values)):
+        assert count[n] == np.count_nonzero(mask[n])
+        if count[n]:
+            with np.errstate(invalid="ignore"):
+                expected = np.median(values[n][mask[n]])
+            np.testing.assert_array_equal(median[n], expected)
+            assert median[n].dtype == expected.dtype
+
+    angles = np.linspace(0.0, 2 * np.pi, 90, endpoint=False)
+    radii = rng.uniform(2.0, 8.0, size=(37, 90))
+    area, centroid, min_width, max_width = _polygon_figures(radii, angles)
+    x, y = radii * np.cos(angles), radii * np.sin(angles)
+    directions = np.linspace(0.0, np.pi, 90, endpoint=False)
+    projections = x[:, :, None] * np.cos(directions) + y[:, :, None] * np.sin(directions)
+    widths = projections.max(axis=1) - projections.min(axis=1)
+    np.testing.assert_array_equal(min_width, widths.min(axis=1))
+    np.testing.assert_array_equal(max_width, widths.max(axis=1))
+    assert _polygon_figures(radii, angles, with_widths=False)[2:] == (None, None)
+    np.testing.assert_array_equal(_polygon_figures(radii, angles, with_widths=False)[1], centroid)
