@@ -603,3 +603,44 @@ def test_contact_at_an_end_of_the_trace_stays_on_the_curve(start, stop):
     # The shell covers the trace from its end to 12 mm in (the tolerance beyond, less
     # half a station lost to the median of three stations).
     assert result.contact_length_mm == pytest.approx(12.0 + TAU, abs=1.0)
+
+
+def test_lengths_and_summed_distances_are_those_of_numpy_s_norm():
+    """The rows' lengths and the points' summed distances (the middle of tied closest
+    points) are bit for bit those :func:`numpy.linalg.norm` gives, which they replace."""
+    from HOSciaticModuleLib.contact import _summed_distances, row_lengths
+
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(5000, 3)) * rng.uniform(0.01, 100.0, size=(5000, 1))
+    np.testing.assert_array_equal(row_lengths(vectors), np.linalg.norm(vectors, axis=1))
+    points = rng.normal(size=(700, 3)) * 20.0
+    expected = np.concatenate([np.linalg.norm(points[start:start + 256, None, :] - points[None, :, :], axis=2).sum(axis=1)
+                               for start in range(0, len(points), 256)])
+    np.testing.assert_array_equal(_summed_distances(points), expected)
+
+
+def test_nerve_sections_read_a_few_steps_at_a_time_find_the_same_boundary():
+    """Reading the rays a few steps at a time, and only those still inside, finds the
+    same first step outside as reading every step of every ray, for rays that leave
+    at once, on the way and never."""
+    from HOSciaticModuleLib.contact import _first_steps_outside
+
+    rng = np.random.default_rng(4)
+    field = (rng.random((30, 30, 30)) < 0.9).astype(np.float32)
+    field[10:20, 10:20, 10:20] = 1.0
+
+    def inside(kji):
+        from scipy import ndimage
+
+        values = ndimage.map_coordinates(field, kji.reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
+        return values.reshape(kji.shape[:-1]) >= 0.5
+
+    origins = rng.uniform(8, 22, size=(40, 3))
+    directions = rng.normal(size=(40, 24, 3))
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    steps = np.arange(0.0, 16.0 + 1e-6, 1.0)
+    is_in = inside(origins[:, None, None, :] + steps[:, None] * directions[:, :, None, :])
+    is_in[:, :, 0] = True
+    expected = np.where(is_in.all(axis=-1), len(steps) - 1, np.argmin(is_in, axis=-1))
+    assert 0 < np.count_nonzero(expected == len(steps) - 1) < expected.size
+    np.testing.assert_array_equal(_first_steps_outside(inside, origins, directions, steps), expected)
