@@ -393,3 +393,29 @@ def test_refused_ct_series_gives_no_way_to_its_scout_and_tra_ce_is_no_trace(tmp_
     _write_series(folder, image, direction, values, positions, 2, "Pelvis 1.0 tra CE")
     _write_series(folder, image, direction, values[:3] + 5, positions[:3], 3, "Pelvis 5.0 MPR")
     np.testing.assert_array_equal(read_volume(folder, modality="ct").array, values)
+
+
+def test_bundle_members_are_stored_as_zipfile_writes_them(tmp_path):
+    """A file packed into the scene bundle in large chunks gives the same archive, byte
+    for byte, as ``ZipFile.write``, for an empty, a small and a multi-chunk file."""
+    import os
+    import zipfile
+
+    from HOSciaticModuleLib.export import ZIP_COPY_CHUNK_BYTES, _store_in_zip
+
+    rng = np.random.default_rng(2)
+    files = []
+    for name, size in (("empty.tsv", 0), ("small.mrml", 1000), ("ct.nrrd", 2 * ZIP_COPY_CHUNK_BYTES + 12345)):
+        path = tmp_path / name
+        path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+        files.append(path)
+    archives = []
+    for store in (lambda bundle, path: bundle.write(path, f"scene/{path.name}"),
+                  lambda bundle, path: _store_in_zip(bundle, path, f"scene/{path.name}")):
+        archive = tmp_path / f"bundle{len(archives)}.mrb"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
+            for path in files:
+                store(bundle, path)
+        archives.append(archive.read_bytes())
+    assert archives[0] == archives[1]

@@ -273,8 +273,22 @@ def write_scene_bundle(scene, path: Path, prewritten: dict | None = None, progre
         # Members are stored: the volume and segmentation files inside are gzip-compressed already.
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
             for file in sorted(p for p in root.rglob("*") if p.is_file()):
-                bundle.write(file, f"{path.stem}/{file.relative_to(root).as_posix()}")
+                _store_in_zip(bundle, file, f"{path.stem}/{file.relative_to(root).as_posix()}")
         shutil.move(str(partial), path)
+
+
+#: Bytes copied at a time into the bundle: ``ZipFile.write`` copies 8 kB at a time, and
+#: for a CT of 100 MB those 13 000 rounds took half of the packing's 0.2 s.
+ZIP_COPY_CHUNK_BYTES = 1 << 20
+
+
+def _store_in_zip(bundle: zipfile.ZipFile, file: Path, name: str) -> None:
+    """``bundle.write(file, name)`` (the same entry, byte for byte: ``ZipFile.write``
+    does just this), copied in larger chunks."""
+    info = zipfile.ZipInfo.from_file(file, name)
+    info.compress_type = bundle.compression
+    with open(file, "rb") as source, bundle.open(info, "w") as target:
+        shutil.copyfileobj(source, target, ZIP_COPY_CHUNK_BYTES)
 
 
 def _bundled_nodes(scene) -> list:
