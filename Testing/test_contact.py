@@ -481,6 +481,45 @@ def test_bone_outside_the_segments_is_looked_for_within_reach_of_the_nerve(spaci
     bone = (ct >= 200) & (distance_outside(nerve, geometry) <= reach) & ~within_or_next_to(ho, geometry, HO_RIM_MM)
     np.testing.assert_array_equal(found, bone)
     assert 100 < np.count_nonzero(found) < np.count_nonzero(ct >= 200) / 2
+    # The nerve's reach, kept across recomputes and passed in, gives the same voxels.
+    kept = unsegmented_bone(ct, ho, nerve, geometry, 200.0, reach, within_or_next_to(nerve, geometry, reach))
+    np.testing.assert_array_equal(kept, found)
+
+
+def _contact_figures(result) -> list:
+    """Every figure of a contact result, arrays as lists, for an exact comparison."""
+    import dataclasses
+
+    return [(f.name, np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
+            for f, v in ((f, getattr(result, f.name)) for f in dataclasses.fields(result))]
+
+
+def test_figures_after_an_edit_with_the_nerve_s_geometry_kept_are_those_measured_afresh():
+    """After an HO edit the nerve's sections, boundary boxes and reach are reused: the
+    figures are those of a run with nothing kept, to the last digit (the CT's bone
+    outside the segments too)."""
+    from HOSciaticModuleLib import contact
+
+    shells = (IslandSpec("upper", "shell", True, s_start_mm=15.0, s_stop_mm=30.0, sector_deg=150.0, thickness_mm=5.0),
+              IslandSpec("lower", "shell", True, s_start_mm=60.0, s_stop_mm=80.0, sector_deg=240.0,
+                         sector_center_deg=120.0, thickness_mm=5.0))
+    phantom = generate_phantom(make_shell_spec(150.0, radius_mm=RADIUS, islands=shells), **GRID)
+    ct = phantom.image.astype(np.int16)
+
+    def measured(labels, fresh):
+        if fresh:
+            contact._SECTIONS_CACHE.clear()
+            contact._PLACED_NERVE_CACHE.clear()
+        return _contact_figures(compute_contact(phantom.nerve_mask, labels, phantom.geometry, phantom.centreline_ras,
+                                                tolerance_mm=TAU, ct_hu=ct, ct_checked=True))
+
+    labels = phantom.ho_labels.copy()
+    measured(labels, fresh=True)
+    upper = np.flatnonzero((labels == 1).any(axis=(1, 2)))
+    labels[upper[len(upper) // 2]:][labels[upper[len(upper) // 2]:] == 1] = 0  # half of the upper shell erased
+    kept = measured(labels, fresh=False)
+    assert contact._PLACED_NERVE_CACHE
+    assert kept == measured(labels, fresh=True)
 
 
 OBLIQUE_NERVE = tuple(tuple(t * np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)) for t in (-50.0, -16.7, 16.7, 50.0))

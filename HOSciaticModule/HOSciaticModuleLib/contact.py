@@ -764,10 +764,27 @@ def _summary(distance, sections, s_mm, tolerance):
 _SECTIONS_CACHE: dict = {}
 _SECTIONS_CACHE_SIZE = 4
 
+#: What else depends on the nerve and where the working block lies alone, kept likewise
+#: (keyed by the sections' key and that placement): the nerve's boundary voxel boxes and
+#: the block around it where bone outside the HO segments is looked for. Rebuilt on each
+#: recompute they took a tenth of its main thread.
+_PLACED_NERVE_CACHE: dict = {}
+
+
+def _kept(cache: dict, key, make, size: int = _SECTIONS_CACHE_SIZE):
+    """``cache[key]``, made by ``make()`` and kept when missing; the oldest entries are
+    dropped first so that at most ``size`` stay."""
+    if key not in cache:
+        while len(cache) >= size:
+            cache.pop(next(iter(cache)))
+        cache[key] = make()
+    return cache[key]
+
 
 def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np.ndarray):
     """Surface voxel boxes of the nerve, the block around it where contact is looked
-    for, and its cross-sections at ``points``.
+    for, its cross-sections at ``points``, and the key of the nerve and that block's
+    placement (for :data:`_PLACED_NERVE_CACHE`).
 
     The sections are in RAS and depend on the nerve alone, so they are kept (keyed by
     the nerve's voxels where they lie, and the stations) while the caller's working
@@ -783,7 +800,12 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
                  np.asarray([s.stop - s.start for s in crop])):
         digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
     key = digest.hexdigest()
-    boxes = _boundary_boxes(nerve_mask[nerve_block], nerve_block, geometry)
+    # The boxes are in the working block's voxels: they hold while it lies where it did.
+    digest.update(np.asarray([[s.start for s in nerve_block], [s.start for s in crop]], np.float64).tobytes())
+    digest.update(np.ascontiguousarray(geometry.ijk_to_ras, dtype=np.float64).tobytes())
+    placed_key = digest.hexdigest()
+    boxes = _kept(_PLACED_NERVE_CACHE, ("boxes", placed_key),
+                  lambda: _boundary_boxes(nerve_mask[nerve_block], nerve_block, geometry))
     cached = _SECTIONS_CACHE.get(key)
     # Stations read back from a curve node differ in the last float digits.
     if cached is None or cached[0].shape != points.shape or np.abs(cached[0] - points).max() > 1e-3:
@@ -797,7 +819,7 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
         sections.on_nerve[off[boxes.distance(points[off], half_extent=0.0, up_to_mm=reach)[0] <= reach]] = True
         cached = (points.copy(), sections)
         _SECTIONS_CACHE[key] = cached
-    return boxes, crop, cached[1]
+    return boxes, crop, cached[1], placed_key
 
 
 class _RayDistances:
@@ -890,7 +912,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     report(progress, 0.05, "Sampling nerve cross-sections")
     points = resample_polyline(centreline, STATION_SPACING_MM)
     s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    nerve_boxes, crop, sections = _nerve_geometry(nerve_mask, geometry, points)
+    nerve_boxes, crop, sections, nerve_key = _nerve_geometry(nerve_mask, geometry, points)
     if not sections.on_nerve.any():
         raise InputError("The nerve centreline does not run inside the nerve segment anywhere: the curve and the "
                          "segment lie in different places (one was moved or belongs to another nerve or case). "
@@ -917,7 +939,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     contact_area = float((contact_arc * lengths).sum())
     surface_area = float((sections.perimeter * lengths)[sections.on_nerve].sum())
     other = (_bone_outside_segments(ct_hu[crop], ho_crop > 0, nerve_mask[crop], crop, geometry, rays, sections, points,
-                                    s_mm, tolerance, bone_threshold_hu)
+                                    s_mm, tolerance, bone_threshold_hu, nerve_key)
              if ct_hu is not None and (ct_checked or looks_like_ct(ct_hu)) else _OtherBone())
 
     report(progress, 0.7, "Per-island figures")
@@ -1023,13 +1045,18 @@ class _OtherBone:
 
 
 def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: VolumeGeometry, rays: _RayDistances,
-                           sections, points, s_mm, tolerance, bone_threshold_hu) -> _OtherBone:
+                           sections, points, s_mm, tolerance, bone_threshold_hu, nerve_key=None) -> _OtherBone:
     """The nerve's encasement by the CT's bone in no HO segment (``crop``: the block
-    around the nerve, over which the other masks lie)."""
+    around the nerve, over which the other masks lie; ``nerve_key``: the nerve's and the
+    block's key from :func:`_nerve_geometry`, to keep what depends on them alone)."""
     crop_geometry = geometry.cropped(crop)
     # Beyond the tolerance plus a few voxels, bone cannot count as contact.
-    other_bone = unsegmented_bone(ct_crop, ho_in_crop, nerve_in_crop, crop_geometry, bone_threshold_hu,
-                                  tolerance + 3.0 * max(geometry.spacing_kji))
+    reach = tolerance + 3.0 * max(geometry.spacing_kji)
+    near_nerve = (None if nerve_key is None else
+                  _kept(_PLACED_NERVE_CACHE, ("near", nerve_key, reach),
+                        lambda: within_or_next_to(nerve_in_crop, crop_geometry, reach)))
+    other_bone = unsegmented_bone(ct_crop, ho_in_crop, nerve_in_crop, crop_geometry, bone_threshold_hu, reach,
+                                  near_nerve)
     # Only its contact at the tolerance (and the narrower wrap tolerance) is reported.
     bone_distance = rays.to_mask(other_bone, rays.contact_reach(tolerance), keep_thin=False)
     wrap_tolerance = min(tolerance, NATIVE_BONE_WRAP_TOLERANCE_MM)
@@ -1055,16 +1082,17 @@ def bone_at_stations(bone: np.ndarray, geometry: VolumeGeometry, points: np.ndar
 
 
 def unsegmented_bone(ct_hu: np.ndarray, ho_mask: np.ndarray, nerve_mask: np.ndarray, geometry: VolumeGeometry,
-                     bone_threshold_hu: float, reach_mm: float) -> np.ndarray:
+                     bone_threshold_hu: float, reach_mm: float, near_nerve: np.ndarray | None = None) -> np.ndarray:
     """The CT's bone (bone threshold up to metal) within ``reach_mm`` of the nerve (and
     at least next to it) that is in no HO segment nor its blurred edge. Farther bone
     cannot be in contact, and its surface would cost time. ``ct_hu`` is judged a CT by
     the caller, on the whole image: a block around the nerve may hold neither air nor
     dense cortex (an HO sleeve reading 950 HU in soft tissue), and judged alone it
-    turned this check off."""
+    turned this check off. ``near_nerve``: ``within_or_next_to(nerve_mask, geometry,
+    reach_mm)`` when already known (it depends on the nerve alone, not on the HO)."""
     bone = at_least(ct_hu, bone_threshold_hu) & ~at_least(ct_hu, METAL_THRESHOLD_HU)
     # Searched in the box around the nerve and its reach, not over the whole block.
-    bone &= within_or_next_to(nerve_mask, geometry, reach_mm)
+    bone &= within_or_next_to(nerve_mask, geometry, reach_mm) if near_nerve is None else near_nerve
     if ho_mask.any() and bone.any():
         bone &= ~within_or_next_to(ho_mask, geometry, HO_RIM_MM)
     return bone
