@@ -43,7 +43,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry, bounding_slices, sparse_label_boxes
+from .geometry import VolumeGeometry, bounding_slices, sparse_label_boxes, with_single_threaded_blas
 from .nerve import frames, resample_polyline, star_polygon_area_centroid, stretch_along
 from .ossification import METAL_THRESHOLD_HU, at_least, looks_like_ct, pad_block, within_or_next_to
 from .progress import ProgressCallback, report
@@ -889,6 +889,7 @@ class _RayDistances:
         return distance
 
 
+@with_single_threaded_blas
 def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: VolumeGeometry,
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
                     ct_hu: np.ndarray | None = None, bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,

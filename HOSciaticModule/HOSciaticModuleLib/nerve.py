@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import CT_FAT_HU
 from .errors import InputError
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, with_single_threaded_blas
 from .ossification import METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, looks_like_ct
 from .progress import ProgressCallback, report
 
@@ -2051,6 +2051,7 @@ NOT_CT_ADVICE = ("The image does not look like a CT in Hounsfield units (no fat 
                  "modality 'mr' (--modality mr on the command line).")
 
 
+@with_single_threaded_blas
 def trace_nerve(image: np.ndarray, geometry: VolumeGeometry, seeds_ras, *, modality: str = "ct",
                 side: str = "right", bone_threshold_hu: float = 200.0,
                 exclusion_mask: np.ndarray | None = None, progress: ProgressCallback = None) -> NerveTrace:

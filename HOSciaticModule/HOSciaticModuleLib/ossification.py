@@ -64,7 +64,7 @@ from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
 from .geometry import (VolumeGeometry, all_columns, block_within, bounding_slices, column_max, column_min,
-                       label_boxes)
+                       label_boxes, with_single_threaded_blas)
 from .progress import ProgressCallback, report
 
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
@@ -2248,6 +2248,7 @@ def _mirrored_fused_islands(results, islands, filled_bone, geometry, plane: Mirr
             and mirrored_in_bone(island, island_block, filled_bone, geometry, plane)]
 
 
+@with_single_threaded_blas
 def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                           bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
                           min_island_ml: float = DEFAULT_MIN_ISLAND_ML,
