@@ -1637,7 +1637,7 @@ def test_sizes_counted_in_boxes_and_column_reductions_match_numpy():
 def test_matrix_products_on_one_thread_give_the_same_bits_and_the_setting_comes_back():
     from threadpoolctl import threadpool_info
 
-    from HOSciaticModuleLib.geometry import single_threaded_blas
+    from HOSciaticModuleLib.memorypages import single_threaded_blas
 
     def blas_threads():
         return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]

@@ -9,8 +9,6 @@ exact because the direction matrix is required to be orthonormal.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -309,32 +307,3 @@ def sparse_label_boxes(labels: np.ndarray) -> list:
         return []
     return [None if box is None else tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(around, box))
             for box in label_boxes(labels[around])]
-
-
-# ---------------------------------------------------------------------------------------
-# Threads of NumPy's matrix products
-# ---------------------------------------------------------------------------------------
-def single_threaded_blas():
-    """A context in which NumPy's and SciPy's matrix products run on the calling thread
-    alone (``threadpoolctl``; a context that changes nothing where it is not installed).
-
-    The analysis's products are point arrays times 3 x 3 matrices (voxel indices to RAS
-    and back, the midline's fits): milliseconds of work, which OpenBLAS splits over every
-    core. With another core busy (edt's threads, the CT's compression, the surface
-    models, another process) the second half waits for it: 200 000 points took 60-80 ms
-    on 2 cores instead of 4-14 ms on one. Each element of a product is computed alike on
-    any thread, so the results are the same to the bit."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def with_single_threaded_blas(function):
-    """Decorator: ``function`` runs inside :func:`single_threaded_blas`."""
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with single_threaded_blas():
-            return function(*args, **kwargs)
-    return wrapper

@@ -64,7 +64,8 @@ from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
 from .geometry import (VolumeGeometry, all_columns, block_within, bounding_slices, column_max, column_min,
-                       label_boxes, with_single_threaded_blas)
+                       label_boxes)
+from .memorypages import with_single_threaded_blas
 from .progress import ProgressCallback, report
 
 #: Metal (steel 6000+, titanium 3000+ HU, capped at the scanner's range) lies far above
