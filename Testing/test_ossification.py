@@ -1633,21 +1633,3 @@ def test_sizes_counted_in_boxes_and_column_reductions_match_numpy():
     assert np.array_equal(column_max(np.argwhere(mask)), np.argwhere(mask).max(axis=0))
     assert np.array_equal(all_columns(points > -60.0), np.all(points > -60.0, axis=1))
 
-
-def test_matrix_products_on_one_thread_give_the_same_bits_and_the_setting_comes_back():
-    from threadpoolctl import threadpool_info
-
-    from HOSciaticModuleLib.memorypages import single_threaded_blas
-
-    def blas_threads():
-        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-
-    rng = np.random.default_rng(9)
-    points = rng.normal(size=(300_000, 3)) * 100.0
-    matrix = ROTATED @ np.diag([0.8, 0.8, 1.5])
-    before = blas_threads()
-    expected = points @ matrix.T
-    with single_threaded_blas():
-        assert all(threads == 1 for threads in blas_threads())
-        np.testing.assert_array_equal(points @ matrix.T, expected)
-    assert blas_threads() == before

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -35,31 +36,66 @@ def _hugepage_switch():
     return None
 
 
-@contextlib.contextmanager
-def small_memory_pages():
-    """Arrays created inside the block get the kernel's ordinary pages; NumPy's setting
-    is restored on leaving, so a host application (Slicer) keeps its own."""
+class SharedSetting:
+    """A process-wide setting, changed while any thread is inside the context and put
+    back when the last one leaves. ``change()`` makes the change and returns what puts
+    it back (or None when it changes nothing). Each thread putting back what it found
+    on entering would, with two steps overlapping on two threads (Slicer's panel and a
+    console call), restore the first one's entry state under the second and leave the
+    host with the second's setting for good."""
+
+    def __init__(self, change):
+        self._change = change
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._put_back = None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._inside == 0:
+                self._put_back = self._change()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0 and self._put_back is not None:
+                    self._put_back()
+                    self._put_back = None
+
+
+def _ordinary_pages():
     switch = _hugepage_switch()
     if switch is None or NUMPY_SETTING in os.environ:
-        yield
-        return
+        return None
     previous = switch(False)
-    try:
-        yield
-    finally:
-        switch(previous)
+    return lambda: switch(previous)
+
+
+#: Arrays created inside the block get the kernel's ordinary pages; NumPy's setting is
+#: restored on leaving, so a host application (Slicer) keeps its own.
+small_memory_pages = SharedSetting(_ordinary_pages)
 
 
 def single_threaded_blas():
     """A context in which NumPy's and SciPy's matrix products run on the calling thread
-    alone (``threadpoolctl``; a context that changes nothing where it is not installed).
+    alone (``threadpoolctl``), on the main thread; elsewhere, or where ``threadpoolctl``
+    is not installed, it changes nothing.
 
     The analysis's products are point arrays times 3 x 3 matrices (voxel indices to RAS
     and back, the midline's fits): milliseconds of work, which OpenBLAS splits over every
     core. With another core busy (edt's threads, the CT's compression, the surface
     models, another process) the second half waits for it: 200 000 points took 60-80 ms
     on 2 cores instead of 4-14 ms on one. Each element of a product is computed alike on
-    any thread, so the results are the same to the bit."""
+    any thread, so the results are the same to the bit. Only the main thread, where the
+    command line and Slicer run the steps, sets the count: OpenBLAS (0.3.31) did not take
+    a count set from another thread, nor one put back from another thread (the host was
+    left on one thread), so a step on a worker thread, or two overlapping, could not
+    put the host's setting back."""
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
