@@ -149,6 +149,9 @@ def test_summary_counts_doubted_islands_only_where_the_document_says():
                {"doubts": "shaped like a vessel; touching gas", "volume_ml": 1.5}]
     doubted = row({"ossifications": {"count": 3, "islands": islands}})
     assert doubted["ho_doubted"] == 2 and doubted["ho_doubted_ml"] == pytest.approx(1.75)
+    # Two doubted segments sharing voxels: no more than the total, which counts them once.
+    shared = [{"doubts": "touching gas", "volume_ml": 1.0}, {"doubts": "touching gas", "volume_ml": 0.5}]
+    assert row({"ossifications": {"count": 2, "total_volume_ml": 1.2, "islands": shared}})["ho_doubted_ml"] == 1.2
     # Written before islands had doubts: not known, so not 0.
     unknown = row({"ossifications": {"count": 1, "islands": [{"volume_ml": 1.0}]}})
     assert unknown["ho_doubted"] == unknown["ho_doubted_ml"] == ""

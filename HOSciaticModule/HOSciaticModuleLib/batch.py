@@ -187,7 +187,8 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
         row["ho_total_ml"] = ossifications.get("total_volume_ml", "")
         doubted = doubted_count(ossifications["islands"]) if "islands" in ossifications else None
         row["ho_doubted"] = "" if doubted is None else doubted
-        doubted_ml = doubted_volume_ml(ossifications["islands"]) if "islands" in ossifications else None
+        doubted_ml = (doubted_volume_ml(ossifications["islands"], ossifications.get("total_volume_ml"))
+                      if "islands" in ossifications else None)
         row["ho_doubted_ml"] = "" if doubted_ml is None else doubted_ml
         for entry in document.get("nerves", []):
             for figure in NERVE_FIGURES:
@@ -205,14 +206,17 @@ def doubted_count(islands: list[dict]) -> int | None:
     return sum(bool(island["doubts"]) for island in islands)
 
 
-def doubted_volume_ml(islands: list[dict]) -> float | None:
+def doubted_volume_ml(islands: list[dict], total_ml=None) -> float | None:
     """The volume (mL) of a ``metrics.json`` document's islands named as possibly not HO:
     on a CT with no HO at all, its native bone beside an implant or its mirrored
     prominences can make up the whole total, which alone reads as a burden of HO. None
-    when the document does not say."""
+    when the document does not say. No more than the document's total ``total_ml``,
+    which counts voxels two segments share once (the islands' own volumes count them
+    in each)."""
     if any("doubts" not in island or "volume_ml" not in island for island in islands):
         return None
-    return round(sum((float(island["volume_ml"]) for island in islands if island["doubts"]), 0.0), 3)
+    doubted = round(sum((float(island["volume_ml"]) for island in islands if island["doubts"]), 0.0), 3)
+    return min(doubted, float(total_ml)) if isinstance(total_ml, (int, float)) else doubted
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

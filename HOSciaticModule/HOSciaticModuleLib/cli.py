@@ -724,9 +724,10 @@ def _summary(out_dir: Path) -> str:
     oss = document.get("ossifications")
     if oss:
         doubted = doubted_count(oss["islands"])
+        doubted_ml = doubted_volume_ml(oss["islands"], oss["total_volume_ml"]) if doubted else None
         lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL"
-                     + (f"; {doubted} named as possibly not HO, {doubted_volume_ml(oss['islands']):.3f} mL (see each "
-                        "island's doubts and the warnings)" if doubted else ""))
+                     + (f"; {doubted} named as possibly not HO, {doubted_ml:.3f} mL (see each island's doubts and the "
+                        "warnings)" if doubted else ""))
     for entry in document["nerves"]:
         lines.append(f"Sciatic nerve {entry['side']}: length {entry['length_mm']} mm, mean diameter "
                      f"{entry['mean_diameter_mm']} mm"
