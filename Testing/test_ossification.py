@@ -1625,7 +1625,7 @@ def test_sizes_counted_in_boxes_and_column_reductions_match_numpy():
     mask = ndimage.gaussian_filter(rng.random((40, 50, 60)), 2.0) > 0.52
     labels, count, sizes = oss._components(mask)
     assert count > 1
-    with_boxes = oss._components_with_boxes(mask)
+    with_boxes = oss._components_and_boxes(mask)
     assert np.array_equal(with_boxes[0], labels) and with_boxes[1] == count
     assert np.array_equal(with_boxes[2], sizes) and with_boxes[3] == oss.label_boxes(labels, count)
     points = rng.normal(size=(1000, 3)) * 50.0

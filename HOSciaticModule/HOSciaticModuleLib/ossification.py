@@ -825,11 +825,20 @@ def _components(mask: np.ndarray, connectivity: int = 6):
     return labels, count, sizes
 
 
-def _components_with_boxes(mask: np.ndarray, connectivity: int = 6):
+def _components_and_boxes(mask: np.ndarray, connectivity: int = 6):
     """:func:`_components` of ``mask`` and the components' bounding slices (as
-    :func:`label_boxes` gives them), over the whole array. Where the boxes hold few
-    voxels together (a few bones in a large block), each size is counted in its own box:
-    a pass over all the mask's voxels costs several times that."""
+    :func:`label_boxes` gives them). A mask in a small part of its array is labelled
+    within its box (labels, numbered in scan order, are the same there). Where the
+    components' boxes hold few voxels together (a few bones in a large block), each
+    size is counted in its own box: a pass over all the mask's voxels costs several
+    times that."""
+    around = _sparse_box(mask)
+    if around is not None:
+        local, count, sizes = _components(mask[around], connectivity)
+        labels = np.zeros(mask.shape, local.dtype)
+        labels[around] = local
+        boxes = [None if box is None else block_within(around, box) for box in label_boxes(local, count)]
+        return labels, count, sizes, boxes
     mask = np.ascontiguousarray(mask, bool)
     labels, count = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
     boxes = label_boxes(labels, count)
@@ -841,21 +850,6 @@ def _components_with_boxes(mask: np.ndarray, connectivity: int = 6):
             if box is not None:
                 sizes[label] = np.count_nonzero(labels[box] == label)
     sizes[0] = 0
-    return labels, count, sizes, boxes
-
-
-def _components_and_boxes(mask: np.ndarray):
-    """:func:`_components` of ``mask`` and the components' bounding slices (as
-    :func:`label_boxes` gives them). A mask in a small part of its array is labelled
-    within its box (6-connected labels, numbered in scan order, are the same there)."""
-    around = _sparse_box(mask)
-    if around is None:
-        labels, count, sizes = _components(mask)
-        return labels, count, sizes, label_boxes(labels, count)
-    local, count, sizes = _components(mask[around])
-    labels = np.zeros(mask.shape, local.dtype)
-    labels[around] = local
-    boxes = [None if box is None else block_within(around, box) for box in label_boxes(local, count)]
     return labels, count, sizes, boxes
 
 
@@ -1134,18 +1128,17 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
     return (touching & thin)[labels]
 
 
-def estimate_native_components(labels, count, sizes, blocks, geometry, midline=lambda: None,
-                               cut_zone: np.ndarray | None = None, bone: np.ndarray | None = None) -> np.ndarray:
+def estimate_native_components(labels, count, sizes, blocks, bone, geometry, midline=lambda: None,
+                               cut_zone: np.ndarray | None = None) -> np.ndarray:
     """Which components (index 0..count) are native bones: big ones, unless a compact
     mass off the midline and whole in the image (large free HO), and thick bone cut by
-    the region edge. ``blocks`` are the components' bounding slices; ``midline()`` gives
-    the body's midline (or None), asked for only when needed; a component meeting
-    ``cut_zone`` (next to the padding outside the field of view) is cut there too.
-    ``bone``, when given, is the mask that was labelled (``labels > 0``, not made again)."""
+    the region edge. ``blocks`` are the components' bounding slices and ``bone`` the
+    mask that was labelled; ``midline()`` gives the body's midline (or None), asked for
+    only when needed; a component meeting ``cut_zone`` (next to the padding outside the
+    field of view) is cut there too."""
     native = np.zeros(count + 1, bool)
     min_voxels = NATIVE_MIN_ML / geometry.voxel_volume_ml
     native[1:] = sizes[1:] >= min_voxels
-    all_bone = (lambda: bone) if bone is not None else functools.cache(lambda: labels > 0)
     for label in range(1, count + 1):
         if blocks[label - 1] is None:
             continue
@@ -1154,7 +1147,7 @@ def estimate_native_components(labels, count, sizes, blocks, geometry, midline=l
             cut_zone is not None and bool(np.any(cut_zone[block] & (labels[block] == label))))
         if native[label]:
             if not cut and sizes[label] * geometry.voxel_volume_ml < NATIVE_WHOLE_MIN_ML:
-                native[label] = not _free_mass(labels[blocks[label - 1]] == label, blocks[label - 1], all_bone,
+                native[label] = not _free_mass(labels[blocks[label - 1]] == label, blocks[label - 1], bone,
                                                geometry, midline)
             continue
         if cut:
@@ -1163,11 +1156,11 @@ def estimate_native_components(labels, count, sizes, blocks, geometry, midline=l
     return native
 
 
-def _free_mass(component: np.ndarray, block, all_bone, geometry: VolumeGeometry, midline) -> bool:
+def _free_mass(component: np.ndarray, block, all_bone: np.ndarray, geometry: VolumeGeometry, midline) -> bool:
     """Whether a component (a mask over ``block``) is a compact mass lying off the
-    body's midline and unmatched by bone across it (a mass with a mirror image in bone
-    is paired anatomy). Without a known midline, compactness decides. ``all_bone()``
-    and ``midline()`` are asked for only when needed."""
+    body's midline and unmatched by bone across it (``all_bone``: a mass with a mirror
+    image in bone is paired anatomy). Without a known midline, compactness decides.
+    ``midline()`` is asked for only when needed."""
     spreads = _principal_spreads_mm(component, geometry)
     ellipsoid_ml = 4.0 / 3.0 * np.pi * 5.0 ** 1.5 * float(np.prod(spreads)) / 1000.0
     if np.count_nonzero(component) * geometry.voxel_volume_ml < LARGE_HO_MIN_FILL * ellipsoid_ml:
@@ -1177,7 +1170,7 @@ def _free_mass(component: np.ndarray, block, all_bone, geometry: VolumeGeometry,
         return True
     if _on_midline(component, geometry.cropped(block), plane):
         return False
-    return not mirrored_in_bone(component, block, all_bone(), geometry, plane)
+    return not mirrored_in_bone(component, block, all_bone, geometry, plane)
 
 
 def region_edge_zone(block, shape) -> np.ndarray:
@@ -2419,11 +2412,11 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     :func:`thick_fused_masses`)."""
     # Counted by faces, a native plate a voxel thick and oblique to the grid (an iliac
     # wing on 3 mm voxels) falls into strips, each a small piece of bone beside it.
-    labels, count, sizes, component_blocks = _components_with_boxes(filled_bone, 26)
+    labels, count, sizes, component_blocks = _components_and_boxes(filled_bone, 26)
     # Bone next to the padding is cut by the field of view, as at the image's edge.
     cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
-    is_native = estimate_native_components(labels, count, sizes, component_blocks, geometry, midline, cut_zone,
-                                           filled_bone)
+    is_native = estimate_native_components(labels, count, sizes, component_blocks, filled_bone, geometry, midline,
+                                           cut_zone)
     report(progress, 0.4, "Separating HO fused to native bone")
     # Built component by component (a lookup of every voxel's label costs several times
     # the few boxes the native bones fill).
