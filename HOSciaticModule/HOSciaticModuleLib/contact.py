@@ -772,14 +772,18 @@ _SECTIONS_CACHE_SIZE = 4
 _PLACED_NERVE_CACHE: dict = {}
 
 
+def _keep(cache: dict, key, value, size: int = _SECTIONS_CACHE_SIZE):
+    """``cache[key] = value`` (returned), the oldest entries dropped first so that at
+    most ``size`` stay."""
+    while len(cache) >= size:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
 def _kept(cache: dict, key, make, size: int = _SECTIONS_CACHE_SIZE):
-    """``cache[key]``, made by ``make()`` and kept when missing; the oldest entries are
-    dropped first so that at most ``size`` stay."""
-    if key not in cache:
-        while len(cache) >= size:
-            cache.pop(next(iter(cache)))
-        cache[key] = make()
-    return cache[key]
+    """``cache[key]``, made by ``make()`` and kept (see :func:`_keep`) when missing."""
+    return cache[key] if key in cache else _keep(cache, key, make(), size)
 
 
 def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np.ndarray):
@@ -810,16 +814,13 @@ def _nerve_geometry(nerve_mask: np.ndarray, geometry: VolumeGeometry, points: np
     cached = _SECTIONS_CACHE.get(key)
     # Stations read back from a curve node differ in the last float digits.
     if cached is None or cached[0].shape != points.shape or np.abs(cached[0] - points).max() > 1e-3:
-        while len(_SECTIONS_CACHE) >= _SECTIONS_CACHE_SIZE:
-            _SECTIONS_CACHE.pop(next(iter(_SECTIONS_CACHE)))
         sections = nerve_sections(smoothed_field(nerve_mask[crop]), geometry.cropped(crop), points)
         # The segment ends at the first and last stations, whose centres may fall just
         # outside its end voxels: a station within a voxel of the nerve is on it.
         off = np.flatnonzero(~sections.on_nerve)
         reach = float(max(geometry.spacing_kji))
         sections.on_nerve[off[boxes.distance(points[off], half_extent=0.0, up_to_mm=reach)[0] <= reach]] = True
-        cached = (points.copy(), sections)
-        _SECTIONS_CACHE[key] = cached
+        cached = _keep(_SECTIONS_CACHE, key, (points.copy(), sections))
     return boxes, crop, cached[1], placed_key
 
 
