@@ -101,8 +101,8 @@ def single_threaded_blas():
     except ImportError:
         return contextlib.nullcontext()
     # The controller kept by threadpoolctl (made again when modules were imported since)
-    # spares reading where every loaded library lies at each step: 20-40 ms with Slicer's
-    # libraries loaded, a tenth of a metrics recompute.
+    # spares reading where every loaded library lies at each step: 4-20 ms with Slicer's
+    # libraries loaded, up to a twentieth of a metrics recompute.
     cached_controller = getattr(threadpoolctl, "get_cached_controller", None)
     if cached_controller is None:
         return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
