@@ -2165,13 +2165,12 @@ def _unpaired_mass_warning(numbers) -> str:
             "healed fracture is asymmetric too; if it is native anatomy, delete the segment and recompute contact.")
 
 
-def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block=None,
-                       image_shape=None, unimaged=None, rejected: list | None = None,
-                       bone_points=lambda: None) -> np.ndarray:
+def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block,
+                       image_shape, unimaged, rejected: list | None, bone_points) -> np.ndarray:
     """The parts of the native components (``labels`` whose ``is_native``) without a
     counterpart across the midline ``plane`` (none without a plane). ``bone_block`` is
     where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`);
-    ``bone_points()`` gives the bone's :func:`_bone_points` if they were made."""
+    ``bone_points()`` gives the bone's :func:`_bone_points`, or None to have them made."""
     found = np.zeros(labels.shape, bool)
     if plane is None or not is_native.any():
         return found
@@ -2404,7 +2403,7 @@ def _split_given_native_bone(bone_block, native_block, geometry: VolumeGeometry)
 
 
 def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, geometry: VolumeGeometry, midline,
-                                 min_voxels, progress, unimaged=None, bone_points=lambda: None) -> _NativeSplit:
+                                 min_voxels, progress, unimaged, bone_points) -> _NativeSplit:
     """Native bones told from HO by size and shape: big components are native, less
     what stands out of their smooth envelope and what the other side lacks. ``unimaged``
     is the padding outside the field of view (over the whole image), or None;
