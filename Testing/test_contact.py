@@ -278,6 +278,49 @@ def test_distance_to_a_surface_between_thick_slices_is_to_its_triangles():
     assert np.all(exact <= brute + 1e-9) and np.all(brute - exact <= 0.05)
 
 
+def test_triangles_measured_from_gathered_corners_give_the_same_distances_and_points():
+    """The distance to a surface and the point reached, measured with each triangle
+    corner gathered into an array of its own, are those measured on views of the
+    corners, to the bit: on thick slices, for points on, near and beyond the surface,
+    for points placed on vertices (where several triangles tie at zero) and with fewer
+    vertices than asked for."""
+    from HOSciaticModuleLib.contact import (NEAREST_SURFACE_VERTICES, SmoothSurface, closest_points_on_triangles,
+                                            row_lengths, smoothed_field)
+
+    def on_corner_views(surface, points, nearest):
+        count = len(surface.vertices)
+        candidates = surface.faces_of_vertex[np.minimum(nearest, count)].reshape(len(points), -1)
+        candidates = -np.sort(-candidates, axis=1)
+        candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1
+        candidates = -np.sort(-candidates, axis=1)
+        best, best_point = np.full(len(points), np.inf), np.full((len(points), 3), np.nan)
+        for column in range(candidates.shape[1]):
+            rows = np.flatnonzero(candidates[:, column] >= 0)
+            if len(rows):
+                corners = surface.vertices[surface.faces[candidates[rows, column]]]
+                on_triangle = closest_points_on_triangles(points[rows], corners[:, 0], corners[:, 1], corners[:, 2])
+                distance = row_lengths(points[rows] - on_triangle)
+                closer = distance < best[rows]
+                best[rows[closer]], best_point[rows[closer]] = distance[closer], on_triangle[closer]
+        return best, best_point
+
+    geometry = VolumeGeometry(np.diag([0.8, 0.8, 3.0, 1.0]), (14, 40, 40))
+    k, j, i = np.indices(geometry.shape_kji)
+    mask = ((k - 7) * 3.0) ** 2 + ((j - 20) * 0.8) ** 2 + ((i - 18) * 0.8) ** 2 <= 9.0 ** 2
+    surface = SmoothSurface(smoothed_field(mask), geometry)
+    rng = np.random.default_rng(7)
+    centre = geometry.kji_to_ras_points(np.array([[7.0, 20.0, 18.0]]))[0]
+    points = np.vstack([centre + rng.normal(scale=8.0, size=(3000, 3)), surface.vertices[::7],
+                        surface.vertices[::11] + rng.normal(scale=0.01, size=(len(surface.vertices[::11]), 3))])
+    nearest = surface.tree.query(points, k=NEAREST_SURFACE_VERTICES)[1]
+    nearest[::13, 1:] = len(surface.vertices)  # fewer vertices than asked for
+    expected = on_corner_views(surface, points, nearest)
+    found = surface._nearest_on_triangles(points, nearest)
+    assert np.array_equal(found[0], expected[0])
+    assert np.array_equal(found[1], expected[1], equal_nan=True)
+    assert np.count_nonzero(expected[0] == 0.0) > 10
+
+
 def test_smoothing_around_a_mask_gives_the_surface_of_the_whole_block():
     """Distances to HO are measured on a surface smoothed and meshed around the mask
     alone, and searched only as far as they are kept: they equal those on the whole
