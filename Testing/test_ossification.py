@@ -1374,6 +1374,25 @@ def test_label_boxes_are_scipys():
     assert sparse_label_boxes(np.zeros_like(labels)) == [] == label_boxes(np.zeros_like(labels), 0, 1)
 
 
+def test_bounding_slices_are_scipys_box():
+    """The block holding a mask's voxels, found from the slabs holding any and their
+    planes joined, is SciPy's box of the mask: for blobs, scattered voxels, voxels at the
+    array's corners, a strided view, a single voxel, an image and none at all."""
+    from HOSciaticModuleLib.geometry import bounding_slices
+
+    rng = np.random.default_rng(11)
+    blob = np.zeros((30, 40, 50), bool)
+    blob[5:9, 10:12, 20:31] = True
+    corners = np.zeros((30, 40, 50), bool)
+    corners[0, 39, 0] = corners[29, 0, 49] = True
+    single = np.zeros((30, 40, 50), bool)
+    single[12, 3, 44] = True
+    scattered = rng.random((30, 40, 50)) > 0.999
+    for mask in (blob, corners, single, scattered, scattered[::2, 3:, ::-3], rng.random((20, 30)) > 0.99):
+        assert bounding_slices(mask) == ndimage.find_objects(mask.astype(np.uint8))[0]
+    assert bounding_slices(np.zeros((30, 40, 50), bool)) is None
+
+
 @pytest.mark.parametrize("percentile", [0.0, 1.0, 25.0, 50.0, 95.0, 100.0])
 def test_percentile_of_many_is_numpys_linear_percentile(percentile):
     """The percentile from one partition is NumPy's default (linear) percentile, on
