@@ -325,11 +325,14 @@ class SmoothSurface:
             if len(rows):
                 # Each corner gathered into an array of its own: NumPy runs through the
                 # rows of a contiguous (N, 3) array as one run, but through those of a
-                # strided view three values at a time (a fifth of the time here).
-                triangles = self.faces[candidates[rows, column]]
-                on_triangle = closest_points_on_triangles(points[rows], *(self.vertices[triangles[:, corner]]
-                                                                           for corner in range(3)))
-                distance = row_lengths(points[rows] - on_triangle)
+                # strided view three values at a time (a fifth of the time here). Rows
+                # are gathered by take, which copies a row at a time (twice as fast as
+                # indexing here).
+                triangles = np.take(self.faces, candidates[rows, column], axis=0)
+                row_points = np.take(points, rows, axis=0)
+                corners = (np.take(self.vertices, triangles[:, corner], axis=0) for corner in range(3))
+                on_triangle = closest_points_on_triangles(row_points, *corners)
+                distance = row_lengths(row_points - on_triangle)
                 closer = distance < best[rows]
                 best[rows[closer]] = distance[closer]
                 best_point[rows[closer]] = on_triangle[closer]
