@@ -271,8 +271,8 @@ class SmoothSurface:
             self.faces_of_vertex = _faces_of_vertex(faces, len(vertices))
             # On thick slices the triangles are long: a vertex may be half a slice
             # from a point that touches the surface.
-            self.longest_edge_mm = float(np.max(np.linalg.norm(
-                self.vertices[faces] - self.vertices[np.roll(faces, 1, axis=1)], axis=-1))) if len(faces) else 0.0
+            self.longest_edge_mm = float(np.max(row_lengths(
+                (self.vertices[faces] - self.vertices[np.roll(faces, 1, axis=1)]).reshape(-1, 3)))) if len(faces) else 0.0
 
     def distance(self, points_ras: np.ndarray, up_to_mm: float = np.inf) -> np.ndarray:
         """Distance to the surface (0 inside); beyond ``up_to_mm`` only 'infinity'.
@@ -841,8 +841,8 @@ class _RayDistances:
         self.block_geometry = block_geometry
         # A distance changes from one ray's point to the next by no more than the gap
         # between them.
-        self.largest_gap_mm = float(np.max(np.linalg.norm(
-            np.roll(sections.boundary, -1, axis=1) - sections.boundary, axis=-1), initial=0.0))
+        self.largest_gap_mm = float(np.max(row_lengths(
+            (np.roll(sections.boundary, -1, axis=1) - sections.boundary).reshape(-1, 3)), initial=0.0))
 
     def contact_reach(self, tolerance: float) -> float:
         """The distances contact figures at ``tolerance`` depend on: those within it, and
