@@ -318,5 +318,4 @@ def sparse_label_boxes(labels: np.ndarray) -> list:
     around = bounding_slices(labels)
     if around is None:
         return []
-    return [None if box is None else tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(around, box))
-            for box in label_boxes(labels[around])]
+    return [None if box is None else block_within(around, box) for box in label_boxes(labels[around])]
