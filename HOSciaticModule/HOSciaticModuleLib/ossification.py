@@ -2175,7 +2175,8 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
     if plane is None or not is_native.any():
         return found
     across = BoneAcrossMidline(filled_bone, geometry, plane, bone_block, image_shape, unimaged, bone_points())
-    for label in np.flatnonzero(is_native):
+    # Python ints: a NumPy int64 label would compare each uint32 label as an int64 copy.
+    for label in np.flatnonzero(is_native).tolist():
         block = blocks[label - 1]
         part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels, rejected)
         if part is not None:
@@ -2420,7 +2421,7 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     # Built component by component (a lookup of every voxel's label costs several times
     # the few boxes the native bones fill).
     native = np.zeros(labels.shape, bool)
-    for label in np.flatnonzero(is_native):
+    for label in np.flatnonzero(is_native).tolist():  # Python ints (see thick_fused_masses)
         padded = pad_block(component_blocks[label - 1], native.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
         component = labels[padded] == label
         edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
