@@ -381,6 +381,104 @@ def test_ctrl_c_while_results_are_moved_in_leaves_the_earlier_ones(tmp_path, mon
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """SIGINT raising KeyboardInterrupt, as Python sets it up in a terminal (a test
+    runner's worker may ignore it)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_pressed_again_while_the_earlier_results_are_put_back_leaves_them_whole(
+        tmp_path, monkeypatch, ctrl_c_as_in_a_terminal):
+    # A real Ctrl-C at every move, so a second one while the earlier results were moved
+    # back: the putting back stopped half way, new and old results mixed, the rest of the
+    # old ones in a hidden folder the next run removed.
+    import os
+    import signal
+
+    from HOSciaticModuleLib import export
+
+    out = tmp_path / "out"
+
+    def writing(names, text):
+        return lambda folder: [(folder / name).write_text(text) for name in names]
+
+    export.publish(out, writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    replace = os.replace
+    signals = []
+
+    def ctrl_c_at_each_move(source, target):
+        replace(source, target)
+        signals.append(target)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_at_each_move)
+    published = []
+    with pytest.raises(KeyboardInterrupt):
+        export.publish(out, writing(["islands.csv", "metrics.json"], "new"), published.append)
+    monkeypatch.setattr(os, "replace", replace)
+    assert len(signals) == 4 + 3 + 4 and not published  # the earlier 4 moved aside, 3 new in, the 4 back
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ctrl_c_once_every_result_is_in_place_keeps_them(tmp_path, ctrl_c_as_in_a_terminal):
+    # The signal waits until the folder holds one whole set, and the caller learns that
+    # it does before the signal stops the run.
+    import signal
+
+    from HOSciaticModuleLib import export
+
+    out = tmp_path / "out"
+    export.publish(out, lambda folder: (folder / "islands.csv").write_text("old"))
+    published = []
+
+    def ctrl_c_once_published(folder):
+        signal.raise_signal(signal.SIGINT)
+        published.append(folder)
+
+    with pytest.raises(KeyboardInterrupt):
+        export.publish(out, lambda folder: (folder / "metrics.json").write_text("new"), ctrl_c_once_published)
+    assert published == [out.resolve()]
+    assert sorted(p.name for p in out.iterdir()) == [export.RESULTS_MANIFEST, "metrics.json"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("after_the_moves", [False, True])
+def test_ctrl_c_while_the_results_are_published_is_reported_as_it_ended(
+        case, tmp_path, monkeypatch, capsys, ctrl_c_as_in_a_terminal, after_the_moves):
+    # Before, "no output was written" was said of a run whose results were in place, when
+    # the Ctrl-C came after the last move, as the earlier results' folder was removed.
+    import signal
+
+    from HOSciaticModuleLib import export
+
+    phantom, paths = case
+    swap_in = export._swap_in
+
+    def ctrl_c_during_the_swap(staging, out_dir, stale, held):
+        if not after_the_moves:
+            signal.raise_signal(signal.SIGINT)
+        moved = swap_in(staging, out_dir, stale, held)
+        if after_the_moves:
+            signal.raise_signal(signal.SIGINT)
+        return moved
+
+    monkeypatch.setattr(export, "_swap_in", ctrl_c_during_the_swap)
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(paths["image"]), "--out", str(out), "--no-scene", "--quiet"]) == 130
+    message = " ".join(capsys.readouterr().err.split())
+    if after_the_moves:
+        assert f"the results were written in full into {out.resolve()}" in message
+        assert (out / "metrics.json").is_file() and (out / "islands.csv").is_file()
+    else:
+        assert message == "hosciatic: interrupted; no output was written."
+        assert not out.exists() or not any(out.iterdir())
+
 def test_results_moved_aside_by_a_killed_run_are_cleared_and_its_case_runs_again(tmp_path):
     # A run killed outright (SIGKILL) while moving its results in leaves the new manifest
     # beside part of its results, and the earlier ones in a hidden folder: --skip-existing
@@ -509,7 +607,7 @@ def test_a_demo_case_left_half_written_is_made_again(tmp_path, monkeypatch):
     case_dir = tmp_path / "demo_case"
     case_dir.mkdir()
     (case_dir / "ct.nrrd").write_bytes(b"NRRD0004\n")
-    monkeypatch.setattr(cli, "run_analyze", lambda args, progress: args)
+    monkeypatch.setattr(cli, "run_analyze", lambda args, progress, on_published=None: args)
     analyze_args = cli.run_demo(cli.build_parser().parse_args(["demo", "--out", str(tmp_path), "--quiet"]),
                                 cli._ConsoleProgress(True))
     assert all((case_dir / name).is_file() for name in cli.DEMO_CASE_FILES)

@@ -401,11 +401,13 @@ def _load_in_background(module_name: str) -> threading.Thread:
     return thread
 
 
-def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, release_scene: bool = False) -> Path:
+def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, release_scene: bool = False,
+                on_published=None) -> Path:
     """Run the whole analysis for parsed ``args``; ``timings`` (optional) receives
     seconds per stage: read, ossification, nerve, metrics, write. With
     ``release_scene`` the scene is emptied at the end, so the next case of a batch
-    does not keep this one's CT in memory."""
+    does not keep this one's CT in memory. ``on_published(folder)`` is called once
+    every result is in place (see :func:`export.publish`)."""
     from . import scene as scene_io
     from .mrml_app import create_headless_slicer
     from .pipeline import HOSciaticAnalysis
@@ -442,7 +444,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
             volume_node = scene_io.volume_node_from_array(scene, image.array, image.geometry, volume_name,
                                                           copy=False, memory_owner=image.sitk_image)
         _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir,
-                           {volume_node.GetID(): volume_writer} if volume_writer else {})
+                           {volume_node.GetID(): volume_writer} if volume_writer else {}, on_published)
         finished = True
     finally:
         if volume_writer is not None:
@@ -473,7 +475,8 @@ def _check_modality_inputs(args, seeds) -> None:
                          "seed-point file (--nerve-seeds, or the nerve_seeds column of a case list).")
 
 
-def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers):
+def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers,
+                       on_published=None):
     from . import scene as scene_io
 
     # Corrections made while reading (a tilted or unevenly sliced DICOM series) come first.
@@ -530,7 +533,7 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
         try:
             export.publish(out_dir, lambda folder: export.write_results(
                 folder, scene, segmentation_node, nerves, document, with_scene=not args.no_scene,
-                prewritten={node_id: writer.result() for node_id, writer in writers.items()}))
+                prewritten={node_id: writer.result() for node_id, writer in writers.items()}), on_published)
         except OSError as error:
             raise InputError(f"The results could not be written into '{out_dir}' ({error.strerror or error}). "
                              "Check that the folder is writable and the disk has free space, and run again; the "
@@ -688,7 +691,7 @@ def _batch_summary(summary_path: Path, rows: list[dict]) -> str:
 DEMO_CASE_FILES = ("ct.nrrd", "nerve_seeds_right.mrk.json")
 
 
-def run_demo(args, progress) -> Path:
+def run_demo(args, progress, on_published=None) -> Path:
     from .phantom import generate_phantom, write_phantom_case
 
     out_dir = Path(args.out)
@@ -711,7 +714,7 @@ def run_demo(args, progress) -> Path:
         analyze_args = build_parser().parse_args([
             "analyze", str(case_dir / "ct.nrrd"), "--out", str(out_dir / "results"),
             "--nerve-seeds", str(case_dir / "nerve_seeds_right.mrk.json")] + (["--quiet"] if args.quiet else []))
-        return run_analyze(analyze_args, progress)
+        return run_analyze(analyze_args, progress, on_published=on_published)
 
 
 def _summary(out_dir: Path) -> str:
@@ -783,9 +786,17 @@ def _main(argv=None) -> int:
             left = f"every case had run by then, and the summary is complete in {summary_path}"
             _print_closing(_batch_summary(summary_path, rows))
             return 0 if all(row["status"] in ANALYSED for row in rows) else BATCH_INCOMPLETE_STATUS
-        out_dir = run_demo(args, progress) if args.command == "demo" else run_analyze(args, progress)
-        # Stopped while the summary is printed, the run has still written everything.
-        left = f"the results were written in full into {out_dir.resolve()} before it"
+
+        def published(folder):
+            nonlocal left
+            left = f"the results were written in full into {Path(folder).resolve()} before it"
+
+        # Stopped once the results are in place (as the summary is printed, or as the
+        # run lets go of the folder), the run has still written everything.
+        if args.command == "demo":
+            out_dir = run_demo(args, progress, published)
+        else:
+            out_dir = run_analyze(args, progress, on_published=published)
         _print_closing(_summary(out_dir))
         return 0
     except InputError as error:

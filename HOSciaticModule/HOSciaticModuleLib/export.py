@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import zipfile
@@ -398,11 +399,15 @@ def check_not_another_images_results(folder: Path, image_name: str | None) -> No
                          "would replace them. Choose another folder (one per case), or delete those results first.")
 
 
-def publish(out_dir: Path, write) -> None:
+def publish(out_dir: Path, write, on_published=None) -> None:
     """Run ``write(folder)`` on a private folder inside ``out_dir``, then move its files in,
     and remove the results an earlier run left there that this one did not write.
 
-    A failure leaves ``out_dir`` as it was (apart from being created).
+    A failure leaves ``out_dir`` as it was (apart from being created). Ctrl-C and SIGTERM
+    wait while the files are moved (see :class:`HeldSignals`): one that comes then has
+    the earlier results put back, unless every file had moved in, and
+    ``on_published(out_dir)`` (called once they have, before a held signal is delivered)
+    lets the caller say which.
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -412,7 +417,9 @@ def publish(out_dir: Path, write) -> None:
         written = sorted(item.name for item in staging.iterdir())
         earlier = earlier_results(out_dir)
         (staging / RESULTS_MANIFEST).write_text(json.dumps(written) + "\n")
-        _swap_in(staging, out_dir, sorted(earlier - set(written)))
+        with HeldSignals() as held:
+            if _swap_in(staging, out_dir, sorted(earlier - set(written)), held) and on_published is not None:
+                on_published(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     # Results a run killed outright while moving its own in had moved aside: the folder
@@ -421,10 +428,43 @@ def publish(out_dir: Path, write) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
+class HeldSignals:
+    """Ctrl-C (SIGINT) and SIGTERM held back for the length of a ``with`` block and
+    delivered as it ends, so that no signal cuts it short, a second Ctrl-C included. A
+    block left by an exception drops them: the run is ending with its own message.
+    Python takes signals on its main thread only; elsewhere nothing is held, and a
+    handler set outside Python is left as it is."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self._previous: dict = {}
+
+    def __enter__(self) -> HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGINT", "SIGTERM"):
+                number = getattr(signal, name, None)
+                previous = signal.getsignal(number) if number is not None else None
+                if previous is not None:
+                    self._previous[number] = previous
+                    signal.signal(number, self._hold)
+        return self
+
+    def _hold(self, number, frame) -> None:
+        self.received.append(number)
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        if self.received and kind is None:
+            signal.raise_signal(self.received[0])
+        return False
+
+
+def _swap_in(staging: Path, out_dir: Path, stale: list, held: HeldSignals) -> bool:
     """Move every item of ``staging`` into ``out_dir`` and remove the ``stale`` results
     there, all or nothing: what they replace is first moved aside, and moved back if a
-    move fails (a file held open by another program, a folder turned read-only)."""
+    move fails (a file held open by another program, a folder turned read-only) or a
+    signal was ``held`` meanwhile (then False is returned)."""
     incoming = sorted(item.name for item in staging.iterdir())
     aside = Path(tempfile.mkdtemp(prefix=PREVIOUS_RESULTS_PREFIX, dir=out_dir))
     try:
@@ -434,22 +474,29 @@ def _swap_in(staging: Path, out_dir: Path, stale: list) -> None:
         for name in incoming:
             os.replace(staging / name, out_dir / name)
     except BaseException:
-        # Ctrl-C or a termination signal too: it must not leave new and old mixed. What
-        # moved is read from the folders, not from a list a signal may have cut short
-        # between a move and its note.
-        try:
-            for name in incoming:
-                target = out_dir / name
-                if not (staging / name).exists() and (target.exists() or target.is_symlink()):
-                    remove_path(target)
-            for item in aside.iterdir():
-                os.replace(item, out_dir / item.name)
-        except OSError as error:
-            raise InputError(f"The results could not be moved into '{out_dir}', nor the earlier results put back "
-                             f"({error.strerror or error}): these are in '{aside}'. Move them back by hand, check "
-                             "that the folder is writable, and run again.") from None
-        shutil.rmtree(aside, ignore_errors=True)
+        _put_back(incoming, staging, out_dir, aside)
         raise
+    if held.received:
+        _put_back(incoming, staging, out_dir, aside)
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def _put_back(incoming: list, staging: Path, out_dir: Path, aside: Path) -> None:
+    """Undo :func:`_swap_in`'s moves. What moved is read from the folders, not from a
+    list an exception may have cut short between a move and its note."""
+    try:
+        for name in incoming:
+            target = out_dir / name
+            if not (staging / name).exists() and (target.exists() or target.is_symlink()):
+                remove_path(target)
+        for item in aside.iterdir():
+            os.replace(item, out_dir / item.name)
+    except OSError as error:
+        raise InputError(f"The results could not be moved into '{out_dir}', nor the earlier results put back "
+                         f"({error.strerror or error}): these are in '{aside}'. Move them back by hand, check "
+                         "that the folder is writable, and run again.") from None
     shutil.rmtree(aside, ignore_errors=True)
 
 
