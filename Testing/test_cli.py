@@ -315,6 +315,19 @@ def test_a_full_disk_while_writing_is_bad_input_and_leaves_the_folder_as_it_was(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def _writing(names, text):
+    """A results writer for :func:`export.publish`: files ``names`` holding ``text``."""
+    return lambda folder: [(folder / name).write_text(text) for name in names]
+
+
+def _with_earlier_results(out: Path) -> Path:
+    """``out`` holding an earlier run's results, one of which the next run does not write."""
+    from HOSciaticModuleLib import export
+
+    export.publish(out, _writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
+    return out
+
+
 def test_results_are_moved_into_place_all_or_nothing(tmp_path, monkeypatch):
     # A result that cannot replace its older copy (held open by another program, locked)
     # once left new and old files side by side, under a message saying the folder was
@@ -323,12 +336,7 @@ def test_results_are_moved_into_place_all_or_nothing(tmp_path, monkeypatch):
 
     from HOSciaticModuleLib import export
 
-    out = tmp_path / "out"
-
-    def writing(names, text):
-        return lambda folder: [(folder / name).write_text(text) for name in names]
-
-    export.publish(out, writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
+    out = _with_earlier_results(tmp_path / "out")
     replace = os.replace
 
     def held_open(source, target):
@@ -338,12 +346,12 @@ def test_results_are_moved_into_place_all_or_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", held_open)
     with pytest.raises(PermissionError):
-        export.publish(out, writing(["islands.csv", "metrics.json"], "new"))
+        export.publish(out, _writing(["islands.csv", "metrics.json"], "new"))
     assert {p.name: p.read_text() for p in out.iterdir() if not p.name.startswith(".")} == {
         "metrics.json": "old", "islands.csv": "old", "stations_left.csv": "old"}
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [export.RESULTS_MANIFEST]
     monkeypatch.setattr(os, "replace", replace)
-    export.publish(out, writing(["islands.csv", "metrics.json"], "new"))
+    export.publish(out, _writing(["islands.csv", "metrics.json"], "new"))
     assert {p.name: p.read_text() for p in out.iterdir() if not p.name.startswith(".")} == {
         "metrics.json": "new", "islands.csv": "new"}
 
@@ -354,31 +362,37 @@ def test_ctrl_c_while_results_are_moved_in_leaves_the_earlier_ones(tmp_path, mon
     # move was rolled back, so the folder kept new and old results mixed, and the old
     # ones lay in a hidden folder nothing removed. The signal may also fall between a
     # move and the note of it.
+    out = _with_earlier_results(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted_after_a_move(moves):
+        if moves == moves_before_ctrl_c:
+            raise KeyboardInterrupt
+
+    _publish_interrupted(out, monkeypatch, interrupted_after_a_move)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _publish_interrupted(out: Path, monkeypatch, after_each_move, published=None) -> int:
+    """Publish new results into ``out`` with ``after_each_move(moves so far)`` called
+    after each file move, expecting the run to be interrupted; returns the moves made."""
     import os
 
     from HOSciaticModuleLib import export
 
-    out = tmp_path / "out"
-
-    def writing(names, text):
-        return lambda folder: [(folder / name).write_text(text) for name in names]
-
-    export.publish(out, writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
     replace = os.replace
     moves = []
 
-    def interrupted_after_a_move(source, target):
+    def move(source, target):
         replace(source, target)
         moves.append(target)
-        if len(moves) == moves_before_ctrl_c:
-            raise KeyboardInterrupt
+        after_each_move(len(moves))
 
-    monkeypatch.setattr(os, "replace", interrupted_after_a_move)
+    monkeypatch.setattr(os, "replace", move)
     with pytest.raises(KeyboardInterrupt):
-        export.publish(out, writing(["islands.csv", "metrics.json"], "new"))
+        export.publish(out, _writing(["islands.csv", "metrics.json"], "new"), published)
     monkeypatch.setattr(os, "replace", replace)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    return len(moves)
 
 
 @pytest.fixture
@@ -397,32 +411,13 @@ def test_ctrl_c_pressed_again_while_the_earlier_results_are_put_back_leaves_them
     # A real Ctrl-C at every move, so a second one while the earlier results were moved
     # back: the putting back stopped half way, new and old results mixed, the rest of the
     # old ones in a hidden folder the next run removed.
-    import os
     import signal
 
-    from HOSciaticModuleLib import export
-
-    out = tmp_path / "out"
-
-    def writing(names, text):
-        return lambda folder: [(folder / name).write_text(text) for name in names]
-
-    export.publish(out, writing(["metrics.json", "islands.csv", "stations_left.csv"], "old"))
+    out = _with_earlier_results(tmp_path / "out")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    replace = os.replace
-    signals = []
-
-    def ctrl_c_at_each_move(source, target):
-        replace(source, target)
-        signals.append(target)
-        signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(os, "replace", ctrl_c_at_each_move)
     published = []
-    with pytest.raises(KeyboardInterrupt):
-        export.publish(out, writing(["islands.csv", "metrics.json"], "new"), published.append)
-    monkeypatch.setattr(os, "replace", replace)
-    assert len(signals) == 4 + 3 + 4 and not published  # the earlier 4 moved aside, 3 new in, the 4 back
+    moves = _publish_interrupted(out, monkeypatch, lambda moves: signal.raise_signal(signal.SIGINT), published.append)
+    assert moves == 4 + 3 + 4 and not published  # the earlier 4 moved aside, 3 new in, the 4 back
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
