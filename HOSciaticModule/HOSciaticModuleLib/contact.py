@@ -43,7 +43,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry, bounding_slices, sparse_label_boxes
+from .geometry import VolumeGeometry, block_within, bounding_slices, sparse_label_boxes
 from .memorypages import with_single_threaded_blas
 from .nerve import frames, resample_polyline, star_polygon_area_centroid, stretch_along
 from .ossification import METAL_THRESHOLD_HU, at_least, looks_like_ct, pad_block, within_or_next_to
@@ -1076,7 +1076,7 @@ def _bone_outside_segments(ct_crop, ho_in_crop, nerve_in_crop, crop, geometry: V
     wrapped = found.wrap_encasement > NATIVE_BONE_MAX_ENCASEMENT_DEG
     if wrapped.any():
         found.wrapping_block, wrapping_slices = bone_at_stations(other_bone, crop_geometry, points, wrapped)
-        found.wrapping_slices = tuple(slice(c.start + w.start, c.start + w.stop) for c, w in zip(crop, wrapping_slices))
+        found.wrapping_slices = block_within(crop, wrapping_slices)
     return found
 
 

@@ -2424,8 +2424,7 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     for label in np.flatnonzero(is_native).tolist():  # Python ints (see thick_fused_masses)
         padded = pad_block(component_blocks[label - 1], native.shape, int(np.ceil(NATIVE_BALL_RADIUS_MM)))
         component = labels[padded] == label
-        edge = region_edge_zone(tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(block, padded)),
-                                image_shape)
+        edge = region_edge_zone(block_within(block, padded), image_shape)
         if cut_zone is not None:
             edge |= cut_zone[padded]
         # An outgrowth lies within its own component: each component goes in less its own.

@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from .errors import InputError
-from .geometry import VolumeGeometry, bounding_slices
+from .geometry import VolumeGeometry, block_within, bounding_slices
 
 #: Colour of HO segments: Slicer's "bone" terminology colour.
 BONE_COLOR = (0.945, 0.839, 0.569)
@@ -305,7 +305,7 @@ def _labelmap_block_on_grid(labelmap, label_value: int, geometry: VolumeGeometry
     inner = bounding_slices(values)
     if inner is None:
         return None
-    return values[inner], tuple(slice(t.start + i.start, t.start + i.stop) for t, i in zip(target, inner))
+    return values[inner], block_within(target, inner)
 
 
 def _image_to_world(oriented_image) -> np.ndarray:
