@@ -52,18 +52,17 @@ def generate_phantom_once(*args, **kwargs):
             return pickle.load(stored)
     except FileNotFoundError:
         pass
-    phantom = _generate_phantom(*args, **kwargs)
+    # Given as every later call gets it: read back from its pickled bytes.
+    pickled = pickle.dumps(_generate_phantom(*args, **kwargs), protocol=5)
     asked_before = Path(folder) / f"{key}.asked"
     if asked_before.exists():
         # Written whole, then renamed: another worker never reads a part.
         partial = path.with_name(f"{key}.{os.getpid()}.partial")
-        with open(partial, "wb") as stored:
-            pickle.dump(phantom, stored, protocol=5)
+        partial.write_bytes(pickled)
         os.replace(partial, path)
     else:
         asked_before.touch()
-    # As every later call gets it: read back from its pickled bytes.
-    return pickle.loads(pickle.dumps(phantom, protocol=5))
+    return pickle.loads(pickled)
 
 
 # Before the test modules import it.
