@@ -507,7 +507,8 @@ def test_bone_outside_the_segments_is_looked_for_within_reach_of_the_nerve(spaci
     nerve (by the distance map of the whole block) less the HO and its rim: searched in
     the box around the nerve, the same voxels."""
     from HOSciaticModuleLib.contact import HO_RIM_MM, unsegmented_bone
-    from HOSciaticModuleLib.ossification import distance_outside, within_or_next_to
+    from HOSciaticModuleLib.geometry import distance_outside
+    from HOSciaticModuleLib.ossification import within_or_next_to
 
     geometry = VolumeGeometry(np.diag([*spacing, 1.0]), (40, 70, 80))
     rng = np.random.default_rng(2)

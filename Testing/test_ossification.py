@@ -15,9 +15,10 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
-from HOSciaticModuleLib.geometry import VolumeGeometry
-from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, body_midline, bridges_two_bones, ct_body_midline,
-                                             distance_outside, segment_ossifications, side_of_midline)
+from HOSciaticModuleLib.geometry import VolumeGeometry, distance_inside, distance_outside
+from HOSciaticModuleLib.midline import BoneAcrossMidline, MirrorPlane, body_midline, side_of_midline
+from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, bridges_two_bones, ct_body_midline,
+                                             segment_ossifications)
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -501,8 +502,6 @@ def test_only_a_fill_reaching_the_image_faces_is_where_nothing_was_imaged():
 
 
 def test_counterpart_outside_the_field_of_view_is_not_compared():
-    from HOSciaticModuleLib.ossification import BoneAcrossMidline, MirrorPlane
-
     geometry = VolumeGeometry.from_spacing_origin_directions((10, 10, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     bone = np.zeros((10, 10, 40), bool)
     bone[3:7, 3:7, 2:8] = True
@@ -1611,9 +1610,9 @@ def test_distance_maps_over_smaller_blocks_give_the_same_masks():
     def opening_over_whole_box(mask, geometry, radius_mm):
         opened = np.zeros(mask.shape, bool)
         box = oss._bounding_block(mask, 1)
-        core = oss._ball_distance(mask[box], geometry) >= radius_mm
+        core = distance_inside(mask[box], geometry) >= radius_mm
         if core.any():
-            opened[box] = (oss._ball_distance(~core, geometry) <= radius_mm) & mask[box]
+            opened[box] = (distance_inside(~core, geometry) <= radius_mm) & mask[box]
         return opened
 
     rng = np.random.default_rng(3)
@@ -1625,7 +1624,7 @@ def test_distance_maps_over_smaller_blocks_give_the_same_masks():
         envelope = oss.ball_opening(bone, geometry, oss.NATIVE_BALL_RADIUS_MM)
         parts, count, sizes = oss._components(bone & ~envelope)
         blocks = oss.label_boxes(parts, count)
-        whole = oss._ball_distance(~envelope, geometry)
+        whole = distance_inside(~envelope, geometry)
         exact_mm = max(oss.FUSED_MIN_PROTRUSION_MM, max(geometry.spacing_kji))
         for label in range(1, count + 1):
             # One part at a time: its block and layer, not the whole array.

@@ -40,6 +40,7 @@ from . import contact as contact_module
 from .defaults import MAX_CONTACT_TOLERANCE_MM
 from .errors import AnalysisCancelled, InputError
 from .imageio import read_markups_json, read_volume, reader_error_reason
+from .midline import side_of_midline
 
 #: Largest label value read as one segment each; a larger one is no label map.
 MAX_LABEL_VALUE = 65535
@@ -194,7 +195,7 @@ def _side_of(markup, points_ras: np.ndarray, midline) -> tuple[str, str | None]:
     unnamed = f"The side of '{markup.source}' was not named ('right'/'left' in the markup name)"
     plane = midline()
     if plane is not None:
-        side, distance = ossification.side_of_midline(points_ras, plane)
+        side, distance = side_of_midline(points_ras, plane)
         if side is not None:
             return side, (f"{unnamed}; '{side}' was inferred from the points' position, {distance:.0f} mm to the "
                           "patient's " + side + " of the body's midline (where the skeleton is symmetric).")

@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import edt
 import numpy as np
 
 from .errors import InputError
@@ -225,6 +226,18 @@ def orthonormal(directions: np.ndarray) -> bool:
 
 def _millimetres(values) -> str:
     return " x ".join(f"{float(v):.4g}" for v in values)
+
+
+def distance_inside(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it (0
+    outside): the radius of the largest ball centred there that stays in the mask."""
+    return edt.edt(np.ascontiguousarray(mask, dtype=np.uint8), anisotropy=geometry.spacing_kji,
+                   black_border=False, parallel=0).astype(np.float32, copy=False)
+
+
+def distance_outside(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Distance (mm) from each voxel outside ``mask`` to the nearest voxel of it (0 inside)."""
+    return distance_inside(~np.asarray(mask, bool), geometry)
 
 
 def block_within(outer, inner) -> tuple:

@@ -24,8 +24,9 @@ from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
-from .geometry import bounding_slices, corner_shift_mm
+from .geometry import bounding_slices, corner_shift_mm, distance_outside
 from .memorypages import with_small_memory_pages
+from .midline import side_of_midline
 from .progress import ProgressCallback, report, sub_progress
 
 HO_SEGMENT_PREFIX = "HO"
@@ -157,7 +158,7 @@ def side_mismatch_warnings(midline, points_ras, side: str) -> list[str]:
     the body's ``midline`` (a wrong side setting, or an image flipped left-right)."""
     if midline is None:
         return []
-    judged, distance = ossification.side_of_midline(points_ras, midline)
+    judged, distance = side_of_midline(points_ras, midline)
     if judged is None or judged == side:
         return []
     return [f"This nerve was traced as the {side} sciatic nerve, but it runs {distance:.0f} mm to the patient's "
@@ -679,7 +680,7 @@ class HOSciaticAnalysis:
         if not ho_around.any():
             return float("inf")
         inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(block, around))
-        distance = ossification.distance_outside(ho_around, geometry.cropped(around))[inner][nerve]
+        distance = distance_outside(ho_around, geometry.cropped(around))[inner][nerve]
         return float(distance.min()) if distance.size else float("inf")
 
     @staticmethod
