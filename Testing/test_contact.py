@@ -507,8 +507,7 @@ def test_bone_outside_the_segments_is_looked_for_within_reach_of_the_nerve(spaci
     nerve (by the distance map of the whole block) less the HO and its rim: searched in
     the box around the nerve, the same voxels."""
     from HOSciaticModuleLib.contact import HO_RIM_MM, unsegmented_bone
-    from HOSciaticModuleLib.geometry import distance_outside
-    from HOSciaticModuleLib.ossification import within_or_next_to
+    from HOSciaticModuleLib.geometry import distance_outside, within_or_next_to
 
     geometry = VolumeGeometry(np.diag([*spacing, 1.0]), (40, 70, 80))
     rng = np.random.default_rng(2)
@@ -651,7 +650,7 @@ def test_bone_wrapping_the_nerve_is_looked_for_in_a_ct_without_air_or_dense_cort
     # Judged a CT on the block around the nerve alone (which needs air or cortex of 1000
     # HU), a sleeve of HO reading 960 HU in soft tissue turned the check of bone outside
     # the HO segments off: with the sleeve's segment deleted, contact 'none', no word.
-    from HOSciaticModuleLib.ossification import looks_like_ct
+    from HOSciaticModuleLib.hounsfield import looks_like_ct
 
     phantom = generate_phantom(make_shell_spec(270.0, length_mm=LENGTH, radius_mm=RADIUS, sector_center_deg=7.0),
                                spacing_ijk=(1.0, 1.0, 1.0), fov_mm=(40.0, 40.0, 100.0))

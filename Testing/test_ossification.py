@@ -15,10 +15,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from HOSciaticModuleLib.errors import InputError
-from HOSciaticModuleLib.geometry import VolumeGeometry, distance_inside, distance_outside
-from HOSciaticModuleLib.midline import BoneAcrossMidline, MirrorPlane, body_midline, side_of_midline
-from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, bridges_two_bones, ct_body_midline,
-                                             segment_ossifications)
+from HOSciaticModuleLib.geometry import VolumeGeometry, bounding_block, distance_inside, distance_outside
+from HOSciaticModuleLib.midline import BoneAcrossMidline, MirrorPlane, body_midline, ct_body_midline, side_of_midline
+from HOSciaticModuleLib.ossification import MIDLINE_SEGMENT_NAME, bridges_two_bones, segment_ossifications
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -1337,7 +1336,7 @@ def test_within_or_next_to_works_around_the_mask_alone(spacing, reach_mm):
     spread across it, on grids finer and coarser than the reach."""
     import edt
 
-    from HOSciaticModuleLib.ossification import within_or_next_to
+    from HOSciaticModuleLib.geometry import within_or_next_to
 
     geometry = VolumeGeometry(np.diag([*spacing, 1.0]), (20, 30, 40))
     rng = np.random.default_rng(11)
@@ -1396,7 +1395,7 @@ def test_bounding_slices_are_scipys_box():
 def test_percentile_of_many_is_numpys_linear_percentile(percentile):
     """The percentile from one partition is NumPy's default (linear) percentile, on
     CT-like values with long runs of ties and on one or two values."""
-    from HOSciaticModuleLib.ossification import percentile_of_many
+    from HOSciaticModuleLib.hounsfield import percentile_of_many
 
     rng = np.random.default_rng(int(percentile))
     for values in (rng.integers(-30, 1500, 200_001).astype(np.int16), rng.normal(40.0, 15.0, 1000).round(),
@@ -1609,7 +1608,7 @@ def test_distance_maps_over_smaller_blocks_give_the_same_masks():
 
     def opening_over_whole_box(mask, geometry, radius_mm):
         opened = np.zeros(mask.shape, bool)
-        box = oss._bounding_block(mask, 1)
+        box = bounding_block(mask, 1)
         core = distance_inside(mask[box], geometry) >= radius_mm
         if core.any():
             opened[box] = (distance_inside(~core, geometry) <= radius_mm) & mask[box]

@@ -40,7 +40,8 @@ from . import contact as contact_module
 from .defaults import MAX_CONTACT_TOLERANCE_MM
 from .errors import AnalysisCancelled, InputError
 from .imageio import read_markups_json, read_volume, reader_error_reason
-from .midline import side_of_midline
+from .hounsfield import looks_like_ct
+from .midline import ct_body_midline, side_of_midline
 
 #: Largest label value read as one segment each; a larger one is no label map.
 MAX_LABEL_VALUE = 65535
@@ -300,7 +301,7 @@ def _add_bones_node(scene, path, reference_node):
                              "Save it from Slicer as .seg.nrrd, or give a label map (NRRD/NIfTI).")
         return node
     loaded = read_volume(path, "native-bone label map")
-    if ossification.looks_like_ct(loaded.array):
+    if looks_like_ct(loaded.array):
         raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
                          "levels), not a segmentation or label map. Give the bones' segmentation (for example "
                          "TotalSegmentator's output for this CT), or leave --bones out to have them estimated.")
@@ -462,7 +463,7 @@ def run_analyze(args, progress: _ConsoleProgress, timings: dict | None = None, r
 def _midline_finder(args, image):
     """The body's midline of the CT, found once and only when asked for (an MR has no
     skeleton to read it from)."""
-    return functools.cache(lambda: ossification.ct_body_midline(image.array, image.geometry, args.bone_threshold)
+    return functools.cache(lambda: ct_body_midline(image.array, image.geometry, args.bone_threshold)
                            if args.modality == "ct" else None)
 
 

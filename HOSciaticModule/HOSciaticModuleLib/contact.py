@@ -43,10 +43,10 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry, block_within, bounding_slices, sparse_label_boxes
+from .geometry import VolumeGeometry, block_within, bounding_slices, pad_block, sparse_label_boxes, within_or_next_to
+from .hounsfield import METAL_THRESHOLD_HU, at_least, looks_like_ct
 from .memorypages import with_single_threaded_blas
 from .nerve import frames, resample_polyline, star_polygon_area_centroid, stretch_along
-from .ossification import METAL_THRESHOLD_HU, at_least, looks_like_ct, pad_block, within_or_next_to
 from .progress import ProgressCallback, report
 
 ENCASEMENT_CLASSES = ("none", "abutment", "encasement", "circumferential")

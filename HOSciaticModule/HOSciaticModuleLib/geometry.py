@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import edt
 import numpy as np
+from scipy import ndimage
 
 from .errors import InputError
 
@@ -332,3 +333,34 @@ def sparse_label_boxes(labels: np.ndarray) -> list:
     if around is None:
         return []
     return [None if box is None else block_within(around, box) for box in label_boxes(labels[around])]
+
+
+def pad_block(block, shape, margin):
+    """``block`` (slices) grown by ``margin`` voxels on every side, clipped to ``shape``."""
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
+
+
+def bounding_block(mask: np.ndarray, margin_voxels: int, margin_mm: float = 0.0,
+                    geometry: VolumeGeometry | None = None):
+    """Bounding slices of ``mask`` (which must not be empty), padded by ``margin_voxels``
+    plus ``margin_mm`` converted per axis."""
+    extra = (np.ceil(margin_mm / np.asarray(geometry.spacing_kji)).astype(int) if geometry is not None
+             else np.zeros(3, int))
+    return tuple(slice(max(s.start - margin_voxels - int(e), 0), min(s.stop + margin_voxels + int(e), n))
+                 for s, e, n in zip(bounding_slices(mask), extra, mask.shape))
+
+
+def within_or_next_to(mask: np.ndarray, geometry: VolumeGeometry, reach_mm: float) -> np.ndarray:
+    """Voxels within ``reach_mm`` of ``mask`` (its own included), and at least those next
+    to it: on a grid coarser than the reach, none other lies within it."""
+    mask = np.asarray(mask, bool)
+    near = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return near
+    # Only the box holding the mask and its reach (and the voxels next to it) can be
+    # near it; there the distances are those of the whole array (every voxel of the
+    # mask is inside the box).
+    around = bounding_block(mask, 1, reach_mm, geometry)
+    inside = mask[around]
+    near[around] = (distance_inside(~inside, geometry) <= reach_mm) | ndimage.binary_dilation(inside)
+    return near

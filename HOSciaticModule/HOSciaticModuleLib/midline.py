@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .defaults import DEFAULT_BONE_THRESHOLD_HU
 from .geometry import VolumeGeometry, all_columns, column_max, column_min, distance_outside
+from .hounsfield import METAL_THRESHOLD_HU, at_least, smoothed_for_bone
 
 #: Normal bony prominences (ischial spine, trochanters, iliac spines) come in pairs, HO
 #: seldom mirrors itself: a fused island whose mirror image across the body's midline
@@ -140,14 +142,6 @@ def bone_lattice(bone: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray
     lattice, phase = _lattice(bone, geometry, steps)
     cells = np.argwhere(lattice)
     return lattice, cells, geometry.kji_to_ras_points(cells * steps + phase)
-
-
-def on_search_grid(volume: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
-    """``volume`` on the midline search's lattice (a view) and the lattice's geometry: a
-    whole CT read as coarsely as the search allows."""
-    steps = _midline_sampling_steps(geometry)
-    start = tuple(slice(int(first), None) for first in _lattice_phase(geometry, steps))
-    return volume[start][::steps[0], ::steps[1], ::steps[2]], geometry.cropped(start).strided(steps)
 
 
 def sampled_bone_points(bone: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
@@ -298,6 +292,20 @@ def _surface_sample(lattice: np.ndarray, cells: np.ndarray, ras: np.ndarray) -> 
     on_surface = ~interior[tuple(cells.T)]
     points = _sample_by_position(ras[on_surface], MIRROR_FIT_POINTS)
     return points, cKDTree(points)
+
+
+def ct_body_midline(ct_hu: np.ndarray, geometry: VolumeGeometry,
+                    bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> MirrorPlane | None:
+    """The body's midline from the skeleton of a whole CT (None unless both sides of a
+    pelvis are imaged), read on a grid as coarse as the midline search allows."""
+    steps = _midline_sampling_steps(geometry)
+    start = tuple(slice(int(first), None) for first in _lattice_phase(geometry, steps))
+    sampled = ct_hu[start][::steps[0], ::steps[1], ::steps[2]]
+    sampled_geometry = geometry.cropped(start).strided(steps)
+    # Specks of noise would pass the threshold all over a noisy CT, as in the HO step.
+    sampled, _ = smoothed_for_bone(sampled, sampled_geometry, bone_threshold_hu)
+    bone = at_least(sampled, bone_threshold_hu) & ~at_least(sampled, METAL_THRESHOLD_HU)
+    return body_midline(bone, sampled_geometry)
 
 
 def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | None, float]:

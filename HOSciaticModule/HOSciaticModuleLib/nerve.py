@@ -36,8 +36,8 @@ from scipy.spatial import cKDTree
 from .defaults import CT_FAT_HU
 from .errors import InputError
 from .geometry import VolumeGeometry
+from .hounsfield import METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, looks_like_ct
 from .memorypages import with_single_threaded_blas
-from .ossification import METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, looks_like_ct
 from .progress import ProgressCallback, report
 
 STATION_SPACING_MM = 1.0

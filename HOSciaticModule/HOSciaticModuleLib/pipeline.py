@@ -24,9 +24,10 @@ from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
-from .geometry import bounding_slices, corner_shift_mm, distance_outside
+from .geometry import bounding_slices, corner_shift_mm, distance_outside, pad_block
+from .hounsfield import looks_like_ct
 from .memorypages import with_small_memory_pages
-from .midline import side_of_midline
+from .midline import ct_body_midline, side_of_midline
 from .progress import ProgressCallback, report, sub_progress
 
 HO_SEGMENT_PREFIX = "HO"
@@ -358,7 +359,7 @@ class HOSciaticAnalysis:
         if key not in self._midlines:
             if ct is None:
                 ct, geometry = scene_io.array_from_volume(ct_volume_node, "CT volume")
-            self._midlines[key] = ossification.ct_body_midline(ct, geometry, bone_threshold_hu)
+            self._midlines[key] = ct_body_midline(ct, geometry, bone_threshold_hu)
         return self._midlines[key]
 
     def _folder_name(self, volume_node) -> str:
@@ -394,7 +395,7 @@ class HOSciaticAnalysis:
         if reference is None or reference is ct_volume_node or reference.GetScene() is not self.scene:
             return
         image = scene_io.array_from_volume(reference, "Reference volume")[0] if reference.GetImageData() else None
-        if image is None or not ossification.looks_like_ct(image):
+        if image is None or not looks_like_ct(image):
             return  # an MR the nerve was traced on first: the CT joins its analysis
         raise InputError(f"The segmentation '{segmentation_node.GetName()}' holds the analysis of the CT "
                          f"'{reference.GetName()}', which is still in the scene: {what} "
@@ -675,7 +676,7 @@ class HOSciaticAnalysis:
         """Shortest distance (mm) from a nerve mask (over ``block``) to the HO, looked for
         within RETRACE_NEAR_HO_MM of the nerve (inf beyond)."""
         margin = int(np.ceil(RETRACE_NEAR_HO_MM / min(geometry.spacing_kji))) + 1
-        around = ossification.pad_block(block, geometry.shape_kji, margin)
+        around = pad_block(block, geometry.shape_kji, margin)
         ho_around = self.paste_labels(ho_blocks, geometry, around) > 0
         if not ho_around.any():
             return float("inf")
@@ -707,7 +708,7 @@ class HOSciaticAnalysis:
         islands = []
         for label, name, mask, block in (ho_blocks if ho_blocks is not None else self.ho_blocks(segmentation_node, geometry)):
             # A voxel of background around the island, for its depth from the outside.
-            padded = ossification.pad_block(block, geometry.shape_kji, 1)
+            padded = pad_block(block, geometry.shape_kji, 1)
             island = self.paste_labels([(label, name, mask, block)], geometry, padded) > 0
             if not island.any():
                 continue
@@ -1174,7 +1175,7 @@ class HOSciaticAnalysis:
         if volume_node is None:
             return None
         image, _ = scene_io.array_from_volume(volume_node, "Reference volume")
-        if image.shape != geometry.shape_kji or not ossification.looks_like_ct(image):
+        if image.shape != geometry.shape_kji or not looks_like_ct(image):
             return None
         return image
 
