@@ -1,7 +1,8 @@
 """What a CT's values say before anything is segmented on it: whether an image holds
 Hounsfield units at all (an MR, or a CT stored without its rescale, is refused for
-HO), where metal lies, how noisy its soft tissue is and how much smoothing bone must
-be looked for on. The HO step, the nerve tracing and the contact step all read these.
+HO), the level above which a voxel is metal and how far its streaks reach, how noisy
+the soft tissue is and how much smoothing bone must be looked for on. The HO step,
+the nerve tracing and the contact step all read these.
 """
 
 from __future__ import annotations
