@@ -59,9 +59,9 @@ def test_ossification_figures_match_truth(analysed):
     assert volumes == sorted(volumes, reverse=True)
     assert sum(i["fused_to_native_bone"] for i in oss["islands"]) == 1
     for island in oss["islands"]:
-        assert {"id", "segment", "volume_ml", "mean_hu", "max_hu", "centroid_ras", "fused_to_native_bone",
-                "maturity", "doubts", "min_distance_to_nerve_mm", "contact_area_mm2", "encasement_class",
-                "nearest_nerve"} <= set(island)
+        assert {"id", "segment", "volume_ml", "mean_hu", "max_hu", "centroid_ras", "size_rl_mm", "size_ap_mm",
+                "size_si_mm", "fused_to_native_bone", "maturity", "doubts", "min_distance_to_nerve_mm",
+                "contact_area_mm2", "encasement_class", "nearest_nerve"} <= set(island)
 
 
 def test_islands_csv_holds_what_metrics_json_holds(analysed):
@@ -75,6 +75,8 @@ def test_islands_csv_holds_what_metrics_json_holds(analysed):
     for row, island in zip(rows, islands):
         assert float(row["volume_ml"]) == island["volume_ml"]
         assert [float(row[f"centroid_ras_{axis}"]) for axis in "ras"] == island["centroid_ras"]
+        assert [float(row[key]) for key in ("size_rl_mm", "size_ap_mm", "size_si_mm")] == [
+            island[key] for key in ("size_rl_mm", "size_ap_mm", "size_si_mm")]
         assert row["fused_to_native_bone"] == ("yes" if island["fused_to_native_bone"] else "no")
         assert row["doubts"] == island["doubts"] and row["nearest_nerve"] == "right"
         assert float(row["min_distance_to_nerve_mm"]) == island["min_distance_to_nerve_mm"]

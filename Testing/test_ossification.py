@@ -1041,6 +1041,34 @@ def test_minimum_island_size_is_honoured():
     assert result.islands[0].volume_ml >= between
 
 
+def test_island_size_is_the_extent_of_its_voxels_along_the_patients_axes():
+    # A box of 10 x 6 x 4 voxels (i, j, k) on 0.8 x 0.8 x 2 mm voxels measures its sides
+    # as a ruler on its outer faces reads them; on a grid whose i axis runs along A and
+    # j along R, the R and A sizes swap.
+    from HOSciaticModuleLib.ossification import extent_ras_mm
+
+    voxels = np.argwhere(np.ones((4, 6, 10), bool))  # (k, j, i)
+    axial = VolumeGeometry.from_spacing_origin_directions((4, 6, 10), (0.8, 0.8, 2.0), (5.0, -3.0, 7.0))
+    assert extent_ras_mm(voxels, axial) == pytest.approx((8.0, 4.8, 8.0))
+    turned = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # columns: i, j, k in RAS
+    swapped = VolumeGeometry.from_spacing_origin_directions((4, 6, 10), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), turned)
+    assert extent_ras_mm(voxels, swapped) == pytest.approx((4.8, 8.0, 8.0))
+
+
+@pytest.mark.parametrize("variant", ["axial", "rotated", "fine", "coarse"])
+def test_free_island_size_reads_its_diameters_within_a_voxel(variant):
+    # The free island is an ellipsoid 20 x 14 x 18 mm along R, A and S. Its sizes read
+    # within one voxel's extent along each axis (the voxel's edges projected onto it: on
+    # the rotated grid up to 2.4 mm), the island's edge set at its half step.
+    kwargs = {**VARIANTS, "fine": dict(spacing_ijk=(0.8, 0.8, 1.0)), "coarse": dict(spacing_ijk=(2.0, 2.0, 3.0))}
+    phantom = generate_phantom(**kwargs[variant])
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    island = _matching_island(phantom, result, "free")
+    voxel_extent = np.abs(phantom.geometry.ijk_to_ras[:3, :3]).sum(axis=1)
+    for size, diameter, tolerance in zip(island.size_ras_mm, (20.0, 14.0, 18.0), voxel_extent):
+        assert abs(size - diameter) <= tolerance + 0.25, (island.size_ras_mm, voxel_extent)
+
+
 def test_metal_is_excluded_and_reported():
     phantom = generate_phantom(**BASE)
     centre = phantom.geometry.ras_to_kji_points(np.asarray(phantom.spec.center_ras) + [-20.0, 30.0, 0.0])[0]

@@ -69,6 +69,12 @@ ISLAND_MEASURES = [
     Measure("max_hu", "Max HU", "HU", "float", "Maximum attenuation in the island", _attribute("max_hu"), 1),
     Measure("centroid_ras", "Centroid (RAS)", "mm", "point", "Centre of mass in RAS coordinates",
             _attribute("centroid_ras"), 2),
+    Measure("size_rl_mm", "Size R-L", "mm", "float", "Extent along the patient's right-left axis",
+            lambda i: i.size_ras_mm[0], 1),
+    Measure("size_ap_mm", "Size A-P", "mm", "float", "Extent along the patient's anterior-posterior axis",
+            lambda i: i.size_ras_mm[1], 1),
+    Measure("size_si_mm", "Size S-I", "mm", "float", "Extent along the patient's superior-inferior axis",
+            lambda i: i.size_ras_mm[2], 1),
     Measure("fused_to_native_bone", "Fused to native bone", "", "bool",
             "The island touches the native skeleton and was cut from it (empty: not judged, for a segment "
             "added by hand)", _attribute("fused_to_native_bone")),

@@ -308,6 +308,9 @@ class OssificationIsland:
     #: Why the island may not be HO, as short reasons separated by "; " (the warnings
     #: that name it say more); empty when nothing speaks against it.
     doubts: str = ""
+    #: Extent (mm) along the patient's right-left, anterior-posterior and
+    #: superior-inferior axes, over the outer faces of its voxels (see :func:`extent_ras_mm`).
+    size_ras_mm: tuple = (float("nan"),) * 3
 
 
 @dataclass
@@ -1202,16 +1205,28 @@ def measure_island(label: int, ct_hu: np.ndarray, island: np.ndarray, geometry: 
     which serves the cortex and the vessel shape alike."""
     values = ct_hu[island]
     depth = distance_inside(island, geometry)
+    voxels = np.argwhere(island)
     figures = OssificationIsland(
         label=label,
-        volume_ml=float(np.count_nonzero(island) * geometry.voxel_volume_ml),
+        volume_ml=float(len(voxels) * geometry.voxel_volume_ml),
         mean_hu=float(values.mean()),
         max_hu=float(values.max()),
-        centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(np.argwhere(island).mean(axis=0))[0]),
+        centroid_ras=tuple(float(v) for v in geometry.kji_to_ras_points(voxels.mean(axis=0))[0]),
         fused_to_native_bone=fused_to_native_bone,
         maturity=classify_maturity(ct_hu, island, depth),
+        size_ras_mm=extent_ras_mm(voxels, geometry),
     )
     return figures, depth
+
+
+def extent_ras_mm(voxels_kji: np.ndarray, geometry: VolumeGeometry) -> tuple:
+    """Extent (mm) of a set of voxels along R, A and S: the span of their centres plus
+    one voxel's own extent along each axis (its edges projected onto it), so that a
+    single voxel of an axial grid measures its spacing, and a box of voxels its sides
+    as a ruler laid on its outer faces reads them (the sizes a radiologist reports)."""
+    centres = geometry.kji_to_ras_points(voxels_kji)
+    voxel_extent = np.abs(geometry.ijk_to_ras[:3, :3]).sum(axis=1)
+    return tuple(float(v) for v in column_max(centres) - column_min(centres) + voxel_extent)
 
 
 def classify_maturity(ct_hu: np.ndarray, island: np.ndarray, depth: np.ndarray) -> str:
