@@ -68,8 +68,7 @@ from .hounsfield import (CT_SOFT_TISSUE_MAX_HU, METAL_THRESHOLD_HU, STREAK_REACH
                          extent_at_least, smoothed_ct_warning, smoothed_for_bone)
 from .memorypages import with_single_threaded_blas
 from .midline import (MIRROR_TILTS_DEG, MIRROR_TOLERANCE_MM, MIRROR_TURNS_DEG, BoneAcrossMidline, MirrorPlane,
-                      body_midline, bone_lattice, lattice_voxels, mirrored_in_bone,
-                      sampled_bone_points)
+                      body_midline, bone_lattice, lattice_voxels, mirrored_in_bone, sampled_bone_points)
 from .progress import ProgressCallback, report
 
 #: Beam-hardening and blooming make bone-like values around metal.
@@ -1178,7 +1177,8 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     ras_fine = geometry.kji_to_ras_points(voxels + offset + [s.start for s in reach])
     mapped_fine = across.counterpart(ras_fine, motion)
     distance = np.zeros(tuple(s.stop - s.start for s in reach), np.float32)
-    distance[tuple(voxels.T)] = np.where(across.inside(mapped_fine), across.fine_distance(mapped_fine, ASYMMETRY_CORE_MM), 0.0)
+    distance[tuple(voxels.T)] = np.where(across.inside(mapped_fine),
+                                         across.fine_distance(mapped_fine, ASYMMETRY_CORE_MM), 0.0)
     core = distance_inside(distance > ASYMMETRY_CORE_MM, component_geometry) >= ASYMMETRY_MIN_RADIUS_MM
     if not core.any():
         return None
