@@ -1376,6 +1376,18 @@ def test_within_or_next_to_works_around_the_mask_alone(spacing, reach_mm):
     assert not within_or_next_to(np.zeros(geometry.shape_kji, bool), geometry, reach_mm).any()
 
 
+def test_a_block_within_another_and_back_addresses_the_same_voxels():
+    from HOSciaticModuleLib.geometry import block_relative_to, block_within
+
+    array = np.arange(20 * 30 * 40).reshape(20, 30, 40)
+    outer = (slice(3, 17), slice(5, 29), slice(0, 40))
+    block = (slice(4, 9), slice(10, 12), slice(33, 40))
+    inner = block_relative_to(block, outer)
+    assert inner == (slice(1, 6), slice(5, 7), slice(33, 40))
+    assert np.array_equal(array[outer][inner], array[block])
+    assert block_within(outer, inner) == block
+
+
 def test_label_boxes_are_scipys():
     """Boxes found slab by slab on several threads, and boxes searched within the block
     holding the labels, equal SciPy's over the whole array: with absent labels as None,

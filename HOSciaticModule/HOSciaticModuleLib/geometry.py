@@ -246,6 +246,12 @@ def block_within(outer, inner) -> tuple:
     return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
 
 
+def block_relative_to(block, outer) -> tuple:
+    """The slices, within the block ``outer``, of ``block`` given in the whole array (which
+    lies inside ``outer``): the inverse of :func:`block_within`."""
+    return tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(block, outer))
+
+
 def column_min(points: np.ndarray) -> np.ndarray:
     """``points.min(axis=0)`` of an (N, d) array, taken column by column: along the first
     axis of a C-ordered array NumPy's reduction runs its inner loop over one row's d

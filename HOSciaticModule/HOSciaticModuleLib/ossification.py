@@ -62,7 +62,7 @@ from scipy.spatial import cKDTree
 from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML, MAX_BONE_THRESHOLD_HU,
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
-from .geometry import (VolumeGeometry, block_within, bounding_block, bounding_slices, column_max, column_min,
+from .geometry import (VolumeGeometry, block_relative_to, block_within, bounding_block, bounding_slices, column_max, column_min,
                        distance_inside, distance_outside, label_boxes, pad_block, within_or_next_to)
 from .hounsfield import (CT_SOFT_TISSUE_MAX_HU, METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, check_looks_like_ct,
                          extent_at_least, smoothed_ct_warning, smoothed_for_bone)
@@ -606,7 +606,7 @@ def _distance_to_native(native: np.ndarray, island_block, geometry: VolumeGeomet
     near_native = native[around]
     if not near_native.any():
         return None
-    inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(island_block, around))
+    inner = block_relative_to(island_block, around)
     return distance_inside(~near_native, geometry)[inner]
 
 
@@ -996,7 +996,7 @@ def _protrusion_of_parts(envelope: np.ndarray, part_blocks: dict, geometry: Volu
 
     def protrusion(label):
         box = around[label]
-        inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(part_blocks[label], box))
+        inner = block_relative_to(part_blocks[label], box)
         return distance_inside(~envelope[box], geometry)[inner]
     return protrusion
 

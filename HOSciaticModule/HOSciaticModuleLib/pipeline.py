@@ -24,7 +24,7 @@ from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
-from .geometry import bounding_slices, corner_shift_mm, distance_outside, pad_block
+from .geometry import block_relative_to, bounding_slices, corner_shift_mm, distance_outside, pad_block
 from .hounsfield import looks_like_ct
 from .memorypages import with_small_memory_pages
 from .midline import ct_body_midline, side_of_midline
@@ -536,8 +536,8 @@ class HOSciaticAnalysis:
             overlap = tuple(slice(max(b.start, w.start), min(b.stop, w.stop)) for b, w in zip(block, window))
             if any(o.stop <= o.start for o in overlap):
                 continue
-            source = mask[tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, block))]
-            target = labelmap[tuple(slice(o.start - w.start, o.stop - w.start) for o, w in zip(overlap, window))]
+            source = mask[block_relative_to(overlap, block)]
+            target = labelmap[block_relative_to(overlap, window)]
             target[source & (target == 0)] = label
         return labelmap
 
@@ -680,7 +680,7 @@ class HOSciaticAnalysis:
         ho_around = self.paste_labels(ho_blocks, geometry, around) > 0
         if not ho_around.any():
             return float("inf")
-        inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(block, around))
+        inner = block_relative_to(block, around)
         distance = distance_outside(ho_around, geometry.cropped(around))[inner][nerve]
         return float(distance.min()) if distance.size else float("inf")
 
@@ -1132,7 +1132,7 @@ class HOSciaticAnalysis:
         over ``window`` gives them to that one); segments sharing none are left out."""
         shared = {}
         for label, _, mask, block in ho_blocks:
-            here = labelmap[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(block, window))]
+            here = labelmap[block_relative_to(block, window)]
             count = int(np.count_nonzero(mask & (here != label)))
             if count:
                 shared[label] = count
