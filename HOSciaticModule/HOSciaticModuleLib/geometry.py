@@ -342,18 +342,19 @@ def sparse_label_boxes(labels: np.ndarray) -> list:
 
 
 def pad_block(block, shape, margin):
-    """``block`` (slices) grown by ``margin`` voxels on every side, clipped to ``shape``."""
-    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(block, shape))
+    """``block`` (slices) grown by ``margin`` voxels on every side (one number, or one per
+    axis), clipped to ``shape``."""
+    margins = np.broadcast_to(np.asarray(margin, int), (len(block),))
+    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(block, margins, shape))
 
 
 def bounding_block(mask: np.ndarray, margin_voxels: int, margin_mm: float = 0.0,
-                    geometry: VolumeGeometry | None = None):
+                   geometry: VolumeGeometry | None = None):
     """Bounding slices of ``mask`` (which must not be empty), padded by ``margin_voxels``
     plus ``margin_mm`` converted per axis."""
     extra = (np.ceil(margin_mm / np.asarray(geometry.spacing_kji)).astype(int) if geometry is not None
              else np.zeros(3, int))
-    return tuple(slice(max(s.start - margin_voxels - int(e), 0), min(s.stop + margin_voxels + int(e), n))
-                 for s, e, n in zip(bounding_slices(mask), extra, mask.shape))
+    return pad_block(bounding_slices(mask), mask.shape, margin_voxels + extra)
 
 
 def within_or_next_to(mask: np.ndarray, geometry: VolumeGeometry, reach_mm: float) -> np.ndarray:
