@@ -476,6 +476,7 @@ def test_ctrl_c_while_the_results_are_published_is_reported_as_it_ended(
         assert message == "hosciatic: interrupted; no output was written."
         assert not out.exists() or not any(out.iterdir())
 
+
 def test_results_moved_aside_by_a_killed_run_are_cleared_and_its_case_runs_again(tmp_path):
     # A run killed outright (SIGKILL) while moving its results in leaves the new manifest
     # beside part of its results, and the earlier ones in a hidden folder: --skip-existing

@@ -1064,8 +1064,10 @@ def test_free_island_size_reads_its_diameters_within_a_voxel(variant):
     phantom = generate_phantom(**kwargs[variant])
     result = segment_ossifications(phantom.image, phantom.geometry)
     island = _matching_island(phantom, result, "free")
+    diameters = 2.0 * np.asarray(next(spec.semi_axes for spec in phantom.spec.islands if spec.name == "free"))
+    assert diameters.tolist() == [20.0, 14.0, 18.0]
     voxel_extent = np.abs(phantom.geometry.ijk_to_ras[:3, :3]).sum(axis=1)
-    for size, diameter, tolerance in zip(island.size_ras_mm, (20.0, 14.0, 18.0), voxel_extent):
+    for size, diameter, tolerance in zip(island.size_ras_mm, diameters, voxel_extent):
         assert abs(size - diameter) <= tolerance + 0.25, (island.size_ras_mm, voxel_extent)
 
 
