@@ -39,8 +39,8 @@ from . import __version__, bonelabels, export, measurements, ossification
 from . import contact as contact_module
 from .defaults import MAX_CONTACT_TOLERANCE_MM
 from .errors import AnalysisCancelled, InputError
-from .imageio import read_markups_json, read_volume, reader_error_reason
 from .hounsfield import looks_like_ct
+from .imageio import read_markups_json, read_volume, reader_error_reason
 from .midline import ct_body_midline, side_of_midline
 
 #: Largest label value read as one segment each; a larger one is no label map.
