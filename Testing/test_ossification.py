@@ -85,6 +85,8 @@ def test_fused_flag_maturity_and_figures(variant):
         assert np.linalg.norm(np.asarray(island.centroid_ras) - true_centroid) < 2.0
         # Mature islands reach cortical density; amorphous mineralisation does not.
         assert island.max_hu > (800 if truth["mature"] else 300)
+        # One hip imaged: no skeleton to mirror, so no midline to tell the side by.
+        assert island.side == ""
     free = _matching_island(phantom, result, "free")
     analytic = next(i["analytic_volume_ml"] for i in phantom.islands if i["name"] == "free")
     assert free.volume_ml == pytest.approx(analytic, rel=0.10)
@@ -590,20 +592,40 @@ def test_growth_centre_beside_its_bone_and_paired_is_flagged(paired):
         assert flagged == []
 
 
-def test_large_bilateral_ho_is_not_taken_for_prominences():
-    # The same 12 mL mass (18 mm thick, thinner than the ball) fused behind both femora at
-    # mirrored places: bilateral HO, too big for a normal prominence, so not flagged
-    # although each mirrors the other.
+def _bilateral_masses(directions_ras=None):
+    """Both hips imaged, the same 12 mL mass (18 mm thick, thinner than the ball) fused
+    behind both femora at mirrored places, and two of the default islands on the right."""
     mass = dict(semi_axes=(9.0, 9.0, 35.0), cortex_mm=2.0)
     spec = PhantomSpec(islands=PhantomSpec().islands[:2], extra_bones=other_hip_bones(PhantomSpec())[:1] + (
         BoneSpec("ellipsoid", center_offset=(38.0, -6.0, 20.0), **mass),
         BoneSpec("ellipsoid", center_offset=(_mirrored_r(38.0), -6.0, 20.0), **mass),
     ))
-    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    return generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0),
+                            directions_ras=directions_ras)
+
+
+def test_large_bilateral_ho_is_not_taken_for_prominences():
+    # Bilateral HO, too big for a normal prominence, so not flagged although each mass
+    # mirrors the other.
+    phantom = _bilateral_masses()
     result = segment_ossifications(phantom.image, phantom.geometry)
     masses = [i for i in result.islands if i.fused_to_native_bone and i.volume_ml > 10.0]
     assert len(masses) == 2, [(i.volume_ml, i.fused_to_native_bone) for i in result.islands]
     assert not any("mirror image" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("directions_ras", [None, np.diag([-1.0, -1.0, 1.0])], ids=["RAS", "stored as LPS"])
+def test_each_island_is_given_the_side_of_the_body_it_lies_on(directions_ras):
+    # The phantom's right hip lies to +R of the body's midline, its mirror image to -R.
+    # The side is the patient's, read against the midline in the world, so storing the
+    # voxels from the patient's right to left (as DICOM's LPS does) changes nothing.
+    phantom = _bilateral_masses(directions_ras)
+    result = segment_ossifications(phantom.image, phantom.geometry)
+    midline_r = phantom.spec.center_ras[0] + phantom.spec.body_center_offset[0]
+    masses = sorted((i for i in result.islands if i.volume_ml > 10.0), key=lambda i: i.centroid_ras[0])
+    assert [(m.side, m.centroid_ras[0] < midline_r) for m in masses] == [("left", True), ("right", False)]
+    others = [i for i in result.islands if i.volume_ml <= 10.0]
+    assert len(others) >= 2 and all(i.side == "right" for i in others), [(i.side, i.centroid_ras) for i in others]
 
 
 def test_large_free_mass_of_ho_is_reported_with_a_warning():

@@ -961,6 +961,37 @@ def test_the_midline_follows_a_ct_moved_under_a_registration(slicer_scene):
     assert not [w for w in traced.trace.warnings if "midline" in w]
 
 
+def test_a_segment_painted_by_hand_is_given_the_side_it_lies_on(slicer_scene):
+    # Both hips imaged; the HO step's islands all lie on the right hip and carry their
+    # side as a tag. A block painted by hand as HO 9 at the mirror image of HO 1, on the
+    # left, has no tag: in a later session (no midline kept) its side is read against the
+    # midline, and the scene is left as it was.
+    import dataclasses
+
+    from HOSciaticModuleLib.phantom import other_hip_bones
+    from HOSciaticModuleLib.pipeline import SIDE_TAG
+
+    spec = dataclasses.replace(PhantomSpec(), extra_bones=other_hip_bones(PhantomSpec()))
+    phantom = generate_phantom(spec, spacing_ijk=(1.5, 1.5, 2.0), fov_mm=(300.0, 120.0, 150.0))
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    oss = HOSciaticAnalysis(slicer_scene).segment_ossifications(volume)
+    assert oss.result.islands and all(i.side == "right" for i in oss.result.islands)
+    table = oss.islands_table_node.GetTable()
+    assert [table.GetColumnByName("Side").GetValue(row) for row in range(table.GetNumberOfRows())] == [
+        "right"] * len(oss.result.islands)
+    midline_r = phantom.spec.center_ras[0] + phantom.spec.body_center_offset[0]
+    mirrored = np.array(oss.result.islands[0].centroid_ras) * [-1.0, 1.0, 1.0] + [2.0 * midline_r, 0.0, 0.0]
+    corner = np.rint(phantom.geometry.ras_to_kji_points(mirrored[None])[0]).astype(int) - [2, 5, 5]
+    scene_io.replace_segments(oss.segmentation_node, {"HO 9": (np.ones((5, 10, 10), bool), tuple(corner))},
+                              phantom.geometry, scene_io.BONE_COLOR)
+    painted = oss.segmentation_node.GetSegmentation().GetSegment(
+        scene_io.segment_id_by_name(oss.segmentation_node, "HO 9"))
+    reread, _, _ = HOSciaticAnalysis(slicer_scene).analysis_from_scene(oss.segmentation_node)
+    sides = {i.label: i.side for i in reread.result.islands}
+    assert sides.pop(9) == "left" and set(sides.values()) == {"right"}
+    assert scene_io.segment_tag(painted, SIDE_TAG) is None
+
+
 def test_settings_given_as_text_or_none_from_the_console(slicer_scene):
     # A setting given as None, or as text, from the Python console ended in a traceback
     # ("ufunc 'isfinite' not supported"): text that is a number is read as one, the rest

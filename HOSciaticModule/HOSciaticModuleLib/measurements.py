@@ -64,6 +64,9 @@ def _attribute(name):
 ISLAND_MEASURES = [
     Measure("id", "Island", "", "int", "Island number, largest first", _attribute("label")),
     Measure("segment", "Segment", "", "str", "Segment name in the segmentation", lambda i: f"HO {i.label}"),
+    Measure("side", "Side", "", "str",
+            "The patient's side of the body's midline (empty: the midline is unknown, as on an image of one hip)",
+            lambda i: i.side or ""),
     Measure("volume_ml", "Volume", "mL", "float", "Volume including the marrow cavity", _attribute("volume_ml"), 3),
     Measure("mean_hu", "Mean HU", "HU", "float", "Mean attenuation over the island", _attribute("mean_hu"), 1),
     Measure("max_hu", "Max HU", "HU", "float", "Maximum attenuation in the island", _attribute("max_hu"), 1),

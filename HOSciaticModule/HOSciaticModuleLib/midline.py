@@ -318,6 +318,18 @@ def side_of_midline(points_ras: np.ndarray, plane: MirrorPlane) -> tuple[str | N
     return ("right" if signed > 0 else "left"), abs(signed)
 
 
+def side_of_body(point_ras, plane: MirrorPlane | None) -> str:
+    """The patient's side ('right' or 'left') a point lies on, or '' when it cannot be
+    told: the midline is unknown (an image of one hip: no skeleton to mirror) or the
+    point lies within MIDLINE_SIDE_MARGIN_MM of it. The image's own coordinates are not
+    used instead: a one-hip reconstruction, a reformat or a converted file may place
+    the origin anywhere, and a side given wrong is worse than none."""
+    if plane is None:
+        return ""
+    side, _ = side_of_midline(np.asarray(point_ras, float), plane)
+    return side or ""
+
+
 def distance_to_bone_at(ras: np.ndarray, bone: np.ndarray, geometry: VolumeGeometry, reach_mm: float) -> np.ndarray:
     """Distance (mm) from each RAS point's voxel to ``bone``, read in the block around
     the points; inf for points off the grid. Exact up to ``reach_mm`` (bone farther

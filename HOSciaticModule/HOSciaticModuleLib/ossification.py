@@ -68,7 +68,8 @@ from .hounsfield import (CT_SOFT_TISSUE_MAX_HU, METAL_THRESHOLD_HU, STREAK_REACH
                          extent_at_least, smoothed_ct_warning, smoothed_for_bone)
 from .memorypages import with_single_threaded_blas
 from .midline import (MIRROR_TILTS_DEG, MIRROR_TOLERANCE_MM, MIRROR_TURNS_DEG, BoneAcrossMidline, MirrorPlane,
-                      body_midline, bone_lattice, lattice_voxels, mirrored_in_bone, sampled_bone_points)
+                      body_midline, bone_lattice, lattice_voxels, mirrored_in_bone, sampled_bone_points,
+                      side_of_body)
 from .progress import ProgressCallback, report
 
 #: Beam-hardening and blooming make bone-like values around metal.
@@ -310,6 +311,9 @@ class OssificationIsland:
     #: Extent (mm) along the patient's right-left, anterior-posterior and
     #: superior-inferior axes, over the outer faces of its voxels (see :func:`extent_ras_mm`).
     size_ras_mm: tuple = (float("nan"),) * 3
+    #: The patient's side of the body's midline the island lies on, 'right' or 'left';
+    #: '' when it cannot be told (see :func:`midline.side_of_body`).
+    side: str = ""
 
 
 @dataclass
@@ -1668,6 +1672,7 @@ def segment_ossifications(ct_hu: np.ndarray, geometry: VolumeGeometry, *,
                                           ct_hu, geometry, bone_threshold_hu, warnings, doubts)
     for result in results:
         result.doubts = DOUBT_SEPARATOR.join(doubts.get(result.label, []))
+        result.side = side_of_body(result.centroid_ras, plane)
     if facts.cut_by_edge:
         warnings.append(_edge_warning(facts.cut_by_edge, roi_mask is not None))
     # With native bone estimated the midline was always looked for (the thick-mass

@@ -27,7 +27,7 @@ from .errors import InputError, as_number
 from .geometry import block_relative_to, bounding_slices, corner_shift_mm, distance_outside, pad_block
 from .hounsfield import looks_like_ct
 from .memorypages import with_small_memory_pages
-from .midline import ct_body_midline, side_of_midline
+from .midline import ct_body_midline, side_of_body, side_of_midline
 from .progress import ProgressCallback, report, sub_progress
 
 HO_SEGMENT_PREFIX = "HO"
@@ -86,6 +86,9 @@ STATION_CAVEATS_ATTRIBUTE = "HOSciatic.StationCaveats"
 FUSED_TAG = "HOSciatic.FusedToNativeBone"
 #: Why the HO step doubted a segment is HO (kept with the segment and its file).
 DOUBT_TAG = "HOSciatic.Doubt"
+#: The patient's side an HO segment lies on ('right', 'left'; empty when the HO step
+#: could not tell): kept with the segment, so a recompute needs no midline search.
+SIDE_TAG = "HOSciatic.Side"
 #: The contrast-filled vessels' level (HU) the HO step found, on the segmentation.
 CONTRAST_LEVEL_ATTRIBUTE = "HOSciatic.ContrastLevelHU"
 #: Margin around the nerve and HO segments kept when measuring contact.
@@ -609,6 +612,7 @@ class HOSciaticAnalysis:
             # against is not, and re-measuring after an edit still knows the answer.
             segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
             segment.SetTag(FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
+            segment.SetTag(SIDE_TAG, island.side)
             if island.doubts:
                 segment.SetTag(DOUBT_TAG, island.doubts)
                 segment.SetColor(*scene_io.DOUBTED_COLOR)
@@ -701,9 +705,11 @@ class HOSciaticAnalysis:
                                    [m.column() for m in measurements.ISLAND_MEASURES],
                                    [measurements.as_table_row(measurements.ISLAND_MEASURES, i) for i in islands])
 
-    def measure_islands(self, segmentation_node, ct, geometry, ho_blocks=None) -> list:
+    def measure_islands(self, segmentation_node, ct, geometry, ho_blocks=None, midline=None) -> list:
         """Figures of the HO segments as they are now (after any edit in the Segment
-        Editor), on the CT array ``ct`` of ``geometry``."""
+        Editor), on the CT array ``ct`` of ``geometry``. ``midline``, a function giving
+        the body's midline (or None), is called only for a segment the HO step did not
+        make (painted by hand), to tell its side."""
         segmentation = segmentation_node.GetSegmentation()
         islands = []
         for label, name, mask, block in (ho_blocks if ho_blocks is not None else self.ho_blocks(segmentation_node, geometry)):
@@ -719,6 +725,12 @@ class HOSciaticAnalysis:
             # The HO step's doubts stay with the segment through edits and saving; a
             # segment added by hand has none.
             figures.doubts = scene_io.segment_tag(segment, DOUBT_TAG) or ""
+            # Not tagged here: measuring leaves the scene as it was (the midline is kept
+            # per CT for the session).
+            side = scene_io.segment_tag(segment, SIDE_TAG)
+            if side is None:
+                side = side_of_body(figures.centroid_ras, midline()) if midline is not None else ""
+            figures.side = side
             islands.append(figures)
         return islands
 
@@ -855,7 +867,9 @@ class HOSciaticAnalysis:
         if contacts:
             islands, table_node = contacts[-1][1].islands, contacts[-1][1].islands_table_node
         else:
-            islands = self.measure_islands(segmentation_node, ct, geometry)
+            islands = self.measure_islands(
+                segmentation_node, ct, geometry,
+                midline=lambda: self.body_midline(volume, ct, geometry, bone_threshold_hu))
             table_node = self._fill_islands_table(None, islands)
         result = ossification.OssificationResult(np.zeros((0, 0, 0), np.uint16), islands,
                                                  self.recorded_warnings(segmentation_node=segmentation_node))
@@ -979,8 +993,10 @@ class HOSciaticAnalysis:
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.
-        islands = (self.measure_islands(segmentation_node, full_ct, full_geometry, ho_blocks)
-                   if full_ct is not None else None)
+        islands = (self.measure_islands(
+            segmentation_node, full_ct, full_geometry, ho_blocks,
+            midline=lambda: self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu))
+            if full_ct is not None else None)
         report(progress, 0.9, "Writing contact outputs")
         # The scene changes only from here on, with no cancellation point until the end: a
         # refused or cancelled run leaves it as it was (segments named by hand included).
