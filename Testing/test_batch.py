@@ -57,6 +57,8 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path, mo
     # The phantom's islands are all HO: none is doubted.
     assert [i["doubts"] for i in document["ossifications"]["islands"]] == [""] * len(phantom.islands)
     assert first["ho_doubted"] == "0" and float(first["ho_doubted_ml"]) == 0.0
+    # One hip imaged: no midline, so no volume per side (empty, not 0).
+    assert first["ho_right_ml"] == first["ho_left_ml"] == ""
     (nerve,) = document["nerves"]
     assert first["right_encasement_class"] == nerve["encasement_class"] == "encasement"
     assert float(first["right_max_encasement_deg"]) == nerve["max_encasement_deg"]
@@ -158,6 +160,26 @@ def test_summary_counts_doubted_islands_only_where_the_document_says():
     # An MR run has no HO step.
     mr = row({"ossifications": None, "nerves": []})
     assert mr["ho_doubted"] == mr["ho_doubted_ml"] == ""
+
+
+def test_summary_gives_the_ho_volume_of_each_side_where_the_document_tells_it():
+    from HOSciaticModuleLib.batch import BatchCase, summary_row
+
+    case = BatchCase("p", "p", "ct.nrrd")
+
+    def row(islands):
+        found = summary_row(case, "done", document={"ossifications": {"count": len(islands), "islands": islands}})
+        return found["ho_right_ml"], found["ho_left_ml"]
+
+    both = [{"side": "left", "volume_ml": 4.0}, {"side": "right", "volume_ml": 0.25},
+            {"side": "left", "volume_ml": 1.5}, {"side": "", "volume_ml": 0.5}]  # painted on the midline
+    assert row(both) == (pytest.approx(0.25), pytest.approx(5.5))
+    assert row([{"side": "right", "volume_ml": 2.0}]) == (pytest.approx(2.0), 0.0)
+    assert row([]) == (0.0, 0.0)
+    # An image of one hip (no island's side told) and a document written before islands
+    # had sides: not known, so not 0.
+    assert row([{"side": "", "volume_ml": 2.0}]) == ("", "")
+    assert row([{"volume_ml": 2.0}]) == ("", "")
 
 
 def test_case_list_saved_with_semicolons_or_tabs(tmp_path):

@@ -647,3 +647,17 @@ def test_ctrl_c_after_the_results_are_written_says_so(case, tmp_path, monkeypatc
     message = " ".join(capsys.readouterr().err.split())
     assert "written in full into" in message and "no output was written" not in message
     assert (out / "metrics.json").is_file() and (out / "islands.csv").is_file()
+
+
+def test_closing_summary_gives_the_ho_volume_of_each_side_where_it_is_told(tmp_path):
+    def summary_line(islands):
+        document = {"ossifications": {"count": len(islands), "total_volume_ml": sum(i["volume_ml"] for i in islands),
+                                      "islands": islands}, "nerves": []}
+        (tmp_path / "metrics.json").write_text(json.dumps(document))
+        (line,) = [line for line in cli._summary(tmp_path).splitlines() if line.startswith("HO islands")]
+        return line
+
+    both = [{"side": "left", "volume_ml": 4.0, "doubts": ""}, {"side": "right", "volume_ml": 1.5, "doubts": ""}]
+    assert summary_line(both) == "HO islands: 2, total 5.5 mL (right 1.5 mL, left 4.0 mL)"
+    one_hip = [{"side": "", "volume_ml": 4.0, "doubts": ""}]
+    assert summary_line(one_hip) == "HO islands: 1, total 4.0 mL"

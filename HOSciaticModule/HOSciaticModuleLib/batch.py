@@ -171,7 +171,7 @@ def _check_unique(cases: list[BatchCase], path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 def summary_columns(sides=SIDES) -> list[str]:
     return (["case", "status", "message", "image", "output", "ho_islands", "ho_total_ml", "ho_doubted",
-             "ho_doubted_ml"]
+             "ho_doubted_ml"] + [f"ho_{side}_ml" for side in sides]
             + [f"{side}_{figure}" for side in sides for figure in NERVE_FIGURES] + ["warnings"])
 
 
@@ -190,6 +190,9 @@ def summary_row(case: BatchCase, status: str, message: str = "", output: Path | 
         doubted_ml = (doubted_volume_ml(ossifications["islands"], ossifications.get("total_volume_ml"))
                       if "islands" in ossifications else None)
         row["ho_doubted_ml"] = "" if doubted_ml is None else doubted_ml
+        for side in SIDES:
+            side_ml = side_volume_ml(ossifications["islands"], side) if "islands" in ossifications else None
+            row[f"ho_{side}_ml"] = "" if side_ml is None else side_ml
         for entry in document.get("nerves", []):
             for figure in NERVE_FIGURES:
                 value = entry.get(figure)
@@ -217,6 +220,18 @@ def doubted_volume_ml(islands: list[dict], total_ml=None) -> float | None:
         return None
     doubted = round(sum((float(island["volume_ml"]) for island in islands if island["doubts"]), 0.0), 3)
     return min(doubted, float(total_ml)) if isinstance(total_ml, (int, float)) else doubted
+
+
+def side_volume_ml(islands: list[dict], side: str) -> float | None:
+    """The volume (mL) of a ``metrics.json`` document's islands on the patient's ``side``
+    (the sum of their volumes); None when the document does not say (written before
+    islands had sides) or no island's side could be told (an image of one hip, where
+    the body's midline is not found). 0 when there are no islands."""
+    if any("side" not in island or "volume_ml" not in island for island in islands):
+        return None
+    if islands and not any(island["side"] for island in islands):
+        return None
+    return round(sum((float(island["volume_ml"]) for island in islands if island["side"] == side), 0.0), 3)
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

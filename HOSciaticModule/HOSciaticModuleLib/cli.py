@@ -37,7 +37,7 @@ import numpy as np
 
 from . import __version__, bonelabels, export, measurements, ossification
 from . import contact as contact_module
-from .defaults import MAX_CONTACT_TOLERANCE_MM
+from .defaults import MAX_CONTACT_TOLERANCE_MM, SIDES
 from .errors import AnalysisCancelled, InputError
 from .hounsfield import looks_like_ct
 from .imageio import read_markups_json, read_volume, reader_error_reason
@@ -720,7 +720,7 @@ def run_demo(args, progress, on_published=None) -> Path:
 
 
 def _summary(out_dir: Path) -> str:
-    from .batch import doubted_count, doubted_volume_ml
+    from .batch import doubted_count, doubted_volume_ml, side_volume_ml
 
     document = json.loads((out_dir / "metrics.json").read_text())
     lines = [f"Results in {out_dir.resolve()}"]
@@ -730,7 +730,10 @@ def _summary(out_dir: Path) -> str:
     if oss:
         doubted = doubted_count(oss["islands"])
         doubted_ml = doubted_volume_ml(oss["islands"], oss["total_volume_ml"]) if doubted else None
+        by_side = {side: side_volume_ml(oss["islands"], side) for side in SIDES}
         lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL"
+                     + (f" (right {by_side['right']} mL, left {by_side['left']} mL)"
+                        if oss["count"] and None not in by_side.values() else "")
                      + (f"; {doubted} named as possibly not HO, {doubted_ml:.3f} mL (see each island's doubts and the "
                         "warnings)" if doubted else ""))
     for entry in document["nerves"]:
