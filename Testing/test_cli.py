@@ -60,7 +60,7 @@ def test_ossification_figures_match_truth(analysed):
     assert sum(i["fused_to_native_bone"] for i in oss["islands"]) == 1
     for island in oss["islands"]:
         assert {"id", "segment", "side", "volume_ml", "mean_hu", "max_hu", "centroid_ras", "size_rl_mm", "size_ap_mm",
-                "size_si_mm", "fused_to_native_bone", "maturity", "doubts", "min_distance_to_nerve_mm",
+                "size_si_mm", "fused_to_native_bone", "native_bone", "maturity", "doubts", "min_distance_to_nerve_mm",
                 "contact_area_mm2", "encasement_class", "nearest_nerve"} <= set(island)
 
 
@@ -79,8 +79,9 @@ def test_islands_csv_holds_what_metrics_json_holds(analysed):
             island[key] for key in ("size_rl_mm", "size_ap_mm", "size_si_mm")]
         assert row["fused_to_native_bone"] == ("yes" if island["fused_to_native_bone"] else "no")
         assert row["doubts"] == island["doubts"] and row["nearest_nerve"] == "right"
-        # One hip imaged: the side is not told (an empty cell, an empty string).
-        assert row["side"] == island["side"] == ""
+        # One hip imaged: the side is not told (an empty cell, an empty string); no
+        # native-bone segmentation given: no bone named.
+        assert row["side"] == island["side"] == "" and row["native_bone"] == island["native_bone"] == ""
         assert float(row["min_distance_to_nerve_mm"]) == island["min_distance_to_nerve_mm"]
         assert row["encasement_class"] == island["encasement_class"]
     # The sleeve (the largest island) wraps the nerve; the other two lie well away from it.

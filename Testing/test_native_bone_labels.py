@@ -208,3 +208,62 @@ def test_segments_under_a_transform_are_read_where_they_lie(slicer_scene, phanto
     expected[:, :, 1:] = phantom.native_bone_mask[:, :, :-1]
     np.testing.assert_array_equal(scene_io.segments_union_on_grid(node, [femur], phantom.geometry), expected)
     np.testing.assert_array_equal(scene_io.segment_mask_on_grid(node, femur, phantom.geometry), expected)
+
+
+# ---------------------------------------------------------------------------------------
+# Each island named after the given bone it lies on
+# ---------------------------------------------------------------------------------------
+def _distance_to_axis(points, axis):
+    """Distance (mm) from RAS points to a capsule's axis (two RAS points)."""
+    start, stop = np.asarray(axis, float)
+    along = np.clip((points - start) @ (stop - start) / np.sum((stop - start) ** 2), 0.0, 1.0)
+    return np.linalg.norm(points - (start + along[..., None] * (stop - start)), axis=-1)
+
+
+def test_each_island_is_named_after_the_given_bone_it_lies_on(slicer_scene):
+    # The phantom's femur and ischium given as two segments. By construction (gaps from
+    # the phantom's analytic shapes): the fused island lies on the femur; a bar runs from
+    # the femur behind the nerve to the ischium (Brooker IV), fused to both; an island
+    # 5 mm medial to the ischium lies 80 mm from the femur; the free island lies about
+    # 24 mm from the femur and 37 mm from the ischium; an island behind the nerve lies 47 mm
+    # from the ischium and 61 mm from the femur, beyond the 40 mm a bone names an island.
+    import dataclasses
+
+    from HOSciaticModuleLib.phantom import IslandSpec, PhantomSpec
+    from HOSciaticModuleLib.pipeline import NATIVE_BONE_TAG
+
+    base = PhantomSpec()
+    bar = IslandSpec("bar", "bar", True, path=((37.0, 15.0, 10.0), (28.0, -19.0, 15.0), (-8.0, -19.0, 30.0),
+                                               (-28.0, 5.0, 40.0)), radius_mm=5.0)
+    medial = IslandSpec("medial", "ellipsoid", True, center_offset=(-51.0, 5.0, 20.0), semi_axes=(5.0, 5.0, 5.0))
+    far = IslandSpec("far", "ellipsoid", True, center_offset=(0.0, -52.0, 60.0), semi_axes=(4.0, 4.0, 4.0))
+    spec = dataclasses.replace(base, islands=(base.islands[1], base.islands[2], bar, medial, far))
+    phantom = generate_phantom(spec, spacing_ijk=(1.0, 1.0, 2.0))
+    centre = np.asarray(spec.center_ras)
+    points = phantom.geometry.voxel_ras_grid() - centre
+    femur = phantom.native_bone_mask & (_distance_to_axis(points, spec.femur_axis)
+                                        < _distance_to_axis(points, spec.ischium_axis))
+    bones = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    scene_io.replace_segments(bones, {"femur_right": femur, "hip_right": phantom.native_bone_mask & ~femur},
+                              phantom.geometry, scene_io.BONE_COLOR)
+    bones.GetSegmentation().CollapseBinaryLabelmaps(False)  # one layer, as read from a multi-label file
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    analysis = HOSciaticAnalysis(slicer_scene)
+    oss = analysis.segment_ossifications(volume, native_bone_segmentation_node=bones)
+    named = {}
+    for truth in phantom.islands:
+        overlap = np.bincount(oss.result.labelmap[phantom.ho_labels == truth["label"]],
+                              minlength=len(oss.result.islands) + 1)
+        assert overlap[1:].max() >= 0.5 * np.count_nonzero(phantom.ho_labels == truth["label"]), truth["name"]
+        named[truth["name"]] = oss.result.islands[int(np.argmax(overlap[1:]))].native_bone
+    assert named == {"free": "femur_right", "fused": "femur_right", "bar": "femur_right, hip_right",
+                     "medial": "hip_right", "far": ""}
+    table = oss.islands_table_node.GetTable()
+    column = table.GetColumnByName("Native bone")
+    assert sorted(column.GetValue(row) for row in range(table.GetNumberOfRows())) == sorted(named.values())
+    # Kept with each segment: measured again once the bones' segmentation is gone.
+    slicer_scene.RemoveNode(bones)
+    reread, _, _ = HOSciaticAnalysis(slicer_scene).analysis_from_scene(oss.segmentation_node)
+    assert sorted(i.native_bone for i in reread.result.islands) == sorted(named.values())
+    segment = oss.segmentation_node.GetSegmentation().GetNthSegment(0)
+    assert scene_io.segment_tag(segment, NATIVE_BONE_TAG) is not None

@@ -81,6 +81,10 @@ ISLAND_MEASURES = [
     Measure("fused_to_native_bone", "Fused to native bone", "", "bool",
             "The island touches the native skeleton and was cut from it (empty: not judged, for a segment "
             "added by hand)", _attribute("fused_to_native_bone")),
+    Measure("native_bone", "Native bone", "", "str",
+            "The given native-bone segment the island is fused to (each, when it bridges two) or, when free, the "
+            "nearest within 40 mm (empty: no native-bone segmentation given, or none that near)",
+            lambda i: i.native_bone or ""),
     Measure("maturity", "Maturity", "", "str",
             "mature: cortex and marrow (corticomedullary differentiation); immature: amorphous mineralisation",
             _attribute("maturity")),

@@ -291,6 +291,11 @@ PLAQUE_ROW_MIN_LENGTH_MM = 20.0
 MIN_ISLAND_VOXELS = 8
 #: Between the short reasons of an island's doubts.
 DOUBT_SEPARATOR = "; "
+#: A given native bone names an island when it lies this near (the bone it is fused to
+#: is within a voxel and a half): HO of the hip forms in the muscles against the pelvis
+#: and the femur, and a bone farther off says little about where a mass lies. Bones are
+#: looked for within the first reach, then, for an island with none there, the second.
+NATIVE_BONE_NAMING_REACHES_MM = (10.0, 40.0)
 #: Blocks smaller than this are not worth a thread.
 PARALLEL_MIN_VOXELS = 2_000_000
 
@@ -314,6 +319,9 @@ class OssificationIsland:
     #: The patient's side of the body's midline the island lies on, 'right' or 'left';
     #: '' when it cannot be told (see :func:`midline.side_of_body`).
     side: str = ""
+    #: The given native-bone segments it lies on, nearest first (see
+    #: :func:`native_bones_near`); '' without a native-bone segmentation.
+    native_bone: str = ""
 
 
 @dataclass
@@ -612,6 +620,31 @@ def _distance_to_native(native: np.ndarray, island_block, geometry: VolumeGeomet
         return None
     inner = block_relative_to(island_block, around)
     return distance_inside(~near_native, geometry)[inner]
+
+
+def native_bones_near(island: np.ndarray, island_block, bone_labels: np.ndarray, geometry: VolumeGeometry,
+                      reaches_mm=NATIVE_BONE_NAMING_REACHES_MM) -> list[int]:
+    """The labels of the native bones an island lies on, nearest first (``bone_labels``:
+    a label map of the given bones on the island's grid; ``island``: a mask over
+    ``island_block`` of it): every bone about as near as the nearest (within a voxel's
+    diagonal, so an island fused to two bones, bridging them, names both); [] when no
+    bone lies within the last of ``reaches_mm``."""
+    diagonal = float(np.linalg.norm(geometry.spacing_kji))
+    for reach in reaches_mm:
+        around = pad_block(island_block, bone_labels.shape, int(np.ceil(reach / min(geometry.spacing_kji))))
+        labels = bone_labels[around]
+        present = [int(label) for label in np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1]
+        if not present:
+            continue
+        inner = block_relative_to(island_block, around)
+        nearest = {label: float(distance_outside(labels == label, geometry.cropped(around))[inner][island].min())
+                   for label in present}
+        closest = min(nearest.values())
+        if closest > reach:
+            continue
+        return sorted((label for label, distance in nearest.items() if distance <= closest + diagonal),
+                      key=lambda label: (nearest[label], label))
+    return []
 
 
 def _native_within(island: np.ndarray, native: np.ndarray, island_block, geometry: VolumeGeometry,

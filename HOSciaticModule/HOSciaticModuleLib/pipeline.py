@@ -24,7 +24,7 @@ from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
-from .geometry import block_relative_to, bounding_slices, corner_shift_mm, distance_outside, pad_block
+from .geometry import block_relative_to, block_within, bounding_slices, corner_shift_mm, distance_outside, pad_block
 from .hounsfield import looks_like_ct
 from .memorypages import with_small_memory_pages
 from .midline import ct_body_midline, side_of_body, side_of_midline
@@ -86,6 +86,9 @@ STATION_CAVEATS_ATTRIBUTE = "HOSciatic.StationCaveats"
 FUSED_TAG = "HOSciatic.FusedToNativeBone"
 #: Why the HO step doubted a segment is HO (kept with the segment and its file).
 DOUBT_TAG = "HOSciatic.Doubt"
+#: The given native-bone segments an HO segment lies on (see ossification.native_bones_near),
+#: kept with the segment as the fused flag is: the native-bone segmentation may be gone.
+NATIVE_BONE_TAG = "HOSciatic.NativeBone"
 #: The patient's side an HO segment lies on ('right', 'left'; empty when the HO step
 #: could not tell): kept with the segment, so a recompute needs no midline search.
 SIDE_TAG = "HOSciatic.Side"
@@ -461,9 +464,10 @@ class HOSciaticAnalysis:
             segmentation_node, "GetReferenceImageGeometryReferenceRole") else None
         return reference
 
-    def _native_bone_mask(self, native_bone_segmentation_node, geometry) -> tuple[np.ndarray, list[str]]:
-        """The segments of the native-bone segmentation that are bone by their names,
-        as one mask, and what the reader should know about the choice."""
+    def _native_bones(self, native_bone_segmentation_node, geometry) -> tuple[np.ndarray, list[str], list[str]]:
+        """The segments of the native-bone segmentation that are bone by their names, as
+        a label map (label n for the n-th), their names, and what the reader should know
+        about the choice."""
         name = native_bone_segmentation_node.GetName()
         ids = scene_io.segment_ids(native_bone_segmentation_node)
         descriptions = {sid: scene_io.segment_description(native_bone_segmentation_node, sid) for sid in ids}
@@ -474,12 +478,12 @@ class HOSciaticAnalysis:
                              f"({bonelabels.listed(names.values())}). Select the segmentation of the pelvis and femur "
                              "made on this CT (rename a bone segment with its bone's name if needed), or leave the "
                              "field empty to estimate the native skeleton automatically.")
-        mask = scene_io.segments_union_on_grid(native_bone_segmentation_node, choice.used, geometry)
-        if not mask.any():
+        labels = scene_io.segments_labels_on_grid(native_bone_segmentation_node, choice.used, geometry)
+        if not labels.any():
             raise InputError(f"The native-bone segmentation '{name}' is empty "
                              "(or does not overlap the CT). Select the segmentation of the pelvis and femur made on "
                              "this CT, or leave the field empty to estimate the native skeleton automatically.")
-        return mask, bonelabels.choice_warnings(choice, names, name)
+        return labels, [names[sid] for sid in choice.used], bonelabels.choice_warnings(choice, names, name)
 
     def ho_segment_ids(self, segmentation_node) -> list[str]:
         segmentation = segmentation_node.GetSegmentation()
@@ -579,11 +583,12 @@ class HOSciaticAnalysis:
             check_memory_budget(int(np.prod([s.stop - s.start for s in block])),
                                 f"The region of the CT '{ct_volume_node.GetName()}' read for the ROI",
                                 OVER_BUDGET_ROI_ADVICE)
-        native, native_warnings = (self._native_bone_mask(native_bone_segmentation_node, geometry)
-                                   if native_bone_segmentation_node is not None else (None, []))
+        native_labels, native_names, native_warnings = (
+            self._native_bones(native_bone_segmentation_node, geometry)
+            if native_bone_segmentation_node is not None else (None, [], []))
         result = ossification.segment_ossifications(
             ct[block], geometry.cropped(block), bone_threshold_hu=bone_threshold_hu, min_island_ml=min_island_ml,
-            native_bone_mask=native[block] if native is not None else None,
+            native_bone_mask=native_labels[block] > 0 if native_labels is not None else None,
             roi_mask=roi_mask[block] if roi_mask is not None else None, progress=sub_progress(progress, 0.05, 0.85))
 
         report(progress, 0.9, "Writing HO segments")
@@ -598,6 +603,11 @@ class HOSciaticAnalysis:
             masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
                 result.labelmap[island_block] == island.label,
                 tuple(s.start + b.start for s, b in zip(island_block, block)))
+            if native_labels is not None:
+                island_mask = masks[f"{HO_SEGMENT_PREFIX} {island.label}"][0]
+                near = ossification.native_bones_near(island_mask, block_within(block, island_block), native_labels,
+                                                      geometry)
+                island.native_bone = ", ".join(native_names[label - 1] for label in near)
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
         result.warnings += self._nerves_kept_out_of_ho(segmentation_node, masks, geometry)
@@ -613,6 +623,8 @@ class HOSciaticAnalysis:
             segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
             segment.SetTag(FUSED_TAG, "yes" if island.fused_to_native_bone else "no")
             segment.SetTag(SIDE_TAG, island.side)
+            if native_labels is not None:
+                segment.SetTag(NATIVE_BONE_TAG, island.native_bone)
             if island.doubts:
                 segment.SetTag(DOUBT_TAG, island.doubts)
                 segment.SetColor(*scene_io.DOUBTED_COLOR)
@@ -731,6 +743,7 @@ class HOSciaticAnalysis:
             if side is None:
                 side = side_of_body(figures.centroid_ras, midline()) if midline is not None else ""
             figures.side = side
+            figures.native_bone = scene_io.segment_tag(segment, NATIVE_BONE_TAG) or ""
             islands.append(figures)
         return islands
 

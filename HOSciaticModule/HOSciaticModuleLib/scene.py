@@ -221,35 +221,49 @@ def _binary_labelmap_name(segmentation_node) -> str:
 
 
 def segments_union_on_grid(segmentation_node, segment_ids_wanted, geometry: VolumeGeometry) -> np.ndarray:
-    """The union of several segments as one full-size mask on ``geometry``.
+    """The union of several segments as one full-size mask on ``geometry``."""
+    return segments_labels_on_grid(segmentation_node, segment_ids_wanted, geometry) > 0
+
+
+def segments_labels_on_grid(segmentation_node, segment_ids_wanted, geometry: VolumeGeometry) -> np.ndarray:
+    """Several segments as one full-size label map on ``geometry``: the voxels of
+    ``segment_ids_wanted[n]`` hold n + 1 (where two overlap, the later one's).
 
     Segments sharing a label-map layer (a whole-body segmentation keeps a hundred in
-    one) are read from that layer once, not once per segment.
+    one) are read from that layer once, not once per segment; a layer on another grid
+    is resampled to the nearest voxel, its label values kept.
     """
     slicer = _slicer()
     segmentation = segmentation_node.GetSegmentation()
     binary_name = _binary_labelmap_name(segmentation_node)
     layers: dict = {}
-    for segment_id in segment_ids_wanted:
+    for number, segment_id in enumerate(segment_ids_wanted, start=1):
         segment = segmentation.GetSegment(segment_id)
         layer = segment.GetRepresentation(binary_name) if segment is not None else None
         if layer is None:
             continue
-        entry = layers.setdefault(layer.GetAddressAsString("vtkObject"), (layer, []))
-        entry[1].append(segment.GetLabelValue())
-    mask = np.zeros(geometry.shape_kji, bool)
-    for layer, values in layers.values():
-        union = slicer.vtkOrientedImageData()
-        union.DeepCopy(layer)
-        if union.GetPointData().GetScalars() is None:
+        entry = layers.setdefault(layer.GetAddressAsString("vtkObject"), (layer, {}))
+        entry[1][segment.GetLabelValue()] = number
+    labels = np.zeros(geometry.shape_kji, np.uint8 if len(segment_ids_wanted) < 256 else np.uint16)
+    for layer, numbers in layers.values():
+        if layer.GetPointData().GetScalars() is None:
             continue
-        array = _oriented_image_to_array(union)
-        array[...] = np.isin(array, values)
-        _place_in_world(union, segmentation_node)
-        found = _labelmap_block_on_grid(union, 1, geometry, segmentation_node.GetName())
-        if found is not None:
-            mask[found[1]] |= found[0]
-    return mask
+        placed = slicer.vtkOrientedImageData()
+        placed.ShallowCopy(layer)  # its voxels are only read; its placement is set below
+        _place_in_world(placed, segmentation_node)
+        found = _labelmap_values_on_grid(placed, geometry, segmentation_node.GetName())
+        if found is None:
+            continue
+        values, target = found
+        lookup = np.zeros(max(int(values.max()), max(numbers)) + 1, labels.dtype)
+        for value, number in numbers.items():
+            if value >= 0:
+                lookup[value] = number
+        numbered = lookup[np.maximum(values, 0)]
+        region = labels[target]
+        inside = numbered > 0
+        region[inside] = numbered[inside]
+    return labels
 
 
 def segment_block_on_grid(segmentation_node, segment_id: str, geometry: VolumeGeometry):
@@ -282,6 +296,21 @@ def _place_in_world(labelmap, segmentation_node) -> None:
 def _labelmap_block_on_grid(labelmap, label_value: int, geometry: VolumeGeometry, what: str):
     """The voxels of ``labelmap`` (world placement included) holding ``label_value``,
     on ``geometry``, as (block mask, block slices), or None if there are none."""
+    found = _labelmap_values_on_grid(labelmap, geometry, what)
+    if found is None:
+        return None
+    # Segments share label-map layers; a segment is the voxels holding its label value.
+    values = found[0] == label_value
+    inner = bounding_slices(values)
+    if inner is None:
+        return None
+    return values[inner], block_within(found[1], inner)
+
+
+def _labelmap_values_on_grid(labelmap, geometry: VolumeGeometry, what: str):
+    """The values of ``labelmap`` (world placement included) on ``geometry``, resampled
+    to the nearest voxel when its grid is another, as (values, the slices of the grid
+    they cover); None when it covers no voxel of the grid."""
     slicer = _slicer()
     extent = labelmap.GetExtent()
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
@@ -293,19 +322,14 @@ def _labelmap_block_on_grid(labelmap, label_value: int, geometry: VolumeGeometry
             raise InputError(f"Segment '{what}' could not be resampled onto the volume's grid.")
         labelmap = resampled
         extent = labelmap.GetExtent()
-    # Segments share label-map layers; a segment is the voxels holding its label value.
-    values = _oriented_image_to_array(labelmap) == label_value
+    values = _oriented_image_to_array(labelmap)
     k0, j0, i0 = extent[4], extent[2], extent[0]
     target = (slice(max(k0, 0), min(k0 + values.shape[0], geometry.shape_kji[0])),
               slice(max(j0, 0), min(j0 + values.shape[1], geometry.shape_kji[1])),
               slice(max(i0, 0), min(i0 + values.shape[2], geometry.shape_kji[2])))
     if any(t.stop <= t.start for t in target):
         return None
-    values = values[tuple(slice(t.start - o, t.stop - o) for t, o in zip(target, (k0, j0, i0)))]
-    inner = bounding_slices(values)
-    if inner is None:
-        return None
-    return values[inner], block_within(target, inner)
+    return values[tuple(slice(t.start - o, t.stop - o) for t, o in zip(target, (k0, j0, i0)))], target
 
 
 def _image_to_world(oriented_image) -> np.ndarray:
