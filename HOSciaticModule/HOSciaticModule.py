@@ -124,6 +124,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
         self.ui.jumpClosestButton.connect("clicked(bool)", self.onJumpClosestButton)
         self.ui.jumpMaxEncasementButton.connect("clicked(bool)", self.onJumpMaxEncasementButton)
+        self.ui.islandsTableView.connect("clicked(QModelIndex)", self.onIslandRowClicked)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.seedsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeedsChanged)
         self.ui.progressBar.setVisible(False)
@@ -308,6 +309,14 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with self._errorsShown("Cannot jump to the maximum encasement."):
             self._jumpTo(self.logic.maxEncasementPoint(self._parameterNode))
 
+    def onIslandRowClicked(self, index) -> None:
+        if self._busy:  # a click while a step runs and rewrites the segments
+            return
+        with self._errorsShown("Cannot jump to the island."):
+            # The view may be sorted by a column: its rows are the table's through its proxy.
+            row = self.ui.islandsTableView.sortFilterProxyModel().mapToSource(index).row()
+            self._jumpTo(self.logic.islandCentre(self._parameterNode, row))
+
     def _jumpTo(self, point) -> None:
         slicer.modules.markups.logic().JumpSlicesToLocation(point[0], point[1], point[2], True)
 
@@ -475,6 +484,10 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
         if nearest is None:
             raise InputError("Compute contact first (there is no HO near this nerve otherwise).")
         return nearest
+
+    def islandCentre(self, p, row: int):
+        """The centre of mass of the island on ``row`` of the HO islands table."""
+        return self.analysis.island_centre(p.segmentation, p.islandsTable, row)
 
     def maxEncasementPoint(self, p):
         from HOSciaticModuleLib import scene as scene_io

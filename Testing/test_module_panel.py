@@ -29,7 +29,7 @@ WIDGET_API = {
     "QDoubleSpinBox": {"value", "connect"},
     "QComboBox": {"currentIndex", "connect"},
     "qMRMLNodeComboBox": {"connect", "currentNode", "setCurrentNode", "setMRMLScene"},
-    "qMRMLTableView": {"setMRMLTableNode", "setMRMLScene"},
+    "qMRMLTableView": {"setMRMLTableNode", "setMRMLScene", "connect", "sortFilterProxyModel"},
     "qSlicerMarkupsPlaceWidget": {"setCurrentNode", "setMRMLScene"},
     "ctkDirectoryButton": {"directory", "connect"},
     "ctkCollapsibleButton": {"collapsed"},

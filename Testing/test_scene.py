@@ -1269,3 +1269,27 @@ def test_trace_end_is_at_the_edge_within_5_mm_along_the_slices_too(slicer_scene,
     warnings = HOSciaticAnalysis._ho_beyond_traced_image_warnings(
         curve, "right", [(1, "HO 1", np.ones((5, 10, 10), bool), above_mr)], ct_geometry, centreline, {1: "HO 1"})
     assert bool(warnings) == named
+
+
+def test_a_row_of_the_islands_table_leads_to_its_island_as_it_is_now(slicer_scene, phantom):
+    # The panel centres the slice views on the island of a clicked row: its centre of
+    # mass, that of the table until the segment is edited, then the edited one's.
+    analysis = HOSciaticAnalysis(slicer_scene)
+    volume = scene_io.volume_node_from_array(slicer_scene, phantom.image, phantom.geometry, "CT")
+    oss = analysis.segment_ossifications(volume)
+    for row, island in enumerate(oss.result.islands):
+        np.testing.assert_allclose(analysis.island_centre(oss.segmentation_node, oss.islands_table_node, row),
+                                   island.centroid_ras, atol=1e-6)
+    segment_id = scene_io.segment_id_by_name(oss.segmentation_node, "HO 2")
+    mask = scene_io.segment_mask_on_grid(oss.segmentation_node, segment_id, phantom.geometry)
+    kept = mask & (np.arange(mask.shape[0]) < np.argwhere(mask)[:, 0].mean())[:, None, None]  # its lower half
+    scene_io.replace_segments(oss.segmentation_node, {"HO 2": kept}, phantom.geometry, scene_io.BONE_COLOR)
+    row = [oss.islands_table_node.GetCellText(r, 1) for r in range(oss.islands_table_node.GetNumberOfRows())].index(
+        "HO 2")
+    np.testing.assert_allclose(analysis.island_centre(oss.segmentation_node, oss.islands_table_node, row),
+                               phantom.geometry.kji_to_ras_points(np.argwhere(kept).mean(axis=0))[0], atol=1e-6)
+    with pytest.raises(InputError, match="no island on row 9"):
+        analysis.island_centre(oss.segmentation_node, oss.islands_table_node, 8)
+    oss.segmentation_node.GetSegmentation().RemoveSegment(segment_id)
+    with pytest.raises(InputError, match="'HO 2' is no longer in"):
+        analysis.island_centre(oss.segmentation_node, oss.islands_table_node, row)

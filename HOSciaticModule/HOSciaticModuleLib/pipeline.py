@@ -747,6 +747,28 @@ class HOSciaticAnalysis:
             islands.append(figures)
         return islands
 
+    def island_centre(self, segmentation_node, islands_table_node, row: int) -> np.ndarray:
+        """The centre of mass (RAS) of the HO segment on ``row`` of the islands table, as
+        the segment is now (edits included): where the panel centres the slice views when
+        that row is clicked."""
+        if segmentation_node is None or islands_table_node is None:
+            raise InputError("There is no HO islands table yet: segment the ossifications first.")
+        table = islands_table_node.GetTable()
+        title = next(m.title for m in measurements.ISLAND_MEASURES if m.key == "segment")
+        column = table.GetColumnByName(title)
+        if column is None or not 0 <= row < table.GetNumberOfRows():
+            raise InputError(f"The table '{islands_table_node.GetName()}' has no island on row {row + 1}: segment the "
+                             "ossifications again to rebuild the HO islands table.")
+        name = column.GetValue(row)
+        segment_id = scene_io.segment_id_by_name(segmentation_node, name)
+        geometry = self._segmentation_geometry(segmentation_node, None)
+        found = scene_io.segment_block_on_grid(segmentation_node, segment_id, geometry) if segment_id else None
+        if found is None:
+            raise InputError(f"The segment '{name}' is no longer in '{segmentation_node.GetName()}', or is empty: "
+                             "compute contact again to bring the HO islands table up to date.")
+        mask, block = found
+        return geometry.kji_to_ras_points(np.argwhere(mask).mean(axis=0) + [b.start for b in block])[0]
+
     # -- step 2: nerve --------------------------------------------------------------
     @with_small_memory_pages
     def trace_nerve(self, volume_node, seeds_node, *, side="right", modality="ct", segmentation_node=None,
