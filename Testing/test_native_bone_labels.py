@@ -210,6 +210,29 @@ def test_segments_under_a_transform_are_read_where_they_lie(slicer_scene, phanto
     np.testing.assert_array_equal(scene_io.segment_mask_on_grid(node, femur, phantom.geometry), expected)
 
 
+def test_bones_segmented_on_a_coarser_grid_keep_their_labels(slicer_scene, phantom):
+    """A bones' segmentation made on its own grid (TotalSegmentator works at 1.5 mm) is
+    read onto the CT's grid voxel by voxel from the nearest of its own voxels, each bone
+    keeping its number; one layer holding both, as read from a multi-label file."""
+    coarse = phantom.geometry.strided((3, 3, 3))
+    femur = phantom.native_bone_mask[::3, ::3, ::3] & (np.arange(coarse.shape_kji[2]) * 3 * 1.2 > 60.0)
+    hip = phantom.native_bone_mask[::3, ::3, ::3] & ~femur
+    assert femur.any() and hip.any()
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "coarse bones")
+    ids = scene_io.replace_segments(node, {"hip_right": hip, "femur_right": femur}, coarse, scene_io.BONE_COLOR)
+    node.GetSegmentation().CollapseBinaryLabelmaps(False)
+    labels = scene_io.segments_labels_on_grid(node, ids[::-1], phantom.geometry)  # femur first: label 1
+    # Each fine voxel's centre lies a third or two thirds of a coarse voxel from the
+    # nearest coarse centre: no ties to round.
+    nearest = np.rint(np.argwhere(np.ones(phantom.geometry.shape_kji, bool)) / 3.0).astype(int)
+    inside = np.all(nearest < coarse.shape_kji, axis=1)
+    expected = np.zeros(phantom.geometry.shape_kji, np.uint8).ravel()
+    coarse_labels = np.where(femur, 1, np.where(hip, 2, 0)).astype(np.uint8)
+    expected[inside] = coarse_labels[tuple(nearest[inside].T)]
+    np.testing.assert_array_equal(labels, expected.reshape(phantom.geometry.shape_kji))
+    np.testing.assert_array_equal(scene_io.segments_union_on_grid(node, ids, phantom.geometry), labels > 0)
+
+
 # ---------------------------------------------------------------------------------------
 # Each island named after the given bone it lies on
 # ---------------------------------------------------------------------------------------
