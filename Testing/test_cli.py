@@ -659,6 +659,6 @@ def test_closing_summary_gives_the_ho_volume_of_each_side_where_it_is_told(tmp_p
         return line
 
     both = [{"side": "left", "volume_ml": 4.0, "doubts": ""}, {"side": "right", "volume_ml": 1.5, "doubts": ""}]
-    assert summary_line(both) == "HO islands: 2, total 5.5 mL (right 1.5 mL, left 4.0 mL)"
+    assert summary_line(both) == "HO islands: 2, total 5.500 mL (right 1.500 mL, left 4.000 mL)"
     one_hip = [{"side": "", "volume_ml": 4.0, "doubts": ""}]
-    assert summary_line(one_hip) == "HO islands: 1, total 4.0 mL"
+    assert summary_line(one_hip) == "HO islands: 1, total 4.000 mL"

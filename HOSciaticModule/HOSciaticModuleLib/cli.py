@@ -731,8 +731,8 @@ def _summary(out_dir: Path) -> str:
         doubted = doubted_count(oss["islands"])
         doubted_ml = doubted_volume_ml(oss["islands"], oss["total_volume_ml"]) if doubted else None
         by_side = {side: side_volume_ml(oss["islands"], side) for side in SIDES}
-        lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']} mL"
-                     + (f" (right {by_side['right']} mL, left {by_side['left']} mL)"
+        lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']:.3f} mL"
+                     + (f" (right {by_side['right']:.3f} mL, left {by_side['left']:.3f} mL)"
                         if oss["count"] and None not in by_side.values() else "")
                      + (f"; {doubted} named as possibly not HO, {doubted_ml:.3f} mL (see each island's doubts and the "
                         "warnings)" if doubted else ""))
