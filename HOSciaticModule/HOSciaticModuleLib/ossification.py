@@ -633,17 +633,21 @@ def native_bones_near(island: np.ndarray, island_block, bone_labels: np.ndarray,
     for reach in reaches_mm:
         around = pad_block(island_block, bone_labels.shape, int(np.ceil(reach / min(geometry.spacing_kji))))
         labels = bone_labels[around]
-        present = [int(label) for label in np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1]
-        if not present:
+        bone = labels > 0
+        if not bone.any():
             continue
-        inner = block_relative_to(island_block, around)
-        nearest = {label: float(distance_outside(labels == label, geometry.cropped(around))[inner][island].min())
-                   for label in present}
-        closest = min(nearest.values())
+        # One distance map from the island serves every bone: a bone's distance is
+        # that of its nearest voxel (voxel centre to voxel centre, both ways the same).
+        placed = np.zeros(labels.shape, bool)
+        placed[block_relative_to(island_block, around)] = island
+        from_island = distance_outside(placed, geometry.cropped(around))[bone]
+        nearest = np.full(int(labels.max()) + 1, np.inf)
+        np.minimum.at(nearest, labels[bone], from_island)
+        closest = float(nearest.min())
         if closest > reach:
             continue
-        return sorted((label for label, distance in nearest.items() if distance <= closest + diagonal),
-                      key=lambda label: (nearest[label], label))
+        named = np.flatnonzero(nearest <= closest + diagonal)
+        return [int(label) for label in named[np.lexsort((named, nearest[named]))]]
     return []
 
 
