@@ -1293,3 +1293,39 @@ def test_a_row_of_the_islands_table_leads_to_its_island_as_it_is_now(slicer_scen
     oss.segmentation_node.GetSegmentation().RemoveSegment(segment_id)
     with pytest.raises(InputError, match="'HO 2' is no longer in"):
         analysis.island_centre(oss.segmentation_node, oss.islands_table_node, row)
+
+
+@pytest.mark.parametrize("brighter", [1.0, 1.6])
+def test_a_nerve_bright_on_mr_where_ho_presses_on_it_reads_its_signal_ratio(slicer_scene, tmp_path, brighter):
+    # On T2 fat-saturated MR a compressed nerve turns bright (oedema). Here the nerve in
+    # a sleeve of HO (30 mm of contact about s = 50 mm) is ``brighter`` times as bright
+    # at the sleeve's middle, fading over 20 mm either side: the signal ratio (largest in
+    # contact over the median more than 10 mm from contact) reads that factor within
+    # 0.08, and 1 for a nerve of even signal; it survives saving and reloading the scene.
+    # A nerve traced on CT has no signal.
+    from HOSciaticModuleLib.phantom import make_shell_spec
+
+    spec = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0, include_native_bone=True,
+                           nerve_signal_center_s_mm=50.0, nerve_signal_half_length_mm=20.0,
+                           nerve_signal_scale=brighter)
+    ct = generate_phantom(spec, spacing_ijk=(0.8, 0.8, 1.0), fov_mm=(130.0, 130.0, 120.0))
+    mr = generate_phantom(spec, modality="mr", spacing_ijk=(0.8, 0.8, 3.0), fov_mm=(130.0, 130.0, 120.0))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    ct_node = scene_io.volume_node_from_array(slicer_scene, ct.image, ct.geometry, "CT")
+    mr_node = scene_io.volume_node_from_array(slicer_scene, mr.image, mr.geometry, "MR")
+    seeds = scene_io.points_node_from_array(slicer_scene, ct.seeds_ras([8.0, 50.0, 92.0]), "seeds")
+    oss = analysis.segment_ossifications(ct_node)
+    traced = analysis.trace_nerve(mr_node, seeds, side="right", modality="mr", segmentation_node=oss.segmentation_node)
+    contact = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    assert contact.contact.encasement_class == "encasement"
+    assert contact.contact.signal_ratio == pytest.approx(brighter, abs=0.08)
+    assert contact.contact.thickening_ratio == pytest.approx(1.0, abs=0.1)  # brighter, not thicker
+    assert scene_io.curve_measurement(traced.centreline_node, "signal") is not None
+    if brighter == 1.0:
+        on_ct = analysis.trace_nerve(ct_node, seeds, side="left", modality="ct",
+                                     segmentation_node=oss.segmentation_node)
+        assert on_ct.trace.signal is None and scene_io.curve_measurement(on_ct.centreline_node, "signal") is None
+        return
+    _, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
+    ((side, reloaded),) = contacts
+    assert side == "right" and reloaded.contact.signal_ratio == pytest.approx(contact.contact.signal_ratio, abs=1e-4)

@@ -134,6 +134,9 @@ class NerveContact:
     deflection_mm: float | None
     thickening_ratio: float | None
     islands: list = field(default_factory=list)
+    #: On a nerve traced on MR: its signal in contact over its signal away from contact
+    #: (see :func:`signal_ratio`); None on CT or without contact.
+    signal_ratio: float | None = None
     tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM
     #: Per station: encasement by bone that is in no HO segment (None when not measured).
     bone_encasement_deg: np.ndarray | None = None
@@ -571,20 +574,34 @@ def deflection(points: np.ndarray, s_mm: np.ndarray, runs: list) -> float | None
 def thickening_ratio(area: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray) -> float | None:
     """Largest running-median area in contact over the median away from contact; only
     stations with a section (a finite ``area``) count, on either side."""
-    area = np.asarray(area, float)
-    sectioned = np.isfinite(area)
-    if not (in_contact & sectioned).any():
+    return _ratio_in_contact(area, s_mm, in_contact)
+
+
+def signal_ratio(signal: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray) -> float | None:
+    """A nerve's MR signal in contact with HO over its signal away from contact, as the
+    thickening ratio compares areas: a compressed nerve swells and turns bright on T2
+    fat-saturated images (oedema). Only stations with a signal (finite) count."""
+    return _ratio_in_contact(signal, s_mm, in_contact)
+
+
+def _ratio_in_contact(values: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarray) -> float | None:
+    """Largest running median of ``values`` (per station) in contact, away from the
+    ends of each contact run, over their median more than THICKENING_REFERENCE_DISTANCE_MM
+    from contact; None without contact or with fewer than three stations away from it."""
+    values = np.asarray(values, float)
+    known = np.isfinite(values)
+    if not (in_contact & known).any():
         return None
     contact_s = s_mm[in_contact]
     gap = np.min(np.abs(s_mm[:, None] - contact_s[None, :]), axis=1)
-    # The running median runs over the stations with a section, as if next to each other.
-    steady = np.full(len(area), np.nan)
-    steady[sectioned] = ndimage.median_filter(area[sectioned], size=THICKENING_WINDOW_STATIONS, mode="nearest")
-    reference = steady[sectioned & (gap > THICKENING_REFERENCE_DISTANCE_MM)]
+    # The running median runs over the stations with a value, as if next to each other.
+    steady = np.full(len(values), np.nan)
+    steady[known] = ndimage.median_filter(values[known], size=THICKENING_WINDOW_STATIONS, mode="nearest")
+    reference = steady[known & (gap > THICKENING_REFERENCE_DISTANCE_MM)]
     if reference.size < 3:
         return None
-    inner = ndimage.binary_erosion(in_contact, border_value=1) & sectioned
-    measured = inner if inner.any() else in_contact & sectioned
+    inner = ndimage.binary_erosion(in_contact, border_value=1) & known
+    measured = inner if inner.any() else in_contact & known
     return float(steady[measured].max() / np.median(reference))
 
 
@@ -904,6 +921,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
                     centreline_ras: np.ndarray, *, tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM,
                     ct_hu: np.ndarray | None = None, bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
                     image_geometry: VolumeGeometry | None = None, ct_checked: bool = False,
+                    signal_along_centreline: np.ndarray | None = None,
                     progress: ProgressCallback = None) -> NerveContact:
     """Contact and encasement figures of one nerve against every HO island.
 
@@ -914,6 +932,8 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     named as beyond the image, not as off the nerve segment. ``ct_checked``: the caller
     judged the whole image a CT already; otherwise ``ct_hu`` as given is judged (never
     the block around the nerve alone, which may hold neither air nor dense cortex).
+    ``signal_along_centreline``: a nerve traced on MR, its signal at each centreline
+    point (see :func:`nerve.section_signal`), for the signal ratio.
     """
     nerve_mask, centreline, tolerance = _checked_contact_inputs(nerve_mask, ho_labelmap, geometry, centreline_ras,
                                                                 tolerance_mm, ct_hu)
@@ -973,12 +993,25 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
         longest_contact_mm=float(max((b - a for a, b in runs), default=0.0)), contact_runs_mm=runs,
         max_encasement_deg=max_encasement, encasement_class=classify(min_distance, max_encasement, tolerance),
         deflection_mm=deflection(points, s_mm, runs), thickening_ratio=thickening_ratio(area, s_mm, in_contact),
+        signal_ratio=(signal_ratio(np.where(sections.on_nerve, _along_stations(signal_along_centreline, centreline,
+                                                                               s_mm), np.nan), s_mm, in_contact)
+                      if signal_along_centreline is not None else None),
         islands=island_results, tolerance_mm=tolerance, bone_encasement_deg=other.encasement,
         warnings=(floor_warnings + off_nerve_warnings(sections.on_nerve, s_mm,
                                                       (image_geometry or geometry).contains_ras(points))
                   + unsegmented_bone_warnings(s_mm, other.wrap_encasement)),
         wrapping_bone_block=other.wrapping_block,
         wrapping_bone_slices=other.wrapping_slices)
+
+
+def _along_stations(values: np.ndarray, centreline: np.ndarray, s_mm: np.ndarray) -> np.ndarray:
+    """Values given per centreline point, at the stations' arc lengths (interpolated);
+    NaN everywhere when there is not one per point."""
+    values = np.asarray(values, float)
+    if len(values) != len(centreline):
+        return np.full(len(s_mm), np.nan)
+    along = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(centreline, axis=0), axis=1))]
+    return np.interp(s_mm, along, values)
 
 
 def _checked_contact_inputs(nerve_mask, ho_labelmap, geometry: VolumeGeometry, centreline_ras, tolerance_mm, ct_hu):

@@ -121,6 +121,9 @@ STATION_MEASURES = [
             lambda s: s["min_diameter_mm"], 2),
     Measure("max_diameter_mm", "Max diameter", "mm", "float", "Largest caliper width of the cross-section",
             lambda s: s["max_diameter_mm"], 2),
+    Measure("signal", "Signal", "", "float",
+            "MR only: median signal over the inner half of the cross-section, the coils' uneven sensitivity divided "
+            "out (the series' own units: compare along the nerve, not between series)", lambda s: s.get("signal"), 1),
 ]
 
 STATION_CONTACT_MEASURES = [
@@ -183,6 +186,9 @@ NERVE_CONTACT_MEASURES = CONTACT_MEASURES + [
     Measure("thickening_ratio", "Thickening ratio", "", "float",
             "Largest area in a contact zone / median area of stations > 10 mm from contact",
             _attribute("thickening_ratio"), 3),
+    Measure("signal_ratio", "Signal ratio", "", "float",
+            "MR only: largest signal in a contact zone / median signal of stations > 10 mm from contact",
+            _attribute("signal_ratio"), 3),
 ]
 
 

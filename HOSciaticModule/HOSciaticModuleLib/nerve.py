@@ -299,6 +299,10 @@ SWOLLEN_NEIGHBOURS = 2
 #: Such a section is measured again with rays counted inside for this first stretch:
 #: even a compressed sciatic nerve is over 2 mm thick.
 COLLAPSE_MIN_RAY_MM = 1.0
+#: On MR a section's signal is read from its core out to half-way to its outline: the
+#: outer half averages the nerve with the fat, muscle or HO around it (partial volume),
+#: which would read a nerve pressed thin by HO as darker than it is.
+SIGNAL_SAMPLE_FRACTIONS = (0.0, 0.25, 0.5)
 
 
 @dataclass
@@ -327,6 +331,8 @@ class NerveTrace:
     warnings: list = field(default_factory=list)
     #: Per station, the reasons (joined by "; ") of the caveats that cover it ("" for none).
     station_caveats: list = field(default_factory=list)
+    #: MR only: per station, the nerve's signal (see :func:`section_signal`); None on CT.
+    signal: np.ndarray | None = None
 
     @property
     def length_mm(self) -> float:
@@ -1300,6 +1306,19 @@ def _polygon_figures(radii, angles, with_widths: bool = True):
 # ---------------------------------------------------------------------------------------
 # Nerve segment
 # ---------------------------------------------------------------------------------------
+def section_signal(image: np.ndarray, geometry: VolumeGeometry, cores: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+    """Per station, the median of ``image`` (interpolated) over the inner half of the
+    cross-section: along each ray from the section's core (``cores``, RAS) towards its
+    outline (``boundary``: (stations, rays, 3) RAS), at SIGNAL_SAMPLE_FRACTIONS of the way."""
+    cores = np.asarray(cores, float)
+    reach = np.asarray(boundary, float) - cores[:, None, :]
+    fractions = np.asarray(SIGNAL_SAMPLE_FRACTIONS)
+    points = cores[:, None, None, :] + fractions[None, None, :, None] * reach[:, :, None, :]
+    kji = geometry.ras_to_kji_points(points.reshape(-1, 3))
+    values = ndimage.map_coordinates(image, kji.T, order=1, mode="nearest")
+    return np.median(values.reshape(len(cores), -1), axis=1)
+
+
 def radii_about_centreline(points: np.ndarray, boundary: np.ndarray) -> np.ndarray:
     """Boundary radii at regular angles about each centreline point (the sections were
     measured from their cores, which may sit a little off the smoothed centreline)."""
@@ -2164,6 +2183,9 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
                  + seeds_in_too_wide_stretch_warnings(seeds_ras, points, outline_caveats)
                  + wider_than_normal_warnings(sections.area, modality)
                  + [caveat.warning for caveat in image_caveats])
+    # Read on the block as traced: on MR the coils' shading is divided out of it, so
+    # the signal compares along the nerve.
+    signal = section_signal(image, geometry, sections.cores, boundary) if modality == "mr" else None
     report(progress, 0.9, "Building the nerve segment")
     block_mask = voxelise_sections(geometry, points, radii_about_centreline(points, boundary))
     if exclusion_mask is not None:
@@ -2174,4 +2196,5 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
         diameter_mm=equivalent_diameter_mm(sections.area), min_diameter_mm=sections.min_width,
         max_diameter_mm=sections.max_width, boundary_ras=list(boundary), mask_block=block_mask,
         mask_slices=block, volume_shape=full_shape, warnings=warnings,
-        station_caveats=["; ".join(c.reason for c in caveats if c.stations[n]) for n in range(len(points))])
+        station_caveats=["; ".join(c.reason for c in caveats if c.stations[n]) for n in range(len(points))],
+        signal=signal)

@@ -90,6 +90,11 @@ class PhantomSpec:
     thickening_center_s_mm: float | None = 62.0
     thickening_half_length_mm: float = 12.0
     thickening_scale: float = 1.3
+    #: On MR, the nerve's signal raised over a stretch (oedema of a compressed nerve: T2
+    #: bright), with the same raised-cosine profile as the thickening; None: even all along.
+    nerve_signal_center_s_mm: float | None = None
+    nerve_signal_half_length_mm: float = 12.0
+    nerve_signal_scale: float = 1.0
     include_native_bone: bool = True
     femur_axis: tuple = ((34.0, 14.0, -90.0), (40.0, 16.0, 90.0))
     femur_radius_mm: float = 13.0
@@ -190,11 +195,22 @@ def _dense_nerve_curve(spec: PhantomSpec, step_mm: float = 0.25):
     return s, points, tangents, normals, binormals
 
 
+def _raised_cosine(s: np.ndarray, center: float | None, half_length: float, peak: float) -> np.ndarray:
+    """1 away from ``center``, rising smoothly to ``peak`` at it over ``half_length``."""
+    if center is None:
+        return np.ones_like(s, dtype=float)
+    x = (s - center) / half_length
+    return 1.0 + (peak - 1.0) * np.where(np.abs(x) < 1.0, 0.5 * (1 + np.cos(np.pi * x)), 0.0)
+
+
+def nerve_signal_scale_along(spec: PhantomSpec, s: np.ndarray) -> np.ndarray:
+    """The factor the MR nerve's signal is raised by at arc lengths ``s``."""
+    return _raised_cosine(np.asarray(s, float), spec.nerve_signal_center_s_mm, spec.nerve_signal_half_length_mm,
+                          spec.nerve_signal_scale)
+
+
 def _semi_axes_along(spec: PhantomSpec, s: np.ndarray) -> np.ndarray:
-    scale = np.ones_like(s)
-    if spec.thickening_center_s_mm is not None:
-        x = (s - spec.thickening_center_s_mm) / spec.thickening_half_length_mm
-        scale += (spec.thickening_scale - 1.0) * np.where(np.abs(x) < 1.0, 0.5 * (1 + np.cos(np.pi * x)), 0.0)
+    scale = _raised_cosine(s, spec.thickening_center_s_mm, spec.thickening_half_length_mm, spec.thickening_scale)
     return np.stack([spec.nerve_semi_axes[0] * scale, spec.nerve_semi_axes[1] * scale], axis=1)
 
 
@@ -324,7 +340,7 @@ def _paint_block(spec: PhantomSpec, frame: _NerveFrame, points: np.ndarray, valu
         labels[inside] = index
 
     nerve = nerve_distance <= 0
-    image[nerve] = values["nerve"]
+    image[nerve] = values["nerve"] * (nerve_signal_scale_along(spec, s[nerve]) if values is MR_T2FS_VALUES else 1.0)
     labels[nerve] = 0
     return image, labels, nerve, native, calcification & ~native
 

@@ -868,7 +868,8 @@ class HOSciaticAnalysis:
             min_diameter_mm=figures["min_diameter_mm"], max_diameter_mm=figures["max_diameter_mm"],
             boundary_ras=[], mask_block=np.zeros((0, 0, 0), bool), mask_slices=(slice(0, 0),) * 3, volume_shape=(0, 0, 0),
             warnings=self._warnings_of(centreline_node, NERVE_WARNINGS),
-            station_caveats=self._station_caveats_of(centreline_node, len(points)))
+            station_caveats=self._station_caveats_of(centreline_node, len(points)),
+            signal=self._signal_of(centreline_node, len(points)))
         segment_id = (scene_io.segment_id_by_name(segmentation_node, nerve_segment_name(side))
                       if segmentation_node is not None else None)
         return NerveOutputs(centreline_node, self._existing(None, *stations_output(side)),
@@ -916,9 +917,19 @@ class HOSciaticAnalysis:
         return [
             {"s_mm": float(trace.s_mm[n]), "ras": trace.points_ras[n].tolist(), "area_mm2": float(trace.area_mm2[n]),
              "diameter_mm": float(trace.diameter_mm[n]), "min_diameter_mm": float(trace.min_diameter_mm[n]),
-             "max_diameter_mm": float(trace.max_diameter_mm[n]), "caveats": caveats[n]}
+             "max_diameter_mm": float(trace.max_diameter_mm[n]), "caveats": caveats[n],
+             "signal": float(trace.signal[n]) if trace.signal is not None else None}
             for n in range(len(trace.s_mm))
         ]
+
+    @staticmethod
+    def _signal_of(centreline_node, count: int) -> np.ndarray | None:
+        """The signal per station kept on a nerve traced on MR (None on CT, or when the
+        curve's points no longer match it)."""
+        if centreline_node.GetAttribute("HOSciatic.Modality") != "mr":
+            return None
+        values = scene_io.curve_measurement(centreline_node, "signal")
+        return values if values is not None and len(values) == count else None
 
     @staticmethod
     def _station_caveats_of(centreline_node, count: int) -> list[str]:
@@ -936,7 +947,9 @@ class HOSciaticAnalysis:
         measures = [m for m in measurements.STATION_MEASURES if m.kind == "float" and m.key != "s_mm"]
         if with_contact:
             measures += measurements.STATION_CONTACT_MEASURES
-        return {m.key: (m.unit, m.description, [m.read(s) for s in stations]) for m in measures}
+        arrays = {m.key: (m.unit, m.description, [m.read(s) for s in stations]) for m in measures}
+        # A figure no station has (the signal of a nerve traced on CT) is no array.
+        return {key: array for key, array in arrays.items() if any(value is not None for value in array[2])}
 
     def _fill_stations_table(self, table_node, side, stations, with_contact):
         station_measures = measurements.station_measures(with_contact)
@@ -1007,6 +1020,9 @@ class HOSciaticAnalysis:
         shared = self._shared_ho_voxels(ho_blocks, labelmap, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
+        # A nerve traced on MR keeps its signal per centreline point on the curve.
+        signal = (scene_io.curve_measurement(centreline_node, "signal")
+                  if centreline_node.GetAttribute("HOSciatic.Modality") == "mr" else None)
         reference = reference_volume_node or self._reference_volume(segmentation_node)
         full_ct = self._ct_on_grid(reference, full_geometry)
         ct = full_ct[window] if full_ct is not None else None
@@ -1020,6 +1036,7 @@ class HOSciaticAnalysis:
                                                     tolerance_mm=float(tolerance_mm), ct_hu=ct,
                                                     bone_threshold_hu=bone_threshold_hu,
                                                     image_geometry=full_geometry, ct_checked=True,
+                                                    signal_along_centreline=signal,
                                                     progress=sub_progress(progress, 0.1, 0.7))
             report(progress, 0.75, "Building surface models")
             nerve_mesh = nerve_mesh_job.result()
