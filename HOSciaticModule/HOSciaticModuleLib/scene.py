@@ -255,11 +255,15 @@ def segments_labels_on_grid(segmentation_node, segment_ids_wanted, geometry: Vol
         if found is None:
             continue
         values, target = found
+        if values.dtype.kind == "f":  # a label map stored as floating point
+            values = np.rint(values).astype(np.int64)
+        if values.dtype.kind == "i":  # no label is negative; the lookup needs indices from 0
+            values = np.maximum(values, 0)
         lookup = np.zeros(max(int(values.max()), max(numbers)) + 1, labels.dtype)
         for value, number in numbers.items():
             if value >= 0:
                 lookup[value] = number
-        numbered = lookup[np.maximum(values, 0)]
+        numbered = lookup[values]
         region = labels[target]
         inside = numbered > 0
         region[inside] = numbered[inside]
