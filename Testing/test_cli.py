@@ -58,6 +58,8 @@ def test_ossification_figures_match_truth(analysed):
     volumes = [i["volume_ml"] for i in oss["islands"]]
     assert volumes == sorted(volumes, reverse=True)
     assert sum(i["fused_to_native_bone"] for i in oss["islands"]) == 1
+    # One hip imaged: no side told, so no volume per side (null, not 0).
+    assert oss["right_volume_ml"] is None and oss["left_volume_ml"] is None
     for island in oss["islands"]:
         assert {"id", "segment", "side", "volume_ml", "mean_hu", "max_hu", "centroid_ras", "size_rl_mm", "size_ap_mm",
                 "size_si_mm", "fused_to_native_bone", "native_bone", "maturity", "doubts", "min_distance_to_nerve_mm",

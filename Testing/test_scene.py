@@ -990,6 +990,13 @@ def test_a_segment_painted_by_hand_is_given_the_side_it_lies_on(slicer_scene):
     sides = {i.label: i.side for i in reread.result.islands}
     assert sides.pop(9) == "left" and set(sides.values()) == {"right"}
     assert scene_io.segment_tag(painted, SIDE_TAG) is None
+    # metrics.json adds each side's islands up.
+    from HOSciaticModuleLib import export
+
+    document = export.metrics_document({}, {}, reread, [], [], [])["ossifications"]
+    volumes = {i.label: i.volume_ml for i in reread.result.islands}
+    assert document["left_volume_ml"] == pytest.approx(volumes.pop(9), abs=1e-3)
+    assert document["right_volume_ml"] == pytest.approx(sum(volumes.values()), abs=2e-3)
 
 
 def test_settings_given_as_text_or_none_from_the_console(slicer_scene):

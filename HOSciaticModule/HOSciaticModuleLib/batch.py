@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .defaults import SIDES
 from .errors import InputError
-from .export import PARTIAL_PREFIX, give_default_mode
+from .export import PARTIAL_PREFIX, give_default_mode, side_volume_ml
 
 REQUIRED_COLUMNS = ("case", "image")
 OPTIONAL_COLUMNS = ("nerve_seeds", "roi", "bones", "modality")
@@ -220,18 +220,6 @@ def doubted_volume_ml(islands: list[dict], total_ml=None) -> float | None:
         return None
     doubted = round(sum((float(island["volume_ml"]) for island in islands if island["doubts"]), 0.0), 3)
     return min(doubted, float(total_ml)) if isinstance(total_ml, (int, float)) else doubted
-
-
-def side_volume_ml(islands: list[dict], side: str) -> float | None:
-    """The volume (mL) of a ``metrics.json`` document's islands on the patient's ``side``
-    (the sum of their volumes); None when the document does not say (written before
-    islands had sides) or no island's side could be told (an image of one hip, where
-    the body's midline is not found). 0 when there are no islands."""
-    if any("side" not in island or "volume_ml" not in island for island in islands):
-        return None
-    if islands and not any(island["side"] for island in islands):
-        return None
-    return round(sum((float(island["volume_ml"]) for island in islands if island["side"] == side), 0.0), 3)
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

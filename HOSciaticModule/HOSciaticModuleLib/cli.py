@@ -720,7 +720,7 @@ def run_demo(args, progress, on_published=None) -> Path:
 
 
 def _summary(out_dir: Path) -> str:
-    from .batch import doubted_count, doubted_volume_ml, side_volume_ml
+    from .batch import doubted_count, doubted_volume_ml
 
     document = json.loads((out_dir / "metrics.json").read_text())
     lines = [f"Results in {out_dir.resolve()}"]
@@ -730,7 +730,7 @@ def _summary(out_dir: Path) -> str:
     if oss:
         doubted = doubted_count(oss["islands"])
         doubted_ml = doubted_volume_ml(oss["islands"], oss["total_volume_ml"]) if doubted else None
-        by_side = {side: side_volume_ml(oss["islands"], side) for side in SIDES}
+        by_side = {side: export.side_volume_ml(oss["islands"], side) for side in SIDES}
         lines.append(f"HO islands: {oss['count']}, total {oss['total_volume_ml']:.3f} mL"
                      + (f" (right {by_side['right']:.3f} mL, left {by_side['left']:.3f} mL)"
                         if oss["count"] and None not in by_side.values() else "")

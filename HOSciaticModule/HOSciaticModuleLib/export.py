@@ -123,6 +123,18 @@ def island_entries(islands, contacts) -> list[dict]:
     return entries
 
 
+def side_volume_ml(islands: list[dict], side: str) -> float | None:
+    """The volume (mL) of a ``metrics.json`` document's islands on the patient's ``side``
+    (the sum of their volumes); None when the document does not say (written before
+    islands had sides) or no island's side could be told (an image of one hip, where
+    the body's midline is not found). 0 when there are no islands."""
+    if any("side" not in island or "volume_ml" not in island for island in islands):
+        return None
+    if islands and not any(island["side"] for island in islands):
+        return None
+    return round(sum((float(island["volume_ml"]) for island in islands if island["side"] == side), 0.0), 3)
+
+
 def metrics_document(input_info: dict, parameters: dict, oss_outputs, nerves, contacts, warnings) -> dict:
     """The ``hosciatic-metrics/1`` document; only ``generated`` changes between identical runs."""
     contact_by_side = dict(contacts)
@@ -139,10 +151,12 @@ def metrics_document(input_info: dict, parameters: dict, oss_outputs, nerves, co
     }
     islands = current_islands(oss_outputs, contacts)
     if islands is not None:
+        entries = island_entries(islands, contacts)
         document["ossifications"] = {
             "count": len(islands),
             "total_volume_ml": measurements.rounded(sum(i.volume_ml for i in islands) - shared_ho_ml(contacts), 3),
-            "islands": island_entries(islands, contacts),
+            **{f"{side}_volume_ml": side_volume_ml(entries, side) for side in SIDES},
+            "islands": entries,
         }
     return document
 
