@@ -1020,9 +1020,7 @@ class HOSciaticAnalysis:
         shared = self._shared_ho_voxels(ho_blocks, labelmap, window)
         nerve_mask = self.paste_labels([(1, "", nerve[0], nerve[1])], full_geometry, window) > 0
         centreline = scene_io.control_points_world(centreline_node)
-        # A nerve traced on MR keeps its signal per centreline point on the curve.
-        signal = (scene_io.curve_measurement(centreline_node, "signal")
-                  if centreline_node.GetAttribute("HOSciatic.Modality") == "mr" else None)
+        signal = self._signal_of(centreline_node, len(centreline))
         reference = reference_volume_node or self._reference_volume(segmentation_node)
         full_ct = self._ct_on_grid(reference, full_geometry)
         ct = full_ct[window] if full_ct is not None else None
