@@ -43,7 +43,8 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import VolumeGeometry, block_within, bounding_slices, pad_block, sparse_label_boxes, within_or_next_to
+from .geometry import (VolumeGeometry, arc_length_mm, block_within, bounding_slices, pad_block, sparse_label_boxes,
+                       within_or_next_to)
 from .hounsfield import METAL_THRESHOLD_HU, at_least, looks_like_ct
 from .memorypages import with_single_threaded_blas
 from .nerve import frames, resample_polyline, star_polygon_area_centroid, stretch_along
@@ -942,7 +943,7 @@ def compute_contact(nerve_mask: np.ndarray, ho_labelmap: np.ndarray, geometry: V
     tolerance = max(tolerance, resolution)
     report(progress, 0.05, "Sampling nerve cross-sections")
     points = resample_polyline(centreline, STATION_SPACING_MM)
-    s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    s_mm = arc_length_mm(points)
     nerve_boxes, crop, sections, nerve_key = _nerve_geometry(nerve_mask, geometry, points)
     if not sections.on_nerve.any():
         raise InputError("The nerve centreline does not run inside the nerve segment anywhere: the curve and the "
@@ -1010,7 +1011,7 @@ def _along_stations(values: np.ndarray, centreline: np.ndarray, s_mm: np.ndarray
     values = np.asarray(values, float)
     if len(values) != len(centreline):
         return np.full(len(s_mm), np.nan)
-    along = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(centreline, axis=0), axis=1))]
+    along = arc_length_mm(centreline)
     return np.interp(s_mm, along, values)
 
 

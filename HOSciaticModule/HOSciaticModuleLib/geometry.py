@@ -241,6 +241,11 @@ def distance_outside(mask: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     return distance_inside(~np.asarray(mask, bool), geometry)
 
 
+def arc_length_mm(points: np.ndarray) -> np.ndarray:
+    """Length along a polyline (N, 3) from its first point to each of its points."""
+    return np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+
+
 def block_within(outer, inner) -> tuple:
     """The slices, in the whole array, of the block ``inner`` given within the block ``outer``."""
     return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))

@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from .defaults import CT_FAT_HU
 from .errors import InputError
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, arc_length_mm
 from .hounsfield import METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, looks_like_ct
 from .memorypages import with_single_threaded_blas
 from .progress import ProgressCallback, report
@@ -739,7 +739,7 @@ def resample_polyline(points: np.ndarray, step_mm: float) -> np.ndarray:
     segment = np.linalg.norm(np.diff(points, axis=0), axis=1)
     keep = np.r_[True, segment > 1e-9]
     points = points[keep]
-    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    arc = arc_length_mm(points)
     if arc[-1] <= 0:
         return points[:1]
     count = max(int(np.floor(arc[-1] / step_mm)), 1)
@@ -1010,7 +1010,7 @@ def seeds_on_the_nerve(image, geometry: VolumeGeometry, seeds: np.ndarray, appea
     nerve-like tissue already stays where it was clicked (the sections centre it), as
     does one with no enclosed tissue within reach (a nerve touching muscle without a fat
     plane); seeds that meet are merged."""
-    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(seeds, axis=0), axis=1))]
+    arc = arc_length_mm(seeds)
     before = [seeds[arc <= a - SEED_COURSE_MM][-1] if np.any(arc <= a - SEED_COURSE_MM) else seeds[0] for a in arc]
     after = [seeds[arc >= a + SEED_COURSE_MM][0] if np.any(arc >= a + SEED_COURSE_MM) else seeds[-1] for a in arc]
     course = np.array(after) - np.array(before)
@@ -1367,8 +1367,7 @@ def voxelise_sections(geometry: VolumeGeometry, points, radii) -> np.ndarray:
     block_geometry = geometry.cropped(block)
     # Sub-stations every 0.25 mm so every voxel finds the section it belongs to.
     dense = resample_polyline(points, 0.25)
-    station_of_dense = np.clip(np.round(np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
-                                        / STATION_SPACING_MM).astype(int), 0, len(points) - 1)
+    station_of_dense = np.clip(np.round(arc_length_mm(dense) / STATION_SPACING_MM).astype(int), 0, len(points) - 1)
     shape = tuple(s.stop - s.start for s in block)
     line_kji = np.clip(np.rint(block_geometry.ras_to_kji_points(dense)).astype(int), 0, np.array(shape) - 1)
     # Rounding moves the line by up to half a voxel diagonal: widen the reach by that.
@@ -1848,7 +1847,7 @@ def through_bone_caveats(ct_hu: np.ndarray, geometry: VolumeGeometry, points: np
     crossing = long_run[runs]
     if not crossing.any():
         return []
-    dense_s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
+    dense_s = arc_length_mm(dense)
     through = np.zeros(len(points), bool)
     through[np.clip(np.searchsorted(s_mm, dense_s[crossing]), 0, len(points) - 1)] = True
     length = float(np.count_nonzero(crossing) * step)
@@ -2146,7 +2145,7 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
             if per_click_level:
                 # Read again on the smoothed block, the level is the clicks' median again.
                 appearance = _per_click_appearance(image, geometry, seeds, appearance)[0]
-    s_mm = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    s_mm = arc_length_mm(points)
     # Seeds clicked across the nerve meet it at one level, however far the re-centred
     # stations run on from there along it.
     seeds_along_mm = float(np.ptp(s_mm[cKDTree(points).query(seeds)[1]]))

@@ -26,7 +26,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from scipy.spatial import cKDTree
 
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, arc_length_mm
 
 # Typical attenuation (HU) and T2 fat-sat signal (arbitrary units) of each tissue.
 CT_VALUES = {
@@ -178,11 +178,11 @@ class Phantom:
 # ---------------------------------------------------------------------------------------
 def _dense_nerve_curve(spec: PhantomSpec, step_mm: float = 0.25):
     control = np.asarray(spec.nerve_control_points, float) + np.asarray(spec.center_ras, float)
-    chord = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(control, axis=0), axis=1))]
+    chord = arc_length_mm(control)
     spline = CubicSpline(chord, control, bc_type="natural")
     fine_t = np.linspace(0.0, chord[-1], int(chord[-1] / 0.05) + 1)
     fine = spline(fine_t)
-    fine_s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(fine, axis=0), axis=1))]
+    fine_s = arc_length_mm(fine)
     s = np.arange(0.0, fine_s[-1], step_mm)
     points = np.stack([np.interp(s, fine_s, fine[:, a]) for a in range(3)], axis=1)
     tangents = np.gradient(points, axis=0)

@@ -24,7 +24,8 @@ from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
 from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
 from .errors import InputError, as_number
-from .geometry import block_relative_to, block_within, bounding_slices, corner_shift_mm, distance_outside, pad_block
+from .geometry import (arc_length_mm, block_relative_to, block_within, bounding_slices, corner_shift_mm,
+                       distance_outside, pad_block)
 from .hounsfield import looks_like_ct
 from .memorypages import with_small_memory_pages
 from .midline import ct_body_midline, side_of_body, side_of_midline
@@ -863,7 +864,7 @@ class HOSciaticAnalysis:
                              "again with this module.")
         trace = nerve.NerveTrace(
             side=side, modality=centreline_node.GetAttribute("HOSciatic.Modality") or "ct", points_ras=points,
-            s_mm=np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))],
+            s_mm=arc_length_mm(points),
             area_mm2=figures["area_mm2"], diameter_mm=figures["diameter_mm"],
             min_diameter_mm=figures["min_diameter_mm"], max_diameter_mm=figures["max_diameter_mm"],
             boundary_ras=[], mask_block=np.zeros((0, 0, 0), bool), mask_slices=(slice(0, 0),) * 3, volume_shape=(0, 0, 0),
@@ -1266,7 +1267,7 @@ class HOSciaticAnalysis:
         points = scene_io.control_points_world(centreline_node)
         traced = {m.key: scene_io.curve_measurement(centreline_node, m.key)
                   for m in measurements.STATION_MEASURES if m.kind == "float" and m.key != "s_mm"}
-        s_traced = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))] if len(points) else np.zeros(0)
+        s_traced = arc_length_mm(points) if len(points) else np.zeros(0)
         caveats = self._station_caveats_of(centreline_node, len(points))
         rows = []
         for n, s in enumerate(np.asarray(result.s_mm, float)):
