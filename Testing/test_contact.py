@@ -726,3 +726,48 @@ def test_nerve_sections_read_a_few_steps_at_a_time_find_the_same_boundary():
     expected = np.where(is_in.all(axis=-1), len(steps) - 1, np.argmin(is_in, axis=-1))
     assert 0 < np.count_nonzero(expected == len(steps) - 1) < expected.size
     np.testing.assert_array_equal(_first_steps_outside(inside, origins, directions, steps), expected)
+
+
+def _mirror_across_x0(points):
+    return points * np.array([-1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("other_shift_mm, other_stop_mm, expected", [
+    (0.0, 100.0, 1.5),     # the other nerve at the mirror image, along the whole stretch
+    (9.0, 100.0, 1.5),     # 9 mm anterior of it (the other leg lies otherwise): matched by level
+    (20.0, 100.0, None),   # farther than CONTRALATERAL_MATCH_MM: not the other nerve at that level
+    (0.0, 30.0, None),     # traced only above the contact: its nearest station is its end
+])
+def test_area_against_the_other_side_compares_the_nerve_at_its_mirror_image(other_shift_mm, other_stop_mm, expected):
+    """A nerve of 100 mm² swollen to 150 mm² over 20 mm of contact, 40 mm right of the
+    midline; the other side's nerve of 100 mm² all along, 40 mm left: the area in contact
+    reads 1.5 times the other side's at the same place, and nothing where the other nerve
+    was not traced at that level."""
+    from HOSciaticModuleLib.contact import contralateral_ratio
+
+    s = np.arange(0.0, 100.0 + 1e-9, 1.0)
+    points = np.stack([np.full_like(s, 40.0), np.zeros_like(s), -s], axis=1)
+    in_contact = (s >= 40.0) & (s <= 60.0)
+    area = np.where(in_contact, 150.0, 100.0)
+    other_s = np.arange(0.0, other_stop_mm + 1e-9, 2.0)  # stations of another step
+    other_points = np.stack([np.full_like(other_s, -40.0), np.full_like(other_s, other_shift_mm), -other_s], axis=1)
+    ratio = contralateral_ratio(area, points, in_contact, np.full(len(other_s), 100.0), other_points, _mirror_across_x0)
+    assert ratio == (pytest.approx(expected, abs=1e-9) if expected is not None else None)
+
+
+def test_area_against_the_other_side_skips_what_either_nerve_lacks():
+    """Stations without a section on either nerve are not compared; no contact, no ratio.
+    The other nerve thinner in part (80 mm² over s 50-60): the largest ratio is there."""
+    from HOSciaticModuleLib.contact import contralateral_ratio
+
+    s = np.arange(0.0, 100.0 + 1e-9, 1.0)
+    points = np.stack([np.full_like(s, 40.0), np.zeros_like(s), -s], axis=1)
+    in_contact = (s >= 40.0) & (s <= 70.0)
+    area = np.full(len(s), 100.0)
+    other_area = np.where((s >= 50.0) & (s <= 60.0), 80.0, 100.0)
+    other = _mirror_across_x0(points)
+    assert contralateral_ratio(area, points, in_contact, other_area, other, _mirror_across_x0) == pytest.approx(1.25)
+    other_area[(s >= 45.0) & (s <= 65.0)] = np.nan   # no section there
+    assert contralateral_ratio(area, points, in_contact, other_area, other, _mirror_across_x0) == pytest.approx(1.0)
+    assert contralateral_ratio(area, points, np.zeros(len(s), bool), other_area, other, _mirror_across_x0) is None
+    assert contralateral_ratio(np.full(len(s), np.nan), points, in_contact, other_area, other, _mirror_across_x0) is None

@@ -1336,3 +1336,78 @@ def test_a_nerve_bright_on_mr_where_ho_presses_on_it_reads_its_signal_ratio(slic
     _, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     ((side, reloaded),) = contacts
     assert side == "right" and reloaded.contact.signal_ratio == pytest.approx(contact.contact.signal_ratio, abs=1e-4)
+
+
+def _grid_centred_on_the_midline(spec):
+    """The same anatomy on a grid whose centre (``center_ras``) lies on the body's midline,
+    so that flipping the grid's columns mirrors it across the midline."""
+    import dataclasses
+
+    shift = spec.body_center_offset[0]
+
+    def moved(points):
+        return tuple((p[0] - shift,) + tuple(p[1:]) for p in points)
+
+    return dataclasses.replace(
+        spec, center_ras=(spec.center_ras[0] + shift,) + tuple(spec.center_ras[1:]),
+        nerve_control_points=moved(spec.nerve_control_points), femur_axis=moved(spec.femur_axis),
+        ischium_axis=moved(spec.ischium_axis), artery_axis=moved(spec.artery_axis),
+        body_center_offset=(0.0, spec.body_center_offset[1]))
+
+
+def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_image(slicer_scene, tmp_path):
+    # Both hips: on the right a nerve 5 mm in radius in a 270° sleeve of HO, on the left
+    # (the right's anatomy mirrored, with no HO) a nerve 4 mm in radius lying 6 mm more
+    # anterior; both traced on an MR of 3 mm slices, the HO segmented on the CT. The
+    # right nerve's area in contact over the left's at the mirror image is (5/4)² =
+    # 1.5625 (within 0.08), its own thickening ratio 1; the left nerve touches no HO, so
+    # it has no ratio. The figure survives the scene bundle; with the left nerve traced
+    # only beyond the contact's level there is nothing to compare it with.
+    import dataclasses
+
+    from HOSciaticModuleLib.phantom import make_shell_spec
+
+    base = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
+    right_spec = _grid_centred_on_the_midline(base)
+    left_spec = _grid_centred_on_the_midline(dataclasses.replace(
+        base, islands=(), nerve_semi_axes=(4.0, 4.0),
+        nerve_control_points=tuple((p[0], p[1] + 6.0, p[2]) for p in base.nerve_control_points)))
+    midline_x = right_spec.center_ras[0]
+
+    def both_hips(modality, spacing):
+        right_hip, left_hip = (generate_phantom(spec, modality=modality, spacing_ijk=spacing, fov_mm=(230.0, 130.0, 120.0))
+                               for spec in (right_spec, left_spec))
+        columns = right_hip.image.shape[2]
+        columns_x = right_hip.geometry.kji_to_ras_points(
+            np.stack([np.zeros(columns), np.zeros(columns), np.arange(columns)], axis=1))[:, 0]
+        image = np.where((columns_x >= midline_x)[None, None, :], right_hip.image, left_hip.image[:, :, ::-1])
+        return scene_io.volume_node_from_array(slicer_scene, image, right_hip.geometry, modality.upper()), right_hip, left_hip
+
+    ct, _, _ = both_hips("ct", (0.8, 0.8, 1.0))
+    mr, right_hip, left_hip = both_hips("mr", (0.8, 0.8, 3.0))
+    analysis = HOSciaticAnalysis(slicer_scene)
+    oss = analysis.segment_ossifications(ct)
+    right_seeds = right_hip.seeds_ras([8.0, 50.0, 92.0])
+    left_seeds = left_hip.seeds_ras([8.0, 50.0, 92.0]) * np.array([-1.0, 1.0, 1.0]) + np.array([2 * midline_x, 0, 0])
+
+    def traced(side, seeds):
+        return analysis.trace_nerve(mr, scene_io.points_node_from_array(slicer_scene, seeds, f"{side} seeds"),
+                                    side=side, modality="mr", segmentation_node=oss.segmentation_node)
+
+    right_nerve, left_nerve = traced("right", right_seeds), traced("left", left_seeds)
+    right = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
+    left = analysis.compute_contact(oss.segmentation_node, left_nerve.centreline_node, side="left").contact
+    assert right.encasement_class == "encasement" and left.encasement_class == "none"
+    assert right.contralateral_area_ratio == pytest.approx(1.5625, abs=0.08)
+    assert right.thickening_ratio == pytest.approx(1.0, abs=0.1)
+    assert left.contralateral_area_ratio is None
+
+    _, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
+    reloaded = dict(contacts)
+    assert reloaded["right"].contact.contralateral_area_ratio == pytest.approx(right.contralateral_area_ratio, abs=1e-6)
+
+    # The contact runs over s = 35-65 mm; the left nerve traced only over s = 80-98 mm.
+    beyond = traced("left", left_hip.seeds_ras([80.0, 98.0]) * np.array([-1.0, 1.0, 1.0]) + np.array([2 * midline_x, 0, 0]))
+    assert scene_io.control_points_world(beyond.centreline_node)[:, 2].min() > right_hip.seeds_ras([75.0])[0, 2]
+    again = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
+    assert again.contralateral_area_ratio is None

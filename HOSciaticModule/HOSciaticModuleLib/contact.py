@@ -29,6 +29,9 @@ Definitions (the figures a surgeon plans the excision from):
   the run (a cubic in arc length through the stations 3–25 mm beyond each end).
 * **Thickening ratio** — largest cross-sectional area in a contact run ÷ median area
   of the stations more than 10 mm from any contact.
+* **Area against the other side** — with both sciatic nerves traced, the largest ratio,
+  over a contact run, of a station's area to the other nerve's at the mirror image of
+  that station across the body's midline.
 """
 
 from __future__ import annotations
@@ -84,6 +87,12 @@ THICKENING_REFERENCE_DISTANCE_MM = 10.0
 #: there the HO's rim blurs into the nerve and a section can be drawn too large, which
 #: is not a swelling.
 THICKENING_WINDOW_STATIONS = 5
+#: The other side's nerve is compared where it passes within this distance of a
+#: station's mirror image across the body's midline. The two nerves are not mirror
+#: images of each other (legs lie turned differently, the pelvis tilts, HO deflects a
+#: nerve by up to about 10 mm): the match is mostly a matter of level, as the nerve runs
+#: down the buttock; farther than this, the other nerve at that level was not traced.
+CONTRALATERAL_MATCH_MM = 15.0
 #: Nearest voxels examined per query; the closest voxel box is among them.
 NEAREST_VOXELS = 8
 #: Vertices of the HO surface whose triangles are measured against a point.
@@ -138,6 +147,10 @@ class NerveContact:
     #: On a nerve traced on MR: its signal in contact over its signal away from contact
     #: (see :func:`signal_ratio`); None on CT or without contact.
     signal_ratio: float | None = None
+    #: With the other side's nerve traced: the area in contact over the other nerve's at
+    #: the mirror image (see :func:`contralateral_ratio`); None when there is nothing to
+    #: compare.
+    contralateral_area_ratio: float | None = None
     tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM
     #: Per station: encasement by bone that is in no HO segment (None when not measured).
     bone_encasement_deg: np.ndarray | None = None
@@ -595,15 +608,55 @@ def _ratio_in_contact(values: np.ndarray, s_mm: np.ndarray, in_contact: np.ndarr
         return None
     contact_s = s_mm[in_contact]
     gap = np.min(np.abs(s_mm[:, None] - contact_s[None, :]), axis=1)
-    # The running median runs over the stations with a value, as if next to each other.
-    steady = np.full(len(values), np.nan)
-    steady[known] = ndimage.median_filter(values[known], size=THICKENING_WINDOW_STATIONS, mode="nearest")
+    steady = running_median(values)
     reference = steady[known & (gap > THICKENING_REFERENCE_DISTANCE_MM)]
     if reference.size < 3:
         return None
+    return float(steady[_measured_in_contact(in_contact, known)].max() / np.median(reference))
+
+
+def running_median(values: np.ndarray) -> np.ndarray:
+    """Per station, the median over THICKENING_WINDOW_STATIONS stations of the values
+    known (finite), as if next to each other; NaN where a value is unknown."""
+    values = np.asarray(values, float)
+    known = np.isfinite(values)
+    steady = np.full(len(values), np.nan)
+    if known.any():
+        steady[known] = ndimage.median_filter(values[known], size=THICKENING_WINDOW_STATIONS, mode="nearest")
+    return steady
+
+
+def _measured_in_contact(in_contact: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """The stations in contact a ratio reads: not those at the ends of a contact run,
+    unless a run has no other."""
     inner = ndimage.binary_erosion(in_contact, border_value=1) & known
-    measured = inner if inner.any() else in_contact & known
-    return float(steady[measured].max() / np.median(reference))
+    return inner if inner.any() else in_contact & known
+
+
+def contralateral_ratio(values: np.ndarray, points_ras: np.ndarray, in_contact: np.ndarray,
+                        other_values: np.ndarray, other_points_ras: np.ndarray, mirror) -> float | None:
+    """Largest ratio, over the stations in contact, of a nerve's running-median value
+    (its area) to that of the other side's nerve at the station nearest the
+    mirror image of the station (``mirror``: RAS points to their mirror images across
+    the body's midline). A nerve pressed by HO is compared with its healthy counterpart
+    at the same place, where the thickening ratio compares it with itself elsewhere.
+    A station is not compared when the other nerve passes farther than
+    CONTRALATERAL_MATCH_MM from its mirror image or its nearest station there is one of
+    the other trace's ends (the other nerve was not traced at that level). None without
+    contact or without a station compared."""
+    values, other_values = np.asarray(values, float), np.asarray(other_values, float)
+    points_ras, other_points_ras = np.asarray(points_ras, float), np.asarray(other_points_ras, float)
+    known = np.isfinite(values)
+    if not (in_contact & known).any() or len(other_points_ras) < 3:
+        return None
+    measured = np.flatnonzero(_measured_in_contact(in_contact, known))
+    distance, nearest = cKDTree(other_points_ras).query(mirror(points_ras[measured]))
+    other_steady = running_median(other_values)[nearest]
+    matched = ((distance <= CONTRALATERAL_MATCH_MM) & (nearest > 0) & (nearest < len(other_points_ras) - 1)
+               & np.isfinite(other_steady) & (other_steady > 0))
+    if not matched.any():
+        return None
+    return float(np.max(running_median(values)[measured[matched]] / other_steady[matched]))
 
 
 def off_nerve_warnings(on_nerve: np.ndarray, s_mm: np.ndarray, in_image: np.ndarray | None = None) -> list[str]:

@@ -189,6 +189,9 @@ NERVE_CONTACT_MEASURES = CONTACT_MEASURES + [
     Measure("signal_ratio", "Signal ratio", "", "float",
             "MR only: largest signal in a contact zone / median signal of stations > 10 mm from contact",
             _attribute("signal_ratio"), 3),
+    Measure("contralateral_area_ratio", "Area vs other side", "", "float",
+            "Largest area in a contact zone / the other side's nerve at its mirror image across the body's midline",
+            _attribute("contralateral_area_ratio"), 3),
 ]
 
 

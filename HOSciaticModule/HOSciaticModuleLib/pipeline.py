@@ -1048,6 +1048,11 @@ class HOSciaticAnalysis:
             segmentation_node, full_ct, full_geometry, ho_blocks,
             midline=lambda: self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu))
             if full_ct is not None else None)
+        stations = self.stations_with_contact(centreline_node, result)
+        if full_ct is not None:
+            self._compare_with_other_nerve(result, stations, side, centreline_node, segmentation_node,
+                                           lambda: self.body_midline(reference, full_ct, full_geometry,
+                                                                     bone_threshold_hu))
         report(progress, 0.9, "Writing contact outputs")
         # The scene changes only from here on, with no cancellation point until the end: a
         # refused or cancelled run leaves it as it was (segments named by hand included).
@@ -1069,7 +1074,6 @@ class HOSciaticAnalysis:
                 "overlap in the Segment Editor (or delete a duplicate segment) and compute contact again.")
         if islands is not None:
             islands_table_node = self._fill_islands_table(islands_table_node, islands)
-        stations = self.stations_with_contact(centreline_node, result)
         result.warnings += caveated_contact_warnings(stations)
         arrays = self._station_arrays(stations, with_contact=True)
         scene_io.fill_centreline_curve(self.scene, centreline_node, centreline_node.GetName(),
@@ -1287,6 +1291,27 @@ class HOSciaticAnalysis:
                 row["diameter_mm"] = float(nerve.equivalent_diameter_mm(area))
             rows.append(row)
         return rows
+
+    def _compare_with_other_nerve(self, result, stations, side, centreline_node, segmentation_node, midline) -> None:
+        """The nerve's area in contact against the other side's nerve of the same analysis
+        at their mirror images across the body's midline (``midline``: a callable giving
+        it, None unless both hips are imaged), as the other nerve's curve holds it now.
+        Areas only: an MR's signal is read on each nerve's block with its own shading
+        divided out, whose scale N4 leaves free, so two nerves' signals are not comparable."""
+        other = self._existing(None, *centreline_output("left" if side == "right" else "right"))
+        if other is None or other.GetNodeReferenceID(ANALYSIS_REFERENCE_ROLE) != segmentation_node.GetID():
+            return
+        points = scene_io.control_points_world(other)
+        area = scene_io.curve_measurement(other, "area_mm2")
+        if area is None or len(area) != len(points) or not len(points):
+            return
+        plane = midline()
+        if plane is None:
+            return
+        own_area = np.array([np.nan if row.get("area_mm2") is None else row["area_mm2"] for row in stations], float)
+        result.contralateral_area_ratio = contact_module.contralateral_ratio(
+            own_area, np.array([row["ras"] for row in stations], float), np.asarray(result.encasement_deg) > 0.0,
+            area, points, plane.mirror)
 
     def _fill_contact_table(self, table_node, side, result, names):
         """One row per island x nerve; rows of the other side's nerve are kept."""
