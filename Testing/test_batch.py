@@ -64,6 +64,8 @@ def test_every_case_is_analysed_or_explained_and_summarised(cohort, tmp_path, mo
     assert float(first["right_max_encasement_deg"]) == nerve["max_encasement_deg"]
     assert 250 <= nerve["max_encasement_deg"] <= 330
     assert first["left_length_mm"] == "" and int(first["warnings"]) == len(document["warnings"])
+    # One nerve: nothing to compare it with (empty, as in its metrics.json).
+    assert first["right_contralateral_area_ratio"] == "" and nerve["contralateral_area_ratio"] is None
     assert not (out / "p01" / "scene.mrb").exists()
 
     second = summary["p 02/b"]
