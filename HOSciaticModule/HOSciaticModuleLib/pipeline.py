@@ -1314,10 +1314,12 @@ class HOSciaticAnalysis:
             area, points, plane.mirror)
 
     def _fill_contact_table(self, table_node, side, result, names):
-        """One row per island x nerve; rows of the other side's nerve are kept."""
+        """One row per island x nerve; rows of the other side's nerve are kept. The row of
+        all HO holds the nerve's own figures too (deflection, the ratios): the panel shows
+        them there."""
         columns = [("nerve", "Nerve", "", "str", "Nerve the row refers to"),
                    ("island", "Island", "", "str", "HO segment (or 'all HO' for the nerve as a whole)")]
-        columns += [m.column() for m in measurements.CONTACT_MEASURES]
+        columns += [m.column() for m in measurements.NERVE_CONTACT_MEASURES]
         kept = []
         if table_node is not None and table_node.GetTable().GetNumberOfColumns():
             existing = scene_io.table_columns(table_node)
@@ -1327,7 +1329,7 @@ class HOSciaticAnalysis:
                     if existing["Nerve"][r] != nerve_segment_name(side):
                         kept.append({c[0]: existing[c[1]][r] for c in columns})
         rows = kept + [dict(nerve=nerve_segment_name(side), island="all HO",
-                            **measurements.as_table_row(measurements.CONTACT_MEASURES, result))]
+                            **measurements.as_table_row(measurements.NERVE_CONTACT_MEASURES, result))]
         for island in result.islands:
             rows.append(dict(nerve=nerve_segment_name(side), island=names.get(island.label, f"HO {island.label}"),
                              **measurements.as_table_row(measurements.CONTACT_MEASURES, island)))
