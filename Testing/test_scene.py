@@ -1419,3 +1419,23 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     assert scene_io.control_points_world(beyond.centreline_node)[:, 2].min() > right_hip.seeds_ras([75.0])[0, 2]
     again = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
     assert again.contralateral_area_ratio is None
+
+
+def test_a_contact_table_of_an_earlier_layout_keeps_the_other_nerves_rows(slicer_scene, phantom):
+    # A scene saved by an earlier version: its contact table lacks the nerve's own
+    # figures. Computing the right nerve's contact again keeps the left nerve's rows, with
+    # what they hold, the new columns empty; the right nerve's rows are the new ones.
+    from HOSciaticModuleLib import measurements
+
+    analysis, _, _, oss, traced, contact = _run_chain(slicer_scene, phantom)
+    columns = [("nerve", "Nerve", "", "str", ""), ("island", "Island", "", "str", "")]
+    columns += [m.column() for m in measurements.CONTACT_MEASURES]
+    left_row = dict(nerve="Sciatic nerve left", island="all HO",
+                    **measurements.as_table_row(measurements.CONTACT_MEASURES, contact.contact))
+    scene_io.fill_table(slicer_scene, contact.contact_table_node, contact.contact_table_node.GetName(), columns,
+                        [left_row])
+    again = analysis.compute_contact(oss.segmentation_node, traced.centreline_node, side="right")
+    table = scene_io.table_columns(again.contact_table_node)
+    assert table["Nerve"] == ["Sciatic nerve left"] + ["Sciatic nerve right"] * (1 + len(phantom.islands))
+    assert table["Max encasement"][0] == left_row["max_encasement_deg"] and np.isnan(table["Deflection"][0])
+    assert table["Deflection"][1] == round(again.contact.deflection_mm, 2)

@@ -1324,10 +1324,11 @@ class HOSciaticAnalysis:
         if table_node is not None and table_node.GetTable().GetNumberOfColumns():
             existing = scene_io.table_columns(table_node)
             titles = [c[1] for c in columns]
-            if list(existing) == titles:
+            # A table of an earlier version has fewer columns: its rows keep what they hold.
+            if {"Nerve", "Island"} <= set(existing) <= set(titles):
                 for r in range(len(existing["Nerve"])):
                     if existing["Nerve"][r] != nerve_segment_name(side):
-                        kept.append({c[0]: existing[c[1]][r] for c in columns})
+                        kept.append({c[0]: existing[c[1]][r] for c in columns if c[1] in existing})
         rows = kept + [dict(nerve=nerve_segment_name(side), island="all HO",
                             **measurements.as_table_row(measurements.NERVE_CONTACT_MEASURES, result))]
         for island in result.islands:
