@@ -125,6 +125,7 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.jumpClosestButton.connect("clicked(bool)", self.onJumpClosestButton)
         self.ui.jumpMaxEncasementButton.connect("clicked(bool)", self.onJumpMaxEncasementButton)
         self.ui.islandsTableView.connect("clicked(QModelIndex)", self.onIslandRowClicked)
+        self.ui.contactTableView.connect("clicked(QModelIndex)", self.onContactRowClicked)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.seedsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeedsChanged)
         self.ui.progressBar.setVisible(False)
@@ -317,6 +318,13 @@ class HOSciaticModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             row = self.ui.islandsTableView.sortFilterProxyModel().mapToSource(index).row()
             self._jumpTo(self.logic.islandCentre(self._parameterNode, row))
 
+    def onContactRowClicked(self, index) -> None:
+        if self._busy:
+            return
+        with self._errorsShown("Cannot jump to the closest point."):
+            row = self.ui.contactTableView.sortFilterProxyModel().mapToSource(index).row()
+            self._jumpTo(self.logic.contactRowClosestPoint(self._parameterNode, row))
+
     def _jumpTo(self, point) -> None:
         slicer.modules.markups.logic().JumpSlicesToLocation(point[0], point[1], point[2], True)
 
@@ -488,6 +496,10 @@ class HOSciaticModuleLogic(ScriptedLoadableModuleLogic):
     def islandCentre(self, p, row: int):
         """The centre of mass of the island on ``row`` of the HO islands table."""
         return self.analysis.island_centre(p.segmentation, p.islandsTable, row)
+
+    def contactRowClosestPoint(self, p, row: int):
+        """The nerve's point closest to the HO of ``row`` of the contact table."""
+        return self.analysis.contact_row_closest_point(p.contactTable, row)
 
     def maxEncasementPoint(self, p):
         from HOSciaticModuleLib import scene as scene_io

@@ -1439,3 +1439,27 @@ def test_a_contact_table_of_an_earlier_layout_keeps_the_other_nerves_rows(slicer
     assert table["Nerve"] == ["Sciatic nerve left"] + ["Sciatic nerve right"] * (1 + len(phantom.islands))
     assert table["Max encasement"][0] == left_row["max_encasement_deg"] and np.isnan(table["Deflection"][0])
     assert table["Deflection"][1] == round(again.contact.deflection_mm, 2)
+
+
+def test_a_row_of_the_contact_table_leads_to_its_closest_point_on_the_nerve(slicer_scene, phantom):
+    # The panel centres the slice views on the nerve's point of a clicked row's closest
+    # pair: all HO's on the nerve's first row, each island's on its own (to the table's
+    # 0.1 mm). A row that is gone, or holds no pair, gets a message.
+    from HOSciaticModuleLib import measurements
+
+    analysis, _, _, _, _, contact = _run_chain(slicer_scene, phantom)
+    table = contact.contact_table_node
+    pairs = [contact.contact.closest_points_ras] + [island.closest_points_ras for island in contact.contact.islands]
+    assert table.GetNumberOfRows() == len(pairs)
+    for row, pair in enumerate(pairs):
+        np.testing.assert_allclose(analysis.contact_row_closest_point(table, row), pair[0], atol=0.05 + 1e-9)
+    with pytest.raises(InputError, match="no contact row 9"):
+        analysis.contact_row_closest_point(table, 8)
+    columns = [("nerve", "Nerve", "", "str", ""), ("island", "Island", "", "str", "")]
+    columns += [m.column() for m in measurements.CONTACT_MEASURES]
+    scene_io.fill_table(slicer_scene, table, table.GetName(), columns,
+                        [dict(nerve="Sciatic nerve right", island="HO 1", closest_points_ras="")])
+    with pytest.raises(InputError, match="has no closest points"):
+        analysis.contact_row_closest_point(table, 0)
+    with pytest.raises(InputError, match="compute contact first"):
+        analysis.contact_row_closest_point(None, 0)

@@ -770,6 +770,28 @@ class HOSciaticAnalysis:
         mask, block = found
         return geometry.kji_to_ras_points(np.argwhere(mask).mean(axis=0) + [b.start for b in block])[0]
 
+    @staticmethod
+    def contact_row_closest_point(contact_table_node, row: int) -> np.ndarray:
+        """The nerve's point of the closest pair on ``row`` of the contact table (that
+        island's, or all HO's, against that nerve): where the panel centres the slice
+        views when that row is clicked."""
+        if contact_table_node is None:
+            raise InputError("There is no contact table yet: compute contact first.")
+        table = contact_table_node.GetTable()
+        title = next(m.title for m in measurements.CONTACT_MEASURES if m.key == "closest_points_ras")
+        column = table.GetColumnByName(title)
+        if column is None or not 0 <= row < table.GetNumberOfRows():
+            raise InputError(f"The table '{contact_table_node.GetName()}' has no contact row {row + 1}: compute "
+                             "contact again to rebuild it.")
+        try:
+            values = [float(v) for v in column.GetValue(row).split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 6 or not np.all(np.isfinite(values)):
+            raise InputError(f"Row {row + 1} of '{contact_table_node.GetName()}' has no closest points: no HO lies "
+                             "within reach of that nerve.")
+        return np.array(values[:3])
+
     # -- step 2: nerve --------------------------------------------------------------
     @with_small_memory_pages
     def trace_nerve(self, volume_node, seeds_node, *, side="right", modality="ct", segmentation_node=None,
