@@ -1369,11 +1369,11 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     # anterior; both traced on an MR of 3 mm slices, the HO segmented on the CT. The
     # right nerve's area in contact over the left's at the mirror image is (5/4)² =
     # 1.5625 (within 0.08), its own thickening ratio 1; the left nerve touches no HO, so
-    # it has no ratio. The figure survives the scene bundle; with the left nerve traced
-    # only beyond the contact's level there is nothing to compare it with.
+    # it has no ratio. The figure survives the scene bundle.
     import dataclasses
 
     from HOSciaticModuleLib.phantom import make_shell_spec
+    from HOSciaticModuleLib.session import SessionResults
 
     base = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
     right_spec = _grid_centred_on_the_midline(base)
@@ -1402,20 +1402,44 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
         return analysis.trace_nerve(mr, scene_io.points_node_from_array(slicer_scene, seeds, f"{side} seeds"),
                                     side=side, modality="mr", segmentation_node=oss.segmentation_node)
 
-    right_nerve, left_nerve = traced("right", right_seeds), traced("left", left_seeds)
+    # In the panel's order: the right nerve traced and measured before the left one is traced.
+    right_nerve = traced("right", right_seeds)
+    first = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right")
+    assert first.contact.encasement_class == "encasement" and first.contact.contralateral_area_ratio is None
+    session = SessionResults()
+    session.measured("right", first)
+    left_nerve = traced("left", left_seeds)
+    session.traced("left", left_nerve)
+    left = analysis.compute_contact(oss.segmentation_node, left_nerve.centreline_node, side="left")
+    session.measured("left", left)
+    assert left.contact.encasement_class == "none" and left.contact.contralateral_area_ratio is None
+    # Measuring the left nerve's contact measured the right one's against it again: in
+    # the contact table and in the panel's results alike.
+    assert set(left.other_side_area_ratio) == {"right"}
+    assert left.other_side_area_ratio["right"] == pytest.approx(1.5625, abs=0.08)
+    assert first.contact.contralateral_area_ratio == left.other_side_area_ratio["right"]
+
+    def right_row_ratio():
+        columns = scene_io.table_columns(left.contact_table_node)
+        rows = [r for r, (nerve, island) in enumerate(zip(columns["Nerve"], columns["Island"]))
+                if nerve == "Sciatic nerve right" and island == "all HO"]
+        return columns["Area vs other side"][rows[0]]
+
+    assert right_row_ratio() == round(left.other_side_area_ratio["right"], 3)
     right = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
-    left = analysis.compute_contact(oss.segmentation_node, left_nerve.centreline_node, side="left").contact
-    assert right.encasement_class == "encasement" and left.encasement_class == "none"
-    assert right.contralateral_area_ratio == pytest.approx(1.5625, abs=0.08)
+    assert right.contralateral_area_ratio == pytest.approx(left.other_side_area_ratio["right"], abs=0.02)
     assert right.thickening_ratio == pytest.approx(1.0, abs=0.1)
-    assert left.contralateral_area_ratio is None
 
     _, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     reloaded = dict(contacts)
-    assert reloaded["right"].contact.contralateral_area_ratio == pytest.approx(right.contralateral_area_ratio, abs=1e-6)
+    assert reloaded["right"].contact.contralateral_area_ratio == pytest.approx(right.contralateral_area_ratio, abs=0.02)
 
-    # The contact runs over s = 35-65 mm; the left nerve traced only over s = 80-98 mm.
+    # The contact runs over s = 35-65 mm; the left nerve traced again only over s = 80-98
+    # mm. The right nerve's figure, measured against the nerve traced before, is emptied,
+    # and measured again there is nothing to compare it with.
     beyond = traced("left", left_hip.seeds_ras([80.0, 98.0]) * np.array([-1.0, 1.0, 1.0]) + np.array([2 * midline_x, 0, 0]))
+    session.traced("left", beyond)
+    assert np.isnan(right_row_ratio()) and first.contact.contralateral_area_ratio is None
     assert scene_io.control_points_world(beyond.centreline_node)[:, 2].min() > right_hip.seeds_ras([75.0])[0, 2]
     again = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
     assert again.contralateral_area_ratio is None

@@ -480,6 +480,7 @@ def _check_modality_inputs(args, seeds) -> None:
 def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_node, seeds, out_dir, writers,
                        on_published=None):
     from . import scene as scene_io
+    from .pipeline import refresh_other_side
 
     # Corrections made while reading (a tilted or unevenly sliced DICOM series) come first.
     warnings: list[str] = list(image.warnings)
@@ -516,6 +517,7 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
                     segmentation_node, nerve_outputs.centreline_node, side=side, tolerance_mm=args.contact_tolerance,
                     reference_volume_node=volume_node, bone_threshold_hu=args.bone_threshold,
                     progress=progress.for_stage(f"Contact {side}"))))
+            refresh_other_side(dict(contacts), contacts[-1][1])
 
     input_info = {
         "image": str(Path(args.image).resolve()), "description": image.description, "modality": args.modality,

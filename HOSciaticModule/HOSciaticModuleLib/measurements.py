@@ -25,7 +25,10 @@ class Measure:
 
     def value(self, item):
         """The measure's value for ``item``, rounded for stable, readable output."""
-        raw = self.read(item)
+        return self.rounded(self.read(item))
+
+    def rounded(self, raw):
+        """A value of this measure rounded as :meth:`value` rounds it."""
         return rounded(raw, self.digits) if self.kind in ("float", "point") else raw
 
     def column(self):
@@ -34,7 +37,11 @@ class Measure:
         return (self.key, self.title, self.unit, table_kind, self.description)
 
     def table_value(self, item):
-        value = self.value(item)
+        return self.table_cell(self.read(item))
+
+    def table_cell(self, raw):
+        """A value of this measure as a table cell holds it."""
+        value = self.rounded(raw)
         if self.kind == "bool":
             return "" if value is None else ("yes" if value else "no")
         if self.kind == "point":
@@ -200,6 +207,12 @@ def _flatten_pair(pair):
         return None
     flat = [float(v) for point in pair if point is not None for v in point]
     return flat if len(flat) == 6 else None
+
+
+def find(measures, key: str) -> Measure:
+    """The measure of ``measures`` with that key (keys repeat across the lists: a nerve's
+    side and an island's are two measures)."""
+    return next(m for m in measures if m.key == key)
 
 
 def as_dict(measures, item) -> dict:

@@ -52,6 +52,8 @@ CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 #: node reference, not an attribute holding the ID, so that a saved scene loaded into a
 #: scene whose IDs clash keeps pointing at its own segmentation.
 ANALYSIS_REFERENCE_ROLE = "HOSciaticSegmentation"
+#: The contact table's row of a nerve against all HO (its own figures).
+ALL_HO_ROW = "all HO"
 #: The image each structure was found on (the CT for the HO segments, the traced volume
 #: for a nerve), referred to from the segmentation and the centreline, with where that
 #: image lay relative to the segmentation then: one segmentation follows one image's
@@ -269,6 +271,19 @@ class ContactOutputs:
     #: HO volume that two segments share (mL): each island's volume counts it, the
     #: total of the islands only once.
     shared_ho_ml: float = 0.0
+    #: The other side's area against this nerve, measured again (side -> ratio, or None)
+    #: where that side's contact stands: see :func:`refresh_other_side`.
+    other_side_area_ratio: dict = field(default_factory=dict)
+
+
+def refresh_other_side(contacts: dict, outputs: ContactOutputs) -> None:
+    """Bring the other side's contact held by a caller (side -> ContactOutputs) up to
+    date with the figure the contact step just wrote into its row of the contact table:
+    its area against this nerve, which the other side's own contact step measured
+    against this nerve as it was then (or not traced yet)."""
+    for side, ratio in outputs.other_side_area_ratio.items():
+        if side in contacts:
+            contacts[side].contact.contralateral_area_ratio = ratio
 
 
 def caveated_contact_warnings(stations: list[dict]) -> list[str]:
@@ -755,7 +770,7 @@ class HOSciaticAnalysis:
         if segmentation_node is None or islands_table_node is None:
             raise InputError("There is no HO islands table yet: segment the ossifications first.")
         table = islands_table_node.GetTable()
-        title = next(m.title for m in measurements.ISLAND_MEASURES if m.key == "segment")
+        title = measurements.find(measurements.ISLAND_MEASURES, "segment").title
         column = table.GetColumnByName(title)
         if column is None or not 0 <= row < table.GetNumberOfRows():
             raise InputError(f"The table '{islands_table_node.GetName()}' has no island on row {row + 1}: segment the "
@@ -778,7 +793,7 @@ class HOSciaticAnalysis:
         if contact_table_node is None:
             raise InputError("There is no contact table yet: compute contact first.")
         table = contact_table_node.GetTable()
-        title = next(m.title for m in measurements.CONTACT_MEASURES if m.key == "closest_points_ras")
+        title = measurements.find(measurements.CONTACT_MEASURES, "closest_points_ras").title
         column = table.GetColumnByName(title)
         if column is None or not 0 <= row < table.GetNumberOfRows():
             raise InputError(f"The table '{contact_table_node.GetName()}' has no contact row {row + 1}: compute "
@@ -862,6 +877,7 @@ class HOSciaticAnalysis:
         # The contact measured on the nerve traced before is gone with it, and so is the HO
         # step's call to trace that nerve again once it has been, with the HO as a barrier.
         self._forget_contact(segmentation_node, side, grid)
+        self._forget_other_side_area_ratio(side)
         if exclusion is not None:
             self._record_warnings(segmentation_node, OSSIFICATION_WARNINGS, [
                 w for w in self._warnings_of(segmentation_node, OSSIFICATION_WARNINGS)
@@ -920,6 +936,7 @@ class HOSciaticAnalysis:
                 contacts.append((side, self.compute_contact(
                     segmentation_node, centreline_node, side=side, tolerance_mm=tolerance_mm,
                     reference_volume_node=reference_volume_node, bone_threshold_hu=bone_threshold_hu)))
+                refresh_other_side(dict(contacts), contacts[-1][1])
         if ct is None:
             return None, nerves, contacts
         # The contact step measured the segments and filled the islands table already.
@@ -1071,10 +1088,10 @@ class HOSciaticAnalysis:
             midline=lambda: self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu))
             if full_ct is not None else None)
         stations = self.stations_with_contact(centreline_node, result)
-        if full_ct is not None:
-            self._compare_with_other_nerve(result, stations, side, centreline_node, segmentation_node,
-                                           lambda: self.body_midline(reference, full_ct, full_geometry,
-                                                                     bone_threshold_hu))
+        other_side_ratio = (self._compare_with_other_nerve(
+            result, stations, side, segmentation_node,
+            lambda: self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu))
+            if full_ct is not None else {})
         report(progress, 0.9, "Writing contact outputs")
         # The scene changes only from here on, with no cancellation point until the end: a
         # refused or cancelled run leaves it as it was (segments named by hand included).
@@ -1107,7 +1124,7 @@ class HOSciaticAnalysis:
         stations_table_node = self._fill_stations_table(stations_table_node, side, stations, with_contact=True)
         contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME,
                                             CONTACT_TABLE_ROLE)
-        contact_table_node = self._fill_contact_table(contact_table_node, side, result, names)
+        contact_table_node = self._fill_contact_table(contact_table_node, side, result, names, other_side_ratio)
         chart_node = self._existing(chart_node, *chart_output(side))
         # Bone outside the HO segments is plotted too: a thick fused mass the HO step kept
         # as native bone shows as a second encasement curve.
@@ -1135,7 +1152,8 @@ class HOSciaticAnalysis:
                final=True)
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
-                              islands_table_node if islands is not None else None, centreline_node, shared_ml)
+                              islands_table_node if islands is not None else None, centreline_node, shared_ml,
+                              other_side_ratio)
 
     @staticmethod
     def _placement(volume_node, segmentation_node) -> np.ndarray:
@@ -1314,31 +1332,40 @@ class HOSciaticAnalysis:
             rows.append(row)
         return rows
 
-    def _compare_with_other_nerve(self, result, stations, side, centreline_node, segmentation_node, midline) -> None:
+    def _compare_with_other_nerve(self, result, stations, side, segmentation_node, midline) -> dict:
         """The nerve's area in contact against the other side's nerve of the same analysis
         at their mirror images across the body's midline (``midline``: a callable giving
-        it, None unless both hips are imaged), as the other nerve's curve holds it now.
-        Areas only: an MR's signal is read on each nerve's block with its own shading
-        divided out, whose scale N4 leaves free, so two nerves' signals are not comparable."""
-        other = self._existing(None, *centreline_output("left" if side == "right" else "right"))
+        it, None unless both hips are imaged), as the other nerve's curve holds it now; and,
+        where the other nerve's contact stands (its curve holds its encasement), its area
+        against this nerve as now traced: {other side: ratio}. Areas only: an MR's signal is
+        read on each nerve's block with its own shading divided out, whose scale N4 leaves
+        free, so two nerves' signals are not comparable."""
+        other_side = "left" if side == "right" else "right"
+        other = self._existing(None, *centreline_output(other_side))
         if other is None or other.GetNodeReferenceID(ANALYSIS_REFERENCE_ROLE) != segmentation_node.GetID():
-            return
+            return {}
         points = scene_io.control_points_world(other)
         area = scene_io.curve_measurement(other, "area_mm2")
         if area is None or len(area) != len(points) or not len(points):
-            return
+            return {}
         plane = midline()
         if plane is None:
-            return
+            return {}
         own_area = np.array([np.nan if row.get("area_mm2") is None else row["area_mm2"] for row in stations], float)
+        own_points = np.array([row["ras"] for row in stations], float)
         result.contralateral_area_ratio = contact_module.contralateral_ratio(
-            own_area, np.array([row["ras"] for row in stations], float), np.asarray(result.encasement_deg) > 0.0,
-            area, points, plane.mirror)
+            own_area, own_points, np.asarray(result.encasement_deg) > 0.0, area, points, plane.mirror)
+        encasement = scene_io.curve_measurement(other, "encasement_deg")
+        if encasement is None or len(encasement) != len(points):
+            return {}
+        return {other_side: contact_module.contralateral_ratio(area, points, np.asarray(encasement) > 0.0, own_area,
+                                                               own_points, plane.mirror)}
 
-    def _fill_contact_table(self, table_node, side, result, names):
-        """One row per island x nerve; rows of the other side's nerve are kept. The row of
-        all HO holds the nerve's own figures too (deflection, the ratios): the panel shows
-        them there."""
+    def _fill_contact_table(self, table_node, side, result, names, other_side_ratio=None):
+        """One row per island x nerve; rows of the other side's nerve are kept, with its
+        area against this nerve as ``other_side_ratio`` gives it ({side: ratio}). The row
+        of all HO holds the nerve's own figures too (deflection, the ratios): the panel
+        shows them there."""
         columns = [("nerve", "Nerve", "", "str", "Nerve the row refers to"),
                    ("island", "Island", "", "str", "HO segment (or 'all HO' for the nerve as a whole)")]
         columns += [m.column() for m in measurements.NERVE_CONTACT_MEASURES]
@@ -1351,12 +1378,32 @@ class HOSciaticAnalysis:
                 for r in range(len(existing["Nerve"])):
                     if existing["Nerve"][r] != nerve_segment_name(side):
                         kept.append({c[0]: existing[c[1]][r] for c in columns if c[1] in existing})
-        rows = kept + [dict(nerve=nerve_segment_name(side), island="all HO",
+        for other_side, ratio in (other_side_ratio or {}).items():
+            for row in kept:
+                if row["nerve"] == nerve_segment_name(other_side) and row["island"] == ALL_HO_ROW:
+                    row["contralateral_area_ratio"] = measurements.find(
+                        measurements.NERVE_CONTACT_MEASURES, "contralateral_area_ratio").table_cell(ratio)
+        rows = kept + [dict(nerve=nerve_segment_name(side), island=ALL_HO_ROW,
                             **measurements.as_table_row(measurements.NERVE_CONTACT_MEASURES, result))]
         for island in result.islands:
             rows.append(dict(nerve=nerve_segment_name(side), island=names.get(island.label, f"HO {island.label}"),
                              **measurements.as_table_row(measurements.CONTACT_MEASURES, island)))
         return scene_io.fill_table(self.scene, table_node, CONTACT_TABLE_NAME, columns, rows)
+
+    def _forget_other_side_area_ratio(self, side) -> None:
+        """Empty the other nerve's area against this one in the contact table, once this
+        nerve has been traced again: it was measured against the nerve as it was."""
+        other = nerve_segment_name("left" if side == "right" else "right")
+        title = measurements.find(measurements.NERVE_CONTACT_MEASURES, "contralateral_area_ratio").title
+        for table_node in self._outputs("vtkMRMLTableNode", CONTACT_TABLE_NAME, CONTACT_TABLE_ROLE):
+            table = table_node.GetTable()
+            nerves, islands, ratios = (table.GetColumnByName(name) for name in ("Nerve", "Island", title))
+            if nerves is None or islands is None or ratios is None:
+                continue
+            for row in range(table.GetNumberOfRows()):
+                if nerves.GetValue(row) == other and islands.GetValue(row) == ALL_HO_ROW:
+                    ratios.SetValue(row, float("nan"))
+            table.Modified()
 
     def _forget_contact(self, segmentation_node, side, grid) -> None:
         """Remove what the contact step made for one side's nerve, once the nerve or the HO

@@ -23,12 +23,19 @@ class SessionResults:
         self.contacts = {}
 
     def traced(self, side: str, outputs) -> None:
-        """A new nerve on ``side``: its contact measured before was that of another nerve."""
+        """A new nerve on ``side``: its contact measured before was that of another nerve,
+        and the other side's area against it was measured against that nerve."""
         self.nerves[side] = outputs
         self.contacts.pop(side, None)
+        for contact in self.contacts.values():
+            contact.contact.contralateral_area_ratio = None
 
     def measured(self, side: str, outputs) -> None:
+        """A contact measured: the other side's area against this nerve is measured anew with it."""
+        from .pipeline import refresh_other_side
+
         self.contacts[side] = outputs
+        refresh_other_side(self.contacts, outputs)
 
     def contact_of(self, side: str):
         return self.contacts.get(side)
