@@ -39,8 +39,7 @@ SUMMARY_NAME = "summary.csv"
 DONE, DONE_EARLIER, REFUSED, FAILED, NOT_RUN = "done", "done earlier", "refused", "failed", "not run"
 ANALYSED = (DONE, DONE_EARLIER)
 NERVE_FIGURES = ("length_mm", "mean_diameter_mm", "encasement_class", "max_encasement_deg", "contact_length_mm",
-                 "min_distance_mm", "thickening_ratio", "signal_ratio",
-                 "contralateral_area_ratio")
+                 "min_distance_mm", "thickening_ratio", "signal_ratio", "contralateral_area_ratio")
 
 
 @dataclass

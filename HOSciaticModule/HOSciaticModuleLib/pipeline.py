@@ -1404,6 +1404,7 @@ class HOSciaticAnalysis:
                 if nerves.GetValue(row) == other and islands.GetValue(row) == ALL_HO_ROW:
                     ratios.SetValue(row, float("nan"))
             table.Modified()
+            table_node.Modified()
 
     def _forget_contact(self, segmentation_node, side, grid) -> None:
         """Remove what the contact step made for one side's nerve, once the nerve or the HO
