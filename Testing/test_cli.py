@@ -664,3 +664,21 @@ def test_closing_summary_gives_the_ho_volume_of_each_side_where_it_is_told(tmp_p
     assert summary_line(both) == "HO islands: 2, total 5.500 mL (right 1.500 mL, left 4.000 mL)"
     one_hip = [{"side": "", "volume_ml": 4.0, "doubts": ""}]
     assert summary_line(one_hip) == "HO islands: 1, total 4.000 mL"
+
+
+def test_closing_summary_gives_each_nerves_ratios_it_has(tmp_path):
+    # The thickening, signal and other-side ratios follow the contact figures where the
+    # nerve has them (a nerve without contact, or on CT, has none of some).
+    nerve = {"side": "right", "length_mm": 84.0, "mean_diameter_mm": 9.81, "encasement_class": "encasement",
+             "max_encasement_deg": 282.7, "min_distance_mm": 0.0, "thickening_ratio": 1.102, "signal_ratio": None,
+             "contralateral_area_ratio": 1.621}
+    untouched = {"side": "left", "length_mm": 84.0, "mean_diameter_mm": 7.87, "encasement_class": "none",
+                 "max_encasement_deg": 0.0, "min_distance_mm": 78.88, "thickening_ratio": None, "signal_ratio": None,
+                 "contralateral_area_ratio": None}
+    (tmp_path / "metrics.json").write_text(json.dumps({"nerves": [nerve, untouched]}))
+    lines = [line for line in cli._summary(tmp_path).splitlines() if line.startswith("Sciatic nerve")]
+    assert lines == [
+        "Sciatic nerve right: length 84.0 mm, mean diameter 9.81 mm, class encasement, max encasement 282.7 deg, "
+        "min distance 0.0 mm, thickening ratio 1.102, area vs other side 1.621",
+        "Sciatic nerve left: length 84.0 mm, mean diameter 7.87 mm, class none, max encasement 0.0 deg, "
+        "min distance 78.88 mm"]

@@ -738,11 +738,14 @@ def _summary(out_dir: Path) -> str:
                         if oss["count"] and None not in by_side.values() else "")
                      + (f"; {doubted} named as possibly not HO, {doubted_ml:.3f} mL (see each island's doubts and the "
                         "warnings)" if doubted else ""))
+    ratios = (("thickening_ratio", "thickening ratio"), ("signal_ratio", "signal ratio"),
+              ("contralateral_area_ratio", "area vs other side"))
     for entry in document["nerves"]:
         lines.append(f"Sciatic nerve {entry['side']}: length {entry['length_mm']} mm, mean diameter "
                      f"{entry['mean_diameter_mm']} mm"
                      + (f", class {entry['encasement_class']}, max encasement {entry['max_encasement_deg']} deg, "
-                        f"min distance {entry['min_distance_mm']} mm" if "encasement_class" in entry else ""))
+                        f"min distance {entry['min_distance_mm']} mm" if "encasement_class" in entry else "")
+                     + "".join(f", {label} {entry[key]}" for key, label in ratios if entry.get(key) is not None))
     for warning in document.get("warnings", []):
         lines.append(f"Warning: {warning}")
     return "\n".join(lines)
