@@ -286,6 +286,17 @@ def refresh_other_side(contacts: dict, outputs: ContactOutputs) -> None:
             contacts[side].contact.contralateral_area_ratio = ratio
 
 
+def _table_cell(table_node, measure, row: int, what: str, advice: str):
+    """The value of ``measure``'s column on ``row`` of a table a step wrote (a row the
+    panel's view reports); a row or column that is not there gets a message naming
+    ``what`` was asked for and the step that rebuilds the table."""
+    table = table_node.GetTable()
+    column = table.GetColumnByName(measure.title)
+    if column is None or not 0 <= row < table.GetNumberOfRows():
+        raise InputError(f"The table '{table_node.GetName()}' has no {what} {row + 1}: {advice}.")
+    return column.GetValue(row)
+
+
 def caveated_contact_warnings(stations: list[dict]) -> list[str]:
     """A warning when stations in contact with HO carry tracing caveats (an outline
     widened by fluid, no fat plane, metal nearby...): the contact figures there stand on
@@ -769,13 +780,8 @@ class HOSciaticAnalysis:
         that row is clicked."""
         if segmentation_node is None or islands_table_node is None:
             raise InputError("There is no HO islands table yet: segment the ossifications first.")
-        table = islands_table_node.GetTable()
-        title = measurements.find(measurements.ISLAND_MEASURES, "segment").title
-        column = table.GetColumnByName(title)
-        if column is None or not 0 <= row < table.GetNumberOfRows():
-            raise InputError(f"The table '{islands_table_node.GetName()}' has no island on row {row + 1}: segment the "
-                             "ossifications again to rebuild the HO islands table.")
-        name = column.GetValue(row)
+        name = _table_cell(islands_table_node, measurements.find(measurements.ISLAND_MEASURES, "segment"), row,
+                           "island on row", "segment the ossifications again to rebuild the HO islands table")
         segment_id = scene_io.segment_id_by_name(segmentation_node, name)
         geometry = self._segmentation_geometry(segmentation_node, None)
         found = scene_io.segment_block_on_grid(segmentation_node, segment_id, geometry) if segment_id else None
@@ -792,14 +798,10 @@ class HOSciaticAnalysis:
         views when that row is clicked."""
         if contact_table_node is None:
             raise InputError("There is no contact table yet: compute contact first.")
-        table = contact_table_node.GetTable()
-        title = measurements.find(measurements.CONTACT_MEASURES, "closest_points_ras").title
-        column = table.GetColumnByName(title)
-        if column is None or not 0 <= row < table.GetNumberOfRows():
-            raise InputError(f"The table '{contact_table_node.GetName()}' has no contact row {row + 1}: compute "
-                             "contact again to rebuild it.")
+        cell = _table_cell(contact_table_node, measurements.find(measurements.CONTACT_MEASURES, "closest_points_ras"),
+                           row, "contact row", "compute contact again to rebuild it")
         try:
-            values = [float(v) for v in column.GetValue(row).split(",")]
+            values = [float(v) for v in cell.split(",")]
         except ValueError:
             values = []
         if len(values) != 6 or not np.all(np.isfinite(values)):
