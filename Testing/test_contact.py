@@ -771,3 +771,23 @@ def test_area_against_the_other_side_skips_what_either_nerve_lacks():
     assert contralateral_ratio(area, points, in_contact, other_area, other, _mirror_across_x0) == pytest.approx(1.0)
     assert contralateral_ratio(area, points, np.zeros(len(s), bool), other_area, other, _mirror_across_x0) is None
     assert contralateral_ratio(np.full(len(s), np.nan), points, in_contact, other_area, other, _mirror_across_x0) is None
+
+
+def test_area_against_the_other_side_is_not_read_where_ho_presses_on_the_other_nerve_too():
+    """Bilateral HO: where the other nerve is in contact at the mirror image (pressed flat
+    to 80 mm² over s 30-50) it is no healthy reference, and this nerve would read 1.875
+    against it; the stations facing its clear stretch (s 51-60, 100 mm²) read 1.5; with
+    the whole stretch pressed on both sides there is no figure."""
+    from HOSciaticModuleLib.contact import contralateral_ratio
+
+    s = np.arange(0.0, 100.0 + 1e-9, 1.0)
+    points = np.stack([np.full_like(s, 40.0), np.zeros_like(s), -s], axis=1)
+    in_contact = (s >= 40.0) & (s <= 60.0)
+    area = np.where(in_contact, 150.0, 100.0)
+    other = _mirror_across_x0(points)
+    other_pressed = (s >= 30.0) & (s <= 50.0)
+    other_area = np.where(other_pressed, 80.0, 100.0)
+    assert contralateral_ratio(area, points, in_contact, other_area, other, _mirror_across_x0) == pytest.approx(1.875)
+    assert contralateral_ratio(area, points, in_contact, other_area, other, _mirror_across_x0,
+                               other_pressed) == pytest.approx(1.5)
+    assert contralateral_ratio(area, points, in_contact, area, other, _mirror_across_x0, in_contact) is None

@@ -634,16 +634,19 @@ def _measured_in_contact(in_contact: np.ndarray, known: np.ndarray) -> np.ndarra
 
 
 def contralateral_ratio(values: np.ndarray, points_ras: np.ndarray, in_contact: np.ndarray,
-                        other_values: np.ndarray, other_points_ras: np.ndarray, mirror) -> float | None:
+                        other_values: np.ndarray, other_points_ras: np.ndarray, mirror,
+                        other_in_contact: np.ndarray | None = None) -> float | None:
     """Largest ratio, over the stations in contact, of a nerve's running-median value
     (its area) to that of the other side's nerve at the station nearest the
     mirror image of the station (``mirror``: RAS points to their mirror images across
     the body's midline). A nerve pressed by HO is compared with its healthy counterpart
     at the same place, where the thickening ratio compares it with itself elsewhere.
     A station is not compared when the other nerve passes farther than
-    CONTRALATERAL_MATCH_MM from its mirror image or its nearest station there is one of
-    the other trace's ends (the other nerve was not traced at that level). None without
-    contact or without a station compared."""
+    CONTRALATERAL_MATCH_MM from its mirror image, when its nearest station there is one
+    of the other trace's ends (the other nerve was not traced at that level), or when
+    HO touches the other nerve there (``other_in_contact``, where its contact is known:
+    neurogenic HO is often bilateral, and a pressed counterpart is no healthy one).
+    None without contact or without a station compared."""
     values, other_values = np.asarray(values, float), np.asarray(other_values, float)
     points_ras, other_points_ras = np.asarray(points_ras, float), np.asarray(other_points_ras, float)
     known = np.isfinite(values)
@@ -654,6 +657,8 @@ def contralateral_ratio(values: np.ndarray, points_ras: np.ndarray, in_contact: 
     other_steady = running_median(other_values)[nearest]
     matched = ((distance <= CONTRALATERAL_MATCH_MM) & (nearest > 0) & (nearest < len(other_points_ras) - 1)
                & np.isfinite(other_steady) & (other_steady > 0))
+    if other_in_contact is not None:
+        matched &= ~np.asarray(other_in_contact, bool)[nearest]
     if not matched.any():
         return None
     return float(np.max(running_median(values)[measured[matched]] / other_steady[matched]))

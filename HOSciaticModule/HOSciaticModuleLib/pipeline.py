@@ -1355,13 +1355,16 @@ class HOSciaticAnalysis:
             return {}
         own_area = np.array([np.nan if row.get("area_mm2") is None else row["area_mm2"] for row in stations], float)
         own_points = np.array([row["ras"] for row in stations], float)
-        result.contralateral_area_ratio = contact_module.contralateral_ratio(
-            own_area, own_points, np.asarray(result.encasement_deg) > 0.0, area, points, plane.mirror)
+        own_in_contact = np.asarray(result.encasement_deg) > 0.0
         encasement = scene_io.curve_measurement(other, "encasement_deg")
-        if encasement is None or len(encasement) != len(points):
+        other_in_contact = np.asarray(encasement) > 0.0 if encasement is not None and len(encasement) == len(points) \
+            else None
+        result.contralateral_area_ratio = contact_module.contralateral_ratio(
+            own_area, own_points, own_in_contact, area, points, plane.mirror, other_in_contact)
+        if other_in_contact is None:
             return {}
-        return {other_side: contact_module.contralateral_ratio(area, points, np.asarray(encasement) > 0.0, own_area,
-                                                               own_points, plane.mirror)}
+        return {other_side: contact_module.contralateral_ratio(area, points, other_in_contact, own_area, own_points,
+                                                               plane.mirror, own_in_contact)}
 
     def _fill_contact_table(self, table_node, side, result, names, other_side_ratio=None):
         """One row per island x nerve; rows of the other side's nerve are kept, with its
