@@ -1348,7 +1348,8 @@ def test_a_nerve_bright_on_mr_where_ho_presses_on_it_reads_its_signal_ratio(slic
 
 def _grid_centred_on_the_midline(spec):
     """The same anatomy on a grid whose centre (``center_ras``) lies on the body's midline,
-    so that flipping the grid's columns mirrors it across the midline."""
+    so that flipping the grid's columns mirrors it across the midline. Islands placed by
+    their own offsets are not moved: for a spec whose HO follows the nerve (a shell)."""
     import dataclasses
 
     shift = spec.body_center_offset[0]
