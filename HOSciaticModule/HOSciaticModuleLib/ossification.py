@@ -62,8 +62,8 @@ from scipy.spatial import cKDTree
 from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_ML, MAX_BONE_THRESHOLD_HU,
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
-from .geometry import (VolumeGeometry, block_relative_to, block_within, bounding_block, bounding_slices, column_max, column_min,
-                       distance_inside, distance_outside, label_boxes, pad_block, within_or_next_to)
+from .geometry import (VolumeGeometry, block_relative_to, block_within, bounding_block, bounding_slices, column_max,
+                       column_min, distance_inside, distance_outside, label_boxes, pad_block, within_or_next_to)
 from .hounsfield import (CT_SOFT_TISSUE_MAX_HU, METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, check_looks_like_ct,
                          extent_at_least, smoothed_ct_warning, smoothed_for_bone)
 from .memorypages import with_single_threaded_blas

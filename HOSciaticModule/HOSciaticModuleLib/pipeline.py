@@ -627,13 +627,10 @@ class HOSciaticAnalysis:
         self._remember_placement(segmentation_node, HO_CT_ROLE, ct_volume_node, segmentation_node)
         masks = {}
         for island, island_block in zip(result.islands, result.island_blocks):
-            masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (
-                result.labelmap[island_block] == island.label,
-                tuple(s.start + b.start for s, b in zip(island_block, block)))
+            island_mask, placed = result.labelmap[island_block] == island.label, block_within(block, island_block)
+            masks[f"{HO_SEGMENT_PREFIX} {island.label}"] = (island_mask, tuple(p.start for p in placed))
             if native_labels is not None:
-                island_mask = masks[f"{HO_SEGMENT_PREFIX} {island.label}"][0]
-                near = ossification.native_bones_near(island_mask, block_within(block, island_block), native_labels,
-                                                      geometry)
+                near = ossification.native_bones_near(island_mask, placed, native_labels, geometry)
                 island.native_bone = ", ".join(native_names[label - 1] for label in near)
         segment_ids = scene_io.replace_segments(segmentation_node, masks, geometry, scene_io.BONE_COLOR,
                                                 remove_prefix=HO_SEGMENT_PREFIX)
@@ -1085,15 +1082,14 @@ class HOSciaticAnalysis:
         report(progress, 0.85, "Measuring the HO segments")
         # The segments may have been edited since they were made: the island figures
         # follow them, as the contact figures do.
-        islands = (self.measure_islands(
-            segmentation_node, full_ct, full_geometry, ho_blocks,
-            midline=lambda: self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu))
-            if full_ct is not None else None)
+        def midline():
+            return self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu)
+
+        islands = (self.measure_islands(segmentation_node, full_ct, full_geometry, ho_blocks, midline=midline)
+                   if full_ct is not None else None)
         stations = self.stations_with_contact(centreline_node, result)
-        other_side_ratio = (self._compare_with_other_nerve(
-            result, stations, side, segmentation_node,
-            lambda: self.body_midline(reference, full_ct, full_geometry, bone_threshold_hu))
-            if full_ct is not None else {})
+        other_side_ratio = (self._compare_with_other_nerve(result, stations, side, segmentation_node, midline)
+                            if full_ct is not None else {})
         report(progress, 0.9, "Writing contact outputs")
         # The scene changes only from here on, with no cancellation point until the end: a
         # refused or cancelled run leaves it as it was (segments named by hand included).
