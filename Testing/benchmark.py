@@ -40,9 +40,9 @@ import numpy as np
 SHAPE_KJI = (400, 512, 512)
 SPACING_IJK = (0.8, 0.8, 1.0)
 TARGETS = {"ratio": 3.0, "peak_gb": 2.5, "recompute_s": 0.5, "trace_s": 2.0}
-#: The machine reference (:func:`worker_reference`) in the run of the README's figures
-#: (the mean of its start and end, 1.06 and 0.98 s): a run on a faster or slower machine,
-#: or hour, is compared to it.
+#: The machine reference (:func:`worker_reference`) in the run of the README table's
+#: "fastest hour" column (the mean of its start and end, 1.06 and 0.98 s): a run on a
+#: faster or slower machine, or hour, is compared to it.
 README_REFERENCE_SECONDS = 1.02
 
 
@@ -300,7 +300,7 @@ def main() -> None:
     reference = run_worker("reference")["seconds"]
     print(f"Machine reference (a fixed single-threaded smoothing and distance map, not this project's code): "
           f"{reference:.2f} s, {reference / README_REFERENCE_SECONDS:.2f} times the {README_REFERENCE_SECONDS:.2f} s "
-          "of the day the README's figures were taken (above 1: a slower machine or hour)")
+          "of the README table's fastest hour (above 1: a slower machine or hour)")
     seeds = cache / "seeds_right.mrk.json"
     length = write_seeds(seeds, case["centreline"], (-1e9, 1e9))
     print(f"Case: {case['image']} ({SHAPE_KJI[2]}x{SHAPE_KJI[1]}x{SHAPE_KJI[0]}, {SPACING_IJK} mm), "
@@ -359,7 +359,7 @@ def main() -> None:
     print(f"Metrics recompute after an HO segment edit: {float(np.median(edits)):.2f} s, median of {len(edits)} "
           f"edits ({', '.join(f'{s:.2f}' for s in edits)} s; target <= {TARGETS['recompute_s']} s)")
     later = run_worker("reference")["seconds"]
-    print(f"Machine reference again: {later:.2f} s ({later / README_REFERENCE_SECONDS:.2f} times the README's day; "
+    print(f"Machine reference again: {later:.2f} s ({later / README_REFERENCE_SECONDS:.2f} times the README's fastest hour; "
           f"{reference:.2f} s at the start)")
 
     print("\nCost growth (analyze on the central slab of the same CT):")
