@@ -240,6 +240,9 @@ ASYMMETRY_SKIRT_MM = 10.0
 #: without counterpart over ASYMMETRY_MAX_SHARE of it) is named when at least this much of
 #: it has no counterpart: a mass of HO as large as the bone it grew from is lost otherwise.
 UNCOMPARED_MIN_ML = 10.0
+#: A thick fused mass reaching this much bone whose mirror image lies beyond the image
+#: is named (less is the fit's edge, a few voxels).
+BEYOND_IMAGE_MIN_ML = 0.1
 #: Contrast-filled or calcified vessels are bone-dense tubes: the iliac and femoral
 #: arteries and veins are 5-14 mm wide; a stretch at least 30 mm long and four times
 #: longer along its axis than across is vessel-shaped.
@@ -1183,10 +1186,13 @@ def refine_boundary(ct_hu, island: np.ndarray, ring: np.ndarray, geometry, bone_
 
 
 def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline, geometry: VolumeGeometry,
-                         min_voxels: float, rejected: list | None = None) -> np.ndarray | None:
+                         min_voxels: float, rejected: list | None = None,
+                         beyond_image: np.ndarray | None = None) -> np.ndarray | None:
     """The part of a native bone (``component``, a mask over ``block``) that has no
     counterpart across the body's midline: HO fused to it, thicker than the
-    fused-outgrowth ball. None when there is none or the comparison cannot be trusted."""
+    fused-outgrowth ball. None when there is none or the comparison cannot be trusted.
+    ``beyond_image`` (optional, shaped as ``component``) receives the bone whose mirror
+    image lies beyond the image: compared with nothing, it joins a part's skirt only."""
     component_geometry = geometry.cropped(block)
     offset = np.array([s.start for s in block])
     steps = np.maximum(1, np.rint(ASYMMETRY_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
@@ -1218,9 +1224,12 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     ras_fine = geometry.kji_to_ras_points(voxels + offset + [s.start for s in reach])
     mapped_fine = across.counterpart(ras_fine, motion)
     distance = np.zeros(tuple(s.stop - s.start for s in reach), np.float32)
+    # Bone whose mirror image lies beyond the image was compared with nothing: it may join
+    # a mass's skirt, but never makes a core.
     distance[tuple(voxels.T)] = np.where(across.inside(mapped_fine),
-                                         across.fine_distance(mapped_fine, ASYMMETRY_CORE_MM), 0.0)
-    core = distance_inside(distance > ASYMMETRY_CORE_MM, component_geometry) >= ASYMMETRY_MIN_RADIUS_MM
+                                         across.fine_distance(mapped_fine, ASYMMETRY_CORE_MM), np.inf)
+    core = distance_inside(np.isfinite(distance) & (distance > ASYMMETRY_CORE_MM),
+                           component_geometry) >= ASYMMETRY_MIN_RADIUS_MM
     if not core.any():
         return None
     apart = (distance > ASYMMETRY_EDGE_MM) & (distance_outside(core, component_geometry) <= ASYMMETRY_SKIRT_MM)
@@ -1230,6 +1239,8 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     keep &= sizes >= min_voxels
     part = np.zeros_like(component)
     part[reach] = keep[labels]
+    if beyond_image is not None:
+        beyond_image[reach] |= np.isinf(distance)
     found = np.count_nonzero(part)
     if found > ASYMMETRY_MAX_SHARE * np.count_nonzero(component) and rejected is not None:
         rejected.append((float(np.count_nonzero(component) * geometry.voxel_volume_ml),
@@ -1535,12 +1546,34 @@ def _unpaired_mass_warning(numbers) -> str:
             "healed fracture is asymmetric too; if it is native anatomy, delete the segment and recompute contact.")
 
 
+def _masses_reaching_beyond_the_image(results, islands, split, geometry: VolumeGeometry) -> list:
+    """(number, mL) of the islands holding at least BEYOND_IMAGE_MIN_ML of bone whose
+    mirror image lies beyond the image."""
+    if split.asymmetric_beyond_image is None:
+        return []
+    found = [(result.label, np.count_nonzero(island & split.asymmetric_beyond_image[island_block])
+              * geometry.voxel_volume_ml) for result, (island_block, island) in zip(results, islands)]
+    return [(number, ml) for number, ml in found if ml >= BEYOND_IMAGE_MIN_ML]
+
+
+def _beyond_image_warning(cut_off) -> str:
+    parts = ", ".join(f"HO {number} ({ml:.1f} mL)" for number, ml in cut_off)
+    return (f"Part of {parts} lies where the other side of the body was not imaged (its mirror image across the "
+            f"midline falls beyond the image), so it was compared with nothing: it is counted as HO only within "
+            f"{ASYMMETRY_SKIRT_MM:.0f} mm of the part that was, and the mass may reach farther as native bone. Check "
+            "its extent on the images; a CT wide enough for both sides, or a native-bone segmentation, measures it "
+            "whole.")
+
+
 def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block,
-                       image_shape, unimaged, rejected: list | None, bone_points) -> np.ndarray:
+                       image_shape, unimaged, rejected: list | None, bone_points,
+                       beyond_image: np.ndarray | None = None) -> np.ndarray:
     """The parts of the native components (``labels`` whose ``is_native``) without a
     counterpart across the midline ``plane`` (none without a plane). ``bone_block`` is
     where the labels lie in the image of ``image_shape`` (see :class:`BoneAcrossMidline`);
-    ``bone_points()`` gives the bone's :func:`sampled_bone_points`, or None to have them made."""
+    ``bone_points()`` gives the bone's :func:`sampled_bone_points`, or None to have them made.
+    ``beyond_image`` (optional, shaped as ``labels``) receives the bone of those parts
+    whose mirror image lies beyond the image."""
     found = np.zeros(labels.shape, bool)
     if plane is None or not is_native.any():
         return found
@@ -1548,9 +1581,13 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
     # Python ints: a NumPy int64 label would compare each uint32 label as an int64 copy.
     for label in np.flatnonzero(is_native).tolist():
         block = blocks[label - 1]
-        part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels, rejected)
+        component = labels[block] == label
+        unseen = np.zeros_like(component) if beyond_image is not None else None
+        part = asymmetric_outgrowth(component, block, across, geometry, min_voxels, rejected, unseen)
         if part is not None:
             found[block] |= part
+            if unseen is not None:
+                beyond_image[block] |= unseen & part
     return found
 
 
@@ -1756,6 +1793,9 @@ class _NativeSplit:
     #: (bone mL, mL without a counterpart) of native bones whose comparison with the
     #: other side was not trusted although much of them has none.
     uncompared: list = field(default_factory=list)
+    #: The part of ``asymmetric`` whose mirror image lies beyond the image (None when
+    #: the native skeleton was given).
+    asymmetric_beyond_image: np.ndarray | None = None
 
     @property
     def given(self) -> bool:
@@ -1802,12 +1842,14 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
         native[padded] |= component & ~fused_outgrowths(component, geometry.cropped(padded), min_voxels, edge)
     # What the ball left in the native bone: the masses too thick for it.
     uncompared: list = []
+    beyond_image = np.zeros(labels.shape, bool)
     asymmetric = thick_fused_masses(labels, is_native, component_blocks, filled_bone, geometry, midline(),
-                                    min_voxels, block, image_shape, unimaged, uncompared, bone_points) & native
+                                    min_voxels, block, image_shape, unimaged, uncompared, bone_points,
+                                    beyond_image) & native
     native &= ~asymmetric
     # The mass's marrow, open towards the bone it grew from, is in the part already.
     candidates = fill_island_marrow(bone_block & ~native, geometry) | asymmetric
-    return _NativeSplit(candidates, native, native, native, asymmetric, uncompared)
+    return _NativeSplit(candidates, native, native, native, asymmetric, uncompared, beyond_image & asymmetric)
 
 
 @dataclass
@@ -1987,6 +2029,9 @@ def _name_doubtful_islands(results, islands, facts: _IslandFacts, split: _Native
                 and np.count_nonzero(island & split.asymmetric[island_block]) >= 0.5 * np.count_nonzero(island)]
     if unpaired:
         warnings.append(_unpaired_mass_warning(unpaired))
+    cut_off = _masses_reaching_beyond_the_image(results, islands, split, geometry)
+    if cut_off:
+        warnings.append(_beyond_image_warning(cut_off))
     for bone_ml, lone_ml in split.uncompared:
         warnings.append(
             f"A piece of bone taken as native ({bone_ml:.0f} mL) could not be compared with the other side of the "
