@@ -1557,12 +1557,15 @@ def _masses_reaching_beyond_the_image(results, islands, split, geometry: VolumeG
 
 
 def _beyond_image_warning(cut_off) -> str:
-    parts = ", ".join(f"HO {number} ({ml:.1f} mL)" for number, ml in cut_off)
-    return (f"Part of {parts} lies where the other side of the body was not imaged (its mirror image across the "
-            f"midline falls beyond the image), so it was compared with nothing: it is counted as HO only within "
-            f"{ASYMMETRY_SKIRT_MM:.0f} mm of the part that was, and the mass may reach farther as native bone. Check "
-            "its extent on the images; a CT wide enough for both sides, or a native-bone segmentation, measures it "
-            "whole.")
+    parts = [f"{ml:.1f} mL of HO {number}" for number, ml in cut_off]
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    one = len(parts) == 1
+    return (f"{listed} {'lies' if one else 'lie'} where the other side of the body was not imaged (the mirror image "
+            f"across the midline falls beyond the image), so {'it was' if one else 'they were'} compared with "
+            f"nothing: such bone is counted as HO only within {ASYMMETRY_SKIRT_MM:.0f} mm of the part that was "
+            f"compared, and {'the mass' if one else 'each mass'} may reach farther as native bone. Check "
+            f"{'its' if one else 'their'} extent on the images; a CT wide enough for both sides, or a native-bone "
+            f"segmentation, measures {'it' if one else 'them'} whole.")
 
 
 def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, min_voxels, bone_block,
