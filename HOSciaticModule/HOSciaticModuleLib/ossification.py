@@ -17,7 +17,9 @@ The chain, each step a small function below:
    and are not a thin sheet or rod (the free edge of a native bone). Masses too
    thick for the ball are found when both hips are imaged: the part of a native
    bone with no counterpart in the bone of the other side, once the bone's mirror
-   image is fitted there (:func:`asymmetric_outgrowth`).
+   image is fitted there (:func:`asymmetric_outgrowth`). Bone whose mirror image falls
+   beyond the image is compared with nothing: it may widen such a mass, never start
+   one, and the mass is named.
 5. **Boundary** — each island's edge is placed at half the attenuation step between
    the surrounding soft tissue and the island's own bone (full width at half
    maximum), the standard partial-volume boundary, so volumes do not depend on the
