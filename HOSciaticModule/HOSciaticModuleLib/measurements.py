@@ -49,6 +49,16 @@ class Measure:
         return value
 
 
+def point_values(cell: str) -> list | None:
+    """The numbers of a point's table cell as :meth:`Measure.table_cell` writes it; None
+    for an empty or unreadable cell."""
+    try:
+        values = [float(v) for v in cell.split(",")]
+    except ValueError:
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
 def rounded(value, digits: int):
     """Round floats (also inside lists/tuples); NaN and inf become None for JSON."""
     if value is None:

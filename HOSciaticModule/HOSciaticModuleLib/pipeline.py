@@ -797,11 +797,8 @@ class HOSciaticAnalysis:
             raise InputError("There is no contact table yet: compute contact first.")
         cell = _table_cell(contact_table_node, measurements.find(measurements.CONTACT_MEASURES, "closest_points_ras"),
                            row, "contact row", "compute contact again to rebuild it")
-        try:
-            values = [float(v) for v in cell.split(",")]
-        except ValueError:
-            values = []
-        if len(values) != 6 or not np.all(np.isfinite(values)):
+        values = measurements.point_values(cell)
+        if values is None or len(values) != 6:
             raise InputError(f"Row {row + 1} of '{contact_table_node.GetName()}' has no closest points: no HO lies "
                              "within reach of that nerve.")
         return np.array(values[:3])
