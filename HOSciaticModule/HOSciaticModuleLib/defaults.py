@@ -26,3 +26,8 @@ MODALITIES = ("ct", "mr")
 #: Python packages the algorithms need beyond what the Slicer application ships.
 REQUIRED_PACKAGES = {"scipy": "scipy", "skimage": "scikit-image", "edt": "edt",
                      "cc3d": "connected-components-3d", "fill_voids": "fill-voids"}
+
+
+def opposite_side(side: str) -> str:
+    """The other of the two SIDES."""
+    return SIDES[1 - SIDES.index(side)]

@@ -22,7 +22,8 @@ from scipy.spatial import cKDTree
 from . import contact as contact_module
 from . import bonelabels, measurements, nerve, ossification
 from . import scene as scene_io
-from .defaults import MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES
+from .defaults import (MAX_BONE_THRESHOLD_HU, MAX_CONTACT_TOLERANCE_MM, MIN_BONE_THRESHOLD_HU, MODALITIES, SIDES,
+                       opposite_side)
 from .errors import InputError, as_number
 from .geometry import (arc_length_mm, block_relative_to, block_within, bounding_slices, corner_shift_mm,
                        distance_outside, pad_block)
@@ -1335,7 +1336,7 @@ class HOSciaticAnalysis:
         against this nerve as now traced: {other side: ratio}. Areas only: an MR's signal is
         read on each nerve's block with its own shading divided out, whose scale N4 leaves
         free, so two nerves' signals are not comparable."""
-        other_side = "left" if side == "right" else "right"
+        other_side = opposite_side(side)
         other = self._existing(None, *centreline_output(other_side))
         if other is None or other.GetNodeReferenceID(ANALYSIS_REFERENCE_ROLE) != segmentation_node.GetID():
             return {}
@@ -1391,7 +1392,7 @@ class HOSciaticAnalysis:
     def _forget_other_side_area_ratio(self, side) -> None:
         """Empty the other nerve's area against this one in the contact table, once this
         nerve has been traced again: it was measured against the nerve as it was."""
-        other = nerve_segment_name("left" if side == "right" else "right")
+        other = nerve_segment_name(opposite_side(side))
         title = measurements.find(measurements.NERVE_CONTACT_MEASURES, "contralateral_area_ratio").title
         for table_node in self._outputs("vtkMRMLTableNode", CONTACT_TABLE_NAME, CONTACT_TABLE_ROLE):
             table = table_node.GetTable()
