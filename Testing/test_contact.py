@@ -755,6 +755,30 @@ def test_area_against_the_other_side_compares_the_nerve_at_its_mirror_image(othe
     assert ratio == (pytest.approx(expected, abs=1e-9) if expected is not None else None)
 
 
+@pytest.mark.parametrize("other_shift_mm", [0.0, 9.0, 20.0])
+def test_the_other_sides_diameter_is_read_beside_each_station_it_was_traced_at(other_shift_mm):
+    """A nerve 40 mm right of the midline over s 0-100 mm; the other side's nerve 40 mm
+    left over s 20-60 (stations 2 mm apart), its diameter 8 + s/100 mm: beside each
+    station whose mirror image it passes within CONTRALATERAL_MATCH_MM of, its diameter
+    at its nearest station (the same level); nothing at the level of its ends or beyond,
+    nor when it lies 20 mm off the mirror image."""
+    from HOSciaticModuleLib.contact import other_side_values
+
+    s = np.arange(0.0, 100.0 + 1e-9, 1.0)
+    points = np.stack([np.full_like(s, 40.0), np.zeros_like(s), -s], axis=1)
+    other_s = np.arange(20.0, 60.0 + 1e-9, 2.0)
+    other_points = np.stack([np.full_like(other_s, -40.0), np.full_like(other_s, other_shift_mm), -other_s], axis=1)
+    values = other_side_values(points, 8.0 + other_s / 100.0, other_points, _mirror_across_x0)
+    if other_shift_mm > 15.0:
+        assert np.isnan(values).all()
+        return
+    # Level s is nearest the other station round(s / 2) * 2 (a tie, at odd s, goes either way).
+    inner = (s > 21.0) & (s < 59.0)
+    assert np.isfinite(values[inner]).all() and np.isnan(values[(s < 21.0) | (s > 59.0)]).all()
+    np.testing.assert_allclose(values[inner], 8.0 + s[inner] / 100.0, atol=0.01 + 1e-9)
+    assert np.isnan(other_side_values(points, 8.0 + other_s[:2] / 100.0, other_points[:2], _mirror_across_x0)).all()
+
+
 def test_area_against_the_other_side_skips_what_either_nerve_lacks():
     """Stations without a section on either nerve are not compared; no contact, no ratio.
     The other nerve thinner in part (80 mm² over s 50-60): the largest ratio is there."""

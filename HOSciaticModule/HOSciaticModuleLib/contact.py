@@ -32,6 +32,8 @@ Definitions (the figures a surgeon plans the excision from):
 * **Area against the other side** — with both sciatic nerves traced, the largest ratio,
   over a contact run, of a station's area to the other nerve's at the mirror image of
   that station across the body's midline.
+* **Other side's diameter** — per station, with both nerves traced: the other nerve's
+  equivalent diameter at its station nearest the mirror image of this one.
 """
 
 from __future__ import annotations
@@ -154,6 +156,10 @@ class NerveContact:
     tolerance_mm: float = DEFAULT_CONTACT_TOLERANCE_MM
     #: Per station: encasement by bone that is in no HO segment (None when not measured).
     bone_encasement_deg: np.ndarray | None = None
+    #: Per station, with the other side's nerve traced: its equivalent diameter at the
+    #: mirror image (NaN where not compared, see :func:`other_side_values`); None when
+    #: there is no other nerve to compare with.
+    other_side_diameter_mm: np.ndarray | None = None
     warnings: list = field(default_factory=list)
     #: That bone next to the stations where it wraps the nerve, for the reader to review:
     #: a mask over ``wrapping_bone_slices`` of the grid (None when no bone wraps it).
@@ -648,20 +654,47 @@ def contralateral_ratio(values: np.ndarray, points_ras: np.ndarray, in_contact: 
     neurogenic HO is often bilateral, and a pressed counterpart is no healthy one).
     None without contact or without a station compared."""
     values, other_values = np.asarray(values, float), np.asarray(other_values, float)
-    points_ras, other_points_ras = np.asarray(points_ras, float), np.asarray(other_points_ras, float)
+    points_ras = np.asarray(points_ras, float)
     known = np.isfinite(values)
     if not (in_contact & known).any() or len(other_points_ras) < 3:
         return None
     measured = np.flatnonzero(_measured_in_contact(in_contact, known))
-    distance, nearest = cKDTree(other_points_ras).query(mirror(points_ras[measured]))
+    nearest, matched = mirror_matches(points_ras[measured], other_points_ras, mirror)
     other_steady = running_median(other_values)[nearest]
-    matched = ((distance <= CONTRALATERAL_MATCH_MM) & (nearest > 0) & (nearest < len(other_points_ras) - 1)
-               & np.isfinite(other_steady) & (other_steady > 0))
+    matched &= np.isfinite(other_steady) & (other_steady > 0)
     if other_in_contact is not None:
         matched &= ~np.asarray(other_in_contact, bool)[nearest]
     if not matched.any():
         return None
     return float(np.max(running_median(values)[measured[matched]] / other_steady[matched]))
+
+
+def mirror_matches(points_ras: np.ndarray, other_points_ras: np.ndarray, mirror) -> tuple:
+    """For each point of a nerve, the other side's station nearest its mirror image
+    (``mirror``: RAS points to their mirror images across the body's midline), and
+    whether that station stands for the other nerve at this level: within
+    CONTRALATERAL_MATCH_MM of the mirror image, and not one of the other trace's ends
+    (beyond them the other nerve was not traced)."""
+    other_points_ras = np.asarray(other_points_ras, float)
+    distance, nearest = cKDTree(other_points_ras).query(mirror(np.asarray(points_ras, float)))
+    matched = (distance <= CONTRALATERAL_MATCH_MM) & (nearest > 0) & (nearest < len(other_points_ras) - 1)
+    return nearest, matched
+
+
+def other_side_values(points_ras: np.ndarray, other_values: np.ndarray, other_points_ras: np.ndarray,
+                      mirror) -> np.ndarray:
+    """Per station of a nerve, the other side's value (its diameter, say) at the station
+    matched to the mirror image of this one (see :func:`mirror_matches`); NaN where none
+    is matched. The other nerve is shown as measured, pressed by HO or not: a reference
+    drawn beside the nerve's own figures, not a ratio's healthy counterpart."""
+    points_ras = np.asarray(points_ras, float)
+    values = np.full(len(points_ras), np.nan)
+    other_values = np.asarray(other_values, float)
+    if not len(points_ras) or len(other_points_ras) < 3 or len(other_values) != len(other_points_ras):
+        return values
+    nearest, matched = mirror_matches(points_ras, other_points_ras, mirror)
+    values[matched] = other_values[nearest[matched]]
+    return values
 
 
 def off_nerve_warnings(on_nerve: np.ndarray, s_mm: np.ndarray, in_image: np.ndarray | None = None) -> list[str]:
