@@ -1407,6 +1407,9 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     right_nerve = traced("right", right_seeds)
     first = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right")
     assert first.contact.encasement_class == "encasement" and first.contact.contralateral_area_ratio is None
+    assert first.contact.other_side_diameter_mm is None
+    assert np.isnan(_other_side_diameters(right_nerve.centreline_node, first.stations_table_node)).all()
+    assert "Other side diameter" not in _series_styles(first.chart_node)
     session = SessionResults()
     session.measured("right", first)
     left_nerve = traced("left", left_seeds)
@@ -1427,6 +1430,20 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
         return columns["Area vs other side"][rows[0]]
 
     assert right_row_ratio() == round(left.other_side_area_ratio["right"], 3)
+    # Each nerve's stations show the other nerve's diameter at their mirror images (on its
+    # curve, in its stations table, dashed on its chart): the left nerve's 8 mm beside the
+    # right one, the right nerve's 10 mm beside the left one, each within 0.4 mm (as a
+    # nerve's own diameter reads on these slices); none at the ends, where the other trace
+    # stops. The right nerve measured first had none; the left one's contact gave it its own.
+    right_values = _other_side_diameters(right_nerve.centreline_node, first.stations_table_node)
+    left_values = _other_side_diameters(left_nerve.centreline_node, left.stations_table_node)
+    assert np.isnan(right_values[[0, -1]]).all() and np.isfinite(right_values[1:-1]).all()
+    assert np.nanmedian(right_values) == pytest.approx(8.0, abs=0.4)
+    assert np.nanmedian(left_values) == pytest.approx(10.0, abs=0.4)
+    assert np.nanmax(np.abs(right_values - 8.0)) < 0.6 and np.nanmax(np.abs(left_values - 10.0)) < 0.6
+    np.testing.assert_allclose(first.contact.other_side_diameter_mm, right_values, atol=0.005)
+    for chart in (first.chart_node, left.chart_node):
+        assert _series_styles(chart)["Other side diameter"] == "dashed"
     right = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
     assert right.contralateral_area_ratio == pytest.approx(left.other_side_area_ratio["right"], abs=0.02)
     assert right.thickening_ratio == pytest.approx(1.0, abs=0.1)
@@ -1441,9 +1458,37 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     beyond = traced("left", left_hip.seeds_ras([80.0, 98.0]) * np.array([-1.0, 1.0, 1.0]) + np.array([2 * midline_x, 0, 0]))
     session.traced("left", beyond)
     assert np.isnan(right_row_ratio()) and first.contact.contralateral_area_ratio is None
+    assert np.isnan(_other_side_diameters(right_nerve.centreline_node, first.stations_table_node)).all()
+    assert first.contact.other_side_diameter_mm is None and "Other side diameter" not in _series_styles(first.chart_node)
     assert scene_io.control_points_world(beyond.centreline_node)[:, 2].min() > right_hip.seeds_ras([75.0])[0, 2]
     again = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
     assert again.contralateral_area_ratio is None
+    # Beside the right nerve, the left one's diameter now only where it was traced.
+    beyond_z = scene_io.control_points_world(beyond.centreline_node)[:, 2]
+    compared = np.isfinite(again.other_side_diameter_mm)
+    assert compared.any() and np.nanmedian(again.other_side_diameter_mm) == pytest.approx(8.0, abs=0.4)
+    compared_z = np.asarray(again.points_ras)[compared, 2]
+    assert compared_z.min() >= beyond_z.min() - 1.0 and compared_z.max() <= beyond_z.max() + 1.0
+
+
+def _other_side_diameters(centreline_node, stations_table_node) -> np.ndarray:
+    """The other side's diameter beside each station, as the curve and the stations table
+    (rounded) both hold it (a curve holds no array of a figure no station has)."""
+    in_table = np.asarray(scene_io.table_columns(stations_table_node)["Other side diameter"], float)
+    on_curve = scene_io.curve_measurement(centreline_node, "other_side_diameter_mm")
+    if on_curve is None:
+        on_curve = np.full(len(in_table), np.nan)
+    np.testing.assert_allclose(on_curve, in_table, atol=0.005)
+    return in_table
+
+
+def _series_styles(chart_node) -> dict:
+    """A chart's series, by the column each draws: "dashed" or "solid"."""
+    styles = {}
+    for n in range(chart_node.GetNumberOfPlotSeriesNodes()):
+        series = chart_node.GetNthPlotSeriesNode(n)
+        styles[series.GetYColumnName()] = "dashed" if series.GetLineStyle() == series.LineStyleDash else "solid"
+    return styles
 
 
 def test_a_contact_table_of_an_earlier_layout_keeps_the_other_nerves_rows(slicer_scene, phantom):

@@ -153,6 +153,10 @@ STATION_CONTACT_MEASURES = [
             "Angle around the nerve centroid within the contact tolerance of CT bone that is in no HO segment "
             "(native bone, or HO the segments miss; over 180 deg is not native anatomy)",
             lambda s: s.get("bone_encasement_deg"), 1),
+    Measure("other_side_diameter_mm", "Other side diameter", "mm", "float",
+            "Both sciatic nerves traced: the other side's nerve's equivalent diameter at its station nearest this "
+            "station's mirror image across the body's midline (empty where that nerve was not traced at this level "
+            "or passes more than 15 mm from the mirror image)", lambda s: s.get("other_side_diameter_mm"), 2),
 ]
 
 #: Last among the station columns, after the figures it qualifies.

@@ -55,6 +55,9 @@ CONTACT_WARNINGS = "HOSciatic.ContactWarnings"
 ANALYSIS_REFERENCE_ROLE = "HOSciaticSegmentation"
 #: The contact table's row of a nerve against all HO (its own figures).
 ALL_HO_ROW = "all HO"
+#: Series of a nerve's contact chart drawn only where their stations hold figures.
+BONE_ENCASEMENT_SERIES = measurements.find(measurements.STATION_CONTACT_MEASURES, "bone_encasement_deg").title
+OTHER_SIDE_DIAMETER_SERIES = measurements.find(measurements.STATION_CONTACT_MEASURES, "other_side_diameter_mm").title
 #: The image each structure was found on (the CT for the HO segments, the traced volume
 #: for a nerve), referred to from the segmentation and the centreline, with where that
 #: image lay relative to the segmentation then: one segmentation follows one image's
@@ -275,16 +278,23 @@ class ContactOutputs:
     #: The other side's area against this nerve, measured again (side -> ratio, or None)
     #: where that side's contact stands: see :func:`refresh_other_side`.
     other_side_area_ratio: dict = field(default_factory=dict)
+    #: ... and, per station of the other side's nerve, this nerve's diameter at its mirror
+    #: image (side -> array), as written into that side's stations.
+    other_side_diameters: dict = field(default_factory=dict)
 
 
 def refresh_other_side(contacts: dict, outputs: ContactOutputs) -> None:
     """Bring the other side's contact held by a caller (side -> ContactOutputs) up to
-    date with the figure the contact step just wrote into its row of the contact table:
-    its area against this nerve, which the other side's own contact step measured
-    against this nerve as it was then (or not traced yet)."""
+    date with the figures the contact step just wrote into its row of the contact table
+    and its stations: its area against this nerve, and this nerve's diameter beside
+    each of its stations, which the other side's own contact step measured against this
+    nerve as it was then (or not traced yet)."""
     for side, ratio in outputs.other_side_area_ratio.items():
         if side in contacts:
             contacts[side].contact.contralateral_area_ratio = ratio
+    for side, diameters in outputs.other_side_diameters.items():
+        if side in contacts and len(diameters) == len(contacts[side].contact.s_mm):
+            contacts[side].contact.other_side_diameter_mm = diameters
 
 
 def _table_cell(table_node, measure, row: int, what: str, advice: str):
@@ -874,7 +884,7 @@ class HOSciaticAnalysis:
         # The contact measured on the nerve traced before is gone with it, and so is the HO
         # step's call to trace that nerve again once it has been, with the HO as a barrier.
         self._forget_contact(segmentation_node, side, grid)
-        self._forget_other_side_area_ratio(side)
+        self._forget_other_side_figures(segmentation_node, side)
         if exclusion is not None:
             self._record_warnings(segmentation_node, OSSIFICATION_WARNINGS, [
                 w for w in self._warnings_of(segmentation_node, OSSIFICATION_WARNINGS)
@@ -1086,8 +1096,9 @@ class HOSciaticAnalysis:
         islands = (self.measure_islands(segmentation_node, full_ct, full_geometry, ho_blocks, midline=midline)
                    if full_ct is not None else None)
         stations = self.stations_with_contact(centreline_node, result)
-        other_side_ratio = (self._compare_with_other_nerve(result, stations, side, segmentation_node, midline)
-                            if full_ct is not None else {})
+        other_side_ratio, other_side_diameters = (
+            self._compare_with_other_nerve(result, stations, side, segmentation_node, midline)
+            if full_ct is not None else ({}, {}))
         report(progress, 0.9, "Writing contact outputs")
         # The scene changes only from here on, with no cancellation point until the end: a
         # refused or cancelled run leaves it as it was (segments named by hand included).
@@ -1121,13 +1132,9 @@ class HOSciaticAnalysis:
         contact_table_node = self._existing(contact_table_node, "vtkMRMLTableNode", CONTACT_TABLE_NAME,
                                             CONTACT_TABLE_ROLE)
         contact_table_node = self._fill_contact_table(contact_table_node, side, result, names, other_side_ratio)
-        chart_node = self._existing(chart_node, *chart_output(side))
-        # Bone outside the HO segments is plotted too: a thick fused mass the HO step kept
-        # as native bone shows as a second encasement curve.
-        chart_node = scene_io.fill_plot_chart(
-            self.scene, chart_node, chart_name(side), stations_table_node, "s",
-            ["Encasement", "Diameter"] + (["Bone encasement (not HO)"] if result.bone_encasement_deg is not None else []),
-            "Encasement (deg) / diameter (mm)")
+        chart_node = self._fill_contact_chart(self._existing(chart_node, *chart_output(side)), side,
+                                              stations_table_node)
+        self._show_other_side_diameters(segmentation_node, other_side_diameters)
         contact_patch_model_node = self._contact_patch_model(contact_patch_model_node, side, nerve_mesh,
                                                              result.tolerance_mm, segmentation_node)
         ho_distance_model_node = self._ho_distance_model(ho_distance_model_node, side, ho_mesh, segmentation_node)
@@ -1149,7 +1156,43 @@ class HOSciaticAnalysis:
         return ContactOutputs(contact_table_node, stations_table_node, chart_node, contact_patch_model_node,
                               ho_distance_model_node, result, names, islands,
                               islands_table_node if islands is not None else None, centreline_node, shared_ml,
-                              other_side_ratio)
+                              other_side_ratio, other_side_diameters)
+
+    def _fill_contact_chart(self, chart_node, side, stations_table_node):
+        """The chart of a nerve's encasement and diameter along it. Bone outside the HO
+        segments is plotted too where measured (a thick fused mass the HO step kept as
+        native bone shows as a second encasement curve), and the other side's diameter
+        beside the nerve's own where both nerves are traced, dashed."""
+        optional = [title for title in (BONE_ENCASEMENT_SERIES, OTHER_SIDE_DIAMETER_SERIES)
+                    if scene_io.column_has_numbers(stations_table_node, title)]
+        return scene_io.fill_plot_chart(self.scene, chart_node, chart_name(side), stations_table_node, "s",
+                                        ["Encasement", "Diameter"] + optional, "Encasement (deg) / diameter (mm)",
+                                        dashed=[OTHER_SIDE_DIAMETER_SERIES])
+
+    def _show_other_side_diameters(self, segmentation_node, diameters_by_side: dict) -> None:
+        """Write this nerve's diameter beside each station of the other side's nerve of
+        the same analysis (side -> values per station, NaN where not compared; an empty
+        array empties them): into that nerve's curve, its stations table and its chart,
+        where its contact stands."""
+        measure = measurements.find(measurements.STATION_CONTACT_MEASURES, "other_side_diameter_mm")
+
+        def of_this_analysis(nodes):
+            return [node for node in nodes
+                    if node.GetNodeReferenceID(ANALYSIS_REFERENCE_ROLE) == segmentation_node.GetID()]
+
+        for side, values in diameters_by_side.items():
+            for curve in of_this_analysis(self._outputs(*centreline_output(side))):
+                if scene_io.curve_measurement(curve, "encasement_deg") is None:
+                    continue
+                count = curve.GetNumberOfControlPoints()
+                shown = values if len(values) == count else np.full(count, np.nan)
+                scene_io.set_curve_measurement(curve, measure.key, measure.unit, measure.description, shown)
+            for table in of_this_analysis(self._outputs(*stations_output(side))):
+                rows = table.GetTable().GetNumberOfRows()
+                shown = values if len(values) == rows else np.full(rows, np.nan)
+                if scene_io.set_table_column(table, measure.title, [measure.rounded(v) for v in shown]):
+                    for chart in of_this_analysis(self._outputs(*chart_output(side))):
+                        self._fill_contact_chart(chart, side, table)
 
     @staticmethod
     def _placement(volume_node, segmentation_node) -> np.ndarray:
@@ -1316,7 +1359,9 @@ class HOSciaticAnalysis:
                    "encasement_deg": float(result.encasement_deg[n]),
                    "distance_to_ho_mm": float(result.distance_to_ho_mm[n]),
                    "bone_encasement_deg": (float(result.bone_encasement_deg[n])
-                                           if result.bone_encasement_deg is not None else None)}
+                                           if result.bone_encasement_deg is not None else None),
+                   "other_side_diameter_mm": (float(result.other_side_diameter_mm[n])
+                                              if result.other_side_diameter_mm is not None else None)}
             for key, values in traced.items():
                 usable = values is not None and len(values) == len(points)
                 row[key] = float(values[nearest]) if usable else None
@@ -1328,27 +1373,37 @@ class HOSciaticAnalysis:
             rows.append(row)
         return rows
 
-    def _compare_with_other_nerve(self, result, stations, side, segmentation_node, midline) -> dict:
+    def _compare_with_other_nerve(self, result, stations, side, segmentation_node, midline) -> tuple:
         """The nerve's area in contact against the other side's nerve of the same analysis
         at their mirror images across the body's midline (``midline``: a callable giving
-        it, None unless both hips are imaged), as the other nerve's curve holds it now; and,
-        where the other nerve's contact stands (its curve holds its encasement), its area
-        against this nerve as now traced: {other side: ratio}. Areas only: an MR's signal is
-        read on each nerve's block with its own shading divided out, whose scale N4 leaves
-        free, so two nerves' signals are not comparable."""
+        it, None unless both hips are imaged), as the other nerve's curve holds it now, and
+        that nerve's diameter beside each station (into ``result`` and ``stations``);
+        and, where the other nerve's contact stands (its curve holds its encasement), its
+        area against this nerve as now traced and this nerve's diameter beside each of its
+        stations: ({other side: ratio}, {other side: diameters}). Areas only: an MR's
+        signal is read on each nerve's block with its own shading divided out, whose scale
+        N4 leaves free, so two nerves' signals are not comparable."""
         other_side = opposite_side(side)
         other = self._existing(None, *centreline_output(other_side))
         if other is None or other.GetNodeReferenceID(ANALYSIS_REFERENCE_ROLE) != segmentation_node.GetID():
-            return {}
+            return {}, {}
         points = scene_io.control_points_world(other)
         area = scene_io.curve_measurement(other, "area_mm2")
         if area is None or len(area) != len(points) or not len(points):
-            return {}
+            return {}, {}
         plane = midline()
         if plane is None:
-            return {}
+            return {}, {}
         own_area = np.array([np.nan if row.get("area_mm2") is None else row["area_mm2"] for row in stations], float)
+        own_diameter = np.array([np.nan if row.get("diameter_mm") is None else row["diameter_mm"] for row in stations],
+                                float)
         own_points = np.array([row["ras"] for row in stations], float)
+        other_diameter = scene_io.curve_measurement(other, "diameter_mm")
+        if other_diameter is not None and len(other_diameter) == len(points):
+            result.other_side_diameter_mm = contact_module.other_side_values(own_points, other_diameter, points,
+                                                                             plane.mirror)
+            for row, value in zip(stations, result.other_side_diameter_mm):
+                row["other_side_diameter_mm"] = float(value)
         own_in_contact = np.asarray(result.encasement_deg) > 0.0
         encasement = scene_io.curve_measurement(other, "encasement_deg")
         other_in_contact = np.asarray(encasement) > 0.0 if encasement is not None and len(encasement) == len(points) \
@@ -1356,9 +1411,10 @@ class HOSciaticAnalysis:
         result.contralateral_area_ratio = contact_module.contralateral_ratio(
             own_area, own_points, own_in_contact, area, points, plane.mirror, other_in_contact)
         if other_in_contact is None:
-            return {}
-        return {other_side: contact_module.contralateral_ratio(area, points, other_in_contact, own_area, own_points,
-                                                               plane.mirror, own_in_contact)}
+            return {}, {}
+        return ({other_side: contact_module.contralateral_ratio(area, points, other_in_contact, own_area, own_points,
+                                                                plane.mirror, own_in_contact)},
+                {other_side: contact_module.other_side_values(points, own_diameter, own_points, plane.mirror)})
 
     def _fill_contact_table(self, table_node, side, result, names, other_side_ratio=None):
         """One row per island x nerve; rows of the other side's nerve are kept, with its
@@ -1389,9 +1445,11 @@ class HOSciaticAnalysis:
                              **measurements.as_table_row(measurements.CONTACT_MEASURES, island)))
         return scene_io.fill_table(self.scene, table_node, CONTACT_TABLE_NAME, columns, rows)
 
-    def _forget_other_side_area_ratio(self, side) -> None:
-        """Empty the other nerve's area against this one in the contact table, once this
-        nerve has been traced again: it was measured against the nerve as it was."""
+    def _forget_other_side_figures(self, segmentation_node, side) -> None:
+        """Empty the other nerve's area against this one in the contact table, and this
+        nerve's diameter beside its stations, once this nerve has been traced again: they
+        were measured against the nerve as it was."""
+        self._show_other_side_diameters(segmentation_node, {opposite_side(side): np.zeros(0)})
         other = nerve_segment_name(opposite_side(side))
         title = measurements.find(measurements.NERVE_CONTACT_MEASURES, "contralateral_area_ratio").title
         for table_node in self._outputs("vtkMRMLTableNode", CONTACT_TABLE_NAME, CONTACT_TABLE_ROLE):

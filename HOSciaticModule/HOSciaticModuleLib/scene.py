@@ -567,6 +567,28 @@ def fill_table(scene, table_node, name: str, columns: list, rows: list):
     return table_node
 
 
+def set_table_column(table_node, title: str, values) -> bool:
+    """Set the values of a float column of a table, one per row (None is NaN); False,
+    changing nothing, when the table has no such column or another number of rows."""
+    column = table_node.GetTable().GetColumnByName(title)
+    if column is None or not column.IsA("vtkDoubleArray") or column.GetNumberOfTuples() != len(values):
+        return False
+    for row, value in enumerate(values):
+        column.SetValue(row, float("nan") if value is None else float(value))
+    column.Modified()
+    table_node.GetTable().Modified()
+    table_node.Modified()
+    return True
+
+
+def column_has_numbers(table_node, title: str) -> bool:
+    """Whether a table's float column of that title holds any number (not only NaN)."""
+    column = table_node.GetTable().GetColumnByName(title)
+    if column is None or not column.IsA("vtkDoubleArray") or column.GetNumberOfTuples() == 0:
+        return False
+    return bool(np.isfinite(_numpy_support().vtk_to_numpy(column)).any())
+
+
 def table_columns(table_node) -> dict:
     """Column title -> list of values (numbers or strings)."""
     table = table_node.GetTable()
@@ -689,13 +711,7 @@ def fill_centreline_curve(scene, curve_node, name: str, points_ras: np.ndarray, 
     for measurement in kept:
         curve_node.AddMeasurement(measurement)
     for array_name, (unit, description, values) in measurements.items():
-        measurement = slicer.vtkMRMLStaticMeasurement()
-        measurement.SetName(array_name)
-        measurement.SetUnits(unit)
-        measurement.SetDescription(description)
-        measurement.SetPrintFormat("")
-        measurement.SetControlPointValues(_double_array(array_name, values))
-        curve_node.AddMeasurement(measurement)
+        curve_node.AddMeasurement(_static_measurement(array_name, unit, description, values))
     curve_node.EndModify(was_modifying)
     if curve_node.GetDisplayNode() is None:
         curve_node.CreateDefaultDisplayNodes()
@@ -703,6 +719,25 @@ def fill_centreline_curve(scene, curve_node, name: str, points_ras: np.ndarray, 
     display.SetSelectedColor(*NERVE_COLOR)
     display.SetPointLabelsVisibility(False)
     return curve_node
+
+
+def _static_measurement(array_name: str, unit: str, description: str, values):
+    """A per-control-point measurement of a curve (None values are NaN)."""
+    measurement = _slicer().vtkMRMLStaticMeasurement()
+    measurement.SetName(array_name)
+    measurement.SetUnits(unit)
+    measurement.SetDescription(description)
+    measurement.SetPrintFormat("")
+    measurement.SetControlPointValues(_double_array(array_name, values))
+    return measurement
+
+
+def set_curve_measurement(curve_node, array_name: str, unit: str, description: str, values) -> None:
+    """Set one per-control-point measurement of a curve, its others left as they are."""
+    for index in reversed(range(curve_node.GetNumberOfMeasurements())):
+        if curve_node.GetNthMeasurement(index).GetName() == array_name:
+            curve_node.RemoveNthMeasurement(index)
+    curve_node.AddMeasurement(_static_measurement(array_name, unit, description, values))
 
 
 def curve_measurement(curve_node, array_name: str) -> np.ndarray | None:
@@ -740,8 +775,10 @@ def colour_curve_by(curve_node, array_name: str, value_range) -> None:
 # ---------------------------------------------------------------------------------------
 # Plots and models
 # ---------------------------------------------------------------------------------------
-def fill_plot_chart(scene, chart_node, name: str, table_node, x_column: str, y_columns: list, y_title: str):
-    """A line chart of table columns against ``x_column``; series nodes are reused by name."""
+def fill_plot_chart(scene, chart_node, name: str, table_node, x_column: str, y_columns: list, y_title: str,
+                    dashed=()):
+    """A line chart of table columns against ``x_column``, those named in ``dashed``
+    drawn dashed; series nodes are reused by name."""
     slicer = _slicer()
     if chart_node is None:
         chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
@@ -767,6 +804,7 @@ def fill_plot_chart(scene, chart_node, name: str, table_node, x_column: str, y_c
         series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
         series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
         series.SetColor(*colors[index % len(colors)])
+        series.SetLineStyle(series.LineStyleDash if column in dashed else series.LineStyleSolid)
         chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
     for stale in existing.values():
         scene.RemoveNode(stale)

@@ -24,14 +24,16 @@ class SessionResults:
 
     def traced(self, side: str, outputs) -> None:
         """A new nerve on ``side``: its contact measured before was that of another nerve,
-        and the other side's area against it was measured against that nerve."""
+        and the other side's area against it, and its diameter beside the other side's
+        stations, were measured against that nerve."""
         self.nerves[side] = outputs
         self.contacts.pop(side, None)
         for contact in self.contacts.values():
             contact.contact.contralateral_area_ratio = None
+            contact.contact.other_side_diameter_mm = None
 
     def measured(self, side: str, outputs) -> None:
-        """A contact measured: the other side's area against this nerve is measured anew with it."""
+        """A contact measured: the other side's figures against this nerve are measured anew with it."""
         from .pipeline import refresh_other_side
 
         self.contacts[side] = outputs
