@@ -1451,6 +1451,9 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     _, _, contacts = _analysis_saved_and_reloaded(slicer_scene, tmp_path)
     reloaded = dict(contacts)
     assert reloaded["right"].contact.contralateral_area_ratio == pytest.approx(right.contralateral_area_ratio, abs=0.02)
+    np.testing.assert_allclose(reloaded["right"].contact.other_side_diameter_mm, right.other_side_diameter_mm,
+                               atol=0.05)
+    assert np.nanmedian(reloaded["left"].contact.other_side_diameter_mm) == pytest.approx(10.0, abs=0.4)
 
     # The contact runs over s = 35-65 mm; the left nerve traced again only over s = 80-98
     # mm. The right nerve's figure, measured against the nerve traced before, is emptied,
