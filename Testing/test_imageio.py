@@ -42,10 +42,11 @@ def _as_slices(values, geometry):
     return image, direction, [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
 
 
-def _write_series(folder, image, direction, planes, positions, number, description, **tags):
+def _write_series(folder, image, direction, planes, positions, number, description, first_instance=1, **tags):
     """One series of ``planes`` at ``positions`` into ``folder`` (several may share it)."""
     write_dicom_slices(folder, planes, positions, direction[:, 0], direction[:, 1], image.GetSpacing()[:2],
-                       series_number=number, series_description=description, tags=tags)
+                       series_number=number, series_description=description, tags=tags,
+                       first_instance=first_instance)
 
 
 def test_dicom_series_folder(tmp_path, volume):
@@ -335,6 +336,34 @@ def test_mr_study_folder_gives_its_t2_fat_saturated_series(tmp_path, volume):
                                          r"series has two or more slices at the same position"):
         read_volume(only_diffusion, modality="mr")
     assert np.array_equal(read_volume(named).array, values + 5)   # no modality: most slices that read, then UID
+
+
+def test_dual_echo_mr_series_gives_its_t2_weighted_echo(tmp_path, volume):
+    """A dual-echo series (proton density at TE 20 ms, T2 at 90 ms) saves both echoes under
+    one UID, each position twice, and its name says both ("PD_T2"): an MR run reads each
+    echo as a series of its own, takes the T2-weighted echo by its echo time and names
+    the other; a series whose slices do not say their echo is refused as before."""
+    values, geometry = volume
+    image, direction, positions = _as_slices(values, geometry)
+    folder = tmp_path / "dual"
+    for echo, echo_time, offset in ((1, "20", 5), (2, "90", 9)):
+        _write_series(folder, image, direction, values + offset, positions, 7, "PD_T2_TSE_AX",
+                      first_instance=1 + (echo - 1) * len(values),
+                      **{"0008|0060": "MR", "0018|0081": echo_time, "0018|0086": str(echo)})
+    loaded = read_volume(folder, modality="mr")
+    np.testing.assert_array_equal(loaded.array, values + 9)
+    np.testing.assert_allclose(loaded.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-3)
+    (warning,) = loaded.warnings
+    assert "each echo of a multi-echo series counted apart" in warning
+    assert "'PD_T2_TSE_AX' (echo 2 of 2, TE 90 ms; 6 files), the nearest to a T2-weighted" in warning
+    assert "'PD_T2_TSE_AX' (echo 1 of 2, TE 20 ms; 6 files) left aside" in warning and "as many" not in warning
+
+    unsaid = tmp_path / "unsaid"
+    for echo, offset in ((1, 5), (2, 9)):
+        _write_series(unsaid, image, direction, values + offset, positions, 8, "PD_T2_TSE_AX",
+                      first_instance=1 + (echo - 1) * len(values), **{"0008|0060": "MR"})
+    with pytest.raises(InputError, match="two or more slices at the same position"):
+        read_volume(unsaid, modality="mr")
 
 
 def test_dicom_series_refused_gives_way_to_the_next(tmp_path, volume):

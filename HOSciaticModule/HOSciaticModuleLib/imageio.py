@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,7 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
         raise InputError(f"The folder '{folder}' holds no DICOM series, nor do its subfolders. Give a folder of DICOM "
                          f"slices or an image file ({', '.join(IMAGE_SUFFIXES)}).")
     headers = {sid: _series_header(names) for sid, names in files.items()}
+    files, headers = _echoes_apart(files, headers)
     ranks = {sid: _series_rank(headers[sid], len(files[sid]), modality) for sid in files}
     ranked = sorted(files, key=ranks.__getitem__, reverse=True)
     volumes = [sid for sid in ranked if _is_candidate_volume(ranks[sid])]
@@ -207,6 +208,8 @@ class SeriesHeader:
     scanning_sequence: str = ""
     echo_time_ms: float | None = None
     inversion_time_ms: float | None = None
+    #: Which echo of a multi-echo series the files hold ("" for a series of one echo).
+    echo: str = ""
 
     def words(self) -> set:
         """Upper-case words of the description and image type ("t2_tse_fs_tra" gives
@@ -267,6 +270,9 @@ def _is_fat_suppressed(header: SeriesHeader, words: set) -> bool:
 
 
 def _is_t2_weighted(header: SeriesHeader, words: set) -> bool:
+    if header.echo and header.echo_time_ms is not None:
+        # The echoes of one series share its name ("PD_T2"): each echo's own time tells.
+        return header.echo_time_ms >= T2_MIN_ECHO_TIME_MS
     named = any(w.startswith("T2") for w in words) or bool(words & {"STIR", "TIRM"})
     return named or (header.echo_time_ms is not None and header.echo_time_ms >= T2_MIN_ECHO_TIME_MS)
 
@@ -296,10 +302,60 @@ def _series_rank(header: SeriesHeader, file_count: int, modality: str | None) ->
 
 
 def _series_label(file_names, header: SeriesHeader) -> str:
-    """A series as a reader knows it: its description and its number of files."""
+    """A series as a reader knows it: its description (and echo) and its number of files."""
     description = header.description
     count = f"{len(file_names)} file{'s' if len(file_names) > 1 else ''}"
-    return f"'{description}' ({count})" if description else f"a series of {count}"
+    details = f"{header.echo}; {count}" if header.echo else count
+    return f"'{description}' ({details})" if description else f"a series of {count}" + (
+        f" ({header.echo})" if header.echo else "")
+
+
+def _echo_groups(file_names) -> list | None:
+    """The slice files of a series holding several echoes, one list per echo in the order
+    of their echo numbers (or echo times, where numbers are not given); None for a series
+    of one echo, or one whose slices do not all say which echo they hold. Each slice's
+    header is read (about a millisecond a file): GDCM's order of files with repeated
+    positions tells nothing."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+
+    def header(name):
+        reader.SetFileName(name)
+        with _itk_warnings_silenced():
+            reader.ReadImageInformation()
+        return {tag: _file_header_numbers(reader, tag) for tag in ("0018|0086", "0018|0081")}
+
+    try:
+        slices = [header(name) for name in file_names]
+    except RuntimeError:
+        return None
+    for tag in ("0018|0086", "0018|0081"):
+        if all(h[tag] is not None for h in slices):
+            groups: dict = {}
+            for name, h in zip(file_names, slices):
+                groups.setdefault(float(h[tag][0]), []).append(name)
+            return [groups[key] for key in sorted(groups)] if len(groups) > 1 else None
+    return None
+
+
+def _echoes_apart(files: dict, headers: dict) -> tuple:
+    """Each MR series whose slices hold several echoes (a dual-echo series, proton
+    density and T2, saves both under one UID, each position twice) split into one series
+    per echo, keyed and labelled by it, so that the ranking picks the T2-weighted echo
+    and the warning names the other; other series as given."""
+    split_files, split_headers = {}, {}
+    for sid, names in files.items():
+        groups = _echo_groups(names) if headers[sid].modality == "MR" and len(names) >= 2 else None
+        if groups is None:
+            split_files[sid], split_headers[sid] = names, headers[sid]
+            continue
+        for number, echo_names in enumerate(groups, start=1):
+            header = _series_header(echo_names)
+            time = f", TE {header.echo_time_ms:g} ms" if header.echo_time_ms is not None else ""
+            key = f"{sid} echo {number}"
+            split_files[key] = echo_names
+            split_headers[key] = replace(header, echo=f"echo {number} of {len(groups)}{time}")
+    return split_files, split_headers
 
 
 def _other_series_warning(files: dict, chosen: str, headers: dict, ranks: dict, refused: dict,
@@ -326,8 +382,9 @@ def _other_series_warning(files: dict, chosen: str, headers: dict, ranks: dict, 
         if any(not ranks[sid][1] for sid in larger):
             reasons.append("are no localizer or diffusion series")
         why = f"the one with the most slices of those that {' and '.join(reasons) or 'are volumes'}"
-    text = (f"The DICOM folder holds {len(files)} series; {_series_label(files[chosen], headers[chosen])}, {why}, "
-            "was analysed")
+    apart = " (each echo of a multi-echo series counted apart)" if any(headers[sid].echo for sid in files) else ""
+    text = (f"The DICOM folder holds {len(files)} series{apart}; {_series_label(files[chosen], headers[chosen])}, "
+            f"{why}, was analysed")
     text += (f", and {', '.join(_series_label(files[sid], headers[sid]) for sid in others)} left aside." if others
              else ".")
     if refused:
@@ -359,14 +416,24 @@ class DicomSlices:
         return np.cross(self.row_lps, self.column_lps)
 
 
-def _header_numbers(reader, index: int, tag: str, count: int):
-    if not reader.HasMetaDataKey(index, tag):
-        return None
+def _numbers(text: str, count: int | None = None):
+    """The numbers of a DICOM value ("a\\b\\c"), or None unless all are finite (and
+    ``count`` of them, when given)."""
     try:
-        values = np.asarray([float(v) for v in reader.GetMetaData(index, tag).strip().split("\\")])
+        values = np.asarray([float(v) for v in text.strip().split("\\")])
     except ValueError:
         return None
-    return values if values.shape == (count,) and np.all(np.isfinite(values)) else None
+    return values if np.all(np.isfinite(values)) and (count is None or values.shape == (count,)) else None
+
+
+def _header_numbers(reader, index: int, tag: str, count: int):
+    """A tag's numbers on slice ``index`` of a series reader."""
+    return _numbers(reader.GetMetaData(index, tag), count) if reader.HasMetaDataKey(index, tag) else None
+
+
+def _file_header_numbers(reader, tag: str, count: int | None = None):
+    """A tag's numbers in the header a file reader read."""
+    return _numbers(reader.GetMetaData(tag), count) if reader.HasMetaDataKey(tag) else None
 
 
 def dicom_slice_geometry(reader, count: int, folder) -> DicomSlices | None:

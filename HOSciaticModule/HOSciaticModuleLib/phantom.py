@@ -539,12 +539,13 @@ def write_phantom_case(phantom: Phantom, folder, name: str = "ct") -> dict:
 
 def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel_mm,
                        series_number: int = 2, series_description: str | None = None,
-                       tags: dict | None = None) -> None:
+                       tags: dict | None = None, first_instance: int = 1) -> None:
     """One CT slice file per plane (rows j, columns i) with the given header positions
     and orientation (LPS, as a scanner writes them); ``pixel_mm`` is (along i, along j).
     ``series_number`` makes the series' UID, so several series can share a folder;
     ``tags`` ({"gggg|eeee": value}) adds to or replaces the header's (an MR's modality,
-    echo time...)."""
+    echo time...); ``first_instance`` numbers the first slice, so that a series can be
+    written in parts (the echoes of a multi-echo series)."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -555,7 +556,7 @@ def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel
         slice_image.SetSpacing(tuple(float(v) for v in pixel_mm))
         header = {
             "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": f"1.2.826.0.1.3680043.2.1125.{series_number}", "0020|0013": str(k + 1),
+            "0020|000e": f"1.2.826.0.1.3680043.2.1125.{series_number}", "0020|0013": str(k + first_instance),
             "0020|0032": "\\".join(f"{v:.6f}" for v in position), "0020|0037": orientation,
             "0028|0030": f"{pixel_mm[1]:.6f}\\{pixel_mm[0]:.6f}", "0028|1052": "0", "0028|1053": "1",
         }
@@ -565,7 +566,7 @@ def write_dicom_slices(folder, planes, positions_lps, row_lps, column_lps, pixel
             slice_image.SetMetaData(tag, value)
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"series{series_number}_slice{k:04d}.dcm"))
+        writer.SetFileName(str(folder / f"series{series_number}_slice{k + first_instance - 1:04d}.dcm"))
         writer.Execute(slice_image)
 
 
