@@ -305,9 +305,9 @@ def _series_label(file_names, header: SeriesHeader) -> str:
     """A series as a reader knows it: its description (and echo) and its number of files."""
     description = header.description
     count = f"{len(file_names)} file{'s' if len(file_names) > 1 else ''}"
-    details = f"{header.echo}; {count}" if header.echo else count
-    return f"'{description}' ({details})" if description else f"a series of {count}" + (
-        f" ({header.echo})" if header.echo else "")
+    if not description:
+        return f"a series of {count}" + (f" ({header.echo})" if header.echo else "")
+    return f"'{description}' ({header.echo}; {count})" if header.echo else f"'{description}' ({count})"
 
 
 def _echo_groups(file_names) -> list | None:
