@@ -17,7 +17,8 @@ from scipy.spatial.transform import Rotation
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.geometry import VolumeGeometry, bounding_block, distance_inside, distance_outside
 from HOSciaticModuleLib.midline import BoneAcrossMidline, MirrorPlane, body_midline, ct_body_midline, side_of_midline
-from HOSciaticModuleLib.ossification import MIDLINE_SEGMENT_NAME, bridges_two_bones, segment_ossifications
+from HOSciaticModuleLib.ossification import (MIDLINE_SEGMENT_NAME, asymmetric_outgrowth, bridges_two_bones,
+                                             segment_ossifications)
 from HOSciaticModuleLib.phantom import BoneSpec, IslandSpec, PhantomSpec, generate_phantom, other_hip_bones
 
 BASE = dict(spacing_ijk=(1.0, 1.0, 2.0))
@@ -511,6 +512,30 @@ def test_counterpart_outside_the_field_of_view_is_not_compared():
     across = BoneAcrossMidline(bone, geometry, MirrorPlane(np.array([1.0, 0.0, 0.0]), 20.0), unimaged=unimaged)
     points = np.array([[25.0, 5.0, 5.0], [35.0, 5.0, 5.0], [45.0, 5.0, 5.0]])  # imaged, padding, off the image
     assert across.inside(points).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("thickness_mm, expected_ml", [(11, None), (15, 14.4)])
+def test_bone_without_counterpart_at_a_bones_outer_face_holds_the_ball_or_not(thickness_mm, expected_ml):
+    # Two blocks of bone mirrored across x = 70 mm; on the right one's outer face a plate
+    # 30 x 40 mm and 11 or 15 mm thick, the bone's outermost part. Bone more than 6 mm
+    # off the other side is the plate's outer 4 or 8 mm: an 8 mm ball fits only in the
+    # thicker. The plate's outer face is the edge of the bone's box, and was read as
+    # going on beyond it, so the thin plate made a core (10.8 mL of it reported). The
+    # thick one is found as its bone more than 2 mm off the other side: 12 x 30 x 40
+    # voxels of 1 mm.
+    geometry = VolumeGeometry.from_spacing_origin_directions((60, 60, 160), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    bone = np.zeros((60, 60, 160), bool)
+    bone[5:55, 10:50, 20:40] = True
+    bone[5:55, 10:50, 100:120] = True
+    bone[10:50, 15:45, 120:120 + thickness_mm] = True
+    across = BoneAcrossMidline(bone, geometry, MirrorPlane(np.array([1.0, 0.0, 0.0]), 70.0))
+    block = (slice(5, 55), slice(10, 50), slice(100, 120 + thickness_mm))
+    part = asymmetric_outgrowth(bone[block], block, across, geometry, min_voxels=10)
+    if expected_ml is None:
+        assert part is None
+        return
+    assert np.count_nonzero(part) * geometry.voxel_volume_ml == pytest.approx(expected_ml, abs=1e-9)
+    assert np.argwhere(part)[:, 2].min() + block[2].start == 123
 
 
 def _mirrored_r(offset_r: float) -> float:

@@ -1230,8 +1230,11 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     # a mass's skirt, but never makes a core.
     distance[tuple(voxels.T)] = np.where(across.inside(mapped_fine),
                                          across.fine_distance(mapped_fine, ASYMMETRY_CORE_MM), np.inf)
-    core = distance_inside(np.isfinite(distance) & (distance > ASYMMETRY_CORE_MM),
-                           component_geometry) >= ASYMMETRY_MIN_RADIUS_MM
+    # Beyond the block lies no bone where it ends at the bone's outermost face (often the
+    # mass's own), and elsewhere none that the coarse reading found off the other side: the
+    # ball must fit inside it (unpadded, a part 4 mm thick at that face read 4 mm deep).
+    far = np.pad(np.isfinite(distance) & (distance > ASYMMETRY_CORE_MM), 1)
+    core = distance_inside(far, component_geometry)[1:-1, 1:-1, 1:-1] >= ASYMMETRY_MIN_RADIUS_MM
     if not core.any():
         return None
     apart = (distance > ASYMMETRY_EDGE_MM) & (distance_outside(core, component_geometry) <= ASYMMETRY_SKIRT_MM)
