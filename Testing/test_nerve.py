@@ -325,6 +325,11 @@ def test_nerve_clicked_on_a_t1_weighted_mr_is_named(monkeypatch):
     trace = trace_nerve(phantom.image, phantom.geometry, seeds, modality="mr")
     assert any("None of the 3 seed points lies on tissue as bright" in w and "T1-weighted" in w
                for w in trace.warnings), trace.warnings
+    # The traced structure (the fat beside the nerve) stands out by less than the noise:
+    # smoothed, and said to be the series' contrast rather than called a noisy image.
+    assert not any(w.startswith("The image is noisy") for w in trace.warnings), trace.warnings
+    assert any(w.startswith("The traced structure stands out from the tissue around it by only") and
+               "T2-weighted fat-suppressed or STIR" in w for w in trace.warnings), trace.warnings
 
 
 def test_noise_is_read_along_the_same_axis_whatever_the_headers_round_off():

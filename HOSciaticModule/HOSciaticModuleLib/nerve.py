@@ -2016,13 +2016,25 @@ def _uneven_level_warning(ratio: float) -> str:
             "small, which is no compression: check the calibre of the dimmer stretch on the images.")
 
 
-def _smoothed_warning(contrast_to_noise: float, modality: str, where: str = "before tracing") -> str:
+def _smoothed_warning(contrast_to_noise: float, modality: str, where: str = "before tracing",
+                      unlike_a_nerve: bool = False) -> str:
     """``where``: the step the smoothed image served (the noise read inside the traced
-    nerve smooths the outline's measurement only)."""
+    nerve smooths the outline's measurement only). ``unlike_a_nerve``: no seed point
+    lies on tissue as bright as the traced structure (see
+    :func:`seeds_off_bright_tissue_warnings`), so its low contrast more likely comes from
+    the series' contrast than from noise."""
     # Dips of noise inside the nerve still end some rays early: on a phantom the calibre
     # read 0.1 mm small at a ratio of 2.3, 0.5 mm at 1.7 and 1.1 mm at 1.4.
     shortfall = ("up to about 1 mm small" if contrast_to_noise < NOISY_CALIBRE_CONTRAST_TO_NOISE
                  else "a few tenths of a mm small")
+    if unlike_a_nerve:
+        # On a T1-weighted phantom the trace ran in the fat beside the nerve, 0.5 times the
+        # noise above its surroundings: the series, not the noise, was at fault.
+        return (f"The traced structure stands out from the tissue around it by only {contrast_to_noise:.1f} times "
+                f"the voxel noise: it was smoothed by {NOISE_SMOOTHING_MM} mm {where}, and its calibre may read "
+                f"{shortfall}. With no seed point on tissue as bright as it (see the warning on the seed points), "
+                "this series likely does not show the nerve brighter than its surroundings, whether or not it is "
+                "noisy: trace on a T2-weighted fat-suppressed or STIR series.")
     return (f"The image is noisy around the nerve (its contrast with the surrounding tissue is only "
             f"{contrast_to_noise:.1f} times the voxel noise): it was smoothed by {NOISE_SMOOTHING_MM} mm "
             f"{where}, so the outline follows the nerve rather than noise; its calibre may read "
@@ -2112,12 +2124,12 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
     image = np.ascontiguousarray(image[block], dtype=np.float32)
     exclusion_mask = np.ascontiguousarray(exclusion_mask[block]) if exclusion_mask is not None else None
     image, appearance, contrast_to_noise = _prepared_for_tracing(image, geometry, seeds, modality, bone_threshold_hu)
-    if contrast_to_noise is not None:
-        warnings.append(_smoothed_warning(contrast_to_noise, modality))
-
     report(progress, 0.1, "Following the nerve between the seeds")
-    if modality == "mr":
-        warnings += seeds_off_bright_tissue_warnings(image, geometry, seeds, appearance, exclusion_mask)
+    off_bright = (seeds_off_bright_tissue_warnings(image, geometry, seeds, appearance, exclusion_mask)
+                  if modality == "mr" else [])
+    if contrast_to_noise is not None:
+        warnings.append(_smoothed_warning(contrast_to_noise, modality, unlike_a_nerve=bool(off_bright)))
+    warnings += off_bright
     clicked = seeds
     seeds = seeds_on_the_nerve(image, geometry, clicked, appearance, exclusion_mask)
     path, outside_fraction = trace_path(image, geometry, seeds, appearance, exclusion_mask)
@@ -2141,7 +2153,8 @@ def _trace(image, geometry: VolumeGeometry, seeds_ras, modality, side, bone_thre
         image, appearance, contrast_to_noise = smoothed_where_the_nerve_is_noisy(
             image, geometry, seeds, points, appearance, modality, bone_threshold_hu)
         if contrast_to_noise is not None:
-            warnings.append(_smoothed_warning(contrast_to_noise, modality, "before the nerve's outline was measured"))
+            warnings.append(_smoothed_warning(contrast_to_noise, modality, "before the nerve's outline was measured",
+                                              unlike_a_nerve=bool(off_bright)))
             if per_click_level:
                 # Read again on the smoothed block, the level is the clicks' median again.
                 appearance = _per_click_appearance(image, geometry, seeds, appearance)[0]
