@@ -1,5 +1,6 @@
 """The ``hosciatic`` command end to end on a small synthetic case written to disk."""
 
+import csv
 import dataclasses
 import json
 import subprocess
@@ -15,8 +16,8 @@ from HOSciaticModuleLib import cli
 from HOSciaticModuleLib.errors import InputError
 from HOSciaticModuleLib.imageio import read_markups_json, read_volume
 from HOSciaticModuleLib.imageio import write_volume
-from HOSciaticModuleLib.phantom import (PhantomSpec, generate_phantom, other_hip_bones, write_markups_points_json,
-                                         write_phantom_case, write_tilted_dicom_series)
+from HOSciaticModuleLib.phantom import (PhantomSpec, generate_phantom, other_hip_bones, pressed_and_healthy_hips,
+                                         write_markups_points_json, write_phantom_case, write_tilted_dicom_series)
 
 SMALL_SPACING = (1.0, 1.0, 2.0)
 
@@ -46,6 +47,32 @@ def test_outputs_written(analysed):
     assert not any(name.startswith(".hosciatic-partial") for name in names)
     assert document["schema"] == "hosciatic-metrics/1"
     assert set(document) >= {"input", "parameters", "ossifications", "nerves"}
+
+
+def test_both_nerves_files_give_the_other_sides_diameter_beside_each_station(tmp_path):
+    # Both hips on a CT of 1 mm slices: the right nerve 5 mm in radius in an HO sleeve, the
+    # left one 4 mm, both traced in one run. Each nerve's stations in the CSV and in
+    # metrics.json hold the other nerve's diameter at their mirror images (8 and 10 mm,
+    # each within 0.4 mm as a nerve's own diameter reads), the ends none; the right
+    # nerve's was written when the left nerve's contact was measured, after its own.
+    hips = pressed_and_healthy_hips("ct", (0.8, 0.8, 1.0))
+    write_volume(tmp_path / "ct.nrrd", hips.image, hips.geometry)
+    write_markups_points_json(tmp_path / "right.mrk.json", hips.right.seeds_ras([8.0, 50.0, 92.0]), "R")
+    write_markups_points_json(tmp_path / "left.mrk.json", hips.left_seeds_ras([8.0, 50.0, 92.0]), "L")
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(tmp_path / "ct.nrrd"), "--out", str(out), "--nerve-seeds",
+                     str(tmp_path / "right.mrk.json"), "--nerve-seeds", str(tmp_path / "left.mrk.json"),
+                     "--no-scene", "--quiet"]) == 0
+    document = json.loads((out / "metrics.json").read_text())
+    assert [n["side"] for n in document["nerves"]] == ["right", "left"]
+    for nerve, expected in zip(document["nerves"], (8.0, 10.0)):
+        in_json = np.array([np.nan if s["other_side_diameter_mm"] is None else s["other_side_diameter_mm"]
+                            for s in nerve["stations"]])
+        rows = list(csv.DictReader((out / f"stations_{nerve['side']}.csv").open()))
+        in_csv = np.array([float(r["other_side_diameter_mm"]) if r["other_side_diameter_mm"] else np.nan for r in rows])
+        np.testing.assert_array_equal(in_csv, in_json)
+        assert np.isnan(in_json[[0, -1]]).all() and np.isfinite(in_json[1:-1]).all()
+        assert np.nanmedian(in_json) == pytest.approx(expected, abs=0.4)
 
 
 def test_ossification_figures_match_truth(analysed):

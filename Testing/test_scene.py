@@ -1346,24 +1346,6 @@ def test_a_nerve_bright_on_mr_where_ho_presses_on_it_reads_its_signal_ratio(slic
     assert side == "right" and reloaded.contact.signal_ratio == pytest.approx(contact.contact.signal_ratio, abs=1e-4)
 
 
-def _grid_centred_on_the_midline(spec):
-    """The same anatomy on a grid whose centre (``center_ras``) lies on the body's midline,
-    so that flipping the grid's columns mirrors it across the midline. Islands placed by
-    their own offsets are not moved: for a spec whose HO follows the nerve (a shell)."""
-    import dataclasses
-
-    shift = spec.body_center_offset[0]
-
-    def moved(points):
-        return tuple((p[0] - shift,) + tuple(p[1:]) for p in points)
-
-    return dataclasses.replace(
-        spec, center_ras=(spec.center_ras[0] + shift,) + tuple(spec.center_ras[1:]),
-        nerve_control_points=moved(spec.nerve_control_points), femur_axis=moved(spec.femur_axis),
-        ischium_axis=moved(spec.ischium_axis), artery_axis=moved(spec.artery_axis),
-        body_center_offset=(0.0, spec.body_center_offset[1]))
-
-
 def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_image(slicer_scene, tmp_path):
     # Both hips: on the right a nerve 5 mm in radius in a 270° sleeve of HO, on the left
     # (the right's anatomy mirrored, with no HO) a nerve 4 mm in radius lying 6 mm more
@@ -1371,33 +1353,19 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     # right nerve's area in contact over the left's at the mirror image is (5/4)² =
     # 1.5625 (within 0.08), its own thickening ratio 1; the left nerve touches no HO, so
     # it has no ratio. The figure survives the scene bundle.
-    import dataclasses
-
-    from HOSciaticModuleLib.phantom import make_shell_spec
+    from HOSciaticModuleLib.phantom import pressed_and_healthy_hips
     from HOSciaticModuleLib.session import SessionResults
 
-    base = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
-    right_spec = _grid_centred_on_the_midline(base)
-    left_spec = _grid_centred_on_the_midline(dataclasses.replace(
-        base, islands=(), nerve_semi_axes=(4.0, 4.0),
-        nerve_control_points=tuple((p[0], p[1] + 6.0, p[2]) for p in base.nerve_control_points)))
-    midline_x = right_spec.center_ras[0]
-
     def both_hips(modality, spacing):
-        right_hip, left_hip = (generate_phantom(spec, modality=modality, spacing_ijk=spacing, fov_mm=(230.0, 130.0, 120.0))
-                               for spec in (right_spec, left_spec))
-        columns = right_hip.image.shape[2]
-        columns_x = right_hip.geometry.kji_to_ras_points(
-            np.stack([np.zeros(columns), np.zeros(columns), np.arange(columns)], axis=1))[:, 0]
-        image = np.where((columns_x >= midline_x)[None, None, :], right_hip.image, left_hip.image[:, :, ::-1])
-        return scene_io.volume_node_from_array(slicer_scene, image, right_hip.geometry, modality.upper()), right_hip, left_hip
+        hips = pressed_and_healthy_hips(modality, spacing)
+        return scene_io.volume_node_from_array(slicer_scene, hips.image, hips.geometry, modality.upper()), hips
 
-    ct, _, _ = both_hips("ct", (0.8, 0.8, 1.0))
-    mr, right_hip, left_hip = both_hips("mr", (0.8, 0.8, 3.0))
+    ct, _ = both_hips("ct", (0.8, 0.8, 1.0))
+    mr, hips = both_hips("mr", (0.8, 0.8, 3.0))
     analysis = HOSciaticAnalysis(slicer_scene)
     oss = analysis.segment_ossifications(ct)
-    right_seeds = right_hip.seeds_ras([8.0, 50.0, 92.0])
-    left_seeds = left_hip.seeds_ras([8.0, 50.0, 92.0]) * np.array([-1.0, 1.0, 1.0]) + np.array([2 * midline_x, 0, 0])
+    right_seeds = hips.right.seeds_ras([8.0, 50.0, 92.0])
+    left_seeds = hips.left_seeds_ras([8.0, 50.0, 92.0])
 
     def traced(side, seeds):
         return analysis.trace_nerve(mr, scene_io.points_node_from_array(slicer_scene, seeds, f"{side} seeds"),
@@ -1458,12 +1426,12 @@ def test_a_nerve_pressed_by_ho_is_compared_with_the_other_side_at_its_mirror_ima
     # The contact runs over s = 35-65 mm; the left nerve traced again only over s = 80-98
     # mm. The right nerve's figure, measured against the nerve traced before, is emptied,
     # and measured again there is nothing to compare it with.
-    beyond = traced("left", left_hip.seeds_ras([80.0, 98.0]) * np.array([-1.0, 1.0, 1.0]) + np.array([2 * midline_x, 0, 0]))
+    beyond = traced("left", hips.left_seeds_ras([80.0, 98.0]))
     session.traced("left", beyond)
     assert np.isnan(right_row_ratio()) and first.contact.contralateral_area_ratio is None
     assert np.isnan(_other_side_diameters(right_nerve.centreline_node, first.stations_table_node)).all()
     assert first.contact.other_side_diameter_mm is None and "Other side diameter" not in _series_styles(first.chart_node)
-    assert scene_io.control_points_world(beyond.centreline_node)[:, 2].min() > right_hip.seeds_ras([75.0])[0, 2]
+    assert scene_io.control_points_world(beyond.centreline_node)[:, 2].min() > hips.right.seeds_ras([75.0])[0, 2]
     again = analysis.compute_contact(oss.segmentation_node, right_nerve.centreline_node, side="right").contact
     assert again.contralateral_area_ratio is None
     # Beside the right nerve, the left one's diameter now only where it was traced.

@@ -459,6 +459,57 @@ def make_shell_spec(sector_deg: float, gap_mm: float = 0.0, length_mm: float = 3
 # ---------------------------------------------------------------------------------------
 # Writing a case to disk
 # ---------------------------------------------------------------------------------------
+def centred_on_the_midline(spec: PhantomSpec) -> PhantomSpec:
+    """The same anatomy on a grid whose centre (``center_ras``) lies on the body's midline,
+    so that flipping the grid's columns mirrors it across the midline. Islands placed by
+    their own offsets are not moved: for a spec whose HO follows the nerve (a shell)."""
+    shift = spec.body_center_offset[0]
+
+    def moved(points):
+        return tuple((p[0] - shift,) + tuple(p[1:]) for p in points)
+
+    return dataclasses.replace(
+        spec, center_ras=(spec.center_ras[0] + shift,) + tuple(spec.center_ras[1:]),
+        nerve_control_points=moved(spec.nerve_control_points), femur_axis=moved(spec.femur_axis),
+        ischium_axis=moved(spec.ischium_axis), artery_axis=moved(spec.artery_axis),
+        body_center_offset=(0.0, spec.body_center_offset[1]))
+
+
+@dataclass
+class TwoHips:
+    """One image of both hips: ``right`` painted on the right of the midline x =
+    ``midline_x``, ``left`` (painted as a right hip on the same grid) mirrored onto the left."""
+
+    image: np.ndarray
+    geometry: VolumeGeometry
+    right: Phantom
+    left: Phantom
+    midline_x: float
+
+    def left_seeds_ras(self, s_mm) -> np.ndarray:
+        """Points on the left nerve at arc lengths ``s_mm`` along it."""
+        return self.left.seeds_ras(s_mm) * np.array([-1.0, 1.0, 1.0]) + np.array([2.0 * self.midline_x, 0.0, 0.0])
+
+
+def pressed_and_healthy_hips(modality: str, spacing_ijk) -> TwoHips:
+    """Both hips: on the right a nerve 5 mm in radius in a 270 deg sleeve of HO 30 mm long;
+    on the left (the right's anatomy mirrored, with no HO) a nerve 4 mm in radius lying
+    6 mm more anterior. The right nerve's area over the left's is (5/4)^2."""
+    base = make_shell_spec(270.0, gap_mm=0.0, length_mm=30.0, radius_mm=5.0, include_native_bone=True)
+    right_spec = centred_on_the_midline(base)
+    left_spec = centred_on_the_midline(dataclasses.replace(
+        base, islands=(), nerve_semi_axes=(4.0, 4.0),
+        nerve_control_points=tuple((p[0], p[1] + 6.0, p[2]) for p in base.nerve_control_points)))
+    midline_x = right_spec.center_ras[0]
+    right, left = (generate_phantom(spec, modality=modality, spacing_ijk=spacing_ijk, fov_mm=(230.0, 130.0, 120.0))
+                   for spec in (right_spec, left_spec))
+    columns = right.image.shape[2]
+    columns_x = right.geometry.kji_to_ras_points(
+        np.stack([np.zeros(columns), np.zeros(columns), np.arange(columns)], axis=1))[:, 0]
+    image = np.where((columns_x >= midline_x)[None, None, :], right.image, left.image[:, :, ::-1])
+    return TwoHips(image, right.geometry, right, left, midline_x)
+
+
 def write_markups_points_json(path: Path, points_ras, name: str, curve: bool = False) -> None:
     """Write points as a Slicer markups JSON file (coordinates in LPS, as Slicer writes)."""
     control_points = [
