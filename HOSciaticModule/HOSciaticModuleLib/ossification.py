@@ -1193,8 +1193,8 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     """The part of a native bone (``component``, a mask over ``block``) that has no
     counterpart across the body's midline: HO fused to it, thicker than the
     fused-outgrowth ball. None when there is none or the comparison cannot be trusted.
-    ``beyond_image`` (optional, shaped as ``component``) receives the bone whose mirror
-    image lies beyond the image: compared with nothing, it joins a part's skirt only."""
+    ``beyond_image`` (optional, shaped as ``component``) receives the part's bone whose
+    mirror image lies beyond the image: compared with nothing, it joins a skirt only."""
     component_geometry = geometry.cropped(block)
     offset = np.array([s.start for s in block])
     steps = np.maximum(1, np.rint(ASYMMETRY_GRID_MM / np.asarray(geometry.spacing_kji))).astype(int)
@@ -1244,14 +1244,14 @@ def asymmetric_outgrowth(component: np.ndarray, block, across: BoneAcrossMidline
     keep &= sizes >= min_voxels
     part = np.zeros_like(component)
     part[reach] = keep[labels]
-    if beyond_image is not None:
-        beyond_image[reach] |= np.isinf(distance)
     found = np.count_nonzero(part)
     if found > ASYMMETRY_MAX_SHARE * np.count_nonzero(component) and rejected is not None:
         rejected.append((float(np.count_nonzero(component) * geometry.voxel_volume_ml),
                          float(found * geometry.voxel_volume_ml)))
     if found == 0 or found > ASYMMETRY_MAX_SHARE * np.count_nonzero(component):
         return None
+    if beyond_image is not None:
+        beyond_image[reach] |= np.isinf(distance) & part[reach]
     return part
 
 
@@ -1589,13 +1589,10 @@ def thick_fused_masses(labels, is_native, blocks, filled_bone, geometry, plane, 
     # Python ints: a NumPy int64 label would compare each uint32 label as an int64 copy.
     for label in np.flatnonzero(is_native).tolist():
         block = blocks[label - 1]
-        component = labels[block] == label
-        unseen = np.zeros_like(component) if beyond_image is not None else None
-        part = asymmetric_outgrowth(component, block, across, geometry, min_voxels, rejected, unseen)
+        part = asymmetric_outgrowth(labels[block] == label, block, across, geometry, min_voxels, rejected,
+                                    None if beyond_image is None else beyond_image[block])
         if part is not None:
             found[block] |= part
-            if unseen is not None:
-                beyond_image[block] |= unseen & part
     return found
 
 
