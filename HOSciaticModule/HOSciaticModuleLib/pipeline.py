@@ -297,6 +297,12 @@ def refresh_other_side(contacts: dict, outputs: ContactOutputs) -> None:
             contacts[side].contact.other_side_diameter_mm = diameters
 
 
+def _one_per_row(values, count: int) -> np.ndarray:
+    """``values`` when there is one per row (or point) of ``count``; NaN for each otherwise
+    (a curve or table of another length holds figures of another trace)."""
+    return np.asarray(values, float) if len(values) == count else np.full(count, np.nan)
+
+
 def _table_cell(table_node, measure, row: int, what: str, advice: str):
     """The value of ``measure``'s column on ``row`` of a table a step wrote (a row the
     panel's view reports); a row or column that is not there gets a message naming
@@ -1184,13 +1190,11 @@ class HOSciaticAnalysis:
             for curve in of_this_analysis(self._outputs(*centreline_output(side))):
                 if scene_io.curve_measurement(curve, "encasement_deg") is None:
                     continue
-                count = curve.GetNumberOfControlPoints()
-                shown = values if len(values) == count else np.full(count, np.nan)
-                scene_io.set_curve_measurement(curve, measure.key, measure.unit, measure.description, shown)
+                scene_io.set_curve_measurement(curve, measure.key, measure.unit, measure.description,
+                                               _one_per_row(values, curve.GetNumberOfControlPoints()))
             for table in of_this_analysis(self._outputs(*stations_output(side))):
-                rows = table.GetTable().GetNumberOfRows()
-                shown = values if len(values) == rows else np.full(rows, np.nan)
-                if scene_io.set_table_column(table, measure.title, [measure.rounded(v) for v in shown]):
+                rows = _one_per_row(values, table.GetTable().GetNumberOfRows())
+                if scene_io.set_table_column(table, measure.title, [measure.rounded(v) for v in rows]):
                     for chart in of_this_analysis(self._outputs(*chart_output(side))):
                         self._fill_contact_chart(chart, side, table)
 
@@ -1394,9 +1398,10 @@ class HOSciaticAnalysis:
         plane = midline()
         if plane is None:
             return {}, {}
-        own_area = np.array([np.nan if row.get("area_mm2") is None else row["area_mm2"] for row in stations], float)
-        own_diameter = np.array([np.nan if row.get("diameter_mm") is None else row["diameter_mm"] for row in stations],
-                                float)
+        def own(key):
+            return np.array([np.nan if row.get(key) is None else row[key] for row in stations], float)
+
+        own_area, own_diameter = own("area_mm2"), own("diameter_mm")
         own_points = np.array([row["ras"] for row in stations], float)
         other_diameter = scene_io.curve_measurement(other, "diameter_mm")
         if other_diameter is not None and len(other_diameter) == len(points):
