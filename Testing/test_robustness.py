@@ -576,6 +576,43 @@ def test_whole_body_label_map_uses_its_bones_alone(tmp_path, ct_case):
     assert_refused(run_cli("analyze", paths["image"], "--out", out3, "--bones", tmp_path / "muscles.nii.gz"), out3,
                    "bone by its name", "gluteus_maximus_right")
 
+
+def test_folder_of_one_mask_per_structure_uses_its_bones_alone(tmp_path, ct_case):
+    """TotalSegmentator's default output: a folder of one mask file per structure. Only
+    the files named as bones are read (an empty one, as for a structure outside the
+    field of view, is passed over; a damaged organ's file is never opened), the HO inside
+    the muscle's mask is found, and the reader is told which files were left out."""
+    from scipy import ndimage
+
+    phantom, paths = ct_case
+    folder = tmp_path / "segmentations"
+    folder.mkdir()
+    muscle = ndimage.binary_dilation(phantom.ho_labels > 0, iterations=5) & ~phantom.native_bone_mask
+    write_volume(folder / "femur_right.nii.gz", phantom.native_bone_mask.astype(np.uint8), phantom.geometry)
+    write_volume(folder / "gluteus_maximus_right.nii.gz", muscle.astype(np.uint8), phantom.geometry)
+    write_volume(folder / "skull.nii.gz", np.zeros(muscle.shape, np.uint8), phantom.geometry)
+    (folder / "liver.nii.gz").write_bytes(b"damaged")
+    (folder / "statistics.json").write_text("{}")
+    out = tmp_path / "out"
+    result = run_cli("analyze", paths["image"], "--out", out, "--bones", folder, "--no-scene")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "metrics.json").read_text())
+    truth_total = sum(island["volume_ml"] for island in phantom.islands)
+    assert document["ossifications"]["count"] == len(phantom.islands)
+    assert abs(document["ossifications"]["total_volume_ml"] - truth_total) <= 0.10 * truth_total
+    assert any("2 of the 4 segments of 'segmentations'" in w and "gluteus_maximus_right" in w and "liver" in w
+               for w in document["warnings"])
+    assert document["input"]["bones"] == str(folder.resolve())
+    # Muscles alone, or a bone's file that cannot be read: refused, naming the files.
+    for name in ("femur_right.nii.gz", "skull.nii.gz", "liver.nii.gz"):
+        (folder / name).unlink()
+    out2 = tmp_path / "out2"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out2, "--bones", folder), out2,
+                   "no file of the native-bone folder", "gluteus_maximus_right", "femur_left.nii.gz")
+    (folder / "hip_right.nii.gz").write_bytes(b"damaged")
+    out3 = tmp_path / "out3"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out3, "--bones", folder), out3, "hip_right.nii.gz")
+
 # ---------------------------------------------------------------------------------------
 # In a scene
 # ---------------------------------------------------------------------------------------

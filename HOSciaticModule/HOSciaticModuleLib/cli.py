@@ -40,7 +40,7 @@ from . import contact as contact_module
 from .defaults import MAX_CONTACT_TOLERANCE_MM, SIDES
 from .errors import AnalysisCancelled, InputError
 from .hounsfield import looks_like_ct
-from .imageio import read_markups_json, read_volume, reader_error_reason
+from .imageio import mask_files, read_markups_json, read_volume, reader_error_reason
 from .midline import ct_body_midline, side_of_midline
 
 #: Largest label value read as one segment each; a larger one is no label map.
@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "reported; the bone around it and its mirror image across the body's midline "
                               "are read for context")
     analyze.add_argument("--bones", type=_path,
-                         help="native-bone segmentation (.seg.nrrd) or label map (NRRD/NIfTI); of a whole-body "
-                         "segmentation (TotalSegmentator) only the segments named as bones are used")
+                         help="native-bone segmentation (.seg.nrrd), label map (NRRD/NIfTI) or folder of one "
+                         "mask file per structure (TotalSegmentator's default output); of a whole-body "
+                         "segmentation only the segments named as bones are used")
     analyze.add_argument("--nerve-seeds", type=_path, action="append", default=[], metavar="SEEDS.mrk.json",
                          help="points along one sciatic nerve, a Slicer markups .mrk.json or an older .fcsv point "
                               "list (repeat for the other side); the side is read from "
@@ -282,12 +283,16 @@ def _add_roi_node(scene, path):
     return node
 
 
-def _add_bones_node(scene, path, reference_node):
+def _add_bones_node(scene, path, reference_node) -> tuple:
+    """The native-bone segmentation node made from ``--bones``, and what the reader
+    should know about how it was read."""
     from . import scene as scene_io
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"The native-bone segmentation '{path}' does not exist. Check the path.")
+    if path.is_dir() and mask_files(path):
+        return _add_bones_folder_node(scene, path, mask_files(path), reference_node)
     if _is_slicer_segmentation_file(path):
         import slicer
 
@@ -299,7 +304,7 @@ def _add_bones_node(scene, path, reference_node):
             scene.RemoveNode(node)
             raise InputError(f"The native-bone segmentation '{path}' could not be read or has no segment. "
                              "Save it from Slicer as .seg.nrrd, or give a label map (NRRD/NIfTI).")
-        return node
+        return node, []
     loaded = read_volume(path, "native-bone label map")
     if looks_like_ct(loaded.array):
         raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
@@ -311,7 +316,45 @@ def _add_bones_node(scene, path, reference_node):
                          "segmentation made on this CT, or leave --bones out to have them estimated.")
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
     scene_io.replace_segments(node, segments, loaded.geometry, scene_io.BONE_COLOR)
-    return node
+    return node, []
+
+
+def _add_bones_folder_node(scene, folder: Path, files: dict, reference_node) -> tuple:
+    """A folder of one mask file per structure (TotalSegmentator's default output):
+    only the files named as bones are read (a whole-body folder holds over a hundred,
+    each as large as the CT), each file one segment of its voxels above 0, named after
+    the file. Masks of structures outside the field of view, empty, are passed over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import scene as scene_io
+    from .geometry import bounding_slices
+
+    choice = bonelabels.choose_native_bone({name: bonelabels.label_kind(name) for name in files})
+    if not choice.used:
+        raise InputError(f"No file of the native-bone folder '{folder}' is bone by its name "
+                         f"({bonelabels.listed(files)}). Give the folder of the bones' masks made on this CT (each "
+                         "bone's file named after it: femur_left.nii.gz, hip_right.nii.gz, sacrum.nii.gz), or leave "
+                         "--bones out to have them estimated.")
+
+    def read_mask(name):
+        loaded = read_volume(files[name], "native-bone mask", share_memory=True)
+        if looks_like_ct(loaded.array):
+            raise InputError(f"The native-bone mask '{files[name]}' holds an image in Hounsfield units, not a mask. "
+                             "Give the folder of the bones' masks made on this CT, or leave --bones out to have "
+                             "them estimated.")
+        block = bounding_slices(loaded.array)
+        return None if block is None else (loaded.array[block] > 0, tuple(b.start for b in block), loaded.geometry)
+
+    # The reader releases Python's lock while it inflates a file: two at a time.
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1), thread_name_prefix="hosciatic-bones") as executor:
+        masks = {name: mask for name, mask in zip(choice.used, executor.map(read_mask, choice.used)) if mask}
+    if not masks:
+        raise InputError(f"The bones' masks in '{folder}' ({bonelabels.listed(choice.used)}) are empty (no voxel "
+                         "above 0). Give the masks made on this CT, or leave --bones out to have them estimated.")
+    node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
+    for name, (block, offset, geometry) in masks.items():
+        scene_io.replace_segments(node, {name: (block, offset)}, geometry, scene_io.BONE_COLOR)
+    return node, bonelabels.choice_warnings(choice, {name: name for name in files}, folder.name)
 
 
 def _check_voxels_readable(path: Path, what: str) -> None:
@@ -490,7 +533,9 @@ def _analyze_and_write(args, progress, timings, scene, analysis, image, volume_n
     if args.modality == "ct":
         with _stage(timings, "read"):
             roi_node = _add_roi_node(scene, args.roi) if args.roi else None
-            bones_node = _add_bones_node(scene, args.bones, volume_node) if args.bones else None
+            bones_node, bones_warnings = (_add_bones_node(scene, args.bones, volume_node) if args.bones
+                                          else (None, []))
+            warnings += bones_warnings
         with _stage(timings, "ossification"):
             oss_outputs = analysis.segment_ossifications(
                 volume_node, roi_node=roi_node, native_bone_segmentation_node=bones_node,

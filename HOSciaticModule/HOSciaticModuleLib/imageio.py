@@ -564,6 +564,19 @@ def _bytes_read_of_expected(reason: str) -> tuple[int, int] | None:
     return None
 
 
+def mask_files(folder) -> dict:
+    """The image files directly inside ``folder``, by their names less the suffix
+    (``femur_left`` for ``femur_left.nii.gz``): a folder of one mask per structure, as
+    TotalSegmentator writes by default. Hidden files are left out."""
+    found = {}
+    for entry in sorted(Path(folder).iterdir()):
+        suffix = next((s for s in IMAGE_SUFFIXES if entry.name.lower().endswith(s)), None)
+        # ".nii" is not a suffix of "x.nii.gz": each file ends in one of them at most.
+        if suffix and not entry.name.startswith(".") and entry.is_file():
+            found[entry.name[:-len(suffix)]] = entry
+    return found
+
+
 def read_volume(path, what: str = "image", share_memory: bool = False, modality: str | None = None) -> LoadedImage:
     """Read a 3D scalar image (NRRD, NIfTI, MHA or a DICOM folder) as RAS geometry + array.
 
