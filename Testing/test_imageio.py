@@ -366,6 +366,44 @@ def test_dual_echo_mr_series_gives_its_t2_weighted_echo(tmp_path, volume):
         read_volume(unsaid, modality="mr")
 
 
+def _write_multiframe(path, values, geometry, **tags):
+    """The volume as one multi-frame file: ITK writes an Enhanced MR (or CT) image, its
+    frames placed by the functional groups, as newer scanners export a series."""
+    image = sitk_image_from_array(values, geometry)
+    for tag, value in tags.items():
+        image.SetMetaData(tag, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_multi_frame_file_is_read_as_the_volume_it_holds(tmp_path, volume):
+    """A series saved as one multi-frame (enhanced) file holds a whole volume: it is read
+    as such (the series reader made a 4D image of one file, refused), counted by its
+    frames among a folder's series, and the reader is told its frames were not checked
+    one by one. For an MR run it is chosen by its contrast over a T1 series beside it."""
+    values, geometry = volume
+    image, direction, positions = _as_slices(values, geometry)
+    mr = tmp_path / "mr"
+    _write_multiframe(mr / "enhanced.dcm", values, geometry,
+                      **{"0008|0060": "MR", "0008|103e": "t2_tse_fs_tra", "0018|0081": "80"})
+    _write_series(mr, image, direction, values + 3, positions, 5, "t1_tse_tra", **{"0008|0060": "MR"})
+    loaded = read_volume(mr, modality="mr")
+    np.testing.assert_array_equal(loaded.array, values)
+    np.testing.assert_allclose(loaded.geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-3)
+    choice, frames = loaded.warnings
+    assert "'t2_tse_fs_tra' (one file of 6 frames), a T2-weighted fat-suppressed series by its header" in choice
+    assert "one multi-frame (enhanced) file of 6 frames" in frames
+
+    # Among CT series, by its frames: 6 of them outnumber a series of 4 files.
+    ct = tmp_path / "ct"
+    _write_multiframe(ct / "enhanced.dcm", values, geometry, **{"0008|0060": "CT", "0008|103e": "Pelvis 1.0"})
+    _write_series(ct, image, direction, values[:4] + 7, positions[:4], 4, "Pelvis 5.0")
+    loaded = read_volume(ct, modality="ct")
+    np.testing.assert_array_equal(loaded.array, values)
+    assert "'Pelvis 1.0' (one file of 6 frames), the one with the most slices" in loaded.warnings[0]
+    assert "'Pelvis 5.0' (4 files) left aside" in loaded.warnings[0]
+
+
 def test_dicom_series_refused_gives_way_to_the_next(tmp_path, volume):
     """A series that cannot be read as one volume is passed over for the next, and named."""
     values, geometry = volume

@@ -139,7 +139,7 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
                          f"slices or an image file ({', '.join(IMAGE_SUFFIXES)}).")
     headers = {sid: _series_header(names) for sid, names in files.items()}
     files, headers = _echoes_apart(files, headers)
-    ranks = {sid: _series_rank(headers[sid], len(files[sid]), modality) for sid in files}
+    ranks = {sid: _series_rank(headers[sid], _slice_count(files[sid], headers[sid]), modality) for sid in files}
     ranked = sorted(files, key=ranks.__getitem__, reverse=True)
     volumes = [sid for sid in ranked if _is_candidate_volume(ranks[sid])]
     refused: dict = {}
@@ -153,7 +153,7 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
             continue
         description = f"DICOM series {sid} ({len(files)} series in folder)"
         choice = [_other_series_warning(files, sid, headers, ranks, refused, modality)] if len(files) > 1 else []
-        return image, description, choice + corrections
+        return image, description, choice + corrections + _multiframe_warnings(files[sid], headers[sid])
     if len(refused) == 1 and len(files) > 1:
         (sid, reason), = refused.items()
         others = [_series_label(files[other], headers[other]) for other in ranked if other != sid]
@@ -170,11 +170,17 @@ def _read_dicom_series(folder: Path, modality: str | None = None):
 
 
 def _read_series_volume(file_names, folder: Path):
-    """One series' slices as one volume on a regular grid, and the corrections made."""
+    """One series' slices as one volume on a regular grid, and the corrections made. A
+    series of one file is read by the file reader: a multi-frame (enhanced) file is a
+    volume of its own, which the series reader would stack into a 4D image of one."""
     sitk = _sitk()
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(file_names)
-    reader.MetaDataDictionaryArrayUpdateOn()
+    if len(file_names) > 1:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(file_names)
+        reader.MetaDataDictionaryArrayUpdateOn()
+    else:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(file_names[0])
     # ITK's own remarks on uneven slices go to the console; they are checked and answered below.
     with _itk_warnings_silenced():
         try:
@@ -187,6 +193,8 @@ def _read_series_volume(file_names, folder: Path):
                              "differ in size (several stacks, or a scout, saved as one series) or one is damaged. "
                              "Export the one axial stack to analyse, or load the series in Slicer and save the "
                              "volume as NRRD.") from None
+    if len(file_names) == 1:
+        return image, []
     slices = dicom_slice_geometry(reader, len(file_names), folder)
     if slices is None or image.GetDimension() != 3 or image.GetDepth() != len(file_names):
         return image, []
@@ -210,6 +218,8 @@ class SeriesHeader:
     inversion_time_ms: float | None = None
     #: Which echo of a multi-echo series the files hold ("" for a series of one echo).
     echo: str = ""
+    #: Frames in the file (a multi-frame, or enhanced, file holds a whole series).
+    frames: int = 1
 
     def words(self) -> set:
         """Upper-case words of the description and image type ("t2_tse_fs_tra" gives
@@ -244,7 +254,25 @@ def _series_header(file_names) -> SeriesHeader:
         return value if np.isfinite(value) else None
 
     return SeriesHeader(text("0008|103e"), text("0008|0060").upper(), text("0008|0008"), text("0018|0022").upper(),
-                        text("0018|0020").upper(), number("0018|0081"), number("0018|0082"))
+                        text("0018|0020").upper(), number("0018|0081"), number("0018|0082"),
+                        frames=max(1, int(number("0028|0008") or 1)))
+
+
+def _slice_count(file_names, header: SeriesHeader) -> int:
+    """The slices a series holds: its files, or the frames of its one multi-frame file."""
+    return header.frames if len(file_names) == 1 else len(file_names)
+
+
+def _multiframe_warnings(file_names, header: SeriesHeader) -> list[str]:
+    """What the reader should know of a series read from one multi-frame file: its frames'
+    positions are not checked here (as each slice's are), but taken as the file describes
+    its stack."""
+    if len(file_names) > 1 or header.frames < MIN_VOLUME_SLICES:
+        return []
+    return [f"The DICOM series was read from one multi-frame (enhanced) file of {header.frames} frames, as one "
+            "evenly spaced stack placed as the file describes it (its frames' own positions are not checked one "
+            "by one, as a series of single-slice files' are): check the volume's extent and orientation on the "
+            "images; a series of one file per slice, or a NRRD file saved from Slicer, is read with those checks."]
 
 
 #: Words naming a series that is no volume of the anatomy: a localizer, or diffusion and
@@ -302,9 +330,12 @@ def _series_rank(header: SeriesHeader, file_count: int, modality: str | None) ->
 
 
 def _series_label(file_names, header: SeriesHeader) -> str:
-    """A series as a reader knows it: its description (and echo) and its number of files."""
+    """A series as a reader knows it: its description (and echo) and its number of files
+    (or frames, for one multi-frame file)."""
     description = header.description
     count = f"{len(file_names)} file{'s' if len(file_names) > 1 else ''}"
+    if len(file_names) == 1 and header.frames > 1:
+        count = f"one file of {header.frames} frames"
     if not description:
         return f"a series of {count}" + (f" ({header.echo})" if header.echo else "")
     return f"'{description}' ({header.echo}; {count})" if header.echo else f"'{description}' ({count})"
@@ -370,10 +401,10 @@ def _other_series_warning(files: dict, chosen: str, headers: dict, ranks: dict, 
         why = "a T2-weighted fat-suppressed series by its header"
     elif modality == "mr" and rank[2] == 1:
         why = "the nearest to a T2-weighted fat-suppressed series by its header"
-    elif len(files[chosen]) >= max(len(names) for names in files.values()):
+    elif rank[3] >= max(r[3] for r in ranks.values()):
         why = "the one with the most slices"
     else:
-        larger = [sid for sid in files if len(files[sid]) > len(files[chosen])]
+        larger = [sid for sid in files if ranks[sid][3] > rank[3]]
         reasons = []
         if any(sid in refused for sid in larger):
             reasons.append("could be read")
