@@ -83,6 +83,8 @@ def _nrrd_with_header(path: Path, sizes, spacings=None, directions=None, dimensi
     ("nifti_cut_short", ["cut short"]),
     # Said not to be an image SimpleITK can read, with advice to give a NRRD file.
     ("nrrd_cut_short", ["cut short", "bytes of", "Copy or export it again"]),
+    # A PACS export packed into one file, its name without a suffix: told by its signature.
+    ("archive", ["is an archive", "Unpack it and give the folder"]),
 ])
 def test_bad_image_files(tmp_path, case, phrases):
     image = tmp_path / "image.nrrd"
@@ -111,6 +113,12 @@ def test_bad_image_files(tmp_path, case, phrases):
         _nrrd_with_header(image, (4, 4, 4), spacings=("nan", 1, 1))
     elif case == "no_spacing":
         _nrrd_with_header(image, (4, 4, 4))
+    elif case == "archive":
+        import zipfile
+
+        image = tmp_path / "study"
+        with zipfile.ZipFile(image, "w") as archive:
+            archive.writestr("DICOM/IM0001", b"DICM")
     elif case == "nrrd_cut_short":
         write_volume(image, np.full((20, 30, 40), -1000, np.int16), geometry)
         import SimpleITK as sitk

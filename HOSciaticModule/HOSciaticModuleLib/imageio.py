@@ -644,6 +644,10 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
                 raise InputError(f"The {what} '{path}' ends before its voxel data do ({short[0]} bytes of "
                                  f"{short[1]}): the file was cut short, in a copy or download. Copy or export "
                                  "it again.") from None
+            if _is_archive(path):
+                raise InputError(f"The {what} '{path}' is an archive (a PACS or CD export packed into one file), "
+                                 "not an image. Unpack it and give the folder it holds (its DICOM series are "
+                                 "searched for there), or the image file inside it.") from None
             raise InputError(f"The {what} '{path}' is not an image SimpleITK can read ({reason}). "
                              f"Give a NRRD, NIfTI, MHA file or a DICOM folder.") from None
         description = path.name
@@ -668,6 +672,24 @@ def read_volume(path, what: str = "image", share_memory: bool = False, modality:
     if share_memory:
         return LoadedImage(array, geometry, str(path), description, image, warnings)
     return LoadedImage(np.array(array), geometry, str(path), description, warnings=warnings)
+
+
+#: Archive formats a study is exported in, by their names' endings.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+
+
+def _is_archive(path: Path) -> bool:
+    """A packed export, by its name or by a ZIP or tar file's own signature (an export
+    renamed, or without a suffix)."""
+    import tarfile
+    import zipfile
+
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return True
+    try:
+        return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+    except OSError:
+        return False
 
 
 def _checked_nifti_header(path: Path, what: str) -> tuple[list[str], dict]:
