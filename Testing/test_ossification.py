@@ -1506,6 +1506,27 @@ def test_label_boxes_are_scipys():
     assert sparse_label_boxes(np.zeros_like(labels)) == [] == label_boxes(np.zeros_like(labels), 0, 1)
 
 
+def test_grown_across_faces_is_scipys_dilation():
+    """The mask grown by the voxels sharing a face with it equals SciPy's binary dilation
+    with its default structure: scattered voxels, voxels on every face of the array, a
+    flat and a one-voxel array, none at all; and within a reach at least the voxels next
+    to the mask, on a grid whose slices are coarser than the reach."""
+    from HOSciaticModuleLib.geometry import VolumeGeometry, grown_across_faces, within_or_next_to
+
+    rng = np.random.default_rng(11)
+    mask = rng.random((17, 23, 29)) > 0.97
+    mask[0, :, 3] = mask[-1, 5, :] = mask[:, 0, -1] = True
+    for case in (mask, mask[:1], np.ones((1, 1, 1), bool), np.zeros((4, 5, 6), bool), mask[3]):
+        np.testing.assert_array_equal(grown_across_faces(case), ndimage.binary_dilation(case))
+    coarse = VolumeGeometry.from_spacing_origin_directions(mask.shape[::-1], (0.8, 0.8, 3.0), (0.0, 0.0, 0.0))
+    for reach_mm in (1.0, 2.9, 3.0, 4.0):
+        near = within_or_next_to(mask, coarse, reach_mm)
+        assert np.all(near[ndimage.binary_dilation(mask)]), reach_mm
+        distance = ndimage.distance_transform_edt(~mask, sampling=coarse.spacing_kji)
+        np.testing.assert_array_equal(near & ~ndimage.binary_dilation(mask),
+                                      (distance <= reach_mm) & ~ndimage.binary_dilation(mask))
+
+
 def test_bounding_slices_are_scipys_box():
     """The block holding a mask's voxels, found from the slabs holding any and their
     planes joined, is SciPy's box of the mask: for blobs, scattered voxels, voxels at the

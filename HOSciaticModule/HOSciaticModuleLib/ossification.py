@@ -65,7 +65,8 @@ from .defaults import (CT_FAT_HU, DEFAULT_BONE_THRESHOLD_HU, DEFAULT_MIN_ISLAND_
                        MIN_BONE_THRESHOLD_HU)
 from .errors import InputError, as_number
 from .geometry import (VolumeGeometry, block_relative_to, block_within, bounding_block, bounding_slices, column_max,
-                       column_min, distance_inside, distance_outside, label_boxes, pad_block, within_or_next_to)
+                       column_min, distance_inside, distance_outside, grown_across_faces, label_boxes,
+                       pad_block, within_or_next_to)
 from .hounsfield import (CT_SOFT_TISSUE_MAX_HU, METAL_THRESHOLD_HU, STREAK_REACH_MM, at_least, check_looks_like_ct,
                          extent_at_least, smoothed_ct_warning, smoothed_for_bone)
 from .memorypages import with_single_threaded_blas
@@ -821,7 +822,7 @@ def missed_cortex(outside_bone: np.ndarray, native_zone: np.ndarray, geometry: V
     if count == 0:
         return np.zeros_like(outside_bone)
     touching = np.zeros(count + 1, bool)
-    touching[np.unique(labels[ndimage.binary_dilation(native_zone) & (labels > 0)])] = True
+    touching[np.unique(labels[grown_across_faces(native_zone) & (labels > 0)])] = True
     touching[0] = False
     inside = labels > 0
     deepest = _label_maximum(labels[inside], distance_inside(outside_bone, geometry)[inside], count)
