@@ -608,7 +608,7 @@ def _joined_to_native(island: np.ndarray, bone_found: np.ndarray, native: np.nda
     native bone is fused only within the reach of :func:`_touches`."""
     if _touches(island, native, island_block, geometry):
         return True
-    return bool(np.any(ndimage.binary_dilation(bone_found) & native[island_block]))
+    return bool(np.any(grown_across_faces(bone_found) & native[island_block]))
 
 
 def _touch_reach_mm(geometry: VolumeGeometry) -> float:
@@ -775,7 +775,7 @@ def constant_fill_value(ct_hu: np.ndarray) -> float | None:
 def _next_to_field_of_view_edge(unimaged: np.ndarray, island: np.ndarray) -> bool:
     """Whether an island touches the padding outside the scanner's circular field of view
     (``unimaged``, over the island's block): it is cut there as at the image's edge."""
-    return bool(np.any(ndimage.binary_dilation(island) & unimaged))
+    return bool(np.any(grown_across_faces(island) & unimaged))
 
 
 def _component_thickness_mm(labels: np.ndarray, label: int, block, geometry: VolumeGeometry) -> float:
@@ -974,7 +974,7 @@ def bridges_two_bones(component: np.ndarray, part: np.ndarray, geometry: VolumeG
     near = bounding_block(part, 1)
     local_part, local_pieces = part[near], pieces[near]
     first, second = bones[np.argsort(sizes[bones])[-2:]]
-    contacts = [local_part & ndimage.binary_dilation(local_pieces == bone) for bone in (first, second)]
+    contacts = [local_part & grown_across_faces(local_pieces == bone) for bone in (first, second)]
     if not all(contact.any() for contact in contacts):
         return False
     centres = [geometry.cropped(near).kji_to_ras_points(np.argwhere(contact).mean(axis=0)[None])[0]
@@ -1831,7 +1831,7 @@ def _split_estimated_native_bone(filled_bone, bone_block, block, image_shape, ge
     # wing on 3 mm voxels) falls into strips, each a small piece of bone beside it.
     labels, count, sizes, component_blocks = _components_and_boxes(filled_bone, 26)
     # Bone next to the padding is cut by the field of view, as at the image's edge.
-    cut_zone = ndimage.binary_dilation(unimaged[block]) if unimaged is not None else None
+    cut_zone = grown_across_faces(unimaged[block]) if unimaged is not None else None
     is_native = estimate_native_components(labels, count, sizes, component_blocks, filled_bone, geometry, midline,
                                            cut_zone)
     report(progress, 0.4, "Separating HO fused to native bone")
