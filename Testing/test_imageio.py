@@ -403,6 +403,16 @@ def test_multi_frame_file_is_read_as_the_volume_it_holds(tmp_path, volume):
     assert "'Pelvis 1.0' (one file of 6 frames), the one with the most slices" in loaded.warnings[0]
     assert "'Pelvis 5.0' (4 files) left aside" in loaded.warnings[0]
 
+    # A series of one file that the reader cannot decode (damaged, or compressed in a way
+    # not supported) is told as that file, not as slices of several sizes.
+    from HOSciaticModuleLib.imageio import _read_series_volume
+
+    damaged = tmp_path / "damaged" / "enhanced.dcm"
+    damaged.parent.mkdir()
+    damaged.write_bytes((mr / "enhanced.dcm").read_bytes()[:-5000])
+    with pytest.raises(InputError, match=r"is one file \('enhanced.dcm'\) that cannot be read .*compression"):
+        _read_series_volume([str(damaged)], damaged.parent)
+
 
 def test_dicom_series_refused_gives_way_to_the_next(tmp_path, volume):
     """A series that cannot be read as one volume is passed over for the next, and named."""

@@ -186,6 +186,11 @@ def _read_series_volume(file_names, folder: Path):
         try:
             image = reader.Execute()
         except RuntimeError as error:
+            if len(file_names) == 1:
+                raise InputError(f"The DICOM series in '{folder}' is one file ('{Path(file_names[0]).name}') that "
+                                 f"cannot be read ({reader_error_reason(error, 'unreadable')}): it is damaged, or "
+                                 "its compression is not supported here. Export the series again (uncompressed, or "
+                                 "one file per slice), or load it in Slicer and save the volume as NRRD.") from None
             # Slices of several sizes in one series (a scout saved with its stack, as some
             # scanners and anonymisers do) or a damaged slice.
             raise InputError(f"The DICOM series in '{folder}' cannot be read as one volume "
