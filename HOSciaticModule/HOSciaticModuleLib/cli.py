@@ -1,6 +1,6 @@
 """``hosciatic``: the analysis from a command line, for batch work.
 
-    hosciatic analyze CT --out DIR [--roi ROI.mrk.json] [--bones BONES.seg.nrrd]
+    hosciatic analyze CT --out DIR [--roi ROI.mrk.json] [--bones BONES.seg.nrrd|LABELS.nii.gz|MASKS_DIR]
                          [--bone-threshold HU] [--min-island-ml ML]
                          [--nerve-seeds SEEDS.mrk.json ...] [--modality ct|mr]
                          [--contact-tolerance MM]
