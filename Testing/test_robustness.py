@@ -620,6 +620,13 @@ def test_folder_of_one_mask_per_structure_uses_its_bones_alone(tmp_path, ct_case
     (folder / "hip_right.nii.gz").write_bytes(b"damaged")
     out3 = tmp_path / "out3"
     assert_refused(run_cli("analyze", paths["image"], "--out", out3, "--bones", folder), out3, "hip_right.nii.gz")
+    # The folder above the masks' (TotalSegmentator's output folder): told which to give.
+    out4 = tmp_path / "out4"
+    above = tmp_path / "total"
+    above.mkdir()
+    folder.rename(above / "segmentations")
+    assert_refused(run_cli("analyze", paths["image"], "--out", out4, "--bones", above), out4,
+                   "holds no mask file itself", "its subfolder 'segmentations' does: give that folder")
 
 # ---------------------------------------------------------------------------------------
 # In a scene

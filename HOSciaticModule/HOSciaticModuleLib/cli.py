@@ -293,6 +293,14 @@ def _add_bones_node(scene, path, reference_node) -> tuple:
         raise InputError(f"The native-bone segmentation '{path}' does not exist. Check the path.")
     if path.is_dir() and mask_files(path):
         return _add_bones_folder_node(scene, path, mask_files(path), reference_node)
+    if path.is_dir():
+        holding = sorted(entry.name for entry in path.iterdir() if entry.is_dir() and mask_files(entry))
+        if holding:
+            which = (f"its subfolder '{holding[0]}' does: give that folder" if len(holding) == 1 else
+                     f"its subfolders {bonelabels.listed(repr(name) for name in holding)} do: give the one of "
+                     "the bones' masks")
+            raise InputError(f"The native-bone folder '{path}' holds no mask file itself, but {which} "
+                             "(TotalSegmentator writes its masks into a folder of their own).")
     if _is_slicer_segmentation_file(path):
         import slicer
 
