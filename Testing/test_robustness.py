@@ -620,6 +620,12 @@ def test_folder_of_one_mask_per_structure_uses_its_bones_alone(tmp_path, ct_case
     (folder / "hip_right.nii.gz").write_bytes(b"damaged")
     out3 = tmp_path / "out3"
     assert_refused(run_cli("analyze", paths["image"], "--out", out3, "--bones", folder), out3, "hip_right.nii.gz")
+    # The CT itself among the masks (copied under a bone's name): refused as the CT.
+    (folder / "hip_right.nii.gz").unlink()
+    write_volume(folder / "hip_right.nrrd", phantom.image, phantom.geometry)
+    out_ct = tmp_path / "out_ct"
+    assert_refused(run_cli("analyze", paths["image"], "--out", out_ct, "--bones", folder), out_ct,
+                   "hip_right.nrrd' holds an image in Hounsfield units")
     # The folder above the masks' (TotalSegmentator's output folder): told which to give.
     out4 = tmp_path / "out4"
     above = tmp_path / "total"

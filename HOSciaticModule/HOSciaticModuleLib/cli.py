@@ -291,8 +291,9 @@ def _add_bones_node(scene, path, reference_node) -> tuple:
     path = Path(path)
     if not path.exists():
         raise InputError(f"The native-bone segmentation '{path}' does not exist. Check the path.")
-    if path.is_dir() and mask_files(path):
-        return _add_bones_folder_node(scene, path, mask_files(path), reference_node)
+    masks = mask_files(path) if path.is_dir() else {}
+    if masks:
+        return _add_bones_folder_node(scene, path, masks, reference_node)
     if path.is_dir():
         holding = sorted(entry.name for entry in path.iterdir() if entry.is_dir() and mask_files(entry))
         if holding:
@@ -314,10 +315,7 @@ def _add_bones_node(scene, path, reference_node) -> tuple:
                              "Save it from Slicer as .seg.nrrd, or give a label map (NRRD/NIfTI).")
         return node, []
     loaded = read_volume(path, "native-bone label map")
-    if looks_like_ct(loaded.array):
-        raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
-                         "levels), not a segmentation or label map. Give the bones' segmentation (for example "
-                         "TotalSegmentator's output for this CT), or leave --bones out to have them estimated.")
+    _check_not_an_image_in_hounsfield_units(loaded.array, path)
     segments = label_map_segments(loaded.array, bonelabels.nifti_label_names(path))
     if not segments:
         raise InputError(f"The native-bone file '{path}' is empty (no voxel above 0). Give the bones' "
@@ -325,6 +323,14 @@ def _add_bones_node(scene, path, reference_node) -> tuple:
     node = scene_io.ensure_segmentation_node(scene, None, "Native bone", reference_node)
     scene_io.replace_segments(node, segments, loaded.geometry, scene_io.BONE_COLOR)
     return node, []
+
+
+def _check_not_an_image_in_hounsfield_units(array: np.ndarray, path: Path) -> None:
+    """Refuse a native-bone file that holds a CT (given in place of its bones)."""
+    if looks_like_ct(array):
+        raise InputError(f"The native-bone file '{path}' holds an image in Hounsfield units (fat, air or bone "
+                         "levels), not a segmentation or label map. Give the bones' segmentation (for example "
+                         "TotalSegmentator's output for this CT), or leave --bones out to have them estimated.")
 
 
 def _add_bones_folder_node(scene, folder: Path, files: dict, reference_node) -> tuple:
@@ -346,10 +352,7 @@ def _add_bones_folder_node(scene, folder: Path, files: dict, reference_node) -> 
 
     def read_mask(name):
         loaded = read_volume(files[name], "native-bone mask", share_memory=True)
-        if looks_like_ct(loaded.array):
-            raise InputError(f"The native-bone mask '{files[name]}' holds an image in Hounsfield units, not a mask. "
-                             "Give the folder of the bones' masks made on this CT, or leave --bones out to have "
-                             "them estimated.")
+        _check_not_an_image_in_hounsfield_units(loaded.array, files[name])
         block = bounding_slices(loaded.array)
         return None if block is None else (loaded.array[block] > 0, tuple(b.start for b in block), loaded.geometry)
 
