@@ -48,8 +48,8 @@ from scipy.spatial import cKDTree
 
 from .defaults import DEFAULT_BONE_THRESHOLD_HU, DEFAULT_CONTACT_TOLERANCE_MM, MAX_CONTACT_TOLERANCE_MM
 from .errors import InputError
-from .geometry import (VolumeGeometry, arc_length_mm, block_within, bounding_slices, pad_block, sparse_label_boxes,
-                       within_or_next_to)
+from .geometry import (VolumeGeometry, arc_length_mm, block_within, bounding_slices, grown_across_faces, pad_block,
+                       sparse_label_boxes, within_or_next_to)
 from .hounsfield import METAL_THRESHOLD_HU, at_least, looks_like_ct
 from .memorypages import with_single_threaded_blas
 from .nerve import frames, resample_polyline, star_polygon_area_centroid, stretch_along
@@ -843,7 +843,7 @@ def refine_gap(nerve_mask, ho_mask_of, geometry: VolumeGeometry, pair, box_dista
 
 def _share_a_face(mask: np.ndarray, other: np.ndarray) -> bool:
     """Whether two masks overlap or have voxels next to each other across a face."""
-    return bool(np.any(ndimage.binary_dilation(mask) & other))
+    return bool(np.any(grown_across_faces(mask) & other))
 
 
 def _no_larger_than_stations(gap: float, pair, distance: np.ndarray, sections: _Sections, rays: "_RayDistances",
